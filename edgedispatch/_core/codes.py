@@ -1,0 +1,99 @@
+"""The vocabulary of the scheduling core: event kinds, action kinds, states
+and reasons.
+
+This module is the single source of these numbers.  The core reads them at
+import time (see ``scheduler_py.py``), and the C ring only carries them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class EventKind(IntEnum):
+    """Events that go into the core (``ed_record.kind`` on the event ring)."""
+
+    WORKER_REGISTER = 1  #: worker, arg=agent key, extra=slot cap
+    WORKER_UPDATE = 2  #: worker, arg=WorkerStatus, value=load, extra=job count
+    WORKER_DISCONNECT = 3  #: worker
+    WORKER_DRAIN = 4  #: worker
+    JOB_SUBMIT = 5  #: job, arg=agent key, value=queue deadline, extra=RestartPolicy
+    JOB_ACCEPT = 6  #: job, worker
+    JOB_REJECT = 7  #: job, worker
+    JOB_STATUS = 8  #: job, arg=JobStatus (RUNNING, SUCCESS or FAILED)
+    JOB_CANCEL = 9  #: job, arg=FailReason recorded as the cancel reason
+    JOB_MIGRATE = 10  #: job, worker: a reconnected worker claims a running job
+
+
+class ActionKind(IntEnum):
+    """Actions that come out of the core (``ed_record.kind`` on the action ring)."""
+
+    OFFER = 1  #: job, worker, arg=attempt number (1 = first), value=offer deadline
+    ASSIGN = 2  #: job, worker
+    TERMINATE = 3  #: job, worker
+    JOB_FAILED = 4  #: job, arg=FailReason
+    JOB_STATE = 5  #: job, worker (or -1), arg=JobState, extra=FailReason
+
+
+class WorkerStatus(IntEnum):
+    """What a worker reports (LiveKit's ``WorkerStatus`` plus our own states)."""
+
+    AVAILABLE = 0  #: WS_AVAILABLE
+    FULL = 1  #: WS_FULL
+    DRAINING = 2  #: told to drain; never offered new work again
+
+
+class JobState(IntEnum):
+    """Where a job is.  QUEUED, OFFERED, ASSIGNED, RUNNING and ORPHANED are
+    pending; SUCCESS, FAILED and CANCELLED are terminal and final."""
+
+    QUEUED = 0  #: waiting for a worker (FIFO per agent key)
+    OFFERED = 1  #: an availability request is out; one slot is held
+    ASSIGNED = 2  #: accepted; the assignment went out; one slot is held
+    RUNNING = 3  #: the worker reported JS_RUNNING; one slot is held
+    ORPHANED = 4  #: its worker disconnected; it can be claimed back
+    SUCCESS = 5
+    FAILED = 6
+    CANCELLED = 7
+
+    @property
+    def terminal(self) -> bool:
+        return self >= JobState.SUCCESS
+
+
+class JobStatus(IntEnum):
+    """What a worker reports for a job: LiveKit's ``JobStatus`` numbers."""
+
+    PENDING = 0
+    RUNNING = 1
+    SUCCESS = 2
+    FAILED = 3
+
+
+class RestartPolicy(IntEnum):
+    """LiveKit's ``JobRestartPolicy`` numbers."""
+
+    ON_FAILURE = 0  #: JRP_ON_FAILURE: run it again elsewhere if its worker fails
+    NEVER = 1  #: JRP_NEVER
+
+
+class FailReason(IntEnum):
+    """Why a job ended without success, or why it was cancelled."""
+
+    NONE = 0
+    NO_CAPACITY = 1  #: its queue deadline passed before any worker took it
+    MAX_ATTEMPTS = 2  #: offered the allowed number of times, never accepted
+    WORKER_LOST = 3  #: its worker went away and did not claim it back
+    JOB_ERROR = 4  #: the worker reported JS_FAILED
+    CANCELLED = 5  #: cancelled by the caller (dispatch or room deleted)
+    TERMINATE_TIMEOUT = 6  #: terminated, and the worker never confirmed the end
+
+
+class WaitReason(IntEnum):
+    """Why a pending job is not running yet (answered by queries)."""
+
+    NOT_WAITING = 0  #: the job is not queued
+    NO_WORKERS = 1  #: no worker with its agent key is registered
+    ALL_BUSY = 2  #: workers exist, but each is FULL, draining, over the load threshold or out of slots
+    ALL_TRIED = 3  #: every available worker already turned this job down
+    BACKOFF = 4  #: waiting out the retry delay after a failed offer

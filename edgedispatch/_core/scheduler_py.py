@@ -1,0 +1,805 @@
+"""The scheduling core: which worker gets which job.
+
+Written in Cython pure-Python mode.  This file runs as plain Python (the
+reference and the test oracle) and is also compiled, with the declarations in
+``scheduler_c.pxd``, into ``edgedispatch._core.scheduler_c``.  Both must
+produce the same actions and the same state for the same events; a property
+test checks it.
+
+Theory of operation
+-------------------
+The core is sans-IO: it owns no sockets, tasks or clocks.  The shell pushes
+event records onto ``events`` (a single-producer/single-consumer ring), calls
+``process()``, and pops action records with ``pop_action()``.  Every event
+carries ``now``; timers due at or before an event's ``now`` fire before that
+event is handled, so the outcome depends only on the order and times of the
+events.  ``next_deadline()`` and ``on_timer(now)`` let the shell drive time.
+
+Workers, jobs and agent keys are small integer handles chosen by the caller
+(``core.py`` maps string ids to them).  Per-handle state lives in typed
+arrays so that the compiled core's decision path touches no Python objects.
+
+Invariants (checked by tests after every step):
+  * a worker's held slots (``used``) never exceed its cap;
+  * a job is held by at most one worker, and a held job is OFFERED,
+    ASSIGNED or RUNNING on that worker;
+  * a job is pending (QUEUED, OFFERED, ASSIGNED, RUNNING, ORPHANED) or in
+    exactly one terminal state (SUCCESS, FAILED, CANCELLED), which is final;
+  * a QUEUED job is in its agent key's FIFO, and no other job is;
+  * the eligible heap of a key holds exactly its workers that are alive,
+    AVAILABLE, under the load threshold and have a free slot.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import cython
+
+from edgedispatch._core import codes
+from edgedispatch.errors import InvalidEvent, InvalidTransition, UnknownJob, UnknownWorker
+
+if cython.compiled:
+    from cython.cimports.edgedispatch._core.ring_c import Record, Ring
+    from cython.cimports.edgedispatch._core.tables_c import KeyState, Tables
+else:
+    from edgedispatch._core.ring_py import Record, Ring
+    from edgedispatch._core.tables_py import KeyState, Tables
+
+# The numbers come from codes.py; the compiled core reads them into C
+# globals (declared in scheduler_c.pxd) once, at import.
+EV_REGISTER = int(codes.EventKind.WORKER_REGISTER)
+EV_UPDATE = int(codes.EventKind.WORKER_UPDATE)
+EV_DISCONNECT = int(codes.EventKind.WORKER_DISCONNECT)
+EV_DRAIN = int(codes.EventKind.WORKER_DRAIN)
+EV_SUBMIT = int(codes.EventKind.JOB_SUBMIT)
+EV_ACCEPT = int(codes.EventKind.JOB_ACCEPT)
+EV_REJECT = int(codes.EventKind.JOB_REJECT)
+EV_STATUS = int(codes.EventKind.JOB_STATUS)
+EV_CANCEL = int(codes.EventKind.JOB_CANCEL)
+EV_MIGRATE = int(codes.EventKind.JOB_MIGRATE)
+
+ACT_OFFER = int(codes.ActionKind.OFFER)
+ACT_ASSIGN = int(codes.ActionKind.ASSIGN)
+ACT_TERMINATE = int(codes.ActionKind.TERMINATE)
+ACT_FAILED = int(codes.ActionKind.JOB_FAILED)
+ACT_STATE = int(codes.ActionKind.JOB_STATE)
+
+WS_AVAILABLE = int(codes.WorkerStatus.AVAILABLE)
+WS_FULL = int(codes.WorkerStatus.FULL)
+WS_DRAINING = int(codes.WorkerStatus.DRAINING)
+
+J_QUEUED = int(codes.JobState.QUEUED)
+J_OFFERED = int(codes.JobState.OFFERED)
+J_ASSIGNED = int(codes.JobState.ASSIGNED)
+J_RUNNING = int(codes.JobState.RUNNING)
+J_ORPHANED = int(codes.JobState.ORPHANED)
+J_SUCCESS = int(codes.JobState.SUCCESS)
+J_FAILED = int(codes.JobState.FAILED)
+J_CANCELLED = int(codes.JobState.CANCELLED)
+
+JS_RUNNING = int(codes.JobStatus.RUNNING)
+JS_SUCCESS = int(codes.JobStatus.SUCCESS)
+JS_FAILED = int(codes.JobStatus.FAILED)
+
+RP_ON_FAILURE = int(codes.RestartPolicy.ON_FAILURE)
+
+R_NONE = int(codes.FailReason.NONE)
+R_NO_CAPACITY = int(codes.FailReason.NO_CAPACITY)
+R_MAX_ATTEMPTS = int(codes.FailReason.MAX_ATTEMPTS)
+R_WORKER_LOST = int(codes.FailReason.WORKER_LOST)
+R_JOB_ERROR = int(codes.FailReason.JOB_ERROR)
+R_CANCELLED = int(codes.FailReason.CANCELLED)
+R_TERMINATE_TIMEOUT = int(codes.FailReason.TERMINATE_TIMEOUT)
+
+W_NOT_WAITING = int(codes.WaitReason.NOT_WAITING)
+W_NO_WORKERS = int(codes.WaitReason.NO_WORKERS)
+W_ALL_BUSY = int(codes.WaitReason.ALL_BUSY)
+W_ALL_TRIED = int(codes.WaitReason.ALL_TRIED)
+W_BACKOFF = int(codes.WaitReason.BACKOFF)
+
+# Job flags.
+F_TERMINATING = 1  # a TERMINATE went out; the job ends CANCELLED
+
+U64 = 0xFFFFFFFFFFFFFFFF
+
+
+
+def _splitmix64(x: cython.ulonglong) -> cython.ulonglong:
+    """One step of SplitMix64; the masks keep plain Python at 64 bits."""
+    z: cython.ulonglong = (x + 0x9E3779B97F4A7C15) & U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & U64
+    return z ^ (z >> 31)
+
+
+class Scheduler(Tables):
+    """The decision engine.  See the module docstring for the contract.
+
+    :param seed: seeds the tie-break between equally loaded workers.
+    :param load_threshold: a worker reporting this load or more gets no offers.
+    :param offer_timeout: seconds a worker has to accept or reject an offer.
+    :param max_attempts: offers a job may get before it fails MAX_ATTEMPTS.
+    :param retry_base: backoff before the third offer; it doubles after that.
+        The second offer (first retry) goes out at once.
+    :param retry_max: the backoff never exceeds this.
+    :param reclaim_grace: seconds a disconnected worker's running jobs wait
+        to be claimed back before they are re-queued or failed.
+    :param terminate_grace: seconds a terminated job's worker has to confirm
+        the end before the core ends it (CANCELLED) and frees its slot.
+    :param ring_capacity: size of the event and action rings (power of two).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        load_threshold: float = 0.7,
+        offer_timeout: float = 5.0,
+        max_attempts: int = 5,
+        retry_base: float = 0.1,
+        retry_max: float = 2.0,
+        reclaim_grace: float = 10.0,
+        terminate_grace: float = 20.0,
+        ring_capacity: int = 65536,
+    ) -> None:
+        if not (load_threshold > 0.0):
+            raise InvalidEvent("load_threshold must be > 0")
+        if not (offer_timeout > 0.0) or not (reclaim_grace >= 0.0) or not (terminate_grace >= 0.0):
+            raise InvalidEvent("timeouts must be positive numbers")
+        if max_attempts < 1:
+            raise InvalidEvent("max_attempts must be >= 1")
+        if not (retry_base >= 0.0) or not (retry_max >= 0.0):
+            raise InvalidEvent("retry backoff must be >= 0")
+        self.events = Ring(ring_capacity)
+        self.actions = Ring(ring_capacity)
+        self._overflow: deque[tuple[int, int, int, int, float, float, int]] = deque()
+        Tables.__init__(self, load_threshold)
+        self._rec = Record()
+        self._rng = _splitmix64(seed & U64)
+        self.offer_timeout = offer_timeout
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.reclaim_grace = reclaim_grace
+        self.terminate_grace = terminate_grace
+        self._serial = 0
+        self.stale_events = 0
+        self.decisions = 0
+
+
+    # ------------------------------------------------------------------
+    # Storage.  Arrays grow by doubling; handles index them directly.
+
+
+
+
+
+    # ------------------------------------------------------------------
+    # Event loop.
+
+    def process(self, max_events: cython.int = -1) -> cython.int:
+        """Handle queued events in order.  Returns how many were handled.
+
+        An event that breaks the core's rules raises; it is consumed, the
+        state is as before it, and the events behind it stay queued.
+        """
+        n: cython.int = 0
+        rec: Record = self._rec
+        while max_events < 0 or n < max_events:
+            if not self.events.pop_into(rec):
+                break
+            n += 1
+            if self._tn > 0 and self._t_when[0] <= rec.now:
+                self._fire_timers(rec.now)
+            self._on_event(rec)
+        return n
+
+    def on_timer(self, now: cython.double) -> None:
+        """Handle queued events, then fire every timer due at or before ``now``."""
+        self.process()
+        self._fire_timers(now)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time ``on_timer`` has work to do, or None."""
+        self._purge_stale_timers()
+        if self._tn == 0:
+            return None
+        return self._t_when[0]
+
+    def pop_action(self, rec: Record) -> cython.bint:
+        """Move the oldest action into ``rec``; False when there is none."""
+        if self.actions.pop_into(rec):
+            return True
+        if self._overflow:
+            (rec.kind, rec.job, rec.worker, rec.arg, rec.value, rec.now, rec.extra) = (
+                self._overflow.popleft()
+            )
+            return True
+        return False
+
+    def _emit(
+        self,
+        kind: cython.int,
+        job: cython.int,
+        worker: cython.int,
+        arg: cython.int,
+        value: cython.double,
+        now: cython.double,
+        extra: cython.longlong,
+    ) -> cython.int:
+        # Once anything waits in the overflow, everything after it must too,
+        # or actions would be delivered out of order.
+        if not self._overflow and self.actions.push(kind, job, worker, arg, value, now, extra):
+            return 0
+        self._overflow.append((kind, job, worker, arg, value, now, extra))
+        return 0
+
+    def _on_event(self, rec: Record) -> cython.int:
+        kind: cython.int = rec.kind
+        if kind == EV_SUBMIT:
+            self._on_submit(rec.job, rec.arg, rec.value, rec.now, rec.extra)
+        elif kind == EV_ACCEPT:
+            self._on_accept(rec.job, rec.worker, rec.now)
+        elif kind == EV_REJECT:
+            self._on_reject(rec.job, rec.worker, rec.now)
+        elif kind == EV_STATUS:
+            self._on_status(rec.job, rec.worker, rec.arg, rec.now)
+        elif kind == EV_UPDATE:
+            self._on_update(rec.worker, rec.arg, rec.value, rec.extra, rec.now)
+        elif kind == EV_REGISTER:
+            self._on_register(rec.worker, rec.arg, rec.extra, rec.now)
+        elif kind == EV_DISCONNECT:
+            self._on_disconnect(rec.worker, rec.now)
+        elif kind == EV_DRAIN:
+            self._on_drain(rec.worker, rec.now)
+        elif kind == EV_CANCEL:
+            self._on_cancel(rec.job, rec.arg, rec.now)
+        elif kind == EV_MIGRATE:
+            self._on_migrate(rec.job, rec.worker, rec.now)
+        else:
+            raise InvalidEvent(f"unknown event kind {kind}")
+        return 0
+
+    # ------------------------------------------------------------------
+    # Validation helpers: they raise before anything is changed.
+
+    def _check_worker(self, w: cython.int) -> cython.int:
+        if w < 0 or w >= self._wcap or not self._w_alive[w]:
+            raise UnknownWorker(f"unknown worker handle {w}")
+        return 0
+
+    def _check_job(self, j: cython.int) -> cython.int:
+        if j < 0 or j >= self._jcap or not self._j_live[j]:
+            raise UnknownJob(f"unknown job handle {j}")
+        return 0
+
+    # ------------------------------------------------------------------
+    # Worker events.
+
+    def _on_register(
+        self, w: cython.int, k: cython.int, slots: cython.longlong, now: cython.double
+    ) -> cython.int:
+        if w < 0 or k < 0:
+            raise InvalidEvent("worker and agent key handles must be >= 0")
+        if slots < 1 or slots > 1_000_000:
+            raise InvalidEvent(f"slot cap must be 1..1000000, got {slots}")
+        if w < self._wcap and self._w_alive[w]:
+            raise InvalidEvent(f"worker handle {w} is already registered")
+        if w >= self._wcap:
+            self.reserve_workers(w + 1)
+        ks: KeyState = self._key(k)
+        self._serial += 1
+        self._rng = _splitmix64(self._rng)
+        self._w_alive[w] = 1
+        self._w_status[w] = WS_AVAILABLE
+        self._w_key[w] = k
+        self._w_cap[w] = slots
+        self._w_used[w] = 0
+        self._w_pos[w] = -1
+        self._w_jobcount[w] = 0
+        self._w_jhead[w] = -1
+        self._w_load[w] = 0.0
+        self._w_score[w] = 0.0
+        self._w_tie[w] = self._rng
+        self._w_serial[w] = self._serial
+        ks.nworkers += 1
+        if self._refresh_worker(w):
+            self._pump(k, now)
+        return 0
+
+    def _on_update(
+        self,
+        w: cython.int,
+        status: cython.int,
+        load: cython.double,
+        job_count: cython.longlong,
+        now: cython.double,
+    ) -> cython.int:
+        self._check_worker(w)
+        if not (load >= 0.0 and load <= 1.0):
+            raise InvalidEvent(f"load must be within 0..1, got {load}")
+        if status != WS_AVAILABLE and status != WS_FULL:
+            raise InvalidEvent(f"worker status must be AVAILABLE or FULL, got {status}")
+        if job_count < 0:
+            raise InvalidEvent("job count must be >= 0")
+        # A drained worker stays drained: its later updates only move the load.
+        if self._w_status[w] != WS_DRAINING:
+            self._w_status[w] = status
+        self._w_load[w] = load
+        self._w_jobcount[w] = job_count
+        if self._refresh_worker(w):
+            self._pump(self._w_key[w], now)
+        return 0
+
+    def _on_drain(self, w: cython.int, now: cython.double) -> cython.int:
+        self._check_worker(w)
+        self._w_status[w] = WS_DRAINING
+        self._refresh_worker(w)
+        return 0
+
+    def _on_disconnect(self, w: cython.int, now: cython.double) -> cython.int:
+        self._check_worker(w)
+        k: cython.int = self._w_key[w]
+        ks: KeyState = self._keys[k]
+        self._w_alive[w] = 0
+        self._refresh_worker(w)  # leaves the heap
+        ks.nworkers -= 1
+        j: cython.int = self._w_jhead[w]
+        nxt: cython.int
+        st: cython.int
+        while j >= 0:
+            nxt = self._j_wnext[j]
+            self._unlink_worker_job(j)
+            self._w_used[w] -= 1
+            st = self._j_state[j]
+            if st == J_OFFERED:
+                self._retry(j, now)
+            elif self._j_flags[j] & F_TERMINATING:
+                self._finish(j, J_CANCELLED, self._j_reason[j], now)
+            else:
+                self._j_state[j] = J_ORPHANED
+                self._set_timer(j, now + self.reclaim_grace)
+                self._emit(ACT_STATE, j, w, J_ORPHANED, 0.0, now, R_WORKER_LOST)
+                self._j_worker[j] = -1
+            j = nxt
+        self._w_jhead[w] = -1
+        self._pump(k, now)
+        return 0
+
+    # ------------------------------------------------------------------
+    # Job events.
+
+    def _on_submit(
+        self,
+        j: cython.int,
+        k: cython.int,
+        deadline: cython.double,
+        now: cython.double,
+        policy: cython.longlong,
+    ) -> cython.int:
+        if j < 0 or k < 0:
+            raise InvalidEvent("job and agent key handles must be >= 0")
+        if j < self._jcap and self._j_live[j]:
+            raise InvalidEvent(f"job handle {j} is already in use")
+        if deadline != deadline:
+            raise InvalidEvent("queue deadline is NaN")
+        if policy < 0 or policy > 1:
+            raise InvalidEvent(f"unknown restart policy {policy}")
+        if j >= self._jcap:
+            self.reserve_jobs(j + 1)
+        ks: KeyState = self._key(k)
+        self._j_live[j] = 1
+        self._j_state[j] = J_QUEUED
+        self._j_reason[j] = R_NONE
+        self._j_policy[j] = policy
+        self._j_flags[j] = 0
+        self._j_key[j] = k
+        self._j_worker[j] = -1
+        self._j_attempts[j] = 0
+        self._j_qprev[j] = -1
+        self._j_qnext[j] = -1
+        self._j_wprev[j] = -1
+        self._j_wnext[j] = -1
+        self._j_deadline[j] = deadline
+        self._j_qtimeout[j] = deadline - now if deadline > now else 0.0
+        self._j_retry_at[j] = now
+        self._j_tried1[j] = -1  # _j_tried[j] is None: _finish cleared it
+        # Fast path: a free worker exists, so the FIFO holds only jobs that
+        # cannot use it (see _pump), and this job goes straight out.
+        if ks.hsize > 0:
+            self._offer(j, ks.heap[0], now)
+            return 0
+        if deadline <= now:
+            self._finish(j, J_FAILED, R_NO_CAPACITY, now)
+            return 0
+        self._q_push_back(ks, j)
+        self._set_timer(j, deadline)
+        self._emit(ACT_STATE, j, -1, J_QUEUED, 0.0, now, R_NONE)
+        return 0
+
+    def _on_accept(self, j: cython.int, w: cython.int, now: cython.double) -> cython.int:
+        self._check_job(j)
+        self._check_worker(w)
+        if self._j_state[j] != J_OFFERED or self._j_worker[j] != w:
+            # A late answer to an offer we already gave up on.  No assignment
+            # is ever sent for it (a Node worker would start the job).
+            self.stale_events += 1
+            return 0
+        self._j_state[j] = J_ASSIGNED
+        self._j_tgen[j] += 1
+        self._emit(ACT_ASSIGN, j, w, 0, 0.0, now, 0)
+        self._emit(ACT_STATE, j, w, J_ASSIGNED, 0.0, now, R_NONE)
+        return 0
+
+    def _on_reject(self, j: cython.int, w: cython.int, now: cython.double) -> cython.int:
+        self._check_job(j)
+        self._check_worker(w)
+        if self._j_state[j] != J_OFFERED or self._j_worker[j] != w:
+            self.stale_events += 1
+            return 0
+        self._release(j)
+        self._retry(j, now)
+        self._pump(self._w_key[w], now)
+        return 0
+
+    def _on_status(
+        self, j: cython.int, w: cython.int, status: cython.int, now: cython.double
+    ) -> cython.int:
+        self._check_job(j)
+        self._check_worker(w)
+        if status != JS_RUNNING and status != JS_SUCCESS and status != JS_FAILED:
+            raise InvalidEvent(f"job status must be RUNNING, SUCCESS or FAILED, got {status}")
+        st: cython.int = self._j_state[j]
+        if (
+            st == J_ORPHANED
+            and self._w_key[w] == self._j_key[j]
+            and self._w_used[w] < self._w_cap[w]
+        ):
+            # A reconnected worker reports on a job it did not claim first:
+            # the report is the claim.
+            self._on_migrate(j, w, now)
+            st = self._j_state[j]
+        if (st != J_ASSIGNED and st != J_RUNNING) or self._j_worker[j] != w:
+            self.stale_events += 1
+            return 0
+        if status == JS_RUNNING:
+            if st == J_ASSIGNED:
+                self._j_state[j] = J_RUNNING
+                self._emit(ACT_STATE, j, w, J_RUNNING, 0.0, now, R_NONE)
+            return 0
+        self._release(j)
+        if self._j_flags[j] & F_TERMINATING:
+            self._finish(j, J_CANCELLED, self._j_reason[j], now)
+        elif status == JS_SUCCESS:
+            self._finish(j, J_SUCCESS, R_NONE, now)
+        elif self._j_policy[j] == RP_ON_FAILURE and self._j_attempts[j] < self.max_attempts:
+            self._j_reason[j] = R_JOB_ERROR
+            self._requeue(j, now)
+        else:
+            self._finish(j, J_FAILED, R_JOB_ERROR, now)
+        self._pump(self._w_key[w], now)
+        return 0
+
+    def _on_cancel(self, j: cython.int, reason: cython.int, now: cython.double) -> cython.int:
+        self._check_job(j)
+        if reason <= R_NONE or reason > R_TERMINATE_TIMEOUT:
+            reason = R_CANCELLED
+        st: cython.int = self._j_state[j]
+        w: cython.int = self._j_worker[j]
+        if st == J_QUEUED:
+            self._q_unlink(self._keys[self._j_key[j]], j)
+            self._finish(j, J_CANCELLED, reason, now)
+        elif st == J_OFFERED:
+            self._release(j)
+            self._finish(j, J_CANCELLED, reason, now)
+            self._pump(self._w_key[w], now)
+        elif st == J_ASSIGNED or st == J_RUNNING:
+            if not (self._j_flags[j] & F_TERMINATING):
+                self._j_flags[j] |= F_TERMINATING
+                self._j_reason[j] = reason
+                self._set_timer(j, now + self.terminate_grace)
+                self._emit(ACT_TERMINATE, j, w, reason, 0.0, now, 0)
+        elif st == J_ORPHANED:
+            self._finish(j, J_CANCELLED, reason, now)
+        return 0
+
+    def _on_migrate(self, j: cython.int, w: cython.int, now: cython.double) -> cython.int:
+        self._check_job(j)
+        self._check_worker(w)
+        st: cython.int = self._j_state[j]
+        if (st == J_ASSIGNED or st == J_RUNNING) and self._j_worker[j] == w:
+            return 0  # already bound there: a repeated claim is harmless
+        if st != J_ORPHANED:
+            raise InvalidTransition(f"job {j} is not waiting to be claimed back")
+        if self._w_key[w] != self._j_key[j]:
+            raise InvalidTransition(f"worker {w} serves another agent than job {j}")
+        if self._w_used[w] >= self._w_cap[w]:
+            raise InvalidTransition(f"worker {w} has no free slot to take job {j} back")
+        self._j_tgen[j] += 1
+        self._j_state[j] = J_RUNNING
+        self._hold(j, w)
+        self._emit(ACT_STATE, j, w, J_RUNNING, 0.0, now, R_NONE)
+        return 0
+
+    # ------------------------------------------------------------------
+    # Decisions.
+
+    def _offer(self, j: cython.int, w: cython.int, now: cython.double) -> cython.int:
+        """Offer job ``j`` to eligible worker ``w`` and hold one slot for it."""
+        deadline: cython.double = now + self.offer_timeout
+        serial: cython.longlong = self._w_serial[w]
+        tried: set[int] | None
+        if self._j_tried1[j] < 0:
+            self._j_tried1[j] = serial
+        else:
+            tried = self._j_tried[j]
+            if tried is None:
+                self._j_tried[j] = {serial}
+            else:
+                tried.add(serial)
+        self._j_state[j] = J_OFFERED
+        self._j_attempts[j] += 1
+        self._hold(j, w)
+        self._set_timer(j, deadline)
+        self.decisions += 1
+        self._emit(ACT_OFFER, j, w, self._j_attempts[j], deadline, now, 0)
+        self._emit(ACT_STATE, j, w, J_OFFERED, 0.0, now, R_NONE)
+        return 0
+
+    def _tried(self, j: cython.int, w: cython.int) -> cython.bint:
+        serial: cython.longlong = self._w_serial[w]
+        if self._j_tried1[j] < 0:
+            return False
+        if self._j_tried1[j] == serial:
+            return True
+        tried: set[int] | None = self._j_tried[j]
+        return tried is not None and serial in tried
+
+    def _pick(self, ks: KeyState, j: cython.int) -> cython.int:
+        """The best eligible worker that has not tried ``j``, or -1."""
+        if ks.hsize == 0:
+            return -1
+        if self._j_tried1[j] < 0:
+            return ks.heap[0]
+        best: cython.int = -1
+        i: cython.int
+        w: cython.int
+        for i in range(ks.hsize):
+            w = ks.heap[i]
+            if not self._tried(j, w) and (best < 0 or self._better(w, best)):
+                best = w
+        return best
+
+    def _pump(self, k: cython.int, now: cython.double) -> cython.int:
+        """Offer queued jobs of key ``k``, oldest first, while workers can take them."""
+        ks: KeyState = self._keys[k]
+        j: cython.int = ks.qhead
+        nxt: cython.int
+        w: cython.int
+        while j >= 0 and ks.hsize > 0:
+            nxt = self._j_qnext[j]
+            if self._j_retry_at[j] <= now:
+                w = self._pick(ks, j)
+                if w >= 0:
+                    self._q_unlink(ks, j)
+                    self._offer(j, w, now)
+            j = nxt
+        return 0
+
+    def _retry(self, j: cython.int, now: cython.double) -> cython.int:
+        """An offer failed (reject, timeout or disconnect): queue ``j`` again."""
+        attempts: cython.int = self._j_attempts[j]
+        if attempts >= self.max_attempts:
+            self._finish(j, J_FAILED, R_MAX_ATTEMPTS, now)
+            return 0
+        if self._j_deadline[j] <= now:
+            self._finish(j, J_FAILED, R_NO_CAPACITY, now)
+            return 0
+        delay: cython.double = 0.0
+        if attempts >= 2:
+            delay = self.retry_base * (2.0 ** (attempts - 2))
+            if delay > self.retry_max:
+                delay = self.retry_max
+        ks: KeyState = self._keys[self._j_key[j]]
+        self._j_state[j] = J_QUEUED
+        self._j_worker[j] = -1
+        self._j_retry_at[j] = now + delay
+        # It is older than anything that queued while it was out on offer.
+        self._q_push_front(ks, j)
+        self._set_timer(j, self._j_deadline[j] if delay <= 0.0 else min(now + delay, self._j_deadline[j]))
+        self._emit(ACT_STATE, j, -1, J_QUEUED, 0.0, now, R_NONE)
+        if delay <= 0.0:
+            self._pump(self._j_key[j], now)
+        return 0
+
+    def _requeue(self, j: cython.int, now: cython.double) -> cython.int:
+        """A running job's worker failed it or went away: run it again."""
+        ks: KeyState = self._keys[self._j_key[j]]
+        self._j_state[j] = J_QUEUED
+        self._j_worker[j] = -1
+        self._j_retry_at[j] = now
+        self._j_deadline[j] = now + self._j_qtimeout[j]
+        self._q_push_front(ks, j)
+        self._set_timer(j, self._j_deadline[j])
+        self._emit(ACT_STATE, j, -1, J_QUEUED, 0.0, now, self._j_reason[j])
+        self._pump(self._j_key[j], now)
+        return 0
+
+    def _finish(
+        self, j: cython.int, state: cython.int, reason: cython.int, now: cython.double
+    ) -> cython.int:
+        """Move ``j`` to a terminal state.  It must hold no slot and be in no FIFO."""
+        w: cython.int = self._j_worker[j]
+        self._j_state[j] = state
+        self._j_reason[j] = reason
+        self._j_tgen[j] += 1
+        self._j_tried[j] = None
+        if state == J_FAILED:
+            self._emit(ACT_FAILED, j, w, reason, 0.0, now, 0)
+        self._emit(ACT_STATE, j, w, state, 0.0, now, reason)
+        # The handle stays live (queryable) until the caller releases it.
+        return 0
+
+    def release_job(self, j: cython.int) -> None:
+        """Forget terminal job ``j`` so its handle can be reused."""
+        self._check_job(j)
+        if self._j_state[j] < J_SUCCESS:
+            raise InvalidTransition(f"job {j} is still pending")
+        self._j_live[j] = 0
+
+    # ------------------------------------------------------------------
+    # Slots: a held job is linked into its worker's job list.
+
+
+
+
+    # ------------------------------------------------------------------
+    # Per-key FIFO of queued jobs (a doubly linked list through the jobs).
+
+
+
+
+    # ------------------------------------------------------------------
+    # Eligible-worker heap, one per key, ordered by _better.
+
+
+
+
+
+
+
+
+
+
+    # ------------------------------------------------------------------
+    # Timers: one binary min-heap of (when, job, generation).  A job has at
+    # most one live timer; bumping its generation makes older entries stale,
+    # and stale entries are dropped when they reach the top.
+
+
+
+
+
+    def _fire_timers(self, now: cython.double) -> cython.int:
+        j: cython.int
+        while self._tn > 0 and self._t_when[0] <= now:
+            j = self._t_job[0]
+            if not self._timer_live(0):
+                self._timer_pop()
+                continue
+            self._timer_pop()
+            self._j_tgen[j] += 1
+            self._on_job_timer(j, now)
+        return 0
+
+    def _on_job_timer(self, j: cython.int, now: cython.double) -> cython.int:
+        st: cython.int = self._j_state[j]
+        k: cython.int = self._j_key[j]
+        if st == J_OFFERED:
+            # Offer timeout: same as a reject from that worker.
+            self._release(j)
+            self._retry(j, now)
+            self._pump(k, now)
+        elif st == J_QUEUED:
+            if self._j_deadline[j] <= now:
+                self._q_unlink(self._keys[k], j)
+                self._finish(j, J_FAILED, R_NO_CAPACITY, now)
+            else:
+                # Its backoff is over: it may go out now, and it still
+                # needs a wake-up at its queue deadline.
+                self._set_timer(j, self._j_deadline[j])
+                self._pump(k, now)
+        elif st == J_ORPHANED:
+            if self._j_policy[j] == RP_ON_FAILURE and self._j_attempts[j] < self.max_attempts:
+                self._j_reason[j] = R_WORKER_LOST
+                self._requeue(j, now)
+            else:
+                self._finish(j, J_FAILED, R_WORKER_LOST, now)
+        elif (st == J_ASSIGNED or st == J_RUNNING) and self._j_flags[j] & F_TERMINATING:
+            w: cython.int = self._j_worker[j]
+            self._release(j)
+            self._finish(j, J_CANCELLED, self._j_reason[j], now)
+            self._pump(self._w_key[w], now)
+        return 0
+
+    # ------------------------------------------------------------------
+    # Queries.
+
+    def worker_info(self, w: cython.int) -> tuple[int, int, float, int, int, int, int, bool]:
+        """(agent key, status, load, slot cap, used slots, reported job count,
+        serial, eligible) of a registered worker."""
+        self._check_worker(w)
+        return (
+            self._w_key[w],
+            self._w_status[w],
+            self._w_load[w],
+            self._w_cap[w],
+            self._w_used[w],
+            self._w_jobcount[w],
+            self._w_serial[w],
+            self._w_pos[w] >= 0,
+        )
+
+    def job_info(self, j: cython.int) -> tuple[int, int, int, int, int, float, bool]:
+        """(state, agent key, worker or -1, attempts, reason, queue deadline,
+        terminating) of a known job."""
+        self._check_job(j)
+        return (
+            self._j_state[j],
+            self._j_key[j],
+            self._j_worker[j],
+            self._j_attempts[j],
+            self._j_reason[j],
+            self._j_deadline[j],
+            (self._j_flags[j] & F_TERMINATING) != 0,
+        )
+
+    def wait_reason(self, j: cython.int, now: cython.double) -> cython.int:
+        """Why job ``j`` is not running yet (a ``codes.WaitReason``)."""
+        self._check_job(j)
+        if self._j_state[j] != J_QUEUED:
+            return W_NOT_WAITING
+        ks: KeyState = self._keys[self._j_key[j]]
+        if self._j_retry_at[j] > now:
+            return W_BACKOFF
+        if ks.nworkers == 0:
+            return W_NO_WORKERS
+        if ks.hsize == 0:
+            return W_ALL_BUSY
+        return W_ALL_TRIED
+
+    def was_tried(self, j: cython.int, w: cython.int) -> bool:
+        """Whether worker ``w`` (this registration of it) was offered job ``j``."""
+        self._check_job(j)
+        self._check_worker(w)
+        return bool(self._tried(j, w))
+
+    def key_info(self, k: cython.int) -> tuple[int, int, int]:
+        """(registered workers, eligible workers, queued jobs) of agent key ``k``."""
+        if k < 0 or k >= len(self._keys):
+            return (0, 0, 0)
+        ks: KeyState = self._keys[k]
+        return (ks.nworkers, ks.hsize, ks.qlen)
+
+    def queued_jobs(self, k: cython.int) -> list[int]:
+        """Queued jobs of agent key ``k``, in the order they will be offered."""
+        out: list[int] = []
+        if k < 0 or k >= len(self._keys):
+            return out
+        ks: KeyState = self._keys[k]
+        j: cython.int = ks.qhead
+        while j >= 0:
+            out.append(j)
+            j = self._j_qnext[j]
+        return out
+
+    def worker_jobs(self, w: cython.int) -> list[int]:
+        """Jobs holding a slot on worker ``w``."""
+        self._check_worker(w)
+        out: list[int] = []
+        j: cython.int = self._w_jhead[w]
+        while j >= 0:
+            out.append(j)
+            j = self._j_wnext[j]
+        return out
+

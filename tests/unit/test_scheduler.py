@@ -1,0 +1,468 @@
+"""Behaviour of the scheduling core, on both implementations (``impl``)."""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from edgedispatch._core.codes import (
+    ActionKind,
+    FailReason,
+    JobState,
+    JobStatus,
+    RestartPolicy,
+    WaitReason,
+    WorkerStatus,
+)
+from edgedispatch.core import Action, AgentKey, DispatchCore, JobSpec
+from edgedispatch.errors import (
+    DuplicateId,
+    EdgeDispatchError,
+    InvalidEvent,
+    InvalidTransition,
+    UnknownJob,
+    UnknownWorker,
+)
+
+KEY = AgentKey("t1", "agent-a")
+OTHER = AgentKey("t1", "agent-b")
+INF = math.inf
+
+
+def make(impl: ModuleType, **opts: Any) -> DispatchCore:
+    return DispatchCore(impl, **opts)
+
+
+def spec(job_id: str, key: AgentKey = KEY, deadline: float = INF, **kw: Any) -> JobSpec:
+    return JobSpec(job_id=job_id, key=key, deadline=deadline, **kw)
+
+
+def offers(actions: list[Action]) -> list[tuple[str, str | None]]:
+    return [(a.job_id, a.worker_id) for a in actions if a.kind == ActionKind.OFFER]
+
+
+def kinds(actions: list[Action], kind: ActionKind) -> list[Action]:
+    return [a for a in actions if a.kind == kind]
+
+
+def snapshot(core: DispatchCore, now: float) -> tuple[object, ...]:
+    return (tuple(core.workers()), tuple(core.jobs(now)))
+
+
+# ----------------------------------------------------------------------
+# Selection
+
+
+def test_offers_to_the_least_loaded_matching_worker(impl: ModuleType) -> None:
+    core = make(impl)
+    core.register_worker("w1", KEY, 4, now=0)
+    core.register_worker("w2", KEY, 4, now=0)
+    core.register_worker("w3", OTHER, 4, now=0)
+    core.update_worker("w1", WorkerStatus.AVAILABLE, 0.5, now=0)
+    core.update_worker("w2", WorkerStatus.AVAILABLE, 0.2, now=0)
+    core.update_worker("w3", WorkerStatus.AVAILABLE, 0.0, now=0)
+    core.process()
+    core.submit(spec("j1"), now=1)
+    acts = core.process()
+    assert offers(acts) == [("j1", "w2")]
+    assert acts[0].attempt == 1 and acts[0].deadline == pytest.approx(1 + 5.0)
+    assert core.job("j1", 1).state == JobState.OFFERED
+
+
+def test_full_overloaded_and_draining_workers_get_nothing(impl: ModuleType) -> None:
+    core = make(impl, load_threshold=0.7)
+    for w in ("full", "hot", "drain"):
+        core.register_worker(w, KEY, 4, now=0)
+    core.update_worker("full", WorkerStatus.FULL, 0.0, now=0)
+    core.update_worker("hot", WorkerStatus.AVAILABLE, 0.7, now=0)  # at the threshold
+    core.drain_worker("drain", now=0)
+    core.submit(spec("j1"), now=1)
+    acts = core.process()
+    assert offers(acts) == []
+    assert core.job("j1", 1).wait_reason == WaitReason.ALL_BUSY
+    core.update_worker("hot", WorkerStatus.AVAILABLE, 0.69, now=2)
+    assert offers(core.process()) == [("j1", "hot")]
+
+
+def test_tie_break_is_deterministic_for_a_seed(impl: ModuleType) -> None:
+    def first_choice(seed: int) -> str | None:
+        core = make(impl, seed=seed)
+        for i in range(8):
+            core.register_worker(f"w{i}", KEY, 1, now=0)
+        core.submit(spec("j"), now=0)
+        return offers(core.process())[0][1]
+
+    picks = {seed: first_choice(seed) for seed in range(12)}
+    assert picks == {seed: first_choice(seed) for seed in range(12)}
+    assert len(set(picks.values())) > 1  # the seed really steers the tie-break
+
+
+def test_burst_spreads_over_workers_and_never_exceeds_slot_caps(impl: ModuleType) -> None:
+    core = make(impl)
+    for i in range(4):
+        core.register_worker(f"w{i}", KEY, 3, now=0)
+    for j in range(20):
+        core.submit(spec(f"j{j}"), now=1)
+    acts = core.process()
+    per_worker: dict[str | None, int] = {}
+    for _, w in offers(acts):
+        per_worker[w] = per_worker.get(w, 0) + 1
+    assert per_worker == {"w0": 3, "w1": 3, "w2": 3, "w3": 3}
+    assert [j.state for j in core.jobs(1)].count(JobState.QUEUED) == 8
+    assert all(w.used == 3 and not w.eligible for w in core.workers())
+
+
+# ----------------------------------------------------------------------
+# Offer, accept, reject, timeout
+
+
+def test_accept_assigns_and_a_terminal_status_frees_the_slot(impl: ModuleType) -> None:
+    core = make(impl)
+    core.register_worker("w1", KEY, 1, now=0)
+    core.submit(spec("j1"), now=0)
+    core.submit(spec("j2"), now=0)
+    core.process()
+    core.accept("j1", "w1", now=0.1)
+    acts = core.process()
+    assert [(a.kind, a.job_id, a.worker_id) for a in acts] == [
+        (ActionKind.ASSIGN, "j1", "w1"),
+        (ActionKind.JOB_STATE, "j1", "w1"),
+    ]
+    core.job_status("j1", "w1", JobStatus.RUNNING, now=0.2)
+    assert core.process()[0].state == JobState.RUNNING
+    core.job_status("j1", "w1", JobStatus.SUCCESS, now=3)
+    acts = core.process()
+    assert acts[0].state == JobState.SUCCESS
+    assert offers(acts) == [("j2", "w1")]  # the freed slot goes to the queued job
+
+
+def test_reject_moves_the_job_to_the_next_worker(impl: ModuleType) -> None:
+    core = make(impl)
+    core.register_worker("w1", KEY, 1, now=0)
+    core.register_worker("w2", KEY, 1, now=0)
+    core.update_worker("w2", WorkerStatus.AVAILABLE, 0.3, now=0)
+    core.submit(spec("j1"), now=0)
+    assert offers(core.process()) == [("j1", "w1")]
+    core.reject("j1", "w1", now=0.1)
+    acts = core.process()
+    assert offers(acts) == [("j1", "w2")]
+    assert kinds(acts, ActionKind.OFFER)[0].attempt == 2
+
+
+def test_offer_timeout_moves_on_and_a_late_accept_is_ignored(impl: ModuleType) -> None:
+    core = make(impl, offer_timeout=5.0)
+    core.register_worker("slow", KEY, 1, now=0)
+    core.register_worker("fast", KEY, 1, now=0)
+    core.update_worker("fast", WorkerStatus.AVAILABLE, 0.5, now=0)
+    core.submit(spec("j1"), now=0)
+    assert offers(core.process()) == [("j1", "slow")]
+    assert core.next_deadline() == pytest.approx(5.0)
+    assert offers(core.on_timer(4.9)) == []
+    assert offers(core.on_timer(5.0)) == [("j1", "fast")]
+    core.accept("j1", "slow", now=6)  # too late: must not produce an assignment
+    assert core.process() == []
+    assert core.scheduler.stale_events == 1
+    assert core.worker("slow").used == 0
+
+
+def test_every_worker_tried_then_max_attempts(impl: ModuleType) -> None:
+    core = make(impl, max_attempts=3, retry_base=0.5)
+    for w in ("w1", "w2"):
+        core.register_worker(w, KEY, 1, now=0)
+    core.submit(spec("j1"), now=0)
+    (_, first), = offers(core.process())
+    core.reject("j1", first, now=1)
+    (_, second), = offers(core.process())
+    assert second != first
+    core.reject("j1", second, now=2)
+    core.process()
+    assert core.job("j1", 2).wait_reason == WaitReason.BACKOFF
+    assert offers(core.on_timer(2.5)) == []
+    assert core.job("j1", 2.5).wait_reason == WaitReason.ALL_TRIED
+    core.register_worker("w3", KEY, 1, now=3)  # a new worker has not tried it
+    assert offers(core.process()) == [("j1", "w3")]
+    core.reject("j1", "w3", now=4)
+    acts = core.process()
+    assert kinds(acts, ActionKind.JOB_FAILED)[0].reason == FailReason.MAX_ATTEMPTS
+    assert core.job("j1", 4).state == JobState.FAILED
+
+
+def test_retry_backoff_grows_from_the_third_offer(impl: ModuleType) -> None:
+    core = make(impl, retry_base=0.5, retry_max=0.75, max_attempts=10)
+    for i in range(5):
+        core.register_worker(f"w{i}", KEY, 1, now=0)
+    core.submit(spec("j1"), now=0)
+    (_, w), = offers(core.process())
+    core.reject("j1", w, now=1)
+    (_, w), = offers(core.process())  # the first retry goes out at once
+    core.reject("j1", w, now=2)
+    assert offers(core.process()) == []
+    assert core.job("j1", 2).wait_reason == WaitReason.BACKOFF
+    assert core.next_deadline() == pytest.approx(2.5)
+    (_, w), = offers(core.on_timer(2.5))
+    core.reject("j1", w, now=3)
+    core.process()
+    assert core.next_deadline() == pytest.approx(3.75)  # 1.0 capped at retry_max
+
+
+# ----------------------------------------------------------------------
+# The queue
+
+
+def test_a_job_waits_for_a_worker_and_runs_when_one_registers(impl: ModuleType) -> None:
+    core = make(impl)
+    core.submit(spec("j1", deadline=60), now=0)
+    acts = core.process()
+    assert [a.state for a in acts] == [JobState.QUEUED]
+    assert core.job("j1", 0).wait_reason == WaitReason.NO_WORKERS
+    assert core.next_deadline() == 60
+    core.register_worker("w1", KEY, 1, now=10)
+    assert offers(core.process()) == [("j1", "w1")]
+
+
+def test_queue_deadline_fails_the_job_with_no_capacity(impl: ModuleType) -> None:
+    core = make(impl)
+    core.submit(spec("j1", deadline=60), now=0)
+    core.process()
+    assert core.on_timer(59.9) == []
+    acts = core.on_timer(60)
+    assert [(a.kind, a.reason) for a in acts] == [
+        (ActionKind.JOB_FAILED, FailReason.NO_CAPACITY),
+        (ActionKind.JOB_STATE, FailReason.NO_CAPACITY),
+    ]
+    assert core.job("j1", 60).state == JobState.FAILED
+    assert core.next_deadline() is None
+
+
+def test_queue_is_fifo_per_agent_key(impl: ModuleType) -> None:
+    core = make(impl)
+    for j in ("a", "b", "c"):
+        core.submit(spec(j), now=0)
+    core.submit(spec("x", key=OTHER), now=0)
+    core.process()
+    assert core.queued(KEY) == ["a", "b", "c"]
+    core.register_worker("w1", KEY, 1, now=1)
+    assert offers(core.process()) == [("a", "w1")]
+    core.reject("a", "w1", now=2)
+    # "a" keeps its place at the head, but w1 already turned it down, so the
+    # freed slot goes to the next job.
+    assert offers(core.process()) == [("b", "w1")]
+    assert core.queued(KEY) == ["a", "c"]
+    core.register_worker("w2", KEY, 1, now=3)
+    assert offers(core.process()) == [("a", "w2")]
+    assert core.queued(KEY) == ["c"]
+
+
+def test_a_freed_slot_or_a_lower_load_pulls_from_the_queue(impl: ModuleType) -> None:
+    core = make(impl)
+    core.register_worker("w1", KEY, 1, now=0)
+    core.update_worker("w1", WorkerStatus.AVAILABLE, 0.9, now=0)
+    core.submit(spec("j1"), now=0)
+    assert offers(core.process()) == []
+    core.update_worker("w1", WorkerStatus.AVAILABLE, 0.1, now=1)
+    assert offers(core.process()) == [("j1", "w1")]
+
+
+# ----------------------------------------------------------------------
+# Disconnects, migration, restarts
+
+
+def _running(core: DispatchCore, job: str, worker: str, now: float = 0) -> None:
+    core.submit(spec(job), now=now)
+    acts = core.process()
+    assert offers(acts) == [(job, worker)], acts
+    core.accept(job, worker, now=now)
+    core.job_status(job, worker, JobStatus.RUNNING, now=now)
+    core.process()
+
+
+def test_a_reconnected_worker_claims_its_running_job_back(impl: ModuleType) -> None:
+    core = make(impl, reclaim_grace=10)
+    core.register_worker("old", KEY, 2, now=0)
+    _running(core, "j1", "old")
+    core.disconnect_worker("old", now=1)
+    acts = core.process()
+    assert [(a.state, a.reason) for a in acts] == [(JobState.ORPHANED, FailReason.WORKER_LOST)]
+    core.register_worker("new", KEY, 2, now=2)
+    core.migrate("j1", "new", now=2)
+    acts = core.process()
+    assert [(a.state, a.worker_id) for a in acts] == [(JobState.RUNNING, "new")]
+    assert core.on_timer(20) == []  # the grace timer no longer applies
+    core.job_status("j1", "new", JobStatus.SUCCESS, now=21)
+    assert core.process()[0].state == JobState.SUCCESS
+
+
+def test_a_status_report_after_reconnect_is_a_claim(impl: ModuleType) -> None:
+    core = make(impl)
+    core.register_worker("old", KEY, 1, now=0)
+    _running(core, "j1", "old")
+    core.disconnect_worker("old", now=1)
+    core.register_worker("new", KEY, 1, now=2)
+    core.job_status("j1", "new", JobStatus.SUCCESS, now=3)
+    states = [a.state for a in core.process() if a.job_id == "j1"]
+    assert states == [JobState.ORPHANED, JobState.RUNNING, JobState.SUCCESS]
+
+
+def test_unclaimed_jobs_are_redispatched_after_the_grace(impl: ModuleType) -> None:
+    core = make(impl, reclaim_grace=10)
+    core.register_worker("w1", KEY, 1, now=0)
+    core.register_worker("w2", KEY, 1, now=0)
+    core.update_worker("w2", WorkerStatus.AVAILABLE, 0.5, now=0)
+    _running(core, "j1", "w1")
+    core.disconnect_worker("w1", now=1)
+    core.process()
+    assert offers(core.on_timer(10.9)) == []
+    acts = core.on_timer(11)
+    assert acts[0].state == JobState.QUEUED and acts[0].reason == FailReason.WORKER_LOST
+    assert offers(acts) == [("j1", "w2")]
+
+
+def test_never_restart_fails_with_worker_lost(impl: ModuleType) -> None:
+    core = make(impl, reclaim_grace=1)
+    core.register_worker("w1", KEY, 1, now=0)
+    core.submit(spec("j1", restart_policy=RestartPolicy.NEVER), now=0)
+    core.process()
+    core.accept("j1", "w1", now=0)
+    core.disconnect_worker("w1", now=1)
+    core.process()
+    acts = core.on_timer(2)
+    assert kinds(acts, ActionKind.JOB_FAILED)[0].reason == FailReason.WORKER_LOST
+
+
+def test_an_outstanding_offer_moves_on_at_once_when_its_worker_dies(impl: ModuleType) -> None:
+    core = make(impl)
+    core.register_worker("w1", KEY, 1, now=0)
+    core.register_worker("w2", KEY, 1, now=0)
+    core.update_worker("w2", WorkerStatus.AVAILABLE, 0.5, now=0)
+    core.submit(spec("j1"), now=0)
+    assert offers(core.process()) == [("j1", "w1")]
+    core.disconnect_worker("w1", now=1)
+    assert offers(core.process()) == [("j1", "w2")]
+
+
+def test_a_failed_job_runs_again_elsewhere_unless_policy_is_never(impl: ModuleType) -> None:
+    core = make(impl)
+    core.register_worker("w1", KEY, 2, now=0)
+    core.register_worker("w2", KEY, 2, now=0)
+    core.update_worker("w2", WorkerStatus.AVAILABLE, 0.5, now=0)
+    _running(core, "j1", "w1")
+    core.job_status("j1", "w1", JobStatus.FAILED, now=1)
+    assert offers(core.process()) == [("j1", "w2")]
+
+    core.submit(spec("j2", restart_policy=RestartPolicy.NEVER), now=2)
+    (_, w), = offers(core.process())
+    core.accept("j2", w, now=2)
+    core.job_status("j2", w, JobStatus.FAILED, now=3)
+    acts = core.process()
+    assert kinds(acts, ActionKind.JOB_FAILED)[0].reason == FailReason.JOB_ERROR
+
+
+# ----------------------------------------------------------------------
+# Cancel and terminate
+
+
+def test_cancel_in_each_state(impl: ModuleType) -> None:
+    core = make(impl, terminate_grace=20)
+    core.register_worker("w1", KEY, 3, now=0)
+    core.submit(spec("queued", key=OTHER), now=0)
+    _running(core, "running", "w1")
+    core.submit(spec("offered"), now=0)
+    core.process()
+    core.cancel("queued", now=1)
+    core.cancel("offered", now=1)
+    core.cancel("running", now=1)
+    acts = core.process()
+    assert [(a.kind, a.job_id) for a in acts] == [
+        (ActionKind.JOB_STATE, "queued"),
+        (ActionKind.JOB_STATE, "offered"),
+        (ActionKind.TERMINATE, "running"),
+    ]
+    assert core.job("queued", 1).state == JobState.CANCELLED
+    core.accept("offered", "w1", now=2)  # never assigned after a cancel
+    assert core.process() == []
+    assert core.job("running", 2).terminating
+    core.job_status("running", "w1", JobStatus.SUCCESS, now=3)
+    assert core.process()[0].state == JobState.CANCELLED
+    assert core.worker("w1").used == 0
+
+
+def test_a_terminated_job_that_never_confirms_ends_after_the_grace(impl: ModuleType) -> None:
+    core = make(impl, terminate_grace=15)
+    core.register_worker("node", KEY, 1, now=0)
+    _running(core, "j1", "node")
+    core.cancel("j1", now=1)
+    core.process()
+    assert core.on_timer(15.9) == []
+    acts = core.on_timer(16)
+    assert acts[0].state == JobState.CANCELLED
+    assert core.worker("node").used == 0
+
+
+# ----------------------------------------------------------------------
+# Bad events
+
+
+@pytest.mark.parametrize(
+    "bad_call, error",
+    [
+        (lambda c: c.update_worker("nobody", WorkerStatus.AVAILABLE, 0.1, now=0), UnknownWorker),
+        (lambda c: c.accept("nojob", "w1", now=0), UnknownJob),
+        (lambda c: c.accept("j1", "nobody", now=0), UnknownWorker),
+        (lambda c: c.register_worker("w1", KEY, 1, now=0), DuplicateId),
+        (lambda c: c.submit(spec("j1"), now=0), DuplicateId),
+        (lambda c: c.update_worker("w1", WorkerStatus.AVAILABLE, math.nan, now=0), InvalidEvent),
+        (lambda c: c.update_worker("w1", WorkerStatus.AVAILABLE, 1.5, now=0), InvalidEvent),
+        (lambda c: c.update_worker("w1", WorkerStatus.AVAILABLE, -0.1, now=0), InvalidEvent),
+        (lambda c: c.update_worker("w1", WorkerStatus.DRAINING, 0.1, now=0), InvalidEvent),
+        (lambda c: c.register_worker("w9", KEY, 0, now=0), InvalidEvent),
+        (lambda c: c.submit(spec("j9", deadline=math.nan), now=0), InvalidEvent),
+        (lambda c: c.submit(spec("j9"), now=math.nan), InvalidEvent),
+        (lambda c: c.job_status("j1", "w1", JobStatus.PENDING, now=0), InvalidEvent),
+        (lambda c: c.migrate("j1", "w1", now=0), InvalidTransition),
+        (lambda c: c.forget("j1"), InvalidTransition),
+    ],
+)
+def test_bad_events_raise_typed_errors_and_change_nothing(
+    impl: ModuleType, bad_call: Any, error: type[EdgeDispatchError]
+) -> None:
+    core = make(impl)
+    core.register_worker("w1", KEY, 2, now=0)
+    core.submit(spec("j1"), now=0)
+    core.submit(spec("j2", key=OTHER), now=0)
+    core.process()
+    before = snapshot(core, 0)
+    with pytest.raises(error) as info:
+        bad_call(core)
+    assert isinstance(info.value, EdgeDispatchError)
+    assert core.process() == []
+    assert snapshot(core, 0) == before
+
+
+def test_the_scheduler_itself_rejects_bad_records(impl: ModuleType) -> None:
+    from edgedispatch._core.codes import EventKind
+
+    s = impl.Scheduler()
+    s.events.push(EventKind.WORKER_UPDATE, -1, 3, 0, 0.5, 0.0, 0)
+    with pytest.raises(UnknownWorker):
+        s.process()
+    s.events.push(99, -1, -1, 0, 0.0, 0.0, 0)
+    with pytest.raises(InvalidEvent):
+        s.process()
+    s.events.push(EventKind.WORKER_REGISTER, -1, 0, 0, 0.0, 0.0, 1)
+    s.events.push(EventKind.WORKER_UPDATE, -1, 0, 0, math.nan, 0.0, 0)
+    with pytest.raises(InvalidEvent):
+        s.process()
+    assert s.worker_info(0)[2] == 0.0  # the NaN load was not stored
+
+
+def test_forget_recycles_a_finished_job(impl: ModuleType) -> None:
+    core = make(impl)
+    core.submit(spec("j1", deadline=1), now=0)
+    core.on_timer(1)
+    core.forget("j1")
+    assert not core.has_job("j1")
+    core.submit(spec("j1", deadline=5), now=2)  # the id is free again
+    assert core.process()[0].state == JobState.QUEUED
