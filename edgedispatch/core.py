@@ -355,7 +355,9 @@ class DispatchCore:
             worker_id = wids[rec.worker] if rec.worker >= 0 else None
             assert job_id is not None
             if kind == ActionKind.OFFER:
-                yield Action(kind, job_id, worker_id, deadline=rec.value, attempt=rec.arg, now=rec.now)
+                yield Action(
+                    kind, job_id, worker_id, deadline=rec.value, attempt=rec.arg, now=rec.now
+                )
             elif kind == ActionKind.JOB_STATE:
                 yield Action(
                     kind, job_id, worker_id, JobState(rec.arg), FailReason(rec.extra), now=rec.now

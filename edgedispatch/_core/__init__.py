@@ -26,7 +26,7 @@ from edgedispatch._core.codes import (
 ring_c: ModuleType | None
 scheduler_c: ModuleType | None
 try:
-    from edgedispatch._core import ring_c, scheduler_c  # type: ignore[attr-defined,no-redef]
+    from edgedispatch._core import ring_c, scheduler_c
 except ImportError:  # not built
     ring_c = scheduler_c = None
 
@@ -40,9 +40,9 @@ if BUILT and not NO_EXTENSIONS:
     Scheduler = scheduler_c.Scheduler
     COMPILED = True
 else:
-    Ring = ring_py.Ring  # type: ignore[misc]
-    Record = ring_py.Record  # type: ignore[misc]
-    Scheduler = scheduler_py.Scheduler  # type: ignore[misc]
+    Ring = ring_py.Ring
+    Record = ring_py.Record
+    Scheduler = scheduler_py.Scheduler
     COMPILED = False
 
 

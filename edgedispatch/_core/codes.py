@@ -94,6 +94,8 @@ class WaitReason(IntEnum):
 
     NOT_WAITING = 0  #: the job is not queued
     NO_WORKERS = 1  #: no worker with its agent key is registered
-    ALL_BUSY = 2  #: workers exist, but each is FULL, draining, over the load threshold or out of slots
+    ALL_BUSY = (
+        2  #: workers exist, but each is FULL, draining, over the load threshold or out of slots
+    )
     ALL_TRIED = 3  #: every available worker already turned this job down
     BACKOFF = 4  #: waiting out the retry delay after a failed offer

@@ -63,7 +63,9 @@ class Ring:
         if len(self._q) >= self._cap:
             return False
         # Coerce like the C struct does, so both rings hand back equal tuples.
-        self._q.append((int(kind), int(job), int(worker), int(arg), float(value), float(now), int(extra)))
+        self._q.append(
+            (int(kind), int(job), int(worker), int(arg), float(value), float(now), int(extra))
+        )
         return True
 
     def push_record(self, rec: Record) -> bool:

@@ -104,7 +104,6 @@ F_TERMINATING = 1  # a TERMINATE went out; the job ends CANCELLED
 U64 = 0xFFFFFFFFFFFFFFFF
 
 
-
 def _splitmix64(x: cython.ulonglong) -> cython.ulonglong:
     """One step of SplitMix64; the masks keep plain Python at 64 bits."""
     z: cython.ulonglong = (x + 0x9E3779B97F4A7C15) & U64
@@ -166,13 +165,8 @@ class Scheduler(Tables):
         self.stale_events = 0
         self.decisions = 0
 
-
     # ------------------------------------------------------------------
     # Storage.  Arrays grow by doubling; handles index them directly.
-
-
-
-
 
     # ------------------------------------------------------------------
     # Event loop.
@@ -204,7 +198,7 @@ class Scheduler(Tables):
         self._purge_stale_timers()
         if self._tn == 0:
             return None
-        return self._t_when[0]
+        return float(self._t_when[0])
 
     def pop_action(self, rec: Record) -> cython.bint:
         """Move the oldest action into ``rec``; False when there is none."""
@@ -606,7 +600,9 @@ class Scheduler(Tables):
         self._j_retry_at[j] = now + delay
         # It is older than anything that queued while it was out on offer.
         self._q_push_front(ks, j)
-        self._set_timer(j, self._j_deadline[j] if delay <= 0.0 else min(now + delay, self._j_deadline[j]))
+        self._set_timer(
+            j, self._j_deadline[j] if delay <= 0.0 else min(now + delay, self._j_deadline[j])
+        )
         self._emit(ACT_STATE, j, -1, J_QUEUED, 0.0, now, R_NONE)
         if delay <= 0.0:
             self._pump(self._j_key[j], now)
@@ -650,35 +646,16 @@ class Scheduler(Tables):
     # ------------------------------------------------------------------
     # Slots: a held job is linked into its worker's job list.
 
-
-
-
     # ------------------------------------------------------------------
     # Per-key FIFO of queued jobs (a doubly linked list through the jobs).
 
-
-
-
     # ------------------------------------------------------------------
     # Eligible-worker heap, one per key, ordered by _better.
-
-
-
-
-
-
-
-
-
 
     # ------------------------------------------------------------------
     # Timers: one binary min-heap of (when, job, generation).  A job has at
     # most one live timer; bumping its generation makes older entries stale,
     # and stale entries are dropped when they reach the top.
-
-
-
-
 
     def _fire_timers(self, now: cython.double) -> cython.int:
         j: cython.int
@@ -802,4 +779,3 @@ class Scheduler(Tables):
             out.append(j)
             j = self._j_wnext[j]
         return out
-

@@ -24,12 +24,13 @@ WS_AVAILABLE = int(codes.WorkerStatus.AVAILABLE)
 NEVER = 1e300  # deadlines beyond this (such as infinity) never fire
 
 
-def _zeros(typecode: str, n: cython.Py_ssize_t) -> array.array:  # type: ignore[type-arg]
+def _zeros(typecode: str, n: int) -> array.array:  # type: ignore[type-arg]
     return array.array(typecode, bytes(array.array(typecode).itemsize * n))
 
 
-def _filled(typecode: str, n: cython.Py_ssize_t, value: object) -> array.array:  # type: ignore[type-arg]
-    return array.array(typecode, [value]) * n
+def _filled(typecode: str, n: int, value: int) -> array.array:  # type: ignore[type-arg]
+    one: array.array[int] = array.array(typecode, [value])
+    return one * n
 
 
 class KeyState:
@@ -489,4 +490,4 @@ class Tables:
         ks: KeyState
         for ks in self._keys:
             total += len(ks.heap) * 4
-        return total
+        return int(total)

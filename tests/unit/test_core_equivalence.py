@@ -26,7 +26,13 @@ from edgedispatch.errors import EdgeDispatchError
 KEYS = [AgentKey("t", "a"), AgentKey("t", "b")]
 WORKERS = [f"w{i}" for i in range(5)]
 JOBS = [f"j{i}" for i in range(8)]
-PENDING = {JobState.QUEUED, JobState.OFFERED, JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED}
+PENDING = {
+    JobState.QUEUED,
+    JobState.OFFERED,
+    JobState.ASSIGNED,
+    JobState.RUNNING,
+    JobState.ORPHANED,
+}
 HELD = {JobState.OFFERED, JobState.ASSIGNED, JobState.RUNNING}
 OPTIONS = dict(
     seed=7,
@@ -42,7 +48,9 @@ OPTIONS = dict(
 worker = st.sampled_from(WORKERS)
 job = st.sampled_from(JOBS)
 pick = st.integers(0, 7)  # which matching job an op picks (see resolve)
-register = st.tuples(st.just("register"), worker, st.integers(0, 1), st.sampled_from([0, 1, 1, 2, 3]))
+register = st.tuples(
+    st.just("register"), worker, st.integers(0, 1), st.sampled_from([0, 1, 1, 2, 3])
+)
 submit = st.tuples(
     st.just("submit"),
     job,
@@ -88,7 +96,11 @@ ops = st.one_of(
         st.tuples(st.just("forget"), job),
     ),
 )
-steps = st.lists(st.tuples(ops, st.sampled_from([0.0, 0.0, 0.0, 0.1, 0.5, 1.0, 2.5, 6.0])), min_size=20, max_size=80)
+steps = st.lists(
+    st.tuples(ops, st.sampled_from([0.0, 0.0, 0.0, 0.1, 0.5, 1.0, 2.5, 6.0])),
+    min_size=20,
+    max_size=80,
+)
 
 
 def resolve(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[Any, ...]:
@@ -125,8 +137,9 @@ def resolve(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[Any, .
     return ("cancel", jid)
 
 
-def apply(core: DispatchCore, op: tuple[Any, ...], now: float) -> str | list[Action]:
-    """Run one op; return its actions, or the name of the error it raised."""
+def apply(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[str, list[Action]]:
+    """Run one op, then the timers due by ``now``.  Returns the name of the
+    error the op raised ("" if none) and the actions."""
     name, *args = op
     try:
         if name == "register":
@@ -156,8 +169,8 @@ def apply(core: DispatchCore, op: tuple[Any, ...], now: float) -> str | list[Act
             pass
     except EdgeDispatchError as exc:
         assert core.process() == []  # a refused event changes nothing
-        return type(exc).__name__
-    return core.on_timer(now)
+        return type(exc).__name__, core.on_timer(now)
+    return "", core.on_timer(now)
 
 
 class Checker:
@@ -222,11 +235,11 @@ def run(impl: Any, script: list[tuple[tuple[Any, ...], float]]) -> list[object]:
     for op, dt in script:
         now += dt
         raw = resolve(core, op, now)
-        result = apply(core, raw, now)
-        if raw[0] == "forget" and not isinstance(result, str):
+        error, actions = apply(core, raw, now)
+        if raw[0] == "forget" and not error:
             checker.forgot(raw[1])
-        checker.check(core, result if isinstance(result, list) else [], now)
-        trace.append(result)
+        checker.check(core, actions, now)
+        trace.append((error, actions))
         trace.append((tuple(core.workers()), tuple(core.jobs(now)), core.next_deadline()))
     return trace
 

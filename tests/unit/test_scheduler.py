@@ -173,9 +173,9 @@ def test_every_worker_tried_then_max_attempts(impl: ModuleType) -> None:
     for w in ("w1", "w2"):
         core.register_worker(w, KEY, 1, now=0)
     core.submit(spec("j1"), now=0)
-    (_, first), = offers(core.process())
+    ((_, first),) = offers(core.process())
     core.reject("j1", first, now=1)
-    (_, second), = offers(core.process())
+    ((_, second),) = offers(core.process())
     assert second != first
     core.reject("j1", second, now=2)
     core.process()
@@ -195,14 +195,14 @@ def test_retry_backoff_grows_from_the_third_offer(impl: ModuleType) -> None:
     for i in range(5):
         core.register_worker(f"w{i}", KEY, 1, now=0)
     core.submit(spec("j1"), now=0)
-    (_, w), = offers(core.process())
+    ((_, w),) = offers(core.process())
     core.reject("j1", w, now=1)
-    (_, w), = offers(core.process())  # the first retry goes out at once
+    ((_, w),) = offers(core.process())  # the first retry goes out at once
     core.reject("j1", w, now=2)
     assert offers(core.process()) == []
     assert core.job("j1", 2).wait_reason == WaitReason.BACKOFF
     assert core.next_deadline() == pytest.approx(2.5)
-    (_, w), = offers(core.on_timer(2.5))
+    ((_, w),) = offers(core.on_timer(2.5))
     core.reject("j1", w, now=3)
     core.process()
     assert core.next_deadline() == pytest.approx(3.75)  # 1.0 capped at retry_max
@@ -353,7 +353,7 @@ def test_a_failed_job_runs_again_elsewhere_unless_policy_is_never(impl: ModuleTy
     assert offers(core.process()) == [("j1", "w2")]
 
     core.submit(spec("j2", restart_policy=RestartPolicy.NEVER), now=2)
-    (_, w), = offers(core.process())
+    ((_, w),) = offers(core.process())
     core.accept("j2", w, now=2)
     core.job_status("j2", w, JobStatus.FAILED, now=3)
     acts = core.process()

@@ -1,0 +1,5 @@
+import sys
+
+from edgedispatch.cli import main
+
+sys.exit(main())

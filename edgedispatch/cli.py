@@ -1,0 +1,71 @@
+"""The ``edgedispatch`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from edgedispatch._version import __version__
+
+
+def _bench_core(args: argparse.Namespace) -> int:
+    from edgedispatch import _core
+    from edgedispatch.bench import core
+
+    impls = ["compiled", "python"] if args.impl == "both" else [args.impl]
+    if "compiled" in impls and not _core.BUILT:
+        print(
+            "edgedispatch: the compiled core is not built; measuring python only", file=sys.stderr
+        )
+        impls = ["python"]
+    report = core.run(args.workers, args.jobs, min(args.jobs, args.python_jobs), impls)
+    print(json.dumps(report) if args.json else core.render(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgedispatch",
+        description="On-prem edge server for realtime AI agents (LiveKit-compatible dispatch).",
+    )
+    parser.add_argument("--version", action="version", version=f"edgedispatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    bench = sub.add_parser("bench", help="measure edgedispatch")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    core = bench_sub.add_parser("core", help="decisions per second of the scheduling core")
+    core.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[16, 1024, 10_000],
+        metavar="N",
+        help="worker counts to measure (default: 16 1024 10000)",
+    )
+    core.add_argument("--jobs", type=int, default=200_000, help="decisions per run (compiled)")
+    core.add_argument(
+        "--python-jobs",
+        type=int,
+        default=20_000,
+        help="decisions per run for the slower pure-Python core",
+    )
+    core.add_argument("--impl", choices=["both", "compiled", "python"], default="both")
+    core.add_argument("--json", action="store_true", help="print one JSON object")
+    core.set_defaults(func=_bench_core)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "workers", None) is not None and min(args.workers) < 1:
+        build_parser().error("--workers must be >= 1")
+    if getattr(args, "jobs", 1) < 1:
+        build_parser().error("--jobs must be >= 1")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
