@@ -86,7 +86,9 @@ class FailReason(IntEnum):
     WORKER_LOST = 3  #: its worker went away and did not claim it back
     JOB_ERROR = 4  #: the worker reported JS_FAILED
     CANCELLED = 5  #: cancelled by the caller (dispatch or room deleted)
-    TERMINATE_TIMEOUT = 6  #: terminated, and the worker never confirmed the end
+    REJECTED = 6  #: a worker declined it and asked that it not run elsewhere
+    ROOM_CLOSED = 7  #: its room closed
+    MAX_DURATION = 8  #: it ran longer than the configured maximum
 
 
 class WaitReason(IntEnum):

@@ -90,7 +90,7 @@ R_MAX_ATTEMPTS = int(codes.FailReason.MAX_ATTEMPTS)
 R_WORKER_LOST = int(codes.FailReason.WORKER_LOST)
 R_JOB_ERROR = int(codes.FailReason.JOB_ERROR)
 R_CANCELLED = int(codes.FailReason.CANCELLED)
-R_TERMINATE_TIMEOUT = int(codes.FailReason.TERMINATE_TIMEOUT)
+R_LAST = max(int(r) for r in codes.FailReason)
 
 W_NOT_WAITING = int(codes.WaitReason.NOT_WAITING)
 W_NO_WORKERS = int(codes.WaitReason.NO_WORKERS)
@@ -476,7 +476,7 @@ class Scheduler(Tables):
 
     def _on_cancel(self, j: cython.int, reason: cython.int, now: cython.double) -> cython.int:
         self._check_job(j)
-        if reason <= R_NONE or reason > R_TERMINATE_TIMEOUT:
+        if reason <= R_NONE or reason > R_LAST:
             reason = R_CANCELLED
         st: cython.int = self._j_state[j]
         w: cython.int = self._j_worker[j]
