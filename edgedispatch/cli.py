@@ -25,6 +25,32 @@ def _bench_core(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from edgedispatch import _core, config, logs, server
+    from edgedispatch.errors import ConfigError
+
+    overrides: dict[str, object] = {}
+    if args.bind is not None:
+        overrides["bind"] = args.bind
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        cfg = config.load(args.config, dev=args.dev, overrides=overrides)
+    except ConfigError as exc:
+        print(f"edgedispatch: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.logging.level, args.log_format or cfg.logging.format)
+    if not _core.COMPILED and not (cfg.dev or args.allow_pure_python):
+        print(
+            "edgedispatch: the compiled core is not loaded (not built, or "
+            "EDGEDISPATCH_NO_EXTENSIONS is set); pass --allow-pure-python to serve anyway",
+            file=sys.stderr,
+        )
+        return 2
+    server.serve(cfg, use_uvloop=args.loop == "uvloop")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgedispatch",
@@ -32,6 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgedispatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="development defaults: key devkey / secret secret, bind 127.0.0.1",
+    )
+    serve.add_argument("--bind", metavar="HOST", help="address to listen on")
+    serve.add_argument("--port", type=int, metavar="N", help="port to listen on (0: any free)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    serve.add_argument(
+        "--allow-pure-python",
+        action="store_true",
+        help="serve even if the compiled core is not loaded",
+    )
+    serve.set_defaults(func=_serve)
 
     bench = sub.add_parser("bench", help="measure edgedispatch")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")

@@ -1,0 +1,91 @@
+"""The Twirp services: ``livekit.AgentDispatchService`` and ``livekit.RoomService``.
+
+Grants are checked as LiveKit checks them: dispatch calls need ``roomAdmin``
+for the request's room; CreateRoom and DeleteRoom need ``roomCreate``;
+ListRooms needs ``roomList``; per-room calls need ``roomAdmin`` + ``room``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import Message
+from livekit.protocol import agent_dispatch as ad
+from livekit.protocol import room as rm
+
+from edgedispatch.auth import Claims
+from edgedispatch.dispatcher import Dispatcher
+from edgedispatch.twirp import TwirpError
+
+Handler = Callable[[Dispatcher, Claims, Any, dict[str, str]], Message]
+
+
+def _create_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+    c.require("roomAdmin", room=req.room)
+    return d.create_dispatch(req, headers.get("x-livekit-request-id", ""))
+
+
+def _list_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+    c.require("roomAdmin", room=req.room)
+    return ad.ListAgentDispatchResponse(agent_dispatches=d.list_dispatch(req.room, req.dispatch_id))
+
+
+def _delete_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+    c.require("roomAdmin", room=req.room)
+    return d.delete_dispatch(req.room, req.dispatch_id)
+
+
+def _create_room(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+    c.require("roomCreate")
+    return d.create_room(req)
+
+
+def _list_rooms(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+    c.require("roomList")
+    names = set(req.names)
+    rooms = [r.proto() for r in d.rooms.values() if not names or r.name in names]
+    return rm.ListRoomsResponse(rooms=rooms)
+
+
+def _delete_room(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+    c.require("roomCreate")
+    d.delete_room(req.room)
+    return rm.DeleteRoomResponse()
+
+
+def _list_participants(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+    c.require("roomAdmin", room=req.room)
+    d.room(req.room)
+    return rm.ListParticipantsResponse()  # nobody joins rooms on this server yet
+
+
+def _update_room_metadata(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+    c.require("roomAdmin", room=req.room)
+    room = d.room(req.room)
+    if len(req.metadata.encode()) > 64 * 1024:
+        raise TwirpError("invalid_argument", "metadata is over 65536 bytes")
+    room.metadata = req.metadata
+    return room.proto()
+
+
+#: (service, method) → (request class, handler)
+ROUTES: dict[tuple[str, str], tuple[type[Message], Handler]] = {
+    ("livekit.AgentDispatchService", "CreateDispatch"): (
+        ad.CreateAgentDispatchRequest,
+        _create_dispatch,
+    ),
+    ("livekit.AgentDispatchService", "ListDispatch"): (ad.ListAgentDispatchRequest, _list_dispatch),
+    ("livekit.AgentDispatchService", "DeleteDispatch"): (
+        ad.DeleteAgentDispatchRequest,
+        _delete_dispatch,
+    ),
+    ("livekit.RoomService", "CreateRoom"): (rm.CreateRoomRequest, _create_room),
+    ("livekit.RoomService", "ListRooms"): (rm.ListRoomsRequest, _list_rooms),
+    ("livekit.RoomService", "DeleteRoom"): (rm.DeleteRoomRequest, _delete_room),
+    ("livekit.RoomService", "ListParticipants"): (rm.ListParticipantsRequest, _list_participants),
+    ("livekit.RoomService", "UpdateRoomMetadata"): (
+        rm.UpdateRoomMetadataRequest,
+        _update_room_metadata,
+    ),
+}

@@ -1,0 +1,1 @@
+"""asyncio adapters: the only place where transports live."""

@@ -1,0 +1,172 @@
+"""WebSocket connections on the sans-IO protocol of ``websockets``.
+
+``websockets.server.ServerProtocol`` parses the handshake and frames,
+answers pings and runs the closing handshake; this adapter only moves bytes
+between it and the transport and hands whole messages to a handler.  Why
+this and not aiohttp's WebSocket: it fits inside our own httptools protocol
+(one object per connection, no task), and it costs a few kB per idle
+connection, which matters for thousands of idle agent workers.
+
+permessage-deflate is declined on purpose: its zlib contexts would cost
+hundreds of kB per connection, and LiveKit's workers work without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from websockets.exceptions import InvalidState
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+if TYPE_CHECKING:
+    from edgedispatch.net.http import Request
+
+log = logging.getLogger("edgedispatch.ws")
+# websockets logs every open and close at INFO; we log what matters ourselves.
+logging.getLogger("edgedispatch.ws").setLevel(logging.WARNING)
+
+CLOSE_TIMEOUT = 5.0
+
+# Close codes (RFC 6455 §7.4.1).
+NORMAL = 1000
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+UNSUPPORTED_DATA = 1003
+INVALID_PAYLOAD = 1007
+POLICY_VIOLATION = 1008
+TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+
+
+class MessageHandler(Protocol):
+    def on_message(self, data: bytes) -> None: ...
+
+    def on_closed(self, code: int, reason: str) -> None: ...
+
+
+class WebSocketConnection:
+    """One accepted WebSocket.  Binary messages go to the handler; a text
+    message closes the connection (1003), as no client of ours sends one."""
+
+    def __init__(self, transport: asyncio.Transport, max_size: int, peer: str) -> None:
+        self._transport: asyncio.Transport | None = transport
+        self._max_size = max_size
+        self.peer = peer
+        self._ws = ServerProtocol(max_size=max_size, logger=log)
+        self._handler: MessageHandler | None = None
+        self._parts: list[bytes] = []
+        self._parts_size = 0
+        self._closed_reported = False
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and self._ws.state is State.OPEN
+
+    def open(
+        self, request: Request, factory: Callable[[WebSocketConnection], object], rest: bytes
+    ) -> None:
+        """Run the handshake for ``request`` (already parsed by the HTTP layer)."""
+        query = "&".join(f"{k}={v}" for k, v in request.query.items())
+        target = request.path + (f"?{query}" if query else "")
+        head = [f"GET {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in request.headers.items()]
+        self._ws.receive_data(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        events = self._ws.events_received()
+        response = self._ws.accept(events[0])  # type: ignore[arg-type]
+        self._ws.send_response(response)
+        self._flush()
+        if response.status_code != 101:
+            self._abort()
+            return
+        handler = factory(self)
+        self._handler = handler  # type: ignore[assignment]
+        if rest:
+            self.data_received(rest)
+
+    def data_received(self, data: bytes) -> None:
+        self._ws.receive_data(data)
+        for event in self._ws.events_received():
+            if isinstance(event, Frame):
+                self._on_frame(event)
+        self._flush()
+
+    def connection_lost(self) -> None:
+        self._ws.receive_eof()
+        self._transport = None
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._report_closed()
+
+    def send(self, data: bytes) -> None:
+        """Send one binary message; dropped silently once closing."""
+        if not self.is_open:
+            return
+        self._ws.send_binary(data)
+        self._flush()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the TCP connection ends when the peer
+        answers, or after CLOSE_TIMEOUT."""
+        if self._transport is None:
+            return
+        try:
+            self._ws.send_close(code, reason[:120])
+        except InvalidState:
+            pass
+        self._flush()
+
+    # ------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op in (Opcode.PING, Opcode.PONG, Opcode.CLOSE):
+            return  # answered by the protocol itself
+        if op is Opcode.TEXT or (op is Opcode.CONT and not self._parts):
+            self.close(UNSUPPORTED_DATA, "text frames are not supported; send binary protobuf")
+            return
+        self._parts.append(frame.data)
+        self._parts_size += len(frame.data)
+        if self._parts_size > self._max_size:
+            self.close(TOO_BIG, f"message over {self._max_size} bytes")
+            return
+        if not frame.fin:
+            return
+        data = b"".join(self._parts)
+        self._parts, self._parts_size = [], 0
+        if self._handler is not None and self._ws.state is State.OPEN:
+            self._handler.on_message(data)
+
+    def _flush(self) -> None:
+        if self._transport is None:
+            return
+        for chunk in self._ws.data_to_send():
+            if chunk:
+                self._transport.write(chunk)
+            else:  # the protocol is done: half-close, and the peer closes
+                if self._transport.can_write_eof():
+                    self._transport.write_eof()
+        if self._ws.state is State.CLOSED:
+            self._abort()
+        elif self._ws.close_expected() and self._close_timer is None:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _report_closed(self) -> None:
+        if self._closed_reported or self._handler is None:
+            return
+        self._closed_reported = True
+        rcvd: Close | None = self._ws.close_rcvd
+        sent: Close | None = self._ws.close_sent
+        close = sent if sent is not None else rcvd
+        code = close.code if close is not None else 1006
+        reason = close.reason if close is not None else "connection lost"
+        self._handler.on_closed(code, reason)

@@ -1,0 +1,112 @@
+"""``edgedispatch serve``: the composition root.
+
+Builds the dispatcher and the HTTP listener on one port, then runs until
+SIGTERM/SIGINT.  The first signal drains: no new dispatches (Twirp
+``unavailable``), no new offers, and it waits for running jobs up to
+``server.drain_timeout``.  A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from edgedispatch import _core
+from edgedispatch.app import App
+from edgedispatch.auth import Verifier
+from edgedispatch.config import Config
+from edgedispatch.dispatcher import Dispatcher
+from edgedispatch.net.http import HttpProtocol
+
+log = logging.getLogger("edgedispatch.server")
+
+
+class Server:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.dispatcher: Dispatcher | None = None
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._stop = asyncio.Event()
+        self._signals = 0
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        verifier = Verifier(self.cfg.keys)
+        self.dispatcher = Dispatcher(self.cfg, loop, verifier)
+        app = App(self.dispatcher, verifier)
+        max_size = self.cfg.server.max_message_size
+
+        def factory() -> HttpProtocol:
+            return HttpProtocol(app, max_size)
+
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock, backlog=4096)
+        else:
+            self._server = await loop.create_server(
+                factory,
+                self.cfg.server.bind,
+                self.cfg.server.port,
+                backlog=4096,
+                reuse_address=True,
+            )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def request_stop(self) -> None:
+        """SIGTERM: the first drains, the second exits at once."""
+        self._signals += 1
+        if self._signals == 1:
+            log.info("draining: no new work; waiting for running jobs")
+            assert self.dispatcher is not None
+            self.dispatcher.begin_drain()
+            asyncio.get_running_loop().create_task(self._drain())
+        else:
+            log.warning("second signal: exiting now")
+            self._stop.set()
+
+    async def _drain(self) -> None:
+        assert self.dispatcher is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.server.drain_timeout
+        while self.dispatcher.running_jobs() and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+        left = self.dispatcher.running_jobs()
+        if left:
+            log.warning("drain timeout: exiting with %d jobs still running", left)
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+        if self._server is not None:
+            self._server.close()
+
+    async def run(self, announce: Callable[[str], None] = print) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        host = self.cfg.server.bind
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        announce(f"edgedispatch listening on http://{shown}:{self.port}")
+        if self.cfg.dev:
+            key, secret = next(iter(self.cfg.keys.items()))
+            announce(
+                f"dev mode: LIVEKIT_URL=ws://{shown}:{self.port} "
+                f"LIVEKIT_API_KEY={key} LIVEKIT_API_SECRET={secret}"
+            )
+        log.info("serving (compiled core: %s)", _core.COMPILED)
+        sys.stdout.flush()
+        await self.wait_stopped()
+
+
+def serve(cfg: Config, use_uvloop: bool = True) -> None:
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(Server(cfg).run())
+    else:
+        asyncio.run(Server(cfg).run())
