@@ -549,7 +549,7 @@ class Dispatcher:
         self._check_open()
         if not req.room:
             raise TwirpError("invalid_argument", "room is required")
-        if req.restart_policy not in (RestartPolicy.ON_FAILURE, RestartPolicy.NEVER):
+        if int(req.restart_policy) not in (RestartPolicy.ON_FAILURE, RestartPolicy.NEVER):
             raise TwirpError("invalid_argument", f"unknown restart_policy {req.restart_policy}")
         problem = check_deployment(req.deployment) or check_payload(
             req.metadata, dict(req.attributes)

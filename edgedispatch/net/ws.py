@@ -129,7 +129,7 @@ class WebSocketConnection:
         if op is Opcode.TEXT or (op is Opcode.CONT and not self._parts):
             self.close(UNSUPPORTED_DATA, "text frames are not supported; send binary protobuf")
             return
-        self._parts.append(frame.data)
+        self._parts.append(bytes(frame.data))
         self._parts_size += len(frame.data)
         if self._parts_size > self._max_size:
             self.close(TOO_BIG, f"message over {self._max_size} bytes")
