@@ -84,6 +84,7 @@ class AgentConnection:
                 self._register_timer = None
             self.version = msg.register.version
             self.send(d.register(self, msg.register))
+            d.step()  # only now may offers go out to this worker
             return
         if kind == "availability":
             d.availability(self, msg.availability)

@@ -243,8 +243,9 @@ class Dispatcher:
     # Workers.
 
     def register(self, link: WorkerLink, req: agent.RegisterWorkerRequest) -> agent.ServerMessage:
-        """A worker's first message.  Returns the register response to send
-        first; raises InvalidEvent (the connection is closed) if invalid."""
+        """A worker's first message.  Returns the register response, which the
+        caller sends before calling ``step()``; raises InvalidEvent (the
+        connection is closed) if the registration is invalid."""
         if req.type not in agent.JobType.values():
             raise InvalidEvent(f"unknown job type {req.type}")
         problem = check_deployment(req.deployment)
@@ -278,8 +279,14 @@ class Dispatcher:
             slots,
             extra={"worker": link.worker_id, "agent": req.agent_name},
         )
-        self._step()
+        # No _step() here: the register response must be the first frame the
+        # worker gets (a Node worker dies otherwise), so the caller sends it
+        # and then calls step().
         return msg
+
+    def step(self) -> None:
+        """Apply whatever the core decided since the last step."""
+        self._step()
 
     def _claim(self, link: WorkerLink, job_id: str) -> None:
         try:

@@ -33,6 +33,7 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
         self._signals = 0
+        self.connections: set[HttpProtocol] = set()
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -42,7 +43,7 @@ class Server:
         max_size = self.cfg.server.max_message_size
 
         def factory() -> HttpProtocol:
-            return HttpProtocol(app, max_size)
+            return HttpProtocol(app, max_size, self.connections)
 
         if sock is not None:
             self._server = await loop.create_server(factory, sock=sock, backlog=4096)
@@ -81,8 +82,17 @@ class Server:
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
         if self._server is not None:
             self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
 
     async def run(self, announce: Callable[[str], None] = print) -> None:
         await self.start()

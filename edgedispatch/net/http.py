@@ -99,8 +99,11 @@ class Application(Protocol):
 
 
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, app: Application, max_message_size: int) -> None:
+    def __init__(
+        self, app: Application, max_message_size: int, connections: set[HttpProtocol]
+    ) -> None:
         self._app = app
+        self._connections = connections
         self._max_message = max_message_size
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -120,6 +123,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport is not an asyncio.Transport subclass: no isinstance.
         self._transport = cast(asyncio.Transport, transport)
+        self._connections.add(self)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else str(peer or "")
 
@@ -136,9 +140,14 @@ class HttpProtocol(asyncio.Protocol):
             self._write_and_close(Response(status, f"bad request: {exc}\n".encode()))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
         if self._ws is not None:
             self._ws.connection_lost()
         self._transport = None
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     # httptools callbacks ----------------------------------------------
 

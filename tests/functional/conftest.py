@@ -1,0 +1,99 @@
+"""A real edgedispatch server per test, in a thread with its own event loop
+(uvloop or asyncio), on an ephemeral port."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+import uvloop
+
+from edgedispatch import config
+from edgedispatch.server import Server
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    def __init__(self, cfg: config.Config, loop_kind: str) -> None:
+        self.cfg = cfg
+        self.loop_kind = loop_kind
+        self.loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+        self.server = Server(cfg)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.start())
+        self._ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        assert self._ready.wait(10), "server did not start"
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}"
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's loop (its state is not thread-safe)."""
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    @property
+    def dispatcher(self) -> Any:
+        return self.server.dispatcher
+
+    def stop(self) -> None:
+        async def close() -> None:
+            await self.server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def make_config(**sections: dict[str, Any]) -> config.Config:
+    base = config.load(dev=True, env={}, overrides={"port": 0})
+    for name, values in sections.items():
+        section = getattr(base, name)
+        base = msgspec.structs.replace(base, **{name: msgspec.structs.replace(section, **values)})
+    return config.validate(base)
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerThread]]:
+    started: list[ServerThread] = []
+
+    def start(loop_kind: str = "uvloop", **sections: dict[str, Any]) -> ServerThread:
+        srv = ServerThread(make_config(**sections), loop_kind).start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
