@@ -313,11 +313,9 @@ def test_simulate_job_goes_to_the_asking_worker(start_server: Callable[..., Serv
 
 
 async def raw_socket(srv: ServerThread) -> Any:
+    auth = {"Authorization": f"Bearer {worker_token('devkey', 'secret')}"}
     return await connect(
-        f"{srv.ws_url}/agent",
-        max_size=None,
-        compression=None,
-        additional_headers={"Authorization": f"Bearer {worker_token('devkey', 'secret')}"},
+        f"{srv.ws_url}/agent", max_size=None, compression=None, additional_headers=auth
     )
 
 
