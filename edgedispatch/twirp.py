@@ -81,11 +81,30 @@ def decode(body: bytes, encoding: str, cls: type[M]) -> M:
     return msg
 
 
+# Enum values newer than what the Node SDK's protocol package knows.  Its
+# JSON parser reads an unknown enum *name* as 0 (a cancelled job would look
+# pending) but keeps an unknown *number*, so these go out as numbers.
+_NUMERIC_IN_JSON = {"JS_CANCELLED": 4}
+
+
+def _numeric_enums(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _NUMERIC_IN_JSON.get(v, v)
+            if k == "status" and isinstance(v, str)
+            else _numeric_enums(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_numeric_enums(v) for v in value]
+    return value
+
+
 def encode(msg: Message, encoding: str) -> bytes:
     if encoding == PROTOBUF:
         return msg.SerializeToString()
     data: dict[str, Any] = json_format.MessageToDict(msg)
-    return msgspec.json.encode(data)
+    return msgspec.json.encode(_numeric_enums(data))
 
 
 def error_body(exc: EdgeDispatchError) -> tuple[int, bytes]:

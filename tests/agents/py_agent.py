@@ -4,7 +4,9 @@ Driven by environment variables set by the tests:
   EDT_OUT    folder where each job writes <job id>.json with what it saw
   EDT_AGENT  the agent name it registers (default "test-agent")
   EDT_MODE   record (default): record and shut down; sleep: record, then
-             run until terminated; reject: decline every job (terminate=False)
+             run until terminated (writes <job id>.terminated when asked to
+             stop); reject: decline every job (terminate=False)
+  EDT_LOAD   the load it reports (default 0)
 """
 
 import asyncio
@@ -19,7 +21,8 @@ MODE = os.environ.get("EDT_MODE", "record")
 
 # The default load gate reads whole-machine CPU; a busy test box would make
 # the worker refuse work, so the tests pin the load.
-server = AgentServer(load_fnc=lambda: 0.0, load_threshold=0.9, num_idle_processes=1, port=0)
+LOAD = float(os.environ.get("EDT_LOAD", "0"))
+server = AgentServer(load_fnc=lambda: LOAD, load_threshold=0.9, num_idle_processes=1, port=0)
 
 
 async def on_request(req: JobRequest) -> None:
@@ -41,8 +44,10 @@ async def entrypoint(ctx: JobContext) -> None:
         "ctx_room": ctx.room.name,
         "metadata": job.metadata,
         "attributes": dict(job.attributes),
-        "claims": ctx.token_claims().__dict__ if hasattr(ctx, "token_claims") else {},
         "identity": ctx.token_claims().identity,
+        "kind": ctx.token_claims().kind,
+        "token_attributes": ctx.token_claims().attributes,
+        "token_room": ctx.token_claims().video.room,
         "url": ctx._info.url,
         "pid": os.getpid(),
         "worker_pid": os.getppid(),
@@ -51,6 +56,11 @@ async def entrypoint(ctx: JobContext) -> None:
     tmp.write_text(json.dumps(record, default=str))
     tmp.rename(OUT / f"{job.id}.json")
     if MODE == "sleep":
+
+        async def on_shutdown(reason: str) -> None:
+            (OUT / f"{job.id}.terminated").write_text(reason)
+
+        ctx.add_shutdown_callback(on_shutdown)
         await asyncio.sleep(3600)
     ctx.shutdown()
 
