@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
+    from edgedispatch import cli_client
+
+    cli_client.add_commands(sub)
+
     bench = sub.add_parser("bench", help="measure edgedispatch")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     core = bench_sub.add_parser("core", help="decisions per second of the scheduling core")

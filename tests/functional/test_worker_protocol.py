@@ -407,3 +407,27 @@ def test_workers_need_a_valid_agent_token(
         assert info.value.response.status_code == 401
 
     run(main())
+
+
+def test_max_job_duration_ends_jobs_that_never_report(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """Node workers never say a job ended: the maximum duration frees its slot."""
+    srv = start_server(
+        dispatch={"max_job_duration": 0.3, "terminate_grace": 0.3, "agent_slots": {"n": 1}}
+    )
+
+    async def main() -> None:
+        w = FakeWorker(srv.url, agent_name="n", report=False)
+        await w.connect()
+        await dispatch(srv, "n", room="r1")
+        await dispatch(srv, "n", room="r2")
+        await w.wait_for(lambda: len(w.assigned) == 1)
+        (first,) = w.assigned
+        await w.wait_for(lambda: w.terminated == [first], timeout=3)
+        await w.wait_for(lambda: len(w.assigned) == 2, timeout=3)  # the slot came back
+        (job,) = await list_jobs(srv, "r1")
+        assert job.state.status == agent.JS_CANCELLED
+        assert "max_job_duration" in job.state.error
+
+    run(main())

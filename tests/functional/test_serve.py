@@ -1,0 +1,171 @@
+"""``edgedispatch serve`` as a process: announcing its URL, JSON logs, the
+lk-style CLI against it, bad configuration, and draining on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from livekit import api
+
+from edgedispatch._testbase.fake_worker import FakeWorker
+
+
+class ServeProcess:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgedispatch", "serve", "--dev", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"listening on (http://\S+)", line)
+        assert match, f"unexpected first line: {line!r}"
+        self.url = match.group(1)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "LIVEKIT_URL": self.url,
+            "LIVEKIT_API_KEY": "devkey",
+            "LIVEKIT_API_SECRET": "secret",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "edgedispatch", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=20)
+        return err
+
+
+@pytest.fixture
+def served() -> Iterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
+    yield started
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.communicate()
+
+
+def test_cli_against_the_server_and_json_logs(served: list[ServeProcess]) -> None:
+    srv = ServeProcess("--log-format", "json")
+    served.append(srv)
+    out = srv.cli("dispatch", "create", "--room", "r1", "--agent-name", "bot", "--metadata", "m1")
+    assert out.returncode == 0, out.stderr
+    dispatch_id = out.stdout.split()[0]
+    assert dispatch_id.startswith("AD_") and "agent=bot" in out.stdout
+    listed = srv.cli("dispatch", "list", "--room", "r1", "--json")
+    (d,) = json.loads(listed.stdout)
+    assert d["id"] == dispatch_id and d["metadata"] == "m1"
+    assert "no worker is registered for agent 'bot'" in d["state"]["jobs"][0]["state"]["error"]
+    assert srv.cli("room", "create", "r2", "--agent-name", "bot").returncode == 0
+    rooms = json.loads(srv.cli("room", "list", "--json").stdout)
+    assert sorted(r["name"] for r in rooms) == ["r1", "r2"]
+    assert srv.cli("dispatch", "delete", "--room", "r1", "--id", dispatch_id).returncode == 0
+    missing = srv.cli("dispatch", "delete", "--room", "r1", "--id", dispatch_id)
+    assert missing.returncode == 1 and "not_found" in missing.stderr
+    assert srv.cli("room", "delete", "r2").returncode == 0
+    wrong = srv.cli("room", "list", "--api-secret", "nope")
+    assert wrong.returncode == 1 and "unauthenticated" in wrong.stderr
+
+    logs = [json.loads(line) for line in srv.stop().splitlines() if line.startswith("{")]
+    created = [x for x in logs if x["msg"] == "dispatch created"]
+    assert created and created[0]["dispatch"] == dispatch_id and created[0]["room"] == "r1"
+    assert any(x.get("job", "").startswith("AJ_") for x in logs)
+
+
+def test_bad_configuration_stops_the_server(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[dispatch]\noffer_timeout = -1\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgedispatch",
+            "serve",
+            "--config",
+            str(cfg),
+            "--dev",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "dispatch.offer_timeout" in out.stderr
+
+
+def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess]) -> None:
+    srv = ServeProcess()
+    served.append(srv)
+
+    async def main() -> None:
+        w = FakeWorker(srv.url, agent_name="a", report=True)
+        await w.connect()
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="a", room="r")
+            )
+            await w.wait_for(lambda: len(w.assigned) == 1)
+            srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert srv.proc.poll() is None  # a job is running: it waits
+            with pytest.raises(api.TwirpError) as info:
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name="a", room="r2")
+                )
+            assert info.value.code == "unavailable"
+            (job_id,) = w.assigned
+            await w.job_status(job_id, 2)  # JS_SUCCESS: the last job ends
+            t0 = time.monotonic()
+            while srv.proc.poll() is None and time.monotonic() - t0 < 5:
+                await asyncio.sleep(0.05)
+            assert srv.proc.poll() == 0
+        await FakeWorker.close_all()
+
+    asyncio.run(main())
+
+    second = ServeProcess()
+    served.append(second)
+
+    async def hold_a_job() -> None:
+        w = FakeWorker(second.url, agent_name="a")
+        await w.connect()
+        async with api.LiveKitAPI(second.url, "devkey", "secret") as lk:
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="a", room="r")
+            )
+        await w.wait_for(lambda: len(w.assigned) == 1)
+        second.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert second.proc.poll() is None
+        second.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        while second.proc.poll() is None and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.05)
+        assert second.proc.poll() == 0
+        await FakeWorker.close_all()
+
+    asyncio.run(hold_a_job())
