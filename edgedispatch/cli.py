@@ -51,6 +51,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_dispatch(args: argparse.Namespace) -> int:
+    from edgedispatch.bench import dispatch
+
+    report = dispatch.run(args.workers, args.rate, args.duration, hold=args.hold)
+    print(json.dumps(report) if args.json else dispatch.render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgedispatch",
@@ -102,12 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--impl", choices=["both", "compiled", "python"], default="both")
     core.add_argument("--json", action="store_true", help="print one JSON object")
     core.set_defaults(func=_bench_core)
+    disp = bench_sub.add_parser("dispatch", help="the server end to end, with simulated workers")
+    disp.add_argument("--workers", type=int, default=100, help="simulated workers (default 100)")
+    disp.add_argument("--rate", type=float, default=1000, help="CreateDispatch calls per second")
+    disp.add_argument("--duration", type=float, default=10, help="seconds to send for")
+    disp.add_argument("--hold", type=float, default=0.5, help="seconds each job runs")
+    disp.add_argument("--json", action="store_true", help="print one JSON object")
+    disp.set_defaults(func=_bench_dispatch)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "workers", None) is not None and min(args.workers) < 1:
+    workers = getattr(args, "workers", None)
+    if workers is not None and min(workers if isinstance(workers, list) else [workers]) < 1:
         build_parser().error("--workers must be >= 1")
     if getattr(args, "jobs", 1) < 1:
         build_parser().error("--jobs must be >= 1")

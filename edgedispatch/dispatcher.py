@@ -153,7 +153,7 @@ class Dispatcher:
             job.state.worker_id = link.worker_id
             job.state.updated_at = job.state.started_at = self.wall_ns()
             link.send(msg)
-            log.info("offered job (attempt %d)", a.attempt, extra=extra)
+            log.debug("offered job (attempt %d)", a.attempt, extra=extra)
         elif a.kind == ActionKind.ASSIGN:
             self._assign(rec, self.workers[a.worker_id or ""])
             log.info("assigned job", extra=extra)
@@ -189,7 +189,8 @@ class Dispatcher:
             if rec.duration_timer is not None:
                 rec.duration_timer.cancel()
                 rec.duration_timer = None
-            log.info(
+            log.log(
+                logging.INFO if state != JobState.SUCCESS else logging.DEBUG,
                 "job ended %s",
                 state.name,
                 extra={"job": rec.id, "room": rec.job.room.name, "reason": rec.reason.name},

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 
 _ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # base57, as LiveKit
+# One random byte -> one character.  256 is not a multiple of 57, so the
+# first 28 characters are a little likelier (5/256 against 4/256): harmless
+# for ids (~70 bits each), and a byte table is ~20x faster than secrets.choice.
+_TABLE = bytes(ord(_ALPHABET[i % len(_ALPHABET)]) for i in range(256))
 
 ROOM = "RM_"
 DISPATCH = "AD_"
@@ -14,4 +18,4 @@ NODE = "ND_"
 
 
 def new(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(12))
+    return prefix + os.urandom(12).translate(_TABLE).decode("ascii")
