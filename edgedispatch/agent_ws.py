@@ -14,7 +14,7 @@ import logging
 import time
 
 from google.protobuf.message import DecodeError
-from livekit.protocol import agent
+from livekit.protocol import agent, models
 
 from edgedispatch.dispatcher import Dispatcher
 from edgedispatch.errors import EdgeDispatchError
@@ -36,6 +36,7 @@ class AgentConnection:
         self.worker_id = ""
         self.version = ""
         self.reports_status = False
+        self.permissions: models.ParticipantPermission | None = None
         loop = asyncio.get_running_loop()
         self._register_timer: asyncio.TimerHandle | None = loop.call_later(
             REGISTER_TIMEOUT, self._register_timeout

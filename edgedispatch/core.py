@@ -43,6 +43,11 @@ from edgedispatch.errors import (
     UnknownWorker,
 )
 
+# Number -> enum member, without IntEnum's slow constructor on the hot path.
+_ACTION_KINDS = {int(k): k for k in ActionKind}
+_STATES = {int(s): s for s in JobState}
+_REASONS = {int(r): r for r in FailReason}
+
 
 class AgentKey(msgspec.Struct, frozen=True, order=True):
     """Which workers may run a job: tenant + agent name + job type + deployment."""
@@ -130,8 +135,9 @@ class _Handles:
         return h
 
     def recycle(self) -> None:
-        self._free.extend(self._freeing)
-        self._freeing.clear()
+        if self._freeing:
+            self._free.extend(self._freeing)
+            self._freeing.clear()
 
 
 class DispatchCore:
@@ -350,7 +356,7 @@ class DispatchCore:
         rec = self._rec
         wids, jids = self._workers.ids, self._jobs.ids
         while self._s.pop_action(rec):
-            kind = ActionKind(rec.kind)
+            kind = _ACTION_KINDS[rec.kind]
             job_id = jids[rec.job]
             worker_id = wids[rec.worker] if rec.worker >= 0 else None
             assert job_id is not None
@@ -360,10 +366,10 @@ class DispatchCore:
                 )
             elif kind == ActionKind.JOB_STATE:
                 yield Action(
-                    kind, job_id, worker_id, JobState(rec.arg), FailReason(rec.extra), now=rec.now
+                    kind, job_id, worker_id, _STATES[rec.arg], _REASONS[rec.extra], now=rec.now
                 )
             elif kind in (ActionKind.JOB_FAILED, ActionKind.TERMINATE):
-                yield Action(kind, job_id, worker_id, reason=FailReason(rec.arg), now=rec.now)
+                yield Action(kind, job_id, worker_id, reason=_REASONS[rec.arg], now=rec.now)
             else:
                 yield Action(kind, job_id, worker_id, now=rec.now)
 
@@ -404,6 +410,16 @@ class DispatchCore:
             WaitReason(self._s.wait_reason(j, now)),
             bool(terminating),
         )
+
+    def job_state(self, job_id: str) -> tuple[JobState, str | None]:
+        """A job's state and worker: the cheap part of ``job()``."""
+        j = self._job(job_id)
+        state, _k, w, *_ = self._s.job_info(j)
+        return _STATES[state], self._workers.ids[w] if w >= 0 else None
+
+    def worker_status(self, worker_id: str) -> WorkerStatus:
+        """A worker's status: the cheap part of ``worker()``."""
+        return WorkerStatus(self._s.worker_info(self._worker(worker_id))[1])
 
     def jobs(self, now: float) -> list[JobView]:
         return [self.job(j, now) for j in sorted(self._jobs.by_id)]

@@ -58,6 +58,7 @@ class WorkerLink(Protocol):
     peer: str
     version: str
     reports_status: bool
+    permissions: models.ParticipantPermission | None  # from its registration
 
     def send(self, msg: agent.ServerMessage) -> None: ...
 
@@ -138,6 +139,9 @@ class Dispatcher:
         rec = self.jobs.get(a.job_id)
         if rec is None:
             return
+        if a.kind == ActionKind.JOB_STATE and a.state is not None:
+            self._on_state(rec, a.state, a.reason, a.worker_id)
+            return
         extra = {
             "job": a.job_id,
             "worker": a.worker_id,
@@ -156,7 +160,7 @@ class Dispatcher:
             log.debug("offered job (attempt %d)", a.attempt, extra=extra)
         elif a.kind == ActionKind.ASSIGN:
             self._assign(rec, self.workers[a.worker_id or ""])
-            log.info("assigned job", extra=extra)
+            log.info("assigned job", extra={**extra, "agent": rec.job.agent_name})
         elif a.kind == ActionKind.TERMINATE:
             self._terminate_on(rec, a.worker_id)
             log.info("terminating job", extra={**extra, "reason": a.reason.name})
@@ -166,8 +170,6 @@ class Dispatcher:
                 REASON_TEXT.get(a.reason, a.reason.name),
                 extra={**extra, "reason": a.reason.name},
             )
-        elif a.kind == ActionKind.JOB_STATE and a.state is not None:
-            self._on_state(rec, a.state, a.reason, a.worker_id)
 
     def _on_state(
         self, rec: JobRec, state: JobState, reason: FailReason, worker_id: str | None
@@ -193,7 +195,12 @@ class Dispatcher:
                 logging.INFO if state != JobState.SUCCESS else logging.DEBUG,
                 "job ended %s",
                 state.name,
-                extra={"job": rec.id, "room": rec.job.room.name, "reason": rec.reason.name},
+                extra={
+                    "job": rec.id,
+                    "room": rec.job.room.name,
+                    "dispatch": rec.dispatch_id,
+                    "reason": rec.reason.name,
+                },
             )
 
     def _assign(self, rec: JobRec, link: WorkerLink) -> None:
@@ -208,7 +215,7 @@ class Dispatcher:
             metadata=metadata,
             attributes=attributes,
             agent_name=rec.job.agent_name,
-            permissions=self._permissions(link),
+            permissions=link.permissions,
         )
         msg = agent.ServerMessage()
         msg.assignment.job.CopyFrom(rec.proto())
@@ -219,11 +226,6 @@ class Dispatcher:
         limit = self.cfg.dispatch.max_job_duration
         if limit > 0 and rec.duration_timer is None:
             rec.duration_timer = self._loop.call_later(limit, self._job_too_long, rec.id)
-
-    def _permissions(self, link: WorkerLink) -> models.ParticipantPermission | None:
-        view = self.core.worker(link.worker_id)
-        perms: models.ParticipantPermission | None = view.permissions
-        return perms
 
     def _job_too_long(self, job_id: str) -> None:
         rec = self.jobs.get(job_id)
@@ -256,6 +258,7 @@ class Dispatcher:
         slots = self.cfg.dispatch.agent_slots.get(req.agent_name, self.cfg.dispatch.worker_slots)
         perms = req.allowed_permissions if req.HasField("allowed_permissions") else None
         link.worker_id = ids.new(ids.WORKER)
+        link.permissions = perms
         now = self.now()
         self.core.register_worker(link.worker_id, key, slots, now, permissions=perms)
         self.workers[link.worker_id] = link
@@ -298,8 +301,10 @@ class Dispatcher:
             )
 
     def worker_update(self, link: WorkerLink, msg: agent.UpdateWorkerStatus) -> None:
-        view = self.core.worker(link.worker_id)
-        status = WorkerStatus(msg.status) if msg.HasField("status") else view.status
+        if msg.HasField("status"):
+            status = WorkerStatus.FULL if msg.status == agent.WS_FULL else WorkerStatus.AVAILABLE
+        else:
+            status = self.core.worker_status(link.worker_id)
         if status == WorkerStatus.DRAINING:
             status = WorkerStatus.FULL
         load = msg.load if 0.0 <= msg.load <= 1.0 else min(max(msg.load, 0.0), 1.0)
@@ -315,8 +320,8 @@ class Dispatcher:
             if sim is link and msg.available:
                 self._assign_simulated(link, msg)
             return
-        view = self.core.job(msg.job_id, self.now())
-        if view.state != JobState.OFFERED or view.worker_id != link.worker_id:
+        state, worker_id = self.core.job_state(msg.job_id)
+        if state != JobState.OFFERED or worker_id != link.worker_id:
             log.info(
                 "late availability answer ignored",
                 extra={"job": msg.job_id, "worker": link.worker_id},
@@ -347,7 +352,12 @@ class Dispatcher:
             return
         if msg.error:
             rec.error = msg.error
-        self.core.job_status(msg.job_id, link.worker_id, JobStatus(msg.status), self.now())
+        status = (
+            JobStatus.RUNNING
+            if msg.status == agent.JS_RUNNING
+            else (JobStatus.SUCCESS if msg.status == agent.JS_SUCCESS else JobStatus.FAILED)
+        )
+        self.core.job_status(msg.job_id, link.worker_id, status, self.now())
         self._step()
 
     def migrate(self, link: WorkerLink, msg: agent.MigrateJobRequest) -> None:
@@ -387,7 +397,7 @@ class Dispatcher:
             room=job.room.name,
             identity=msg.participant_identity or f"agent-{job.id}",
             agent_name=job.agent_name,
-            permissions=self._permissions(link),
+            permissions=link.permissions,
         )
         if self.cfg.server.public_url:
             out.assignment.url = self.cfg.server.public_url
@@ -513,7 +523,7 @@ class Dispatcher:
         self.dispatches[rec.id] = rec
         room.dispatch_ids.append(rec.id)
         self._new_job(rec, room)
-        log.info(
+        log.debug(
             "dispatch created", extra={"dispatch": rec.id, "room": room.name, "agent": agent_name}
         )
         return rec

@@ -17,5 +17,12 @@ WORKER = "AW_"
 NODE = "ND_"
 
 
+_pool = b""
+
+
 def new(prefix: str) -> str:
-    return prefix + os.urandom(12).translate(_TABLE).decode("ascii")
+    global _pool
+    if len(_pool) < 12:
+        _pool = os.urandom(12 * 512)  # one system call per 512 ids
+    chunk, _pool = _pool[:12], _pool[12:]
+    return prefix + chunk.translate(_TABLE).decode("ascii")

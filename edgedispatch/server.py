@@ -15,7 +15,7 @@ import socket
 import sys
 from collections.abc import Callable
 
-from edgedispatch import _core
+from edgedispatch import _core, logs
 from edgedispatch.app import App
 from edgedispatch.auth import Verifier
 from edgedispatch.config import Config
@@ -80,6 +80,13 @@ class Server:
             log.warning("drain timeout: exiting with %d jobs still running", left)
         self._stop.set()
 
+    def _flush_logs(self) -> None:
+        logs.flush()
+        if not self._stop.is_set():
+            asyncio.get_running_loop().call_later(
+                logs.DeferredStreamHandler.FLUSH_INTERVAL, self._flush_logs
+            )
+
     async def wait_stopped(self) -> None:
         await self._stop.wait()
         await self.close()
@@ -109,6 +116,7 @@ class Server:
                 f"LIVEKIT_API_KEY={key} LIVEKIT_API_SECRET={secret}"
             )
         log.info("serving (compiled core: %s)", _core.COMPILED)
+        self._flush_logs()
         sys.stdout.flush()
         await self.wait_stopped()
 

@@ -34,21 +34,23 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    workers = [FakeWorker(args.url, agent_name=args.agent_name, report=False)
-               for _ in range(args.count)]
+    workers = [
+        FakeWorker(args.url, agent_name=args.agent_name, report=False) for _ in range(args.count)
+    ]
 
     def on_assignment(worker: FakeWorker, assignment: agent.JobAssignment) -> None:
         job = assignment.job
         running_at[job.metadata] = time.monotonic()
         loop.create_task(worker.job_status(job.id, agent.JS_RUNNING))
-        loop.call_later(args.hold, lambda: loop.create_task(
-            worker.job_status(job.id, agent.JS_SUCCESS)))
+        loop.call_later(
+            args.hold, lambda: loop.create_task(worker.job_status(job.id, agent.JS_SUCCESS))
+        )
 
     for start in range(0, len(workers), 200):  # connect in waves
-        batch = workers[start:start + 200]
+        batch = workers[start : start + 200]
         await asyncio.gather(*(w.connect() for w in batch))
         for w in batch:
-            w.on_assignment = lambda a, w=w: on_assignment(w, a)  # type: ignore[misc]
+            w.on_assignment = lambda a, w=w: on_assignment(w, a)
             await w.update(load=0.0)
     print("ready", flush=True)
     await stop.wait()

@@ -55,6 +55,8 @@ class WebSocketConnection:
 
     def __init__(self, transport: asyncio.Transport, max_size: int, peer: str) -> None:
         self._transport: asyncio.Transport | None = transport
+        # Looked up once: on Python 3.11 each get_running_loop() is a getpid().
+        self._loop = asyncio.get_running_loop()
         self._max_size = max_size
         self.peer = peer
         self._ws = ServerProtocol(max_size=max_size, logger=log)
@@ -63,6 +65,7 @@ class WebSocketConnection:
         self._parts_size = 0
         self._closed_reported = False
         self._close_timer: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
 
     @property
     def is_open(self) -> bool:
@@ -103,11 +106,17 @@ class WebSocketConnection:
         self._report_closed()
 
     def send(self, data: bytes) -> None:
-        """Send one binary message; dropped silently once closing."""
+        """Send one binary message; dropped silently once closing.
+
+        Messages sent during one event-loop pass leave in one write at its
+        end: under load a worker often gets several, and each write is a
+        system call."""
         if not self.is_open:
             return
         self._ws.send_binary(data)
-        self._flush()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the TCP connection ends when the peer
@@ -142,19 +151,20 @@ class WebSocketConnection:
             self._handler.on_message(data)
 
     def _flush(self) -> None:
+        self._flush_scheduled = False
         if self._transport is None:
             return
-        for chunk in self._ws.data_to_send():
-            if chunk:
-                self._transport.write(chunk)
-            else:  # the protocol is done: half-close, and the peer closes
-                if self._transport.can_write_eof():
-                    self._transport.write_eof()
+        chunks = self._ws.data_to_send()
+        if chunks:
+            data = b"".join(chunks)
+            if data:
+                self._transport.write(data)
+            if not chunks[-1] and self._transport.can_write_eof():
+                self._transport.write_eof()  # b"": the protocol is done; half-close
         if self._ws.state is State.CLOSED:
             self._abort()
         elif self._ws.close_expected() and self._close_timer is None:
-            loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._abort)
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._abort)
 
     def _abort(self) -> None:
         if self._transport is not None:

@@ -90,9 +90,10 @@ def test_cli_against_the_server_and_json_logs(served: list[ServeProcess]) -> Non
     assert wrong.returncode == 1 and "unauthenticated" in wrong.stderr
 
     logs = [json.loads(line) for line in srv.stop().splitlines() if line.startswith("{")]
-    created = [x for x in logs if x["msg"] == "dispatch created"]
-    assert created and created[0]["dispatch"] == dispatch_id and created[0]["room"] == "r1"
-    assert any(x.get("job", "").startswith("AJ_") for x in logs)
+    (ended,) = [x for x in logs if x["msg"] == "job ended CANCELLED"]
+    assert ended["dispatch"] == dispatch_id and ended["room"] == "r1"
+    assert ended["job"].startswith("AJ_") and ended["reason"] == "CANCELLED"
+    assert ended["level"] == "info" and isinstance(ended["ts"], float)
 
 
 def test_bad_configuration_stops_the_server(tmp_path: Path) -> None:
