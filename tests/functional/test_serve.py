@@ -90,8 +90,8 @@ def test_cli_against_the_server_and_json_logs(served: list[ServeProcess]) -> Non
     assert wrong.returncode == 1 and "unauthenticated" in wrong.stderr
 
     logs = [json.loads(line) for line in srv.stop().splitlines() if line.startswith("{")]
-    (ended,) = [x for x in logs if x["msg"] == "job ended CANCELLED"]
-    assert ended["dispatch"] == dispatch_id and ended["room"] == "r1"
+    (ended,) = [x for x in logs if x["msg"] == "job ended CANCELLED" and x["room"] == "r1"]
+    assert ended["dispatch"] == dispatch_id
     assert ended["job"].startswith("AJ_") and ended["reason"] == "CANCELLED"
     assert ended["level"] == "info" and isinstance(ended["ts"], float)
 
