@@ -65,7 +65,10 @@ def served() -> Iterator[list[ServeProcess]]:
     for s in started:
         if s.proc.poll() is None:
             s.proc.kill()
-            s.proc.communicate()
+        s.proc.wait()
+        for pipe in (s.proc.stdout, s.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_cli_against_the_server_and_json_logs(served: list[ServeProcess]) -> None:
