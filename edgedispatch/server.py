@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 import sys
@@ -121,7 +122,16 @@ class Server:
         await self.wait_stopped()
 
 
+def raise_fd_limit() -> None:
+    """Thousands of idle workers need thousands of sockets; the usual soft
+    limit of 1024 would refuse them while the hard limit allows more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(cfg: Config, use_uvloop: bool = True) -> None:
+    raise_fd_limit()
     if use_uvloop:
         import uvloop
 

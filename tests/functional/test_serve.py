@@ -173,3 +173,34 @@ def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess]) -> No
         await FakeWorker.close_all()
 
     asyncio.run(hold_a_job())
+
+
+def test_bench_dispatch_reports_what_it_promises() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgedispatch",
+            "bench",
+            "dispatch",
+            "--workers",
+            "8",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--hold",
+            "0.1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["completed"] == report["sent"] == 200 and report["errors"] == 0
+    assert report["dispatches_per_s"] > 0
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] < 5000
+    assert 0 < report["rss_per_worker_kb"] < 1000
