@@ -205,27 +205,39 @@ class Dispatcher:
 
     def _assign(self, rec: JobRec, link: WorkerLink) -> None:
         name, metadata, attributes = self._accepted.pop(rec.id, ("", "", {}))
-        token = auth.agent_token(
-            api_key=link.api_key,
-            secret=self._verifier.secret(link.api_key) or "",
-            now=self._wall(),
-            room=rec.job.room.name,
-            identity=rec.identity,
-            name=name,
-            metadata=metadata,
-            attributes=attributes,
-            agent_name=rec.job.agent_name,
-            permissions=link.permissions,
-        )
-        msg = agent.ServerMessage()
-        msg.assignment.job.CopyFrom(rec.proto())
-        msg.assignment.token = token
-        if self.cfg.server.public_url:
-            msg.assignment.url = self.cfg.server.public_url
-        link.send(msg)
+        self._send_assignment(link, rec.proto(), rec.identity, name, metadata, attributes)
         limit = self.cfg.dispatch.max_job_duration
         if limit > 0 and rec.duration_timer is None:
             rec.duration_timer = self._loop.call_later(limit, self._job_too_long, rec.id)
+
+    def _send_assignment(
+        self,
+        link: WorkerLink,
+        job: agent.Job,
+        identity: str,
+        name: str,
+        metadata: str,
+        attributes: dict[str, str],
+    ) -> None:
+        """JobAssignment with the agent's room token, signed with the key the
+        worker connected with (LiveKit's dev re-signing expects that key)."""
+        msg = agent.ServerMessage()
+        msg.assignment.job.CopyFrom(job)
+        msg.assignment.token = auth.agent_token(
+            api_key=link.api_key,
+            secret=self._verifier.secret(link.api_key) or "",
+            now=self._wall(),
+            room=job.room.name,
+            identity=identity,
+            name=name,
+            metadata=metadata,
+            attributes=attributes,
+            agent_name=job.agent_name,
+            permissions=link.permissions,
+        )
+        if self.cfg.server.public_url:
+            msg.assignment.url = self.cfg.server.public_url
+        link.send(msg)
 
     def _job_too_long(self, job_id: str) -> None:
         rec = self.jobs.get(job_id)
@@ -388,20 +400,15 @@ class Dispatcher:
     def _assign_simulated(self, link: WorkerLink, msg: agent.AvailabilityResponse) -> None:
         job = self._sim_jobs.pop(msg.job_id)
         self._simulated.pop(msg.job_id, None)
-        out = agent.ServerMessage()
-        out.assignment.job.CopyFrom(job)
-        out.assignment.token = auth.agent_token(
-            api_key=link.api_key,
-            secret=self._verifier.secret(link.api_key) or "",
-            now=self._wall(),
-            room=job.room.name,
-            identity=msg.participant_identity or f"agent-{job.id}",
-            agent_name=job.agent_name,
-            permissions=link.permissions,
+        identity = msg.participant_identity or f"agent-{job.id}"
+        self._send_assignment(
+            link,
+            job,
+            identity,
+            msg.participant_name,
+            msg.participant_metadata,
+            dict(msg.participant_attributes),
         )
-        if self.cfg.server.public_url:
-            out.assignment.url = self.cfg.server.public_url
-        link.send(out)
 
     def worker_closed(self, link: WorkerLink) -> None:
         if link.worker_id not in self.workers:
