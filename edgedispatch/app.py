@@ -47,7 +47,14 @@ class App:
         except EdgeDispatchError as exc:
             log.info("worker refused: %s", exc.msg)
             return Response(401, f"{exc.msg}\n".encode())
-        return lambda conn: AgentConnection(conn, self.dispatcher, claims.api_key)
+        server = self.dispatcher.cfg.server
+
+        def accept(conn: WebSocketConnection) -> AgentConnection:
+            if server.ping_interval > 0:
+                conn.keepalive(server.ping_interval, server.ping_timeout)
+            return AgentConnection(conn, self.dispatcher, claims.api_key)
+
+        return accept
 
     def _twirp(self, req: Request) -> Response:
         encoding = twirp.JSON

@@ -34,6 +34,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_message_size: int = 2 * 1024 * 1024
     #: Seconds to wait for running jobs after SIGTERM before exiting.
     drain_timeout: float = 3600.0
+    #: WebSocket keepalive for workers: ping this often (0: never) ...
+    ping_interval: float = 20.0
+    #: ... and drop a worker whose pong is this late.
+    ping_timeout: float = 20.0
 
 
 class DispatchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -112,6 +116,8 @@ def validate(cfg: Config) -> Config:
     if s.max_message_size < 1024:
         raise ConfigError("must be at least 1024 bytes", "server.max_message_size")
     _positive(s.drain_timeout, "server.drain_timeout", allow_zero=True)
+    _positive(s.ping_interval, "server.ping_interval", allow_zero=True)
+    _positive(s.ping_timeout, "server.ping_timeout")
     for name in ("queue_timeout", "offer_timeout", "retry_max"):
         _positive(getattr(d, name), f"dispatch.{name}")
     for name in ("retry_base", "reclaim_grace", "terminate_grace", "max_job_duration"):

@@ -66,6 +66,8 @@ class WebSocketConnection:
         self._closed_reported = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
+        self._ping_sent_at: float | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
 
     @property
     def is_open(self) -> bool:
@@ -98,9 +100,33 @@ class WebSocketConnection:
                 self._on_frame(event)
         self._flush()
 
+    def keepalive(self, interval: float, timeout: float) -> None:
+        """Ping every ``interval`` seconds; drop the connection when a pong is
+        ``timeout`` seconds late.  Node workers never ping, so without this a
+        half-open connection would hold a dead worker's jobs forever."""
+        self._keepalive = self._loop.call_later(interval, self._ping, interval, timeout)
+
+    def _ping(self, interval: float, timeout: float) -> None:
+        if not self.is_open:
+            return
+        now = self._loop.time()
+        if self._ping_sent_at is None:
+            self._ws.send_ping(b"")
+            self._ping_sent_at = now
+            self._flush()
+        elif now - self._ping_sent_at >= timeout:
+            log.warning("no pong for %.0f s: dropping %s", timeout, self.peer)
+            self.close(POLICY_VIOLATION, "keepalive ping timeout")
+            self._abort()
+            return
+        wait = interval if self._ping_sent_at is None else min(interval, timeout)
+        self._keepalive = self._loop.call_later(wait, self._ping, interval, timeout)
+
     def connection_lost(self) -> None:
         self._ws.receive_eof()
         self._transport = None
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._report_closed()
@@ -133,7 +159,10 @@ class WebSocketConnection:
 
     def _on_frame(self, frame: Frame) -> None:
         op = frame.opcode
-        if op in (Opcode.PING, Opcode.PONG, Opcode.CLOSE):
+        if op is Opcode.PONG:
+            self._ping_sent_at = None
+            return
+        if op in (Opcode.PING, Opcode.CLOSE):
             return  # answered by the protocol itself
         if op is Opcode.TEXT or (op is Opcode.CONT and not self._parts):
             self.close(UNSUPPORTED_DATA, "text frames are not supported; send binary protobuf")

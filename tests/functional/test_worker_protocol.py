@@ -431,3 +431,29 @@ def test_max_job_duration_ends_jobs_that_never_report(
         assert "max_job_duration" in job.state.error
 
     run(main())
+
+
+def test_a_silent_half_open_worker_is_dropped(start_server: Callable[..., ServerThread]) -> None:
+    """A peer that stops answering pings (a dead host, a half-open TCP
+    connection) is dropped, so its jobs can be re-dispatched."""
+    srv = start_server(
+        server={"ping_interval": 0.2, "ping_timeout": 0.3}, dispatch={"reclaim_grace": 0.1}
+    )
+
+    async def main() -> None:
+        healthy = FakeWorker(srv.url, agent_name="a")
+        await healthy.connect()
+        auth = {"Authorization": f"Bearer {worker_token('devkey', 'secret')}"}
+        # A client that never reads: it cannot answer pings.
+        mute = await connect(f"{srv.ws_url}/agent", additional_headers=auth, ping_interval=None)
+        msg = agent.WorkerMessage()
+        msg.register.agent_name = "a"
+        await mute.send(msg.SerializeToString())
+        mute.transport.pause_reading()
+        await asyncio.sleep(0.2)
+        assert len(srv.call(lambda: srv.dispatcher.workers)) == 2
+        await asyncio.sleep(1.0)
+        assert list(srv.call(lambda: srv.dispatcher.workers)) == [healthy.worker_id]
+        mute.transport.abort()
+
+    run(main())
