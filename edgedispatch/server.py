@@ -9,6 +9,7 @@ SIGTERM/SIGINT.  The first signal drains: no new dispatches (Twirp
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import signal
@@ -117,6 +118,11 @@ class Server:
                 f"LIVEKIT_API_KEY={key} LIVEKIT_API_SECRET={secret}"
             )
         log.info("serving (compiled core: %s)", _core.COMPILED)
+        # Everything allocated so far (modules, protobuf descriptors) lives
+        # as long as the process: keep the cyclic GC from walking it again
+        # in every full collection, which otherwise pauses the loop ~30 ms.
+        gc.collect()
+        gc.freeze()
         self._flush_logs()
         sys.stdout.flush()
         await self.wait_stopped()
