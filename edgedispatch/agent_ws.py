@@ -28,10 +28,13 @@ REGISTER_TIMEOUT = 10.0  # LiveKit's RegisterTimeout
 class AgentConnection:
     """Implements ``dispatcher.WorkerLink`` and ``ws.MessageHandler``."""
 
-    def __init__(self, conn: ws.WebSocketConnection, dispatcher: Dispatcher, api_key: str) -> None:
+    def __init__(
+        self, conn: ws.WebSocketConnection, dispatcher: Dispatcher, api_key: str, tenant: str
+    ) -> None:
         self._conn = conn
         self._dispatcher = dispatcher
         self.api_key = api_key
+        self.tenant = tenant  # the worker gets only this tenant's jobs
         self.peer = conn.peer
         self.worker_id = ""
         self.version = ""

@@ -23,46 +23,45 @@ Handler = Callable[[Dispatcher, Claims, Any, dict[str, str]], Message]
 
 def _create_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
     c.require("roomAdmin", room=req.room)
-    return d.create_dispatch(req, headers.get("x-livekit-request-id", ""))
+    return d.rooms.create_dispatch(c.tenant, req, headers.get("x-livekit-request-id", ""))
 
 
 def _list_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
     c.require("roomAdmin", room=req.room)
-    return ad.ListAgentDispatchResponse(agent_dispatches=d.list_dispatch(req.room, req.dispatch_id))
+    dispatches = d.rooms.list_dispatch(c.tenant, req.room, req.dispatch_id)
+    return ad.ListAgentDispatchResponse(agent_dispatches=dispatches)
 
 
 def _delete_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
     c.require("roomAdmin", room=req.room)
-    return d.delete_dispatch(req.room, req.dispatch_id)
+    return d.rooms.delete_dispatch(c.tenant, req.room, req.dispatch_id)
 
 
 def _create_room(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
     c.require("roomCreate")
-    return d.create_room(req)
+    return d.rooms.create_room(c.tenant, req)
 
 
 def _list_rooms(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
     c.require("roomList")
-    names = set(req.names)
-    rooms = [r.proto() for r in d.rooms.values() if not names or r.name in names]
-    return rm.ListRoomsResponse(rooms=rooms)
+    return rm.ListRoomsResponse(rooms=d.rooms.list_rooms(c.tenant, list(req.names)))
 
 
 def _delete_room(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
     c.require("roomCreate")
-    d.delete_room(req.room)
+    d.rooms.delete_room(c.tenant, req.room)
     return rm.DeleteRoomResponse()
 
 
 def _list_participants(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
     c.require("roomAdmin", room=req.room)
-    d.room(req.room)
+    d.rooms.get(c.tenant, req.room)
     return rm.ListParticipantsResponse()  # nobody joins rooms on this server yet
 
 
 def _update_room_metadata(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
     c.require("roomAdmin", room=req.room)
-    room = d.room(req.room)
+    room = d.rooms.get(c.tenant, req.room)
     if len(req.metadata.encode()) > 64 * 1024:
         raise TwirpError("invalid_argument", "metadata is over 65536 bytes")
     room.metadata = req.metadata

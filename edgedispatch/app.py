@@ -52,7 +52,7 @@ class App:
         def accept(conn: WebSocketConnection) -> AgentConnection:
             if server.ping_interval > 0:
                 conn.keepalive(server.ping_interval, server.ping_timeout)
-            return AgentConnection(conn, self.dispatcher, claims.api_key)
+            return AgentConnection(conn, self.dispatcher, claims.api_key, claims.tenant)
 
         return accept
 

@@ -45,10 +45,11 @@ class PermissionDenied(EdgeDispatchError):
 class Claims:
     """A verified token: its API key (``iss``), identity and grants."""
 
-    __slots__ = ("api_key", "identity", "video", "raw", "exp")
+    __slots__ = ("api_key", "tenant", "identity", "video", "raw", "exp")
 
-    def __init__(self, api_key: str, raw: dict[str, Any]) -> None:
+    def __init__(self, api_key: str, tenant: str, raw: dict[str, Any]) -> None:
         self.api_key = api_key
+        self.tenant = tenant
         self.raw = raw
         self.identity: str = raw.get("sub") or ""
         video = raw.get("video")
@@ -70,10 +71,20 @@ class Claims:
 
 
 class Verifier:
-    """Checks HS256 tokens against the configured keys, with a small cache."""
+    """Checks HS256 tokens against the configured keys, with a small cache.
 
-    def __init__(self, keys: Mapping[str, str], cache_size: int = 4096) -> None:
+    :param keys: API key -> secret.
+    :param tenants: API key -> the tenant it belongs to (default tenant "").
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, str],
+        tenants: Mapping[str, str] | None = None,
+        cache_size: int = 4096,
+    ) -> None:
         self._keys = dict(keys)
+        self._tenants = dict(tenants or {})
         self._cache: OrderedDict[str, Claims] = OrderedDict()
         self._cache_size = cache_size
 
@@ -126,7 +137,7 @@ class Verifier:
             raise AuthError("token is expired")
         if nbf is not None and (not isinstance(nbf, int | float) or now < nbf - LEEWAY):
             raise AuthError("token is not valid yet")
-        return Claims(api_key, raw)
+        return Claims(api_key, self._tenants.get(api_key, ""), raw)
 
 
 def bearer(authorization: str | None, query_token: str | None = None) -> str:

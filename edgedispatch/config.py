@@ -79,13 +79,36 @@ class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     format: str = "text"  #: "text" or "json" (one JSON object per line)
 
 
+class TenantConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A customer: its own API keys, and everything made with them."""
+
+    name: str
+    keys: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     room: RoomConfig = msgspec.field(default_factory=RoomConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    #: Keys of the default tenant (named "").
     keys: dict[str, str] = msgspec.field(default_factory=dict)
+    tenants: list[TenantConfig] = msgspec.field(default_factory=list)
     dev: bool = False
+
+    def key_tenants(self) -> dict[str, str]:
+        """API key -> tenant name, for every key."""
+        table = {key: "" for key in self.keys}
+        for tenant in self.tenants:
+            table.update({key: tenant.name for key in tenant.keys})
+        return table
+
+    def secrets(self) -> dict[str, str]:
+        """API key -> secret, for every key of every tenant."""
+        table = dict(self.keys)
+        for tenant in self.tenants:
+            table.update(tenant.keys)
+        return table
 
 
 def parse_keys(text: str, source: str) -> dict[str, str]:
@@ -140,7 +163,19 @@ def validate(cfg: Config) -> Config:
     for key, secret in cfg.keys.items():
         if not key or not secret:
             raise ConfigError("API keys and secrets must not be empty", "keys")
-    if not cfg.keys:
+    seen_keys, seen_names = set(cfg.keys), set()
+    for i, tenant in enumerate(cfg.tenants):
+        where = f"tenants[{i}]"
+        if not tenant.name or tenant.name in seen_names:
+            raise ConfigError("each tenant needs a unique, non-empty name", f"{where}.name")
+        seen_names.add(tenant.name)
+        for key, secret in tenant.keys.items():
+            if not key or not secret:
+                raise ConfigError("API keys and secrets must not be empty", f"{where}.keys")
+            if key in seen_keys:
+                raise ConfigError(f"API key {key!r} belongs to two tenants", f"{where}.keys")
+            seen_keys.add(key)
+    if not seen_keys:
         raise ConfigError(
             "no API keys: set [keys] in the config file, EDGEDISPATCH_KEYS, or use --dev", "keys"
         )

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from livekit.protocol import agent, agent_dispatch, models
+from livekit.protocol import agent, models
 
 from edgedispatch import auth, ids
 from edgedispatch._core.codes import (
@@ -41,8 +40,8 @@ from edgedispatch.records import (
     JobRec,
     RoomRec,
     check_deployment,
-    check_payload,
 )
+from edgedispatch.rooms import RoomDirectory
 from edgedispatch.twirp import TwirpError
 
 log = logging.getLogger("edgedispatch.dispatch")
@@ -58,6 +57,7 @@ class WorkerLink(Protocol):
     peer: str
     version: str
     reports_status: bool
+    tenant: str
     permissions: models.ParticipantPermission | None  # from its registration
 
     def send(self, msg: agent.ServerMessage) -> None: ...
@@ -86,15 +86,13 @@ class Dispatcher:
             reclaim_grace=d.reclaim_grace,
             terminate_grace=d.terminate_grace,
         )
-        self.rooms: dict[str, RoomRec] = {}
-        self.dispatches: dict[str, DispatchRec] = {}
+        self.rooms = RoomDirectory(self)
         self.jobs: dict[str, JobRec] = {}
         self.workers: dict[str, WorkerLink] = {}
         self.draining = False
         self.node_id = ids.new(ids.NODE)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._by_request_id: OrderedDict[str, str] = OrderedDict()
         # Jobs whose worker vanished, by the worker's fingerprint, for
         # workers that never report job status (Node): see register().
         self._orphans: dict[tuple[str, AgentKey, str, str], set[str]] = {}
@@ -105,6 +103,13 @@ class Dispatcher:
 
     def now(self) -> float:
         return self._loop.time()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def wall(self) -> float:
+        return self._wall()
 
     def wall_ns(self) -> int:
         return int(self._wall() * 1e9)
@@ -266,7 +271,7 @@ class Dispatcher:
         problem = check_deployment(req.deployment)
         if problem:
             raise InvalidEvent(problem)
-        key = AgentKey("", req.agent_name, req.type, req.deployment)
+        key = AgentKey(link.tenant, req.agent_name, req.type, req.deployment)
         slots = self.cfg.dispatch.agent_slots.get(req.agent_name, self.cfg.dispatch.worker_slots)
         perms = req.allowed_permissions if req.HasField("allowed_permissions") else None
         link.worker_id = ids.new(ids.WORKER)
@@ -382,7 +387,10 @@ class Dispatcher:
         """``lk``/Node ``connect --room``: a job straight to this worker,
         outside the scheduler, as LiveKit does."""
         name = msg.room.name or ids.new("sim_")
-        room = self.rooms.get(name) or self._create_room(name)
+        try:
+            room = self.rooms.get(link.tenant, name)
+        except TwirpError:
+            room = self.rooms.create(link.tenant, name)
         job = agent.Job(
             id=ids.new(ids.JOB),
             type=agent.JT_PUBLISHER if msg.HasField("participant") else agent.JT_ROOM,
@@ -434,108 +442,13 @@ class Dispatcher:
         self._step()
 
     # ------------------------------------------------------------------
-    # Rooms and dispatches (the Twirp services call these).
+    # Jobs (rooms.py creates and ends them).
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self.draining:
             raise TwirpError("unavailable", "the server is draining; it takes no new work")
 
-    def _create_room(
-        self,
-        name: str,
-        empty_timeout: int = 0,
-        departure_timeout: int = 0,
-        max_participants: int = 0,
-        metadata: str = "",
-    ) -> RoomRec:
-        rc = self.cfg.room
-        room = RoomRec(
-            sid=ids.new(ids.ROOM),
-            name=name,
-            created=self._wall(),
-            empty_timeout=empty_timeout or rc.empty_timeout,
-            departure_timeout=departure_timeout or rc.departure_timeout,
-            max_participants=max_participants,
-            metadata=metadata,
-        )
-        self.rooms[name] = room
-        # Nobody joins rooms on this server yet, so a room lives for its
-        # empty timeout, as a LiveKit room nobody joined does.
-        if room.empty_timeout > 0:
-            room.close_timer = self._loop.call_later(room.empty_timeout, self._close_room, name)
-        log.info("room created", extra={"room": name})
-        return room
-
-    def _close_room(self, name: str) -> None:
-        room = self.rooms.get(name)
-        if room is not None:
-            log.info("room closed (empty timeout)", extra={"room": name})
-            self._end_room(room, FailReason.ROOM_CLOSED)
-            self._step()
-
-    def _end_room(self, room: RoomRec, reason: FailReason) -> None:
-        if room.close_timer is not None:
-            room.close_timer.cancel()
-        for dispatch_id in list(room.dispatch_ids):
-            self._end_dispatch(self.dispatches[dispatch_id], reason)
-        del self.rooms[room.name]
-
-    def _end_dispatch(self, rec: DispatchRec, reason: FailReason) -> None:
-        rec.deleted_ns = self.wall_ns()
-        now = self.now()
-        for job_id in rec.job_ids:
-            job = self.jobs[job_id]
-            if not job.state.terminal:
-                self.core.cancel(job_id, now, reason)
-        room = self.rooms.get(rec.room)
-        if room is not None and rec.id in room.dispatch_ids:
-            room.dispatch_ids.remove(rec.id)
-        del self.dispatches[rec.id]
-        self._step()
-        # Records of jobs that ended go now; running ones go when they end.
-        for job_id in rec.job_ids:
-            self._forget_when_done(job_id)
-
-    def _forget_when_done(self, job_id: str) -> None:
-        rec = self.jobs.get(job_id)
-        if rec is None:
-            return
-        if rec.state.terminal:
-            self.core.forget(job_id)
-            del self.jobs[job_id]
-        else:
-            self._loop.call_later(1.0, self._forget_when_done, job_id)
-
-    def _new_dispatch(
-        self,
-        room: RoomRec,
-        agent_name: str,
-        metadata: str,
-        attributes: dict[str, str],
-        restart_policy: int,
-        deployment: str,
-        implicit: bool = False,
-    ) -> DispatchRec:
-        rec = DispatchRec(
-            id=ids.new(ids.DISPATCH),
-            agent_name=agent_name,
-            room=room.name,
-            metadata=metadata,
-            attributes=attributes,
-            restart_policy=restart_policy,
-            deployment=deployment,
-            created_ns=self.wall_ns(),
-            implicit=implicit,
-        )
-        self.dispatches[rec.id] = rec
-        room.dispatch_ids.append(rec.id)
-        self._new_job(rec, room)
-        log.debug(
-            "dispatch created", extra={"dispatch": rec.id, "room": room.name, "agent": agent_name}
-        )
-        return rec
-
-    def _new_job(self, dispatch: DispatchRec, room: RoomRec) -> JobRec:
+    def new_job(self, dispatch: DispatchRec, room: RoomRec) -> JobRec:
         job = agent.Job(
             id=ids.new(ids.JOB),
             dispatch_id=dispatch.id,
@@ -546,7 +459,7 @@ class Dispatcher:
             deployment=dispatch.deployment,
             attributes=dispatch.attributes,
         )
-        key = AgentKey("", dispatch.agent_name, agent.JT_ROOM, dispatch.deployment)
+        key = AgentKey(room.tenant, dispatch.agent_name, agent.JT_ROOM, dispatch.deployment)
         rec = JobRec(job=job, key=key, dispatch_id=dispatch.id, updated_ns=self.wall_ns())
         self.jobs[job.id] = rec
         dispatch.job_ids.append(job.id)
@@ -565,117 +478,35 @@ class Dispatcher:
         )
         return rec
 
-    def dispatch_proto(self, rec: DispatchRec) -> agent_dispatch.AgentDispatch:
-        return rec.proto([self.jobs[j].proto() for j in rec.job_ids if j in self.jobs])
-
-    def create_dispatch(
-        self, req: agent_dispatch.CreateAgentDispatchRequest, request_id: str = ""
-    ) -> agent_dispatch.AgentDispatch:
-        self._check_open()
-        if not req.room:
-            raise TwirpError("invalid_argument", "room is required")
-        if int(req.restart_policy) not in (RestartPolicy.ON_FAILURE, RestartPolicy.NEVER):
-            raise TwirpError("invalid_argument", f"unknown restart_policy {req.restart_policy}")
-        problem = check_deployment(req.deployment) or check_payload(
-            req.metadata, dict(req.attributes)
-        )
-        if problem:
-            raise TwirpError("invalid_argument", problem)
-        if request_id and request_id in self._by_request_id:
-            earlier = self.dispatches.get(self._by_request_id[request_id])
-            if earlier is not None:
-                return self.dispatch_proto(earlier)
-        room = self.rooms.get(req.room)
-        if room is None:
-            if not self.cfg.room.auto_create:
-                raise TwirpError("not_found", f"room {req.room!r} does not exist")
-            room = self._create_room(req.room)
-        rec = self._new_dispatch(
-            room,
-            req.agent_name,
-            req.metadata,
-            dict(req.attributes),
-            req.restart_policy,
-            req.deployment,
-        )
-        if request_id:
-            self._by_request_id[request_id] = rec.id
-            if len(self._by_request_id) > IDEMPOTENCY_ENTRIES:
-                self._by_request_id.popitem(last=False)
+    def end_jobs(self, job_ids: list[str], reason: FailReason) -> None:
+        """Cancel these jobs (running ones are terminated) and forget each
+        record once its job has ended."""
+        now = self.now()
+        for job_id in job_ids:
+            if not self.jobs[job_id].state.terminal:
+                self.core.cancel(job_id, now, reason)
         self._step()
-        return self.dispatch_proto(rec)
+        for job_id in job_ids:
+            self._forget_when_done(job_id)
 
-    def list_dispatch(self, room: str, dispatch_id: str = "") -> list[agent_dispatch.AgentDispatch]:
-        if not room:
-            raise TwirpError("invalid_argument", "room is required")
-        rec = self.rooms.get(room)
+    def _forget_when_done(self, job_id: str) -> None:
+        rec = self.jobs.get(job_id)
         if rec is None:
-            return []
-        for job in self.jobs.values():  # refresh why waiting jobs wait
+            return
+        if rec.state.terminal:
+            self.core.forget(job_id)
+            del self.jobs[job_id]
+        else:
+            self._loop.call_later(1.0, self._forget_when_done, job_id)
+
+    def refresh_wait_reasons(self) -> None:
+        now = self.now()
+        for job in self.jobs.values():
             if job.state == JobState.QUEUED:
-                job.wait = self.core.job(job.id, self.now()).wait_reason
-        return [
-            self.dispatch_proto(self.dispatches[d])
-            for d in rec.dispatch_ids
-            if not dispatch_id or d == dispatch_id
-        ]
+                job.wait = self.core.job(job.id, now).wait_reason
 
-    def delete_dispatch(self, room: str, dispatch_id: str) -> agent_dispatch.AgentDispatch:
-        rec = self.dispatches.get(dispatch_id)
-        if rec is None or rec.room != room:
-            raise TwirpError("not_found", "dispatch ID not found")
-        self._end_dispatch(rec, FailReason.CANCELLED)
-        return self.dispatch_proto(rec)
-
-    def create_room(self, req: models.Room | object) -> models.Room:
-        from livekit.protocol import room as room_pb
-
-        assert isinstance(req, room_pb.CreateRoomRequest)
-        self._check_open()
-        if not req.name:
-            raise TwirpError("invalid_argument", "room name is required")
-        existing = self.rooms.get(req.name)
-        if existing is not None:
-            return existing.proto()
-        for d in req.agents:
-            problem = check_deployment(d.deployment) or check_payload(
-                d.metadata, dict(d.attributes)
-            )
-            if problem:
-                raise TwirpError("invalid_argument", problem)
-        room = self._create_room(
-            req.name, req.empty_timeout, req.departure_timeout, req.max_participants, req.metadata
-        )
-        for d in req.agents:
-            self._new_dispatch(
-                room, d.agent_name, d.metadata, dict(d.attributes), d.restart_policy, d.deployment
-            )
-        if not req.agents:
-            self._auto_dispatch(room)
-        self._step()
-        return room.proto()
-
-    def _auto_dispatch(self, room: RoomRec) -> None:
-        """LiveKit's automatic dispatch: a room with no explicit dispatch gets
-        one job for workers registered without an agent name — if any are
-        registered (LiveKit does not dispatch to agents that do not exist)."""
-        key = AgentKey("", "", agent.JT_ROOM, "")
-        if any(w.key == key for w in self.core.workers()):
-            self._new_dispatch(room, "", "", {}, RestartPolicy.ON_FAILURE, "", implicit=True)
-
-    def delete_room(self, name: str) -> None:
-        room = self.rooms.get(name)
-        if room is None:
-            raise TwirpError("not_found", f"room {name!r} does not exist")
-        self._end_room(room, FailReason.ROOM_CLOSED)
-        self._step()
-        log.info("room deleted", extra={"room": name})
-
-    def room(self, name: str) -> RoomRec:
-        room = self.rooms.get(name)
-        if room is None:
-            raise TwirpError("not_found", f"room {name!r} does not exist")
-        return room
+    def has_workers(self, key: AgentKey) -> bool:
+        return any(w.key == key for w in self.core.workers())
 
     # ------------------------------------------------------------------
     # Drain.

@@ -19,6 +19,7 @@ MAX_ATTRIBUTES = 64 * 1024  # bytes of keys and values together
 class RoomRec:
     sid: str
     name: str
+    tenant: str
     created: float  # wall clock, seconds
     empty_timeout: int
     departure_timeout: int
@@ -45,6 +46,7 @@ class DispatchRec:
     id: str
     agent_name: str
     room: str
+    tenant: str
     metadata: str
     attributes: dict[str, str]
     restart_policy: int

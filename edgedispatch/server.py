@@ -39,7 +39,7 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
-        verifier = Verifier(self.cfg.keys)
+        verifier = Verifier(self.cfg.secrets(), self.cfg.key_tenants())
         self.dispatcher = Dispatcher(self.cfg, loop, verifier)
         app = App(self.dispatcher, verifier)
         max_size = self.cfg.server.max_message_size

@@ -71,9 +71,13 @@ class ServerThread:
         self.loop.close()
 
 
-def make_config(**sections: dict[str, Any]) -> config.Config:
+def make_config(**sections: Any) -> config.Config:
     base = config.load(dev=True, env={}, overrides={"port": 0})
     for name, values in sections.items():
+        if name == "tenants":  # {tenant name: {api key: secret}}
+            tenants = [config.TenantConfig(t, keys) for t, keys in values.items()]
+            base = msgspec.structs.replace(base, tenants=tenants)
+            continue
         section = getattr(base, name)
         base = msgspec.structs.replace(base, **{name: msgspec.structs.replace(section, **values)})
     return config.validate(base)
@@ -89,7 +93,7 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 def start_server() -> Iterator[Callable[..., ServerThread]]:
     started: list[ServerThread] = []
 
-    def start(loop_kind: str = "uvloop", **sections: dict[str, Any]) -> ServerThread:
+    def start(loop_kind: str = "uvloop", **sections: Any) -> ServerThread:
         srv = ServerThread(make_config(**sections), loop_kind).start()
         started.append(srv)
         return srv

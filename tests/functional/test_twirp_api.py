@@ -101,7 +101,7 @@ def test_create_dispatch_is_idempotent_on_the_request_id(
     first = json.loads(urllib.request.urlopen(req, timeout=5).read())
     second = json.loads(urllib.request.urlopen(req, timeout=5).read())
     assert first["id"] == second["id"]
-    assert srv.call(lambda: len(srv.dispatcher.dispatches)) == 1
+    assert srv.call(lambda: len(srv.dispatcher.rooms.dispatches)) == 1
 
 
 def test_json_encoding_answers_in_json(start_server: Callable[..., ServerThread]) -> None:
@@ -145,7 +145,7 @@ def test_auth_errors(
     got, ctype, body = post(srv, CREATE, b'{"agentName":"a","room":"r1"}', tok)
     assert (got, ctype) == (status, "application/json")
     assert json.loads(body)["code"] == code
-    assert srv.call(lambda: len(srv.dispatcher.dispatches)) == 0
+    assert srv.call(lambda: len(srv.dispatcher.rooms.dispatches)) == 0
 
 
 def test_the_python_client_sees_auth_errors(start_server: Callable[..., ServerThread]) -> None:

@@ -74,3 +74,48 @@ def test_bad_key_list_in_the_environment() -> None:
     with pytest.raises(ConfigError) as info:
         config.load(env={"EDGEDISPATCH_KEYS": "just-a-key"})
     assert info.value.key == "EDGEDISPATCH_KEYS"
+
+
+def test_tenants(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[keys]
+admin = "admin-secret"
+[[tenants]]
+name = "acme"
+keys = { acme-key = "s1" }
+[[tenants]]
+name = "globex"
+keys = { globex-key = "s2", globex-2 = "s3" }
+""",
+    )
+    cfg = config.load(path, env={})
+    assert cfg.key_tenants() == {
+        "admin": "",
+        "acme-key": "acme",
+        "globex-key": "globex",
+        "globex-2": "globex",
+    }
+    assert cfg.secrets()["globex-2"] == "s3"
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        (
+            '[[tenants]]\nname = "a"\nkeys = { k = "s" }\n[[tenants]]\nname = "b"\n'
+            'keys = { k = "t" }\n',
+            "tenants[1].keys",
+        ),
+        (
+            '[[tenants]]\nname = "a"\nkeys = { k = "s" }\n[[tenants]]\nname = "a"\n',
+            "tenants[1].name",
+        ),
+        ('[[tenants]]\nname = ""\nkeys = { k = "s" }\n', "tenants[0].name"),
+    ],
+)
+def test_bad_tenants(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text), env={})
+    assert info.value.key == key
