@@ -466,10 +466,10 @@ class Scheduler(Tables):
             self._finish(j, J_CANCELLED, self._j_reason[j], now)
         elif status == JS_SUCCESS:
             self._finish(j, J_SUCCESS, R_NONE, now)
-        elif self._j_policy[j] == RP_ON_FAILURE and self._j_attempts[j] < self.max_attempts:
-            self._j_reason[j] = R_JOB_ERROR
-            self._requeue(j, now)
         else:
+            # The job's own code failed (an exception, a crash, a memory
+            # limit): running it again would most likely fail the same way.
+            # The restart policy is for jobs whose *worker* is lost.
             self._finish(j, J_FAILED, R_JOB_ERROR, now)
         self._pump(self._w_key[w], now)
         return 0
