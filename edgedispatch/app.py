@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from edgedispatch import api, twirp
 from edgedispatch.agent_ws import AgentConnection
+from edgedispatch.agents import api as agents_api
+from edgedispatch.agents.manager import AgentManager
 from edgedispatch.auth import AuthError, Verifier, bearer
 from edgedispatch.dispatcher import Dispatcher
 from edgedispatch.errors import EdgeDispatchError
@@ -22,8 +25,11 @@ class App:
     def __init__(self, dispatcher: Dispatcher, verifier: Verifier) -> None:
         self.dispatcher = dispatcher
         self.verifier = verifier
+        self.agents: AgentManager | None = None  # set once the agents are up
 
-    def handle_http(self, req: Request) -> Response:
+    def handle_http(self, req: Request) -> Response | Coroutine[Any, Any, Response]:
+        if req.path.startswith(f"/twirp/{agents_api.SERVICE}/"):
+            return self._agents_api(req)
         if req.path.startswith("/twirp/"):
             return self._twirp(req)
         if req.method == "GET" and req.path in ("/", "/healthz"):
@@ -55,6 +61,21 @@ class App:
             return AgentConnection(conn, self.dispatcher, claims.api_key, claims.tenant)
 
         return accept
+
+    async def _agents_api(self, req: Request) -> Response:
+        try:
+            if req.method != "POST" or self.agents is None:
+                raise twirp.TwirpError("bad_route", f"no such method: {req.method} {req.path}")
+            try:
+                claims = self.verifier.verify(bearer(req.headers.get("authorization")), time.time())
+            except AuthError as exc:
+                raise twirp.TwirpError("unauthenticated", exc.msg) from exc
+            method = req.path.rsplit("/", 1)[1]
+            body = await agents_api.handle(self.agents, method, claims, req.body)
+            return Response(200, body, twirp.JSON)
+        except EdgeDispatchError as exc:
+            status, body = twirp.error_body(exc)
+            return Response(status, body, twirp.JSON)
 
     def _twirp(self, req: Request) -> Response:
         encoding = twirp.JSON

@@ -47,7 +47,11 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    server.serve(cfg, use_uvloop=args.loop == "uvloop")
+    try:
+        server.serve(cfg, use_uvloop=args.loop == "uvloop")
+    except ConfigError as exc:
+        print(f"edgedispatch: bad configuration: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -56,6 +60,14 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
 
     report = dispatch.run(args.workers, args.rate, args.duration, hold=args.hold)
     print(json.dumps(report) if args.json else dispatch.render(report))
+    return 0
+
+
+def _bench_jobs(args: argparse.Namespace) -> int:
+    from edgedispatch.bench import jobs
+
+    report = jobs.run(args.burst, lk_agent=not args.no_livekit_agents)
+    print(json.dumps(report) if args.json else jobs.render(report))
     return 0
 
 
@@ -88,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgedispatch import cli_client
 
     cli_client.add_commands(sub)
+    cli_client.add_agent_commands(sub)
 
     bench = sub.add_parser("bench", help="measure edgedispatch")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -117,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     disp.add_argument("--hold", type=float, default=0.5, help="seconds each job runs")
     disp.add_argument("--json", action="store_true", help="print one JSON object")
     disp.set_defaults(func=_bench_dispatch)
+    jobs = bench_sub.add_parser("jobs", help="dispatch to entrypoint start, native and others")
+    jobs.add_argument("--burst", type=int, nargs="+", default=[1, 10, 50], metavar="N")
+    jobs.add_argument("--no-livekit-agents", action="store_true",
+                      help="skip the livekit-agents comparison")
+    jobs.add_argument("--json", action="store_true", help="print one JSON object")
+    jobs.set_defaults(func=_bench_jobs)
     return parser
 
 

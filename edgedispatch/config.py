@@ -19,6 +19,8 @@ from pathlib import Path
 
 import msgspec
 
+from edgedispatch.agents.definitions import AgentDefinition, check_unique
+from edgedispatch.agents.definitions import validate as validate_agent
 from edgedispatch.errors import ConfigError
 
 DEV_KEY, DEV_SECRET = "devkey", "secret"
@@ -34,6 +36,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_message_size: int = 2 * 1024 * 1024
     #: Seconds to wait for running jobs after SIGTERM before exiting.
     drain_timeout: float = 3600.0
+    #: Where state that must survive a restart is kept (agent definitions
+    #: added through the API).  Empty: $STATE_DIRECTORY (systemd), else
+    #: nothing is kept.
+    data_dir: str = ""
     #: WebSocket keepalive for workers: ping this often (0: never) ...
     ping_interval: float = 20.0
     #: ... and drop a worker whose pong is this late.
@@ -94,6 +100,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Keys of the default tenant (named "").
     keys: dict[str, str] = msgspec.field(default_factory=dict)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
+    #: Agents edgedispatch runs itself (``[[agents]]``).
+    agents: list[AgentDefinition] = msgspec.field(default_factory=list)
     dev: bool = False
 
     def key_tenants(self) -> dict[str, str]:
@@ -175,6 +183,12 @@ def validate(cfg: Config) -> Config:
             if key in seen_keys:
                 raise ConfigError(f"API key {key!r} belongs to two tenants", f"{where}.keys")
             seen_keys.add(key)
+    tenant_names = {""} | seen_names
+    for i, agent_def in enumerate(cfg.agents):
+        if agent_def.tenant not in tenant_names:
+            raise ConfigError(f"no tenant {agent_def.tenant!r}", f"agents[{i}].tenant")
+        validate_agent(agent_def, f"agents[{i}]")
+    check_unique(cfg.agents)
     if not seen_keys:
         raise ConfigError(
             "no API keys: set [keys] in the config file, EDGEDISPATCH_KEYS, or use --dev", "keys"

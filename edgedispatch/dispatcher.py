@@ -90,6 +90,8 @@ class Dispatcher:
         self.jobs: dict[str, JobRec] = {}
         self.workers: dict[str, WorkerLink] = {}
         self.draining = False
+        #: Called with a job's agent key when it queues with no worker for it.
+        self.on_demand: Callable[[AgentKey], None] | None = None
         self.node_id = ids.new(ids.NODE)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -187,6 +189,8 @@ class Dispatcher:
             rec.worker_id = worker_id
         if state == JobState.QUEUED:
             rec.wait = self.core.job(rec.id, self.now()).wait_reason
+            if rec.wait == WaitReason.NO_WORKERS and self.on_demand is not None:
+                self.on_demand(rec.key)
         else:
             rec.wait = WaitReason.NOT_WAITING
         if state in (JobState.ASSIGNED, JobState.RUNNING) and not rec.started_ns:
@@ -262,7 +266,9 @@ class Dispatcher:
     # ------------------------------------------------------------------
     # Workers.
 
-    def register(self, link: WorkerLink, req: agent.RegisterWorkerRequest) -> agent.ServerMessage:
+    def register(
+        self, link: WorkerLink, req: agent.RegisterWorkerRequest, slots: int | None = None
+    ) -> agent.ServerMessage:
         """A worker's first message.  Returns the register response, which the
         caller sends before calling ``step()``; raises InvalidEvent (the
         connection is closed) if the registration is invalid."""
@@ -272,7 +278,10 @@ class Dispatcher:
         if problem:
             raise InvalidEvent(problem)
         key = AgentKey(link.tenant, req.agent_name, req.type, req.deployment)
-        slots = self.cfg.dispatch.agent_slots.get(req.agent_name, self.cfg.dispatch.worker_slots)
+        if slots is None:
+            slots = self.cfg.dispatch.agent_slots.get(
+                req.agent_name, self.cfg.dispatch.worker_slots
+            )
         perms = req.allowed_permissions if req.HasField("allowed_permissions") else None
         link.worker_id = ids.new(ids.WORKER)
         link.permissions = perms

@@ -29,6 +29,9 @@ class EdgeDispatchError(Exception):
 class ConfigError(EdgeDispatchError, ValueError):
     """The configuration is invalid.  ``key`` names the offending setting."""
 
+    twirp_code = "invalid_argument"
+    sip_status = 400
+
     def __init__(self, msg: str, key: str = "") -> None:
         super().__init__(f"{key}: {msg}" if key else msg)
         self.key = key

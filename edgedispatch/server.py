@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import resource
 import signal
 import socket
@@ -18,6 +19,8 @@ import sys
 from collections.abc import Callable
 
 from edgedispatch import _core, logs
+from edgedispatch.agents.manager import AgentManager
+from edgedispatch.agents.store import FileStore, MemoryStore, Store
 from edgedispatch.app import App
 from edgedispatch.auth import Verifier
 from edgedispatch.config import Config
@@ -36,6 +39,7 @@ class Server:
         self._stop = asyncio.Event()
         self._signals = 0
         self.connections: set[HttpProtocol] = set()
+        self.agents: AgentManager | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -58,6 +62,16 @@ class Server:
                 reuse_address=True,
             )
         self.port = self._server.sockets[0].getsockname()[1]
+        data_dir = self.cfg.server.data_dir or os.environ.get("STATE_DIRECTORY", "")
+        store: Store = FileStore(data_dir) if data_dir else MemoryStore()
+        url = self.cfg.server.public_url or f"ws://127.0.0.1:{self.port}"
+        self.agents = AgentManager(self.dispatcher, url, store)
+        try:
+            await self.agents.start(list(self.cfg.agents))
+        except Exception:
+            await self.close()
+            raise
+        app.agents = self.agents
 
     def request_stop(self) -> None:
         """SIGTERM: the first drains, the second exits at once."""
@@ -94,7 +108,10 @@ class Server:
         await self.close()
 
     async def close(self) -> None:
-        """Stop listening and drop every connection."""
+        """Stop listening, stop local agents, and drop every connection."""
+        if self.agents is not None:
+            await self.agents.close()
+            self.agents = None
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

@@ -15,8 +15,8 @@ our sans-IO layers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Protocol, cast
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs
 
 import httptools
@@ -88,7 +88,7 @@ class Response:
 class Application(Protocol):
     """What the HTTP layer serves."""
 
-    def handle_http(self, request: Request) -> Response: ...
+    def handle_http(self, request: Request) -> Response | Coroutine[Any, Any, Response]: ...
 
     def handle_upgrade(
         self, request: Request
@@ -174,11 +174,30 @@ class HttpProtocol(asyncio.Protocol):
         if self._transport is None or self._parser.should_upgrade():
             return  # an upgrade: handled by _upgrade
         request = self._request(b"".join(self._body))
+        keep_alive = self._parser.should_keep_alive()
         try:
             response = self._app.handle_http(request)
         except Exception:  # the application must answer; never drop the connection
             response = Response(500, b"internal error\n")
-        keep_alive = self._parser.should_keep_alive()
+        if isinstance(response, Response):
+            self._respond(response, keep_alive)
+            return
+        # A slow operation (starting agent processes): answer when it is done,
+        # reading nothing more from this connection until then.
+        self._transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(response)
+        task.add_done_callback(lambda t: self._respond_later(t, keep_alive))
+
+    def _respond_later(self, task: asyncio.Task[Response], keep_alive: bool) -> None:
+        if self._transport is None:
+            return
+        exc = task.exception()
+        self._respond(Response(500, b"internal error\n") if exc else task.result(), keep_alive)
+        if keep_alive and self._transport is not None:
+            self._transport.resume_reading()
+
+    def _respond(self, response: Response, keep_alive: bool) -> None:
+        assert self._transport is not None
         if keep_alive:
             self._transport.write(response.serialize(True))
         else:

@@ -13,6 +13,7 @@ import pytest
 import uvloop
 
 from edgedispatch import config
+from edgedispatch.agents.definitions import AgentDefinition
 from edgedispatch.server import Server
 
 T = TypeVar("T")
@@ -77,6 +78,10 @@ def make_config(**sections: Any) -> config.Config:
         if name == "tenants":  # {tenant name: {api key: secret}}
             tenants = [config.TenantConfig(t, keys) for t, keys in values.items()]
             base = msgspec.structs.replace(base, tenants=tenants)
+            continue
+        if name == "agents":  # a list of definition dicts
+            agents = [msgspec.convert(a, AgentDefinition) for a in values]
+            base = msgspec.structs.replace(base, agents=agents)
             continue
         section = getattr(base, name)
         base = msgspec.structs.replace(base, **{name: msgspec.structs.replace(section, **values)})

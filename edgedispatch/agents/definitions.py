@@ -1,0 +1,115 @@
+"""Agent definitions: what edgedispatch runs itself.
+
+Three kinds, by which field is set:
+  * native (``entrypoint = "pkg.module:function"``, optional ``prewarm``):
+    each job runs in a process from edgedispatch's warm pool;
+  * command (``command = [...]``): any program, started once per job;
+  * agent server (``worker = [...]``): a LiveKit agent server (for example a
+    livekit-agents app run as ``python agent.py start``) that edgedispatch
+    starts when a job waits for it, restarts when it crashes, and stops
+    when it has been idle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from typing import Literal
+
+import msgspec
+
+from edgedispatch.errors import ConfigError
+
+Kind = Literal["native", "command", "server"]
+
+
+class AgentDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    name: str
+    tenant: str = ""
+    entrypoint: str = ""  #: native: "pkg.module:function"
+    prewarm: str = ""  #: native: "pkg.module:function", run once per pool process
+    command: list[str] = msgspec.field(default_factory=list)  #: one process per job
+    worker: list[str] = msgspec.field(default_factory=list)  #: an agent server
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str = ""
+    #: native and command: jobs at once (the slot cap of its local worker)
+    slots: int = 8
+    #: native: warm pool processes kept ready
+    idle: int = 2
+    memory_limit_mb: float = 0  #: per job; 0 = none
+    max_duration: float = 0  #: seconds per job; 0 = none
+    #: agent server: instances kept running / at most / idle seconds before stopping
+    min_instances: int = 0
+    max_instances: int = 1
+    idle_timeout: float = 300
+
+    @property
+    def kind(self) -> Kind:
+        if self.entrypoint:
+            return "native"
+        if self.command:
+            return "command"
+        return "server"
+
+
+def _module_exists(module: str, extra_path: list[str]) -> bool:
+    saved = list(sys.path)
+    try:
+        sys.path[:0] = extra_path
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+    finally:
+        sys.path[:] = saved
+
+
+def _program_exists(program: str, cwd: str) -> bool:
+    if os.sep in program:
+        path = program if os.path.isabs(program) else os.path.join(cwd or ".", program)
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+    return shutil.which(program) is not None
+
+
+def validate(d: AgentDefinition, where: str = "agent") -> AgentDefinition:
+    """Raise ConfigError, naming the field and the reason, for a bad definition."""
+    if not d.name:
+        raise ConfigError("an agent needs a name", f"{where}.name")
+    kinds = [k for k in (d.entrypoint, d.command, d.worker) if k]
+    if len(kinds) != 1:
+        raise ConfigError("set exactly one of entrypoint, command or worker", where)
+    extra_path = [p for p in (d.env.get("PYTHONPATH", "").split(os.pathsep) + [d.cwd]) if p]
+    for field in ("entrypoint", "prewarm"):
+        ref: str = getattr(d, field)
+        if not ref:
+            continue
+        module, sep, func = ref.partition(":")
+        if not sep or not module or not func.isidentifier():
+            raise ConfigError(f"expected 'pkg.module:function', got {ref!r}", f"{where}.{field}")
+        if not _module_exists(module, extra_path):
+            raise ConfigError(f"unknown module {module!r}", f"{where}.{field}")
+    for field in ("command", "worker"):
+        argv: list[str] = getattr(d, field)
+        if argv and not _program_exists(argv[0], d.cwd):
+            raise ConfigError(f"missing command {argv[0]!r}", f"{where}.{field}")
+    if not 1 <= d.slots <= 10_000:
+        raise ConfigError("must be within 1..10000", f"{where}.slots")
+    if not 0 <= d.idle <= 1_000:
+        raise ConfigError("must be within 0..1000", f"{where}.idle")
+    if d.memory_limit_mb < 0 or d.max_duration < 0 or d.idle_timeout < 0:
+        raise ConfigError("limits must be >= 0", where)
+    if not 0 <= d.min_instances <= d.max_instances or d.max_instances < 1:
+        raise ConfigError("need 0 <= min_instances <= max_instances, max_instances >= 1", where)
+    return d
+
+
+def check_unique(defs: list[AgentDefinition]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for i, d in enumerate(defs):
+        if (d.tenant, d.name) in seen:
+            raise ConfigError(
+                f"duplicate agent name {d.name!r} in tenant {d.tenant or '(default)'!r}",
+                f"agents[{i}].name",
+            )
+        seen.add((d.tenant, d.name))

@@ -1,0 +1,228 @@
+"""``edgedispatch bench jobs``: from CreateDispatch to the agent's
+entrypoint starting.
+
+In one run, against one server: native jobs from edgedispatch's warm pool
+and jobs of an unmodified livekit-agents worker (its default settings, but a
+pinned load), in bursts of 1, 10 and 50 dispatches sent at once; and the
+cold start of an agent-server definition (dispatch -> job running when none
+of its processes exists).  Both ends read CLOCK_MONOTONIC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from livekit import api
+
+TARGETS = {
+    "native_p50_ms_burst50": 3.0,
+    "native_p99_ms_burst50": 20.0,
+    "speedup_p99_burst50": 5.0,
+    "pool_process_uss_mb": 30.0,
+}
+ROUNDS = 3
+
+
+def _config(tmp: Path, idle: int, slots: int) -> Path:
+    out = tmp / "out"
+    out.mkdir()
+    py = sys.executable
+    cfg = tmp / "bench.toml"
+    cfg.write_text(f"""
+[dispatch]
+worker_slots = {slots}
+[logging]
+level = "warning"
+[[agents]]
+name = "bench-native"
+entrypoint = "edgedispatch.bench.jobs_agent:entrypoint"
+idle = {idle}
+slots = {slots}
+env = {{ EDT_OUT = "{out}" }}
+[[agents]]
+name = "bench-cold"
+worker = ["{py}", "-m", "edgedispatch.bench.jobs_agent", "start"]
+env = {{ EDT_OUT = "{out}", EDT_AGENT = "bench-cold" }}
+idle_timeout = 3600
+""")
+    return cfg
+
+
+async def _burst(lk: api.LiveKitAPI, out: Path, agent: str, n: int, tag: str) -> list[float]:
+    sent: dict[str, float] = {}
+
+    async def one(i: int) -> None:
+        meta = f"{tag}-{i}"
+        sent[meta] = time.monotonic()
+        await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=agent, room=f"bench-{tag}-{i}", metadata=meta)
+        )
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    deadline = time.monotonic() + 60
+    started: dict[str, float] = {}
+    while len(started) < n and time.monotonic() < deadline:
+        for path in out.glob("*.t"):
+            meta, t = path.read_text().split()
+            if meta in sent:
+                started[meta] = float(t)
+                path.unlink()
+        await asyncio.sleep(0.02)
+    return [(started[m] - sent[m]) * 1000 for m in started]
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 2)
+
+
+async def _measure(url: str, out: Path, bursts: list[int], lk_agent: bool) -> list[dict[str, Any]]:
+    rows = []
+    async with api.LiveKitAPI(url, "devkey", "secret") as lk:
+        runtimes = [("edgedispatch", "bench-native")]
+        if lk_agent:
+            runtimes.append(("livekit-agents", "bench-lk"))
+        for runtime, agent in runtimes:
+            await _burst(lk, out, agent, 1, f"warm-{agent}")  # first job: warm-up
+            for n in bursts:
+                lat: list[float] = []
+                for r in range(ROUNDS):
+                    lat += await _burst(lk, out, agent, n, f"{agent}-{n}-{r}")
+                    await asyncio.sleep(1.0 if runtime == "edgedispatch" else 3.0)  # refill
+                rows.append(
+                    {
+                        "runtime": runtime,
+                        "burst": n,
+                        "samples": len(lat),
+                        "p50_ms": _pct(lat, 0.5),
+                        "p99_ms": _pct(lat, 0.99),
+                    }
+                )
+        cold = await _burst(lk, out, "bench-cold", 1, "cold")
+        rows.append(
+            {
+                "runtime": "agent-server cold start",
+                "burst": 1,
+                "samples": len(cold),
+                "p50_ms": _pct(cold, 0.5),
+                "p99_ms": _pct(cold, 0.99),
+            }
+        )
+    return rows
+
+
+def _pool_uss(url: str) -> list[int]:
+    import urllib.request
+
+    from edgedispatch.auth import sign_hs256
+
+    now = int(time.time())
+    tok = sign_hs256(
+        {"iss": "devkey", "nbf": now, "exp": now + 60, "agent": {"admin": True}}, "secret"
+    )
+    req = urllib.request.Request(
+        f"{url}/twirp/edgedispatch.AgentService/ListAgents",
+        data=b"{}",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {tok}"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        agents = json.loads(resp.read())["agents"]
+    native = next(a for a in agents if a["name"] == "bench-native")
+    return list(native.get("pool_uss_kb", []))
+
+
+def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        cfg = _config(tmp, idle=max(bursts), slots=max(bursts) * 2)
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgedispatch",
+                "serve",
+                "--dev",
+                "--port",
+                "0",
+                "--config",
+                str(cfg),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        worker = None
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            match = re.search(r"(http://\S+)", line)
+            if not match:
+                raise RuntimeError(f"the server did not start: {line!r}")
+            url = match.group(1)
+            if lk_agent:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "edgedispatch.bench.jobs_agent", "start"],
+                    env={
+                        **env,
+                        "LIVEKIT_URL": url.replace("http", "ws"),
+                        "LIVEKIT_API_KEY": "devkey",
+                        "LIVEKIT_API_SECRET": "secret",
+                        "EDT_OUT": str(tmp / "out"),
+                        "EDT_AGENT": "bench-lk",
+                    },
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                time.sleep(6)  # its warm pool and registration
+            time.sleep(1)
+            uss = _pool_uss(url)
+            rows = asyncio.run(_measure(url, tmp / "out", bursts, lk_agent))
+        finally:
+            if worker is not None:
+                worker.terminate()
+                try:
+                    worker.wait(20)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+            server.terminate()
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return {"rows": rows, "pool_uss_kb": uss, "targets": TARGETS}
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"{'runtime':<26} {'burst':>5} {'p50 ms':>9} {'p99 ms':>9} {'n':>5}"]
+    for r in report["rows"]:
+        lines.append(
+            f"{r['runtime']:<26} {r['burst']:>5} {r['p50_ms']:>9} {r['p99_ms']:>9} "
+            f"{r['samples']:>5}"
+        )
+    uss = report["pool_uss_kb"]
+    if uss:
+        lines.append(
+            f"warm pool process unique memory: {max(uss) / 1024:.1f} MB at most "
+            f"({len(uss)} processes)"
+        )
+    t = report["targets"]
+    lines.append(
+        f"targets: native burst 50 p50 <= {t['native_p50_ms_burst50']} ms, p99 <= "
+        f"{t['native_p99_ms_burst50']} ms, >= {t['speedup_p99_burst50']}x livekit-agents "
+        f"at p99; <= {t['pool_process_uss_mb']} MB per pool process"
+    )
+    return "\n".join(lines)
