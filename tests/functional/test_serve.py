@@ -204,3 +204,41 @@ def test_bench_dispatch_reports_what_it_promises() -> None:
     lat = report["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] < 5000
     assert 0 < report["rss_per_worker_kb"] < 1000
+
+
+def test_agent_cli_manages_definitions(served: list[ServeProcess], tmp_path: Path) -> None:
+    srv = ServeProcess()
+    served.append(srv)
+    agents = Path(__file__).resolve().parents[1] / "agents"
+    out = srv.cli(
+        "agent",
+        "add",
+        "helper",
+        "--command",
+        sys.executable,
+        str(agents / "cmd_agent.py"),
+        "--env",
+        f"EDT_OUT={tmp_path}",
+        "--slots",
+        "2",
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["agent"]["slots"] == 2
+    listed = srv.cli("agent", "list")
+    assert listed.returncode == 0 and listed.stdout.split()[:4] == [
+        "helper",
+        "command",
+        "running",
+        "api",
+    ]
+    bad = srv.cli("agent", "add", "broken", "--entrypoint", "no_such_mod_xyz:main")
+    assert bad.returncode == 1 and "unknown module 'no_such_mod_xyz'" in bad.stderr
+    srv.cli("dispatch", "create", "--room", "r", "--agent-name", "helper")
+    deadline = time.monotonic() + 20
+    while not list(tmp_path.glob("AJ_*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(list(tmp_path.glob("AJ_*.json"))) == 1
+    assert srv.cli("agent", "stop", "helper").returncode == 0
+    assert srv.cli("agent", "list").stdout.split()[2] == "stopped"
+    assert srv.cli("agent", "remove", "helper").returncode == 0
+    assert srv.cli("agent", "list").stdout == ""
