@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     disp.set_defaults(func=_bench_dispatch)
     jobs = bench_sub.add_parser("jobs", help="dispatch to entrypoint start, native and others")
     jobs.add_argument("--burst", type=int, nargs="+", default=[1, 10, 50], metavar="N")
-    jobs.add_argument("--no-livekit-agents", action="store_true",
-                      help="skip the livekit-agents comparison")
+    jobs.add_argument(
+        "--no-livekit-agents", action="store_true", help="skip the livekit-agents comparison"
+    )
     jobs.add_argument("--json", action="store_true", help="print one JSON object")
     jobs.set_defaults(func=_bench_jobs)
     return parser

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from edgedispatch.agents.definitions import AgentDefinition
 from edgedispatch.agents.native import JobInfo
-from edgedispatch.agents.process import ChildProcess, base_env, exit_text
+from edgedispatch.agents.process import PIPE_LINGER, ChildProcess, base_env, exit_text
 
 log = logging.getLogger("edgedispatch.agents")
 
@@ -129,7 +129,14 @@ class CommandRunner:
             self._poll = self._loop.call_later(MEMORY_POLL, self._check_memory)
 
     async def close(self) -> None:
+        had_jobs = bool(self._jobs)
         for job in list(self._jobs.values()):
             job.kill()
         if self._poll is not None:
             self._poll.cancel()
+        for _ in range(100):
+            if not self._jobs:
+                break
+            await asyncio.sleep(0.05)
+        if had_jobs:
+            await asyncio.sleep(PIPE_LINGER + 0.05)  # their output pipes close

@@ -2,25 +2,30 @@
 
 A ``NativePool`` serves one agent definition.  ``start`` launches its zygote
 (``edgedispatch.agents.zygote``), which imports the agent's module once; the
-pool then keeps ``idle`` prewarmed children forked from it, so a job starts
-by sending one message to a process that is already waiting (~1 ms).
+pool keeps ``idle`` prewarmed children forked from it, so a job starts by
+sending one message to a process that is already waiting (~1 ms).  A burst
+beyond them waits for forks, which the pool asks for at once.
 
-Everything here runs on the event loop without blocking it: the zygote is
-spawned in an executor, every socket is an asyncio transport, signals go
-through pidfds (a pidfd names one process, so a reused pid is never hit), and
-the memory sampler reads ``/proc`` (no disk I/O).
+Nothing here blocks the event loop: the zygote is spawned in an executor,
+every socket is an asyncio transport, signals go through pidfds (a pidfd
+names one process, so a reused pid is never hit), and the memory sampler
+reads ``/proc`` (no disk I/O).
 
 Who knows what:
 
 - the zygote reaps the children and reports each exit status (``Exited``);
-- each child reports ``Ready``, ``Started`` and ``Done`` (its code and the
-  entrypoint's traceback) on its control connection;
+- each child reports ``Ready``, ``Started`` and ``Done`` (its exit code and
+  the entrypoint's traceback) on its control connection;
 - each child's fds 1 and 2 are its output connection, cut into lines for
   ``on_output``.
 
-A job ends once its child is reaped and both its connections are closed (so
-every output line comes before ``on_exit``), or ``_EXIT_GRACE`` after the
-reaping if a grandchild keeps the output open.
+These arrive on different sockets, in any order.  A child is finalized once
+it is reaped and both its connections are read to the end (so its last
+output line and its traceback come before ``on_exit``), or ``_EXIT_GRACE``
+after the reaping if a grandchild keeps its output open.
+
+If the zygote dies, a new one is started; the old one's children finish
+their jobs, reported by their own ``Done`` (nobody reaps them for us now).
 """
 
 from __future__ import annotations
@@ -31,33 +36,19 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import msgspec
 
-from edgedispatch.agents.messages import (
-    Done,
-    Exited,
-    Failed,
-    Fork,
-    Forked,
-    ForkFailed,
-    FrameReader,
-    Hello,
-    Job,
-    JobInfo,
-    Loaded,
-    LoadFailed,
-    Message,
-    Ready,
-    Started,
-    encode,
-)
+from edgedispatch.agents import messages as m
+from edgedispatch.agents.messages import JobInfo
 from edgedispatch.errors import ConfigError
 
 __all__ = ["JobInfo", "MemoryUsage", "NativePool", "RunningJob", "describe_exit", "read_memory"]
@@ -95,28 +86,18 @@ def read_memory(pid: int) -> MemoryUsage:
     return MemoryUsage(fields.get("Rss", 0), fields.get("Pss", 0), uss)
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS from ``/proc/PID/status`` (cheap, unlike smaps); 0 if gone."""
+def proc_status(pid: int, field: str) -> int:
+    """A number from ``/proc/PID/status`` (``VmRSS`` in kB, ``PPid``...):
+    cheap, unlike smaps.  0 if the process or the field is gone."""
+    key = field.encode() + b":"
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
-            data = f.read()
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
     except OSError:
-        return 0
-    start = data.find(b"VmRSS:")
-    if start < 0:
-        return 0  # a zombie
-    return int(data[start + 6 : data.index(b"kB", start)])
-
-
-def parent_pid(pid: int) -> int:
-    """PPid from ``/proc/PID/status``; 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0
-    start = data.find(b"PPid:")
-    return int(data[start + 5 : data.index(b"\n", start)]) if start >= 0 else 0
+        pass
+    return 0
 
 
 def describe_exit(code: int) -> str:
@@ -171,21 +152,6 @@ class RunningJob:
 class _Child:
     """One pool process, from its fork to its finalization."""
 
-    __slots__ = (
-        "pid",
-        "orphan",
-        "ctl",
-        "out",
-        "pidfd",
-        "connected",
-        "ready",
-        "job",
-        "error",
-        "done",
-        "code",
-        "timer",
-    )
-
     def __init__(self, pid: int, orphan: bool) -> None:
         self.pid = pid
         # Not from the current zygote: nobody will report its exit status.
@@ -197,7 +163,7 @@ class _Child:
         self.ready = False  # said Ready at least once
         self.job: RunningJob | None = None
         self.error = ""  # prewarm's traceback
-        self.done: Done | None = None
+        self.done: m.Done | None = None
         self.code: int | None = None  # from the zygote's Exited
         self.timer: asyncio.TimerHandle | None = None
 
@@ -208,7 +174,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self, pool: NativePool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.reader = FrameReader()
+        self.reader = m.FrameReader()
         self.role = ""
         self.pid = 0
         self.line = bytearray()
@@ -231,7 +197,7 @@ class _Conn(asyncio.Protocol):
                 if not first:
                     return
                 hello = first[0]
-                if not isinstance(hello, Hello) or hello.role not in _ROLES:
+                if not isinstance(hello, m.Hello) or hello.role not in _ROLES:
                     raise ValueError(f"expected a Hello, got {hello!r}")
                 self.role, self.pid = hello.role, hello.pid
                 self.pool._on_hello(self)
@@ -251,9 +217,9 @@ class _Conn(asyncio.Protocol):
         self.pool._conns.discard(self)
         self.pool._on_conn_lost(self)
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: m.Message) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode(msg))
+            self.transport.write(m.encode(msg))
 
     def close(self) -> None:
         if self.transport is not None:
@@ -295,8 +261,10 @@ class NativePool:
         self._state = "new"  # new, running, restarting, broken, closed
         self._dir = ""
         self._path = ""
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: set[asyncio.Task[None]] = set()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._popen: asyncio.Future[subprocess.Popen[bytes]] | None = None
         self._zygote: _Conn | None = None
         self._loaded: asyncio.Future[int] | None = None
         self._conns: set[_Conn] = set()
@@ -309,6 +277,7 @@ class NativePool:
         self._sampler: asyncio.TimerHandle | None = None
         self._restart: asyncio.Task[None] | None = None
         self._old_procs: list[subprocess.Popen[bytes]] = []
+        self._cleanup: weakref.finalize[[str, bool], NativePool] | None = None
 
     # -- the interface -----------------------------------------------------
 
@@ -321,8 +290,10 @@ class NativePool:
         # Short: a Unix socket path is limited to 108 bytes.
         self._dir = tempfile.mkdtemp(prefix="edn-", dir="/tmp" if os.path.isdir("/tmp") else None)
         self._path = os.path.join(self._dir, "s")
+        # Removed by close(), or at exit if the pool is never closed.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
         try:
-            self._server = await self._loop.create_unix_server(lambda: _Conn(self), self._path)
+            self._listen()
             await self._spawn()
         except BaseException:
             await self.close()
@@ -331,6 +302,7 @@ class NativePool:
         self._refill()
 
     def ready(self) -> int:
+        """Children prewarmed and waiting for a job now."""
         return len(self._ready)
 
     def run_job(
@@ -377,44 +349,94 @@ class NativePool:
         """Kill the zygote and every child, and remove the socket."""
         if self._state == "closed":
             return
-        self._state = "closed"
+        self._state = "closed"  # from here no job starts, and _finalize ends none
         for handle in (self._refill_timer, self._sampler):
             if handle is not None:
                 handle.cancel()
+        children = list(self._children.values())
+        for child in children:
+            self._signal(child, signal.SIGKILL)
+        ended = [c.job for c in children if c.job is not None] + list(self._waiting)
+        self._waiting.clear()
+        try:
+            await self._stop_processes()
+        finally:
+            for child in [*children, *self._children.values()]:
+                self._drop(child)
+            for job in ended:
+                job._end(None, f"native pool {self.name!r} was closed")
+            if self._cleanup is not None:
+                self._cleanup()
+
+    async def _stop_processes(self) -> None:
         if self._restart is not None:
             self._restart.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._restart
-        children = list(self._children.values())
-        for child in children:
-            self._signal(child, signal.SIGKILL)
-        if self._server is not None:
-            self._server.close()
-            # asyncio sets accepted connections up in tasks: let them run
-            # (connection_made closes them) before closing the rest.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+        if self._popen is not None:
+            with contextlib.suppress(OSError):
+                proc = await self._popen
+                if proc is not self._proc:
+                    self._old_procs.append(proc)
+        if self._listener is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        # Connections accepted a moment ago are still being set up: let them
+        # finish (connection_made closes them), or their sockets would leak.
+        if self._accepting:
+            await asyncio.wait(self._accepting)
         # The zygote kills and reaps what is left when its connection closes.
         for conn in list(self._conns):
             conn.close()
-        if self._server is not None:
-            await self._server.wait_closed()
         procs = self._old_procs + ([self._proc] if self._proc is not None else [])
         self._old_procs, self._proc = [], None
         for proc in procs:
             await _wait_exit(proc)
-        ended = [c.job for c in children if c.job is not None] + list(self._waiting)
-        self._waiting.clear()
-        for child in [*children, *self._children.values()]:
-            self._drop(child)
-        for job in ended:
-            job._end(None, f"native pool {self.name!r} was closed")
         # Let the transports' close callbacks run (their sockets close there).
         await asyncio.sleep(0)
-        if self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- the zygote ----------------------------------------------------------
+
+    def _listen(self) -> None:
+        # Not loop.create_unix_server: on Python 3.11 a connection accepted
+        # just before Server.close() trips an assertion inside asyncio and
+        # its socket leaks.  Accepting here, the pool knows every connection.
+        assert self._loop is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self._path)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._listener = sock
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of fds, say: the peer will retry or die
+                log.error("native agent %r: accept failed: %s", self.name, exc)
+                return
+            conn.setblocking(False)
+            task = self._loop.create_task(self._adopt(conn))
+            self._accepting.add(task)
+            task.add_done_callback(self._accepting.discard)
+
+    async def _adopt(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(lambda: _Conn(self), conn)
+        except Exception as exc:
+            log.error("native agent %r: connection set-up failed: %s", self.name, exc)
+            conn.close()
 
     async def _spawn(self) -> None:
         loop = self._loop
@@ -424,9 +446,11 @@ class NativePool:
             cmd.append(self.prewarm)
         where = f"native agent {self.name!r}"
         self._loaded = loaded = loop.create_future()
+        # Popen forks and waits for the exec: off the loop.  Shielded, so that
+        # close() during a restart still learns of the process, to reap it.
+        self._popen = loop.run_in_executor(None, _popen, cmd, {**os.environ, **self.env})
         try:
-            # Popen forks and waits for the exec: off the loop.
-            proc = await loop.run_in_executor(None, _popen, cmd, {**os.environ, **self.env})
+            proc = await asyncio.shield(self._popen)
         except OSError as exc:
             raise ConfigError(f"{where}: cannot run {self.python}: {exc}") from None
         self._proc = proc
@@ -484,9 +508,13 @@ class NativePool:
         self._restart = self._loop.create_task(self._respawn())
 
     async def _respawn(self) -> None:
-        await asyncio.sleep(_RESTART_DELAY)
         if self._proc is not None:
             self._old_procs.append(self._proc)
+            self._proc = None
+        await asyncio.sleep(_RESTART_DELAY)
+        for proc in self._old_procs:
+            await _wait_exit(proc)  # its connection closed: it is (about to be) dead
+        self._old_procs.clear()
         try:
             await self._spawn()
         except ConfigError as exc:
@@ -517,7 +545,7 @@ class NativePool:
         child = self._children.get(conn.pid)
         if child is None:
             zygote = self._proc.pid if self._zygote is not None and self._proc else -1
-            child = _Child(conn.pid, orphan=parent_pid(conn.pid) != zygote)
+            child = _Child(conn.pid, orphan=proc_status(conn.pid, "PPid") != zygote)
             self._children[conn.pid] = child
         if conn.role == "child":
             child.ctl = conn
@@ -528,32 +556,32 @@ class NativePool:
             with contextlib.suppress(OSError):
                 child.pidfd = os.pidfd_open(conn.pid)
 
-    def _on_message(self, conn: _Conn, msg: Message) -> None:
+    def _on_message(self, conn: _Conn, msg: m.Message) -> None:
         if conn.role == "zygote":
-            if isinstance(msg, Forked):
+            if isinstance(msg, m.Forked):
                 self._children.setdefault(msg.pid, _Child(msg.pid, orphan=False))
-            elif isinstance(msg, Exited):
+            elif isinstance(msg, m.Exited):
                 self._on_exited(msg.pid, msg.code)
-            elif isinstance(msg, ForkFailed):
+            elif isinstance(msg, m.ForkFailed):
                 self._pending = max(0, self._pending - 1)
                 self._child_failed(f"fork failed: {msg.error}")
             elif self._loaded is not None and not self._loaded.done():
-                if isinstance(msg, Loaded):
+                if isinstance(msg, m.Loaded):
                     self._loaded.set_result(msg.threads)
-                elif isinstance(msg, LoadFailed):
+                elif isinstance(msg, m.LoadFailed):
                     error = ConfigError(f"native agent {self.name!r}: {msg.reason}")
                     self._loaded.set_exception(error)
             return
         child = self._children.get(conn.pid)
         if child is None:
             return
-        if isinstance(msg, Ready):
+        if isinstance(msg, m.Ready):
             self._on_ready(child)
-        elif isinstance(msg, Started) and child.job is not None:
+        elif isinstance(msg, m.Started) and child.job is not None:
             child.job._started = True
-        elif isinstance(msg, Failed):
+        elif isinstance(msg, m.Failed):
             child.error = msg.error
-        elif isinstance(msg, Done):
+        elif isinstance(msg, m.Done):
             child.done = msg
 
     def _on_ready(self, child: _Child) -> None:
@@ -683,7 +711,7 @@ class NativePool:
         child.job = job
         job._child = child
         job.pid = child.pid
-        child.ctl.send(Job(info=job.info))
+        child.ctl.send(m.Job(info=job.info))
         if self.memory_limit_mb > 0 and self._sampler is None and self._loop is not None:
             self._sampler = self._loop.call_later(_SAMPLE_EVERY, self._sample)
 
@@ -701,7 +729,7 @@ class NativePool:
             self._refill_timer = self._loop.call_later(delay, self._refill_later)
             return
         self._pending += want
-        self._zygote.send(Fork(n=want))
+        self._zygote.send(m.Fork(n=want))
 
     def _refill_later(self) -> None:
         self._refill_timer = None
@@ -735,9 +763,13 @@ class NativePool:
         job.terminate(grace)
 
     def _signal(self, child: _Child, sig: int) -> None:
-        if child.pidfd >= 0:
-            with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
+            if child.pidfd >= 0:
                 signal.pidfd_send_signal(child.pidfd, sig)
+            elif child.code is None and child.ctl is not None:
+                # No pidfd (out of fds?): its open connection says it is
+                # alive, so the pid is still its own.
+                os.kill(child.pid, sig)
 
     def _sample(self) -> None:
         self._sampler = None
@@ -748,7 +780,7 @@ class NativePool:
             if job is None or job._ended or child.code is not None:
                 continue
             running = True
-            kb = rss_kb(child.pid)
+            kb = proc_status(child.pid, "VmRSS")
             if kb > limit_kb and not job._reason:
                 job._reason = (
                     f"memory limit exceeded: {kb / 1024:.0f} MB > {self.memory_limit_mb:g} MB"

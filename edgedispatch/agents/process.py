@@ -10,6 +10,8 @@ import signal
 import subprocess
 from collections.abc import Callable
 
+PIPE_LINGER = 0.2  # seconds the output pipe is read after the exit
+
 #: Server secrets never reach programs we start.
 _SECRET_VARS = ("EDGEDISPATCH_KEYS", "LIVEKIT_KEYS", "LIVEKIT_API_SECRET", "LIVEKIT_API_KEY")
 
@@ -75,6 +77,7 @@ class ChildProcess:
         self._pidfd = os.pidfd_open(proc.pid)
         self._loop.add_reader(self._pidfd, self._reap)
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._pipe: asyncio.BaseTransport | None = None
 
     @classmethod
     async def start(
@@ -100,7 +103,7 @@ class ChildProcess:
         )
         child = cls(proc, on_exit)
         assert proc.stdout is not None
-        await loop.connect_read_pipe(lambda: _Lines(on_line), proc.stdout)
+        child._pipe, _ = await loop.connect_read_pipe(lambda: _Lines(on_line), proc.stdout)
         return child
 
     @property
@@ -139,4 +142,13 @@ class ChildProcess:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        # Its output pipe ends with it.  Normally EOF closes our end; a
+        # grandchild still holding the pipe would keep it open, so close it
+        # shortly after regardless (after the last lines are read).
+        self._loop.call_later(PIPE_LINGER, self._close_pipe)
         self._on_exit(self.returncode)
+
+    def _close_pipe(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from edgedispatch.agents.definitions import AgentDefinition
-from edgedispatch.agents.process import ChildProcess, base_env, exit_text
+from edgedispatch.agents.process import PIPE_LINGER, ChildProcess, base_env, exit_text
 
 log = logging.getLogger("edgedispatch.agents")
 
@@ -152,3 +152,4 @@ class AgentServerSupervisor:
             if not self.instances:
                 break
             await asyncio.sleep(0.05)
+        await asyncio.sleep(PIPE_LINGER + 0.05)  # their output pipes close

@@ -14,8 +14,8 @@ runs ``prewarm``, says ``Ready``, waits for one ``Job``, runs the entrypoint
 under ``asyncio`` and exits: 0 on success or ``ctx.shutdown()``, 1 with the
 traceback if the entrypoint raised.  SIGTERM becomes ``ctx.shutdown()``.
 
-Only the standard library, msgspec and ``edgedispatch.agent`` are imported
-here, to keep every pool process small.
+Only the standard library (asyncio included, see below), msgspec and
+``edgedispatch.agent`` are imported here, to keep every pool process small.
 """
 
 from __future__ import annotations
@@ -38,24 +38,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from edgedispatch.agent import JobContext
-from edgedispatch.agents.messages import (
-    Done,
-    Exited,
-    Failed,
-    Fork,
-    Forked,
-    ForkFailed,
-    FrameReader,
-    Hello,
-    Job,
-    JobInfo,
-    Loaded,
-    LoadFailed,
-    Message,
-    Ready,
-    Started,
-    encode,
-)
+from edgedispatch.agents import messages as m
+from edgedispatch.agents.messages import JobInfo
 
 Entrypoint = Callable[[JobContext], Coroutine[Any, Any, None]]
 
@@ -71,15 +55,12 @@ def load(spec: str, what: str) -> Callable[..., Any]:
         raise LoadError(f"{what} {spec!r} is not of the form 'module:function'")
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
+    except BaseException as exc:
         # Only "the module itself is missing" gets the short message; a
-        # missing dependency inside it deserves the traceback.
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise LoadError(f"{what} {spec!r}: no module named {exc.name!r}") from None
-        raise LoadError(
-            f"{what} {spec!r}: importing {module_name!r} failed:\n{traceback.format_exc()}"
-        ) from None
-    except BaseException:
+        # missing dependency inside it, or any error, deserves the traceback.
+        name = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if name and (module_name == name or module_name.startswith(name + ".")):
+            raise LoadError(f"{what} {spec!r}: no module named {name!r}") from None
         raise LoadError(
             f"{what} {spec!r}: importing {module_name!r} failed:\n{traceback.format_exc()}"
         ) from None
@@ -114,7 +95,7 @@ def load_agent(
 def _connect(path: str, role: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
-    sock.sendall(encode(Hello(role=role, pid=os.getpid())))
+    sock.sendall(m.encode(m.Hello(role=role, pid=os.getpid())))
     return sock
 
 
@@ -132,7 +113,7 @@ def _redirect_output(path: str, role: str) -> None:
         sys.stdout.reconfigure(line_buffering=True)
 
 
-def _recv(sock: socket.socket, reader: FrameReader) -> Message | None:
+def _recv(sock: socket.socket, reader: m.FrameReader) -> m.Message | None:
     """Block for the next message; None when the server closed."""
     while True:
         msgs = reader.feed(b"", 1)
@@ -161,22 +142,22 @@ class Zygote:
         self.wake_r = -1
         self.wake_w = -1
 
-    def send(self, msg: Message) -> None:
-        self.ctl.sendall(encode(msg))
+    def send(self, msg: m.Message) -> None:
+        self.ctl.sendall(m.encode(msg))
 
     def main(self) -> int:
         _redirect_output(self.path, "zygote-output")
         try:
             entry, warm = load_agent(self.entrypoint, self.prewarm)
         except LoadError as exc:
-            self.send(LoadFailed(reason=str(exc)))
+            self.send(m.LoadFailed(reason=str(exc)))
             return 1
         # Collect the import's garbage once, then keep the collector off:
         # collections would move objects and dirty shared pages.  freeze()
         # before each fork keeps the children's collectors off them too.
         gc.collect()
         gc.disable()
-        self.send(Loaded(threads=_threads()))
+        self.send(m.Loaded(threads=_threads()))
         self.serve(entry, warm)
         return 0
 
@@ -191,7 +172,7 @@ class Zygote:
         poller = select.poll()
         poller.register(self.ctl.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
-        reader = FrameReader()
+        reader = m.FrameReader()
         try:
             while True:
                 for fd, _ in poller.poll():
@@ -203,7 +184,7 @@ class Zygote:
                     if not data:
                         return  # the server closed: stop everything
                     for msg in reader.feed(data):
-                        if isinstance(msg, Fork):
+                        if isinstance(msg, m.Fork):
                             for _ in range(msg.n):
                                 self.fork(entry, warm)
                 self.reap()
@@ -220,12 +201,12 @@ class Zygote:
         try:
             pid = os.fork()
         except OSError as exc:
-            self.send(ForkFailed(error=str(exc)))
+            self.send(m.ForkFailed(error=str(exc)))
             return
         if pid == 0:
             self.child(entry, warm)
         self.live.add(pid)
-        self.send(Forked(pid=pid))
+        self.send(m.Forked(pid=pid))
 
     def reap(self) -> None:
         # Our children only, not waitpid(-1): a process the agent's module
@@ -237,7 +218,7 @@ class Zygote:
                 done, status = pid, 255 << 8
             if done:
                 self.live.discard(pid)
-                self.send(Exited(pid=pid, code=os.waitstatus_to_exitcode(status)))
+                self.send(m.Exited(pid=pid, code=os.waitstatus_to_exitcode(status)))
 
     def stop(self) -> None:
         # Only unreaped children are signalled: their pids cannot have been
@@ -272,16 +253,16 @@ class Zygote:
                 try:
                     warm()
                 except BaseException as exc:
-                    ctl.sendall(encode(Failed(error=_traceback(exc))))
+                    ctl.sendall(m.encode(m.Failed(error=_traceback(exc))))
                     raise SystemExit(1) from None
             # The job's event loop, made and run once now, while idle: the
             # first run of that code copies pages shared with the zygote,
             # which took ~1.5 ms of the job's start.
             runner = asyncio.Runner()
             runner.run(_idle())
-            ctl.sendall(encode(Ready()))
-            msg = _recv(ctl, FrameReader())
-            if isinstance(msg, Job):
+            ctl.sendall(m.encode(m.Ready()))
+            msg = _recv(ctl, m.FrameReader())
+            if isinstance(msg, m.Job):
                 code = run_job(entry, msg.info, ctl, runner)
             else:
                 code = 0  # retired by the server (or it is gone)
@@ -338,7 +319,7 @@ def run_job(entry: Entrypoint, info: JobInfo, ctl: socket.socket, runner: asynci
     """Run one job to its end; return the process's exit code."""
     term = _Terminate()
     signal.signal(signal.SIGTERM, term)
-    ctl.sendall(encode(Started()))
+    ctl.sendall(m.encode(m.Started()))
     code, error = 0, ""
     try:
         with runner:
@@ -348,7 +329,7 @@ def run_job(entry: Entrypoint, info: JobInfo, ctl: socket.socket, runner: asynci
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
         code, error = 1, traceback.format_exc()
-    ctl.sendall(encode(Done(code=code, error=error)))
+    ctl.sendall(m.encode(m.Done(code=code, error=error)))
     return code
 
 
