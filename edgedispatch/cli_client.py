@@ -96,11 +96,6 @@ def add_agent_commands(sub: Any) -> None:
 def run_agent(args: argparse.Namespace) -> int:
     """Talks to edgedispatch.AgentService with a token carrying the agent
     admin grant, signed with the given key."""
-    import urllib.error
-    import urllib.request
-
-    from edgedispatch.auth import sign_hs256
-
     if not args.api_key or not args.api_secret:
         print("edgedispatch: --api-key and --api-secret are required", file=sys.stderr)
         return 2
@@ -129,31 +124,15 @@ def run_agent(args: argparse.Namespace) -> int:
         if args.env:
             definition["env"] = dict(pair.split("=", 1) for pair in args.env)
         body = {"agent": definition}
-    import time as _time
+    from edgedispatch.agents import client
 
-    now = int(_time.time())
-    token = sign_hs256(
-        {"iss": args.api_key, "nbf": now, "exp": now + 600, "agent": {"admin": True}},
-        args.api_secret,
-    )
-    base = args.url.replace("ws://", "http://").replace("wss://", "https://").rstrip("/")
-    req = urllib.request.Request(
-        f"{base}/twirp/edgedispatch.AgentService/{method}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-    )
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            out = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        try:
-            detail = json.loads(err.read())
-            print(f"edgedispatch: {detail.get('code')}: {detail.get('msg')}", file=sys.stderr)
-        except ValueError:
-            print(f"edgedispatch: HTTP {err.code}", file=sys.stderr)
-        return 1
+        status, out = client.call(args.url, args.api_key, args.api_secret, method, body)
     except OSError as exc:
         print(f"edgedispatch: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"edgedispatch: {out.get('code')}: {out.get('msg')}", file=sys.stderr)
         return 1
     if args.json or args.action == "add":
         print(json.dumps(out, indent=2))

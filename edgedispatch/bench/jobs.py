@@ -11,7 +11,6 @@ of its processes exists).  Both ends read CLOCK_MONOTONIC.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
@@ -174,22 +173,10 @@ async def _measure(url: str, out: Path, bursts: list[int], lk_agent: bool) -> li
 
 
 def _pool_uss(url: str) -> list[int]:
-    import urllib.request
+    from edgedispatch.agents import client
 
-    from edgedispatch.auth import sign_hs256
-
-    now = int(time.time())
-    tok = sign_hs256(
-        {"iss": "devkey", "nbf": now, "exp": now + 60, "agent": {"admin": True}}, "secret"
-    )
-    req = urllib.request.Request(
-        f"{url}/twirp/edgedispatch.AgentService/ListAgents",
-        data=b"{}",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {tok}"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        agents = json.loads(resp.read())["agents"]
-    native = next(a for a in agents if a["name"] == "bench-native")
+    _, out = client.call(url, "devkey", "secret", "ListAgents", {}, timeout=10)
+    native = next(a for a in out["agents"] if a["name"] == "bench-native")
     return list(native.get("pool_uss_kb", []))
 
 

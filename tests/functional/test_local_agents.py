@@ -17,7 +17,7 @@ import pytest
 from livekit import api
 from livekit.protocol import agent
 
-from edgedispatch.auth import sign_hs256
+from edgedispatch.agents import client
 
 from .conftest import ServerThread
 from .test_real_clients import job_states, lk_call, wait_until
@@ -163,26 +163,7 @@ def admin_call(
     secret: str = "secret",
     admin: bool = True,
 ) -> tuple[int, dict[str, Any]]:
-    import urllib.error
-    import urllib.request
-
-    now = int(time.time())
-    claims: dict[str, Any] = {"iss": key, "nbf": now, "exp": now + 60}
-    if admin:
-        claims["agent"] = {"admin": True}
-    req = urllib.request.Request(
-        f"{srv.url}/twirp/edgedispatch.AgentService/{method}",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {sign_hs256(claims, secret)}",
-        },
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return client.call(srv.url, key, secret, method, body, admin=admin)
 
 
 def test_definitions_api_is_per_tenant_and_persists(
