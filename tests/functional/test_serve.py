@@ -242,3 +242,28 @@ def test_agent_cli_manages_definitions(served: list[ServeProcess], tmp_path: Pat
     assert srv.cli("agent", "list").stdout.split()[2] == "stopped"
     assert srv.cli("agent", "remove", "helper").returncode == 0
     assert srv.cli("agent", "list").stdout == ""
+
+
+def test_drain_waits_for_local_jobs(served: list[ServeProcess], tmp_path: Path) -> None:
+    agents = Path(__file__).resolve().parents[1] / "agents"
+    cfg = tmp_path / "agents.toml"
+    cfg.write_text(
+        "[[agents]]\n"
+        'name = "sleeper"\n'
+        f'command = ["{sys.executable}", "{agents / "cmd_agent.py"}"]\n'
+        "max_duration = 2\n"
+        f'env = {{ EDT_OUT = "{tmp_path}", EDT_MODE = "sleep" }}\n'
+    )
+    srv = ServeProcess("--config", str(cfg))
+    served.append(srv)
+    srv.cli("dispatch", "create", "--room", "r", "--agent-name", "sleeper")
+    deadline = time.monotonic() + 20
+    while not list(tmp_path.glob("AJ_*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob("AJ_*.json")), "the local job did not start"
+    t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert srv.proc.poll() is None  # its local job still runs
+    assert srv.proc.wait(timeout=15) == 0
+    assert time.monotonic() - t0 >= 1.0  # it waited for the job (max_duration 2 s)
