@@ -46,8 +46,6 @@ from edgedispatch.twirp import TwirpError
 
 log = logging.getLogger("edgedispatch.dispatch")
 
-IDEMPOTENCY_ENTRIES = 10_000
-
 
 class WorkerLink(Protocol):
     """What the dispatcher needs from a worker's connection."""
@@ -100,8 +98,8 @@ class Dispatcher:
         self._orphans: dict[tuple[str, AgentKey, str, str], set[str]] = {}
         # What a worker said when it accepted: name, metadata, attributes.
         self._accepted: dict[str, tuple[str, str, dict[str, str]]] = {}
-        self._simulated: dict[str, WorkerLink] = {}
-        self._sim_jobs: dict[str, agent.Job] = {}
+        # SimulateJob's jobs, outside the scheduler: job id -> (asker, job).
+        self._simulated: dict[str, tuple[WorkerLink, agent.Job]] = {}
 
     def now(self) -> float:
         return self._loop.time()
@@ -343,7 +341,7 @@ class Dispatcher:
         rec = self.jobs.get(msg.job_id)
         if rec is None:
             sim = self._simulated.get(msg.job_id)
-            if sim is link and msg.available:
+            if sim is not None and sim[0] is link and msg.available:
                 self._assign_simulated(link, msg)
             return
         state, worker_id = self.core.job_state(msg.job_id)
@@ -408,15 +406,13 @@ class Dispatcher:
         )
         if msg.HasField("participant"):
             job.participant.CopyFrom(msg.participant)
-        self._simulated[job.id] = link
+        self._simulated[job.id] = (link, job)
         out = agent.ServerMessage()
         out.availability.job.CopyFrom(job)
         link.send(out)
-        self._sim_jobs[job.id] = job
 
     def _assign_simulated(self, link: WorkerLink, msg: agent.AvailabilityResponse) -> None:
-        job = self._sim_jobs.pop(msg.job_id)
-        self._simulated.pop(msg.job_id, None)
+        _, job = self._simulated.pop(msg.job_id)
         identity = msg.participant_identity or f"agent-{job.id}"
         self._send_assignment(
             link,

@@ -27,7 +27,7 @@ import jwt
 import uvloop
 from livekit.protocol import agent_dispatch
 
-from edgedispatch.bench.sim_workers import raise_fd_limit
+from edgedispatch.server import raise_fd_limit
 
 PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
 ROOMS = 256

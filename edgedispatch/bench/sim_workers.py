@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import signal
 import sys
 import time
@@ -20,12 +19,7 @@ import time
 from livekit.protocol import agent
 
 from edgedispatch._testbase.fake_worker import FakeWorker
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from edgedispatch.server import raise_fd_limit
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -114,9 +114,10 @@ def test_bad_definitions_stop_the_server(tmp_path: Path) -> None:
     import subprocess
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[[agents]]\nname = "x"\nentrypoint = "no_such_module_anywhere:main"\n')
-    out = subprocess.run(
-        [
+
+    def serve(definitions: str) -> subprocess.CompletedProcess[str]:
+        cfg.write_text(definitions)
+        argv = [
             sys.executable,
             "-m",
             "edgedispatch",
@@ -126,31 +127,14 @@ def test_bad_definitions_stop_the_server(tmp_path: Path) -> None:
             "0",
             "--config",
             str(cfg),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    out = serve('[[agents]]\nname = "x"\nentrypoint = "no_such_module_anywhere:main"\n')
     assert out.returncode == 2 and "unknown module 'no_such_module_anywhere'" in out.stderr
-    cfg.write_text(
+    out = serve(
         '[[agents]]\nname = "x"\ncommand = ["/nonexistent/program"]\n'
         '[[agents]]\nname = "x"\ncommand = ["true"]\n'
-    )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgedispatch",
-            "serve",
-            "--dev",
-            "--port",
-            "0",
-            "--config",
-            str(cfg),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
     )
     assert out.returncode == 2 and "missing command '/nonexistent/program'" in out.stderr
 
