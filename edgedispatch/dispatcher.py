@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -100,6 +101,9 @@ class Dispatcher:
         self._accepted: dict[str, tuple[str, str, dict[str, str]]] = {}
         # SimulateJob's jobs, outside the scheduler: job id -> (asker, job).
         self._simulated: dict[str, tuple[WorkerLink, agent.Job]] = {}
+        # Calls queued by after_step(), and whether a step is applying.
+        self._after: deque[tuple[Callable[..., None], tuple[object, ...]]] = deque()
+        self._stepping = False
 
     def now(self) -> float:
         return self._loop.time()
@@ -117,12 +121,38 @@ class Dispatcher:
     # ------------------------------------------------------------------
     # Running the core.
 
+    def after_step(self, fn: Callable[..., None], *args: object) -> None:
+        """Call ``fn(*args)`` once the actions being applied are all applied,
+        in the same pass: a local worker answers an offer this way, so that
+        its job starts before the loop turns (no round trip through it),
+        without feeding the core from inside its own step."""
+        self._after.append((fn, args))
+        if not self._stepping:
+            self._loop.call_soon(self._step)
+
     def _step(self, actions: list[Action] | None = None) -> None:
-        for action in self.core.process() if actions is None else actions:
-            try:
-                self._apply(action)
-            except Exception:  # one bad action must not stop the others
-                log.exception("applying %s failed", action.kind.name, extra={"job": action.job_id})
+        outer = not self._stepping
+        self._stepping = True
+        try:
+            batch = self.core.process() if actions is None else actions
+            while True:
+                for action in batch:
+                    try:
+                        self._apply(action)
+                    except Exception:  # one bad action must not stop the others
+                        log.exception(
+                            "applying %s failed", action.kind.name, extra={"job": action.job_id}
+                        )
+                if not self._after:
+                    break
+                fn, args = self._after.popleft()
+                try:
+                    fn(*args)  # may feed the core: its actions are the next batch
+                except Exception:
+                    log.exception("a call after a dispatch step failed")
+                batch = self.core.process()
+        finally:
+            self._stepping = not outer
         self._arm_timer()
 
     def _arm_timer(self) -> None:

@@ -70,11 +70,11 @@ class LocalWorker:
         self._d.step()
 
     def send(self, msg: agent.ServerMessage) -> None:
-        # Called while the dispatcher applies the core's actions: answer on
-        # the next loop pass, never from inside that step.
+        # Called while the dispatcher applies the core's actions: answer
+        # once they are applied, never from inside that step.
         kind = msg.WhichOneof("message")
         if kind == "availability":
-            self._loop.call_soon(self._accept, msg.availability.job.id)
+            self._d.after_step(self._accept, msg.availability.job.id)
         elif kind == "assignment":
             self._start(msg.assignment)
         elif kind == "termination":
@@ -105,7 +105,7 @@ class LocalWorker:
             lambda code, error: self._exited(job.id, code, error),
             max_duration=self.definition.max_duration,
         )
-        self._loop.call_soon(self._report, job.id, agent.JS_RUNNING, "")
+        self._d.after_step(self._report, job.id, agent.JS_RUNNING, "")
 
     def _exited(self, job_id: str, code: int | None, error: str) -> None:
         self.running.pop(job_id, None)
