@@ -63,6 +63,10 @@ _SAMPLE_EVERY = 0.25  # memory-limit sampling period
 _MAX_LINE = 64 * 1024  # a longer output "line" is cut
 _MAX_ATTEMPTS = 3  # children a job may lose before it started (see _finalize)
 _RESTART_DELAY = 1.0  # before replacing a zygote that died
+# Taken children are replaced once no job has been taken for this long (a
+# fork and a child's start-up take milliseconds of CPU: not during a burst),
+# or at once when fewer than a quarter of the pool are left ready.
+_REFILL_QUIET = 0.05
 _OUTPUT_ROLES = ("output", "zygote-output")
 _ROLES = ("zygote", "child", *_OUTPUT_ROLES)
 
@@ -273,6 +277,7 @@ class NativePool:
         self._waiting: deque[RunningJob] = deque()
         self._pending = 0  # forks asked for whose child is not ready or dead yet
         self._failures = 0  # children in a row that died before Ready
+        self._last_take = 0.0  # when a job last took a ready child (loop time)
         self._refill_timer: asyncio.TimerHandle | None = None
         self._sampler: asyncio.TimerHandle | None = None
         self._restart: asyncio.Task[None] | None = None
@@ -327,9 +332,11 @@ class NativePool:
         child = self._take_ready()
         if child is not None:
             self._assign(rj, child)
+            self._last_take = loop.time()
+            self._refill_soon()
         else:
             self._waiting.append(rj)
-        self._refill()
+            self._refill()
         return rj
 
     def unique_memory_kb(self) -> list[int]:
@@ -731,8 +738,24 @@ class NativePool:
         self._pending += want
         self._zygote.send(m.Fork(n=want))
 
+    def _refill_soon(self) -> None:
+        low = len(self._ready) * 4 < self.idle
+        if low and self._refill_timer is not None and not self._failures:
+            self._refill_timer.cancel()  # a quiet wait: no longer
+            self._refill_timer = None
+        if low:
+            self._refill()
+        elif self._refill_timer is None and self._loop is not None:
+            self._refill_timer = self._loop.call_later(_REFILL_QUIET, self._refill_later)
+
     def _refill_later(self) -> None:
         self._refill_timer = None
+        assert self._loop is not None
+        quiet = self._loop.time() - self._last_take
+        if quiet < _REFILL_QUIET and not self._waiting and not self._failures:
+            # Still in a burst.
+            self._refill_timer = self._loop.call_later(_REFILL_QUIET - quiet, self._refill_later)
+            return
         self._refill(now=True)
 
     def _fail_waiting(self, error: str) -> None:
