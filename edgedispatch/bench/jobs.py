@@ -32,6 +32,7 @@ TARGETS = {
     "pool_process_uss_mb": 30.0,
 }
 ROUNDS = 3
+HOLD = 0.5  # how long each job stays, as in a room (s)
 
 
 def _config(tmp: Path, idle: int, slots: int) -> Path:
@@ -49,11 +50,11 @@ name = "bench-native"
 entrypoint = "edgedispatch.bench.jobs_agent:entrypoint"
 idle = {idle}
 slots = {slots}
-env = {{ EDT_OUT = "{out}" }}
+env = {{ EDT_OUT = "{out}", EDT_HOLD = "{HOLD}" }}
 [[agents]]
 name = "bench-cold"
 worker = ["{py}", "-m", "edgedispatch.bench.lk_jobs_agent", "start"]
-env = {{ EDT_OUT = "{out}", EDT_AGENT = "bench-cold" }}
+env = {{ EDT_OUT = "{out}", EDT_AGENT = "bench-cold", EDT_HOLD = "{HOLD}" }}
 idle_timeout = 3600
 """)
     return cfg
@@ -91,38 +92,70 @@ class _Client:
             f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
 
-    async def send(self, i: int, request: bytes) -> None:
+    async def send(self, i: int, request: bytes) -> bytes:
         reader, writer = self.conns[i]
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-        await reader.readexactly(length)
+        return await reader.readexactly(length)
 
     def close(self) -> None:
         for _, writer in self.conns:
             writer.close()
 
 
-async def _burst(client: _Client, out: Path, agent: str, n: int, tag: str) -> list[float]:
+class _Starts:
+    """The lines the agents append to ``out/started`` (``jobs_agent.record``),
+    read as they come: metadata -> (monotonic, wall) start time."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "started"
+        self.pos = 0
+        self.seen: dict[str, tuple[float, float]] = {}
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self.pos)
+            data = f.read()
+        whole = data[: data.rfind(b"\n") + 1]
+        self.pos += len(whole)
+        for line in whole.decode().splitlines():
+            meta, mono, wall = line.split()
+            self.seen[meta] = (float(mono), float(wall))
+
+
+async def _burst(
+    client: _Client, starts: _Starts, agent: str, n: int, tag: str
+) -> tuple[list[float], list[float]]:
+    """Send ``n`` CreateDispatch at once.  Returns the latencies (ms) to each
+    entrypoint's start, from the request's sending and from the dispatch's
+    creation in the server (its ``created_at``)."""
     await client.ensure(n)
     requests = [client.request(agent, f"bench-{tag}-{i}", f"{tag}-{i}") for i in range(n)]
     sent: dict[str, float] = {}
+    created: dict[str, float] = {}
 
     async def one(i: int) -> None:
-        sent[f"{tag}-{i}"] = time.monotonic()
-        await client.send(i, requests[i])
+        meta = f"{tag}-{i}"
+        sent[meta] = time.monotonic()
+        body = await client.send(i, requests[i])
+        dispatch = agent_dispatch.AgentDispatch.FromString(body)
+        created[meta] = dispatch.state.created_at / 1e9
 
     await asyncio.gather(*(one(i) for i in range(n)))
     deadline = time.monotonic() + 60
-    started: dict[str, float] = {}
-    while len(started) < n and time.monotonic() < deadline:
-        for path in out.glob("*.t"):
-            meta, t = path.read_text().split()
-            if meta in sent:
-                started[meta] = float(t)
-                path.unlink()
+    while time.monotonic() < deadline and not all(meta in starts.seen for meta in sent):
         await asyncio.sleep(0.02)
-    return [(started[m] - sent[m]) * 1000 for m in started]
+        starts.poll()
+    from_request, from_dispatch = [], []
+    for meta in sent:
+        if meta in starts.seen:
+            mono, wall = starts.seen[meta]
+            from_request.append((mono - sent[meta]) * 1000)
+            from_dispatch.append((wall - created[meta]) * 1000)
+    return from_request, from_dispatch
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -135,40 +168,42 @@ def _pct(values: list[float], q: float) -> float:
 async def _measure(url: str, out: Path, bursts: list[int], lk_agent: bool) -> list[dict[str, Any]]:
     rows = []
     host, port = url.removeprefix("http://").split(":")
-    lk = _Client(host, int(port))
+    client = _Client(host, int(port))
+    starts = _Starts(out)
+
+    def row(runtime: str, burst: int, lat: tuple[list[float], list[float]]) -> dict[str, Any]:
+        from_request, from_dispatch = lat
+        return {
+            "runtime": runtime,
+            "burst": burst,
+            "samples": len(from_dispatch),
+            "p50_ms": _pct(from_dispatch, 0.5),
+            "p99_ms": _pct(from_dispatch, 0.99),
+            "request_p50_ms": _pct(from_request, 0.5),
+            "request_p99_ms": _pct(from_request, 0.99),
+        }
+
     try:
         runtimes = [("edgedispatch", "bench-native")]
         if lk_agent:
             runtimes.append(("livekit-agents", "bench-lk"))
         for runtime, agent in runtimes:
-            await _burst(lk, out, agent, 1, f"warm-{agent}")  # first job: warm-up
+            await _burst(client, starts, agent, 1, f"warm-{agent}")  # first job: warm-up
             for n in bursts:
-                lat: list[float] = []
+                lat: tuple[list[float], list[float]] = ([], [])
                 # livekit-agents needs seconds per burst beyond its pool: one round.
                 for r in range(ROUNDS if runtime == "edgedispatch" else 1):
-                    lat += await _burst(lk, out, agent, n, f"{agent}-{n}-{r}")
-                    await asyncio.sleep(1.0 if runtime == "edgedispatch" else 3.0)  # refill
-                rows.append(
-                    {
-                        "runtime": runtime,
-                        "burst": n,
-                        "samples": len(lat),
-                        "p50_ms": _pct(lat, 0.5),
-                        "p99_ms": _pct(lat, 0.99),
-                    }
-                )
-        cold = await _burst(lk, out, "bench-cold", 1, "cold")
+                    a, b = await _burst(client, starts, agent, n, f"{agent}-{n}-{r}")
+                    lat[0].extend(a)
+                    lat[1].extend(b)
+                    # The jobs end and the pools refill.
+                    await asyncio.sleep(HOLD + (1.0 if runtime == "edgedispatch" else 3.0))
+                rows.append(row(runtime, n, lat))
         rows.append(
-            {
-                "runtime": "agent-server cold start",
-                "burst": 1,
-                "samples": len(cold),
-                "p50_ms": _pct(cold, 0.5),
-                "p99_ms": _pct(cold, 0.99),
-            }
+            row("agent-server cold start", 1, await _burst(client, starts, "bench-cold", 1, "cold"))
         )
     finally:
-        lk.close()
+        client.close()
     return rows
 
 
@@ -220,6 +255,7 @@ def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
                         "LIVEKIT_API_SECRET": "secret",
                         "EDT_OUT": str(tmp / "out"),
                         "EDT_AGENT": "bench-lk",
+                        "EDT_HOLD": str(HOLD),
                     },
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -244,11 +280,16 @@ def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"{'runtime':<26} {'burst':>5} {'p50 ms':>9} {'p99 ms':>9} {'n':>5}"]
+    lines = [
+        "dispatch -> entrypoint start (ms): from the dispatch's creation in the server, and "
+        "from the request's sending",
+        f"{'runtime':<26} {'burst':>5} {'p50':>8} {'p99':>8} {'req p50':>8} {'req p99':>8} "
+        f"{'n':>4}",
+    ]
     for r in report["rows"]:
         lines.append(
-            f"{r['runtime']:<26} {r['burst']:>5} {r['p50_ms']:>9} {r['p99_ms']:>9} "
-            f"{r['samples']:>5}"
+            f"{r['runtime']:<26} {r['burst']:>5} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+            f"{r['request_p50_ms']:>8} {r['request_p99_ms']:>8} {r['samples']:>4}"
         )
     uss = report["pool_uss_kb"]
     if uss:

@@ -5,11 +5,12 @@ the machine busy."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from livekit.agents import AgentServer, JobContext, cli
 
-from edgedispatch.bench.jobs_agent import record
+from edgedispatch.bench.jobs_agent import hold, record
 
 server = AgentServer(load_fnc=lambda: 0.0, port=0)
 
@@ -17,6 +18,7 @@ server = AgentServer(load_fnc=lambda: 0.0, port=0)
 @server.rtc_session(agent_name=os.environ.get("EDT_AGENT", "bench-lk"))
 async def entrypoint(ctx: JobContext) -> None:
     record(ctx.job.id, ctx.job.metadata)
+    await asyncio.sleep(hold())
     ctx.shutdown()
 
 
