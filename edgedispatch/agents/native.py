@@ -36,22 +36,21 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple, cast
-
-import msgspec
 
 from edgedispatch.agents import messages as m
+from edgedispatch.agents.listener import UnixListener
 from edgedispatch.agents.messages import JobInfo
+from edgedispatch.agents.pool_conn import PoolConn
+from edgedispatch.agents.process import exit_text, proc_status, read_memory
 from edgedispatch.errors import ConfigError
 
-__all__ = ["JobInfo", "MemoryUsage", "NativePool", "RunningJob", "describe_exit", "read_memory"]
+__all__ = ["JobInfo", "NativePool", "RunningJob"]
 
 log = logging.getLogger("edgedispatch.agents")
 
@@ -60,58 +59,12 @@ OnOutput = Callable[[str, str], None]
 
 _EXIT_GRACE = 1.0  # how long a reaped child's output may still trail in
 _SAMPLE_EVERY = 0.25  # memory-limit sampling period
-_MAX_LINE = 64 * 1024  # a longer output "line" is cut
 _MAX_ATTEMPTS = 3  # children a job may lose before it started (see _finalize)
 _RESTART_DELAY = 1.0  # before replacing a zygote that died
 # Taken children are replaced once no job has been taken for this long (a
 # fork and a child's start-up take milliseconds of CPU: not during a burst),
 # or at once when fewer than a quarter of the pool are left ready.
 _REFILL_QUIET = 0.05
-_OUTPUT_ROLES = ("output", "zygote-output")
-_ROLES = ("zygote", "child", *_OUTPUT_ROLES)
-
-
-class MemoryUsage(NamedTuple):
-    rss_kb: int
-    pss_kb: int
-    uss_kb: int  # unique: Private_Clean + Private_Dirty
-
-
-def read_memory(pid: int) -> MemoryUsage:
-    """RSS, PSS and USS of a process from ``/proc/PID/smaps_rollup``."""
-    fields: dict[str, int] = {}
-    with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-        for line in f.read().decode().splitlines()[1:]:
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                fields[key] = int(parts[0])
-    uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-    return MemoryUsage(fields.get("Rss", 0), fields.get("Pss", 0), uss)
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A number from ``/proc/PID/status`` (``VmRSS`` in kB, ``PPid``...):
-    cheap, unlike smaps.  0 if the process or the field is gone."""
-    key = field.encode() + b":"
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def describe_exit(code: int) -> str:
-    if code >= 0:
-        return f"exited with code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = "?"
-    return f"killed by signal {-code} ({name})"
 
 
 class RunningJob:
@@ -160,8 +113,8 @@ class _Child:
         self.pid = pid
         # Not from the current zygote: nobody will report its exit status.
         self.orphan = orphan
-        self.ctl: _Conn | None = None
-        self.out: _Conn | None = None
+        self.ctl: PoolConn | None = None
+        self.out: PoolConn | None = None
         self.pidfd = -1
         self.connected = False  # its control connection said Hello
         self.ready = False  # said Ready at least once
@@ -170,64 +123,6 @@ class _Child:
         self.done: m.Done | None = None
         self.code: int | None = None  # from the zygote's Exited
         self.timer: asyncio.TimerHandle | None = None
-
-
-class _Conn(asyncio.Protocol):
-    """One accepted connection: the zygote's, a child's control, or output."""
-
-    def __init__(self, pool: NativePool) -> None:
-        self.pool = pool
-        self.transport: asyncio.Transport | None = None
-        self.reader = m.FrameReader()
-        self.role = ""
-        self.pid = 0
-        self.line = bytearray()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses.
-        self.transport = cast(asyncio.Transport, transport)
-        if self.pool._state == "closed":
-            transport.close()  # accepted just before the pool closed
-        else:
-            self.pool._conns.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.role in _OUTPUT_ROLES:
-            self.pool._on_output(self, data)
-            return
-        try:
-            if not self.role:
-                first = self.reader.feed(data, 1)
-                if not first:
-                    return
-                hello = first[0]
-                if not isinstance(hello, m.Hello) or hello.role not in _ROLES:
-                    raise ValueError(f"expected a Hello, got {hello!r}")
-                self.role, self.pid = hello.role, hello.pid
-                self.pool._on_hello(self)
-                if self.role in _OUTPUT_ROLES:
-                    rest = self.reader.rest()
-                    if rest:
-                        self.pool._on_output(self, rest)
-                    return
-                data = b""
-            for msg in self.reader.feed(data):
-                self.pool._on_message(self, msg)
-        except (ValueError, msgspec.DecodeError) as exc:
-            log.error("native pool %s: bad message from pid %d: %s", self.pool.name, self.pid, exc)
-            self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pool._conns.discard(self)
-        self.pool._on_conn_lost(self)
-
-    def send(self, msg: m.Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(m.encode(msg))
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 class NativePool:
@@ -265,13 +160,12 @@ class NativePool:
         self._state = "new"  # new, running, restarting, broken, closed
         self._dir = ""
         self._path = ""
-        self._listener: socket.socket | None = None
-        self._accepting: set[asyncio.Task[None]] = set()
+        self._listener: UnixListener | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._popen: asyncio.Future[subprocess.Popen[bytes]] | None = None
-        self._zygote: _Conn | None = None
+        self._zygote: PoolConn | None = None
         self._loaded: asyncio.Future[int] | None = None
-        self._conns: set[_Conn] = set()
+        self._conns: set[PoolConn] = set()
         self._children: dict[int, _Child] = {}
         self._ready: deque[_Child] = deque()
         self._waiting: deque[RunningJob] = deque()
@@ -298,7 +192,9 @@ class NativePool:
         # Removed by close(), or at exit if the pool is never closed.
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
         try:
-            self._listen()
+            self._listener = UnixListener(
+                self._loop, self._path, lambda: PoolConn(self), f"native agent {self.name!r}"
+            )
             await self._spawn()
         except BaseException:
             await self.close()
@@ -386,14 +282,8 @@ class NativePool:
                 if proc is not self._proc:
                     self._old_procs.append(proc)
         if self._listener is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(self._listener.fileno())
-            self._listener.close()
+            await self._listener.close()
             self._listener = None
-        # Connections accepted a moment ago are still being set up: let them
-        # finish (connection_made closes them), or their sockets would leak.
-        if self._accepting:
-            await asyncio.wait(self._accepting)
         # The zygote kills and reaps what is left when its connection closes.
         for conn in list(self._conns):
             conn.close()
@@ -405,45 +295,6 @@ class NativePool:
         await asyncio.sleep(0)
 
     # -- the zygote ----------------------------------------------------------
-
-    def _listen(self) -> None:
-        # Not loop.create_unix_server: on Python 3.11 a connection accepted
-        # just before Server.close() trips an assertion inside asyncio and
-        # its socket leaks.  Accepting here, the pool knows every connection.
-        assert self._loop is not None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(self._path)
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._listener = sock
-        self._loop.add_reader(sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        assert self._listener is not None and self._loop is not None
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # out of fds, say: the peer will retry or die
-                log.error("native agent %r: accept failed: %s", self.name, exc)
-                return
-            conn.setblocking(False)
-            task = self._loop.create_task(self._adopt(conn))
-            self._accepting.add(task)
-            task.add_done_callback(self._accepting.discard)
-
-    async def _adopt(self, conn: socket.socket) -> None:
-        assert self._loop is not None
-        try:
-            await self._loop.connect_accepted_socket(lambda: _Conn(self), conn)
-        except Exception as exc:
-            log.error("native agent %r: connection set-up failed: %s", self.name, exc)
-            conn.close()
 
     async def _spawn(self) -> None:
         loop = self._loop
@@ -535,7 +386,15 @@ class NativePool:
 
     # -- children --------------------------------------------------------------
 
-    def _on_hello(self, conn: _Conn) -> None:
+    # -- connections (PoolConn's ConnOwner) ---------------------------------
+
+    def conn_made(self, conn: PoolConn) -> bool:
+        if self._state == "closed":
+            return False  # accepted just before the pool closed
+        self._conns.add(conn)
+        return True
+
+    def hello(self, conn: PoolConn) -> None:
         if self._state == "closed":
             conn.close()
             return
@@ -563,7 +422,7 @@ class NativePool:
             with contextlib.suppress(OSError):
                 child.pidfd = os.pidfd_open(conn.pid)
 
-    def _on_message(self, conn: _Conn, msg: m.Message) -> None:
+    def message(self, conn: PoolConn, msg: m.Message) -> None:
         if conn.role == "zygote":
             if isinstance(msg, m.Forked):
                 self._children.setdefault(msg.pid, _Child(msg.pid, orphan=False))
@@ -624,13 +483,12 @@ class NativePool:
         if self._failures >= _MAX_ATTEMPTS:
             self._fail_waiting(f"pool processes fail before taking a job: {error}")
 
-    def _on_conn_lost(self, conn: _Conn) -> None:
+    def conn_lost(self, conn: PoolConn) -> None:
+        self._conns.discard(conn)
         if conn is self._zygote:
             self._on_zygote_lost()
             return
         child = self._children.get(conn.pid)
-        if conn.role in _OUTPUT_ROLES and conn.line:
-            self._emit(child, bytes(conn.line))
         if child is None:
             return
         if conn is child.ctl:
@@ -664,7 +522,7 @@ class NativePool:
         if not child.ready and not child.orphan and self._state == "running":
             # Counted here, not on Exited: its traceback may come after.
             self._pending = max(0, self._pending - 1)
-            why = child.error or describe_exit(child.code or 0)
+            why = child.error or exit_text(child.code or 0)
             self._child_failed(f"a pool process failed before it was ready: {why}")
             self._refill()
         job = child.job
@@ -693,7 +551,7 @@ class NativePool:
         elif done is not None and done.error and code == done.code:
             error = done.error
         else:
-            error = describe_exit(code)
+            error = exit_text(code)
         job._end(code, error)
 
     def _drop(self, child: _Child) -> None:
@@ -815,24 +673,13 @@ class NativePool:
 
     # -- output ------------------------------------------------------------------
 
-    def _on_output(self, conn: _Conn, data: bytes) -> None:
-        buf = conn.line
-        buf += data
-        if b"\n" not in data and len(buf) < _MAX_LINE:
-            return
+    def output(self, conn: PoolConn, lines: list[str]) -> None:
         child = self._children.get(conn.pid)
-        lines = buf.split(b"\n")
-        rest = lines.pop()
         for line in lines:
             self._emit(child, line)
-        if len(rest) >= _MAX_LINE:
-            self._emit(child, rest)
-            rest.clear()
-        conn.line = rest
 
-    def _emit(self, child: _Child | None, raw: bytes | bytearray) -> None:
+    def _emit(self, child: _Child | None, line: str) -> None:
         job_id = child.job.job_id if child is not None and child.job is not None else ""
-        line = raw.decode("utf-8", "replace").removesuffix("\r")
         if self.on_output is None:
             log.info("[%s %s] %s", self.name, job_id, line)
             return

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
+from typing import NamedTuple
 
 PIPE_LINGER = 0.2  # seconds the output pipe is read after the exit
 
@@ -23,44 +24,100 @@ def base_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "?"
-        return f"killed by signal {-code} ({name})"
-    return f"exited with code {code}"
-
-
-def rss_mb(pid: int) -> float:
+    """A process's end in words: ``code`` is its exit code, or -N for
+    signal N (``Popen.returncode``'s convention)."""
+    if code >= 0:
+        return f"exited with code {code}"
     try:
-        with open(f"/proc/{pid}/status") as f:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "?"
+    return f"killed by signal {-code} ({name})"
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number from ``/proc/PID/status`` (``VmRSS`` in kB, ``PPid``...):
+    cheap, unlike smaps.  0 if the process or the field is gone."""
+    key = field.encode() + b":"
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                if line.startswith(key):
+                    return int(line.split()[1])
     except OSError:
         pass
-    return 0.0
+    return 0
+
+
+class MemoryUsage(NamedTuple):
+    rss_kb: int
+    pss_kb: int
+    uss_kb: int  # unique: Private_Clean + Private_Dirty
+
+
+def read_memory(pid: int) -> MemoryUsage:
+    """RSS, PSS and USS of a process from ``/proc/PID/smaps_rollup``."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        for line in f.read().decode().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                fields[key] = int(parts[0])
+    uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    return MemoryUsage(fields.get("Rss", 0), fields.get("Pss", 0), uss)
+
+
+class LineBuffer:
+    """Cuts a process's output stream into lines of text.  A line longer
+    than ``MAX_LINE`` bytes is cut, so that a program writing without
+    newlines cannot grow the buffer without end."""
+
+    MAX_LINE = 64 * 1024
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[str]:
+        buf = self._buf
+        buf += data
+        if b"\n" not in data and len(buf) < self.MAX_LINE:
+            return []
+        *lines, rest = buf.split(b"\n")
+        out = [_text(line) for line in lines]
+        if len(rest) >= self.MAX_LINE:
+            out.append(_text(rest))
+            rest = bytearray()
+        self._buf = rest
+        return out
+
+    def flush(self) -> list[str]:
+        """The unfinished last line, at the end of the stream."""
+        if not self._buf:
+            return []
+        line = _text(self._buf)
+        self._buf = bytearray()
+        return [line]
+
+
+def _text(raw: bytes | bytearray) -> str:
+    return raw.decode("utf-8", "replace").removesuffix("\r")
 
 
 class _Lines(asyncio.Protocol):
     def __init__(self, on_line: Callable[[str], None]) -> None:
         self._on_line = on_line
-        self._buf = b""
+        self._lines = LineBuffer()
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
-        *lines, self._buf = self._buf.split(b"\n")
-        for line in lines:
-            self._on_line(line.decode(errors="replace").rstrip("\r"))
-        if len(self._buf) > 64 * 1024:  # a line without end: log what we have
-            self._on_line(self._buf.decode(errors="replace"))
-            self._buf = b""
+        for line in self._lines.feed(data):
+            self._on_line(line)
 
     def eof_received(self) -> bool | None:
-        if self._buf:
-            self._on_line(self._buf.decode(errors="replace"))
-            self._buf = b""
+        for line in self._lines.flush():
+            self._on_line(line)
         return None
 
 
@@ -123,7 +180,7 @@ class ChildProcess:
             self._signal(signal.SIGKILL)
 
     def rss_mb(self) -> float:
-        return rss_mb(self.pid)
+        return proc_status(self.pid, "VmRSS") / 1024
 
     def _signal(self, sig: int) -> None:
         try:

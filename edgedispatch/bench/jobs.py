@@ -73,6 +73,16 @@ class _Client:
             self.conns.append(await asyncio.open_connection(self.host, self.port))
 
     def request(self, agent: str, room: str, metadata: str) -> bytes:
+        body = agent_dispatch.CreateAgentDispatchRequest(
+            agent_name=agent, room=room, metadata=metadata
+        )
+        return self._twirp("CreateDispatch", room, body.SerializeToString())
+
+    def list_request(self, room: str) -> bytes:
+        body = agent_dispatch.ListAgentDispatchRequest(room=room)
+        return self._twirp("ListDispatch", room, body.SerializeToString())
+
+    def _twirp(self, method: str, room: str, body: bytes) -> bytes:
         now = int(time.time())
         token = sign_hs256(
             {
@@ -83,11 +93,8 @@ class _Client:
             },
             "secret",
         )
-        body = agent_dispatch.CreateAgentDispatchRequest(
-            agent_name=agent, room=room, metadata=metadata
-        ).SerializeToString()
         return (
-            f"POST /twirp/livekit.AgentDispatchService/CreateDispatch HTTP/1.1\r\n"
+            f"POST /twirp/livekit.AgentDispatchService/{method} HTTP/1.1\r\n"
             f"Host: {self.host}\r\nContent-Type: application/protobuf\r\n"
             f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
@@ -145,10 +152,20 @@ async def _burst(
         created[meta] = dispatch.state.created_at / 1e9
 
     await asyncio.gather(*(one(i) for i in range(n)))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(meta in starts.seen for meta in sent):
         await asyncio.sleep(0.02)
         starts.poll()
+    missing = [meta for meta in sent if meta not in starts.seen]
+    if missing:
+        # Say why, from the server's own account of the first such job.
+        body = await client.send(0, client.list_request(f"bench-{missing[0]}"))
+        listed = agent_dispatch.ListAgentDispatchResponse.FromString(body).agent_dispatches
+        why = [f"{j.state.status} {j.state.error!r}" for d in listed for j in d.state.jobs]
+        print(
+            f"bench jobs: {len(missing)} of {n} {agent} jobs never started; the first: {why}",
+            file=sys.stderr,
+        )
     from_request, from_dispatch = [], []
     for meta in sent:
         if meta in starts.seen:
