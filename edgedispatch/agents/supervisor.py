@@ -20,6 +20,9 @@ from edgedispatch.agents.process import PIPE_LINGER, ChildProcess, base_env, exi
 log = logging.getLogger("edgedispatch.agents")
 
 BACKOFF_BASE, BACKOFF_MAX = 1.0, 30.0
+#: An instance that ran this long before it crashed had come up fine: its
+#: crash starts the backoff afresh (supervisord's ``startsecs``).
+STABLE_AFTER = 10.0
 STOP_GRACE = 15.0
 IDLE_CHECK = 0.5
 
@@ -72,18 +75,19 @@ class AgentServerSupervisor:
             LIVEKIT_URL=self._url, LIVEKIT_API_KEY=self._api_key, LIVEKIT_API_SECRET=self._secret
         )
         proc: ChildProcess | None = None
+        started = self._loop.time()
 
         def on_exit(code: int) -> None:
             if proc is not None and proc in self.instances:
                 self.instances.remove(proc)
-            self._exited(code)
+            self._exited(code, self._loop.time() - started)
 
         try:
             proc = await ChildProcess.start(d.worker, env, d.cwd, self._output, on_exit)
         except OSError as exc:
             self._starting -= 1
             log.error("cannot start agent server: %s", exc, extra={"agent": d.name})
-            self._exited(127)
+            self._exited(127, 0.0)
             return
         self._starting -= 1
         if self._closed:
@@ -97,11 +101,13 @@ class AgentServerSupervisor:
     def _output(self, line: str) -> None:
         log.info("%s", line, extra={"agent": self.definition.name})
 
-    def _exited(self, code: int) -> None:
+    def _exited(self, code: int, ran: float) -> None:
         d = self.definition
         if self._closed or code == 0 or code == -15:
             log.info("agent server stopped (%s)", exit_text(code), extra={"agent": d.name})
             return
+        if ran >= STABLE_AFTER:
+            self._crashes = 0
         self._crashes += 1
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (self._crashes - 1))
         log.warning(
@@ -121,8 +127,6 @@ class AgentServerSupervisor:
         now = self._loop.time()
         if self._busy() > 0:
             self._idle_since = None
-            if self.instances:
-                self._crashes = 0  # it came up and works
         elif self._idle_since is None:
             self._idle_since = now
         elif now - self._idle_since >= self.definition.idle_timeout:

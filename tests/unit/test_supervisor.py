@@ -1,0 +1,86 @@
+"""An agent server that keeps crashing is restarted with a growing delay,
+and a job waiting meanwhile does not start extra instances."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgedispatch.agents import supervisor
+from edgedispatch.agents.definitions import AgentDefinition
+from edgedispatch.agents.supervisor import AgentServerSupervisor
+
+
+def _starts(path: Path) -> list[float]:
+    if not path.exists():
+        return []
+    return [float(t) for t in path.read_text().split()]
+
+
+def test_a_crashing_agent_server_is_restarted_with_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "BACKOFF_BASE", 0.2)
+    log = tmp_path / "starts"
+    # Each run notes when it started (on the clock the test reads), then crashes.
+    program = (
+        f"import sys, time; open({str(log)!r}, 'a').write(f'{{time.monotonic()}}\\n'); sys.exit(3)"
+    )
+    definition = AgentDefinition(name="crashy", worker=[sys.executable, "-c", program])
+
+    async def main() -> list[float]:
+        sup = AgentServerSupervisor(definition, "ws://127.0.0.1:1", "k", "s", busy=lambda: 1)
+        try:
+            sup.demand()
+            deadline = time.monotonic() + 20
+            while len(_starts(log)) < 4 and time.monotonic() < deadline:
+                sup.demand()  # a job keeps waiting: no instance beyond the one restarting
+                assert sup.wanted <= 1
+                await asyncio.sleep(0.02)
+            return _starts(log)
+        finally:
+            await sup.close()
+
+    starts = asyncio.run(main())
+    assert len(starts) >= 4, starts
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # Delays of 0.2, 0.4, 0.8 s (plus the interpreter's start-up each time).
+    assert gaps[0] >= 0.2
+    assert gaps[1] >= gaps[0] + 0.1
+    assert gaps[2] >= gaps[1] + 0.3
+
+
+def test_a_crash_after_a_stable_run_restarts_quickly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs of 0.3 s count as stable here: each crash restarts after the
+    # base delay, never a growing one.
+    monkeypatch.setattr(supervisor, "BACKOFF_BASE", 0.2)
+    monkeypatch.setattr(supervisor, "STABLE_AFTER", 0.3)
+    log = tmp_path / "starts"
+    program = (
+        "import sys, time; "
+        f"open({str(log)!r}, 'a').write(f'{{time.monotonic()}}\\n'); time.sleep(0.4); sys.exit(3)"
+    )
+    definition = AgentDefinition(name="flaky", worker=[sys.executable, "-c", program])
+
+    async def main() -> list[float]:
+        sup = AgentServerSupervisor(definition, "ws://127.0.0.1:1", "k", "s", busy=lambda: 1)
+        try:
+            sup.demand()
+            deadline = time.monotonic() + 20
+            while len(_starts(log)) < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return _starts(log)
+        finally:
+            await sup.close()
+
+    starts = asyncio.run(main())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert len(gaps) >= 3, starts
+    # 0.4 s run + 0.2 s delay + start-up, every time (a backoff would add 0.2, 0.4...).
+    assert max(gaps) - min(gaps) < 0.3, gaps
