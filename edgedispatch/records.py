@@ -106,7 +106,7 @@ WAIT_TEXT = {
     WaitReason.ALL_BUSY: "waiting: every worker for agent {agent!r} is full, draining "
     "or over the load threshold",
     WaitReason.ALL_TRIED: "waiting: every available worker for agent {agent!r} declined it",
-    WaitReason.BACKOFF: "waiting: retrying after a failed offer",
+    WaitReason.BACKOFF: "waiting: to be offered again after a declined or unanswered offer",
 }
 
 

@@ -58,8 +58,9 @@ cdef class Scheduler(Tables):
     cdef int _offer(self, int j, int w, double now) except -1
     cdef bint _tried(self, int j, int w) except -1
     cdef int _pick(self, KeyState ks, int j) except -2
+    cdef int _untried(self, KeyState ks, int j) except -2
     cdef int _pump(self, int k, double now) except -1
-    cdef int _retry(self, int j, double now) except -1
+    cdef int _retry(self, int j, double now, bint counted) except -1
     cdef int _requeue(self, int j, double now) except -1
     cdef int _finish(self, int j, int state, int reason, double now) except -1
     cdef int _fire_timers(self, double now) except -1

@@ -347,7 +347,7 @@ class Scheduler(Tables):
             self._w_used[w] -= 1
             st = self._j_state[j]
             if st == J_OFFERED:
-                self._retry(j, now)
+                self._retry(j, now, True)
             elif self._j_flags[j] & F_TERMINATING:
                 self._finish(j, J_CANCELLED, self._j_reason[j], now)
             else:
@@ -432,7 +432,9 @@ class Scheduler(Tables):
             self.stale_events += 1
             return 0
         self._release(j)
-        self._retry(j, now)
+        # A decline says "not now", not "this job is broken": it does not
+        # count towards max_attempts.  The queue deadline bounds it.
+        self._retry(j, now, False)
         self._pump(self._w_key[w], now)
         return 0
 
@@ -550,6 +552,18 @@ class Scheduler(Tables):
         return tried is not None and serial in tried
 
     def _pick(self, ks: KeyState, j: cython.int) -> cython.int:
+        """The best eligible worker for ``j``, or -1.  Workers that have not
+        tried ``j`` come first; once every eligible worker has, a new round
+        begins (the caller has waited out ``j``'s backoff): a worker that
+        declined may have room now."""
+        w: cython.int = self._untried(ks, j)
+        if w < 0 and ks.hsize > 0:
+            self._j_tried1[j] = -1
+            self._j_tried[j] = None
+            w = ks.heap[0]
+        return w
+
+    def _untried(self, ks: KeyState, j: cython.int) -> cython.int:
         """The best eligible worker that has not tried ``j``, or -1."""
         if ks.hsize == 0:
             return -1
@@ -580,21 +594,24 @@ class Scheduler(Tables):
             j = nxt
         return 0
 
-    def _retry(self, j: cython.int, now: cython.double) -> cython.int:
-        """An offer failed (reject, timeout or disconnect): queue ``j`` again."""
+    def _retry(self, j: cython.int, now: cython.double, counted: cython.bint) -> cython.int:
+        """An offer failed (a reject, or a timeout or disconnect: ``counted``
+        towards max_attempts): queue ``j`` again."""
         attempts: cython.int = self._j_attempts[j]
-        if attempts >= self.max_attempts:
+        if counted and attempts >= self.max_attempts:
             self._finish(j, J_FAILED, R_MAX_ATTEMPTS, now)
             return 0
         if self._j_deadline[j] <= now:
             self._finish(j, J_FAILED, R_NO_CAPACITY, now)
             return 0
+        ks: KeyState = self._keys[self._j_key[j]]
         delay: cython.double = 0.0
         if attempts >= 2:
             delay = self.retry_base * (2.0 ** (attempts - 2))
             if delay > self.retry_max:
                 delay = self.retry_max
-        ks: KeyState = self._keys[self._j_key[j]]
+        elif self._untried(ks, j) < 0:
+            delay = self.retry_base  # the next offer would repeat one: not at once
         self._j_state[j] = J_QUEUED
         self._j_worker[j] = -1
         self._j_retry_at[j] = now + delay
@@ -673,9 +690,9 @@ class Scheduler(Tables):
         st: cython.int = self._j_state[j]
         k: cython.int = self._j_key[j]
         if st == J_OFFERED:
-            # Offer timeout: same as a reject from that worker.
+            # Offer timeout: a reject from that worker, but counted.
             self._release(j)
-            self._retry(j, now)
+            self._retry(j, now, True)
             self._pump(k, now)
         elif st == J_QUEUED:
             if self._j_deadline[j] <= now:

@@ -104,6 +104,27 @@ def test_reject_goes_to_the_next_worker(start_server: Callable[..., ServerThread
     run(main())
 
 
+def test_a_declined_job_is_offered_again_to_the_only_worker(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    # LiveKit drops a job every worker declined; here a decline means "not
+    # now" (livekit-agents declines while its reserved slots look full).
+    srv = start_server(dispatch={"retry_base": 0.2})
+
+    async def main() -> None:
+        answers = iter([False, False, True])
+        w = FakeWorker(srv.url, agent_name="a", accept=lambda job: next(answers))
+        await w.connect()
+        await dispatch(srv, "a")
+        await w.wait_for(lambda: len(w.assigned) == 1)
+        assert kinds(w) == ["availability"] * 3 + ["assignment"]
+        jobs = await list_jobs(srv)
+        assert jobs[0].state.status == agent.JS_RUNNING
+        await w.close()
+
+    run(main())
+
+
 def test_reject_with_terminate_ends_the_job(start_server: Callable[..., ServerThread]) -> None:
     srv = start_server()
 
@@ -232,7 +253,9 @@ def test_a_node_style_worker_reconnect_claims_its_jobs(
 
 
 def test_late_accept_never_gets_an_assignment(start_server: Callable[..., ServerThread]) -> None:
-    srv = start_server(dispatch={"offer_timeout": 0.3})
+    # retry_base: the job is not offered to it again (a new round) before
+    # its late answer to the first offer arrives.
+    srv = start_server(dispatch={"offer_timeout": 0.3, "retry_base": 5.0})
 
     async def main() -> None:
         slow = FakeWorker(srv.url, agent_name="a", accept=lambda job: None)

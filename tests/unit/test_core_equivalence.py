@@ -218,10 +218,10 @@ class Checker:
             else:
                 assert jid not in held
             if view.state == JobState.QUEUED and view.wait_reason != WaitReason.BACKOFF:
-                # The pump left it queued only if no eligible worker could take it.
+                # Out of its backoff, it waits only while no worker can take
+                # it: one that declined it before is asked again.
                 for w in core.workers():
-                    if w.key == view.spec.key and w.eligible:
-                        assert core.was_tried(jid, w.worker_id), f"{jid} left waiting"
+                    assert not (w.key == view.spec.key and w.eligible), f"{jid} left waiting"
 
     def forgot(self, job_id: str) -> None:
         self.final.pop(job_id, None)

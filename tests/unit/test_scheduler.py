@@ -168,26 +168,69 @@ def test_offer_timeout_moves_on_and_a_late_accept_is_ignored(impl: ModuleType) -
     assert core.worker("slow").used == 0
 
 
-def test_every_worker_tried_then_max_attempts(impl: ModuleType) -> None:
-    core = make(impl, max_attempts=3, retry_base=0.5)
+def test_declined_jobs_go_round_the_workers_again_until_their_deadline(
+    impl: ModuleType,
+) -> None:
+    core = make(impl, max_attempts=3, retry_base=0.5, retry_max=0.5)
     for w in ("w1", "w2"):
         core.register_worker(w, KEY, 1, now=0)
-    core.submit(spec("j1"), now=0)
+    core.submit(spec("j1", deadline=10), now=0)
     ((_, first),) = offers(core.process())
     core.reject("j1", first, now=1)
     ((_, second),) = offers(core.process())
-    assert second != first
+    assert second != first  # a worker that has not tried it comes first
     core.reject("j1", second, now=2)
     core.process()
     assert core.job("j1", 2).wait_reason == WaitReason.BACKOFF
-    assert offers(core.on_timer(2.5)) == []
-    assert core.job("j1", 2.5).wait_reason == WaitReason.ALL_TRIED
-    core.register_worker("w3", KEY, 1, now=3)  # a new worker has not tried it
-    assert offers(core.process()) == [("j1", "w3")]
-    core.reject("j1", "w3", now=4)
-    acts = core.process()
-    assert kinds(acts, ActionKind.JOB_FAILED)[0].reason == FailReason.MAX_ATTEMPTS
-    assert core.job("j1", 4).state == JobState.FAILED
+    # Both declined: after the backoff, a new round.  Declines are not
+    # failures, so max_attempts does not end it...
+    now, asked = 2.5, []
+    pending = offers(core.on_timer(now))
+    while now < 9:
+        ((_, w),) = pending
+        asked.append(w)
+        core.reject("j1", w, now=now)
+        pending = offers(core.process())
+        assert core.job("j1", now).state in (JobState.QUEUED, JobState.OFFERED)
+        if not pending:
+            now = core.next_deadline() or now
+            pending = offers(core.on_timer(now))
+    assert len(asked) > 6 and set(asked) == {"w1", "w2"}
+    # ... its queue deadline does.
+    if pending:
+        core.reject("j1", pending[0][1] or "", now=10)
+    acts = core.process() + core.on_timer(10)
+    assert kinds(acts, ActionKind.JOB_FAILED)[0].reason == FailReason.NO_CAPACITY
+
+
+def test_a_worker_that_declined_is_asked_again_only_after_a_pause(impl: ModuleType) -> None:
+    core = make(impl, retry_base=0.25)
+    core.register_worker("w1", KEY, 4, now=0)
+    core.submit(spec("j1"), now=0)
+    assert offers(core.process()) == [("j1", "w1")]
+    core.reject("j1", "w1", now=1)
+    assert offers(core.process()) == []  # not straight back to the one that said no
+    assert core.next_deadline() == pytest.approx(1.25)
+    assert offers(core.on_timer(1.25)) == [("j1", "w1")]
+    core.accept("j1", "w1", now=1.3)
+    core.process()
+    assert core.job("j1", 1.3).state == JobState.ASSIGNED
+
+
+def test_unanswered_offers_count_towards_max_attempts(impl: ModuleType) -> None:
+    core = make(impl, max_attempts=3, offer_timeout=1.0, retry_base=0.1)
+    core.register_worker("w1", KEY, 1, now=0)
+    core.submit(spec("j1"), now=0)
+    now = 0.0
+    failed: list[Action] = []
+    for _ in range(10):
+        acts = core.process() + core.on_timer(now)
+        failed += kinds(acts, ActionKind.JOB_FAILED)
+        if failed:
+            break
+        now = core.next_deadline() or now
+    assert failed[0].reason == FailReason.MAX_ATTEMPTS
+    assert core.job("j1", now).attempts == 3
 
 
 def test_retry_backoff_grows_from_the_third_offer(impl: ModuleType) -> None:
