@@ -320,4 +320,36 @@ def render(report: dict[str, Any]) -> str:
         f"{t['native_p99_ms_burst50']} ms, >= {t['speedup_p99_burst50']}x livekit-agents "
         f"at p99; <= {t['pool_process_uss_mb']} MB per pool process"
     )
+    lines.extend(verdicts(report))
     return "\n".join(lines)
+
+
+def verdicts(report: dict[str, Any]) -> list[str]:
+    """Each target against this run's numbers (from the dispatch's creation)."""
+    t = report["targets"]
+    rows = {(r["runtime"], r["burst"]): r for r in report["rows"]}
+    native, lk = rows.get(("edgedispatch", 50)), rows.get(("livekit-agents", 50))
+    out = []
+
+    def check(what: str, value: float, ok: bool) -> None:
+        out.append(f"  {'met' if ok else 'NOT MET'}: {what} = {value:g}")
+
+    if native is not None:
+        check(
+            "native burst 50 p50 ms",
+            native["p50_ms"],
+            native["p50_ms"] <= t["native_p50_ms_burst50"],
+        )
+        check(
+            "native burst 50 p99 ms",
+            native["p99_ms"],
+            native["p99_ms"] <= t["native_p99_ms_burst50"],
+        )
+        if lk is not None and lk["samples"] == 50 and native["p99_ms"] > 0:
+            speedup = round(lk["p99_ms"] / native["p99_ms"], 1)
+            check("livekit-agents p99 / native p99", speedup, speedup >= t["speedup_p99_burst50"])
+    uss = report["pool_uss_kb"]
+    if uss:
+        mb = round(max(uss) / 1024, 1)
+        check("pool process unique MB", mb, mb <= t["pool_process_uss_mb"])
+    return out

@@ -1,0 +1,41 @@
+"""``edgedispatch bench jobs`` runs end to end and reports what the issue
+asks for: rows of runtime, burst, p50_ms and p99_ms, and pool memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_jobs_json() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgedispatch",
+            "bench",
+            "jobs",
+            "--burst",
+            "2",
+            "--no-livekit-agents",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    rows = {(r["runtime"], r["burst"]): r for r in report["rows"]}
+    native = rows["edgedispatch", 2]
+    assert native["samples"] == 6  # every job of 3 rounds started
+    assert 0 < native["p50_ms"] <= native["p99_ms"]
+    assert native["p50_ms"] <= native["request_p50_ms"]  # the request came first
+    cold = rows["agent-server cold start", 1]
+    assert cold["samples"] == 1 and cold["p50_ms"] > native["p99_ms"]
+    assert report["pool_uss_kb"] and max(report["pool_uss_kb"]) < 30 * 1024
