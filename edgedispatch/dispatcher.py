@@ -89,7 +89,8 @@ class Dispatcher:
         self.jobs: dict[str, JobRec] = {}
         self.workers: dict[str, WorkerLink] = {}
         self.draining = False
-        #: Called with a job's agent key when it queues with no worker for it.
+        #: Called with a job's agent key when it queues because no worker of
+        #: that agent is connected, or none has room.
         self.on_demand: Callable[[AgentKey], None] | None = None
         self.node_id = ids.new(ids.NODE)
         self._timer: asyncio.TimerHandle | None = None
@@ -217,7 +218,10 @@ class Dispatcher:
             rec.worker_id = worker_id
         if state == JobState.QUEUED:
             rec.wait = self.core.job(rec.id, self.now()).wait_reason
-            if rec.wait == WaitReason.NO_WORKERS and self.on_demand is not None:
+            if self.on_demand is not None and rec.wait in (
+                WaitReason.NO_WORKERS,
+                WaitReason.ALL_BUSY,
+            ):
                 self.on_demand(rec.key)
         else:
             rec.wait = WaitReason.NOT_WAITING

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from edgedispatch._core.codes import JobState
 from edgedispatch.agents.command import CommandRunner
 from edgedispatch.agents.definitions import AgentDefinition, check_unique, validate
 from edgedispatch.agents.local import JobRunner, LocalWorker
@@ -81,7 +82,7 @@ class AgentManager:
         active = _Active(d, from_config)
         if d.kind == "server":
             active.supervisor = AgentServerSupervisor(
-                d, self._url, api_key, secret, lambda: self._busy(d)
+                d, self._url, api_key, secret, lambda: self._busy(d), lambda: self._waiting(d)
             )
         else:
             runner: JobRunner
@@ -118,10 +119,25 @@ class AgentManager:
             if not j.state.terminal and j.key.tenant == d.tenant and j.key.agent_name == d.name
         )
 
+    def _waiting(self, d: AgentDefinition) -> tuple[int, int]:
+        """(jobs of ``d`` queued, workers of ``d`` connected)."""
+        key = (d.tenant, d.name)
+        queued = sum(
+            1
+            for j in self._d.jobs.values()
+            if j.state == JobState.QUEUED and (j.key.tenant, j.key.agent_name) == key
+        )
+        connected = sum(
+            1
+            for w in self._d.core.workers()
+            if w.key.tenant == d.tenant and w.key.agent_name == d.name
+        )
+        return queued, connected
+
     def _demand(self, key: AgentKey) -> None:
         active = self._agents.get((key.tenant, key.agent_name))
         if active is not None and active.supervisor is not None and not active.stopped:
-            active.supervisor.demand()
+            active.supervisor.demand(self._waiting(active.definition)[1])
 
     # ------------------------------------------------------------------
     # The API's operations (all scoped to one tenant).
@@ -179,7 +195,7 @@ class AgentManager:
         active.stopped = not running
         if active.supervisor is not None:
             if running:
-                active.supervisor.demand()
+                active.supervisor.demand(0)
             else:
                 active.supervisor.stop()
         elif active.worker is not None:

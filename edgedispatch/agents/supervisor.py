@@ -28,7 +28,8 @@ IDLE_CHECK = 0.5
 
 
 class AgentServerSupervisor:
-    """:param busy: how many jobs of this agent are queued or running now."""
+    """:param busy: how many jobs of this agent are queued or running now.
+    :param waiting: (jobs of this agent queued, its workers connected)."""
 
     def __init__(
         self,
@@ -37,10 +38,12 @@ class AgentServerSupervisor:
         api_key: str,
         secret: str,
         busy: Callable[[], int],
+        waiting: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
         self.definition = definition
         self._url, self._api_key, self._secret = url, api_key, secret
         self._busy = busy
+        self._waiting = waiting
         self._loop = asyncio.get_running_loop()
         self.instances: list[ChildProcess] = []
         self._starting = 0
@@ -57,10 +60,16 @@ class AgentServerSupervisor:
     def wanted(self) -> int:
         return len(self.instances) + self._starting
 
-    def demand(self) -> None:
-        """A job waits for this agent and no worker of it is connected."""
+    def demand(self, connected: int) -> None:
+        """A job of this agent waits: none of its ``connected`` workers has
+        room (or there is none).  Start an instance if none runs, or one
+        more, up to max_instances, once every instance has connected (one
+        still starting will take jobs soon)."""
         self._idle_since = None
-        if self.wanted == 0 and self._restart is None and not self._closed:
+        if self._restart is not None or self._closed:
+            return
+        wanted = self.wanted
+        if wanted == 0 or (connected >= wanted and wanted < self.definition.max_instances):
             self._spawn()
 
     def _spawn(self) -> None:
@@ -121,12 +130,15 @@ class AgentServerSupervisor:
             self._spawn()
 
     def _check(self) -> None:
-        """Scale to zero: stop instances beyond min_instances once idle."""
+        """Scale up while jobs wait; to zero (min_instances) once idle."""
         if self._closed:
             return
         now = self._loop.time()
         if self._busy() > 0:
             self._idle_since = None
+            queued, connected = self._waiting()
+            if queued and not self.definition.max_instances <= self.wanted:
+                self.demand(connected)  # jobs wait and the instances are full
         elif self._idle_since is None:
             self._idle_since = now
         elif now - self._idle_since >= self.definition.idle_timeout:

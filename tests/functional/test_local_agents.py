@@ -235,6 +235,34 @@ def test_an_agent_server_starts_on_demand_and_stops_when_idle(
     assert {r["room"] for r in records(tmp_path)} == {"first", "second"}
 
 
+def test_an_agent_server_scales_up_to_max_instances_while_jobs_wait(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    definition = {
+        "name": "scaler",
+        "worker": [sys.executable, str(AGENTS / "fake_server.py")],
+        "env": {"EDT_AGENT": "scaler"},
+        "max_instances": 2,
+    }
+    # One job per worker: the second job finds the first instance full.
+    srv = start_server(agents=[definition], dispatch={"agent_slots": {"scaler": 1}})
+    sup = lambda: srv.server.agents._agents["", "scaler"].supervisor  # noqa: E731
+    for room in ("r1", "r2", "r3"):
+        dispatch(srv, "scaler", room)
+
+    def running() -> list[str]:
+        return [
+            room
+            for room in ("r1", "r2", "r3")
+            if [s.status for s in job_states(srv, room)] == [agent.JS_RUNNING]
+        ]
+
+    wait_until(lambda: len(running()) == 2, timeout=30, what="two jobs on two instances")
+    time.sleep(1.0)  # a third instance would have started by now
+    assert sup().starts == 2 and len(sup().instances) == 2
+    assert len(running()) == 2  # the third job waits: max_instances is 2
+
+
 def test_a_native_job_runs_with_its_metadata_and_attributes(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:

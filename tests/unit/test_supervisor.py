@@ -35,10 +35,10 @@ def test_a_crashing_agent_server_is_restarted_with_backoff(
     async def main() -> list[float]:
         sup = AgentServerSupervisor(definition, "ws://127.0.0.1:1", "k", "s", busy=lambda: 1)
         try:
-            sup.demand()
+            sup.demand(0)
             deadline = time.monotonic() + 20
             while len(_starts(log)) < 4 and time.monotonic() < deadline:
-                sup.demand()  # a job keeps waiting: no instance beyond the one restarting
+                sup.demand(0)  # a job keeps waiting: no instance beyond the one restarting
                 assert sup.wanted <= 1
                 await asyncio.sleep(0.02)
             return _starts(log)
@@ -71,7 +71,7 @@ def test_a_crash_after_a_stable_run_restarts_quickly(
     async def main() -> list[float]:
         sup = AgentServerSupervisor(definition, "ws://127.0.0.1:1", "k", "s", busy=lambda: 1)
         try:
-            sup.demand()
+            sup.demand(0)
             deadline = time.monotonic() + 20
             while len(_starts(log)) < 4 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -84,3 +84,29 @@ def test_a_crash_after_a_stable_run_restarts_quickly(
     assert len(gaps) >= 3, starts
     # 0.4 s run + 0.2 s delay + start-up, every time (a backoff would add 0.2, 0.4...).
     assert max(gaps) - min(gaps) < 0.3, gaps
+
+
+def test_demand_starts_one_more_instance_only_once_every_one_is_connected(
+    tmp_path: Path,
+) -> None:
+    definition = AgentDefinition(
+        name="big",
+        worker=[sys.executable, "-c", "import time; time.sleep(60)"],
+        max_instances=2,
+    )
+
+    async def main() -> None:
+        sup = AgentServerSupervisor(definition, "ws://127.0.0.1:1", "k", "s", busy=lambda: 1)
+        try:
+            sup.demand(0)  # none runs
+            assert sup.wanted == 1
+            sup.demand(0)  # it has not connected yet: it will take the job
+            assert sup.wanted == 1
+            sup.demand(1)  # connected and still a job waits: one more
+            assert sup.wanted == 2
+            sup.demand(2)  # max_instances
+            assert sup.wanted == 2 and sup.starts == 2
+        finally:
+            await sup.close()
+
+    asyncio.run(main())
