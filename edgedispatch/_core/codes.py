@@ -99,5 +99,5 @@ class WaitReason(IntEnum):
     ALL_BUSY = (
         2  #: workers exist, but each is FULL, draining, over the load threshold or out of slots
     )
-    ALL_TRIED = 3  #: every available worker already turned this job down
+    ALL_TRIED = 3  #: every available worker turned it down (for a moment: it goes round again)
     BACKOFF = 4  #: waiting out the retry delay after a failed offer
