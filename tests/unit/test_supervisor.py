@@ -15,39 +15,47 @@ from edgedispatch.agents.definitions import AgentDefinition
 from edgedispatch.agents.supervisor import AgentServerSupervisor
 
 
-def _starts(path: Path) -> list[float]:
-    if not path.exists():
-        return []
-    return [float(t) for t in path.read_text().split()]
+def _crash_starts(tmp_path: Path, run_for: float, n: int = 4) -> list[float]:
+    """Supervise a program that runs ``run_for`` seconds, then crashes, while
+    a job keeps waiting; return when each of its first ``n`` runs started."""
+    log = tmp_path / "starts"
+    # Each run notes when it started, on the clock the test reads.
+    program = (
+        "import sys, time; "
+        f"open({str(log)!r}, 'a').write(f'{{time.monotonic()}}\\n'); "
+        f"time.sleep({run_for}); sys.exit(3)"
+    )
+    definition = AgentDefinition(name="crashy", worker=[sys.executable, "-c", program])
+
+    def starts() -> list[float]:
+        return [float(t) for t in log.read_text().split()] if log.exists() else []
+
+    async def main() -> list[float]:
+        sup = AgentServerSupervisor(definition, "ws://127.0.0.1:1", "k", "s", busy=lambda: 1)
+        try:
+            deadline = time.monotonic() + 20
+            while len(starts()) < n and time.monotonic() < deadline:
+                sup.demand(0)  # no instance beyond the one (re)starting
+                assert sup.wanted <= 1
+                await asyncio.sleep(0.02)
+            return starts()
+        finally:
+            await sup.close()
+
+    found = asyncio.run(main())
+    assert len(found) >= n, found
+    return found
+
+
+def _gaps(starts: list[float]) -> list[float]:
+    return [b - a for a, b in zip(starts, starts[1:], strict=False)]
 
 
 def test_a_crashing_agent_server_is_restarted_with_backoff(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(supervisor, "BACKOFF_BASE", 0.2)
-    log = tmp_path / "starts"
-    # Each run notes when it started (on the clock the test reads), then crashes.
-    program = (
-        f"import sys, time; open({str(log)!r}, 'a').write(f'{{time.monotonic()}}\\n'); sys.exit(3)"
-    )
-    definition = AgentDefinition(name="crashy", worker=[sys.executable, "-c", program])
-
-    async def main() -> list[float]:
-        sup = AgentServerSupervisor(definition, "ws://127.0.0.1:1", "k", "s", busy=lambda: 1)
-        try:
-            sup.demand(0)
-            deadline = time.monotonic() + 20
-            while len(_starts(log)) < 4 and time.monotonic() < deadline:
-                sup.demand(0)  # a job keeps waiting: no instance beyond the one restarting
-                assert sup.wanted <= 1
-                await asyncio.sleep(0.02)
-            return _starts(log)
-        finally:
-            await sup.close()
-
-    starts = asyncio.run(main())
-    assert len(starts) >= 4, starts
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = _gaps(_crash_starts(tmp_path, run_for=0))
     # Delays of 0.2, 0.4, 0.8 s (plus the interpreter's start-up each time).
     assert gaps[0] >= 0.2
     assert gaps[1] >= gaps[0] + 0.1
@@ -61,27 +69,7 @@ def test_a_crash_after_a_stable_run_restarts_quickly(
     # base delay, never a growing one.
     monkeypatch.setattr(supervisor, "BACKOFF_BASE", 0.2)
     monkeypatch.setattr(supervisor, "STABLE_AFTER", 0.3)
-    log = tmp_path / "starts"
-    program = (
-        "import sys, time; "
-        f"open({str(log)!r}, 'a').write(f'{{time.monotonic()}}\\n'); time.sleep(0.4); sys.exit(3)"
-    )
-    definition = AgentDefinition(name="flaky", worker=[sys.executable, "-c", program])
-
-    async def main() -> list[float]:
-        sup = AgentServerSupervisor(definition, "ws://127.0.0.1:1", "k", "s", busy=lambda: 1)
-        try:
-            sup.demand(0)
-            deadline = time.monotonic() + 20
-            while len(_starts(log)) < 4 and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            return _starts(log)
-        finally:
-            await sup.close()
-
-    starts = asyncio.run(main())
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert len(gaps) >= 3, starts
+    gaps = _gaps(_crash_starts(tmp_path, run_for=0.4))
     # 0.4 s run + 0.2 s delay + start-up, every time (a backoff would add 0.2, 0.4...).
     assert max(gaps) - min(gaps) < 0.3, gaps
 
