@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -102,6 +102,10 @@ class Dispatcher:
         self._accepted: dict[str, tuple[str, str, dict[str, str]]] = {}
         # SimulateJob's jobs, outside the scheduler: job id -> (asker, job).
         self._simulated: dict[str, tuple[WorkerLink, agent.Job]] = {}
+        # Jobs not ended, and of those the queued ones, per (tenant, agent
+        # name): kept as states change, so that nobody scans ``jobs``.
+        self._live: Counter[tuple[str, str]] = Counter()
+        self._queued: Counter[tuple[str, str]] = Counter()
         # Calls queued by after_step(), and whether a step is applying.
         self._after: deque[tuple[Callable[..., None], tuple[object, ...]]] = deque()
         self._stepping = False
@@ -211,6 +215,11 @@ class Dispatcher:
         self, rec: JobRec, state: JobState, reason: FailReason, worker_id: str | None
     ) -> None:
         now_ns = self.wall_ns()
+        if state != rec.state:
+            agent_of = (rec.key.tenant, rec.key.agent_name)
+            self._queued[agent_of] += (state == JobState.QUEUED) - (rec.state == JobState.QUEUED)
+            if state.terminal and not rec.state.terminal:
+                self._live[agent_of] -= 1
         rec.state, rec.updated_ns = state, now_ns
         if reason != FailReason.NONE:
             rec.reason = reason
@@ -501,6 +510,8 @@ class Dispatcher:
         key = AgentKey(room.tenant, dispatch.agent_name, agent.JT_ROOM, dispatch.deployment)
         rec = JobRec(job=job, key=key, dispatch_id=dispatch.id, updated_ns=self.wall_ns())
         self.jobs[job.id] = rec
+        self._live[room.tenant, dispatch.agent_name] += 1
+        self._queued[room.tenant, dispatch.agent_name] += 1  # (a new JobRec is QUEUED)
         dispatch.job_ids.append(job.id)
         now = self.now()
         self.core.submit(
@@ -516,6 +527,10 @@ class Dispatcher:
             now,
         )
         return rec
+
+    def agent_jobs(self, tenant: str, agent_name: str) -> tuple[int, int]:
+        """(jobs not ended, of which queued) of one agent in one tenant."""
+        return self._live[tenant, agent_name], self._queued[tenant, agent_name]
 
     def end_jobs(self, job_ids: list[str], reason: FailReason) -> None:
         """Cancel these jobs (running ones are terminated) and forget each

@@ -9,7 +9,6 @@ from typing import Any
 
 import msgspec
 
-from edgedispatch._core.codes import JobState
 from edgedispatch.agents.command import CommandRunner
 from edgedispatch.agents.definitions import AgentDefinition, check_unique, validate
 from edgedispatch.agents.local import JobRunner, LocalWorker
@@ -113,20 +112,13 @@ class AgentManager:
         return on_output
 
     def _busy(self, d: AgentDefinition) -> int:
-        return sum(
-            1
-            for j in self._d.jobs.values()
-            if not j.state.terminal and j.key.tenant == d.tenant and j.key.agent_name == d.name
-        )
+        return self._d.agent_jobs(d.tenant, d.name)[0]
 
     def _waiting(self, d: AgentDefinition) -> tuple[int, int]:
-        """(jobs of ``d`` queued, workers of ``d`` connected)."""
-        key = (d.tenant, d.name)
-        queued = sum(
-            1
-            for j in self._d.jobs.values()
-            if j.state == JobState.QUEUED and (j.key.tenant, j.key.agent_name) == key
-        )
+        """(jobs of ``d`` queued, workers of ``d`` connected if any are)."""
+        queued = self._d.agent_jobs(d.tenant, d.name)[1]
+        if not queued:
+            return 0, 0
         connected = sum(
             1
             for w in self._d.core.workers()

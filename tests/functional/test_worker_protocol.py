@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from edgedispatch import agent_ws
+from edgedispatch._core.codes import JobState
 from edgedispatch._testbase.fake_worker import FakeWorker, worker_token
 
 from .conftest import ServerThread
@@ -291,6 +292,37 @@ def test_full_workers_and_slot_caps(start_server: Callable[..., ServerThread]) -
         assert full.received == []
         await full.update(status=agent.WS_AVAILABLE, load=0.1)
         await full.wait_for(lambda: len(full.assigned) == 1)
+
+    run(main())
+
+
+def test_job_counts_per_agent_follow_the_job_states(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    # What on-demand agent servers scale on: kept as states change.
+    srv = start_server(dispatch={"agent_slots": {"c": 1}, "queue_timeout": 1.0})
+
+    def counts() -> tuple[tuple[int, int], tuple[int, int]]:
+        def both() -> tuple[tuple[int, int], tuple[int, int]]:
+            jobs = [j for j in srv.dispatcher.jobs.values() if j.key.agent_name == "c"]
+            live = sum(not j.state.terminal for j in jobs)
+            queued = sum(j.state == JobState.QUEUED for j in jobs)
+            return srv.dispatcher.agent_jobs("", "c"), (live, queued)
+
+        return srv.call(both)
+
+    async def main() -> None:
+        w = FakeWorker(srv.url, agent_name="c")
+        await w.connect()
+        for room in ("r1", "r2", "r3"):
+            await dispatch(srv, "c", room=room)
+        await w.wait_for(lambda: len(w.assigned) == 1)
+        assert counts() == ((3, 2), (3, 2))
+        await asyncio.sleep(1.3)  # the two queued ones pass their deadline
+        assert counts() == ((1, 0), (1, 0))
+        await w.job_status(next(iter(w.assigned)), agent.JS_SUCCESS)
+        await asyncio.sleep(0.2)
+        assert counts() == ((0, 0), (0, 0))
 
     run(main())
 
