@@ -3,8 +3,9 @@
 A ``NativePool`` serves one agent definition.  ``start`` launches its zygote
 (``edgedispatch.agents.zygote``), which imports the agent's module once; the
 pool keeps ``idle`` prewarmed children forked from it, so a job starts by
-sending one message to a process that is already waiting (~1 ms).  A burst
-beyond them waits for forks, which the pool asks for at once.
+sending one message to a process that is already waiting (~1 ms).  Taken
+children are replaced once the burst that took them has passed; a burst
+beyond them waits for forks, which the pool then asks for at once.
 
 Nothing here blocks the event loop: the zygote is spawned in an executor,
 every socket is an asyncio transport, signals go through pidfds (a pidfd
