@@ -148,8 +148,8 @@ class Dispatcher:
                         log.exception(
                             "applying %s failed", action.kind.name, extra={"job": action.job_id}
                         )
-                if not self._after:
-                    break
+                if not self._after or not outer:
+                    break  # the outermost step runs the calls: no recursion
                 fn, args = self._after.popleft()
                 try:
                     fn(*args)  # may feed the core: its actions are the next batch

@@ -17,6 +17,7 @@ import pytest
 from livekit import api
 from livekit.protocol import agent
 
+from edgedispatch._core.codes import JobState
 from edgedispatch.agents import client
 
 from .conftest import ServerThread
@@ -284,3 +285,51 @@ def test_a_native_job_runs_with_its_metadata_and_attributes(
     claims = jwt.decode(rec["token"], "secret", algorithms=["HS256"])
     assert claims["video"]["room"] == "room-n" and claims["kind"] == "agent"
     wait_until(lambda: job_states(srv, "room-n")[0].status == agent.JS_SUCCESS, what="success")
+
+
+class _Runner:
+    """A JobRunner that starts nothing: records each job and keeps it running."""
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+
+    def run_job(self, info: Any, on_exit: Any, *, max_duration: float = 0) -> Any:
+        self.jobs.append(info.job_id)
+        return self
+
+    def terminate(self, grace: float = 10.0) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def test_a_local_worker_takes_a_thousand_queued_jobs_in_one_pass(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    # Each offer to a local worker is answered after the step that made it,
+    # in the same pass: the answers must not nest one step inside another.
+    from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
+
+    from edgedispatch.agents.definitions import AgentDefinition
+    from edgedispatch.agents.local import LocalWorker
+
+    n = 1200
+    srv = start_server(dispatch={"worker_slots": 2000})
+    d = srv.dispatcher
+
+    def queue() -> None:
+        for i in range(n):
+            req = CreateAgentDispatchRequest(agent_name="bulk", room=f"r{i}")
+            d.rooms.create_dispatch("", req)
+
+    srv.call(queue)
+    runner = _Runner()
+    definition = AgentDefinition(name="bulk", command=["true"], slots=n)
+    srv.call(lambda: LocalWorker(d, definition, runner, "devkey", srv.url).register())
+    assert len(runner.jobs) == n  # in that one call
+    wait_until(
+        lambda: srv.call(lambda: d.agent_jobs("", "bulk")) == (n, 0),
+        timeout=10,
+        what="every job out of the queue",
+    )
+    states = srv.call(lambda: {j.state for j in d.jobs.values()})
+    assert states == {JobState.RUNNING}
