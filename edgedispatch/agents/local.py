@@ -65,7 +65,9 @@ class LocalWorker:
         self._loop = asyncio.get_running_loop()
 
     def register(self) -> None:
-        req = agent.RegisterWorkerRequest(agent_name=self.definition.name, type=agent.JT_ROOM)
+        req = agent.RegisterWorkerRequest(
+            agent_name=self.definition.name, type=agent.JT_ROOM, version=self.version
+        )
         self._d.register(self, req, slots=self.definition.slots)
         self._d.step()
 
