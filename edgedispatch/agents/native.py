@@ -64,7 +64,7 @@ _MAX_ATTEMPTS = 3  # children a job may lose before it started (see _finalize)
 _RESTART_DELAY = 1.0  # before replacing a zygote that died
 # Taken children are replaced once no job has been taken for this long (a
 # fork and a child's start-up take milliseconds of CPU: not during a burst),
-# or at once when fewer than a quarter of the pool are left ready.
+# or at once when fewer than a quarter of the pool (or 2) are left ready.
 _REFILL_QUIET = 0.05
 
 
@@ -598,7 +598,7 @@ class NativePool:
         self._zygote.send(m.Fork(n=want))
 
     def _refill_soon(self) -> None:
-        low = len(self._ready) * 4 < self.idle
+        low = len(self._ready) < max(2, self.idle // 4)
         if low and self._refill_timer is not None and not self._failures:
             self._refill_timer.cancel()  # a quiet wait: no longer
             self._refill_timer = None
