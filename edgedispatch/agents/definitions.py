@@ -13,6 +13,7 @@ Three kinds, by which field is set:
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -72,10 +73,15 @@ def _program_exists(program: str, cwd: str) -> bool:
     return shutil.which(program) is not None
 
 
+MAX_NAME = 128  # bytes
+
+
 def validate(d: AgentDefinition, where: str = "agent") -> AgentDefinition:
     """Raise ConfigError, naming the field and the reason, for a bad definition."""
     if not d.name:
         raise ConfigError("an agent needs a name", f"{where}.name")
+    if len(d.name.encode()) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in d.name):
+        raise ConfigError(f"at most {MAX_NAME} bytes, without control characters", f"{where}.name")
     kinds = [k for k in (d.entrypoint, d.command, d.worker) if k]
     if len(kinds) != 1:
         raise ConfigError("set exactly one of entrypoint, command or worker", where)
@@ -97,8 +103,10 @@ def validate(d: AgentDefinition, where: str = "agent") -> AgentDefinition:
         raise ConfigError("must be within 1..10000", f"{where}.slots")
     if not 0 <= d.idle <= 1_000:
         raise ConfigError("must be within 0..1000", f"{where}.idle")
-    if d.memory_limit_mb < 0 or d.max_duration < 0 or d.idle_timeout < 0:
-        raise ConfigError("limits must be >= 0", where)
+    for field in ("memory_limit_mb", "max_duration", "idle_timeout"):
+        value: float = getattr(d, field)
+        if not 0 <= value < math.inf:  # (NaN fails too)
+            raise ConfigError("must be a number >= 0", f"{where}.{field}")
     if not 0 <= d.min_instances <= d.max_instances or d.max_instances < 1:
         raise ConfigError("need 0 <= min_instances <= max_instances, max_instances >= 1", where)
     return d

@@ -15,6 +15,7 @@ from edgedispatch.agents.local import JobRunner, LocalWorker
 from edgedispatch.agents.native import NativePool
 from edgedispatch.agents.store import Store
 from edgedispatch.agents.supervisor import AgentServerSupervisor
+from edgedispatch.auth import PermissionDenied
 from edgedispatch.core import AgentKey
 from edgedispatch.dispatcher import Dispatcher
 from edgedispatch.errors import ConfigError, DuplicateId, UnknownId
@@ -154,6 +155,8 @@ class AgentManager:
         return out
 
     async def add(self, tenant: str, raw: dict[str, Any]) -> dict[str, Any]:
+        if raw.get("tenant", tenant) != tenant:
+            raise PermissionDenied("a definition can only be added to the token's own tenant")
         try:
             d = msgspec.convert({**raw, "tenant": tenant}, AgentDefinition)
         except msgspec.ValidationError as exc:

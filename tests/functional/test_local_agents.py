@@ -174,6 +174,10 @@ def test_definitions_api_is_per_tenant_and_persists(
     assert status == 400 and "missing command" in err["msg"]
     status, err = admin_call(srv, "ListAgents", {}, admin=False, **acme)
     assert status == 403 and err["code"] == "permission_denied"
+    # acme's token cannot add a definition to globex
+    theirs = {**command_agent("spy", out), "tenant": "globex"}
+    status, err = admin_call(srv, "AddAgent", {"agent": theirs}, **acme)
+    assert status == 403 and err["code"] == "permission_denied"
     # globex sees nothing of acme's, and cannot remove it
     assert admin_call(srv, "ListAgents", {}, **globex) == (200, {"agents": []})
     status, err = admin_call(srv, "RemoveAgent", {"name": "helper"}, **globex)
