@@ -10,9 +10,10 @@ reaps its children and reports each exit status.
 
 Each child connects back twice: an output connection that becomes its fds 1
 and 2 (so C-level writes are captured too), and a control connection.  It
-runs ``prewarm``, says ``Ready``, waits for one ``Job``, runs the entrypoint
-under ``asyncio`` and exits: 0 on success or ``ctx.shutdown()``, 1 with the
-traceback if the entrypoint raised.  SIGTERM becomes ``ctx.shutdown()``.
+runs ``prewarm``, rehearses a job start, says ``Ready``, waits for one
+``Job``, runs the entrypoint under ``asyncio`` and exits (at idle CPU
+priority): 0 on success or ``ctx.shutdown()``, 1 with the traceback if the
+entrypoint raised.  SIGTERM becomes ``ctx.shutdown()``.
 
 Only the standard library (asyncio included, see below), msgspec and
 ``edgedispatch.agent`` are imported here, to keep every pool process small.
