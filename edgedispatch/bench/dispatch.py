@@ -17,16 +17,15 @@ import asyncio
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
 from typing import Any
 
-import jwt
 import uvloop
 from livekit.protocol import agent_dispatch
 
+from edgedispatch.bench.common import admin_token, percentile, read_response, start_server, stop
 from edgedispatch.server import raise_fd_limit
 
 PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
@@ -61,17 +60,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _token(room: str) -> str:
-    now = int(time.time())
-    claims = {
-        "iss": "devkey",
-        "nbf": now,
-        "exp": now + 3600,
-        "video": {"roomAdmin": True, "room": room},
-    }
-    return jwt.encode(claims, "secret", algorithm="HS256")
-
-
 class Driver:
     """Sends CreateDispatch at ``rate`` per second for ``duration`` seconds."""
 
@@ -86,7 +74,8 @@ class Driver:
             room = f"bench-{r}"
             self._heads[room] = (
                 f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\n"
-                f"Content-Type: application/protobuf\r\nAuthorization: Bearer {_token(room)}\r\n"
+                f"Content-Type: application/protobuf\r\n"
+                f"Authorization: Bearer {admin_token(room)}\r\n"
             ).encode()
 
     async def run(self) -> None:
@@ -111,19 +100,11 @@ class Driver:
                 writer.write(
                     self._heads[room] + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
                 )
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-                await reader.readexactly(length)
+                head, _ = await read_response(reader)
                 if not head.startswith(b"HTTP/1.1 200"):
                     self.errors += 1
         finally:
             writer.close()
-
-
-def _percentile(sorted_ms: list[float], q: float) -> float:
-    if not sorted_ms:
-        return math.nan
-    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
 
 
 def run(
@@ -136,28 +117,9 @@ def run(
 ) -> dict[str, Any]:
     """:param python: how to start the server's interpreter (e.g. under a profiler)."""
     raise_fd_limit()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    server = subprocess.Popen(
-        [
-            *(python or [sys.executable]),
-            "-m",
-            "edgedispatch",
-            "serve",
-            "--dev",
-            "--port",
-            "0",
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    server, url = start_server("--log-format", "json", python=python)
     sims: list[subprocess.Popen[str]] = []
     try:
-        assert server.stdout is not None
-        url = re.search(r"(http://\S+)", server.stdout.readline()).group(1)  # type: ignore[union-attr]
         host, port = url.removeprefix("http://").split(":")
         cpus = sorted(os.sched_getaffinity(0))
         server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
@@ -183,7 +145,7 @@ def run(
                         ],
                         stdout=subprocess.PIPE,
                         text=True,
-                        env=env,
+                        env={**os.environ, "PYTHONWARNINGS": "ignore"},
                     )
                 )
         for sim in sims:
@@ -209,11 +171,7 @@ def run(
         for sim in sims:
             if sim.poll() is None:
                 sim.kill()
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server, timeout=10)
     latencies = sorted(
         (running_at[k] - due) * 1000 for k, due in driver.due.items() if k in running_at
     )
@@ -227,9 +185,9 @@ def run(
         "errors": driver.errors,
         "dispatches_per_s": round(done / sent_for, 1) if rate > 0 and sent_for > 0 else 0.0,
         "latency_ms": {
-            "p50": round(_percentile(latencies, 0.50), 3),
-            "p90": round(_percentile(latencies, 0.90), 3),
-            "p99": round(_percentile(latencies, 0.99), 3),
+            "p50": round(percentile(latencies, 0.50), 3),
+            "p90": round(percentile(latencies, 0.90), 3),
+            "p99": round(percentile(latencies, 0.99), 3),
             "max": round(latencies[-1], 3) if latencies else math.nan,
         },
         "rss_per_worker_kb": round((rss_idle - rss_before) / max(workers, 1), 2),

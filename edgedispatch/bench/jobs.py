@@ -11,9 +11,7 @@ of its processes exists).  Both ends read CLOCK_MONOTONIC.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,7 @@ from typing import Any
 
 from livekit.protocol import agent_dispatch
 
-from edgedispatch.auth import sign_hs256
+from edgedispatch.bench.common import admin_token, percentile, read_response, start_server, stop
 
 TARGETS = {
     "native_p50_ms_burst50": 3.0,
@@ -83,16 +81,7 @@ class _Client:
         return self._twirp("ListDispatch", room, body.SerializeToString())
 
     def _twirp(self, method: str, room: str, body: bytes) -> bytes:
-        now = int(time.time())
-        token = sign_hs256(
-            {
-                "iss": "devkey",
-                "nbf": now,
-                "exp": now + 600,
-                "video": {"roomAdmin": True, "room": room},
-            },
-            "secret",
-        )
+        token = admin_token(room, ttl=600)
         return (
             f"POST /twirp/livekit.AgentDispatchService/{method} HTTP/1.1\r\n"
             f"Host: {self.host}\r\nContent-Type: application/protobuf\r\n"
@@ -102,9 +91,7 @@ class _Client:
     async def send(self, i: int, request: bytes) -> bytes:
         reader, writer = self.conns[i]
         writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-        return await reader.readexactly(length)
+        return (await read_response(reader))[1]
 
     def close(self) -> None:
         for _, writer in self.conns:
@@ -176,10 +163,7 @@ async def _burst(
 
 
 def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(q * len(values)))], 2)
+    return round(percentile(values, q), 2)
 
 
 async def _measure(url: str, out: Path, bursts: list[int], lk_agent: bool) -> list[dict[str, Any]]:
@@ -236,37 +220,15 @@ def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         cfg = _config(tmp, idle=max(bursts), slots=max(bursts) * 2)
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgedispatch",
-                "serve",
-                "--dev",
-                "--port",
-                "0",
-                "--config",
-                str(cfg),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
+        server, url = start_server("--config", str(cfg))
         worker = None
         try:
-            assert server.stdout is not None
-            line = server.stdout.readline()
-            match = re.search(r"(http://\S+)", line)
-            if not match:
-                raise RuntimeError(f"the server did not start: {line!r}")
-            url = match.group(1)
             if lk_agent:
                 worker = subprocess.Popen(
                     [sys.executable, "-m", "edgedispatch.bench.lk_jobs_agent", "start"],
                     env={
-                        **env,
+                        **os.environ,
+                        "PYTHONWARNINGS": "ignore",
                         "LIVEKIT_URL": url.replace("http", "ws"),
                         "LIVEKIT_API_KEY": "devkey",
                         "LIVEKIT_API_SECRET": "secret",
@@ -283,16 +245,8 @@ def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
             rows = asyncio.run(_measure(url, tmp / "out", bursts, lk_agent))
         finally:
             if worker is not None:
-                worker.terminate()
-                try:
-                    worker.wait(20)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-            server.terminate()
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+                stop(worker)
+            stop(server)
     return {"rows": rows, "pool_uss_kb": uss, "targets": TARGETS}
 
 
