@@ -14,11 +14,17 @@ from collections.abc import Callable
 
 from edgedispatch.agents.definitions import AgentDefinition
 from edgedispatch.agents.native import JobInfo
-from edgedispatch.agents.process import PIPE_LINGER, ChildProcess, base_env, exit_text
+from edgedispatch.agents.process import (
+    MEMORY_POLL,
+    ChildProcess,
+    base_env,
+    exit_text,
+    over_memory_limit,
+    too_long,
+    wait_for_exits,
+)
 
 log = logging.getLogger("edgedispatch.agents")
-
-MEMORY_POLL = 0.25
 
 
 class CommandJob:
@@ -114,17 +120,16 @@ class CommandRunner:
 
     def _too_long(self, job: CommandJob, limit: float) -> None:
         if job.proc is not None and job.proc.running:
-            job._error = f"ran longer than {limit:g} s"
+            job._error = too_long(limit)
             job.terminate(5.0)
 
     def _check_memory(self) -> None:
         self._poll = None
-        limit = self.definition.memory_limit_mb
         for job in list(self._jobs.values()):
             if job.proc is not None and job.proc.running:
-                used = job.proc.rss_mb()
-                if used > limit:
-                    job.fail(f"memory limit exceeded: {used:.0f} MB > {limit:g} MB")
+                reason = over_memory_limit(job.proc.pid, self.definition.memory_limit_mb)
+                if reason:
+                    job.fail(reason)
         if self._jobs:
             self._poll = self._loop.call_later(MEMORY_POLL, self._check_memory)
 
@@ -134,9 +139,5 @@ class CommandRunner:
             job.kill()
         if self._poll is not None:
             self._poll.cancel()
-        for _ in range(100):
-            if not self._jobs:
-                break
-            await asyncio.sleep(0.05)
         if had_jobs:
-            await asyncio.sleep(PIPE_LINGER + 0.05)  # their output pipes close
+            await wait_for_exits(lambda: not self._jobs)

@@ -48,7 +48,14 @@ from edgedispatch.agents import messages as m
 from edgedispatch.agents.listener import UnixListener
 from edgedispatch.agents.messages import JobInfo
 from edgedispatch.agents.pool_conn import PoolConn
-from edgedispatch.agents.process import exit_text, proc_status, read_memory
+from edgedispatch.agents.process import (
+    MEMORY_POLL,
+    exit_text,
+    over_memory_limit,
+    proc_status,
+    read_memory,
+    too_long,
+)
 from edgedispatch.errors import ConfigError
 
 __all__ = ["JobInfo", "NativePool", "RunningJob"]
@@ -59,7 +66,6 @@ OnExit = Callable[[int | None, str], None]
 OnOutput = Callable[[str, str], None]
 
 _EXIT_GRACE = 1.0  # how long a reaped child's output may still trail in
-_SAMPLE_EVERY = 0.25  # memory-limit sampling period
 _MAX_ATTEMPTS = 3  # children a job may lose before it started (see _finalize)
 _RESTART_DELAY = 1.0  # before replacing a zygote that died
 # Taken children are replaced once no job has been taken for this long (a
@@ -224,7 +230,7 @@ class NativePool:
             loop.call_soon(rj._end, None, f"native pool {self.name!r} is {self._state}")
             return rj
         if max_duration > 0:
-            reason = f"ran longer than {max_duration:g} s"
+            reason = too_long(max_duration)
             rj._timers.append(loop.call_later(max_duration, self._expire, rj, reason, grace))
         child = self._take_ready()
         if child is not None:
@@ -579,7 +585,7 @@ class NativePool:
         job.pid = child.pid
         child.ctl.send(m.Job(info=job.info))
         if self.memory_limit_mb > 0 and self._sampler is None and self._loop is not None:
-            self._sampler = self._loop.call_later(_SAMPLE_EVERY, self._sample)
+            self._sampler = self._loop.call_later(MEMORY_POLL, self._sample)
 
     def _refill(self, *, now: bool = False) -> None:
         if self._state != "running" or self._zygote is None:
@@ -655,22 +661,19 @@ class NativePool:
 
     def _sample(self) -> None:
         self._sampler = None
-        limit_kb = self.memory_limit_mb * 1024
         running = False
         for child in self._children.values():
             job = child.job
             if job is None or job._ended or child.code is not None:
                 continue
             running = True
-            kb = proc_status(child.pid, "VmRSS")
-            if kb > limit_kb and not job._reason:
-                job._reason = (
-                    f"memory limit exceeded: {kb / 1024:.0f} MB > {self.memory_limit_mb:g} MB"
-                )
+            reason = "" if job._reason else over_memory_limit(child.pid, self.memory_limit_mb)
+            if reason:
+                job._reason = reason
                 job._stopping = True
                 self._signal(child, signal.SIGKILL)
         if running and self._state != "closed" and self._loop is not None:
-            self._sampler = self._loop.call_later(_SAMPLE_EVERY, self._sample)
+            self._sampler = self._loop.call_later(MEMORY_POLL, self._sample)
 
     # -- output ------------------------------------------------------------------
 

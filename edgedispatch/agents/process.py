@@ -49,6 +49,24 @@ def proc_status(pid: int, field: str) -> int:
     return 0
 
 
+#: Seconds between checks of running jobs against their memory limit.
+MEMORY_POLL = 0.25
+
+
+def over_memory_limit(pid: int, limit_mb: float) -> str:
+    """Why a job whose process ``pid`` uses more than ``limit_mb`` of RSS
+    must stop; "" while it does not."""
+    kb = proc_status(pid, "VmRSS")
+    if kb > limit_mb * 1024:
+        return f"memory limit exceeded: {kb / 1024:.0f} MB > {limit_mb:g} MB"
+    return ""
+
+
+def too_long(limit: float) -> str:
+    """Why a job that reached its maximum duration of ``limit`` s stops."""
+    return f"ran longer than {limit:g} s"
+
+
 class MemoryUsage(NamedTuple):
     rss_kb: int
     pss_kb: int
@@ -121,6 +139,16 @@ class _Lines(asyncio.Protocol):
         return None
 
 
+async def wait_for_exits(gone: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (up to ``timeout`` s) until ``gone()`` says the processes were
+    reaped, then until their output pipes have closed (``PIPE_LINGER``)."""
+    for _ in range(int(timeout / 0.05)):
+        if gone():
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(PIPE_LINGER + 0.05)
+
+
 class ChildProcess:
     """Start with ``await ChildProcess.start(...)``; ``on_exit(code)`` is
     called once (negative code: killed by that signal)."""
@@ -178,9 +206,6 @@ class ChildProcess:
     def kill(self) -> None:
         if self.running:
             self._signal(signal.SIGKILL)
-
-    def rss_mb(self) -> float:
-        return proc_status(self.pid, "VmRSS") / 1024
 
     def _signal(self, sig: int) -> None:
         try:

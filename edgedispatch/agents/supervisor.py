@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from edgedispatch.agents.definitions import AgentDefinition
-from edgedispatch.agents.process import PIPE_LINGER, ChildProcess, base_env, exit_text
+from edgedispatch.agents.process import ChildProcess, base_env, exit_text, wait_for_exits
 
 log = logging.getLogger("edgedispatch.agents")
 
@@ -164,8 +164,4 @@ class AgentServerSupervisor:
             self._restart.cancel()
         for proc in self.instances:
             proc.terminate(2.0)
-        for _ in range(100):
-            if not self.instances:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(PIPE_LINGER + 0.05)  # their output pipes close
+        await wait_for_exits(lambda: not self.instances)
