@@ -334,8 +334,7 @@ class Dispatcher:
         # A worker that never reports job status (Node) does not send
         # MigrateJob either: its reconnect claims the jobs its previous
         # connection from the same place was running.
-        fingerprint = (link.api_key, key, link.peer, link.version)
-        for job_id in sorted(self._orphans.pop(fingerprint, set())):
+        for job_id in sorted(self._orphans.pop(_fingerprint(link, key), set())):
             self._claim(link, job_id)
         msg = agent.ServerMessage()
         msg.register.worker_id = link.worker_id
@@ -476,12 +475,7 @@ class Dispatcher:
             if self.core.job(j, self.now()).state in (JobState.ASSIGNED, JobState.RUNNING)
         ]
         if not link.reports_status and held:
-            fingerprint = (
-                link.api_key,
-                self.core.worker(link.worker_id).key,
-                link.peer,
-                link.version,
-            )
+            fingerprint = _fingerprint(link, self.core.worker(link.worker_id).key)
             self._orphans.setdefault(fingerprint, set()).update(held)
         self.core.disconnect_worker(link.worker_id, self.now())
         log.info(
@@ -579,3 +573,9 @@ class Dispatcher:
             for j in self.jobs.values()
             if j.state in (JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED)
         )
+
+
+def _fingerprint(link: WorkerLink, key: AgentKey) -> tuple[str, AgentKey, str, str]:
+    """What a reconnecting worker that never reports job status (Node) is
+    recognised by: the same key, agent, address and version."""
+    return (link.api_key, key, link.peer, link.version)
