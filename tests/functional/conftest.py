@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -70,6 +72,13 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(close(), self.loop)
         self._thread.join(10)
         self.loop.close()
+
+
+def serve_once(*args: str) -> subprocess.CompletedProcess[str]:
+    """``edgedispatch serve --dev --port 0 ARGS`` as a process, for a
+    configuration it must refuse: returns once it has exited."""
+    argv = [sys.executable, "-m", "edgedispatch", "serve", "--dev", "--port", "0", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
 def make_config(**sections: Any) -> config.Config:

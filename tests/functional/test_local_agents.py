@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from livekit.protocol import agent
 from edgedispatch._core.codes import JobState
 from edgedispatch.agents import client
 
-from .conftest import ServerThread
+from .conftest import ServerThread, serve_once
 from .test_real_clients import job_states, lk_call, wait_until
 
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
@@ -112,24 +113,11 @@ def test_a_job_over_its_memory_limit_fails_with_the_reason(
 
 
 def test_bad_definitions_stop_the_server(tmp_path: Path) -> None:
-    import subprocess
-
     cfg = tmp_path / "c.toml"
 
     def serve(definitions: str) -> subprocess.CompletedProcess[str]:
         cfg.write_text(definitions)
-        argv = [
-            sys.executable,
-            "-m",
-            "edgedispatch",
-            "serve",
-            "--dev",
-            "--port",
-            "0",
-            "--config",
-            str(cfg),
-        ]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return serve_once("--config", str(cfg))
 
     out = serve('[[agents]]\nname = "x"\nentrypoint = "no_such_module_anywhere:main"\n')
     assert out.returncode == 2 and "unknown module 'no_such_module_anywhere'" in out.stderr

@@ -19,6 +19,8 @@ from livekit import api
 
 from edgedispatch._testbase.fake_worker import FakeWorker
 
+from .conftest import serve_once
+
 
 class ServeProcess:
     def __init__(self, *args: str) -> None:
@@ -102,22 +104,7 @@ def test_cli_against_the_server_and_json_logs(served: list[ServeProcess]) -> Non
 def test_bad_configuration_stops_the_server(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[dispatch]\noffer_timeout = -1\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgedispatch",
-            "serve",
-            "--config",
-            str(cfg),
-            "--dev",
-            "--port",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = serve_once("--config", str(cfg))
     assert out.returncode == 2 and "dispatch.offer_timeout" in out.stderr
 
 
