@@ -14,7 +14,7 @@ import pytest
 
 from edgedispatch import _core
 from edgedispatch._core.codes import EventKind
-from edgedispatch.bench.core import _scheduler
+from edgedispatch.cli.bench.core import _scheduler
 
 BATCH = 1024
 IMPLS = [pytest.param(m, id=name) for name, m in _core.implementations().items()]

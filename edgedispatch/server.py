@@ -18,14 +18,15 @@ import socket
 import sys
 from collections.abc import Callable
 
-from edgedispatch import _core, logs
-from edgedispatch.agents.manager import AgentManager
-from edgedispatch.agents.store import FileStore, MemoryStore, Store
-from edgedispatch.app import App
-from edgedispatch.auth import Verifier
+from edgedispatch import _core
+from edgedispatch.api.app import App
 from edgedispatch.config import Config
-from edgedispatch.dispatcher import Dispatcher
+from edgedispatch.dispatch.dispatcher import Dispatcher
 from edgedispatch.net.http import HttpProtocol
+from edgedispatch.obs import logs
+from edgedispatch.runtime.manager import AgentManager
+from edgedispatch.store import FileStore, MemoryStore, Store
+from edgedispatch.wire.tokens import Verifier
 
 log = logging.getLogger("edgedispatch.server")
 

@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from edgedispatch import config
-from edgedispatch.agents.definitions import AgentDefinition
+from edgedispatch.config.agents import AgentDefinition
 from edgedispatch.server import Server
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from livekit import api
 from livekit.protocol import agent
 
 from edgedispatch._core.codes import JobState
-from edgedispatch.agents import client
+from edgedispatch.cli import agent_client as client
 
 from .conftest import ServerThread, serve_once
 from .test_real_clients import job_states, lk_call, wait_until
@@ -301,8 +301,8 @@ def test_a_local_worker_takes_a_thousand_queued_jobs_in_one_pass(
     # in the same pass: the answers must not nest one step inside another.
     from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 
-    from edgedispatch.agents.definitions import AgentDefinition
-    from edgedispatch.agents.local import LocalWorker
+    from edgedispatch.config.agents import AgentDefinition
+    from edgedispatch.worker.local import LocalWorker
 
     n = 1200
     srv = start_server(dispatch={"worker_slots": 2000})

@@ -15,9 +15,9 @@ from livekit.protocol import agent
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from edgedispatch import agent_ws
 from edgedispatch._core.codes import JobState
 from edgedispatch._testbase.fake_worker import FakeWorker, worker_token
+from edgedispatch.worker import session as agent_ws
 
 from .conftest import ServerThread
 

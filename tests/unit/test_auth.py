@@ -11,7 +11,7 @@ import jwt
 import pytest
 from livekit import api
 
-from edgedispatch.auth import AuthError, Verifier, sign_hs256
+from edgedispatch.wire.tokens import AuthError, Verifier, sign_hs256
 
 KEYS = {"devkey": "secret", "other": "other-secret-of-some-length"}
 NOW = 1_800_000_000.0

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgedispatch.agents.definitions import AgentDefinition, validate
+from edgedispatch.config.agents import AgentDefinition, validate
 from edgedispatch.errors import ConfigError
 
 OK: dict[str, Any] = {"name": "a", "command": [sys.executable]}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "edgedispatch"
-SANS_IO = ["_core", "core.py", "errors.py"]
+SANS_IO = ["_core", "dispatch/core.py", "errors.py"]
 FORBIDDEN = {
     "asyncio",
     "uvloop",

@@ -1,5 +1,5 @@
 """The native job runtime: a warm pool of forked job processes
-(``edgedispatch.agents.native``), on both event loops.
+(``edgedispatch.runtime.native``), on both event loops.
 
 The agent is ``tests/agents/native_sample.py``; each job's metadata tells it
 what to do and where to write what it saw.
@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from edgedispatch.agents.native import JobInfo, NativePool, RunningJob
 from edgedispatch.errors import ConfigError
+from edgedispatch.runtime.native import JobInfo, NativePool, RunningJob
 
 T = TypeVar("T")
 AGENTS = Path(__file__).resolve().parents[1] / "agents"

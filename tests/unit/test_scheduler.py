@@ -17,7 +17,7 @@ from edgedispatch._core.codes import (
     WaitReason,
     WorkerStatus,
 )
-from edgedispatch.core import Action, AgentKey, DispatchCore, JobSpec
+from edgedispatch.dispatch.core import Action, AgentKey, DispatchCore, JobSpec
 from edgedispatch.errors import (
     DuplicateId,
     EdgeDispatchError,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edgedispatch.agents import supervisor
-from edgedispatch.agents.definitions import AgentDefinition
-from edgedispatch.agents.supervisor import AgentServerSupervisor
+from edgedispatch.config.agents import AgentDefinition
+from edgedispatch.runtime import supervisor
+from edgedispatch.runtime.supervisor import AgentServerSupervisor
 
 
 def _crash_starts(tmp_path: Path, run_for: float, n: int = 4) -> list[float]:

@@ -7,8 +7,8 @@ import json
 import pytest
 from livekit.protocol import agent, agent_dispatch
 
-from edgedispatch import twirp
 from edgedispatch.errors import InvalidEvent
+from edgedispatch.wire import twirp
 
 
 def test_round_trip_in_both_encodings() -> None:

@@ -1,0 +1,156 @@
+"""The ``edgedispatch`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from edgedispatch._version import __version__
+
+
+def _bench_core(args: argparse.Namespace) -> int:
+    from edgedispatch import _core
+    from edgedispatch.cli.bench import core
+
+    impls = ["compiled", "python"] if args.impl == "both" else [args.impl]
+    if "compiled" in impls and not _core.BUILT:
+        print(
+            "edgedispatch: the compiled core is not built; measuring python only", file=sys.stderr
+        )
+        impls = ["python"]
+    report = core.run(args.workers, args.jobs, min(args.jobs, args.python_jobs), impls)
+    print(json.dumps(report) if args.json else core.render(report))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from edgedispatch import _core, config, server
+    from edgedispatch.errors import ConfigError
+    from edgedispatch.obs import logs
+
+    overrides: dict[str, object] = {}
+    if args.bind is not None:
+        overrides["bind"] = args.bind
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        cfg = config.load(args.config, dev=args.dev, overrides=overrides)
+    except ConfigError as exc:
+        print(f"edgedispatch: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.logging.level, args.log_format or cfg.logging.format)
+    if not _core.COMPILED and not (cfg.dev or args.allow_pure_python):
+        print(
+            "edgedispatch: the compiled core is not loaded (not built, or "
+            "EDGEDISPATCH_NO_EXTENSIONS is set); pass --allow-pure-python to serve anyway",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        server.serve(cfg, use_uvloop=args.loop == "uvloop")
+    except ConfigError as exc:
+        print(f"edgedispatch: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _bench_dispatch(args: argparse.Namespace) -> int:
+    from edgedispatch.cli.bench import dispatch
+
+    report = dispatch.run(args.workers, args.rate, args.duration, hold=args.hold)
+    print(json.dumps(report) if args.json else dispatch.render(report))
+    return 0
+
+
+def _bench_jobs(args: argparse.Namespace) -> int:
+    from edgedispatch.cli.bench import jobs
+
+    report = jobs.run(args.burst, lk_agent=not args.no_livekit_agents)
+    print(json.dumps(report) if args.json else jobs.render(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgedispatch",
+        description="On-prem edge server for realtime AI agents (LiveKit-compatible dispatch).",
+    )
+    parser.add_argument("--version", action="version", version=f"edgedispatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="development defaults: key devkey / secret secret, bind 127.0.0.1",
+    )
+    serve.add_argument("--bind", metavar="HOST", help="address to listen on")
+    serve.add_argument("--port", type=int, metavar="N", help="port to listen on (0: any free)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    serve.add_argument(
+        "--allow-pure-python",
+        action="store_true",
+        help="serve even if the compiled core is not loaded",
+    )
+    serve.set_defaults(func=_serve)
+
+    from edgedispatch.cli import client as cli_client
+
+    cli_client.add_commands(sub)
+    cli_client.add_agent_commands(sub)
+
+    bench = sub.add_parser("bench", help="measure edgedispatch")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    core = bench_sub.add_parser("core", help="decisions per second of the scheduling core")
+    core.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[16, 1024, 10_000],
+        metavar="N",
+        help="worker counts to measure (default: 16 1024 10000)",
+    )
+    core.add_argument("--jobs", type=int, default=200_000, help="decisions per run (compiled)")
+    core.add_argument(
+        "--python-jobs",
+        type=int,
+        default=20_000,
+        help="decisions per run for the slower pure-Python core",
+    )
+    core.add_argument("--impl", choices=["both", "compiled", "python"], default="both")
+    core.add_argument("--json", action="store_true", help="print one JSON object")
+    core.set_defaults(func=_bench_core)
+    disp = bench_sub.add_parser("dispatch", help="the server end to end, with simulated workers")
+    disp.add_argument("--workers", type=int, default=100, help="simulated workers (default 100)")
+    disp.add_argument("--rate", type=float, default=1000, help="CreateDispatch calls per second")
+    disp.add_argument("--duration", type=float, default=10, help="seconds to send for")
+    disp.add_argument("--hold", type=float, default=0.5, help="seconds each job runs")
+    disp.add_argument("--json", action="store_true", help="print one JSON object")
+    disp.set_defaults(func=_bench_dispatch)
+    jobs = bench_sub.add_parser("jobs", help="dispatch to entrypoint start, native and others")
+    jobs.add_argument("--burst", type=int, nargs="+", default=[1, 10, 50], metavar="N")
+    jobs.add_argument(
+        "--no-livekit-agents", action="store_true", help="skip the livekit-agents comparison"
+    )
+    jobs.add_argument("--json", action="store_true", help="print one JSON object")
+    jobs.set_defaults(func=_bench_jobs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    workers = getattr(args, "workers", None)
+    if workers is not None and min(workers if isinstance(workers, list) else [workers]) < 1:
+        build_parser().error("--workers must be >= 1")
+    if getattr(args, "jobs", 1) < 1:
+        build_parser().error("--jobs must be >= 1")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

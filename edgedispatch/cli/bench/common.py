@@ -1,0 +1,85 @@
+"""What the ``bench`` commands share: a server started as a process on a
+free port, the dev key's admin token, reading one HTTP response off a
+keep-alive connection, and percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import IO, Any
+
+from edgedispatch.wire.tokens import sign_hs256
+
+DEV_KEY, DEV_SECRET = "devkey", "secret"
+
+
+def start_server(
+    *args: str, python: list[str] | None = None, stderr: int | IO[str] = subprocess.DEVNULL
+) -> tuple[subprocess.Popen[str], str]:
+    """``edgedispatch serve --dev --port 0 ARGS``; returns it and its URL.
+    :param python: how to start its interpreter (e.g. under a profiler)."""
+    server = subprocess.Popen(
+        [
+            *(python or [sys.executable]),
+            "-m",
+            "edgedispatch",
+            "serve",
+            "--dev",
+            "--port",
+            "0",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    match = re.search(r"(http://\S+)", line)
+    if not match:
+        stop(server)
+        raise RuntimeError(f"the server did not start: {line!r}")
+    return server, match.group(1)
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def admin_token(room: str, ttl: int = 3600) -> str:
+    """The dev key's token for dispatch calls on ``room``."""
+    now = int(time.time())
+    claims = {
+        "iss": DEV_KEY,
+        "nbf": now,
+        "exp": now + ttl,
+        "video": {"roomAdmin": True, "room": room},
+    }
+    return sign_hs256(claims, DEV_SECRET)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response with a Content-Length: (head, body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    return head, await reader.readexactly(int(length.group(1)) if length else 0)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``; NaN if empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

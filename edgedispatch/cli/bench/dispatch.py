@@ -1,0 +1,216 @@
+"""``edgedispatch bench dispatch``: the whole server, end to end.
+
+Starts ``edgedispatch serve`` and N simulated workers (in separate
+processes, speaking protobuf over WebSockets), then drives CreateDispatch
+over keep-alive HTTP connections at a fixed rate (open loop).
+
+Latency runs from the moment a CreateDispatch was *due* to be sent (so a
+slow server cannot hide queueing delay) to the moment the worker that got the
+job sends JS_RUNNING; both ends read CLOCK_MONOTONIC, which all processes
+share.  The sustained rate counts dispatches that reached JS_RUNNING.  RSS
+per worker is the server's growth when the N workers connect and idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import uvloop
+from livekit.protocol import agent_dispatch
+
+from edgedispatch.cli.bench.common import admin_token, percentile, read_response, start_server, stop
+from edgedispatch.server import raise_fd_limit
+
+PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
+ROOMS = 256
+CONNECTIONS = 32
+
+TARGETS = {
+    "dispatches_per_s": 3000,
+    "p99_ms_at_1000_per_s": 10.0,
+    "rss_mb_for_5000_idle_workers": 150.0,
+}
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep the server and the load on separate cores, so that the numbers
+    measure the server rather than the scheduler's mixing of them."""
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(pid, cpus)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Driver:
+    """Sends CreateDispatch at ``rate`` per second for ``duration`` seconds."""
+
+    def __init__(self, host: str, port: int, rate: float, duration: float) -> None:
+        self.host, self.port, self.rate, self.duration = host, port, rate, duration
+        self.due: dict[str, float] = {}  # metadata (sequence number) -> due time
+        self.errors = 0
+        self._next = 0
+        self._total = int(rate * duration)
+        self._heads = {}
+        for r in range(ROOMS):
+            room = f"bench-{r}"
+            self._heads[room] = (
+                f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/protobuf\r\n"
+                f"Authorization: Bearer {admin_token(room)}\r\n"
+            ).encode()
+
+    async def run(self) -> None:
+        self._t0 = time.monotonic() + 0.2
+        await asyncio.gather(*(self._connection() for _ in range(CONNECTIONS)))
+
+    async def _connection(self) -> None:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            while self._next < self._total:
+                seq = self._next
+                self._next += 1
+                due = self._t0 + seq / self.rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                room = f"bench-{seq % ROOMS}"
+                body = agent_dispatch.CreateAgentDispatchRequest(
+                    agent_name="bench", room=room, metadata=str(seq)
+                ).SerializeToString()
+                self.due[str(seq)] = due
+                writer.write(
+                    self._heads[room] + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                )
+                head, _ = await read_response(reader)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    self.errors += 1
+        finally:
+            writer.close()
+
+
+def run(
+    workers: int,
+    rate: float,
+    duration: float,
+    hold: float = 0.5,
+    procs: int = 2,
+    python: list[str] | None = None,
+) -> dict[str, Any]:
+    """:param python: how to start the server's interpreter (e.g. under a profiler)."""
+    raise_fd_limit()
+    server, url = start_server("--log-format", "json", python=python)
+    sims: list[subprocess.Popen[str]] = []
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        cpus = sorted(os.sched_getaffinity(0))
+        server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+        pin(server.pid, server_cpus)
+        pin(os.getpid(), load_cpus)
+        time.sleep(0.5)
+        rss_before = rss_kb(server.pid)
+        per_proc = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
+        for count in per_proc:
+            if count:
+                sims.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "edgedispatch.cli.bench.sim_workers",
+                            "--url",
+                            url,
+                            "--count",
+                            str(count),
+                            "--hold",
+                            str(hold),
+                        ],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                    )
+                )
+        for sim in sims:
+            assert sim.stdout is not None
+            line = sim.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"simulated workers failed to start: {line!r}")
+        time.sleep(1.0)
+        rss_idle = rss_kb(server.pid)
+        driver = Driver(host, int(port), rate, duration)
+        started, cpu0 = time.monotonic(), cpu_seconds(server.pid)
+        if rate > 0:
+            uvloop.run(driver.run())
+        sent_for = time.monotonic() - started
+        server_cpu = (cpu_seconds(server.pid) - cpu0) / sent_for
+        time.sleep(min(2.0, hold + 1.0))  # let the last jobs start
+        running_at: dict[str, float] = {}
+        for sim in sims:
+            sim.terminate()
+            out, _ = sim.communicate(timeout=60)
+            running_at.update(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for sim in sims:
+            if sim.poll() is None:
+                sim.kill()
+        stop(server, timeout=10)
+    latencies = sorted(
+        (running_at[k] - due) * 1000 for k, due in driver.due.items() if k in running_at
+    )
+    done = len(latencies)
+    return {
+        "workers": workers,
+        "rate": rate,
+        "duration_s": duration,
+        "sent": len(driver.due),
+        "completed": done,
+        "errors": driver.errors,
+        "dispatches_per_s": round(done / sent_for, 1) if rate > 0 and sent_for > 0 else 0.0,
+        "latency_ms": {
+            "p50": round(percentile(latencies, 0.50), 3),
+            "p90": round(percentile(latencies, 0.90), 3),
+            "p99": round(percentile(latencies, 0.99), 3),
+            "max": round(latencies[-1], 3) if latencies else math.nan,
+        },
+        "rss_per_worker_kb": round((rss_idle - rss_before) / max(workers, 1), 2),
+        "server_rss_idle_mb": round(rss_idle / 1024, 1),
+        "server_cpu_share": round(server_cpu, 2),  # of one core, while sending
+        "targets": TARGETS,
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    lat = r["latency_ms"]
+    return "\n".join(
+        [
+            f"workers {r['workers']}, target rate {r['rate']:g}/s for {r['duration_s']:g} s: "
+            f"{r['completed']}/{r['sent']} dispatches reached JS_RUNNING, {r['errors']} errors",
+            f"sustained: {r['dispatches_per_s']:,} dispatches/s "
+            f"(server used {r['server_cpu_share']:.0%} of a core)",
+            f"CreateDispatch -> JS_RUNNING: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
+            f"p99 {lat['p99']} ms, max {lat['max']} ms",
+            f"server RSS: {r['rss_per_worker_kb']} kB per idle worker connection "
+            f"({r['server_rss_idle_mb']} MB with {r['workers']} workers)",
+            f"targets: >= {TARGETS['dispatches_per_s']:,}/s sustained; p99 <= "
+            f"{TARGETS['p99_ms_at_1000_per_s']} ms at 1,000/s; <= "
+            f"{TARGETS['rss_mb_for_5000_idle_workers']} MB for 5,000 idle workers",
+        ]
+    )

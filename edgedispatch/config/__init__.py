@@ -1,0 +1,254 @@
+"""Configuration: one frozen msgspec tree, read from TOML and the environment.
+
+``load(path, dev=...)`` returns a validated ``Config`` or raises
+``ConfigError`` naming the offending key; the server does not start then.
+
+Keys come from ``[keys]`` in the file (``api_key = "secret"``), from the
+``EDGEDISPATCH_KEYS`` environment variable (``"key: secret, key2: secret2"``,
+LiveKit's ``LIVEKIT_KEYS`` format, which is read too), and ``--dev`` adds
+``devkey: secret`` as ``livekit-server --dev`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from edgedispatch.config.agents import AgentDefinition, check_unique
+from edgedispatch.config.agents import validate as validate_agent
+from edgedispatch.errors import ConfigError
+
+DEV_KEY, DEV_SECRET = "devkey", "secret"
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bind: str = "0.0.0.0"
+    port: int = 7880
+    #: JobAssignment.url: where agents should join rooms.  Empty: each worker
+    #: uses its own LIVEKIT_URL (LiveKit's behaviour).
+    public_url: str = ""
+    #: WebSocket frames larger than this close the connection (code 1009).
+    max_message_size: int = 2 * 1024 * 1024
+    #: Seconds to wait for running jobs after SIGTERM before exiting.
+    drain_timeout: float = 3600.0
+    #: Where state that must survive a restart is kept (agent definitions
+    #: added through the API).  Empty: $STATE_DIRECTORY (systemd), else
+    #: nothing is kept.
+    data_dir: str = ""
+    #: WebSocket keepalive for workers: ping this often (0: never) ...
+    ping_interval: float = 20.0
+    #: ... and drop a worker whose pong is this late.
+    ping_timeout: float = 20.0
+
+
+class DispatchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    #: Seconds a job waits for a worker before it fails NO_CAPACITY.
+    queue_timeout: float = 60.0
+    #: Seconds a worker has to answer an availability request.
+    offer_timeout: float = 5.0
+    max_attempts: int = 5
+    retry_base: float = 0.1
+    retry_max: float = 2.0
+    #: Seconds a disconnected worker's running jobs wait to be claimed back.
+    reclaim_grace: float = 10.0
+    #: Seconds after a JobTermination before the job is ended regardless.
+    terminate_grace: float = 20.0
+    #: Workers reporting this load or more get no offers (LiveKit's target load).
+    load_threshold: float = 0.7
+    #: Hard cap of concurrent jobs per worker, on top of its load.
+    worker_slots: int = 64
+    #: Per agent name caps that override worker_slots.
+    agent_slots: dict[str, int] = msgspec.field(default_factory=dict)
+    #: End a job after this many seconds (0: never).  Node workers never
+    #: report that a job ended, so this bounds how long their slots stay held.
+    max_job_duration: float = 0.0
+    #: Seed for the tie-break between equally loaded workers.
+    seed: int = 0
+
+
+class RoomConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    #: A room nobody joined closes after this many seconds.
+    empty_timeout: int = 300
+    #: A room closes this long after its last participant left.
+    departure_timeout: int = 20
+    #: CreateDispatch creates its room when it does not exist.
+    auto_create: bool = True
+
+
+class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    level: str = "info"
+    format: str = "text"  #: "text" or "json" (one JSON object per line)
+
+
+class TenantConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A customer: its own API keys, and everything made with them."""
+
+    name: str
+    keys: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
+    room: RoomConfig = msgspec.field(default_factory=RoomConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    #: Keys of the default tenant (named "").
+    keys: dict[str, str] = msgspec.field(default_factory=dict)
+    tenants: list[TenantConfig] = msgspec.field(default_factory=list)
+    #: Agents edgedispatch runs itself (``[[agents]]``).
+    agents: list[AgentDefinition] = msgspec.field(default_factory=list)
+    dev: bool = False
+
+    def key_tenants(self) -> dict[str, str]:
+        """API key -> tenant name, for every key."""
+        table = {key: "" for key in self.keys}
+        for tenant in self.tenants:
+            table.update({key: tenant.name for key in tenant.keys})
+        return table
+
+    def secrets(self) -> dict[str, str]:
+        """API key -> secret, for every key of every tenant."""
+        table = dict(self.keys)
+        for tenant in self.tenants:
+            table.update(tenant.keys)
+        return table
+
+
+def parse_keys(text: str, source: str) -> dict[str, str]:
+    """``"key: secret, key2: secret2"`` → dict; raises ConfigError on a bad pair."""
+    keys: dict[str, str] = {}
+    for pair in text.replace("\n", ",").split(","):
+        if not pair.strip():
+            continue
+        key, sep, secret = pair.partition(":")
+        if not sep or not key.strip() or not secret.strip():
+            raise ConfigError("expected 'key: secret' pairs separated by commas", key=source)
+        keys[key.strip()] = secret.strip()
+    return keys
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"must be a {'non-negative' if allow_zero else 'positive'} number", key)
+
+
+def validate(cfg: Config) -> Config:
+    s, d, r = cfg.server, cfg.dispatch, cfg.room
+    if not 0 <= s.port <= 65535:
+        raise ConfigError("must be a port number (0-65535)", "server.port")
+    if s.public_url and not s.public_url.startswith(("ws://", "wss://", "http://", "https://")):
+        raise ConfigError("must be a ws://, wss://, http:// or https:// URL", "server.public_url")
+    if s.max_message_size < 1024:
+        raise ConfigError("must be at least 1024 bytes", "server.max_message_size")
+    _positive(s.drain_timeout, "server.drain_timeout", allow_zero=True)
+    _positive(s.ping_interval, "server.ping_interval", allow_zero=True)
+    _positive(s.ping_timeout, "server.ping_timeout")
+    for name in ("queue_timeout", "offer_timeout", "retry_max"):
+        _positive(getattr(d, name), f"dispatch.{name}")
+    for name in ("retry_base", "reclaim_grace", "terminate_grace", "max_job_duration"):
+        _positive(getattr(d, name), f"dispatch.{name}", allow_zero=True)
+    if not 0 < d.load_threshold <= 1:
+        raise ConfigError("must be within (0, 1]", "dispatch.load_threshold")
+    if d.max_attempts < 1:
+        raise ConfigError("must be at least 1", "dispatch.max_attempts")
+    if not 1 <= d.worker_slots <= 1_000_000:
+        raise ConfigError("must be within 1..1000000", "dispatch.worker_slots")
+    for name, slots in d.agent_slots.items():
+        if not 1 <= slots <= 1_000_000:
+            raise ConfigError("must be within 1..1000000", f"dispatch.agent_slots.{name}")
+    if r.empty_timeout < 0 or r.departure_timeout < 0:
+        raise ConfigError("must be >= 0", "room.empty_timeout")
+    if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("must be debug, info, warning or error", "logging.level")
+    if cfg.logging.format not in ("text", "json"):
+        raise ConfigError("must be 'text' or 'json'", "logging.format")
+    for key, secret in cfg.keys.items():
+        if not key or not secret:
+            raise ConfigError("API keys and secrets must not be empty", "keys")
+    seen_keys, seen_names = set(cfg.keys), set()
+    for i, tenant in enumerate(cfg.tenants):
+        where = f"tenants[{i}]"
+        if not tenant.name or tenant.name in seen_names:
+            raise ConfigError("each tenant needs a unique, non-empty name", f"{where}.name")
+        seen_names.add(tenant.name)
+        for key, secret in tenant.keys.items():
+            if not key or not secret:
+                raise ConfigError("API keys and secrets must not be empty", f"{where}.keys")
+            if key in seen_keys:
+                raise ConfigError(f"API key {key!r} belongs to two tenants", f"{where}.keys")
+            seen_keys.add(key)
+    tenant_names = {""} | seen_names
+    for i, agent_def in enumerate(cfg.agents):
+        if agent_def.tenant not in tenant_names:
+            raise ConfigError(f"no tenant {agent_def.tenant!r}", f"agents[{i}].tenant")
+        validate_agent(agent_def, f"agents[{i}]")
+    check_unique(cfg.agents)
+    if not seen_keys:
+        raise ConfigError(
+            "no API keys: set [keys] in the config file, EDGEDISPATCH_KEYS, or use --dev", "keys"
+        )
+    return cfg
+
+
+def _decode_error(exc: msgspec.ValidationError) -> ConfigError:
+    # msgspec says e.g. "Object contains unknown field `prot` - at `$.server`".
+    text = str(exc)
+    where = text.rsplit(" - at `$", 1)
+    key = where[1].rstrip("`").lstrip(".") if len(where) == 2 else ""
+    if "unknown field" in text:
+        field = text.split("`")[1]
+        key = f"{key}.{field}" if key else field
+        return ConfigError("unknown setting", key)
+    return ConfigError(where[0], key)
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    dev: bool = False,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Read, merge and validate the configuration.
+
+    :param path: a TOML file, or None for the embedded defaults.
+    :param dev: ``--dev``: add the dev key and bind to loopback by default.
+    :param env: the environment (``os.environ`` by default).
+    :param overrides: ``server`` settings from the command line (bind, port).
+    """
+    env = os.environ if env is None else env
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file: {exc.strerror}", str(path)) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML: {exc}", str(path)) from exc
+    try:
+        cfg = msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _decode_error(exc) from exc
+    keys = dict(cfg.keys)
+    for var in ("LIVEKIT_KEYS", "EDGEDISPATCH_KEYS"):
+        if env.get(var):
+            keys.update(parse_keys(env[var], var))
+    server = cfg.server
+    if dev:
+        keys.setdefault(DEV_KEY, DEV_SECRET)
+        if "bind" not in (data.get("server") or {}):  # type: ignore[operator]
+            server = msgspec.structs.replace(server, bind="127.0.0.1")
+    if overrides:
+        try:
+            server = msgspec.convert(
+                {**msgspec.structs.asdict(server), **overrides}, ServerConfig, strict=True
+            )
+        except msgspec.ValidationError as exc:
+            raise _decode_error(exc) from exc
+    return validate(msgspec.structs.replace(cfg, keys=keys, server=server, dev=dev))

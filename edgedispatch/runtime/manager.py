@@ -1,0 +1,218 @@
+"""The agents edgedispatch runs itself: definitions from the config file and
+from the API, each turned into a local worker (native, command) or an
+on-demand agent-server supervisor."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from edgedispatch.config.agents import AgentDefinition, check_unique, validate
+from edgedispatch.dispatch.core import AgentKey
+from edgedispatch.dispatch.dispatcher import Dispatcher
+from edgedispatch.errors import ConfigError, DuplicateId, UnknownId
+from edgedispatch.runtime.command import CommandRunner
+from edgedispatch.runtime.native import NativePool
+from edgedispatch.runtime.supervisor import AgentServerSupervisor
+from edgedispatch.store import Store
+from edgedispatch.wire.tokens import PermissionDenied
+from edgedispatch.worker.local import JobRunner, LocalWorker
+
+log = logging.getLogger("edgedispatch.runtime")
+
+NAMESPACE = "agents"
+
+
+class _Active:
+    def __init__(self, definition: AgentDefinition, from_config: bool) -> None:
+        self.definition = definition
+        self.from_config = from_config
+        self.pool: NativePool | None = None
+        self.command: CommandRunner | None = None
+        self.worker: LocalWorker | None = None
+        self.supervisor: AgentServerSupervisor | None = None
+        self.stopped = False
+
+
+class AgentManager:
+    """:param url: this server's WebSocket URL, for agents it starts."""
+
+    def __init__(self, dispatcher: Dispatcher, url: str, store: Store) -> None:
+        self._d = dispatcher
+        self._url = url
+        self._store = store
+        self._agents: dict[tuple[str, str], _Active] = {}
+        dispatcher.on_demand = self._demand
+
+    def _key_for(self, tenant: str) -> tuple[str, str]:
+        cfg = self._d.cfg
+        keys = (
+            cfg.keys
+            if tenant == ""
+            else next((t.keys for t in cfg.tenants if t.name == tenant), {})
+        )
+        if not keys:
+            raise ConfigError(f"tenant {tenant!r} has no API key to run agents with", "tenant")
+        key = next(iter(keys))
+        return key, keys[key]
+
+    async def start(self, configured: list[AgentDefinition]) -> None:
+        """Activate the config file's definitions, then the stored ones."""
+        check_unique(configured)
+        for i, d in enumerate(configured):
+            validate(d, f"agents[{i}]")
+            await self._activate(d, from_config=True)
+        for raw in self._store.load(NAMESPACE).values():
+            d = msgspec.convert(raw, AgentDefinition)
+            if (d.tenant, d.name) in self._agents:
+                continue  # the config file wins
+            try:
+                await self._activate(validate(d), from_config=False)
+            except ConfigError as exc:
+                log.error(
+                    "stored agent definition is invalid: %s",
+                    exc,
+                    extra={"agent": d.name, "tenant": d.tenant},
+                )
+
+    async def _activate(self, d: AgentDefinition, from_config: bool) -> None:
+        api_key, secret = self._key_for(d.tenant)
+        active = _Active(d, from_config)
+        if d.kind == "server":
+            active.supervisor = AgentServerSupervisor(
+                d, self._url, api_key, secret, lambda: self._busy(d), lambda: self._waiting(d)
+            )
+        else:
+            runner: JobRunner
+            if d.kind == "native":
+                active.pool = NativePool(
+                    d.name,
+                    d.entrypoint,
+                    d.prewarm or None,
+                    idle=d.idle,
+                    env=d.env,
+                    memory_limit_mb=d.memory_limit_mb,
+                    on_output=self._output(d),
+                )
+                await active.pool.start()
+                runner = active.pool
+            else:
+                active.command = CommandRunner(d, self._output(d))
+                runner = active.command
+            active.worker = LocalWorker(self._d, d, runner, api_key, self._url)
+            active.worker.register()
+        self._agents[d.tenant, d.name] = active
+        log.info("agent %s ready (%s)", d.name, d.kind, extra={"tenant": d.tenant})
+
+    def _output(self, d: AgentDefinition) -> Any:
+        def on_output(job_id: str, line: str) -> None:
+            log.info("%s", line, extra={"job": job_id, "agent": d.name, "tenant": d.tenant})
+
+        return on_output
+
+    def _busy(self, d: AgentDefinition) -> int:
+        return self._d.agent_jobs(d.tenant, d.name)[0]
+
+    def _waiting(self, d: AgentDefinition) -> tuple[int, int]:
+        """(jobs of ``d`` queued, workers of ``d`` connected if any are)."""
+        queued = self._d.agent_jobs(d.tenant, d.name)[1]
+        if not queued:
+            return 0, 0
+        connected = sum(
+            1
+            for w in self._d.core.workers()
+            if w.key.tenant == d.tenant and w.key.agent_name == d.name
+        )
+        return queued, connected
+
+    def _demand(self, key: AgentKey) -> None:
+        active = self._agents.get((key.tenant, key.agent_name))
+        if active is not None and active.supervisor is not None and not active.stopped:
+            active.supervisor.demand(self._waiting(active.definition)[1])
+
+    # ------------------------------------------------------------------
+    # The API's operations (all scoped to one tenant).
+
+    def list(self, tenant: str) -> list[dict[str, Any]]:
+        out = []
+        for (t, _), a in sorted(self._agents.items()):
+            if t != tenant:
+                continue
+            item: dict[str, Any] = msgspec.to_builtins(a.definition)
+            item["kind"] = a.definition.kind
+            item["source"] = "config" if a.from_config else "api"
+            item["state"] = "stopped" if a.stopped else "running"
+            if a.supervisor is not None:
+                item["instances"] = len(a.supervisor.instances)
+            if a.worker is not None:
+                item["running_jobs"] = len(a.worker.running)
+            if a.pool is not None:
+                item["ready_processes"] = a.pool.ready()
+                item["pool_uss_kb"] = a.pool.unique_memory_kb()
+            out.append(item)
+        return out
+
+    async def add(self, tenant: str, raw: dict[str, Any]) -> dict[str, Any]:
+        if raw.get("tenant", tenant) != tenant:
+            raise PermissionDenied("a definition can only be added to the token's own tenant")
+        try:
+            d = msgspec.convert({**raw, "tenant": tenant}, AgentDefinition)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(str(exc), "agent") from exc
+        validate(d)
+        if (tenant, d.name) in self._agents:
+            raise DuplicateId(f"agent {d.name!r} already exists in this tenant")
+        await self._activate(d, from_config=False)
+        self._store.put(NAMESPACE, f"{tenant}/{d.name}", msgspec.to_builtins(d))
+        return next(a for a in self.list(tenant) if a["name"] == d.name)
+
+    def _get(self, tenant: str, name: str) -> _Active:
+        active = self._agents.get((tenant, name))
+        if active is None:
+            raise UnknownId(f"no agent {name!r} in this tenant")
+        return active
+
+    async def remove(self, tenant: str, name: str) -> None:
+        active = self._get(tenant, name)
+        if active.from_config:
+            raise ConfigError(f"agent {name!r} comes from the config file; remove it there")
+        await self._deactivate(active)
+        del self._agents[tenant, name]
+        self._store.delete(NAMESPACE, f"{tenant}/{name}")
+
+    async def set_running(self, tenant: str, name: str, running: bool) -> None:
+        """stop: take no more jobs (an agent server is stopped); start: again."""
+        active = self._get(tenant, name)
+        if running == (not active.stopped):
+            return
+        active.stopped = not running
+        if active.supervisor is not None:
+            if running:
+                active.supervisor.demand(0)
+            else:
+                active.supervisor.stop()
+        elif active.worker is not None:
+            if running:
+                active.worker.register()
+            else:
+                active.worker.close()
+
+    async def _deactivate(self, active: _Active) -> None:
+        if active.worker is not None:
+            active.worker.close()
+        if active.supervisor is not None:
+            await active.supervisor.close()
+        if active.pool is not None:
+            await active.pool.close()
+        if active.command is not None:
+            await active.command.close()
+
+    def running_jobs(self) -> int:
+        return sum(len(a.worker.running) for a in self._agents.values() if a.worker)
+
+    async def close(self) -> None:
+        for active in self._agents.values():
+            await self._deactivate(active)
+        self._agents.clear()
