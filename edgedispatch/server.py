@@ -1,6 +1,7 @@
 """``edgedispatch serve``: the composition root.
 
-Builds the dispatcher and the HTTP listener on one port, then runs until
+Builds the domain, its one timer, the routes and the HTTP listener on one
+port, and the agents edgedispatch runs itself, then runs until
 SIGTERM/SIGINT.  The first signal drains: no new dispatches (Twirp
 ``unavailable``), no new offers, and it waits for running jobs up to
 ``server.drain_timeout``.  A second signal exits at once.
@@ -16,13 +17,15 @@ import resource
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 
 from edgedispatch import _core
 from edgedispatch.api.app import App
 from edgedispatch.config import Config
-from edgedispatch.dispatch.dispatcher import Dispatcher
+from edgedispatch.dispatch.domain import Domain
 from edgedispatch.net.http import HttpProtocol
+from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.obs import logs
 from edgedispatch.runtime.manager import AgentManager
 from edgedispatch.store import FileStore, MemoryStore, Store
@@ -34,7 +37,8 @@ log = logging.getLogger("edgedispatch.server")
 class Server:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.dispatcher: Dispatcher | None = None
+        self.domain: Domain | None = None
+        self._timer: DeadlineTimer | None = None
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
@@ -45,8 +49,11 @@ class Server:
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         verifier = Verifier(self.cfg.secrets(), self.cfg.key_tenants())
-        self.dispatcher = Dispatcher(self.cfg, loop, verifier)
-        app = App(self.dispatcher, verifier)
+        self.domain = domain = Domain(self.cfg.dispatch, self.cfg.room)
+        domain.wall.offset = time.time() - loop.time()
+        self._timer = DeadlineTimer(loop, domain.on_timer)
+        domain.on_deadline = self._timer.arm
+        app = App(domain, verifier, self.cfg.server)
         max_size = self.cfg.server.max_message_size
 
         def factory() -> HttpProtocol:
@@ -66,7 +73,7 @@ class Server:
         data_dir = self.cfg.server.data_dir or os.environ.get("STATE_DIRECTORY", "")
         store: Store = FileStore(data_dir) if data_dir else MemoryStore()
         url = self.cfg.server.public_url or f"ws://127.0.0.1:{self.port}"
-        self.agents = AgentManager(self.dispatcher, url, store)
+        self.agents = AgentManager(domain, self.cfg, url, store)
         try:
             await self.agents.start(list(self.cfg.agents))
         except Exception:
@@ -79,30 +86,39 @@ class Server:
         self._signals += 1
         if self._signals == 1:
             log.info("draining: no new work; waiting for running jobs")
-            assert self.dispatcher is not None
-            self.dispatcher.begin_drain()
+            assert self.domain is not None
+            now = asyncio.get_running_loop().time()
+            self.domain.begin_drain(now)
+            self.domain.step(now)
             asyncio.get_running_loop().create_task(self._drain())
         else:
             log.warning("second signal: exiting now")
             self._stop.set()
 
     async def _drain(self) -> None:
-        assert self.dispatcher is not None
+        assert self.domain is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.server.drain_timeout
-        while self.dispatcher.running_jobs() and loop.time() < deadline:
+        while self._running_jobs() and loop.time() < deadline:
             await asyncio.sleep(0.2)
-        left = self.dispatcher.running_jobs()
+        left = self._running_jobs()
         if left:
             log.warning("drain timeout: exiting with %d jobs still running", left)
         self._stop.set()
 
-    def _flush_logs(self) -> None:
+    def _running_jobs(self) -> int:
+        assert self.domain is not None
+        return self.domain.running_jobs()
+
+    def _housekeeping(self) -> None:
+        """Every FLUSH_INTERVAL: write the buffered log lines, and keep the
+        domain's wall clock in step with the system's (NTP may move it)."""
         logs.flush()
+        loop = asyncio.get_running_loop()
+        if self.domain is not None:
+            self.domain.wall.offset = time.time() - loop.time()
         if not self._stop.is_set():
-            asyncio.get_running_loop().call_later(
-                logs.DeferredStreamHandler.FLUSH_INTERVAL, self._flush_logs
-            )
+            loop.call_later(logs.DeferredStreamHandler.FLUSH_INTERVAL, self._housekeeping)
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
@@ -113,6 +129,8 @@ class Server:
         if self.agents is not None:
             await self.agents.close()
             self.agents = None
+        if self._timer is not None:
+            self._timer.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -141,7 +159,7 @@ class Server:
         # in every full collection, which otherwise pauses the loop ~30 ms.
         gc.collect()
         gc.freeze()
-        self._flush_logs()
+        self._housekeeping()
         sys.stdout.flush()
         await self.wait_stopped()
 

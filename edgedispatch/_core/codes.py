@@ -8,6 +8,7 @@ import time (see ``scheduler_py.py``), and the C ring only carries them.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NamedTuple
 
 
 class EventKind(IntEnum):
@@ -101,3 +102,34 @@ class WaitReason(IntEnum):
     )
     ALL_TRIED = 3  #: every available worker turned it down (for a moment: it goes round again)
     BACKOFF = 4  #: waiting out the retry delay after a failed offer
+
+
+# What the core's queries return (``Scheduler.worker_info``, ``job_info``,
+# ``key_info``): numbers, as the core keeps them, with names.
+
+
+class WorkerInfo(NamedTuple):
+    key: int  #: agent key handle
+    status: int  #: a WorkerStatus
+    load: float  #: as last reported, 0..1
+    slots: int  #: slot cap
+    used: int  #: slots held by offered, assigned and running jobs
+    job_count: int  #: as last reported
+    serial: int  #: this registration's number (a re-registered handle gets a new one)
+    eligible: bool  #: would get an offer now
+
+
+class JobInfo(NamedTuple):
+    state: int  #: a JobState
+    key: int  #: agent key handle
+    worker: int  #: worker handle, or -1
+    attempts: int  #: offers made so far
+    reason: int  #: a FailReason
+    deadline: float  #: queue deadline
+    terminating: bool  #: a TERMINATE went out
+
+
+class KeyInfo(NamedTuple):
+    workers: int  #: registered
+    eligible: int  #: would get an offer now
+    queued: int  #: jobs in the FIFO

@@ -166,9 +166,6 @@ class Scheduler(Tables):
         self.decisions = 0
 
     # ------------------------------------------------------------------
-    # Storage.  Arrays grow by doubling; handles index them directly.
-
-    # ------------------------------------------------------------------
     # Event loop.
 
     def process(self, max_events: cython.int = -1) -> cython.int:
@@ -660,20 +657,6 @@ class Scheduler(Tables):
             raise InvalidTransition(f"job {j} is still pending")
         self._j_live[j] = 0
 
-    # ------------------------------------------------------------------
-    # Slots: a held job is linked into its worker's job list.
-
-    # ------------------------------------------------------------------
-    # Per-key FIFO of queued jobs (a doubly linked list through the jobs).
-
-    # ------------------------------------------------------------------
-    # Eligible-worker heap, one per key, ordered by _better.
-
-    # ------------------------------------------------------------------
-    # Timers: one binary min-heap of (when, job, generation).  A job has at
-    # most one live timer; bumping its generation makes older entries stale,
-    # and stale entries are dropped when they reach the top.
-
     def _fire_timers(self, now: cython.double) -> cython.int:
         j: cython.int
         while self._tn > 0 and self._t_when[0] <= now:
@@ -719,11 +702,10 @@ class Scheduler(Tables):
     # ------------------------------------------------------------------
     # Queries.
 
-    def worker_info(self, w: cython.int) -> tuple[int, int, float, int, int, int, int, bool]:
-        """(agent key, status, load, slot cap, used slots, reported job count,
-        serial, eligible) of a registered worker."""
+    def worker_info(self, w: cython.int) -> codes.WorkerInfo:
+        """A registered worker's agent key, status, load, slots and so on."""
         self._check_worker(w)
-        return (
+        return codes.WorkerInfo(
             self._w_key[w],
             self._w_status[w],
             self._w_load[w],
@@ -734,11 +716,10 @@ class Scheduler(Tables):
             self._w_pos[w] >= 0,
         )
 
-    def job_info(self, j: cython.int) -> tuple[int, int, int, int, int, float, bool]:
-        """(state, agent key, worker or -1, attempts, reason, queue deadline,
-        terminating) of a known job."""
+    def job_info(self, j: cython.int) -> codes.JobInfo:
+        """A known job's state, agent key, worker (or -1) and so on."""
         self._check_job(j)
-        return (
+        return codes.JobInfo(
             self._j_state[j],
             self._j_key[j],
             self._j_worker[j],
@@ -762,18 +743,12 @@ class Scheduler(Tables):
             return W_ALL_BUSY
         return W_ALL_TRIED
 
-    def was_tried(self, j: cython.int, w: cython.int) -> bool:
-        """Whether worker ``w`` (this registration of it) was offered job ``j``."""
-        self._check_job(j)
-        self._check_worker(w)
-        return bool(self._tried(j, w))
-
-    def key_info(self, k: cython.int) -> tuple[int, int, int]:
-        """(registered workers, eligible workers, queued jobs) of agent key ``k``."""
+    def key_info(self, k: cython.int) -> codes.KeyInfo:
+        """Registered workers, eligible workers and queued jobs of agent key ``k``."""
         if k < 0 or k >= len(self._keys):
-            return (0, 0, 0)
+            return codes.KeyInfo(0, 0, 0)
         ks: KeyState = self._keys[k]
-        return (ks.nworkers, ks.hsize, ks.qlen)
+        return codes.KeyInfo(ks.nworkers, ks.hsize, ks.qlen)
 
     def queued_jobs(self, k: cython.int) -> list[int]:
         """Queued jobs of agent key ``k``, in the order they will be offered."""

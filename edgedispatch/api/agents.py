@@ -12,15 +12,27 @@ mints).  A tenant's token sees and changes only that tenant's agents.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
-from edgedispatch.runtime.manager import AgentManager
-from edgedispatch.wire.tokens import Claims, PermissionDenied
-from edgedispatch.wire.twirp import TwirpError
+from edgedispatch.errors import InvalidArgument, Malformed, PermissionDenied, TwirpError
+from edgedispatch.wire.tokens import Claims
 
 SERVICE = "edgedispatch.AgentService"
+
+
+class AgentAdmin(Protocol):
+    """What the service manages: ``runtime.AgentManager`` (given to the API
+    by the server, so that the API does not depend on the runtime)."""
+
+    def list(self, tenant: str) -> list[dict[str, Any]]: ...
+
+    async def add(self, tenant: str, raw: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def remove(self, tenant: str, name: str) -> None: ...
+
+    async def set_running(self, tenant: str, name: str, running: bool) -> None: ...
 
 
 def _require_admin(claims: Claims) -> None:
@@ -32,19 +44,19 @@ def _require_admin(claims: Claims) -> None:
 def _name(body: dict[str, Any]) -> str:
     name = body.get("name")
     if not isinstance(name, str) or not name:
-        raise TwirpError("invalid_argument", "name is required")
+        raise InvalidArgument("name is required")
     return name
 
 
-async def handle(manager: AgentManager, method: str, claims: Claims, body: bytes) -> bytes:
+async def handle(manager: AgentAdmin, method: str, claims: Claims, body: bytes) -> bytes:
     """Run one method; returns the JSON answer, raises EdgeDispatchError."""
     _require_admin(claims)
     try:
         req = msgspec.json.decode(body or b"{}")
     except msgspec.DecodeError as exc:
-        raise TwirpError("malformed", f"the request body is not JSON: {exc}") from exc
+        raise Malformed(f"the request body is not JSON: {exc}") from exc
     if not isinstance(req, dict):
-        raise TwirpError("malformed", "the request body must be a JSON object")
+        raise Malformed("the request body must be a JSON object")
     tenant = claims.tenant
     out: dict[str, Any]
     if method == "ListAgents":
@@ -52,7 +64,7 @@ async def handle(manager: AgentManager, method: str, claims: Claims, body: bytes
     elif method == "AddAgent":
         definition = req.get("agent")
         if not isinstance(definition, dict):
-            raise TwirpError("invalid_argument", "agent (a definition object) is required")
+            raise InvalidArgument("agent (a definition object) is required")
         out = {"agent": await manager.add(tenant, definition)}
     elif method == "RemoveAgent":
         await manager.remove(tenant, _name(req))

@@ -1,76 +1,144 @@
-"""HTTP routes of the one server port: Twirp under ``/twirp/``, the agent
-worker WebSocket at ``/agent``, and health checks."""
+"""The routes of the one server port: HTTP requests and WebSocket upgrades.
+
+HTTP: Twirp under ``/twirp/`` (LiveKit's services, and edgedispatch's own
+``AgentService``), and the health checks.  Upgrades: the agent worker
+WebSocket at ``/agent``; the table takes ``/rtc`` and ``/rtc/v1`` next.
+
+Each Twirp call runs in one pass: decode, check the token, ask the domain,
+step the domain once, render, encode.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from edgedispatch.api import agents as agents_api
-from edgedispatch.api import livekit as api
-from edgedispatch.dispatch.dispatcher import Dispatcher
-from edgedispatch.errors import EdgeDispatchError
-from edgedispatch.net.http import Request, Response
-from edgedispatch.net.ws import WebSocketConnection
-from edgedispatch.runtime.manager import AgentManager
+from edgedispatch.api import livekit
+from edgedispatch.config import ServerConfig
+from edgedispatch.dispatch.domain import Domain
+from edgedispatch.errors import EdgeDispatchError, TwirpError
 from edgedispatch.wire import twirp
-from edgedispatch.wire.tokens import AuthError, Verifier, bearer
-from edgedispatch.worker.session import AgentConnection
+from edgedispatch.wire.http import Request, Response
+from edgedispatch.wire.tokens import Claims, Verifier, bearer
+from edgedispatch.worker.session import MessageSink, WorkerSession
 
 log = logging.getLogger("edgedispatch.http")
 
 
-class App:
-    def __init__(self, dispatcher: Dispatcher, verifier: Verifier) -> None:
-        self.dispatcher = dispatcher
-        self.verifier = verifier
-        self.agents: AgentManager | None = None  # set once the agents are up
+class WebSocket(MessageSink, Protocol):
+    """What an upgrade's handler factory gets: the accepted connection."""
 
-    def handle_http(self, req: Request) -> Response | Coroutine[Any, Any, Response]:
-        if req.path.startswith(f"/twirp/{agents_api.SERVICE}/"):
-            return self._agents_api(req)
-        if req.path.startswith("/twirp/"):
-            return self._twirp(req)
-        if req.method == "GET" and req.path in ("/", "/healthz"):
-            return Response(200, b"OK")
-        if req.method == "GET" and req.path == "/readyz":
-            ok = not self.dispatcher.draining
-            return Response(200 if ok else 503, b"ready" if ok else b"draining")
-        if req.path == "/agent":
-            return Response(400, b"the agent endpoint takes WebSocket upgrades only\n")
+    def keepalive(self, interval: float, timeout: float) -> None: ...
+
+
+class MessageHandler(Protocol):
+    """What the connection hands each message to (``net.ws`` drives it)."""
+
+    def on_message(self, data: bytes, now: float) -> None: ...
+
+    def on_closed(self, code: int, reason: str, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def on_timer(self, now: float) -> None: ...
+
+
+#: An accepted upgrade: called with the open connection, returns its handler.
+Accept = Callable[[WebSocket], MessageHandler]
+HttpHandler = Callable[[Request], "Response | Awaitable[Response]"]
+
+AGENT_SERVICE_PREFIX = f"/twirp/{agents_api.SERVICE}/"
+
+
+class App:
+    """:param agents: the agent definitions' manager, once it is up."""
+
+    def __init__(self, domain: Domain, verifier: Verifier, server: ServerConfig) -> None:
+        self.domain = domain
+        self.verifier = verifier
+        self._server = server
+        self.agents: agents_api.AgentAdmin | None = None
+        self._exact: dict[tuple[str, str], HttpHandler] = {
+            ("GET", "/"): self._healthy,
+            ("GET", "/healthz"): self._healthy,
+            ("GET", "/readyz"): self._ready,
+        }
+        # Longest prefix first.
+        self._prefixes: list[tuple[str, HttpHandler]] = [
+            (AGENT_SERVICE_PREFIX, self._agent_service),
+            ("/twirp/", self._twirp),
+        ]
+        self._upgrades: dict[str, Callable[[Request], Response | Accept]] = {
+            "/agent": self._agent_upgrade,
+        }
+
+    # The HTTP layer's Application ----------------------------------------
+
+    def handle_http(self, req: Request) -> Response | Awaitable[Response]:
+        handler = self._exact.get((req.method, req.path))
+        if handler is not None:
+            return handler(req)
+        for prefix, handler in self._prefixes:
+            if req.path.startswith(prefix):
+                return handler(req)
+        if req.path in self._upgrades:
+            return Response(400, f"{req.path} takes WebSocket upgrades only\n".encode())
         return Response(404, b"not found\n")
 
-    def handle_upgrade(self, req: Request) -> Response | Callable[[WebSocketConnection], object]:
-        if req.path != "/agent":
+    def handle_upgrade(self, req: Request) -> Response | Accept:
+        """A Response refuses the upgrade; an ``Accept`` takes it."""
+        route = self._upgrades.get(req.path)
+        if route is None:
             return Response(404, b"not found\n")
+        return route(req)
+
+    # ------------------------------------------------------------------
+
+    def _healthy(self, req: Request) -> Response:
+        return Response(200, b"OK")
+
+    def _ready(self, req: Request) -> Response:
+        ok = not self.domain.draining
+        return Response(200 if ok else 503, b"ready" if ok else b"draining")
+
+    def _claims(self, req: Request, query_token: bool = False) -> Claims:
+        token = bearer(
+            req.headers.get("authorization"), req.query.get("access_token") if query_token else None
+        )
+        return self.verifier.verify(token, self.domain.wall(req.now))
+
+    def _agent_upgrade(self, req: Request) -> Response | Accept:
         try:
-            claims = self.verifier.verify(
-                bearer(req.headers.get("authorization"), req.query.get("access_token")),
-                time.time(),
-            )
+            claims = self._claims(req, query_token=True)
             claims.require("agent")
         except EdgeDispatchError as exc:
             log.info("worker refused: %s", exc.msg)
             return Response(401, f"{exc.msg}\n".encode())
-        server = self.dispatcher.cfg.server
+        server = self._server
+        secret = self.verifier.secret(claims.api_key) or ""
 
-        def accept(conn: WebSocketConnection) -> AgentConnection:
+        def accept(conn: WebSocket) -> WorkerSession:
             if server.ping_interval > 0:
                 conn.keepalive(server.ping_interval, server.ping_timeout)
-            return AgentConnection(conn, self.dispatcher, claims.api_key, claims.tenant)
+            return WorkerSession(
+                conn,
+                self.domain,
+                api_key=claims.api_key,
+                secret=secret,
+                tenant=claims.tenant,
+                public_url=server.public_url,
+                now=req.now,
+            )
 
         return accept
 
-    async def _agents_api(self, req: Request) -> Response:
+    async def _agent_service(self, req: Request) -> Response:
         try:
             if req.method != "POST" or self.agents is None:
-                raise twirp.TwirpError("bad_route", f"no such method: {req.method} {req.path}")
-            try:
-                claims = self.verifier.verify(bearer(req.headers.get("authorization")), time.time())
-            except AuthError as exc:
-                raise twirp.TwirpError("unauthenticated", exc.msg) from exc
+                raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
+            claims = self._claims(req)
             method = req.path.rsplit("/", 1)[1]
             body = await agents_api.handle(self.agents, method, claims, req.body)
             return Response(200, body, twirp.JSON)
@@ -82,17 +150,18 @@ class App:
         encoding = twirp.JSON
         try:
             _, _, service, method = (req.path.split("/") + ["", ""])[:4]
-            route = api.ROUTES.get((service, method))
+            route = livekit.ROUTES.get((service, method))
             if route is None or req.method != "POST":
-                raise twirp.TwirpError("bad_route", f"no such method: {req.method} {req.path}")
+                raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
             encoding = twirp.encoding_of(req.headers.get("content-type", ""))
+            claims = self._claims(req)
+            msg = twirp.decode(req.body, encoding, route.request)
             try:
-                claims = self.verifier.verify(bearer(req.headers.get("authorization")), time.time())
-            except AuthError as exc:
-                raise twirp.TwirpError("unauthenticated", exc.msg) from exc
-            cls, handler = route
-            msg = twirp.decode(req.body, encoding, cls)
-            answer = handler(self.dispatcher, claims, msg, req.headers)
+                result = route.call(self.domain, claims, msg, req)
+            finally:
+                # Once per request, whatever the call did before it failed.
+                self.domain.step(req.now)
+            answer = route.render(self.domain, result) if route.render else result
             content_type = twirp.PROTOBUF if encoding == twirp.PROTOBUF else twirp.JSON
             return Response(200, twirp.encode(answer, encoding), content_type)
         except EdgeDispatchError as exc:
@@ -100,5 +169,5 @@ class App:
             return Response(status, body, twirp.JSON)
         except Exception as exc:
             log.exception("twirp %s failed", req.path)
-            status, body = twirp.error_body(twirp.TwirpError("internal", str(exc)))
+            status, body = twirp.error_body(TwirpError("internal", str(exc)))
             return Response(status, body, twirp.JSON)

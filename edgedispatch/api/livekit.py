@@ -3,88 +3,112 @@
 Grants are checked as LiveKit checks them: dispatch calls need ``roomAdmin``
 for the request's room; CreateRoom and DeleteRoom need ``roomCreate``;
 ListRooms needs ``roomList``; per-room calls need ``roomAdmin`` + ``room``.
+
+Each route has a ``call`` (check the grants, turn the request into a spec,
+ask the domain) and, where the answer shows what the domain's step decided
+(a job's state), a ``render`` that runs after the step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 from livekit.protocol import agent_dispatch as ad
 from livekit.protocol import room as rm
 
-from edgedispatch.dispatch.dispatcher import Dispatcher
+from edgedispatch.dispatch.domain import Domain
+from edgedispatch.dispatch.records import DispatchRec, RoomRec
+from edgedispatch.errors import InvalidArgument
+from edgedispatch.wire import convert
+from edgedispatch.wire.http import Request
 from edgedispatch.wire.tokens import Claims
-from edgedispatch.wire.twirp import TwirpError
-
-Handler = Callable[[Dispatcher, Claims, Any, dict[str, str]], Message]
 
 
-def _create_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+class Route(NamedTuple):
+    request: type[Message]
+    call: Callable[[Domain, Claims, Any, Request], Any]
+    #: Turns what ``call`` returned into the answer, after the step.
+    render: Callable[[Domain, Any], Message] | None = None
+
+
+def _dispatch(d: Domain, rec: DispatchRec) -> ad.AgentDispatch:
+    return convert.dispatch_proto(rec, d.jobs.of(rec), d.rooms.find(rec.tenant, rec.room))
+
+
+def _create_dispatch(d: Domain, c: Claims, req: Any, r: Request) -> DispatchRec:
     c.require("roomAdmin", room=req.room)
-    return d.rooms.create_dispatch(c.tenant, req, headers.get("x-livekit-request-id", ""))
+    request_id = r.headers.get("x-livekit-request-id", "")
+    return d.create_dispatch(c.tenant, convert.dispatch_spec(req), r.now, request_id)
 
 
-def _list_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+def _list_dispatch(d: Domain, c: Claims, req: Any, r: Request) -> list[DispatchRec]:
     c.require("roomAdmin", room=req.room)
-    dispatches = d.rooms.list_dispatch(c.tenant, req.room, req.dispatch_id)
-    return ad.ListAgentDispatchResponse(agent_dispatches=dispatches)
+    if not req.room:
+        raise InvalidArgument("room is required")
+    return d.list_dispatch(c.tenant, req.room, r.now, req.dispatch_id)
 
 
-def _delete_dispatch(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+def _render_list(d: Domain, recs: list[DispatchRec]) -> Message:
+    return ad.ListAgentDispatchResponse(agent_dispatches=[_dispatch(d, rec) for rec in recs])
+
+
+def _delete_dispatch(d: Domain, c: Claims, req: Any, r: Request) -> DispatchRec:
     c.require("roomAdmin", room=req.room)
-    return d.rooms.delete_dispatch(c.tenant, req.room, req.dispatch_id)
+    return d.delete_dispatch(c.tenant, req.room, req.dispatch_id, r.now)
 
 
-def _create_room(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+def _create_room(d: Domain, c: Claims, req: Any, r: Request) -> RoomRec:
     c.require("roomCreate")
-    return d.rooms.create_room(c.tenant, req)
+    return d.create_room(c.tenant, convert.room_spec(req), r.now)
 
 
-def _list_rooms(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+def _list_rooms(d: Domain, c: Claims, req: Any, r: Request) -> Message:
     c.require("roomList")
-    return rm.ListRoomsResponse(rooms=d.rooms.list_rooms(c.tenant, list(req.names)))
+    rooms = d.rooms.list_rooms(c.tenant, list(req.names))
+    return rm.ListRoomsResponse(rooms=[convert.room_proto(room) for room in rooms])
 
 
-def _delete_room(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+def _delete_room(d: Domain, c: Claims, req: Any, r: Request) -> Message:
     c.require("roomCreate")
-    d.rooms.delete_room(c.tenant, req.room)
+    d.delete_room(c.tenant, req.room, r.now)
     return rm.DeleteRoomResponse()
 
 
-def _list_participants(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+def _list_participants(d: Domain, c: Claims, req: Any, r: Request) -> Message:
     c.require("roomAdmin", room=req.room)
     d.rooms.get(c.tenant, req.room)
     return rm.ListParticipantsResponse()  # nobody joins rooms on this server yet
 
 
-def _update_room_metadata(d: Dispatcher, c: Claims, req: Any, headers: dict[str, str]) -> Message:
+def _update_room_metadata(d: Domain, c: Claims, req: Any, r: Request) -> RoomRec:
     c.require("roomAdmin", room=req.room)
-    room = d.rooms.get(c.tenant, req.room)
-    if len(req.metadata.encode()) > 64 * 1024:
-        raise TwirpError("invalid_argument", "metadata is over 65536 bytes")
-    room.metadata = req.metadata
-    return room.proto()
+    return d.rooms.update_metadata(c.tenant, req.room, req.metadata)
 
 
-#: (service, method) → (request class, handler)
-ROUTES: dict[tuple[str, str], tuple[type[Message], Handler]] = {
-    ("livekit.AgentDispatchService", "CreateDispatch"): (
-        ad.CreateAgentDispatchRequest,
-        _create_dispatch,
+def _room(d: Domain, room: RoomRec) -> Message:
+    return convert.room_proto(room)
+
+
+#: (service, method) -> route
+ROUTES: dict[tuple[str, str], Route] = {
+    ("livekit.AgentDispatchService", "CreateDispatch"): Route(
+        ad.CreateAgentDispatchRequest, _create_dispatch, _dispatch
     ),
-    ("livekit.AgentDispatchService", "ListDispatch"): (ad.ListAgentDispatchRequest, _list_dispatch),
-    ("livekit.AgentDispatchService", "DeleteDispatch"): (
-        ad.DeleteAgentDispatchRequest,
-        _delete_dispatch,
+    ("livekit.AgentDispatchService", "ListDispatch"): Route(
+        ad.ListAgentDispatchRequest, _list_dispatch, _render_list
     ),
-    ("livekit.RoomService", "CreateRoom"): (rm.CreateRoomRequest, _create_room),
-    ("livekit.RoomService", "ListRooms"): (rm.ListRoomsRequest, _list_rooms),
-    ("livekit.RoomService", "DeleteRoom"): (rm.DeleteRoomRequest, _delete_room),
-    ("livekit.RoomService", "ListParticipants"): (rm.ListParticipantsRequest, _list_participants),
-    ("livekit.RoomService", "UpdateRoomMetadata"): (
-        rm.UpdateRoomMetadataRequest,
-        _update_room_metadata,
+    ("livekit.AgentDispatchService", "DeleteDispatch"): Route(
+        ad.DeleteAgentDispatchRequest, _delete_dispatch, _dispatch
+    ),
+    ("livekit.RoomService", "CreateRoom"): Route(rm.CreateRoomRequest, _create_room, _room),
+    ("livekit.RoomService", "ListRooms"): Route(rm.ListRoomsRequest, _list_rooms),
+    ("livekit.RoomService", "DeleteRoom"): Route(rm.DeleteRoomRequest, _delete_room),
+    ("livekit.RoomService", "ListParticipants"): Route(
+        rm.ListParticipantsRequest, _list_participants
+    ),
+    ("livekit.RoomService", "UpdateRoomMetadata"): Route(
+        rm.UpdateRoomMetadataRequest, _update_room_metadata, _room
     ),
 }

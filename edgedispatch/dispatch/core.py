@@ -1,13 +1,26 @@
 """``DispatchCore``: the scheduling core behind string ids.
 
-The scheduler (``edgedispatch._core``) works on integer handles and typed
-records.  This adapter is what the shell talks to: it maps worker, job and
-agent-key ids to handles, validates every event before it reaches the core
-(so a bad event raises here and changes nothing), keeps each job's payload,
-and turns action records back into ``Action`` objects with ids.
+The scheduler (``edgedispatch._core``) works on integer handles.  This
+adapter is what the domain talks to: it maps worker, job and agent-key ids
+to handles, keeps each job's spec, and turns action records back into
+``Action`` objects with ids.  It is sans-IO: every call takes ``now``, in
+whatever monotonic clock the caller uses.
 
-It is still sans-IO: no sockets, no tasks, no clock.  Every call takes
-``now``, in whatever monotonic clock the caller uses.
+The event ring
+--------------
+Events reach the scheduler through its event ring (``ed_ring.h``, a
+single-producer/single-consumer ring) and actions leave through its action
+ring.  Today both ends live on the event loop's thread: ``DispatchCore`` is
+the one producer, and it runs the consumer (``Scheduler.process``) right
+after each push, so that the caller learns the scheduler's verdict on that
+event at once (an exception, with the state as before it) and every query
+sees the current state.  The ring is kept as the seam across which a later
+shell will feed the core from several processes; a producer there cannot
+wait for a verdict, so the scheduler is, already now, the one place that
+validates events.  This adapter checks only what the scheduler cannot see:
+ids (unknown, duplicate, empty), the Python types the ring would coerce,
+and that ``now`` is a finite number.  Actions wait in the action ring until
+``process()`` drains them, once per domain step.
 
 Handles are recycled only after ``process()`` has drained every action that
 could name them, so an action never names the wrong worker or job.
@@ -38,7 +51,6 @@ from edgedispatch.errors import (
     EdgeDispatchError,
     InternalError,
     InvalidEvent,
-    InvalidTransition,
     UnknownJob,
     UnknownWorker,
 )
@@ -47,6 +59,7 @@ from edgedispatch.errors import (
 _ACTION_KINDS = {int(k): k for k in ActionKind}
 _STATES = {int(s): s for s in JobState}
 _REASONS = {int(r): r for r in FailReason}
+_WAITS = {int(w): w for w in WaitReason}
 
 
 class AgentKey(msgspec.Struct, frozen=True, order=True):
@@ -96,7 +109,6 @@ class WorkerView(msgspec.Struct, frozen=True):
     job_count: int
     eligible: bool
     jobs: list[str]
-    permissions: Any = None
 
 
 class JobView(msgspec.Struct, frozen=True):
@@ -128,6 +140,13 @@ class _Handles:
         self.by_id[ident] = h
         return h
 
+    def undo_add(self, ident: str) -> None:
+        """Forget an ``add`` whose event the scheduler refused: nothing can
+        name its handle, so it is free at once."""
+        h = self.by_id.pop(ident)
+        self.ids[h] = None
+        self._free.append(h)
+
     def drop(self, ident: str) -> int:
         """Forget ``ident``; its handle still names it until ``recycle()``."""
         h = self.by_id.pop(ident)
@@ -158,7 +177,6 @@ class DispatchCore:
         self._keys: dict[AgentKey, int] = {}
         self._key_list: list[AgentKey] = []
         self._specs: list[JobSpec | None] = []
-        self._permissions: dict[str, Any] = {}
         self._worker_keys: dict[str, AgentKey] = {}
 
     @staticmethod
@@ -176,18 +194,19 @@ class DispatchCore:
         return self._s
 
     # ------------------------------------------------------------------
-    # Events.  Each validates first and raises without changing anything.
+    # Events.  Each is handled by the scheduler before the call returns; an
+    # event it refuses raises here and changes nothing.
 
     def _push(
         self, kind: int, job: int, worker: int, arg: int, value: float, now: float, extra: int
     ) -> None:
         if not self._s.events.push(kind, job, worker, arg, value, now, extra):
-            self._s.process()  # full: make room; the actions wait in the core
-            if not self._s.events.push(kind, job, worker, arg, value, now, extra):
-                raise InternalError("event ring is full after processing it")
+            raise InternalError("event ring is full; it is drained after every push")
+        self._s.process()
 
     @staticmethod
     def _check_now(now: float) -> None:
+        # The scheduler orders its timers by ``now``: a NaN would corrupt them.
         if not math.isfinite(now):
             raise InvalidEvent(f"now must be a finite number, got {now!r}")
 
@@ -210,22 +229,23 @@ class DispatchCore:
             raise UnknownJob(f"unknown job {job_id!r}", job_id=job_id)
         return h
 
-    def register_worker(
-        self, worker_id: str, key: AgentKey, slots: int, now: float, permissions: Any = None
-    ) -> None:
+    def register_worker(self, worker_id: str, key: AgentKey, slots: int, now: float) -> None:
         """A worker connected and registered for ``key`` with ``slots`` job slots."""
         self._check_now(now)
         if not worker_id:
             raise InvalidEvent("worker id must not be empty")
         if worker_id in self._workers.by_id:
             raise DuplicateId(f"worker {worker_id!r} is already registered", worker_id=worker_id)
-        if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 1_000_000:
-            raise InvalidEvent(f"slot cap must be an integer in 1..1000000, got {slots!r}")
+        if type(slots) is not int:  # the ring would coerce True or 2.5
+            raise InvalidEvent(f"slot cap must be an integer, got {slots!r}")
         k = self._key_handle(key)
         h = self._workers.add(worker_id)
-        self._permissions[worker_id] = permissions
+        try:
+            self._push(EventKind.WORKER_REGISTER, -1, h, k, 0.0, now, slots)
+        except EdgeDispatchError:
+            self._workers.undo_add(worker_id)
+            raise
         self._worker_keys[worker_id] = key
-        self._push(EventKind.WORKER_REGISTER, -1, h, k, 0.0, now, slots)
 
     def update_worker(
         self, worker_id: str, status: WorkerStatus, load: float, now: float, job_count: int = 0
@@ -233,12 +253,6 @@ class DispatchCore:
         """A worker reported its status, load (0..1) and job count."""
         self._check_now(now)
         h = self._worker(worker_id)
-        if not isinstance(load, int | float) or not 0.0 <= load <= 1.0:  # NaN fails too
-            raise InvalidEvent(f"load must be within 0..1, got {load!r}")
-        if status not in (WorkerStatus.AVAILABLE, WorkerStatus.FULL):
-            raise InvalidEvent(f"worker status must be AVAILABLE or FULL, got {status!r}")
-        if job_count < 0:
-            raise InvalidEvent(f"job count must be >= 0, got {job_count!r}")
         self._push(EventKind.WORKER_UPDATE, -1, h, int(status), float(load), now, job_count)
 
     def drain_worker(self, worker_id: str, now: float) -> None:
@@ -251,10 +265,9 @@ class DispatchCore:
         jobs wait ``reclaim_grace`` to be claimed back (``migrate``)."""
         self._check_now(now)
         h = self._worker(worker_id)
-        self._workers.drop(worker_id)
-        self._permissions.pop(worker_id, None)
-        self._worker_keys.pop(worker_id, None)
         self._push(EventKind.WORKER_DISCONNECT, -1, h, 0, 0.0, now, 0)
+        self._workers.drop(worker_id)
+        self._worker_keys.pop(worker_id, None)
 
     def submit(self, spec: JobSpec, now: float) -> None:
         """A new job.  It is offered at once if a worker can take it, else queued."""
@@ -263,15 +276,18 @@ class DispatchCore:
             raise InvalidEvent("job id must not be empty")
         if spec.job_id in self._jobs.by_id:
             raise DuplicateId(f"job {spec.job_id!r} already exists", job_id=spec.job_id)
-        if math.isnan(spec.deadline):
-            raise InvalidEvent("queue deadline is NaN")
-        policy = RestartPolicy(spec.restart_policy)
         k = self._key_handle(spec.key)
         h = self._jobs.add(spec.job_id)
         if h >= len(self._specs):
             self._specs.extend([None] * (h + 1 - len(self._specs)))
         self._specs[h] = spec
-        self._push(EventKind.JOB_SUBMIT, h, -1, k, float(spec.deadline), now, int(policy))
+        policy = int(spec.restart_policy)
+        try:
+            self._push(EventKind.JOB_SUBMIT, h, -1, k, float(spec.deadline), now, policy)
+        except EdgeDispatchError:
+            self._jobs.undo_add(spec.job_id)
+            self._specs[h] = None
+            raise
 
     def accept(self, job_id: str, worker_id: str, now: float) -> None:
         """The worker accepted the offer (AvailabilityResponse available=true)."""
@@ -286,8 +302,6 @@ class DispatchCore:
     def job_status(self, job_id: str, worker_id: str, status: JobStatus, now: float) -> None:
         """The worker reported JS_RUNNING, JS_SUCCESS or JS_FAILED for a job."""
         self._check_now(now)
-        if status not in (JobStatus.RUNNING, JobStatus.SUCCESS, JobStatus.FAILED):
-            raise InvalidEvent(f"job status must be RUNNING, SUCCESS or FAILED, got {status!r}")
         j, w = self._job(job_id), self._worker(worker_id)
         self._push(EventKind.JOB_STATUS, j, w, int(status), 0.0, now, 0)
 
@@ -298,30 +312,21 @@ class DispatchCore:
         self._push(EventKind.JOB_CANCEL, self._job(job_id), -1, int(reason), 0.0, now, 0)
 
     def migrate(self, job_id: str, worker_id: str, now: float) -> None:
-        """A reconnected worker claims back a job it was running (MigrateJob)."""
+        """A reconnected worker claims back a job it was running (MigrateJob).
+        Raises ``InvalidTransition`` if the job is not waiting to be claimed
+        by a worker of its agent with a free slot."""
         self._check_now(now)
         j, w = self._job(job_id), self._worker(worker_id)
-        self._s.process()  # the checks below need the current state
-        state, *_ = self._s.job_info(j)
-        if state in (JobState.ASSIGNED, JobState.RUNNING) and self._s.job_info(j)[2] == w:
-            return
-        if state != JobState.ORPHANED:
-            raise InvalidTransition(f"job {job_id!r} is {JobState(state).name}, not orphaned")
-        spec = self._specs[j]
-        assert spec is not None
-        if self._worker_keys[worker_id] != spec.key:
-            raise InvalidTransition(f"worker {worker_id!r} serves another agent than {job_id!r}")
-        _, _, _, slots, used, *_ = self._s.worker_info(w)
-        if used >= slots:
-            raise InvalidTransition(f"worker {worker_id!r} has no free slot for {job_id!r}")
-        self._push(EventKind.JOB_MIGRATE, j, w, 0, 0.0, now, 0)
+        try:
+            self._push(EventKind.JOB_MIGRATE, j, w, 0, 0.0, now, 0)
+        except EdgeDispatchError as exc:
+            # The scheduler names handles; say which job and worker.
+            raise type(exc)(f"{job_id} on {worker_id}: {exc.msg}") from None
 
     def forget(self, job_id: str) -> None:
-        """Drop a finished job's record so its id and memory can be reused."""
+        """Drop a finished job's record so its id and memory can be reused
+        (``InvalidTransition`` if it has not finished)."""
         j = self._job(job_id)
-        self._s.process()
-        if not JobState(self._s.job_info(j)[0]).terminal:
-            raise InvalidTransition(f"job {job_id!r} has not finished")
         self._s.release_job(j)
         self._jobs.drop(job_id)
         self._specs[j] = None
@@ -330,11 +335,7 @@ class DispatchCore:
     # Running the core.
 
     def process(self) -> list[Action]:
-        """Handle every queued event and return the actions, in order."""
-        try:
-            self._s.process()
-        except EdgeDispatchError as exc:  # the checks above should make this impossible
-            raise InternalError(f"scheduler refused a validated event: {exc}") from exc
+        """The actions decided since the last call, in order."""
         actions = list(self._drain())
         self._workers.recycle()
         self._jobs.recycle()
@@ -343,7 +344,6 @@ class DispatchCore:
     def on_timer(self, now: float) -> list[Action]:
         """Fire due timers (offer timeouts, queue deadlines, backoff, grace)."""
         self._check_now(now)
-        self._s.process()
         self._s.on_timer(now)
         return self.process()
 
@@ -374,23 +374,22 @@ class DispatchCore:
                 yield Action(kind, job_id, worker_id, now=rec.now)
 
     # ------------------------------------------------------------------
-    # Queries (they see the state after the last process()).
+    # Queries: they see the state after the last event.
 
     def worker(self, worker_id: str) -> WorkerView:
         w = self._worker(worker_id)
-        k, status, load, slots, used, job_count, _serial, eligible = self._s.worker_info(w)
+        info = self._s.worker_info(w)
         jobs = [self._jobs.ids[j] for j in self._s.worker_jobs(w)]
         return WorkerView(
             worker_id,
-            self._key_list[k],
-            WorkerStatus(status),
-            load,
-            slots,
-            used,
-            job_count,
-            bool(eligible),
+            self._key_list[info.key],
+            WorkerStatus(info.status),
+            info.load,
+            info.slots,
+            info.used,
+            info.job_count,
+            bool(info.eligible),
             [j for j in jobs if j is not None],
-            self._permissions.get(worker_id),
         )
 
     def workers(self) -> list[WorkerView]:
@@ -398,28 +397,41 @@ class DispatchCore:
 
     def job(self, job_id: str, now: float) -> JobView:
         j = self._job(job_id)
-        state, _k, w, attempts, reason, _deadline, terminating = self._s.job_info(j)
+        info = self._s.job_info(j)
         spec = self._specs[j]
         assert spec is not None
         return JobView(
             spec,
-            JobState(state),
-            self._workers.ids[w] if w >= 0 else None,
-            attempts,
-            FailReason(reason),
+            JobState(info.state),
+            self._workers.ids[info.worker] if info.worker >= 0 else None,
+            info.attempts,
+            FailReason(info.reason),
             WaitReason(self._s.wait_reason(j, now)),
-            bool(terminating),
+            bool(info.terminating),
         )
 
     def job_state(self, job_id: str) -> tuple[JobState, str | None]:
         """A job's state and worker: the cheap part of ``job()``."""
-        j = self._job(job_id)
-        state, _k, w, *_ = self._s.job_info(j)
-        return _STATES[state], self._workers.ids[w] if w >= 0 else None
+        info = self._s.job_info(self._job(job_id))
+        return _STATES[info.state], self._workers.ids[info.worker] if info.worker >= 0 else None
+
+    def wait_reason(self, job_id: str, now: float) -> WaitReason:
+        """Why a job waits (NOT_WAITING unless it is queued): cheaper than ``job()``."""
+        return _WAITS[self._s.wait_reason(self._job(job_id), now)]
 
     def worker_status(self, worker_id: str) -> WorkerStatus:
         """A worker's status: the cheap part of ``worker()``."""
-        return WorkerStatus(self._s.worker_info(self._worker(worker_id))[1])
+        return WorkerStatus(self._s.worker_info(self._worker(worker_id)).status)
+
+    def worker_jobs(self, worker_id: str) -> list[str]:
+        """The jobs holding a slot on a worker (offered, assigned or running)."""
+        ids = self._jobs.ids
+        return [j for h in self._s.worker_jobs(self._worker(worker_id)) if (j := ids[h])]
+
+    def key_workers(self, key: AgentKey) -> int:
+        """How many workers are registered for ``key`` (no scan)."""
+        k = self._keys.get(key)
+        return 0 if k is None else int(self._s.key_info(k).workers)
 
     def jobs(self, now: float) -> list[JobView]:
         return [self.job(j, now) for j in sorted(self._jobs.by_id)]
@@ -431,12 +443,5 @@ class DispatchCore:
             return []
         return [jid for j in self._s.queued_jobs(k) if (jid := self._jobs.ids[j]) is not None]
 
-    def was_tried(self, job_id: str, worker_id: str) -> bool:
-        """Whether ``worker_id`` was already offered ``job_id``."""
-        return bool(self._s.was_tried(self._job(job_id), self._worker(worker_id)))
-
     def has_job(self, job_id: str) -> bool:
         return job_id in self._jobs.by_id
-
-    def has_worker(self, worker_id: str) -> bool:
-        return worker_id in self._workers.by_id

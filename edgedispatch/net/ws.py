@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
 from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Request as Handshake
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-if TYPE_CHECKING:
-    from edgedispatch.net.http import Request
+from edgedispatch.wire.http import CloseCode, Request
 
 log = logging.getLogger("edgedispatch.ws")
 # websockets logs every open and close at INFO; we log what matters ourselves.
@@ -32,21 +33,20 @@ logging.getLogger("edgedispatch.ws").setLevel(logging.WARNING)
 
 CLOSE_TIMEOUT = 5.0
 
-# Close codes (RFC 6455 §7.4.1).
-NORMAL = 1000
-GOING_AWAY = 1001
-PROTOCOL_ERROR = 1002
-UNSUPPORTED_DATA = 1003
-INVALID_PAYLOAD = 1007
-POLICY_VIOLATION = 1008
-TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-
 
 class MessageHandler(Protocol):
-    def on_message(self, data: bytes) -> None: ...
+    """A session on an accepted WebSocket, sans-IO: each whole message with
+    the time it arrived, the end of the connection, and its own timer (the
+    aioquic shape: this adapter arms one ``call_at`` for ``next_deadline``
+    after every message, and calls ``on_timer`` when it is due)."""
 
-    def on_closed(self, code: int, reason: str) -> None: ...
+    def on_message(self, data: bytes, now: float) -> None: ...
+
+    def on_closed(self, code: int, reason: str, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def on_timer(self, now: float) -> None: ...
 
 
 class WebSocketConnection:
@@ -59,7 +59,9 @@ class WebSocketConnection:
         self._loop = asyncio.get_running_loop()
         self._max_size = max_size
         self.peer = peer
-        self._ws = ServerProtocol(max_size=max_size, logger=log)
+        # Open from the start: the HTTP layer parsed the handshake, and
+        # ``open`` answers it (so this one parses frames only).
+        self._ws = ServerProtocol(max_size=max_size, logger=log, state=State.OPEN)
         self._handler: MessageHandler | None = None
         self._parts: list[bytes] = []
         self._parts_size = 0
@@ -68,28 +70,32 @@ class WebSocketConnection:
         self._flush_scheduled = False
         self._ping_sent_at: float | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the handler's own deadline
+        self._timer_at: float | None = None
 
     @property
     def is_open(self) -> bool:
         return self._transport is not None and self._ws.state is State.OPEN
 
     def open(
-        self, request: Request, factory: Callable[[WebSocketConnection], object], rest: bytes
+        self,
+        request: Request,
+        factory: Callable[[WebSocketConnection], MessageHandler],
+        rest: bytes,
     ) -> None:
-        """Run the handshake for ``request`` (already parsed by the HTTP layer)."""
-        query = "&".join(f"{k}={v}" for k, v in request.query.items())
-        target = request.path + (f"?{query}" if query else "")
-        head = [f"GET {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in request.headers.items()]
-        self._ws.receive_data(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        events = self._ws.events_received()
-        response = self._ws.accept(events[0])  # type: ignore[arg-type]
-        self._ws.send_response(response)
-        self._flush()
+        """Run the handshake for ``request`` (already parsed by the HTTP
+        layer), on its target exactly as sent."""
+        handshake = Handshake(request.target, Headers(list(request.headers.items())))
+        # A protocol object of its own checks the handshake and answers it.
+        response = ServerProtocol(max_size=self._max_size, logger=log).accept(handshake)
+        if self._transport is None:
+            return
+        self._transport.write(response.serialize())
         if response.status_code != 101:
             self._abort()
             return
-        handler = factory(self)
-        self._handler = handler  # type: ignore[assignment]
+        self._handler = factory(self)
+        self._arm()
         if rest:
             self.data_received(rest)
 
@@ -116,7 +122,7 @@ class WebSocketConnection:
             self._flush()
         elif now - self._ping_sent_at >= timeout:
             log.warning("no pong for %.0f s: dropping %s", timeout, self.peer)
-            self.close(POLICY_VIOLATION, "keepalive ping timeout")
+            self.close(CloseCode.POLICY_VIOLATION, "keepalive ping timeout")
             self._abort()
             return
         wait = interval if self._ping_sent_at is None else min(interval, timeout)
@@ -127,6 +133,9 @@ class WebSocketConnection:
         self._transport = None
         if self._keepalive is not None:
             self._keepalive.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._report_closed()
@@ -165,19 +174,42 @@ class WebSocketConnection:
         if op in (Opcode.PING, Opcode.CLOSE):
             return  # answered by the protocol itself
         if op is Opcode.TEXT or (op is Opcode.CONT and not self._parts):
-            self.close(UNSUPPORTED_DATA, "text frames are not supported; send binary protobuf")
+            self.close(
+                CloseCode.UNSUPPORTED_DATA, "text frames are not supported; send binary protobuf"
+            )
             return
         self._parts.append(bytes(frame.data))
         self._parts_size += len(frame.data)
         if self._parts_size > self._max_size:
-            self.close(TOO_BIG, f"message over {self._max_size} bytes")
+            self.close(CloseCode.TOO_BIG, f"message over {self._max_size} bytes")
             return
         if not frame.fin:
             return
         data = b"".join(self._parts)
         self._parts, self._parts_size = [], 0
         if self._handler is not None and self._ws.state is State.OPEN:
-            self._handler.on_message(data)
+            self._handler.on_message(data, self._loop.time())
+            self._arm()
+
+    def _arm(self) -> None:
+        """(Re-)arm the one timer for the handler's deadline."""
+        if self._handler is None:
+            return
+        deadline = self._handler.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and self._transport is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        if self._handler is not None and self._transport is not None:
+            self._handler.on_timer(self._loop.time())
+            self._arm()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -208,4 +240,4 @@ class WebSocketConnection:
         close = sent if sent is not None else rcvd
         code = close.code if close is not None else 1006
         reason = close.reason if close is not None else "connection lost"
-        self._handler.on_closed(code, reason)
+        self._handler.on_closed(code, reason, self._loop.time())

@@ -24,7 +24,7 @@ from edgedispatch.runtime.process import (
     wait_for_exits,
 )
 
-log = logging.getLogger("edgedispatch.runtime")
+log = logging.getLogger("edgedispatch.agents")
 
 
 class CommandJob:

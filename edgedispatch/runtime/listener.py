@@ -12,7 +12,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-log = logging.getLogger("edgedispatch.runtime")
+log = logging.getLogger("edgedispatch.agents")
 
 
 class UnixListener:

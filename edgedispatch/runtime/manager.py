@@ -4,23 +4,26 @@ on-demand agent-server supervisor."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import msgspec
 
+from edgedispatch._core.codes import JobState, WaitReason
+from edgedispatch.config import Config
 from edgedispatch.config.agents import AgentDefinition, check_unique, validate
-from edgedispatch.dispatch.core import AgentKey
-from edgedispatch.dispatch.dispatcher import Dispatcher
-from edgedispatch.errors import ConfigError, DuplicateId, UnknownId
+from edgedispatch.dispatch.domain import Domain
+from edgedispatch.dispatch.events import DomainEvent, JobChanged
+from edgedispatch.errors import AlreadyExists, ConfigError, NotFound, PermissionDenied
 from edgedispatch.runtime.command import CommandRunner
 from edgedispatch.runtime.native import NativePool
 from edgedispatch.runtime.supervisor import AgentServerSupervisor
 from edgedispatch.store import Store
-from edgedispatch.wire.tokens import PermissionDenied
-from edgedispatch.worker.local import JobRunner, LocalWorker
+from edgedispatch.worker.local import LocalWorker
+from edgedispatch.worker.runner import JobRunner
 
-log = logging.getLogger("edgedispatch.runtime")
+log = logging.getLogger("edgedispatch.agents")
 
 NAMESPACE = "agents"
 
@@ -39,15 +42,17 @@ class _Active:
 class AgentManager:
     """:param url: this server's WebSocket URL, for agents it starts."""
 
-    def __init__(self, dispatcher: Dispatcher, url: str, store: Store) -> None:
-        self._d = dispatcher
+    def __init__(self, domain: Domain, cfg: Config, url: str, store: Store) -> None:
+        self._d = domain
+        self._cfg = cfg
         self._url = url
         self._store = store
         self._agents: dict[tuple[str, str], _Active] = {}
-        dispatcher.on_demand = self._demand
+        self._loop = asyncio.get_running_loop()
+        domain.subscribe(self._on_event)
 
     def _key_for(self, tenant: str) -> tuple[str, str]:
-        cfg = self._d.cfg
+        cfg = self._cfg
         keys = (
             cfg.keys
             if tenant == ""
@@ -101,8 +106,8 @@ class AgentManager:
             else:
                 active.command = CommandRunner(d, self._output(d))
                 runner = active.command
-            active.worker = LocalWorker(self._d, d, runner, api_key, self._url)
-            active.worker.register()
+            active.worker = LocalWorker(self._d, d, runner, api_key, secret, self._url)
+            active.worker.register(self._loop.time())
         self._agents[d.tenant, d.name] = active
         log.info("agent %s ready (%s)", d.name, d.kind, extra={"tenant": d.tenant})
 
@@ -120,17 +125,20 @@ class AgentManager:
         queued = self._d.agent_jobs(d.tenant, d.name)[1]
         if not queued:
             return 0, 0
-        connected = sum(
-            1
-            for w in self._d.core.workers()
-            if w.key.tenant == d.tenant and w.key.agent_name == d.name
-        )
-        return queued, connected
+        return queued, self._d.workers.connected(d.tenant, d.name)
 
-    def _demand(self, key: AgentKey) -> None:
-        active = self._agents.get((key.tenant, key.agent_name))
-        if active is not None and active.supervisor is not None and not active.stopped:
-            active.supervisor.demand(self._waiting(active.definition)[1])
+    def _on_event(self, event: DomainEvent) -> None:
+        # A job queued because no worker of its agent is connected, or none
+        # has room: an agent server of that agent is wanted.
+        if (
+            isinstance(event, JobChanged)
+            and event.job.state == JobState.QUEUED
+            and event.job.wait in (WaitReason.NO_WORKERS, WaitReason.ALL_BUSY)
+        ):
+            key = event.job.key
+            active = self._agents.get((key.tenant, key.agent_name))
+            if active is not None and active.supervisor is not None and not active.stopped:
+                active.supervisor.demand(self._waiting(active.definition)[1])
 
     # ------------------------------------------------------------------
     # The API's operations (all scoped to one tenant).
@@ -163,7 +171,7 @@ class AgentManager:
             raise ConfigError(str(exc), "agent") from exc
         validate(d)
         if (tenant, d.name) in self._agents:
-            raise DuplicateId(f"agent {d.name!r} already exists in this tenant")
+            raise AlreadyExists(f"agent {d.name!r} already exists in this tenant")
         await self._activate(d, from_config=False)
         self._store.put(NAMESPACE, f"{tenant}/{d.name}", msgspec.to_builtins(d))
         return next(a for a in self.list(tenant) if a["name"] == d.name)
@@ -171,7 +179,7 @@ class AgentManager:
     def _get(self, tenant: str, name: str) -> _Active:
         active = self._agents.get((tenant, name))
         if active is None:
-            raise UnknownId(f"no agent {name!r} in this tenant")
+            raise NotFound(f"no agent {name!r} in this tenant")
         return active
 
     async def remove(self, tenant: str, name: str) -> None:
@@ -195,13 +203,13 @@ class AgentManager:
                 active.supervisor.stop()
         elif active.worker is not None:
             if running:
-                active.worker.register()
+                active.worker.register(self._loop.time())
             else:
-                active.worker.close()
+                active.worker.close(self._loop.time())
 
     async def _deactivate(self, active: _Active) -> None:
         if active.worker is not None:
-            active.worker.close()
+            active.worker.close(self._loop.time())
         if active.supervisor is not None:
             await active.supervisor.close()
         if active.pool is not None:

@@ -6,8 +6,8 @@ Control connections then carry length-prefixed frames: a 4-byte big-endian
 length and a msgpack-encoded, tagged ``msgspec.Struct``.  Output connections
 carry the raw bytes the child writes to its fds 1 and 2 after the ``Hello``.
 
-This module is imported by the zygote, so it stays small: msgspec and the
-standard library's ``struct`` only.
+This module is imported by the zygote, so it stays small: msgspec, the
+standard library's ``struct`` and ``worker.runner`` (``JobInfo``) only.
 """
 
 from __future__ import annotations
@@ -16,23 +16,12 @@ import struct
 
 import msgspec
 
+from edgedispatch.worker.runner import JobInfo as JobInfo  # re-exported: the zygote uses it
+
 # A frame above this is a bug or a broken peer, not a job (tokens and room
 # metadata are kilobytes).
 MAX_FRAME = 16 << 20
 _LEN = struct.Struct(">I")
-
-
-class JobInfo(msgspec.Struct, frozen=True):
-    """What a native job is told about itself (becomes its ``JobContext``)."""
-
-    job_id: str
-    dispatch_id: str
-    room: str
-    metadata: str
-    attributes: dict[str, str]
-    agent_name: str
-    url: str
-    token: str
 
 
 class Hello(msgspec.Struct, tag=True, frozen=True):

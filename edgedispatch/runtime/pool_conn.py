@@ -15,7 +15,7 @@ import msgspec
 from edgedispatch.runtime import messages as m
 from edgedispatch.runtime.process import LineBuffer
 
-log = logging.getLogger("edgedispatch.runtime")
+log = logging.getLogger("edgedispatch.agents")
 
 OUTPUT_ROLES = ("output", "zygote-output")
 ROLES = ("zygote", "child", *OUTPUT_ROLES)

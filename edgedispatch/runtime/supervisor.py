@@ -17,7 +17,7 @@ from collections.abc import Callable
 from edgedispatch.config.agents import AgentDefinition
 from edgedispatch.runtime.process import ChildProcess, base_env, exit_text, wait_for_exits
 
-log = logging.getLogger("edgedispatch.runtime")
+log = logging.getLogger("edgedispatch.agents")
 
 BACKOFF_BASE, BACKOFF_MAX = 1.0, 30.0
 #: An instance that ran this long before it crashed had come up fine: its

@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 import msgspec
 
-from edgedispatch.errors import EdgeDispatchError
+from edgedispatch.errors import PermissionDenied, Unauthenticated
 
 LEEWAY = 60.0  # seconds of clock skew tolerated, as LiveKit does
 AGENT_TOKEN_TTL = 3600
@@ -31,18 +31,8 @@ AGENT_TOKEN_TTL = 3600
 warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
 
 
-class AuthError(EdgeDispatchError):
+class AuthError(Unauthenticated):
     """The caller presented no valid token."""
-
-    twirp_code = "unauthenticated"
-    sip_status = 401
-
-
-class PermissionDenied(EdgeDispatchError):
-    """A valid token that lacks the grant this call needs."""
-
-    twirp_code = "permission_denied"
-    sip_status = 403
 
 
 class Claims:

@@ -15,7 +15,7 @@ import msgspec
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from edgedispatch.errors import EdgeDispatchError
+from edgedispatch.errors import EdgeDispatchError, Malformed, TwirpError
 
 PROTOBUF = "application/protobuf"
 JSON = "application/json"
@@ -44,15 +44,7 @@ STATUS = {
 
 M = TypeVar("M", bound=Message)
 
-
-class TwirpError(EdgeDispatchError):
-    """An error answered to a Twirp caller with ``code``."""
-
-    def __init__(self, code: str, msg: str, **meta: str) -> None:
-        if code not in STATUS:
-            raise ValueError(f"not a Twirp error code: {code}")
-        super().__init__(msg, **meta)
-        self.twirp_code = code
+__all__ = ["JSON", "PROTOBUF", "STATUS", "TwirpError", "decode", "encode", "encoding_of"]
 
 
 def encoding_of(content_type: str) -> str:
@@ -75,8 +67,8 @@ def decode(body: bytes, encoding: str, cls: type[M]) -> M:
             json_format.Parse(body or b"{}", msg, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
         kind = "protobuf" if encoding == PROTOBUF else "JSON"
-        raise TwirpError(
-            "malformed", f"the request body is not a valid {kind} {cls.DESCRIPTOR.name}: {exc}"
+        raise Malformed(
+            f"the request body is not a valid {kind} {cls.DESCRIPTOR.name}: {exc}"
         ) from exc
     return msg
 

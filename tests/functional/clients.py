@@ -65,7 +65,7 @@ class WorkerProcess:
         return self.srv.call(
             lambda: [
                 w.worker_id
-                for w in self.srv.dispatcher.core.workers()
+                for w in self.srv.domain.core.workers()
                 if w.key.agent_name == self.agent_name
             ]
         )

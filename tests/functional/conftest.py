@@ -58,8 +58,25 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     @property
-    def dispatcher(self) -> Any:
-        return self.server.dispatcher
+    def domain(self) -> Any:
+        return self.server.domain
+
+    def now(self) -> float:
+        """The server loop's clock (call from the server's thread)."""
+        return self.loop.time()
+
+    def step(self, fn: Callable[[Any, float], T]) -> T:
+        """Run ``fn(domain, now)`` on the server's loop and step the domain
+        after it, as an adapter does after an input."""
+
+        def run() -> T:
+            now = self.loop.time()
+            try:
+                return fn(self.domain, now)
+            finally:
+                self.domain.step(now)
+
+        return self.call(run)
 
     def stop(self) -> None:
         async def close() -> None:

@@ -299,29 +299,30 @@ def test_a_local_worker_takes_a_thousand_queued_jobs_in_one_pass(
 ) -> None:
     # Each offer to a local worker is answered after the step that made it,
     # in the same pass: the answers must not nest one step inside another.
-    from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
-
     from edgedispatch.config.agents import AgentDefinition
+    from edgedispatch.dispatch.domain import Domain
+    from edgedispatch.dispatch.specs import AgentSpec, DispatchSpec
     from edgedispatch.worker.local import LocalWorker
 
     n = 1200
     srv = start_server(dispatch={"worker_slots": 2000})
-    d = srv.dispatcher
+    d = srv.domain
 
-    def queue() -> None:
+    def queue(domain: Domain, now: float) -> None:
         for i in range(n):
-            req = CreateAgentDispatchRequest(agent_name="bulk", room=f"r{i}")
-            d.rooms.create_dispatch("", req)
+            spec = DispatchSpec(room=f"r{i}", agent=AgentSpec(agent_name="bulk"))
+            domain.create_dispatch("", spec, now)
 
-    srv.call(queue)
+    srv.step(queue)
     runner = _Runner()
     definition = AgentDefinition(name="bulk", command=["true"], slots=n)
-    srv.call(lambda: LocalWorker(d, definition, runner, "devkey", srv.url).register())
+    local = LocalWorker(d, definition, runner, "devkey", "secret", srv.url)
+    srv.call(lambda: local.register(srv.now()))
     assert len(runner.jobs) == n  # in that one call
     wait_until(
         lambda: srv.call(lambda: d.agent_jobs("", "bulk")) == (n, 0),
         timeout=10,
         what="every job out of the queue",
     )
-    states = srv.call(lambda: {j.state for j in d.jobs.values()})
+    states = srv.call(lambda: {j.state for j in d.jobs.jobs.values()})
     assert states == {JobState.RUNNING}

@@ -184,7 +184,7 @@ def test_a_rejecting_worker_passes_the_job_on(
     yes.wait_registered(count=2)
 
     def loads_reported() -> bool:
-        views = srv.call(lambda: srv.dispatcher.core.workers())
+        views = srv.call(lambda: srv.domain.core.workers())
         return sorted(round(v.load, 1) for v in views) == [0.0, 0.4]
 
     wait_until(loads_reported, what="both workers to report their load")
@@ -197,7 +197,7 @@ def test_a_rejecting_worker_passes_the_job_on(
     wait_until(lambda: bool(yes.records()), what="the job on the accepting worker")
     assert no.records() == []
     (job_id,) = [r["job_id"] for r in yes.records()]
-    view = srv.call(lambda: srv.dispatcher.core.job(job_id, 0.0))
+    view = srv.call(lambda: srv.domain.core.job(job_id, 0.0))
     assert view.attempts == 2  # offered to the rejecting worker first
 
 

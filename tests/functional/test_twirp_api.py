@@ -101,7 +101,7 @@ def test_create_dispatch_is_idempotent_on_the_request_id(
     first = json.loads(urllib.request.urlopen(req, timeout=5).read())
     second = json.loads(urllib.request.urlopen(req, timeout=5).read())
     assert first["id"] == second["id"]
-    assert srv.call(lambda: len(srv.dispatcher.rooms.dispatches)) == 1
+    assert srv.call(lambda: len(srv.domain.rooms.dispatches)) == 1
 
 
 def test_json_encoding_answers_in_json(start_server: Callable[..., ServerThread]) -> None:
@@ -145,7 +145,7 @@ def test_auth_errors(
     got, ctype, body = post(srv, CREATE, b'{"agentName":"a","room":"r1"}', tok)
     assert (got, ctype) == (status, "application/json")
     assert json.loads(body)["code"] == code
-    assert srv.call(lambda: len(srv.dispatcher.rooms.dispatches)) == 0
+    assert srv.call(lambda: len(srv.domain.rooms.dispatches)) == 0
 
 
 def test_the_python_client_sees_auth_errors(start_server: Callable[..., ServerThread]) -> None:
@@ -307,7 +307,7 @@ def test_drain_refuses_new_work(start_server: Callable[..., ServerThread]) -> No
     async def main() -> None:
         w = FakeWorker(srv.url, agent_name="a")
         await w.connect()
-        srv.call(srv.dispatcher.begin_drain)
+        srv.step(lambda d, now: d.begin_drain(now))
         status, _, body = post(srv, CREATE, b'{"agentName":"a","room":"r1"}', token(**ADMIN))
         assert status == 503 and json.loads(body)["code"] == "unavailable"
         await asyncio.sleep(0.2)

@@ -246,7 +246,7 @@ def test_a_node_style_worker_reconnect_claims_its_jobs(
             await lk.agent_dispatch.delete_dispatch(d.id, "room1")
         await again.wait_for(lambda: again.terminated == [job_id])
         await asyncio.sleep(0.8)  # no status ever comes: the grace ends it
-        view = srv.call(lambda: srv.dispatcher.core.worker(again.worker_id))
+        view = srv.call(lambda: srv.domain.core.worker(again.worker_id))
         assert view.used == 0
         await again.close()
 
@@ -304,10 +304,10 @@ def test_job_counts_per_agent_follow_the_job_states(
 
     def counts() -> tuple[tuple[int, int], tuple[int, int]]:
         def both() -> tuple[tuple[int, int], tuple[int, int]]:
-            jobs = [j for j in srv.dispatcher.jobs.values() if j.key.agent_name == "c"]
+            jobs = [j for j in srv.domain.jobs.jobs.values() if j.key.agent_name == "c"]
             live = sum(not j.state.terminal for j in jobs)
             queued = sum(j.state == JobState.QUEUED for j in jobs)
-            return srv.dispatcher.agent_jobs("", "c"), (live, queued)
+            return srv.domain.agent_jobs("", "c"), (live, queued)
 
         return srv.call(both)
 
@@ -506,9 +506,9 @@ def test_a_silent_half_open_worker_is_dropped(start_server: Callable[..., Server
         await mute.send(msg.SerializeToString())
         mute.transport.pause_reading()
         await asyncio.sleep(0.2)
-        assert len(srv.call(lambda: srv.dispatcher.workers)) == 2
+        assert len(srv.call(lambda: srv.domain.workers.links)) == 2
         await asyncio.sleep(1.0)
-        assert list(srv.call(lambda: srv.dispatcher.workers)) == [healthy.worker_id]
+        assert list(srv.call(lambda: srv.domain.workers.links)) == [healthy.worker_id]
         mute.transport.abort()
 
     run(main())

@@ -138,8 +138,11 @@ def resolve(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[Any, .
 
 
 def apply(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[str, list[Action]]:
-    """Run one op, then the timers due by ``now``.  Returns the name of the
-    error the op raised ("" if none) and the actions."""
+    """Fire the timers due by ``now``, then run one op.  Returns the name of
+    the error the op raised ("" if none) and the actions.  (The scheduler
+    fires due timers before it handles any event, refused or not: firing
+    them first leaves a refused op nothing to change.)"""
+    fired = core.on_timer(now)
     name, *args = op
     try:
         if name == "register":
@@ -169,8 +172,8 @@ def apply(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[str, lis
             pass
     except EdgeDispatchError as exc:
         assert core.process() == []  # a refused event changes nothing
-        return type(exc).__name__, core.on_timer(now)
-    return "", core.on_timer(now)
+        return type(exc).__name__, fired
+    return "", fired + core.process()
 
 
 class Checker:

@@ -1,6 +1,12 @@
-"""The core is sans-IO: it must not import I/O, event loops or clocks.
+"""The package's layers, checked from the imports (ruff cannot ban imports
+per package, so this test reads the sources).
 
-Ruff cannot ban imports per package, so this test reads the sources."""
+Imports point down only: cli -> server -> net -> api / worker (sessions)
+-> wire -> dispatch (the domain) -> _core.  Beside them: runtime (local job
+processes, under server), store, obs, config.  Each package may import
+only the packages its row allows; an arrow pointing up fails here, and so
+does a sans-IO package that imports I/O or a clock.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,44 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "edgedispatch"
-SANS_IO = ["_core", "dispatch/core.py", "errors.py"]
-FORBIDDEN = {
+
+#: package (or top-level module) -> the edgedispatch packages it may import
+ALLOW: dict[str, set[str]] = {
+    "errors": set(),
+    "_version": set(),
+    "agent": set(),  # the public SDK of native agents: the standard library only
+    "_core": {"errors"},
+    "config": {"errors"},
+    "dispatch": {"_core", "config", "errors"},
+    "store": {"errors"},
+    "wire": {"_core", "dispatch", "errors"},
+    "worker": {"_core", "_version", "config", "dispatch", "errors", "wire"},
+    "api": {"_core", "_version", "config", "dispatch", "errors", "wire", "worker"},
+    "runtime": {"_core", "agent", "config", "dispatch", "errors", "store", "worker"},
+    "obs": {"_core", "config", "dispatch", "errors"},
+    "net": {"errors", "wire"},
+    "_testbase": {"_core", "errors", "wire"},
+    "server": {
+        "_core",
+        "api",
+        "config",
+        "dispatch",
+        "errors",
+        "net",
+        "obs",
+        "runtime",
+        "store",
+        "wire",
+        "worker",
+    },
+    "cli": set(),  # the top: anything (see test_cli_is_the_top)
+    "__init__": {"_version"},
+    "__main__": {"cli"},
+}
+
+#: Packages that run no I/O and read no clock: ``now`` is passed in.
+SANS_IO = ("_core", "dispatch", "wire", "worker", "api", "errors.py", "agent.py")
+FORBIDDEN_IN_SANS_IO = {
     "asyncio",
     "uvloop",
     "socket",
@@ -22,39 +64,102 @@ FORBIDDEN = {
     "threading",
     "subprocess",
     "multiprocessing",
-    "os",
     "random",
+    "os",
+    "aiortc",
 }
+#: The domain is free of the wire too: no protobuf, no Twirp.
+FORBIDDEN_IN_DOMAIN = {"livekit", "google", "httptools", "websockets", "jwt"}
+#: Where a forbidden module is allowed anyway, and why.
+EXCEPTIONS = {
+    ("_core/__init__.py", "os"): "reads the EDGEDISPATCH_NO_EXTENSIONS switch once, at import",
+    ("dispatch/ids.py", "os"): "os.urandom: entropy for ids, not I/O",
+}
+#: Third-party modules only one module may import (the adapter that owns them).
+OWNED = {"aiortc": set[str]()}  # the rooms issue's media adapter will be the one
 
 
 def _sources() -> list[Path]:
-    files: list[Path] = []
-    for name in SANS_IO:
-        path = PKG / name
-        files += sorted(path.glob("*.py")) + sorted(path.glob("*.pyx")) if path.is_dir() else [path]
-    return files
+    return sorted(p for p in PKG.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _layer(path: Path) -> str:
+    first = path.relative_to(PKG).parts[0]
+    return first.removesuffix(".py")
 
 
 def _imports(path: Path) -> set[str]:
-    text = path.read_text()
-    if path.suffix == ".pyx":  # Cython syntax: check the import lines only
-        mods = set()
-        for line in text.splitlines():
-            words = line.split()
-            if len(words) >= 2 and words[0] in ("import", "from"):
-                mods.add(words[1].split(".")[0])
-        return mods
-    mods = set()
-    for node in ast.walk(ast.parse(text)):
+    """Every module the file imports, absolute (relative ones resolved)."""
+    here = ".".join(path.relative_to(PKG.parent).with_suffix("").parts)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    mods: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            mods |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            mods.add(node.module.split(".")[0])
+            mods |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            mods.add(base)
+            mods |= {f"{base}.{a.name}" for a in node.names}
     return mods
 
 
-@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(PKG)))
-def test_core_imports_no_io_and_no_clock(path: Path) -> None:
-    # _core/__init__.py reads one environment switch at import; nothing else may.
-    allowed = {"os"} if path.name == "__init__.py" and path.parent.name == "_core" else set()
-    assert not (_imports(path) & (FORBIDDEN - allowed)), f"{path.name} imports I/O or a clock"
+def _our_layers(mods: set[str]) -> set[str]:
+    return {m.split(".")[1] for m in mods if m.startswith("edgedispatch.") and m.count(".") >= 1}
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(PKG))
+
+
+@pytest.mark.parametrize("path", _sources(), ids=_rel)
+def test_imports_point_down(path: Path) -> None:
+    layer = _layer(path)
+    if layer == "cli":
+        return
+    assert layer in ALLOW, f"{_rel(path)}: add its package to the allow table"
+    used = _our_layers(_imports(path)) - {layer}
+    upward = used - ALLOW[layer]
+    assert not upward, f"{_rel(path)} ({layer}) imports {sorted(upward)}: an arrow pointing up"
+
+
+@pytest.mark.parametrize("path", [p for p in _sources() if _rel(p).startswith(SANS_IO)], ids=_rel)
+def test_sans_io_layers_import_no_io_and_no_clock(path: Path) -> None:
+    tops = {m.split(".")[0] for m in _imports(path)}
+    forbidden = FORBIDDEN_IN_SANS_IO | (
+        FORBIDDEN_IN_DOMAIN if _layer(path) == "dispatch" else set()
+    )
+    bad = {m for m in tops & forbidden if (_rel(path), m) not in EXCEPTIONS}
+    assert not bad, f"{_rel(path)} imports {sorted(bad)}"
+
+
+def test_owned_modules_have_one_importer() -> None:
+    for module, owners in OWNED.items():
+        importers = {
+            _rel(p) for p in _sources() if module in {m.split(".")[0] for m in _imports(p)}
+        }
+        assert importers <= owners, f"{module} is imported by {sorted(importers - owners)}"
+
+
+def test_cli_is_the_top() -> None:
+    # Nothing below the command line imports it.
+    for path in _sources():
+        if _layer(path) not in ("cli", "__main__"):
+            assert "cli" not in _our_layers(_imports(path)), f"{_rel(path)} imports cli"
+
+
+def test_the_table_catches_an_upward_arrow() -> None:
+    # The checker itself: a domain module importing the wire is refused.
+    bad = PKG / "dispatch" / "rooms.py"
+    mods = _imports(bad) | {"edgedispatch.wire.twirp"}
+    assert _our_layers(mods) - {"dispatch"} - ALLOW["dispatch"] == {"wire"}
+
+
+def test_the_core_is_checked_as_cython_too() -> None:
+    # The .pyx ring wrapper: its import lines only (Cython syntax).
+    for pyx in sorted((PKG / "_core").glob("*.pyx")):
+        words = [line.split() for line in pyx.read_text().splitlines()]
+        mods = {w[1].split(".")[0] for w in words if len(w) >= 2 and w[0] in ("import", "from")}
+        assert not (mods & FORBIDDEN_IN_SANS_IO), f"{pyx.name} imports I/O or a clock"

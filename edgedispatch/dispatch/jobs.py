@@ -1,0 +1,176 @@
+"""The job ledger: every job's record, kept in step with the core.
+
+A job is created for a dispatch (``new_job``) and submitted to the core;
+from then on its record changes only when the core says so (``on_state``,
+from a JOB_STATE action), so the record and the core never disagree.  The
+ledger also keeps, per (tenant, agent name), how many jobs are live and how
+many of those are queued, so that nobody has to scan the jobs to ask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from edgedispatch._core.codes import FailReason, JobState, RestartPolicy, WaitReason
+from edgedispatch.config import DispatchConfig
+from edgedispatch.dispatch import ids
+from edgedispatch.dispatch.core import AgentKey, DispatchCore, JobSpec
+from edgedispatch.dispatch.events import EventBus, JobChanged, JobForgotten
+from edgedispatch.dispatch.records import Acceptance, DispatchRec, JobRec
+from edgedispatch.dispatch.specs import JT_ROOM
+from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
+
+log = logging.getLogger("edgedispatch.dispatch")
+
+_HELD = (JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED)
+
+
+class JobLedger:
+    def __init__(
+        self, core: DispatchCore, cfg: DispatchConfig, timers: Timers, bus: EventBus, wall: WallTime
+    ) -> None:
+        self._core = core
+        self._cfg = cfg
+        self._timers = timers
+        self._bus = bus
+        self._wall = wall
+        self.jobs: dict[str, JobRec] = {}
+        # Jobs not ended, and of those the queued ones, per (tenant, agent name).
+        self._live: Counter[tuple[str, str]] = Counter()
+        self._queued: Counter[tuple[str, str]] = Counter()
+        # Jobs assigned, running or orphaned: what a drain waits for.
+        self._held = 0
+        # What a worker said when it accepted, until the assignment goes out.
+        self._accepted: dict[str, Acceptance] = {}
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def get(self, job_id: str) -> JobRec | None:
+        return self.jobs.get(job_id)
+
+    def of(self, dispatch: DispatchRec) -> list[JobRec]:
+        """A dispatch's jobs that still have records, oldest first."""
+        return [rec for j in dispatch.job_ids if (rec := self.jobs.get(j)) is not None]
+
+    def new_job(self, dispatch: DispatchRec, now: float) -> JobRec:
+        """A job for ``dispatch``, submitted to the core: offered at once if a
+        worker can take it, queued otherwise."""
+        key = AgentKey(dispatch.tenant, dispatch.agent_name, JT_ROOM, dispatch.deployment)
+        rec = JobRec(
+            id=ids.new(ids.JOB),
+            dispatch_id=dispatch.id,
+            key=key,
+            room=dispatch.room,
+            metadata=dispatch.metadata,
+            attributes=dispatch.attributes,
+            updated_ns=self._wall.ns(now),
+        )
+        self.jobs[rec.id] = rec
+        agent = (key.tenant, key.agent_name)
+        self._live[agent] += 1
+        self._queued[agent] += 1  # (a new record is QUEUED)
+        dispatch.job_ids.append(rec.id)
+        if self._bus.active:
+            self._bus.emit(JobChanged(rec, None))
+        deadline = now + self._cfg.queue_timeout
+        policy = RestartPolicy(dispatch.restart_policy)
+        self._core.submit(JobSpec(rec.id, key, deadline, restart_policy=policy), now)
+        return rec
+
+    def accepted(self, job_id: str, acceptance: Acceptance) -> None:
+        self._accepted[job_id] = acceptance
+
+    def take_acceptance(self, job_id: str) -> Acceptance:
+        return self._accepted.pop(job_id, None) or Acceptance(identity=f"agent-{job_id}")
+
+    def on_state(
+        self, rec: JobRec, state: JobState, reason: FailReason, worker_id: str | None, now: float
+    ) -> JobState:
+        """The core moved ``rec`` to ``state``; returns the state before."""
+        before = rec.state
+        now_ns = self._wall.ns(now)
+        if state != before:
+            agent = (rec.key.tenant, rec.key.agent_name)
+            self._queued[agent] += (state == JobState.QUEUED) - (before == JobState.QUEUED)
+            self._held += (state in _HELD) - (before in _HELD)
+            if state.terminal and not before.terminal:
+                self._live[agent] -= 1
+                if not self._live[agent]:
+                    del self._live[agent], self._queued[agent]
+        rec.state, rec.updated_ns = state, now_ns
+        if reason != FailReason.NONE:
+            rec.reason = reason
+        if worker_id and state in (JobState.OFFERED, JobState.ASSIGNED, JobState.RUNNING):
+            rec.worker_id = worker_id
+        rec.wait = (
+            self._core.wait_reason(rec.id, now)
+            if state == JobState.QUEUED
+            else WaitReason.NOT_WAITING
+        )
+        if state in (JobState.ASSIGNED, JobState.RUNNING) and not rec.started_ns:
+            rec.started_ns = now_ns
+        if state.terminal:
+            rec.ended_ns = now_ns
+            self._timers.clear(TimerKind.JOB_DURATION, (rec.id,))
+            self._accepted.pop(rec.id, None)
+            log.log(
+                logging.INFO if state != JobState.SUCCESS else logging.DEBUG,
+                "job ended %s",
+                state.name,
+                extra={
+                    "job": rec.id,
+                    "room": rec.room,
+                    "dispatch": rec.dispatch_id,
+                    "reason": rec.reason.name,
+                    "tenant": rec.key.tenant or None,
+                },
+            )
+        if self._bus.active:
+            self._bus.emit(JobChanged(rec, before))
+        if state.terminal and rec.orphaned:
+            self.forget(rec)
+        return before
+
+    def end(self, job_ids: list[str], reason: FailReason, now: float) -> None:
+        """Their dispatch is gone: cancel each job (a running one is
+        terminated) and drop each record once its job has ended."""
+        for job_id in job_ids:
+            rec = self.jobs.get(job_id)
+            if rec is None:
+                continue
+            rec.orphaned = True
+            if rec.state.terminal:
+                self.forget(rec)
+            else:
+                self._core.cancel(job_id, now, reason)
+
+    def forget(self, rec: JobRec) -> None:
+        self._core.forget(rec.id)
+        del self.jobs[rec.id]
+        if self._bus.active:
+            self._bus.emit(JobForgotten(rec))
+
+    def refresh_wait(self, job_ids: list[str], now: float) -> None:
+        """Bring the wait reasons of these jobs up to ``now`` (a backoff
+        ends without an event)."""
+        for job_id in job_ids:
+            rec = self.jobs.get(job_id)
+            if rec is not None and rec.state == JobState.QUEUED:
+                rec.wait = self._core.wait_reason(job_id, now)
+
+    def agent_jobs(self, tenant: str, agent_name: str) -> tuple[int, int]:
+        """(jobs not ended, of which queued) of one agent in one tenant."""
+        agent = (tenant, agent_name)
+        return self._live.get(agent, 0), self._queued.get(agent, 0)
+
+    def running(self) -> int:
+        """Jobs assigned, running, or waiting to be claimed back."""
+        return self._held
+
+    def started_too_long(self, job_id: str, now: float) -> None:
+        """Its max_job_duration passed: end it."""
+        rec = self.jobs.get(job_id)
+        if rec is not None and not rec.state.terminal:
+            self._core.cancel(job_id, now, FailReason.MAX_DURATION)

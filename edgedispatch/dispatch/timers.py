@@ -1,0 +1,86 @@
+"""The domain's deadline heap: rooms closing when nobody came, jobs running
+past their maximum duration.
+
+It sits beside the scheduling core's own timers; ``Domain.next_deadline()``
+is the earlier of the two, and the shell arms one ``call_at`` for it.
+Each (kind, key) has at most one live deadline: setting it again replaces
+it, and the replaced heap entry is skipped when it reaches the top (the
+core's generation trick).  Times are the caller's monotonic ``now``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from enum import IntEnum
+
+
+class TimerKind(IntEnum):
+    ROOM_EMPTY = 1  #: key (tenant, room name): nobody joined within empty_timeout
+    JOB_DURATION = 2  #: key (job id,): ran for max_job_duration
+
+
+TimerKey = tuple[str, ...]
+
+
+class Timers:
+    __slots__ = ("_heap", "_live", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, TimerKind, TimerKey]] = []
+        #: (kind, key) -> the sequence number of its live heap entry
+        self._live: dict[tuple[TimerKind, TimerKey], int] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def set(self, when: float, kind: TimerKind, key: TimerKey) -> None:
+        """Fire (kind, key) at ``when``, instead of any earlier setting."""
+        self._seq += 1
+        self._live[kind, key] = self._seq
+        heapq.heappush(self._heap, (when, self._seq, kind, key))
+        # Replaced and cleared entries stay in the heap until they reach its
+        # top; when they outnumber the live ones, rebuild it, so that a churn
+        # of rooms cannot grow it without bound.
+        if len(self._heap) > 64 and len(self._heap) > 2 * len(self._live):
+            live = self._live
+            self._heap = [e for e in self._heap if live.get((e[2], e[3])) == e[1]]
+            heapq.heapify(self._heap)
+
+    def clear(self, kind: TimerKind, key: TimerKey) -> None:
+        self._live.pop((kind, key), None)
+
+    def next_deadline(self) -> float | None:
+        heap, live = self._heap, self._live
+        while heap and live.get((heap[0][2], heap[0][3])) != heap[0][1]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pop_due(self, now: float) -> list[tuple[TimerKind, TimerKey]]:
+        """The timers due at or before ``now``, earliest first; each fires once."""
+        due = []
+        heap, live = self._heap, self._live
+        while heap and heap[0][0] <= now:
+            _, seq, kind, key = heapq.heappop(heap)
+            if live.get((kind, key)) == seq:
+                del live[kind, key]
+                due.append((kind, key))
+        return due
+
+
+class WallTime:
+    """Wall-clock time for the records and tokens, from the monotonic ``now``
+    every call is given: ``now + offset``.  The shell sets ``offset`` (wall
+    minus monotonic) when it starts and refreshes it as it runs, so that the
+    domain itself reads no clock; tests leave it at 0 or set it."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
+
+    def __call__(self, now: float) -> float:
+        return now + self.offset
+
+    def ns(self, now: float) -> int:
+        return int((now + self.offset) * 1e9)
