@@ -31,6 +31,11 @@ def _impl_params() -> list[object]:
     return params
 
 
+def pytest_report_header() -> str:
+    core = "compiled" if _core.COMPILED else "pure Python"
+    return f"edgedispatch: the {core} scheduling core serves (EDGEDISPATCH_NO_EXTENSIONS)"
+
+
 @pytest.fixture(params=_impl_params())
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     module: ModuleType = request.param

@@ -1,9 +1,12 @@
-"""A real edgedispatch server per test, in a thread with its own event loop
-(uvloop or asyncio), on an ephemeral port."""
+"""A real edgedispatch server per test, in a thread with its own event loop,
+on an ephemeral port.  Every functional test runs twice, on uvloop and on
+plain asyncio (``loop_kind``, autouse): servers started by ``start_server``
+and server processes started with ``serve_argv`` use that loop."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -91,11 +94,18 @@ class ServerThread:
         self.loop.close()
 
 
-def serve_once(*args: str) -> subprocess.CompletedProcess[str]:
-    """``edgedispatch serve --dev --port 0 ARGS`` as a process, for a
-    configuration it must refuse: returns once it has exited."""
-    argv = [sys.executable, "-m", "edgedispatch", "serve", "--dev", "--port", "0", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+def serve_argv(loop_kind: str, *args: str) -> list[str]:
+    """``edgedispatch serve --dev --port 0 --loop LOOP ARGS``."""
+    return [
+        sys.executable, "-m", "edgedispatch", "serve", "--dev", "--port", "0",
+        "--loop", loop_kind, *args,
+    ]  # fmt: skip
+
+
+def serve_once(loop_kind: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The server as a process, for a configuration it must refuse: returns
+    once it has exited."""
+    return subprocess.run(serve_argv(loop_kind, *args), capture_output=True, text=True, timeout=30)
 
 
 def make_config(**sections: Any) -> config.Config:
@@ -114,18 +124,23 @@ def make_config(**sections: Any) -> config.Config:
     return config.validate(base)
 
 
-@pytest.fixture(params=["uvloop", "asyncio"])
+#: ``EDGEDISPATCH_TEST_LOOPS=uvloop`` runs each test on one loop (the pass
+#: on the pure-Python core does: both loops are covered by the first pass).
+LOOPS = os.environ.get("EDGEDISPATCH_TEST_LOOPS", "uvloop,asyncio").split(",")
+
+
+@pytest.fixture(params=LOOPS, autouse=True)
 def loop_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., ServerThread]]:
+def start_server(loop_kind: str) -> Iterator[Callable[..., ServerThread]]:
     started: list[ServerThread] = []
 
-    def start(loop_kind: str = "uvloop", **sections: Any) -> ServerThread:
-        srv = ServerThread(make_config(**sections), loop_kind).start()
+    def start(kind: str | None = None, **sections: Any) -> ServerThread:
+        srv = ServerThread(make_config(**sections), kind or loop_kind).start()
         started.append(srv)
         return srv
 

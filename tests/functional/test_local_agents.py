@@ -112,12 +112,12 @@ def test_a_job_over_its_memory_limit_fails_with_the_reason(
     assert "memory limit exceeded" in error and "> 200 MB" in error
 
 
-def test_bad_definitions_stop_the_server(tmp_path: Path) -> None:
+def test_bad_definitions_stop_the_server(tmp_path: Path, loop_kind: str) -> None:
     cfg = tmp_path / "c.toml"
 
     def serve(definitions: str) -> subprocess.CompletedProcess[str]:
         cfg.write_text(definitions)
-        return serve_once("--config", str(cfg))
+        return serve_once(loop_kind, "--config", str(cfg))
 
     out = serve('[[agents]]\nname = "x"\nentrypoint = "no_such_module_anywhere:main"\n')
     assert out.returncode == 2 and "unknown module 'no_such_module_anywhere'" in out.stderr

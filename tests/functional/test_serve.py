@@ -19,13 +19,13 @@ from livekit import api
 
 from edgedispatch._testbase.fake_worker import FakeWorker
 
-from .conftest import serve_once
+from .conftest import serve_argv, serve_once
 
 
 class ServeProcess:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, loop_kind: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgedispatch", "serve", "--dev", "--port", "0", *args],
+            serve_argv(loop_kind, *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -73,8 +73,8 @@ def served() -> Iterator[list[ServeProcess]]:
                 pipe.close()
 
 
-def test_cli_against_the_server_and_json_logs(served: list[ServeProcess]) -> None:
-    srv = ServeProcess("--log-format", "json")
+def test_cli_against_the_server_and_json_logs(served: list[ServeProcess], loop_kind: str) -> None:
+    srv = ServeProcess(loop_kind, "--log-format", "json")
     served.append(srv)
     out = srv.cli("dispatch", "create", "--room", "r1", "--agent-name", "bot", "--metadata", "m1")
     assert out.returncode == 0, out.stderr
@@ -101,15 +101,15 @@ def test_cli_against_the_server_and_json_logs(served: list[ServeProcess]) -> Non
     assert ended["level"] == "info" and isinstance(ended["ts"], float)
 
 
-def test_bad_configuration_stops_the_server(tmp_path: Path) -> None:
+def test_bad_configuration_stops_the_server(tmp_path: Path, loop_kind: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[dispatch]\noffer_timeout = -1\n")
-    out = serve_once("--config", str(cfg))
+    out = serve_once(loop_kind, "--config", str(cfg))
     assert out.returncode == 2 and "dispatch.offer_timeout" in out.stderr
 
 
-def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess]) -> None:
-    srv = ServeProcess()
+def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess], loop_kind: str) -> None:
+    srv = ServeProcess(loop_kind)
     served.append(srv)
 
     async def main() -> None:
@@ -138,7 +138,7 @@ def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess]) -> No
 
     asyncio.run(main())
 
-    second = ServeProcess()
+    second = ServeProcess(loop_kind)
     served.append(second)
 
     async def hold_a_job() -> None:
@@ -193,8 +193,10 @@ def test_bench_dispatch_reports_what_it_promises() -> None:
     assert 0 < report["rss_per_worker_kb"] < 1000
 
 
-def test_agent_cli_manages_definitions(served: list[ServeProcess], tmp_path: Path) -> None:
-    srv = ServeProcess()
+def test_agent_cli_manages_definitions(
+    served: list[ServeProcess], tmp_path: Path, loop_kind: str
+) -> None:
+    srv = ServeProcess(loop_kind)
     served.append(srv)
     agents = Path(__file__).resolve().parents[1] / "agents"
     out = srv.cli(
@@ -231,7 +233,9 @@ def test_agent_cli_manages_definitions(served: list[ServeProcess], tmp_path: Pat
     assert srv.cli("agent", "list").stdout == ""
 
 
-def test_drain_waits_for_local_jobs(served: list[ServeProcess], tmp_path: Path) -> None:
+def test_drain_waits_for_local_jobs(
+    served: list[ServeProcess], tmp_path: Path, loop_kind: str
+) -> None:
     agents = Path(__file__).resolve().parents[1] / "agents"
     cfg = tmp_path / "agents.toml"
     cfg.write_text(
@@ -241,7 +245,7 @@ def test_drain_waits_for_local_jobs(served: list[ServeProcess], tmp_path: Path) 
         "max_duration = 2\n"
         f'env = {{ EDT_OUT = "{tmp_path}", EDT_MODE = "sleep" }}\n'
     )
-    srv = ServeProcess("--config", str(cfg))
+    srv = ServeProcess(loop_kind, "--config", str(cfg))
     served.append(srv)
     srv.cli("dispatch", "create", "--room", "r", "--agent-name", "sleeper")
     deadline = time.monotonic() + 20

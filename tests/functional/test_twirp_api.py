@@ -248,8 +248,14 @@ def test_delete_room_terminates_its_running_jobs(start_server: Callable[..., Ser
                 api.CreateRoomRequest(name="talk", agents=[api.RoomAgentDispatch(agent_name="a")])
             )
             await w.wait_for(lambda: len(w.assigned) == 1)
+            (job_id,) = w.assigned
             await lk.room.delete_room(api.DeleteRoomRequest(room="talk"))
-        await w.wait_for(lambda: list(w.terminated) == list(w.assigned))
+            await w.wait_for(lambda: bool(w.terminated))
+            assert w.terminated == [job_id]  # the room's running job, once
+            rooms = await lk.room.list_rooms(api.ListRoomsRequest())
+            assert [r.name for r in rooms.rooms] == []
+            assert await lk.agent_dispatch.list_dispatch("talk") == []
+        assert srv.call(lambda: job_id not in srv.domain.jobs.jobs)  # its record is gone
 
     run(main())
 

@@ -32,7 +32,7 @@ ALLOW: dict[str, set[str]] = {
     "runtime": {"_core", "agent", "config", "dispatch", "errors", "store", "worker"},
     "obs": {"_core", "config", "dispatch", "errors"},
     "net": {"errors", "wire"},
-    "_testbase": {"_core", "errors", "wire"},
+    "_testbase": {"_core", "dispatch", "errors", "wire"},
     "server": {
         "_core",
         "api",
