@@ -55,6 +55,9 @@ class RoomDirectory:
         self._wall = wall
         self._has_workers = has_workers
         self.rooms: dict[tuple[str, str], RoomRec] = {}
+        # The same rooms per tenant, so that listing one tenant's rooms does
+        # not walk every tenant's.
+        self._by_tenant: dict[str, dict[str, RoomRec]] = {}
         self.dispatches: dict[str, DispatchRec] = {}
         self._by_request_id: OrderedDict[tuple[str, str], str] = OrderedDict()
 
@@ -71,12 +74,12 @@ class RoomDirectory:
         return room
 
     def list_rooms(self, tenant: str, names: list[str]) -> list[RoomRec]:
+        """A tenant's rooms (those of ``names`` only, if given), oldest first."""
+        mine = self._by_tenant.get(tenant, {})
+        if not names:
+            return list(mine.values())
         wanted = set(names)
-        return [
-            r
-            for (t, name), r in self.rooms.items()
-            if t == tenant and (not wanted or name in wanted)
-        ]
+        return [room for name, room in mine.items() if name in wanted]
 
     def open(self, tenant: str, spec: RoomSpec, now: float) -> RoomRec:
         """A new room, with no dispatches yet."""
@@ -91,6 +94,7 @@ class RoomDirectory:
             metadata=spec.metadata,
         )
         self.rooms[tenant, spec.name] = room
+        self._by_tenant.setdefault(tenant, {})[spec.name] = room
         # Nobody joins rooms on this server yet, so a room lives for its
         # empty timeout, as a LiveKit room nobody joined does.
         if room.empty_timeout > 0:
@@ -141,6 +145,10 @@ class RoomDirectory:
         for dispatch_id in list(room.dispatch_ids):
             self._end_dispatch(self.dispatches[dispatch_id], FailReason.ROOM_CLOSED, now)
         del self.rooms[room.tenant, room.name]
+        mine = self._by_tenant[room.tenant]
+        del mine[room.name]
+        if not mine:
+            del self._by_tenant[room.tenant]
         message = "room deleted" if why == "deleted" else f"room closed ({why})"
         log.info(message, extra={"room": room.name, "tenant": room.tenant or None})
         if self._bus.active:

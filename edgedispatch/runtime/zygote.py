@@ -39,13 +39,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from edgedispatch.agent import JobContext
+from edgedispatch.errors import InvalidArgument
 from edgedispatch.runtime import messages as m
 from edgedispatch.runtime.messages import JobInfo
 
 Entrypoint = Callable[[JobContext], Coroutine[Any, Any, None]]
 
 
-class LoadError(Exception):
+class LoadError(InvalidArgument):
     """The agent's entrypoint or prewarm cannot be used; the message says why."""
 
 

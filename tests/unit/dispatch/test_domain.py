@@ -204,8 +204,12 @@ def test_create_dispatch_is_idempotent_on_the_request_id() -> None:
 def test_tenants_see_only_their_own_rooms() -> None:
     domain, _, _ = make()
     domain.create_room("acme", RoomSpec("shared"), now=0.0)
+    domain.create_room("acme", RoomSpec("other"), now=0.0)
     domain.create_room("globex", RoomSpec("shared"), now=0.0)
+    assert [r.name for r in domain.rooms.list_rooms("acme", [])] == ["shared", "other"]
+    assert [r.tenant for r in domain.rooms.list_rooms("globex", ["shared", "x"])] == ["globex"]
     domain.delete_room("acme", "shared", now=1.0)
+    assert [r.name for r in domain.rooms.list_rooms("acme", [])] == ["other"]
     assert domain.rooms.find("globex", "shared") is not None
     with pytest.raises(NotFound) as info:
         domain.delete_room("acme", "shared", now=1.0)
