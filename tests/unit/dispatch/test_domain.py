@@ -299,3 +299,22 @@ def test_a_failing_subscriber_does_not_stop_the_domain() -> None:
     domain.subscribe(broken)
     job_id = dispatch(domain, "r1", "a", now=0.0)
     assert domain.jobs.jobs[job_id].state == JobState.QUEUED
+
+
+def test_records_encode_as_they_are_for_a_store() -> None:
+    # No timer handles or connections inside: msgspec writes and reads them.
+    import msgspec
+
+    from edgedispatch.dispatch.records import DispatchRec, JobRec, RoomRec
+
+    domain, _, _ = make()
+    link = RecordingLink()
+    register(domain, link, "a", now=0.0)
+    job_id = dispatch(domain, "r1", "a", now=0.0)
+    domain.accept(link, job_id, Acceptance("agent", attributes={"k": "v"}), now=1.0)
+    domain.step(1.0)
+    room = domain.rooms.get("", "r1")
+    (rec,) = domain.rooms.list_dispatch("", "r1")
+    job = domain.jobs.jobs[job_id]
+    for value, kind in ((room, RoomRec), (rec, DispatchRec), (job, JobRec)):
+        assert msgspec.json.decode(msgspec.json.encode(value), type=kind) == value
