@@ -140,3 +140,37 @@ def test_client_without_keys_says_how_to_get_them(
     assert main(command) == 2
     err = capsys.readouterr().err
     assert "--api-key" in err and "--dev" in err
+
+
+def test_bench_jobs_knows_whether_livekit_agents_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgedispatch.cli.bench import jobs
+
+    assert jobs.livekit_agents_installed()  # the test extra includes the bench extra
+    monkeypatch.setitem(sys.modules, "livekit.agents", None)
+    assert not jobs.livekit_agents_installed()
+
+
+def test_bench_jobs_without_livekit_agents_skips_its_rows_and_says_why() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['livekit.agents'] = None  # as without the bench extra\n"
+        "from edgedispatch.cli import main\n"
+        "sys.exit(main(['bench', 'jobs', '--burst', '1', '--json']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    report = json.loads(out.stdout)
+    assert [(r["runtime"], r["burst"], r["samples"]) for r in report["rows"]] == [
+        ("edgedispatch", 1, 3)
+    ]
+    assert report["skipped"] == [
+        "livekit-agents is not installed: pip install 'edgedispatch[bench]'; its rows "
+        "(livekit-agents, agent-server cold start) are skipped"
+    ]
+    from edgedispatch.cli.bench import jobs
+
+    text = jobs.render(report)
+    assert "skipped: livekit-agents is not installed" in text and "nan" not in text
