@@ -19,7 +19,7 @@ annotation, never evaluated (``from __future__ import annotations``), and the
 is one constant rather than a copy of Cython's ``Shadow`` module.  A use of
 anything else at run time (a ``@cython.cfunc`` decorator, ``cython.cast``)
 would fail here: ``tests/unit/test_packaging.py`` runs the pure core with
-Cython hidden.
+Cython hidden, and ``./dev test``'s wheel stage runs an installed copy.
 """
 
 from __future__ import annotations

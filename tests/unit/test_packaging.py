@@ -1,6 +1,10 @@
 """What an installed copy needs at run time: no Cython, and every
 third-party module edgedispatch imports provided by its runtime dependencies
-(or, for the few modules that need one, by the extra that declares it)."""
+(or, for the few modules that need one, by the extra that declares it).
+
+``./dev test``'s wheel stage (``tests/smoke/wheel_smoke.py``) runs an
+installed copy; these catch the same defects sooner, and in code paths that
+the smoke run does not take."""
 
 from __future__ import annotations
 
