@@ -70,11 +70,6 @@ def _closure(requirements: list[str]) -> set[str]:
         if name in seen or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
             continue
         seen.add(name)
-        if name == "edgedispatch":  # the test extra's edgedispatch[bench]
-            extras = _pyproject()["optional-dependencies"]
-            assert isinstance(extras, dict)
-            todo += [Requirement(r) for extra in req.extras for r in extras[extra]]
-            continue
         todo += [Requirement(r) for r in importlib.metadata.requires(name) or []]
     return seen
 
