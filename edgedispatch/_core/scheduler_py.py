@@ -34,7 +34,10 @@ from __future__ import annotations
 
 from collections import deque
 
-import cython
+try:
+    import cython
+except ModuleNotFoundError:  # an installed wheel: Cython is a build requirement only
+    from edgedispatch._core import _cython_shim as cython
 
 from edgedispatch._core import codes
 from edgedispatch.errors import InvalidEvent, InvalidTransition, UnknownJob, UnknownWorker

@@ -8,25 +8,56 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:7880"
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help=f"server URL (env LIVEKIT_URL; default {DEFAULT_URL})")
+    parser.add_argument("--api-key", help="API key (env LIVEKIT_API_KEY)")
+    parser.add_argument("--api-secret", help="API secret (env LIVEKIT_API_SECRET)")
     parser.add_argument(
-        "--url",
-        default=os.environ.get("LIVEKIT_URL", "http://127.0.0.1:7880"),
-        help="server URL (env LIVEKIT_URL)",
-    )
-    parser.add_argument(
-        "--api-key", default=os.environ.get("LIVEKIT_API_KEY"), help="API key (env LIVEKIT_API_KEY)"
-    )
-    parser.add_argument(
-        "--api-secret",
-        default=os.environ.get("LIVEKIT_API_SECRET"),
-        help="API secret (env LIVEKIT_API_SECRET)",
+        "--dev",
+        action="store_true",
+        help=(
+            "talk to a server started with `serve --dev`, as `lk --dev` does: key devkey, "
+            f"secret secret, URL {DEFAULT_URL}, ignoring LIVEKIT_*; "
+            "--url, --api-key and --api-secret still win"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def resolve_connection(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> None:
+    """Fill in ``args.url``, ``api_key`` and ``api_secret``: from their flag,
+    else ``--dev``'s, else the LIVEKIT_* environment.  ``--dev`` beats the
+    environment because it is said on this command line, while LIVEKIT_*
+    may be left over for another server."""
+    from edgedispatch.config import DEV_KEY, DEV_SECRET
+
+    dev = {"url": DEFAULT_URL, "api_key": DEV_KEY, "api_secret": DEV_SECRET}
+    for field, var in (
+        ("url", "LIVEKIT_URL"),
+        ("api_key", "LIVEKIT_API_KEY"),
+        ("api_secret", "LIVEKIT_API_SECRET"),
+    ):
+        if getattr(args, field) is None:
+            setattr(args, field, dev[field] if args.dev else env.get(var))
+    if args.url is None:
+        args.url = DEFAULT_URL
+
+
+def _missing_keys(args: argparse.Namespace) -> bool:
+    if args.api_key and args.api_secret:
+        return False
+    print(
+        "edgedispatch: --api-key and --api-secret (or LIVEKIT_API_KEY and "
+        "LIVEKIT_API_SECRET) are required; --dev uses the keys of `serve --dev`",
+        file=sys.stderr,
+    )
+    return True
 
 
 def add_commands(sub: Any) -> None:
@@ -96,8 +127,8 @@ def add_agent_commands(sub: Any) -> None:
 def run_agent(args: argparse.Namespace) -> int:
     """Talks to edgedispatch.AgentService with a token carrying the agent
     admin grant, signed with the given key."""
-    if not args.api_key or not args.api_secret:
-        print("edgedispatch: --api-key and --api-secret are required", file=sys.stderr)
+    resolve_connection(args)
+    if _missing_keys(args):
         return 2
     method, body = {
         "list": ("ListAgents", {}),
@@ -149,12 +180,8 @@ def _run(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]) -> int
 
     from edgedispatch.wire import tokens  # noqa: F401  (silences PyJWT's short-secret warning)
 
-    if not args.api_key or not args.api_secret:
-        print(
-            "edgedispatch: --api-key and --api-secret (or LIVEKIT_API_KEY and "
-            "LIVEKIT_API_SECRET) are required",
-            file=sys.stderr,
-        )
+    resolve_connection(args)
+    if _missing_keys(args):
         return 2
 
     async def main() -> Any:

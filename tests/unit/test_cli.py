@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from edgedispatch import __version__, _core
-from edgedispatch.cli import main
+from edgedispatch.cli import build_parser, client, main
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,3 +85,92 @@ def test_no_extensions_switch_selects_the_python_core() -> None:
             env={**os.environ, "EDGEDISPATCH_NO_EXTENSIONS": ""},
         )
         assert out.stdout.split() == ["True", "edgedispatch._core.scheduler_c"]
+
+
+PROD = {
+    "LIVEKIT_URL": "wss://prod.example.com",
+    "LIVEKIT_API_KEY": "prod-key",
+    "LIVEKIT_API_SECRET": "prod-secret",
+}
+
+
+@pytest.mark.parametrize(
+    "command", [["dispatch", "list", "--room", "r"], ["room", "list"], ["agent", "list"]]
+)
+def test_dev_flag_uses_the_dev_server_over_the_environment(command: list[str]) -> None:
+    args = build_parser().parse_args([*command, "--dev"])
+    client.resolve_connection(args, env=PROD)
+    assert (args.url, args.api_key, args.api_secret) == (
+        "http://127.0.0.1:7880",
+        "devkey",
+        "secret",
+    )
+
+
+def test_explicit_flags_win_over_dev() -> None:
+    args = build_parser().parse_args(
+        ["room", "list", "--dev", "--url", "http://h:1", "--api-key", "k", "--api-secret", "s"]
+    )
+    client.resolve_connection(args, env=PROD)
+    assert (args.url, args.api_key, args.api_secret) == ("http://h:1", "k", "s")
+    args = build_parser().parse_args(["room", "list", "--dev", "--api-key", "k"])
+    client.resolve_connection(args, env=PROD)
+    assert (args.api_key, args.api_secret) == ("k", "secret")
+
+
+def test_without_dev_the_environment_gives_the_connection() -> None:
+    args = build_parser().parse_args(["dispatch", "list", "--room", "r"])
+    client.resolve_connection(args, env=PROD)
+    assert (args.url, args.api_key, args.api_secret) == (
+        "wss://prod.example.com",
+        "prod-key",
+        "prod-secret",
+    )
+    args = build_parser().parse_args(["dispatch", "list", "--room", "r"])
+    client.resolve_connection(args, env={})
+    assert (args.url, args.api_key, args.api_secret) == ("http://127.0.0.1:7880", None, None)
+
+
+@pytest.mark.parametrize("command", [["room", "list"], ["agent", "list"]])
+def test_client_without_keys_says_how_to_get_them(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var in PROD:
+        monkeypatch.delenv(var, raising=False)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "--api-key" in err and "--dev" in err
+
+
+def test_bench_jobs_knows_whether_livekit_agents_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgedispatch.cli.bench import jobs
+
+    assert jobs.livekit_agents_installed()  # the test extra includes the bench extra
+    monkeypatch.setitem(sys.modules, "livekit.agents", None)
+    assert not jobs.livekit_agents_installed()
+
+
+def test_bench_jobs_without_livekit_agents_skips_its_rows_and_says_why() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['livekit.agents'] = None  # as without the bench extra\n"
+        "from edgedispatch.cli import main\n"
+        "sys.exit(main(['bench', 'jobs', '--burst', '1', '--json']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    report = json.loads(out.stdout)
+    assert [(r["runtime"], r["burst"], r["samples"]) for r in report["rows"]] == [
+        ("edgedispatch", 1, 3)
+    ]
+    assert report["skipped"] == [
+        "livekit-agents is not installed: pip install 'edgedispatch[bench]'; its rows "
+        "(livekit-agents, agent-server cold start) are skipped"
+    ]
+    from edgedispatch.cli.bench import jobs
+
+    text = jobs.render(report)
+    assert "skipped: livekit-agents is not installed" in text and "nan" not in text

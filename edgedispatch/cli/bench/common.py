@@ -13,9 +13,8 @@ import sys
 import time
 from typing import IO, Any
 
+from edgedispatch.config import DEV_KEY, DEV_SECRET
 from edgedispatch.wire.tokens import sign_hs256
-
-DEV_KEY, DEV_SECRET = "devkey", "secret"
 
 
 def start_server(

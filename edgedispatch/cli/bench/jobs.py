@@ -6,11 +6,16 @@ and jobs of an unmodified livekit-agents worker (its default settings, but a
 pinned load), in bursts of 1, 10 and 50 dispatches sent at once; and the
 cold start of an agent-server definition (dispatch -> job running when none
 of its processes exists).  Both ends read CLOCK_MONOTONIC.
+
+livekit-agents is the ``bench`` extra, not a runtime dependency: without it
+the rows that need it (the comparison, and the cold start, whose agent server
+is a livekit-agents app) are skipped, and the report says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,6 +27,7 @@ from typing import Any
 from livekit.protocol import agent_dispatch
 
 from edgedispatch.cli.bench.common import admin_token, percentile, read_response, start_server, stop
+from edgedispatch.config import DEV_KEY, DEV_SECRET
 
 TARGETS = {
     "native_p50_ms_burst50": 3.0,
@@ -31,14 +37,25 @@ TARGETS = {
 }
 ROUNDS = 3
 HOLD = 0.5  # how long each job stays, as in a room (s)
+LIVEKIT_AGENTS_MISSING = (
+    "livekit-agents is not installed: pip install 'edgedispatch[bench]'; its rows "
+    "(livekit-agents, agent-server cold start) are skipped"
+)
 
 
-def _config(tmp: Path, idle: int, slots: int) -> Path:
+def livekit_agents_installed() -> bool:
+    try:
+        return importlib.util.find_spec("livekit.agents") is not None
+    except ImportError:  # not even the livekit namespace
+        return False
+
+
+def _config(tmp: Path, idle: int, slots: int, cold: bool) -> Path:
     out = tmp / "out"
     out.mkdir()
     py = sys.executable
     cfg = tmp / "bench.toml"
-    cfg.write_text(f"""
+    text = f"""
 [dispatch]
 worker_slots = {slots}
 [logging]
@@ -49,12 +66,16 @@ entrypoint = "edgedispatch.cli.bench.jobs_agent:entrypoint"
 idle = {idle}
 slots = {slots}
 env = {{ EDT_OUT = "{out}", EDT_HOLD = "{HOLD}" }}
+"""
+    if cold:
+        text += f"""
 [[agents]]
 name = "bench-cold"
 worker = ["{py}", "-m", "edgedispatch.cli.bench.lk_jobs_agent", "start"]
 env = {{ EDT_OUT = "{out}", EDT_AGENT = "bench-cold", EDT_HOLD = "{HOLD}" }}
 idle_timeout = 3600
-""")
+"""
+    cfg.write_text(text)
     return cfg
 
 
@@ -166,7 +187,9 @@ def _pct(values: list[float], q: float) -> float:
     return round(percentile(values, q), 2)
 
 
-async def _measure(url: str, out: Path, bursts: list[int], lk_agent: bool) -> list[dict[str, Any]]:
+async def _measure(
+    url: str, out: Path, bursts: list[int], lk_agent: bool, cold: bool
+) -> list[dict[str, Any]]:
     rows = []
     host, port = url.removeprefix("http://").split(":")
     client = _Client(host, int(port))
@@ -200,9 +223,9 @@ async def _measure(url: str, out: Path, bursts: list[int], lk_agent: bool) -> li
                     # The jobs end and the pools refill.
                     await asyncio.sleep(HOLD + (1.0 if runtime == "edgedispatch" else 3.0))
                 rows.append(row(runtime, n, lat))
-        rows.append(
-            row("agent-server cold start", 1, await _burst(client, starts, "bench-cold", 1, "cold"))
-        )
+        if cold:
+            lat = await _burst(client, starts, "bench-cold", 1, "cold")
+            rows.append(row("agent-server cold start", 1, lat))
     finally:
         client.close()
     return rows
@@ -211,15 +234,18 @@ async def _measure(url: str, out: Path, bursts: list[int], lk_agent: bool) -> li
 def _pool_uss(url: str) -> list[int]:
     from edgedispatch.cli import agent_client as client
 
-    _, out = client.call(url, "devkey", "secret", "ListAgents", {}, timeout=10)
+    _, out = client.call(url, DEV_KEY, DEV_SECRET, "ListAgents", {}, timeout=10)
     native = next(a for a in out["agents"] if a["name"] == "bench-native")
     return list(native.get("pool_uss_kb", []))
 
 
 def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
+    has_lk = livekit_agents_installed()
+    skipped = [] if has_lk else [LIVEKIT_AGENTS_MISSING]
+    lk_agent = lk_agent and has_lk
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        cfg = _config(tmp, idle=max(bursts), slots=max(bursts) * 2)
+        cfg = _config(tmp, idle=max(bursts), slots=max(bursts) * 2, cold=has_lk)
         server, url = start_server("--config", str(cfg))
         worker = None
         try:
@@ -230,8 +256,8 @@ def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
                         **os.environ,
                         "PYTHONWARNINGS": "ignore",
                         "LIVEKIT_URL": url.replace("http", "ws"),
-                        "LIVEKIT_API_KEY": "devkey",
-                        "LIVEKIT_API_SECRET": "secret",
+                        "LIVEKIT_API_KEY": DEV_KEY,
+                        "LIVEKIT_API_SECRET": DEV_SECRET,
                         "EDT_OUT": str(tmp / "out"),
                         "EDT_AGENT": "bench-lk",
                         "EDT_HOLD": str(HOLD),
@@ -242,12 +268,12 @@ def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
                 time.sleep(6)  # its warm pool and registration
             time.sleep(1)
             uss = _pool_uss(url)
-            rows = asyncio.run(_measure(url, tmp / "out", bursts, lk_agent))
+            rows = asyncio.run(_measure(url, tmp / "out", bursts, lk_agent, cold=has_lk))
         finally:
             if worker is not None:
                 stop(worker)
             stop(server)
-    return {"rows": rows, "pool_uss_kb": uss, "targets": TARGETS}
+    return {"rows": rows, "pool_uss_kb": uss, "targets": TARGETS, "skipped": skipped}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -262,6 +288,7 @@ def render(report: dict[str, Any]) -> str:
             f"{r['runtime']:<26} {r['burst']:>5} {r['p50_ms']:>8} {r['p99_ms']:>8} "
             f"{r['request_p50_ms']:>8} {r['request_p99_ms']:>8} {r['samples']:>4}"
         )
+    lines.extend(f"skipped: {why}" for why in report.get("skipped", []))
     uss = report["pool_uss_kb"]
     if uss:
         lines.append(
