@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _bench_dispatch(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import dispatch
 
-    report = dispatch.run(args.workers, args.rate, args.duration, hold=args.hold)
+    report = dispatch.run(args.workers, args.rate, args.duration, hold=args.hold, loop=args.loop)
     print(json.dumps(report) if args.json else dispatch.render(report))
     return 0
 
@@ -67,7 +67,7 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
 def _bench_jobs(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import jobs
 
-    report = jobs.run(args.burst, lk_agent=not args.no_livekit_agents)
+    report = jobs.run(args.burst, lk_agent=not args.no_livekit_agents, loop=args.loop)
     print(json.dumps(report) if args.json else jobs.render(report))
     return 0
 
@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     disp.add_argument("--duration", type=float, default=10, help="seconds to send for")
     disp.add_argument("--hold", type=float, default=0.5, help="seconds each job runs")
     disp.add_argument("--json", action="store_true", help="print one JSON object")
+    disp.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop"
+    )
     disp.set_defaults(func=_bench_dispatch)
     jobs = bench_sub.add_parser("jobs", help="dispatch to entrypoint start, native and others")
     jobs.add_argument("--burst", type=int, nargs="+", default=[1, 10, 50], metavar="N")
@@ -137,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-livekit-agents", action="store_true", help="skip the livekit-agents comparison"
     )
     jobs.add_argument("--json", action="store_true", help="print one JSON object")
+    jobs.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop"
+    )
     jobs.set_defaults(func=_bench_jobs)
     return parser
 

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_bench_jobs_json() -> None:
+def test_bench_jobs_json(loop_kind: str) -> None:
     out = subprocess.run(
         [
             sys.executable,
@@ -23,6 +23,8 @@ def test_bench_jobs_json() -> None:
             "--burst",
             "2",
             "--no-livekit-agents",
+            "--loop",
+            loop_kind,
             "--json",
         ],
         capture_output=True,

@@ -162,7 +162,7 @@ def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess], loop_
     asyncio.run(hold_a_job())
 
 
-def test_bench_dispatch_reports_what_it_promises() -> None:
+def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
     out = subprocess.run(
         [
             sys.executable,
@@ -178,6 +178,8 @@ def test_bench_dispatch_reports_what_it_promises() -> None:
             "1",
             "--hold",
             "0.1",
+            "--loop",
+            loop_kind,
             "--json",
         ],
         capture_output=True,

@@ -114,10 +114,12 @@ def run(
     hold: float = 0.5,
     procs: int = 2,
     python: list[str] | None = None,
+    loop: str = "uvloop",
 ) -> dict[str, Any]:
-    """:param python: how to start the server's interpreter (e.g. under a profiler)."""
+    """:param python: how to start the server's interpreter (e.g. under a profiler).
+    :param loop: the server's event loop (``serve --loop``)."""
     raise_fd_limit()
-    server, url = start_server("--log-format", "json", python=python)
+    server, url = start_server("--log-format", "json", "--loop", loop, python=python)
     sims: list[subprocess.Popen[str]] = []
     try:
         host, port = url.removeprefix("http://").split(":")

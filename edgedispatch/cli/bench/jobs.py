@@ -239,14 +239,15 @@ def _pool_uss(url: str) -> list[int]:
     return list(native.get("pool_uss_kb", []))
 
 
-def run(bursts: list[int], lk_agent: bool = True) -> dict[str, Any]:
+def run(bursts: list[int], lk_agent: bool = True, loop: str = "uvloop") -> dict[str, Any]:
+    """:param loop: the server's event loop (``serve --loop``)."""
     has_lk = livekit_agents_installed()
     skipped = [] if has_lk else [LIVEKIT_AGENTS_MISSING]
     lk_agent = lk_agent and has_lk
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         cfg = _config(tmp, idle=max(bursts), slots=max(bursts) * 2, cold=has_lk)
-        server, url = start_server("--config", str(cfg))
+        server, url = start_server("--config", str(cfg), "--loop", loop)
         worker = None
         try:
             if lk_agent:
