@@ -1,6 +1,7 @@
 """The native pool's decisions, without processes and without sleeping:
-its state tables (``pool_states``) and its refill and failure policy
-(``pool_policy``, driven by a fake clock: plain floats passed as ``now``).
+its state tables (``pool_states``), its refill and failure policy
+(``pool_policy``, driven by a fake clock: plain floats passed as ``now``)
+and what a job's end is reported as (``pool_jobs.job_outcome``).
 
 The process-level behaviour is tests/unit/test_native_pool.py's."""
 
@@ -12,6 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from edgedispatch.errors import InternalError
+from edgedispatch.runtime import messages as m
+from edgedispatch.runtime.pool_jobs import job_outcome
 from edgedispatch.runtime.pool_policy import MAX_ATTEMPTS, REFILL_QUIET, PoolPolicy, backoff
 from edgedispatch.runtime.pool_states import ChildState, PoolState, move, settled
 
@@ -316,9 +319,41 @@ def test_a_job_whose_child_died_before_it_started_is_retried_then_failed() -> No
         attempts += 1
         children += 1
     assert (attempts, children) == (MAX_ATTEMPTS, MAX_ATTEMPTS + 1)
+    # What it is then told: how its last child died.
+    assert job_outcome("", -9, None) == (-9, "killed by signal 9 (SIGKILL)")
 
 
 def test_a_job_that_started_or_was_stopped_is_never_retried() -> None:
     policy = PoolPolicy(2)
     assert not policy.retry_job(0, started=True, stopping=False)
     assert not policy.retry_job(0, started=False, stopping=True)
+
+
+# -- what a job's end is reported as -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "code", "done", "expected"),
+    [
+        ("", 0, m.Done(code=0, error=""), (0, "")),
+        ("", 3, None, (3, "exited with code 3")),
+        ("", 1, m.Done(code=1, error="Traceback..."), (1, "Traceback...")),
+        # The zygote's status wins; Done's traceback only goes with its code.
+        ("", -9, m.Done(code=1, error="Traceback..."), (-9, "killed by signal 9 (SIGKILL)")),
+        # The zygote died: the child's own Done is all there is.
+        ("", None, m.Done(code=0, error=""), (0, "")),
+        ("", None, None, (None, "exit status unknown: the pool's zygote died")),
+        # Stopped by the pool: never a success, even after a clean shutdown.
+        ("ran longer than 0.3 s", 0, None, (-15, "ran longer than 0.3 s")),
+        (
+            "memory limit exceeded: 300 MB > 100 MB",
+            -9,
+            None,
+            (-9, "memory limit exceeded: 300 MB > 100 MB"),
+        ),
+    ],
+)
+def test_a_jobs_end_is_reported_with_its_code_and_error(
+    reason: str, code: int | None, done: m.Done | None, expected: tuple[int | None, str]
+) -> None:
+    assert job_outcome(reason, code, done) == expected
