@@ -35,10 +35,9 @@ CLOSED      ``close`` was called (by ``start`` too, when it fails).  No job
             starts and none is ended by its child any more: ``close`` ends
             them all with one error.  Terminal.
 
-A zygote can die only once it runs, so RESTARTING follows RUNNING only;
-a zygote dying while NEW makes ``start`` fail (CLOSED), and one dying while
-RESTARTING makes the restart fail (BROKEN).  Any state but CLOSED may be
-closed.
+Only a pool that was running restarts: a zygote dying while it loads the
+agent makes ``start`` fail (NEW -> CLOSED), or the restart (RESTARTING ->
+BROKEN).  Any state but CLOSED may be closed.
 
 The child
 ---------
@@ -58,8 +57,9 @@ Moves go forward only, one step at a time, or to FINALIZED from anywhere:
 a process may die at any point of its life, and a child never goes back
 (prewarm runs once; a job's process is never reused).  How far a child got
 decides its end: one that dies before READY counts against the pool (the
-policy backs off forking), one that dies READY was simply lost, one that
-dies BUSY ends its job.
+policy backs off forking); one that dies READY was simply lost; one that
+dies BUSY ends its job, or hands it to another child if the job had not
+started yet (the policy's ``retry_job``).
 
 Its end is three facts that come in any order, on three sockets: its exit
 status (the zygote's ``Exited``) and the end of each of its connections.
@@ -70,9 +70,9 @@ job's traceback are read before the job is ended.  The arrival orders:
 2. ``Exited``, then connections: settled by the last of them; if a
    grandchild keeps the output open, a grace timer settles it regardless;
 3. ``Exited`` while still FORKED: its control connection may yet sit in the
-   listener's accept queue, so closed connections do not settle it (it
-   never had any).  The grace timer does, or a late ``Hello`` whose
-   connection then closes.
+   listener's accept queue, so having no open connection does not settle
+   it.  The grace timer does, or a late ``Hello`` whose connection then
+   closes.
 
 An *orphan* is a child whose zygote is gone (or never was ours: one that
 connected after its zygote died).  Nobody will report its exit, so for

@@ -40,7 +40,7 @@ CHILD_MOVES = {
     (C.CONNECTED, C.READY),  # prewarmed
     (C.CONNECTED, C.FINALIZED),  # prewarm failed, or retired
     (C.READY, C.BUSY),  # given a job
-    (C.READY, C.FINALIZED),  # died idle (and its job, if any, gets another child)
+    (C.READY, C.FINALIZED),  # died idle, or retired when its zygote died
     (C.BUSY, C.FINALIZED),  # the job is over
 }
 
