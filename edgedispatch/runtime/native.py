@@ -7,10 +7,22 @@ sending one message to a process that is already waiting (~1 ms).  Taken
 children are replaced once the burst that took them has passed; a burst
 beyond them waits for forks, which the pool then asks for at once.
 
-Nothing here blocks the event loop: the zygote is spawned in an executor,
-every socket is an asyncio transport, signals go through pidfds (a pidfd
-names one process, so a reused pid is never hit), and the memory sampler
-reads ``/proc`` (no disk I/O).
+This module is the asyncio shell.  What it decides with lives elsewhere:
+
+- ``pool_states``: the states of the pool and of each child, and the only
+  moves between them (read its theory of operation first);
+- ``pool_policy``: when to fork, how to back off when children die, when a
+  job gets another child (sans-IO: the loop's time is passed in);
+- ``pool_conn``: the connections, and what each message means;
+- ``pool_jobs``: a job given to the pool, a child, and how a job's end is
+  reported;
+- ``zygote_process``: starting, restarting and reaping the zygote process.
+
+What is left here is the doing: sending, signalling, timers, and the memory
+sampler.  Nothing blocks the event loop: the zygote is spawned in an
+executor, every socket is an asyncio transport, signals go through pidfds (a
+pidfd names one process, so a reused pid is never hit), and the memory
+sampler reads ``/proc`` (no disk I/O).
 
 Who knows what:
 
@@ -19,11 +31,6 @@ Who knows what:
   the entrypoint's traceback) on its control connection;
 - each child's fds 1 and 2 are its output connection, cut into lines for
   ``on_output``.
-
-These arrive on different sockets, in any order.  A child is finalized once
-it is reaped and both its connections are read to the end (so its last
-output line and its traceback come before ``on_exit``), or ``_EXIT_GRACE``
-after the reaping if a grandchild keeps its output open.
 
 If the zygote dies, a new one is started; the old one's children finish
 their jobs, reported by their own ``Done`` (nobody reaps them for us now).
@@ -37,18 +44,21 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import weakref
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
-from edgedispatch.errors import ConfigError
+from edgedispatch.errors import ConfigError, Malformed
 from edgedispatch.runtime import messages as m
 from edgedispatch.runtime.listener import UnixListener
 from edgedispatch.runtime.messages import JobInfo
-from edgedispatch.runtime.pool_conn import PoolConn
+from edgedispatch.runtime.pool_conn import CHILD, PoolConn
+from edgedispatch.runtime.pool_jobs import Child, OnExit, RunningJob, job_outcome
+from edgedispatch.runtime.pool_policy import PoolPolicy
+from edgedispatch.runtime.pool_states import ChildState, PoolState, move
 from edgedispatch.runtime.process import (
     MEMORY_POLL,
     exit_text,
@@ -57,79 +67,25 @@ from edgedispatch.runtime.process import (
     read_memory,
     too_long,
 )
+from edgedispatch.runtime.zygote_process import ZygoteProcess
 
 __all__ = ["JobInfo", "NativePool", "RunningJob"]
 
-log = logging.getLogger("edgedispatch.runtime")
+log = logging.getLogger("edgedispatch.agents")
 
-OnExit = Callable[[int | None, str], None]
 OnOutput = Callable[[str, str], None]
 
 _EXIT_GRACE = 1.0  # how long a reaped child's output may still trail in
-_MAX_ATTEMPTS = 3  # children a job may lose before it started (see _finalize)
 _RESTART_DELAY = 1.0  # before replacing a zygote that died
-# Taken children are replaced once no job has been taken for this long (a
-# fork and a child's start-up take milliseconds of CPU: not during a burst),
-# or at once when fewer than a quarter of the pool (or 2) are left ready.
-_REFILL_QUIET = 0.05
+
+_RUNNING, _RESTARTING, _CLOSED = PoolState.RUNNING, PoolState.RESTARTING, PoolState.CLOSED
+_FORKED, _CONNECTED, _READY = ChildState.FORKED, ChildState.CONNECTED, ChildState.READY
 
 
-class RunningJob:
-    """A job given to the pool.  ``pid`` is 0 until a child takes it."""
+class _Decision(Protocol):
+    """A ``PoolPolicy`` method that answers how many children to fork."""
 
-    def __init__(self, pool: NativePool, info: JobInfo, on_exit: OnExit) -> None:
-        self.pid = 0
-        self.job_id = info.job_id
-        self.info = info
-        self._pool = pool
-        self._on_exit = on_exit
-        self._child: _Child | None = None
-        self._ended = False
-        self._stopping = False  # terminate/kill/limit asked: no retry elsewhere
-        self._started = False
-        self._attempts = 0
-        self._reason = ""  # why the pool stopped it; becomes the error
-        self._timers: list[asyncio.TimerHandle] = []
-
-    def terminate(self, grace: float = 10.0) -> None:
-        """SIGTERM (the job shuts down), then SIGKILL after ``grace`` s."""
-        self._pool._stop_job(self, signal.SIGTERM, grace)
-
-    def kill(self) -> None:
-        self._pool._stop_job(self, signal.SIGKILL, 0)
-
-    def _end(self, code: int | None, error: str) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        for timer in self._timers:
-            timer.cancel()
-        try:
-            self._on_exit(code, error)
-        except Exception:
-            log.exception("on_exit of native job %s failed", self.job_id)
-
-    def __repr__(self) -> str:
-        return f"RunningJob({self.job_id!r}, pid={self.pid})"
-
-
-class _Child:
-    """One pool process, from its fork to its finalization."""
-
-    def __init__(self, pid: int, orphan: bool) -> None:
-        self.pid = pid
-        # Not from the current zygote: nobody will report its exit status.
-        self.orphan = orphan
-        self.ctl: PoolConn | None = None
-        self.out: PoolConn | None = None
-        self.pidfd = -1
-        self.connected = False  # its control connection said Hello
-        self.ready = False  # said Ready at least once
-        self.job: RunningJob | None = None
-        self.error = ""  # prewarm's traceback
-        self.done: m.Done | None = None
-        self.code: int | None = None  # from the zygote's Exited
-        self.timer: asyncio.TimerHandle | None = None
+    def __call__(self, now: float, *, ready: int, waiting: int, can_fork: bool) -> int: ...
 
 
 class NativePool:
@@ -164,25 +120,21 @@ class NativePool:
         self.python = python
         self.start_timeout = start_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state = "new"  # new, running, restarting, broken, closed
+        self._state = PoolState.NEW
+        self._policy = PoolPolicy(self.idle)
         self._dir = ""
         self._path = ""
         self._listener: UnixListener | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._popen: asyncio.Future[subprocess.Popen[bytes]] | None = None
+        self._zygote_proc: ZygoteProcess | None = None
         self._zygote: PoolConn | None = None
-        self._loaded: asyncio.Future[int] | None = None
         self._conns: set[PoolConn] = set()
-        self._children: dict[int, _Child] = {}
-        self._ready: deque[_Child] = deque()
+        self._children: dict[int, Child] = {}
+        self._ready: deque[Child] = deque()
         self._waiting: deque[RunningJob] = deque()
-        self._pending = 0  # forks asked for whose child is not ready or dead yet
-        self._failures = 0  # children in a row that died before Ready
-        self._last_take = 0.0  # when a job last took a ready child (loop time)
         self._refill_timer: asyncio.TimerHandle | None = None
+        self._refill_at: float | None = None  # the deadline it is armed for
         self._sampler: asyncio.TimerHandle | None = None
         self._restart: asyncio.Task[None] | None = None
-        self._old_procs: list[subprocess.Popen[bytes]] = []
         self._cleanup: weakref.finalize[[str, bool], NativePool] | None = None
 
     # -- the interface -----------------------------------------------------
@@ -190,23 +142,30 @@ class NativePool:
     async def start(self) -> None:
         """Start the zygote and fill the pool in the background.  Raises
         ``ConfigError`` if the agent's module or functions are unusable."""
-        if self._state != "new":
+        if self._state is not PoolState.NEW:
             raise RuntimeError(f"native pool {self.name!r} was already started")
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         # Short: a Unix socket path is limited to 108 bytes.
         self._dir = tempfile.mkdtemp(prefix="edn-", dir="/tmp" if os.path.isdir("/tmp") else None)
         self._path = os.path.join(self._dir, "s")
         # Removed by close(), or at exit if the pool is never closed.
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
+        where = f"native agent {self.name!r}"
+        cmd = [self.python, "-m", "edgedispatch.runtime.zygote", self._path, self.entrypoint]
+        if self.prewarm:
+            cmd.append(self.prewarm)
+        self._zygote_proc = ZygoteProcess(
+            loop, cmd, self.env, where, self.python, self.start_timeout
+        )
         try:
-            self._listener = UnixListener(
-                self._loop, self._path, lambda: PoolConn(self), f"native agent {self.name!r}"
-            )
+            self._listener = UnixListener(loop, self._path, lambda: PoolConn(self), where)
             await self._spawn()
         except BaseException:
             await self.close()
             raise
-        self._state = "running"
+        if self._state is _CLOSED:
+            return  # close() was called while it started: it stays closed
+        self._set_state(_RUNNING)
         self._refill()
 
     def ready(self) -> int:
@@ -226,8 +185,8 @@ class NativePool:
         if loop is None:
             raise RuntimeError(f"native pool {self.name!r} is not started")
         rj = RunningJob(self, job, on_exit)
-        if self._state not in ("running", "restarting"):
-            loop.call_soon(rj._end, None, f"native pool {self.name!r} is {self._state}")
+        if self._state is not _RUNNING and self._state is not _RESTARTING:
+            loop.call_soon(rj._end, None, f"native pool {self.name!r} is {self._state.value}")
             return rj
         if max_duration > 0:
             reason = too_long(max_duration)
@@ -235,8 +194,7 @@ class NativePool:
         child = self._take_ready()
         if child is not None:
             self._assign(rj, child)
-            self._last_take = loop.time()
-            self._refill_soon()
+            self._ask(self._policy.job_taken)
         else:
             self._waiting.append(rj)
             self._refill()
@@ -252,20 +210,21 @@ class NativePool:
 
     def pids(self) -> list[int]:
         """The zygote's pid (first, if running) and every child's."""
-        head = [self._proc.pid] if self._proc is not None else []
-        return head + list(self._children)
+        pid = self._zygote_proc.pid if self._zygote_proc is not None else 0
+        return ([pid] if pid else []) + list(self._children)
 
     async def close(self) -> None:
         """Kill the zygote and every child, and remove the socket."""
-        if self._state == "closed":
+        if self._state is _CLOSED:
             return
-        self._state = "closed"  # from here no job starts, and _finalize ends none
+        self._set_state(_CLOSED)  # from here no job starts, and _finalize ends none
         for handle in (self._refill_timer, self._sampler):
             if handle is not None:
                 handle.cancel()
+        self._refill_timer = self._refill_at = None
         children = list(self._children.values())
         for child in children:
-            self._signal(child, signal.SIGKILL)
+            child.send_signal(signal.SIGKILL)
         ended = [c.job for c in children if c.job is not None] + list(self._waiting)
         self._waiting.clear()
         try:
@@ -283,195 +242,154 @@ class NativePool:
             self._restart.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._restart
-        if self._popen is not None:
-            with contextlib.suppress(OSError):
-                proc = await self._popen
-                if proc is not self._proc:
-                    self._old_procs.append(proc)
+        if self._zygote_proc is not None:
+            await self._zygote_proc.settle()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
         # The zygote kills and reaps what is left when its connection closes.
         for conn in list(self._conns):
             conn.close()
-        procs = self._old_procs + ([self._proc] if self._proc is not None else [])
-        self._old_procs, self._proc = [], None
-        for proc in procs:
-            await _wait_exit(proc)
+        if self._zygote_proc is not None:
+            self._zygote_proc.retire()
+            await self._zygote_proc.reap()
         # Let the transports' close callbacks run (their sockets close there).
         await asyncio.sleep(0)
+
+    def _set_state(self, state: PoolState) -> None:
+        self._state = move(self._state, state, f"native pool {self.name!r}")
 
     # -- the zygote ----------------------------------------------------------
 
     async def _spawn(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        cmd = [self.python, "-m", "edgedispatch.runtime.zygote", self._path, self.entrypoint]
-        if self.prewarm:
-            cmd.append(self.prewarm)
-        where = f"native agent {self.name!r}"
-        self._loaded = loaded = loop.create_future()
-        # Popen forks and waits for the exec: off the loop.  Shielded, so that
-        # close() during a restart still learns of the process, to reap it.
-        self._popen = loop.run_in_executor(None, _popen, cmd, {**os.environ, **self.env})
-        try:
-            proc = await asyncio.shield(self._popen)
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot run {self.python}: {exc}") from None
-        self._proc = proc
-        deadline = loop.time() + self.start_timeout
-        exited_at = 0.0
-        try:
-            while not loaded.done():
-                await asyncio.wait([loaded], timeout=0.05)
-                now = loop.time()
-                if loaded.done():
-                    break
-                if self._zygote is None and proc.poll() is not None:
-                    # Give its last connection a moment to be accepted and read.
-                    exited_at = exited_at or now
-                    if now - exited_at > 0.5:
-                        raise ConfigError(
-                            f"{where}: the zygote exited with code {proc.returncode} "
-                            "before loading the agent (see the server's stderr)"
-                        )
-                if now > deadline:
-                    raise ConfigError(
-                        f"{where}: the agent did not load in {self.start_timeout:g} s"
-                    )
-            threads = loaded.result()
-        finally:
-            self._loaded = None
-            loaded.cancel()
+        assert self._zygote_proc is not None
+        threads = await self._zygote_proc.spawn(lambda: self._zygote is not None)
         if threads > 1:
             log.warning(
                 "%s: importing %s started %d threads; forking it may deadlock children",
-                where,
+                f"native agent {self.name!r}",
                 self.entrypoint,
                 threads - 1,
             )
 
     def _on_zygote_lost(self) -> None:
         self._zygote = None
-        where = f"native agent {self.name!r}"
-        if self._loaded is not None and not self._loaded.done():
-            self._loaded.set_exception(ConfigError(f"{where}: the zygote exited while loading"))
-        if self._state != "running":
+        assert self._zygote_proc is not None and self._loop is not None
+        self._zygote_proc.lost()
+        if self._state is not _RUNNING:
             return
-        log.error("%s: the zygote exited; restarting it", where)
-        self._state = "restarting"
-        self._pending = 0
-        assert self._loop is not None
+        log.error("native agent %r: the zygote exited; restarting it", self.name)
+        self._set_state(_RESTARTING)
+        self._policy.zygote_lost()
         for child in list(self._children.values()):
             child.orphan = True
-            if child.ctl is not None and child.job is None:
+            if child.state in (_CONNECTED, _READY) and child.ctl is not None:
                 child.ctl.close()  # idle: from the dead zygote's image, retire it
-            elif not child.connected and child.timer is None:
+            elif child.state is _FORKED and child.timer is None:
                 child.timer = self._loop.call_later(_EXIT_GRACE, self._force_finalize, child)
             self._maybe_finalize(child)
         self._ready.clear()
         self._restart = self._loop.create_task(self._respawn())
 
     async def _respawn(self) -> None:
-        if self._proc is not None:
-            self._old_procs.append(self._proc)
-            self._proc = None
+        assert self._zygote_proc is not None
+        self._zygote_proc.retire()
         await asyncio.sleep(_RESTART_DELAY)
-        for proc in self._old_procs:
-            await _wait_exit(proc)  # its connection closed: it is (about to be) dead
-        self._old_procs.clear()
+        await self._zygote_proc.reap()  # its connection closed: it is (about to be) dead
         try:
             await self._spawn()
         except ConfigError as exc:
             log.error("%s", exc)
-            self._state = "broken"
+            self._set_state(PoolState.BROKEN)
             self._fail_waiting(str(exc))
             return
-        self._state = "running"
+        self._set_state(_RUNNING)
         self._restart = None
         self._refill()
 
-    # -- children --------------------------------------------------------------
-
     # -- connections (PoolConn's ConnOwner) ---------------------------------
 
-    def conn_made(self, conn: PoolConn) -> bool:
-        if self._state == "closed":
-            return False  # accepted just before the pool closed
+    def accepting(self) -> bool:
+        return self._state is not _CLOSED
+
+    def conn_made(self, conn: PoolConn) -> None:
         self._conns.add(conn)
+
+    def zygote_hello(self, conn: PoolConn) -> bool:
+        if self._zygote is not None:
+            return False
+        self._zygote = conn
         return True
 
-    def hello(self, conn: PoolConn) -> None:
-        if self._state == "closed":
-            conn.close()
-            return
-        if conn.role == "zygote":
-            if self._zygote is not None:
-                conn.close()
-            else:
-                self._zygote = conn
-            return
-        if conn.role == "zygote-output":
-            return
-        # The first message from a child may come on any of three
-        # connections, in any order.
+    def loaded(self, threads: int) -> None:
+        if self._zygote_proc is not None:
+            self._zygote_proc.loaded(threads)
+
+    def load_failed(self, reason: str) -> None:
+        if self._zygote_proc is not None:
+            self._zygote_proc.load_failed(f"native agent {self.name!r}: {reason}")
+
+    def forked(self, pid: int) -> None:
+        if pid not in self._children:
+            self._children[pid] = Child(pid, orphan=False)
+
+    def fork_failed(self, error: str) -> None:
+        self._child_failed(f"fork failed: {error}")
+
+    def child_hello(self, conn: PoolConn) -> None:
+        # A child's first word may come on any of three connections (its
+        # two, and the zygote's Forked), in any order.
         child = self._children.get(conn.pid)
         if child is None:
-            zygote = self._proc.pid if self._zygote is not None and self._proc else -1
-            child = _Child(conn.pid, orphan=proc_status(conn.pid, "PPid") != zygote)
+            zygote = self._zygote_proc.pid if self._zygote_proc and self._zygote else 0
+            # (proc_status is 0 for a process that is gone: an orphan too.)
+            child = Child(conn.pid, orphan=proc_status(conn.pid, "PPid") != (zygote or -1))
             self._children[conn.pid] = child
-        if conn.role == "child":
+        if conn.role == CHILD:
+            if child.state is not _FORKED:
+                raise Malformed("a second control connection")
             child.ctl = conn
-            child.connected = True
+            child.to(_CONNECTED)
         else:
+            if child.out is not None:
+                raise Malformed("a second output connection")
             child.out = conn
-        if child.pidfd < 0:
-            with contextlib.suppress(OSError):
-                child.pidfd = os.pidfd_open(conn.pid)
+        child.open_pidfd()
 
-    def message(self, conn: PoolConn, msg: m.Message) -> None:
-        if conn.role == "zygote":
-            if isinstance(msg, m.Forked):
-                self._children.setdefault(msg.pid, _Child(msg.pid, orphan=False))
-            elif isinstance(msg, m.Exited):
-                self._on_exited(msg.pid, msg.code)
-            elif isinstance(msg, m.ForkFailed):
-                self._pending = max(0, self._pending - 1)
-                self._child_failed(f"fork failed: {msg.error}")
-            elif self._loaded is not None and not self._loaded.done():
-                if isinstance(msg, m.Loaded):
-                    self._loaded.set_result(msg.threads)
-                elif isinstance(msg, m.LoadFailed):
-                    error = ConfigError(f"native agent {self.name!r}: {msg.reason}")
-                    self._loaded.set_exception(error)
-            return
-        child = self._children.get(conn.pid)
+    def child_ready(self, pid: int) -> None:
+        child = self._children.get(pid)
         if child is None:
             return
-        if isinstance(msg, m.Ready):
-            self._on_ready(child)
-        elif isinstance(msg, m.Started) and child.job is not None:
-            child.job._started = True
-        elif isinstance(msg, m.Failed):
-            child.error = msg.error
-        elif isinstance(msg, m.Done):
-            child.done = msg
-
-    def _on_ready(self, child: _Child) -> None:
-        if child.orphan or self._state != "running":
+        if child.state is not _CONNECTED:
+            raise Malformed(f"Ready while {child.state.value}")
+        if child.orphan or self._state is not _RUNNING:
             if child.ctl is not None:
-                child.ctl.close()
+                child.ctl.close()  # retired: it exits without a job
             return
-        child.ready = True
-        self._pending = max(0, self._pending - 1)
-        self._failures = 0
+        child.to(_READY)
+        self._policy.child_ready()
         if self._waiting:
             self._assign(self._waiting.popleft(), child)
         else:
             self._ready.append(child)
         self._refill()
 
-    def _on_exited(self, pid: int, code: int) -> None:
+    def job_started(self, pid: int) -> None:
+        child = self._children.get(pid)
+        if child is not None and child.job is not None:
+            child.job._started = True
+
+    def prewarm_failed(self, pid: int, error: str) -> None:
+        child = self._children.get(pid)
+        if child is not None:
+            child.error = error
+
+    def job_done(self, pid: int, done: m.Done) -> None:
+        child = self._children.get(pid)
+        if child is not None:
+            child.done = done
+
+    def exited(self, pid: int, code: int) -> None:
         child = self._children.get(pid)
         if child is None:
             return
@@ -482,13 +400,6 @@ class NativePool:
         if child.pid in self._children and self._loop is not None:
             child.timer = self._loop.call_later(_EXIT_GRACE, self._force_finalize, child)
         self._refill()
-
-    def _child_failed(self, error: str) -> None:
-        self._failures += 1
-        log.error("native agent %r: %s", self.name, error)
-        # A prewarm that always fails must not keep jobs waiting forever.
-        if self._failures >= _MAX_ATTEMPTS:
-            self._fail_waiting(f"pool processes fail before taking a job: {error}")
 
     def conn_lost(self, conn: PoolConn) -> None:
         self._conns.discard(conn)
@@ -506,15 +417,19 @@ class NativePool:
             child.out = None
         self._maybe_finalize(child)
 
-    def _maybe_finalize(self, child: _Child) -> None:
-        # Done once it is reaped (or nobody will say so) and its connections
-        # are read to the end.  One never seen to connect may still have its
-        # connection in the accept queue: the Exited timer decides.
-        if (child.code is not None or child.orphan) and child.ctl is None and child.out is None:
-            if child.connected:
-                self._finalize(child)
+    def output(self, conn: PoolConn, lines: list[str]) -> None:
+        child = self._children.get(conn.pid)
+        job_id = child.job.job_id if child is not None and child.job is not None else ""
+        for line in lines:
+            self._emit(job_id, line)
 
-    def _force_finalize(self, child: _Child) -> None:
+    # -- the end of a child ----------------------------------------------------
+
+    def _maybe_finalize(self, child: Child) -> None:
+        if child.settled():
+            self._finalize(child)
+
+    def _force_finalize(self, child: Child) -> None:
         # A grandchild holds the output open: the job is over regardless.
         for conn in (child.ctl, child.out):
             if conn is not None:
@@ -522,106 +437,57 @@ class NativePool:
         child.ctl = child.out = None
         self._finalize(child)
 
-    def _finalize(self, child: _Child) -> None:
+    def _finalize(self, child: Child) -> None:
         if self._children.get(child.pid) is not child:
             return
+        got_to = child.state
+        child.to(ChildState.FINALIZED)
         self._drop(child)
-        if not child.ready and not child.orphan and self._state == "running":
+        if got_to in (_FORKED, _CONNECTED) and not child.orphan and self._state is _RUNNING:
             # Counted here, not on Exited: its traceback may come after.
-            self._pending = max(0, self._pending - 1)
             why = child.error or exit_text(child.code or 0)
             self._child_failed(f"a pool process failed before it was ready: {why}")
             self._refill()
         job = child.job
-        if job is None or job._ended or self._state == "closed":
+        if job is None or job._ended or self._state is _CLOSED:
             return  # (close() ends its jobs itself)
         job._child = None
-        code, done = child.code, child.done
-        if code is None and done is not None:
-            code = done.code
-        if not job._started and not job._stopping and job._attempts < _MAX_ATTEMPTS:
-            # Its child died between Ready and the job (the OOM killer took
-            # an idle process, say): the job never ran, give it another.
+        if self._policy.retry_job(job._attempts, started=job._started, stopping=job._stopping):
             job._attempts += 1
             job.pid = 0
             self._waiting.appendleft(job)
             self._refill()
             return
-        if job._reason:
-            # Stopped by the pool: a failure even if it shut down cleanly.
-            error = job._reason
-            code = -signal.SIGTERM if code == 0 else code
-        elif code is None:
-            error = "exit status unknown: the pool's zygote died"
-        elif code == 0:
-            error = ""
-        elif done is not None and done.error and code == done.code:
-            error = done.error
-        else:
-            error = exit_text(code)
-        job._end(code, error)
+        job._end(*job_outcome(job._reason, child.code, child.done))
 
-    def _drop(self, child: _Child) -> None:
+    def _drop(self, child: Child) -> None:
         self._children.pop(child.pid, None)
-        if child.timer is not None:
-            child.timer.cancel()
-        if child.pidfd >= 0:
-            os.close(child.pidfd)
-            child.pidfd = -1
+        child.release()
+
+    def _child_failed(self, error: str) -> None:
+        give_up = self._policy.child_failed()
+        log.error("native agent %r: %s", self.name, error)
+        if give_up:
+            self._fail_waiting(f"pool processes fail before taking a job: {error}")
 
     # -- jobs ------------------------------------------------------------------
 
-    def _take_ready(self) -> _Child | None:
+    def _take_ready(self) -> Child | None:
         while self._ready:
             child = self._ready.popleft()
             if child.ctl is not None and child.code is None:
                 return child
         return None
 
-    def _assign(self, job: RunningJob, child: _Child) -> None:
+    def _assign(self, job: RunningJob, child: Child) -> None:
         assert child.ctl is not None
+        child.to(ChildState.BUSY)
         child.job = job
         job._child = child
         job.pid = child.pid
         child.ctl.send(m.Job(info=job.info))
         if self.memory_limit_mb > 0 and self._sampler is None and self._loop is not None:
             self._sampler = self._loop.call_later(MEMORY_POLL, self._sample)
-
-    def _refill(self, *, now: bool = False) -> None:
-        if self._state != "running" or self._zygote is None:
-            return
-        if self._refill_timer is not None and not now:
-            return
-        want = self.idle + len(self._waiting) - len(self._ready) - self._pending
-        if want <= 0:
-            return
-        if self._failures and not now and self._loop is not None:
-            # Children keep dying before Ready: back off instead of spinning.
-            delay = min(0.1 * 2 ** (self._failures - 1), 5.0)
-            self._refill_timer = self._loop.call_later(delay, self._refill_later)
-            return
-        self._pending += want
-        self._zygote.send(m.Fork(n=want))
-
-    def _refill_soon(self) -> None:
-        low = len(self._ready) < max(2, self.idle // 4)
-        if low and self._refill_timer is not None and not self._failures:
-            self._refill_timer.cancel()  # a quiet wait: no longer
-            self._refill_timer = None
-        if low:
-            self._refill()
-        elif self._refill_timer is None and self._loop is not None:
-            self._refill_timer = self._loop.call_later(_REFILL_QUIET, self._refill_later)
-
-    def _refill_later(self) -> None:
-        self._refill_timer = None
-        assert self._loop is not None
-        quiet = self._loop.time() - self._last_take
-        if quiet < _REFILL_QUIET and not self._waiting and not self._failures:
-            # Still in a burst.
-            self._refill_timer = self._loop.call_later(_REFILL_QUIET - quiet, self._refill_later)
-            return
-        self._refill(now=True)
 
     def _fail_waiting(self, error: str) -> None:
         while self._waiting:
@@ -642,22 +508,13 @@ class NativePool:
             self._loop.call_soon(job._end, None, job._reason or "stopped before it started")
             return
         job._stopping = True
-        self._signal(child, sig)
+        child.send_signal(sig)
         if sig == signal.SIGTERM and self._loop is not None:
             job._timers.append(self._loop.call_later(grace, job.kill))
 
     def _expire(self, job: RunningJob, reason: str, grace: float) -> None:
         job._reason = job._reason or reason
         job.terminate(grace)
-
-    def _signal(self, child: _Child, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if child.pidfd >= 0:
-                signal.pidfd_send_signal(child.pidfd, sig)
-            elif child.code is None and child.ctl is not None:
-                # No pidfd (out of fds?): its open connection says it is
-                # alive, so the pid is still its own.
-                os.kill(child.pid, sig)
 
     def _sample(self) -> None:
         self._sampler = None
@@ -671,19 +528,41 @@ class NativePool:
             if reason:
                 job._reason = reason
                 job._stopping = True
-                self._signal(child, signal.SIGKILL)
-        if running and self._state != "closed" and self._loop is not None:
+                child.send_signal(signal.SIGKILL)
+        if running and self._state is not _CLOSED and self._loop is not None:
             self._sampler = self._loop.call_later(MEMORY_POLL, self._sample)
+
+    # -- refill: the policy's decisions, carried out ---------------------------
+
+    def _refill(self) -> None:
+        self._ask(self._policy.refill)
+
+    def _ask(self, decide: _Decision) -> None:
+        assert self._loop is not None
+        forks = decide(
+            self._loop.time(),
+            ready=len(self._ready),
+            waiting=len(self._waiting),
+            can_fork=self._state is _RUNNING and self._zygote is not None,
+        )
+        if forks and self._zygote is not None:
+            self._zygote.send(m.Fork(n=forks))
+        deadline = self._policy.next_deadline()
+        if deadline == self._refill_at or self._state is _CLOSED:
+            return
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+        self._refill_timer, self._refill_at = None, deadline
+        if deadline is not None:
+            self._refill_timer = self._loop.call_at(deadline, self._on_refill_timer)
+
+    def _on_refill_timer(self) -> None:
+        self._refill_timer = self._refill_at = None
+        self._ask(self._policy.on_timer)
 
     # -- output ------------------------------------------------------------------
 
-    def output(self, conn: PoolConn, lines: list[str]) -> None:
-        child = self._children.get(conn.pid)
-        for line in lines:
-            self._emit(child, line)
-
-    def _emit(self, child: _Child | None, line: str) -> None:
-        job_id = child.job.job_id if child is not None and child.job is not None else ""
+    def _emit(self, job_id: str, line: str) -> None:
         if self.on_output is None:
             log.info("[%s %s] %s", self.name, job_id, line)
             return
@@ -691,20 +570,3 @@ class NativePool:
             self.on_output(job_id, line)
         except Exception:
             log.exception("on_output of native agent %r failed", self.name)
-
-
-def _popen(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # A new session keeps the terminal's Ctrl-C away from the pool: the
-    # server decides when jobs stop.
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-async def _wait_exit(proc: subprocess.Popen[bytes]) -> None:
-    # Popen.wait blocks: in an executor.  The zygote exits promptly once its
-    # connection closes; SIGKILL if it does not.
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.run_in_executor(None, proc.wait, 5.0)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        await loop.run_in_executor(None, proc.wait)

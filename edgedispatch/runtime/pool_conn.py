@@ -2,7 +2,13 @@
 output connections.  Every one starts with a ``Hello`` naming its role and
 pid; after it, control connections carry framed messages
 (``edgedispatch.runtime.messages``) and output connections raw bytes, cut
-into lines here."""
+into lines here.
+
+The connection routes what it reads to its owner's hooks (``ConnOwner``),
+one hook per meaning, so the pool never looks at a role or a message type.
+A peer that breaks the protocol (no ``Hello`` first, a frame that does not
+decode, a move its state does not allow) loses its connection; the pool
+learns of that as of any other lost connection."""
 
 from __future__ import annotations
 
@@ -12,26 +18,57 @@ from typing import Protocol, cast
 
 import msgspec
 
+from edgedispatch.errors import Malformed
 from edgedispatch.runtime import messages as m
 from edgedispatch.runtime.process import LineBuffer
 
 log = logging.getLogger("edgedispatch.agents")
 
-OUTPUT_ROLES = ("output", "zygote-output")
-ROLES = ("zygote", "child", *OUTPUT_ROLES)
+ZYGOTE = "zygote"
+ZYGOTE_OUTPUT = "zygote-output"
+CHILD = "child"  # a child's control connection
+OUTPUT = "output"  # a child's fds 1 and 2
+OUTPUT_ROLES = (OUTPUT, ZYGOTE_OUTPUT)
+ROLES = (ZYGOTE, CHILD, *OUTPUT_ROLES)
 
 
 class ConnOwner(Protocol):
-    """What a ``PoolConn`` reports to (the ``NativePool``)."""
+    """What a ``PoolConn`` reports to (the ``NativePool``).  ``pid`` is the
+    child's, from its connection's ``Hello``."""
 
     name: str
 
-    def conn_made(self, conn: PoolConn) -> bool: ...  # False: refuse it
+    def accepting(self) -> bool: ...  # False: refuse new connections
 
-    def hello(self, conn: PoolConn) -> None: ...
+    def conn_made(self, conn: PoolConn) -> None: ...
 
-    def message(self, conn: PoolConn, msg: m.Message) -> None: ...
+    # A False return refuses the connection.  A hook may also raise
+    # Malformed: the peer's fault, and its connection is closed.
+    def zygote_hello(self, conn: PoolConn) -> bool: ...
 
+    def child_hello(self, conn: PoolConn) -> None: ...  # role CHILD or OUTPUT
+
+    # From the zygote.
+    def loaded(self, threads: int) -> None: ...
+
+    def load_failed(self, reason: str) -> None: ...
+
+    def forked(self, pid: int) -> None: ...
+
+    def fork_failed(self, error: str) -> None: ...
+
+    def exited(self, pid: int, code: int) -> None: ...
+
+    # From a child's control connection.
+    def child_ready(self, pid: int) -> None: ...
+
+    def job_started(self, pid: int) -> None: ...
+
+    def prewarm_failed(self, pid: int, error: str) -> None: ...
+
+    def job_done(self, pid: int, done: m.Done) -> None: ...
+
+    # Lines from an output connection (a child's, or the zygote's).
     def output(self, conn: PoolConn, lines: list[str]) -> None: ...
 
     def conn_lost(self, conn: PoolConn) -> None: ...
@@ -49,8 +86,10 @@ class PoolConn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
-        if not self.owner.conn_made(self):
-            transport.close()
+        if self.owner.accepting():
+            self.owner.conn_made(self)
+        else:
+            transport.close()  # accepted just before the pool closed
 
     def data_received(self, data: bytes) -> None:
         if self.role in OUTPUT_ROLES:
@@ -61,20 +100,55 @@ class PoolConn(asyncio.Protocol):
                 first = self.reader.feed(data, 1)
                 if not first:
                     return
-                hello = first[0]
-                if not isinstance(hello, m.Hello) or hello.role not in ROLES:
-                    raise ValueError(f"expected a Hello, got {hello!r}")
-                self.role, self.pid = hello.role, hello.pid
-                self.owner.hello(self)
+                if not self._hello(first[0]):
+                    self.close()
+                    return
                 if self.role in OUTPUT_ROLES:
                     self._output(self.lines.feed(self.reader.rest()))
                     return
                 data = b""
+            route = self._from_zygote if self.role == ZYGOTE else self._from_child
             for msg in self.reader.feed(data):
-                self.owner.message(self, msg)
-        except (ValueError, msgspec.DecodeError) as exc:
+                route(msg)
+        except (ValueError, msgspec.DecodeError, Malformed) as exc:
             log.error("native pool %s: bad message from pid %d: %s", self.owner.name, self.pid, exc)
             self.close()
+
+    def _hello(self, hello: m.Message) -> bool:
+        if not isinstance(hello, m.Hello) or hello.role not in ROLES:
+            raise ValueError(f"expected a Hello, got {hello!r}")
+        self.role, self.pid = hello.role, hello.pid
+        if not self.owner.accepting():
+            return False
+        if self.role == ZYGOTE:
+            return self.owner.zygote_hello(self)
+        if self.role != ZYGOTE_OUTPUT:
+            self.owner.child_hello(self)
+        return True
+
+    def _from_zygote(self, msg: m.Message) -> None:
+        owner = self.owner
+        if isinstance(msg, m.Forked):
+            owner.forked(msg.pid)
+        elif isinstance(msg, m.Exited):
+            owner.exited(msg.pid, msg.code)
+        elif isinstance(msg, m.ForkFailed):
+            owner.fork_failed(msg.error)
+        elif isinstance(msg, m.Loaded):
+            owner.loaded(msg.threads)
+        elif isinstance(msg, m.LoadFailed):
+            owner.load_failed(msg.reason)
+
+    def _from_child(self, msg: m.Message) -> None:
+        owner = self.owner
+        if isinstance(msg, m.Ready):
+            owner.child_ready(self.pid)
+        elif isinstance(msg, m.Started):
+            owner.job_started(self.pid)
+        elif isinstance(msg, m.Failed):
+            owner.prewarm_failed(self.pid, msg.error)
+        elif isinstance(msg, m.Done):
+            owner.job_done(self.pid, msg)
 
     def _output(self, lines: list[str]) -> None:
         if lines:

@@ -52,7 +52,18 @@ ALLOW: dict[str, set[str]] = {
 }
 
 #: Packages that run no I/O and read no clock: ``now`` is passed in.
-SANS_IO = ("_core", "dispatch", "wire", "worker", "api", "errors.py", "agent.py")
+SANS_IO = (
+    "_core",
+    "dispatch",
+    "wire",
+    "worker",
+    "api",
+    "errors.py",
+    "agent.py",
+    # The native pool's decisions: its time is passed in, its I/O is the shell's.
+    "runtime/pool_policy.py",
+    "runtime/pool_states.py",
+)
 FORBIDDEN_IN_SANS_IO = {
     "asyncio",
     "uvloop",
