@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import os
 import pstats
 import sys
 import threading
@@ -127,6 +128,9 @@ def main() -> None:
         await worker.close()
 
         stats = pstats.Stats(profiler)
+        dump = os.environ.get("PATH_PROBE_DUMP")
+        if dump:
+            stats.dump_stats(dump)
         total = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
         # uvloop's transports are C: count our own write points instead, an
         # HTTP response written (``_write``, before: ``_respond``) and a

@@ -27,7 +27,7 @@ from edgedispatch._core.codes import ActionKind, JobState, JobStatus, WorkerStat
 from edgedispatch.config import DispatchConfig, RoomConfig
 from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.core import Action, AgentKey, DispatchCore
-from edgedispatch.dispatch.events import EventBus, Subscriber
+from edgedispatch.dispatch.events import DomainEvent, EventBus, Subscriber
 from edgedispatch.dispatch.jobs import JobLedger
 from edgedispatch.dispatch.records import REASON_TEXT, Acceptance, DispatchRec, JobRec, RoomRec
 from edgedispatch.dispatch.rooms import RoomDirectory
@@ -75,13 +75,14 @@ class Domain:
         self.rooms = RoomDirectory(
             room, self.jobs, self._timers, self._bus, self.wall, self._has_workers
         )
+        self._rooms = self.rooms.rooms  # (tenant, name) -> record, for the actions
         self._after: deque[tuple[AfterStep, tuple[object, ...]]] = deque()
         self._stepping = False
         self._deadline: float | None = None
 
-    def subscribe(self, subscriber: Subscriber) -> None:
-        """Get every domain event (see ``dispatch.events``)."""
-        self._bus.subscribe(subscriber)
+    def subscribe(self, subscriber: Subscriber, *kinds: type[DomainEvent]) -> None:
+        """Get the domain events of ``kinds``, or all (see ``dispatch.events``)."""
+        self._bus.subscribe(subscriber, *kinds)
 
     def _has_workers(self, key: AgentKey) -> bool:
         return self.core.key_workers(key) > 0
@@ -153,18 +154,17 @@ class Domain:
                 batch = self.core.process()
         finally:
             self._stepping = not outer
-        if outer:
-            self._tell_deadline()
-
-    def _tell_deadline(self) -> None:
-        deadline = self.next_deadline()
-        if deadline != self._deadline:
-            self._deadline = deadline
-            if self.on_deadline is not None:
-                self.on_deadline(deadline)
+        if outer:  # tell the shell if the deadline moved (next_deadline, inline)
+            core = self.core.next_deadline()
+            own = self._timers.next_deadline() if self._timers.heap else None
+            deadline = own if core is None else core if own is None or core < own else own
+            if deadline != self._deadline:
+                self._deadline = deadline
+                if self.on_deadline is not None:
+                    self.on_deadline(deadline)
 
     def _room_of(self, job: JobRec) -> RoomRec:
-        room = self.rooms.find(job.key.tenant, job.room)
+        room = self._rooms.get((job.key.tenant, job.room))
         if room is None:  # closed in this very step: the job is being cancelled
             room = RoomRec(
                 sid="", name=job.room, tenant=job.key.tenant, created=0, empty_timeout=0,
@@ -178,7 +178,8 @@ class Domain:
             return
         if a.kind == ActionKind.JOB_STATE and a.state is not None:
             before = self.jobs.on_state(rec, a.state, a.reason, a.worker_id, a.now)
-            self.workers.job_moved(rec.id, before, a.state)
+            if before == JobState.ORPHANED:
+                self.workers.job_moved(rec.id, before, a.state)
             return
         extra = {
             "job": a.job_id,

@@ -2,10 +2,13 @@
 
 Subscribers (the agent manager today; the store and the metrics later) get
 each event synchronously, in the order the changes happened, during the
-call that made the change.  A subscriber must not call back into the domain
-from its handler (the domain is in the middle of a step); it may schedule
-work for later.  The records carried are the live ones: read them in the
-handler, copy what must outlive it.
+call that made the change.  A subscriber names the kinds it wants, and an
+event nobody wants is not even built: the emitter checks ``kind in
+bus.wanted`` first (a set lookup, on every job's every change).  A
+subscriber must not call back into the domain from its handler (the domain
+is in the middle of a step); it may schedule work for later.  The records
+carried are the live ones: read them in the handler, copy what must
+outlive it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ class JobChanged(msgspec.Struct, frozen=True):
     before: JobState | None
 
 
+class JobWaiting(msgspec.Struct, frozen=True):
+    """The job is queued because no worker of its agent is connected
+    (``job.wait`` NO_WORKERS) or none has room (ALL_BUSY): capacity is
+    wanted.  (It also gets its ``JobChanged``.)"""
+
+    job: JobRec
+
+
 class JobForgotten(msgspec.Struct, frozen=True):
     """The ended job's record was dropped (its dispatch is gone)."""
 
@@ -70,6 +81,7 @@ DomainEvent = (
     | DispatchCreated
     | DispatchDeleted
     | JobChanged
+    | JobWaiting
     | JobForgotten
     | WorkerRegistered
     | WorkerLost
@@ -79,32 +91,42 @@ Subscriber = Callable[[DomainEvent], None]
 
 
 class EventBus:
-    """Delivers each event to every subscriber, in subscription order.  A
-    subscriber that raises is logged; the others still get the event, and
-    the domain goes on."""
+    """Delivers each event to the subscribers of its kind, in subscription
+    order.  A subscriber that raises is logged; the others still get the
+    event, and the domain goes on."""
 
-    __slots__ = ("_subscribers",)
+    __slots__ = ("_subscribers", "wanted")
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: dict[type[DomainEvent], list[Subscriber]] = {}
+        #: The kinds someone subscribed to: emitters build only these.
+        self.wanted: frozenset[type[DomainEvent]] = frozenset()
 
-    def subscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.append(subscriber)
-
-    def unsubscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.remove(subscriber)
-
-    @property
-    def active(self) -> bool:
-        """Whether anyone listens (callers skip building events otherwise)."""
-        return bool(self._subscribers)
+    def subscribe(self, subscriber: Subscriber, *kinds: type[DomainEvent]) -> None:
+        """``subscriber(event)`` for every event of ``kinds`` (all if none)."""
+        for kind in kinds or ALL_KINDS:
+            self._subscribers.setdefault(kind, []).append(subscriber)
+        self.wanted = frozenset(self._subscribers)
 
     def emit(self, event: DomainEvent) -> None:
-        for subscriber in self._subscribers:
+        for subscriber in self._subscribers.get(type(event), ()):
             try:
                 subscriber(event)
             except Exception:
                 log.exception("a subscriber failed on %s", type(event).__name__)
+
+
+ALL_KINDS: tuple[type[DomainEvent], ...] = (
+    RoomOpened,
+    RoomClosed,
+    DispatchCreated,
+    DispatchDeleted,
+    JobChanged,
+    JobWaiting,
+    JobForgotten,
+    WorkerRegistered,
+    WorkerLost,
+)
 
 
 __all__ = [
@@ -114,6 +136,7 @@ __all__ = [
     "EventBus",
     "JobChanged",
     "JobForgotten",
+    "JobWaiting",
     "RoomClosed",
     "RoomOpened",
     "Subscriber",

@@ -16,7 +16,7 @@ from edgedispatch._core.codes import FailReason, JobState, RestartPolicy, WaitRe
 from edgedispatch.config import DispatchConfig
 from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.core import AgentKey, DispatchCore, JobSpec
-from edgedispatch.dispatch.events import EventBus, JobChanged, JobForgotten
+from edgedispatch.dispatch.events import EventBus, JobChanged, JobForgotten, JobWaiting
 from edgedispatch.dispatch.records import Acceptance, DispatchRec, JobRec
 from edgedispatch.dispatch.specs import JT_ROOM
 from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
@@ -24,6 +24,8 @@ from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
 log = logging.getLogger("edgedispatch.dispatch")
 
 _HELD = (JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED)
+_ENDED = frozenset(s for s in JobState if s.terminal)
+_WANTS_CAPACITY = (WaitReason.NO_WORKERS, WaitReason.ALL_BUSY)
 
 
 class JobLedger:
@@ -36,6 +38,8 @@ class JobLedger:
         self._bus = bus
         self._wall = wall
         self.jobs: dict[str, JobRec] = {}
+        #: The record of a job id, or None (the dict's own lookup: no frame).
+        self.get = self.jobs.get
         # Jobs not ended, and of those the queued ones, per (tenant, agent name).
         self._live: Counter[tuple[str, str]] = Counter()
         self._queued: Counter[tuple[str, str]] = Counter()
@@ -46,9 +50,6 @@ class JobLedger:
 
     def __len__(self) -> int:
         return len(self.jobs)
-
-    def get(self, job_id: str) -> JobRec | None:
-        return self.jobs.get(job_id)
 
     def of(self, dispatch: DispatchRec) -> list[JobRec]:
         """A dispatch's jobs that still have records, oldest first."""
@@ -72,7 +73,7 @@ class JobLedger:
         self._live[agent] += 1
         self._queued[agent] += 1  # (a new record is QUEUED)
         dispatch.job_ids.append(rec.id)
-        if self._bus.active:
+        if JobChanged in self._bus.wanted:
             self._bus.emit(JobChanged(rec, None))
         deadline = now + self._cfg.queue_timeout
         policy = RestartPolicy(dispatch.restart_policy)
@@ -95,7 +96,7 @@ class JobLedger:
             agent = (rec.key.tenant, rec.key.agent_name)
             self._queued[agent] += (state == JobState.QUEUED) - (before == JobState.QUEUED)
             self._held += (state in _HELD) - (before in _HELD)
-            if state.terminal and not before.terminal:
+            if state in _ENDED and before not in _ENDED:
                 self._live[agent] -= 1
                 if not self._live[agent]:
                     del self._live[agent], self._queued[agent]
@@ -111,7 +112,8 @@ class JobLedger:
         )
         if state in (JobState.ASSIGNED, JobState.RUNNING) and not rec.started_ns:
             rec.started_ns = now_ns
-        if state.terminal:
+        ended = state in _ENDED
+        if ended:
             rec.ended_ns = now_ns
             self._timers.clear(TimerKind.JOB_DURATION, (rec.id,))
             self._accepted.pop(rec.id, None)
@@ -127,9 +129,11 @@ class JobLedger:
                     "tenant": rec.key.tenant or None,
                 },
             )
-        if self._bus.active:
+        if JobChanged in self._bus.wanted:
             self._bus.emit(JobChanged(rec, before))
-        if state.terminal and rec.orphaned:
+        if rec.wait in _WANTS_CAPACITY and JobWaiting in self._bus.wanted:
+            self._bus.emit(JobWaiting(rec))
+        if ended and rec.orphaned:
             self.forget(rec)
         return before
 
@@ -149,7 +153,7 @@ class JobLedger:
     def forget(self, rec: JobRec) -> None:
         self._core.forget(rec.id)
         del self.jobs[rec.id]
-        if self._bus.active:
+        if JobForgotten in self._bus.wanted:
             self._bus.emit(JobForgotten(rec))
 
     def refresh_wait(self, job_ids: list[str], now: float) -> None:

@@ -100,7 +100,7 @@ class RoomDirectory:
         if room.empty_timeout > 0:
             self._timers.set(now + room.empty_timeout, TimerKind.ROOM_EMPTY, (tenant, spec.name))
         log.info("room created", extra={"room": spec.name, "tenant": tenant or None})
-        if self._bus.active:
+        if RoomOpened in self._bus.wanted:
             self._bus.emit(RoomOpened(room))
         return room
 
@@ -151,7 +151,7 @@ class RoomDirectory:
             del self._by_tenant[room.tenant]
         message = "room deleted" if why == "deleted" else f"room closed ({why})"
         log.info(message, extra={"room": room.name, "tenant": room.tenant or None})
-        if self._bus.active:
+        if RoomClosed in self._bus.wanted:
             self._bus.emit(RoomClosed(room, why))
 
     # ------------------------------------------------------------------
@@ -183,7 +183,7 @@ class RoomDirectory:
                 "tenant": room.tenant or None,
             },
         )
-        if self._bus.active:
+        if DispatchCreated in self._bus.wanted:
             self._bus.emit(DispatchCreated(rec))
         self._jobs.new_job(rec, now)
         return rec
@@ -194,7 +194,7 @@ class RoomDirectory:
         if room is not None and rec.id in room.dispatch_ids:
             room.dispatch_ids.remove(rec.id)
         del self.dispatches[rec.id]
-        if self._bus.active:
+        if DispatchDeleted in self._bus.wanted:
             self._bus.emit(DispatchDeleted(rec))
         self._jobs.end(rec.job_ids, reason, now)
 

@@ -23,10 +23,12 @@ TimerKey = tuple[str, ...]
 
 
 class Timers:
-    __slots__ = ("_heap", "_live", "_seq")
+    __slots__ = ("heap", "_live", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, TimerKind, TimerKey]] = []
+        #: (when, sequence, kind, key); empty when nothing is set (callers
+        #: test it before asking for the deadline: a step's hot path).
+        self.heap: list[tuple[float, int, TimerKind, TimerKey]] = []
         #: (kind, key) -> the sequence number of its live heap entry
         self._live: dict[tuple[TimerKind, TimerKey], int] = {}
         self._seq = 0
@@ -38,20 +40,20 @@ class Timers:
         """Fire (kind, key) at ``when``, instead of any earlier setting."""
         self._seq += 1
         self._live[kind, key] = self._seq
-        heapq.heappush(self._heap, (when, self._seq, kind, key))
+        heapq.heappush(self.heap, (when, self._seq, kind, key))
         # Replaced and cleared entries stay in the heap until they reach its
         # top; when they outnumber the live ones, rebuild it, so that a churn
         # of rooms cannot grow it without bound.
-        if len(self._heap) > 64 and len(self._heap) > 2 * len(self._live):
+        if len(self.heap) > 64 and len(self.heap) > 2 * len(self._live):
             live = self._live
-            self._heap = [e for e in self._heap if live.get((e[2], e[3])) == e[1]]
-            heapq.heapify(self._heap)
+            self.heap = [e for e in self.heap if live.get((e[2], e[3])) == e[1]]
+            heapq.heapify(self.heap)
 
     def clear(self, kind: TimerKind, key: TimerKey) -> None:
         self._live.pop((kind, key), None)
 
     def next_deadline(self) -> float | None:
-        heap, live = self._heap, self._live
+        heap, live = self.heap, self._live
         while heap and live.get((heap[0][2], heap[0][3])) != heap[0][1]:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
@@ -59,7 +61,7 @@ class Timers:
     def pop_due(self, now: float) -> list[tuple[TimerKind, TimerKey]]:
         """The timers due at or before ``now``, earliest first; each fires once."""
         due = []
-        heap, live = self._heap, self._live
+        heap, live = self.heap, self._live
         while heap and heap[0][0] <= now:
             _, seq, kind, key = heapq.heappop(heap)
             if live.get((kind, key)) == seq:

@@ -110,7 +110,7 @@ class WorkerDesk:
                 "tenant": link.tenant or None,
             },
         )
-        if self._bus.active:
+        if WorkerRegistered in self._bus.wanted:
             self._bus.emit(WorkerRegistered(link.worker_id, key, slots))
         return link.worker_id
 
@@ -210,7 +210,7 @@ class WorkerDesk:
             self._orphan_of.update(dict.fromkeys(held, fingerprint))
         self._core.disconnect_worker(worker_id, now)
         log.info("worker disconnected (%d running jobs)", len(held), extra={"worker": worker_id})
-        if self._bus.active:
+        if WorkerLost in self._bus.wanted:
             self._bus.emit(WorkerLost(worker_id, key, len(held)))
 
     def job_moved(self, job_id: str, before: JobState, state: JobState) -> None:

@@ -10,11 +10,10 @@ from typing import Any
 
 import msgspec
 
-from edgedispatch._core.codes import JobState, WaitReason
 from edgedispatch.config import Config
 from edgedispatch.config.agents import AgentDefinition, check_unique, validate
 from edgedispatch.dispatch.domain import Domain
-from edgedispatch.dispatch.events import DomainEvent, JobChanged
+from edgedispatch.dispatch.events import DomainEvent, JobWaiting
 from edgedispatch.errors import AlreadyExists, ConfigError, NotFound, PermissionDenied
 from edgedispatch.runtime.command import CommandRunner
 from edgedispatch.runtime.native import NativePool
@@ -49,7 +48,7 @@ class AgentManager:
         self._store = store
         self._agents: dict[tuple[str, str], _Active] = {}
         self._loop = asyncio.get_running_loop()
-        domain.subscribe(self._on_event)
+        domain.subscribe(self._on_job_waiting, JobWaiting)
 
     def _key_for(self, tenant: str) -> tuple[str, str]:
         cfg = self._cfg
@@ -127,18 +126,15 @@ class AgentManager:
             return 0, 0
         return queued, self._d.workers.connected(d.tenant, d.name)
 
-    def _on_event(self, event: DomainEvent) -> None:
-        # A job queued because no worker of its agent is connected, or none
-        # has room: an agent server of that agent is wanted.
-        if (
-            isinstance(event, JobChanged)
-            and event.job.state == JobState.QUEUED
-            and event.job.wait in (WaitReason.NO_WORKERS, WaitReason.ALL_BUSY)
-        ):
-            key = event.job.key
-            active = self._agents.get((key.tenant, key.agent_name))
-            if active is not None and active.supervisor is not None and not active.stopped:
-                active.supervisor.demand(self._waiting(active.definition)[1])
+    def _on_job_waiting(self, event: DomainEvent) -> None:
+        # No worker of its agent is connected, or none has room: an agent
+        # server of that agent, if one is defined, is wanted.
+        if not isinstance(event, JobWaiting):
+            return
+        key = event.job.key
+        active = self._agents.get((key.tenant, key.agent_name))
+        if active is not None and active.supervisor is not None and not active.stopped:
+            active.supervisor.demand(self._waiting(active.definition)[1])
 
     # ------------------------------------------------------------------
     # The API's operations (all scoped to one tenant).

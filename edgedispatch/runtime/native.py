@@ -184,7 +184,7 @@ class NativePool:
         loop = self._loop
         if loop is None:
             raise RuntimeError(f"native pool {self.name!r} is not started")
-        rj = RunningJob(self, job, on_exit)
+        rj = RunningJob(self._stop_job, job, on_exit)
         if self._state is not _RUNNING and self._state is not _RESTARTING:
             loop.call_soon(rj._end, None, f"native pool {self.name!r} is {self._state.value}")
             return rj

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from edgedispatch.runtime import messages as m
 from edgedispatch.runtime import pool_states
@@ -19,22 +18,21 @@ from edgedispatch.runtime.pool_conn import PoolConn
 from edgedispatch.runtime.pool_states import ChildState
 from edgedispatch.runtime.process import exit_text
 
-if TYPE_CHECKING:
-    from edgedispatch.runtime.native import NativePool
-
 log = logging.getLogger("edgedispatch.agents")
 
 OnExit = Callable[[int | None, str], None]
+#: How a job asks its pool to stop it: (job, signal, grace before SIGKILL).
+StopJob = Callable[["RunningJob", int, float], None]
 
 
 class RunningJob:
     """A job given to the pool.  ``pid`` is 0 until a child takes it."""
 
-    def __init__(self, pool: NativePool, info: JobInfo, on_exit: OnExit) -> None:
+    def __init__(self, stop: StopJob, info: JobInfo, on_exit: OnExit) -> None:
         self.pid = 0
         self.job_id = info.job_id
         self.info = info
-        self._pool = pool
+        self._stop = stop
         self._on_exit = on_exit
         self._child: Child | None = None
         self._ended = False
@@ -46,10 +44,10 @@ class RunningJob:
 
     def terminate(self, grace: float = 10.0) -> None:
         """SIGTERM (the job shuts down), then SIGKILL after ``grace`` s."""
-        self._pool._stop_job(self, signal.SIGTERM, grace)
+        self._stop(self, signal.SIGTERM, grace)
 
     def kill(self) -> None:
-        self._pool._stop_job(self, signal.SIGKILL, 0)
+        self._stop(self, signal.SIGKILL, 0)
 
     def _end(self, code: int | None, error: str) -> None:
         if self._ended:

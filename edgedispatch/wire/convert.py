@@ -120,13 +120,12 @@ def dispatch_proto(
 def agent_spec(
     msg: agent_dispatch.RoomAgentDispatch | agent_dispatch.CreateAgentDispatchRequest,
 ) -> AgentSpec:
-    restart = getattr(msg, "restart_policy", 0)
     return AgentSpec(
         agent_name=msg.agent_name,
         metadata=msg.metadata,
-        attributes=dict(getattr(msg, "attributes", {})),
-        restart_policy=int(restart),
-        deployment=getattr(msg, "deployment", ""),
+        attributes=dict(msg.attributes),
+        restart_policy=int(msg.restart_policy),
+        deployment=msg.deployment,
     )
 
 
