@@ -43,7 +43,25 @@ _REASON = {
 }
 
 
+#: Rendered rooms by (sid, metadata): a room's other fields never change, and
+#: each of its jobs' offers, assignments and listings carries it.
+_ROOMS: dict[tuple[str, str], models.Room] = {}
+_ROOMS_MAX = 4096
+
+
 def room_proto(room: RoomRec) -> models.Room:
+    """The Room message of ``room``.  Shared: copy it (as a field of another
+    message, say), do not change it."""
+    key = (room.sid, room.metadata)
+    msg = _ROOMS.get(key)
+    if msg is None:
+        if len(_ROOMS) >= _ROOMS_MAX:
+            _ROOMS.clear()
+        msg = _ROOMS[key] = _render_room(room)
+    return msg
+
+
+def _render_room(room: RoomRec) -> models.Room:
     return models.Room(
         sid=room.sid,
         name=room.name,

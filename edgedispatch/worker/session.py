@@ -83,6 +83,9 @@ class WorkerSession:
         self.reports_status = False
         self.permissions: models.ParticipantPermission | None = None
         self._agent_name = ""
+        # The Job message of the last offer, for its assignment (an accept
+        # most often answers the offer just made).
+        self._offered: tuple[str, agent.Job] | None = None
         self._register_by: float | None = now + REGISTER_TIMEOUT
         # SimulateJob's jobs, outside the scheduler (as in LiveKit), until
         # the worker answers: bounded, and gone with the connection.
@@ -91,14 +94,24 @@ class WorkerSession:
     # WorkerLink ---------------------------------------------------------
 
     def offer(self, job: JobRec, room: RoomRec, now: float) -> None:
-        msg = convert.job_proto(job, room, with_state=False)
+        out = agent.ServerMessage()
+        msg = out.availability.job
+        msg.MergeFrom(convert.job_proto(job, room, with_state=False))
+        self._offered = (job.id, msg)  # the assignment that follows reuses it
         msg.state.status = agent.JS_RUNNING
         msg.state.worker_id = self.worker_id
         msg.state.updated_at = msg.state.started_at = self._domain.wall.ns(now)
-        self._send(agent.ServerMessage(availability=agent.AvailabilityRequest(job=msg)))
+        self._send(out)
 
     def assign(self, job: JobRec, room: RoomRec, agent_: Acceptance, now: float) -> None:
-        self._send_assignment(convert.job_proto(job, room), agent_, now)
+        offered = self._offered
+        self._offered = None
+        if offered is not None and offered[0] == job.id:
+            msg = offered[1]  # the offer's Job: only its state differs
+            msg.state.CopyFrom(convert.job_state_proto(job))
+        else:
+            msg = convert.job_proto(job, room)
+        self._send_assignment(msg, agent_, now)
 
     def terminate(self, job: JobRec, reason: FailReason, now: float) -> None:
         self._send(agent.ServerMessage(termination=agent.JobTermination(job_id=job.id)))
