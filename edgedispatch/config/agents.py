@@ -39,8 +39,12 @@ class AgentDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
     slots: int = 8
     #: native: warm pool processes kept ready
     idle: int = 2
-    memory_limit_mb: float = 0  #: per job; 0 = none
+    #: per job, or per agent-server instance, for the whole process tree; 0 = none
+    memory_limit_mb: float = 0
     max_duration: float = 0  #: seconds per job; 0 = none
+    #: processes and threads per job or instance, for the whole tree: a fork
+    #: bomb stops here (livekit-agents runs ~40 threads per instance)
+    max_processes: int = 512
     #: agent server: instances kept running / at most / idle seconds before stopping
     min_instances: int = 0
     max_instances: int = 1
@@ -103,6 +107,8 @@ def validate(d: AgentDefinition, where: str = "agent") -> AgentDefinition:
         raise ConfigError("must be within 1..10000", f"{where}.slots")
     if not 0 <= d.idle <= 1_000:
         raise ConfigError("must be within 0..1000", f"{where}.idle")
+    if not 16 <= d.max_processes <= 65_536:
+        raise ConfigError("must be within 16..65536", f"{where}.max_processes")
     for field in ("memory_limit_mb", "max_duration", "idle_timeout"):
         value: float = getattr(d, field)
         if not 0 <= value < math.inf:  # (NaN fails too)
