@@ -11,6 +11,14 @@ worker)::
 
 The server runs in a thread with its own uvloop; only that thread is
 profiled, so the client side is not counted.  Not part of the test run.
+
+Instruction counts, which this noisy machine cannot disturb: run it under
+callgrind with ``PATH_PROBE_NO_PROFILE=1`` for two values of N, and divide
+the difference of the counts by the difference of the Ns (start-up and the
+200 warm-up dispatches cancel out)::
+
+    PATH_PROBE_NO_PROFILE=1 valgrind --tool=callgrind python benchmarks/path_probe.py 300
+    PATH_PROBE_NO_PROFILE=1 valgrind --tool=callgrind python benchmarks/path_probe.py 600
 """
 
 from __future__ import annotations
@@ -114,6 +122,11 @@ def main() -> None:
         await drive(port, 200, worker)  # warm up: rooms, caches, specialisation
         worker.assigned.clear()
 
+        if os.environ.get("PATH_PROBE_NO_PROFILE"):
+            # Under valgrind: only the plain run, counted by the tool.
+            await drive(port, n, worker)
+            await worker.close()
+            return
         profiler = cProfile.Profile()
         cpu0 = srv.in_thread(time.thread_time)
         srv.in_thread(profiler.enable)
