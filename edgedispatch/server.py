@@ -27,6 +27,7 @@ from edgedispatch.dispatch.domain import Domain
 from edgedispatch.net.http import HttpProtocol
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.obs import logs
+from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
 from edgedispatch.store import FileStore, MemoryStore, Store
 from edgedispatch.wire.tokens import Verifier
@@ -45,9 +46,14 @@ class Server:
         self._signals = 0
         self.connections: set[HttpProtocol] = set()
         self.agents: AgentManager | None = None
+        self.containment: Containment | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
+        # First, off the loop: it probes the host (runs bwrap once), kills
+        # what a crashed earlier run left in its cells, and may refuse to
+        # start (sandbox.mode "required" on a host that lacks a protection).
+        self.containment = await loop.run_in_executor(None, self._contain)
         verifier = Verifier(self.cfg.secrets(), self.cfg.key_tenants())
         self.domain = domain = Domain(self.cfg.dispatch, self.cfg.room)
         domain.wall.offset = time.time() - loop.time()
@@ -73,13 +79,18 @@ class Server:
         data_dir = self.cfg.server.data_dir or os.environ.get("STATE_DIRECTORY", "")
         store: Store = FileStore(data_dir) if data_dir else MemoryStore()
         url = self.cfg.server.public_url or f"ws://127.0.0.1:{self.port}"
-        self.agents = AgentManager(domain, self.cfg, url, store)
+        self.agents = AgentManager(domain, self.cfg, url, store, self.containment)
         try:
             await self.agents.start(list(self.cfg.agents))
         except Exception:
             await self.close()
             raise
         app.agents = self.agents
+
+    def _contain(self) -> Containment:
+        containment = Containment(self.cfg)
+        containment.start()
+        return containment
 
     def request_stop(self) -> None:
         """SIGTERM: the first drains, the second exits at once."""
@@ -129,6 +140,9 @@ class Server:
         if self.agents is not None:
             await self.agents.close()
             self.agents = None
+        if self.containment is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.containment.close)
+            self.containment = None
         if self._timer is not None:
             self._timer.cancel()
         if self._server is not None:

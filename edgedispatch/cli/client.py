@@ -113,6 +113,14 @@ def add_agent_commands(sub: Any) -> None:
     add.add_argument("--idle-timeout", type=float, help="agent server: stop after idle seconds")
     add.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     add.add_argument("--cwd")
+    add.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="PATH[:rw]",
+        dest="binds",
+        help="a path its processes see, read-only (or :rw); operator only (repeatable)",
+    )
     list_ = asub.add_parser("list", help="list definitions")
     parsers = [add, list_]
     for action in ("remove", "start", "stop"):
@@ -152,6 +160,8 @@ def run_agent(args: argparse.Namespace) -> int:
             value = getattr(args, field)
             if value is not None:
                 definition[field] = value
+        if args.binds:
+            definition["binds"] = args.binds
         if args.env:
             definition["env"] = dict(pair.split("=", 1) for pair in args.env)
         body = {"agent": definition}

@@ -80,6 +80,22 @@ class RoomConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auto_create: bool = True
 
 
+class SandboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How tenant code is contained (README: "Containing tenant code")."""
+
+    #: "auto": every protection this host offers, each logged at start-up;
+    #: "required": refuse to start without a filesystem view, a uid per
+    #: tenant and cgroups; "off": none (tenant code runs as the server).
+    mode: str = "auto"
+    #: Tenant number i (the default tenant first, then [[tenants]] in order)
+    #: runs as uid and gid uid_base + i.
+    uid_base: int = 61000
+    #: Where each tenant's own directory is made (its HOME, read-write for
+    #: it only).  Empty: <data_dir>/tenants, or a directory under /run or
+    #: /tmp named after the server when there is no data directory.
+    tenant_dirs: str = ""
+
+
 class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: str = "info"
     format: str = "text"  #: "text" or "json" (one JSON object per line)
@@ -97,12 +113,16 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     room: RoomConfig = msgspec.field(default_factory=RoomConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     #: Keys of the default tenant (named "").
     keys: dict[str, str] = msgspec.field(default_factory=dict)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
     #: Agents edgedispatch runs itself (``[[agents]]``).
     agents: list[AgentDefinition] = msgspec.field(default_factory=list)
     dev: bool = False
+    #: The file this was read from ("" for the embedded defaults): no
+    #: tenant's process may read it (set by ``load``, whatever the file says).
+    source: str = ""
 
     def key_tenants(self) -> dict[str, str]:
         """API key -> tenant name, for every key."""
@@ -168,6 +188,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("must be debug, info, warning or error", "logging.level")
     if cfg.logging.format not in ("text", "json"):
         raise ConfigError("must be 'text' or 'json'", "logging.format")
+    if cfg.sandbox.mode not in ("auto", "required", "off"):
+        raise ConfigError("must be 'auto', 'required' or 'off'", "sandbox.mode")
+    if not 1000 <= cfg.sandbox.uid_base <= 2**31 - 2**16:
+        raise ConfigError(
+            "must be a uid of at least 1000 (not root's, nor a user's)", "sandbox.uid_base"
+        )
     for key, secret in cfg.keys.items():
         if not key or not secret:
             raise ConfigError("API keys and secrets must not be empty", "keys")
@@ -251,4 +277,5 @@ def load(
             )
         except msgspec.ValidationError as exc:
             raise _decode_error(exc) from exc
-    return validate(msgspec.structs.replace(cfg, keys=keys, server=server, dev=dev))
+    source = os.path.realpath(path) if path is not None else ""
+    return validate(msgspec.structs.replace(cfg, keys=keys, server=server, dev=dev, source=source))

@@ -35,6 +35,10 @@ class AgentDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
     worker: list[str] = msgspec.field(default_factory=list)  #: an agent server
     env: dict[str, str] = msgspec.field(default_factory=dict)
     cwd: str = ""
+    #: Paths its processes see besides the system, Python and ``cwd``:
+    #: "/srv/models" (read-only) or "/var/recordings:rw".  The operator's to
+    #: give: a tenant's own directory is always there (its HOME).
+    binds: list[str] = msgspec.field(default_factory=list)
     #: native and command: jobs at once (the slot cap of its local worker)
     slots: int = 8
     #: native: warm pool processes kept ready
@@ -49,6 +53,17 @@ class AgentDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
     min_instances: int = 0
     max_instances: int = 1
     idle_timeout: float = 300
+
+    def bound(self) -> tuple[list[str], list[str]]:
+        """``binds`` as (read-only paths, read-write paths)."""
+        ro: list[str] = []
+        rw: list[str] = []
+        for bind in self.binds:
+            if bind.endswith(":rw"):
+                rw.append(bind[:-3])
+            else:
+                ro.append(bind.removesuffix(":ro"))
+        return ro, rw
 
     @property
     def kind(self) -> Kind:
@@ -109,6 +124,10 @@ def validate(d: AgentDefinition, where: str = "agent") -> AgentDefinition:
         raise ConfigError("must be within 0..1000", f"{where}.idle")
     if not 16 <= d.max_processes <= 65_536:
         raise ConfigError("must be within 16..65536", f"{where}.max_processes")
+    for i, bind in enumerate(d.binds):
+        path, _, mode = bind.rpartition(":") if bind.endswith((":ro", ":rw")) else (bind, "", "")
+        if not os.path.isabs(path) or not os.path.exists(path):
+            raise ConfigError(f"no such absolute path {path!r}", f"{where}.binds[{i}]")
     for field in ("memory_limit_mb", "max_duration", "idle_timeout"):
         value: float = getattr(d, field)
         if not 0 <= value < math.inf:  # (NaN fails too)

@@ -1,9 +1,12 @@
-"""Command agents: any program, started once per job.
+"""Command agents: any program, started once per job, contained
+(``runtime.contain``): in a cell of its own, with the definition's memory
+and process limits on its whole tree, killed whole when the job ends.
 
 Its environment carries the job: LIVEKIT_URL, LIVEKIT_TOKEN (the agent's room
 token), LIVEKIT_ROOM, LIVEKIT_AGENT_NAME, EDGEDISPATCH_JOB_ID and
-EDGEDISPATCH_JOB_METADATA.  Exit code 0 is success; anything else fails the
-job with the exit code or signal in its error.
+EDGEDISPATCH_JOB_METADATA, and nothing of the server's.  Exit code 0 is
+success; anything else fails the job with the exit code or signal in its
+error.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import logging
 from collections.abc import Callable
 
 from edgedispatch.config.agents import AgentDefinition
+from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.native import JobInfo
 from edgedispatch.runtime.process import (
     MEMORY_POLL,
     ChildProcess,
-    base_env,
     exit_text,
+    memory_text,
     over_memory_limit,
     too_long,
     wait_for_exits,
@@ -73,9 +77,15 @@ class CommandJob:
 
 
 class CommandRunner:
-    def __init__(self, definition: AgentDefinition, on_output: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        definition: AgentDefinition,
+        on_output: Callable[[str, str], None],
+        containment: Containment,
+    ) -> None:
         self.definition = definition
         self._on_output = on_output
+        self._contain = containment
         self._jobs: dict[str, CommandJob] = {}
         self._loop = asyncio.get_running_loop()
         self._poll: asyncio.TimerHandle | None = None
@@ -92,7 +102,7 @@ class CommandRunner:
 
     async def _start(self, job: CommandJob, info: JobInfo, max_duration: float) -> None:
         d = self.definition
-        env = base_env(d.env)
+        env = dict(d.env)
         env.update(
             LIVEKIT_URL=info.url,
             LIVEKIT_TOKEN=info.token,
@@ -104,11 +114,23 @@ class CommandRunner:
 
         def on_exit(code: int) -> None:
             self._jobs.pop(job.job_id, None)
+            if job.proc is not None and job.proc.oom_killed() and not job._error:
+                job._error = memory_text(d.memory_limit_mb)
             job.exited(code)
 
         try:
-            proc = await ChildProcess.start(
-                d.command, env, d.cwd, lambda line: self._on_output(job.job_id, line), on_exit
+            proc = await self._contain.spawn(
+                d.command,
+                env,
+                d.cwd,
+                lambda line: self._on_output(job.job_id, line),
+                on_exit,
+                tenant=d.tenant,
+                name=f"cmd-{d.name}-{info.job_id}",
+                memory_mb=d.memory_limit_mb,
+                max_procs=d.max_processes,
+                read_only=d.bound()[0],
+                read_write=d.bound()[1],
             )
         except OSError as exc:
             self._jobs.pop(job.job_id, None)
@@ -124,12 +146,21 @@ class CommandRunner:
             job.terminate(5.0)
 
     def _check_memory(self) -> None:
+        # With a cell the kernel enforces the limit on the whole tree; a
+        # kill there fails the job (the rest of it may go on otherwise).
+        # Without one, the main process's RSS is all that is checked.
         self._poll = None
+        limit = self.definition.memory_limit_mb
         for job in list(self._jobs.values()):
-            if job.proc is not None and job.proc.running:
-                reason = over_memory_limit(job.proc.pid, self.definition.memory_limit_mb)
-                if reason:
-                    job.fail(reason)
+            proc = job.proc
+            if proc is None or not proc.running:
+                continue
+            if proc.cell is not None:
+                reason = memory_text(limit) if proc.oom_killed() else ""
+            else:
+                reason = over_memory_limit(proc.pid, limit)
+            if reason:
+                job.fail(reason)
         if self._jobs:
             self._poll = self._loop.call_later(MEMORY_POLL, self._check_memory)
 

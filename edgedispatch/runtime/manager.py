@@ -5,6 +5,7 @@ on-demand agent-server supervisor."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -16,6 +17,7 @@ from edgedispatch.dispatch.domain import Domain
 from edgedispatch.dispatch.events import DomainEvent, JobWaiting
 from edgedispatch.errors import AlreadyExists, ConfigError, NotFound, PermissionDenied
 from edgedispatch.runtime.command import CommandRunner
+from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.native import NativePool
 from edgedispatch.runtime.supervisor import AgentServerSupervisor
 from edgedispatch.store import Store
@@ -41,9 +43,12 @@ class _Active:
 class AgentManager:
     """:param url: this server's WebSocket URL, for agents it starts."""
 
-    def __init__(self, domain: Domain, cfg: Config, url: str, store: Store) -> None:
+    def __init__(
+        self, domain: Domain, cfg: Config, url: str, store: Store, containment: Containment
+    ) -> None:
         self._d = domain
         self._cfg = cfg
+        self._contain = containment
         self._url = url
         self._store = store
         self._agents: dict[tuple[str, str], _Active] = {}
@@ -85,8 +90,23 @@ class AgentManager:
         api_key, secret = self._key_for(d.tenant)
         active = _Active(d, from_config)
         if d.kind == "server":
+            spawn = functools.partial(
+                self._contain.spawn,
+                tenant=d.tenant,
+                name=f"server-{d.name}",
+                memory_mb=d.memory_limit_mb,
+                max_procs=d.max_processes,
+                read_only=d.bound()[0],
+                read_write=d.bound()[1],
+            )
             active.supervisor = AgentServerSupervisor(
-                d, self._url, api_key, secret, lambda: self._busy(d), lambda: self._waiting(d)
+                d,
+                self._url,
+                api_key,
+                secret,
+                lambda: self._busy(d),
+                lambda: self._waiting(d),
+                spawn=spawn,
             )
         else:
             runner: JobRunner
@@ -103,7 +123,7 @@ class AgentManager:
                 await active.pool.start()
                 runner = active.pool
             else:
-                active.command = CommandRunner(d, self._output(d))
+                active.command = CommandRunner(d, self._output(d), self._contain)
                 runner = active.command
             active.worker = LocalWorker(self._d, d, runner, api_key, secret, self._url)
             active.worker.register(self._loop.time())
@@ -161,6 +181,9 @@ class AgentManager:
     async def add(self, tenant: str, raw: dict[str, Any]) -> dict[str, Any]:
         if raw.get("tenant", tenant) != tenant:
             raise PermissionDenied("a definition can only be added to the token's own tenant")
+        if raw.get("binds") and tenant != "":
+            # A bind shows a tenant's processes a path of the host's.
+            raise PermissionDenied("binds need the operator's key (the keys under [keys])")
         try:
             d = msgspec.convert({**raw, "tenant": tenant}, AgentDefinition)
         except msgspec.ValidationError as exc:

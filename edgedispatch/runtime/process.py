@@ -1,24 +1,38 @@
 """A program edgedispatch started: spawned off the event loop (uvloop's
 spawn blocks the loop until exec), its output logged line by line, its exit
-watched through a pidfd (no thread, no SIGCHLD handler)."""
+watched through a pidfd (no thread, no SIGCHLD handler).  When it runs
+contained (``runtime.contain``), its cell holds its whole tree: signals
+reach every process of the program, and none outlives it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
+
+from edgedispatch.runtime.cgroups import Cell
 
 PIPE_LINGER = 0.2  # seconds the output pipe is read after the exit
 
-#: Server secrets never reach programs we start.
-_SECRET_VARS = ("EDGEDISPATCH_KEYS", "LIVEKIT_KEYS", "LIVEKIT_API_SECRET", "LIVEKIT_API_KEY")
 
-
-def base_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARS}
+def base_env(extra: Mapping[str, str], home: str = "") -> dict[str, str]:
+    """The environment of a program we start: built, never inherited, so
+    that nothing of the server's (its keys, its tokens, whatever its own
+    environment holds) reaches tenant code.  ``extra`` is added."""
+    env = {
+        "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
+        "TMPDIR": "/tmp",
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+    }
+    if home:
+        env["HOME"] = home
+    if "TZ" in os.environ:
+        env["TZ"] = os.environ["TZ"]
     env.update(extra)
     return env
 
@@ -60,6 +74,11 @@ def over_memory_limit(pid: int, limit_mb: float) -> str:
     if kb > limit_mb * 1024:
         return f"memory limit exceeded: {kb / 1024:.0f} MB > {limit_mb:g} MB"
     return ""
+
+
+def memory_text(limit_mb: float) -> str:
+    """Why a job whose tree the kernel cut down at its memory limit failed."""
+    return f"memory limit exceeded: > {limit_mb:g} MB (the kernel killed a process of the job)"
 
 
 def too_long(limit: float) -> str:
@@ -151,12 +170,28 @@ async def wait_for_exits(gone: Callable[[], bool], timeout: float = 5.0) -> None
 
 class ChildProcess:
     """Start with ``await ChildProcess.start(...)``; ``on_exit(code)`` is
-    called once (negative code: killed by that signal)."""
+    called once (negative code: killed by that signal).
 
-    def __init__(self, proc: subprocess.Popen[bytes], on_exit: Callable[[int], None]) -> None:
+    :param cell: the cgroup the process joined before it ran (its whole
+        tree is in it): ``kill`` empties it, and it is removed at the end.
+    :param sandboxed: it runs under bubblewrap (``pid`` is bwrap's):
+        signals go to the program inside, as bwrap's death would SIGKILL
+        the program at once, with no chance to shut down."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        on_exit: Callable[[int], None],
+        *,
+        cell: Cell | None = None,
+        sandboxed: bool = False,
+    ) -> None:
         self._proc = proc
         self.pid = proc.pid
         self.returncode: int | None = None
+        self.cell = cell
+        self._sandboxed = sandboxed
+        self._oom_at_exit = False  # read before the cell is gone
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
         self._pidfd = os.pidfd_open(proc.pid)
@@ -172,6 +207,9 @@ class ChildProcess:
         cwd: str,
         on_line: Callable[[str], None],
         on_exit: Callable[[int], None],
+        *,
+        cell: Cell | None = None,
+        sandboxed: bool = False,
     ) -> ChildProcess:
         loop = asyncio.get_running_loop()
         proc = await loop.run_in_executor(
@@ -186,7 +224,7 @@ class ChildProcess:
                 start_new_session=True,
             ),
         )
-        child = cls(proc, on_exit)
+        child = cls(proc, on_exit, cell=cell, sandboxed=sandboxed)
         assert proc.stdout is not None
         child._pipe, _ = await loop.connect_read_pipe(lambda: _Lines(on_line), proc.stdout)
         return child
@@ -195,8 +233,21 @@ class ChildProcess:
     def running(self) -> bool:
         return self.returncode is None
 
+    def memory_kb(self) -> int:
+        """The whole tree's memory with a cell, else the main process's RSS."""
+        if self.cell is not None:
+            return self.cell.memory_bytes() // 1024
+        return proc_status(self.pid, "VmRSS")
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed a process of its tree for the cell's
+        memory limit."""
+        if not self.running:
+            return self._oom_at_exit
+        return self.cell is not None and self.cell.oom_kills() > 0
+
     def terminate(self, grace: float) -> None:
-        """SIGTERM its process group, and SIGKILL it after ``grace`` seconds."""
+        """SIGTERM the program, and SIGKILL all of it after ``grace`` seconds."""
         if not self.running:
             return
         self._signal(signal.SIGTERM)
@@ -208,22 +259,41 @@ class ChildProcess:
             self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
+        if not self._sandboxed:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+            return
+        if sig == signal.SIGKILL:
+            if self.cell is not None:
+                self.cell.kill_all()
+            else:  # bwrap's death takes its PID namespace, all of it, along
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, sig)
+            return
+        pids = self.cell.pids() if self.cell is not None else descendants(self.pid)
+        for pid in pids:
+            if not _is_bwrap(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
 
     def _reap(self) -> None:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
-        self.returncode = self._proc.wait()
+        code = self._proc.wait()
+        if self._sandboxed and code > 128:
+            code = 128 - code  # bwrap reports a program killed by signal N as 128+N
+        self.returncode = code
         if self._kill_timer is not None:
             self._kill_timer.cancel()
-        # Whatever it left in its group (it was its session leader) goes too.
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.cell is not None:
+            self._oom_at_exit = self.cell.oom_kills() > 0
+            # Whatever the program left in its cell goes too (off the loop:
+            # removal waits for the killed to be gone).
+            self._loop.run_in_executor(None, self.cell.remove)
+        elif not self._sandboxed:
+            # Whatever it left in its group (it was its session leader) goes too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
         # Its output pipe ends with it.  Normally EOF closes our end; a
         # grandchild still holding the pipe would keep it open, so close it
         # shortly after regardless (after the last lines are read).
@@ -234,3 +304,31 @@ class ChildProcess:
         if self._pipe is not None:
             self._pipe.close()
             self._pipe = None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (its threads' children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def _is_bwrap(pid: int) -> bool:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "bwrap"
+    except OSError:
+        return False

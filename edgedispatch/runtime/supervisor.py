@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from edgedispatch.config.agents import AgentDefinition
 from edgedispatch.runtime.process import ChildProcess, base_env, exit_text, wait_for_exits
 
 log = logging.getLogger("edgedispatch.agents")
+
+#: Starts a program: ``ChildProcess.start``'s signature (the containment's
+#: ``spawn`` stands in for it).
+Spawn = Callable[
+    [list[str], dict[str, str], str, Callable[[str], None], Callable[[int], None]],
+    Awaitable[ChildProcess],
+]
 
 BACKOFF_BASE, BACKOFF_MAX = 1.0, 30.0
 #: An instance that ran this long before it crashed had come up fine: its
@@ -39,11 +46,13 @@ class AgentServerSupervisor:
         secret: str,
         busy: Callable[[], int],
         waiting: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        spawn: Spawn = ChildProcess.start,
     ) -> None:
         self.definition = definition
         self._url, self._api_key, self._secret = url, api_key, secret
         self._busy = busy
         self._waiting = waiting
+        self._spawn_process = spawn
         self._loop = asyncio.get_running_loop()
         self.instances: list[ChildProcess] = []
         self._starting = 0
@@ -92,7 +101,7 @@ class AgentServerSupervisor:
             self._exited(code, self._loop.time() - started)
 
         try:
-            proc = await ChildProcess.start(d.worker, env, d.cwd, self._output, on_exit)
+            proc = await self._spawn_process(d.worker, env, d.cwd, self._output, on_exit)
         except OSError as exc:
             self._starting -= 1
             log.error("cannot start agent server: %s", exc, extra={"agent": d.name})

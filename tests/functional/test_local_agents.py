@@ -27,12 +27,19 @@ from .test_real_clients import job_states, lk_call, wait_until
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
 
 
+def writable(out: Path) -> Path:
+    """``out``, writable for a tenant's uid (the job writes its record there)."""
+    out.chmod(0o777)
+    return out
+
+
 def command_agent(name: str, out: Path, **kw: Any) -> dict[str, Any]:
     env = {"EDT_OUT": str(out), **kw.pop("env", {})}
     return {
         "name": name,
         "command": [sys.executable, str(AGENTS / "cmd_agent.py")],
         "env": env,
+        "binds": [f"{writable(out)}:rw"],
         **kw,
     }
 
@@ -143,14 +150,17 @@ def test_definitions_api_is_per_tenant_and_persists(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
     tenants = {"acme": {"acme-key": "acme-secret"}, "globex": {"globex-key": "globex-secret"}}
-    out = tmp_path / "out"
-    out.mkdir()
     srv = start_server(tenants=tenants, server={"data_dir": str(tmp_path / "data")})
+    # A tenant's job writes to its tenant's own directory (binds are the
+    # operator's to give).
+    out = srv.server.containment.sandbox.tenant_dir("acme")
+    helper = command_agent("helper", out)
+    del helper["binds"]
     acme = {"key": "acme-key", "secret": "acme-secret"}
     globex = {"key": "globex-key", "secret": "globex-secret"}
-    status, added = admin_call(srv, "AddAgent", {"agent": command_agent("helper", out)}, **acme)
+    status, added = admin_call(srv, "AddAgent", {"agent": helper}, **acme)
     assert status == 200 and added["agent"]["kind"] == "command"
-    status, err = admin_call(srv, "AddAgent", {"agent": command_agent("helper", out)}, **acme)
+    status, err = admin_call(srv, "AddAgent", {"agent": helper}, **acme)
     assert status == 409 and err["code"] == "already_exists"
     status, err = admin_call(
         srv, "AddAgent", {"agent": {"name": "bad", "entrypoint": "nope_mod:main"}}, **acme
@@ -163,7 +173,7 @@ def test_definitions_api_is_per_tenant_and_persists(
     status, err = admin_call(srv, "ListAgents", {}, admin=False, **acme)
     assert status == 403 and err["code"] == "permission_denied"
     # acme's token cannot add a definition to globex
-    theirs = {**command_agent("spy", out), "tenant": "globex"}
+    theirs = {**helper, "name": "spy", "tenant": "globex"}
     status, err = admin_call(srv, "AddAgent", {"agent": theirs}, **acme)
     assert status == 403 and err["code"] == "permission_denied"
     # globex sees nothing of acme's, and cannot remove it
@@ -213,6 +223,7 @@ def test_an_agent_server_starts_on_demand_and_stops_when_idle(
         "worker": [sys.executable, str(AGENTS / "py_agent.py"), "start"],
         "cwd": str(AGENTS),
         "env": {"EDT_OUT": str(tmp_path), "EDT_AGENT": "ondemand"},
+        "binds": [f"{writable(tmp_path)}:rw"],
         "idle_timeout": 2,
     }
     srv = start_server(agents=[definition])
@@ -264,6 +275,7 @@ def test_a_native_job_runs_with_its_metadata_and_attributes(
         "entrypoint": "native_agent:entrypoint",
         "prewarm": "native_agent:prewarm",
         "env": {"EDT_OUT": str(tmp_path), "PYTHONPATH": str(AGENTS)},
+        "binds": [f"{writable(tmp_path)}:rw"],
         "idle": 2,
     }
     srv = start_server(agents=[definition])

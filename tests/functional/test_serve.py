@@ -201,6 +201,7 @@ def test_agent_cli_manages_definitions(
     srv = ServeProcess(loop_kind)
     served.append(srv)
     agents = Path(__file__).resolve().parents[1] / "agents"
+    tmp_path.chmod(0o777)  # the job, as its tenant's uid, writes there
     out = srv.cli(
         "agent",
         "add",
@@ -210,6 +211,8 @@ def test_agent_cli_manages_definitions(
         str(agents / "cmd_agent.py"),
         "--env",
         f"EDT_OUT={tmp_path}",
+        "--bind",
+        f"{tmp_path}:rw",
         "--slots",
         "2",
     )
@@ -246,7 +249,9 @@ def test_drain_waits_for_local_jobs(
         f'command = ["{sys.executable}", "{agents / "cmd_agent.py"}"]\n'
         "max_duration = 2\n"
         f'env = {{ EDT_OUT = "{tmp_path}", EDT_MODE = "sleep" }}\n'
+        f'binds = ["{tmp_path}:rw"]\n'
     )
+    tmp_path.chmod(0o777)  # the job, as its tenant's uid, writes there
     srv = ServeProcess(loop_kind, "--config", str(cfg))
     served.append(srv)
     srv.cli("dispatch", "create", "--room", "r", "--agent-name", "sleeper")

@@ -53,6 +53,7 @@ def livekit_agents_installed() -> bool:
 def _config(tmp: Path, idle: int, slots: int, cold: bool) -> Path:
     out = tmp / "out"
     out.mkdir()
+    out.chmod(0o777)  # the agents, as their tenant's uid, write there
     py = sys.executable
     cfg = tmp / "bench.toml"
     text = f"""
@@ -66,6 +67,7 @@ entrypoint = "edgedispatch.cli.bench.jobs_agent:entrypoint"
 idle = {idle}
 slots = {slots}
 env = {{ EDT_OUT = "{out}", EDT_HOLD = "{HOLD}" }}
+binds = ["{out}:rw"]
 """
     if cold:
         text += f"""
@@ -73,6 +75,7 @@ env = {{ EDT_OUT = "{out}", EDT_HOLD = "{HOLD}" }}
 name = "bench-cold"
 worker = ["{py}", "-m", "edgedispatch.cli.bench.lk_jobs_agent", "start"]
 env = {{ EDT_OUT = "{out}", EDT_AGENT = "bench-cold", EDT_HOLD = "{HOLD}" }}
+binds = ["{out}:rw"]
 idle_timeout = 3600
 """
     cfg.write_text(text)
