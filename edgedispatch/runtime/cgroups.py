@@ -10,8 +10,9 @@ too.  Cells live under one *tree* per run of a server,
 ``edgedispatch-<tag>/run-<pid>-<start time>``, beside the trees of the
 server's earlier runs (the tag names the server: its data directory).  A
 server that starts kills what is in the trees of runs whose process is
-gone: what a crash left.  A run still alive (two servers started on one
-data directory, say) is left alone.
+gone: what a crash left (its own, and any other edgedispatch server's on
+the host: a dead run has nobody left to clean up after it).  A run still
+alive (two servers started on one data directory, say) is left alone.
 
 cgroup v2 is used when the unified hierarchy has the memory and pids
 controllers for us; otherwise cgroup v1's memory, pids and freezer
@@ -178,11 +179,15 @@ class _TreeV2:
         for run in _dead_runs(self.root.parent):
             killed += _remove_cells(run, _CellV2)
             _rmdir_when_empty(run, lambda: [])
+            with contextlib.suppress(OSError):
+                run.parent.rmdir()
         return killed
 
     def remove(self) -> None:
         _remove_cells(self.root, _CellV2)
         _rmdir_when_empty(self.root, lambda: [])
+        with contextlib.suppress(OSError):  # the server's, if no other run is in it
+            self.root.parent.rmdir()
 
 
 # ----------------------------------------------------------------------
@@ -269,10 +274,15 @@ class _TreeV1:
     def kill_leftovers(self) -> int:
         killed = 0
         for run in _dead_runs(self.roots["pids"].parent):
-            runs = {c: root.parent / run.name for c, root in self.roots.items()}
+            # The same run in each hierarchy (its server's directory too).
+            runs = {
+                c: root.parent.parent / run.parent.name / run.name for c, root in self.roots.items()
+            }
             killed += _remove_cells(run, _v1_cells(runs))
             for path in runs.values():
                 _rmdir_when_empty(path, lambda: [])
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
         return killed
 
     def remove(self) -> None:
@@ -280,6 +290,8 @@ class _TreeV1:
         _remove_cells(roots["pids"], _v1_cells(roots))
         for root in roots.values():
             _rmdir_when_empty(root, lambda: [])
+            with contextlib.suppress(OSError):  # the server's, if no other run is in it
+                root.parent.rmdir()
 
 
 def _v1_cells(runs: dict[str, Path]) -> Callable[[Path], Cell]:
@@ -316,14 +328,18 @@ def _start_time(pid: int) -> str:
 
 
 def _dead_runs(server: Path) -> list[Path]:
-    """The trees of this server's runs whose process is gone."""
+    """The trees of runs whose process is gone: this server's, and any
+    other edgedispatch server's on this host (a dead run has nobody left
+    to clean up after it)."""
     dead = []
     with contextlib.suppress(OSError):
-        for run in server.iterdir():
-            parts = run.name.split("-")
-            if run.is_dir() and len(parts) == 3 and parts[0] == "run" and parts[1].isdigit():
-                if _start_time(int(parts[1])) != parts[2]:
-                    dead.append(run)
+        servers = [s for s in server.parent.iterdir() if s.name.startswith("edgedispatch-")]
+        for tree in servers:
+            for run in tree.iterdir():
+                parts = run.name.split("-")
+                if run.is_dir() and len(parts) == 3 and parts[0] == "run" and parts[1].isdigit():
+                    if _start_time(int(parts[1])) != parts[2]:
+                        dead.append(run)
     return dead
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Callable
 
 from edgedispatch.config.agents import AgentDefinition
@@ -72,6 +73,10 @@ class CommandJob:
         self._done = True
         if code == 0 and not self._error:
             self._on_exit(0, "")
+        elif self._error and code == 0:
+            # Stopped for a limit (its tree's memory, its duration), it may
+            # still have exited 0: a job stopped is never a success.
+            self._on_exit(-signal.SIGKILL, self._error)
         else:
             self._on_exit(code, self._error or error or exit_text(code or 0))
 

@@ -119,6 +119,10 @@ class AgentManager:
                     env=d.env,
                     memory_limit_mb=d.memory_limit_mb,
                     on_output=self._output(d),
+                    containment=self._contain,
+                    tenant=d.tenant,
+                    max_procs=d.max_processes,
+                    binds=d.bound(),
                 )
                 await active.pool.start()
                 runner = active.pool

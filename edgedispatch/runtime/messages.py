@@ -96,6 +96,11 @@ class Done(msgspec.Struct, tag=True, frozen=True):
 # server -> child
 
 
+class Go(msgspec.Struct, tag=True, frozen=True):
+    """The server has put the child in its cell (its memory and process
+    limits): it may run the agent's code (prewarm) now, not before."""
+
+
 class Job(msgspec.Struct, tag=True, frozen=True):
     info: JobInfo
 
@@ -112,6 +117,7 @@ Message = (
     | Started
     | Failed
     | Done
+    | Go
     | Job
 )
 

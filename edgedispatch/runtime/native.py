@@ -53,8 +53,10 @@ from typing import Protocol
 
 from edgedispatch.errors import ConfigError, Malformed
 from edgedispatch.runtime import messages as m
+from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.listener import UnixListener
 from edgedispatch.runtime.messages import JobInfo
+from edgedispatch.runtime.pool_cells import PoolCells
 from edgedispatch.runtime.pool_conn import CHILD, PoolConn
 from edgedispatch.runtime.pool_jobs import Child, OnExit, RunningJob, job_outcome
 from edgedispatch.runtime.pool_policy import PoolPolicy
@@ -62,7 +64,6 @@ from edgedispatch.runtime.pool_states import ChildState, PoolState, move
 from edgedispatch.runtime.process import (
     MEMORY_POLL,
     exit_text,
-    over_memory_limit,
     proc_status,
     read_memory,
     too_long,
@@ -109,6 +110,10 @@ class NativePool:
         on_output: OnOutput | None = None,
         python: str = sys.executable,
         start_timeout: float = 60.0,
+        containment: Containment | None = None,
+        tenant: str = "",
+        max_procs: int = 512,
+        binds: tuple[list[str], list[str]] = ([], []),
     ) -> None:
         self.name = name
         self.entrypoint = entrypoint
@@ -119,6 +124,17 @@ class NativePool:
         self.on_output = on_output
         self.python = python
         self.start_timeout = start_timeout
+        self.tenant = tenant
+        self._cells = PoolCells(
+            containment,
+            name=name,
+            tenant=tenant,
+            env=self.env,
+            memory_mb=memory_limit_mb,
+            max_procs=max_procs,
+            idle=self.idle,
+            binds=binds,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = PoolState.NEW
         self._policy = PoolPolicy(self.idle)
@@ -154,11 +170,11 @@ class NativePool:
         cmd = [self.python, "-m", "edgedispatch.runtime.zygote", self._path, self.entrypoint]
         if self.prewarm:
             cmd.append(self.prewarm)
-        self._zygote_proc = ZygoteProcess(
-            loop, cmd, self.env, where, self.python, self.start_timeout
-        )
         try:
             self._listener = UnixListener(loop, self._path, lambda: PoolConn(self), where)
+            cmd, env = self._cells.zygote(cmd, self._dir, self._path)
+            timeout = self.start_timeout
+            self._zygote_proc = ZygoteProcess(loop, cmd, env, where, self.python, timeout)
             await self._spawn()
         except BaseException:
             await self.close()
@@ -205,13 +221,17 @@ class NativePool:
         out = []
         for child in self._ready:
             with contextlib.suppress(OSError):
-                out.append(read_memory(child.pid).uss_kb)
+                out.append(read_memory(child.os_pid).uss_kb)
         return out
 
     def pids(self) -> list[int]:
-        """The zygote's pid (first, if running) and every child's."""
-        pid = self._zygote_proc.pid if self._zygote_proc is not None else 0
-        return ([pid] if pid else []) + list(self._children)
+        """The zygote's pid (first, if running) and every child's, in the
+        server's PID namespace."""
+        zygote = self._zygote
+        pid = zygote.os_pid if zygote is not None and zygote.os_pid else 0
+        if not pid and self._zygote_proc is not None:
+            pid = self._zygote_proc.pid
+        return ([pid] if pid else []) + [c.os_pid for c in self._children.values()]
 
     async def close(self) -> None:
         """Kill the zygote and every child, and remove the socket."""
@@ -234,6 +254,10 @@ class NativePool:
                 self._drop(child)
             for job in ended:
                 job._end(None, f"native pool {self.name!r} was closed")
+            pool_cell = self._cells.pool_cell
+            if pool_cell is not None and self._loop is not None:
+                await self._loop.run_in_executor(None, pool_cell.remove)
+                self._cells.pool_cell = None
             if self._cleanup is not None:
                 self._cleanup()
 
@@ -339,22 +363,39 @@ class NativePool:
     def child_hello(self, conn: PoolConn) -> None:
         # A child's first word may come on any of three connections (its
         # two, and the zygote's Forked), in any order.
+        os_pid = conn.os_pid or conn.pid
         child = self._children.get(conn.pid)
         if child is None:
-            zygote = self._zygote_proc.pid if self._zygote_proc and self._zygote else 0
+            zygote = self._zygote.os_pid if self._zygote is not None else 0
             # (proc_status is 0 for a process that is gone: an orphan too.)
-            child = Child(conn.pid, orphan=proc_status(conn.pid, "PPid") != (zygote or -1))
+            child = Child(conn.pid, orphan=proc_status(os_pid, "PPid") != (zygote or -1))
             self._children[conn.pid] = child
+        if child.os_pid != os_pid:
+            if child.state is not _FORKED or child.ctl is not None or child.out is not None:
+                raise Malformed(f"pid {conn.pid} is another process than before")
+            child.os_pid = os_pid
         if conn.role == CHILD:
             if child.state is not _FORKED:
                 raise Malformed("a second control connection")
             child.ctl = conn
             child.to(_CONNECTED)
+            self._contain_child(child, conn)
         else:
             if child.out is not None:
                 raise Malformed("a second output connection")
             child.out = conn
         child.open_pidfd()
+
+    def _contain_child(self, child: Child, conn: PoolConn) -> None:
+        """Put the new pool process in a cell of its own, then let it run
+        the agent's code (Go): what it starts stays in the cell."""
+        if not child.orphan:
+            try:
+                child.cell = self._cells.child(child.os_pid)
+            except OSError as exc:  # gone meanwhile; its exit is on the way
+                log.warning("native agent %r: cannot contain a pool process: %s", self.name, exc)
+                return
+        conn.send(m.Go())
 
     def child_ready(self, pid: int) -> None:
         child = self._children.get(pid)
@@ -442,6 +483,7 @@ class NativePool:
             return
         got_to = child.state
         child.to(ChildState.FINALIZED)
+        over = self._cells.over_limit(child, ended=True)  # before its cell goes
         self._drop(child)
         if got_to in (_FORKED, _CONNECTED) and not child.orphan and self._state is _RUNNING:
             # Counted here, not on Exited: its traceback may come after.
@@ -452,6 +494,7 @@ class NativePool:
         if job is None or job._ended or self._state is _CLOSED:
             return  # (close() ends its jobs itself)
         job._child = None
+        job._reason = job._reason or over
         if self._policy.retry_job(job._attempts, started=job._started, stopping=job._stopping):
             job._attempts += 1
             job.pid = 0
@@ -463,6 +506,8 @@ class NativePool:
     def _drop(self, child: Child) -> None:
         self._children.pop(child.pid, None)
         child.release()
+        if self._loop is not None:
+            self._cells.release(child, self._loop)
 
     def _child_failed(self, error: str) -> None:
         give_up = self._policy.child_failed()
@@ -524,7 +569,7 @@ class NativePool:
             if job is None or job._ended or child.code is not None:
                 continue
             running = True
-            reason = "" if job._reason else over_memory_limit(child.pid, self.memory_limit_mb)
+            reason = "" if job._reason else self._cells.over_limit(child)
             if reason:
                 job._reason = reason
                 job._stopping = True

@@ -13,7 +13,10 @@ learns of that as of any other lost connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from typing import Protocol, cast
 
 import msgspec
@@ -23,6 +26,8 @@ from edgedispatch.runtime import messages as m
 from edgedispatch.runtime.process import LineBuffer
 
 log = logging.getLogger("edgedispatch.agents")
+
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 ZYGOTE = "zygote"
 ZYGOTE_OUTPUT = "zygote-output"
@@ -80,12 +85,20 @@ class PoolConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reader = m.FrameReader()
         self.role = ""  # from its Hello
-        self.pid = 0
+        self.pid = 0  # as it says: in the sandbox's PID namespace
+        #: Its pid here, from the kernel (SO_PEERCRED): what signals and
+        #: /proc reads use.  A hostile peer can claim any pid in its Hello,
+        #: not this one.
+        self.os_pid = 0
         self.lines = LineBuffer()  # an output connection's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+            self.os_pid = _CREDS.unpack(creds)[0]
         if self.owner.accepting():
             self.owner.conn_made(self)
         else:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from edgedispatch.runtime import messages as m
 from edgedispatch.runtime import pool_states
+from edgedispatch.runtime.cgroups import Cell
 from edgedispatch.runtime.messages import JobInfo
 from edgedispatch.runtime.pool_conn import PoolConn
 from edgedispatch.runtime.pool_states import ChildState
@@ -69,7 +70,11 @@ class Child:
     (its states: ``pool_states``)."""
 
     def __init__(self, pid: int, orphan: bool) -> None:
-        self.pid = pid
+        self.pid = pid  # as its zygote and itself say (the key: their namespace's)
+        #: Its pid in the server's namespace, from its connection (the
+        #: kernel's word); ``pid`` until it connects.
+        self.os_pid = pid
+        self.cell: Cell | None = None  # its cgroup, once it is in it
         self.state = ChildState.FORKED
         # Its zygote is not the current one: nobody will report its exit.
         self.orphan = orphan
@@ -95,7 +100,7 @@ class Child:
     def open_pidfd(self) -> None:
         if self.pidfd < 0:
             with contextlib.suppress(OSError):
-                self.pidfd = os.pidfd_open(self.pid)
+                self.pidfd = os.pidfd_open(self.os_pid)
 
     def send_signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -104,7 +109,7 @@ class Child:
             elif self.code is None and self.ctl is not None:
                 # No pidfd (out of fds?): its open connection says it is
                 # alive, so the pid is still its own.
-                os.kill(self.pid, sig)
+                os.kill(self.os_pid, sig)
 
     def release(self) -> None:
         """It left the pool: no grace timer, no pidfd."""

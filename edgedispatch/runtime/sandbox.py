@@ -192,10 +192,14 @@ class Sandbox:
             "--unshare-cgroup-try",
         ]
         bound: list[str] = ["/usr"]  # mount points, whose insides exist
+        masked: list[str] = []  # hidden under an empty tmpfs: nothing inside
         dirs: set[str] = {"/"}  # directories made in the new root
 
+        def under(path: str, tops: list[str]) -> bool:
+            return any(path == t or path.startswith(t.rstrip("/") + "/") for t in tops)
+
         def inside(path: str) -> bool:
-            return any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound)
+            return under(path, bound) and not under(path, masked)
 
         def parents(path: str) -> None:
             # bwrap makes a bind's missing parents 0700: the tenant's uid
@@ -223,22 +227,33 @@ class Sandbox:
         for path in ETC:
             if os.path.exists(path):
                 bind(path, "--ro-bind")
-        # Parents before children (a later mount over a parent would hide
-        # an earlier one inside it); a path inside one already shown is
-        # shown with it.
+        # Before any bind: a mount over a parent hides what was bound inside
+        # it earlier.  (A tmpfs is empty: what is bound under /tmp needs its
+        # parents made.)
+        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+        # Parents before children, for the same reason; a path inside one
+        # already shown is shown with it.
         for path in _outermost([*self._python_paths, *ro]):
             if not inside(path):
                 bind(path, "--ro-bind")
-        # (A tmpfs is empty: what is bound under it needs its parents made.)
-        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
-        # What no tenant may read, even where a directory it sees holds it.
+        writable = _outermost(rw)
+        for path in writable:
+            bind(path, "--bind")
+        # What no tenant may read, even where a directory it sees holds it:
+        # masked after every bind, so that no bind shows it again ...
         for path in self._hidden:
             if inside(path):
-                args += (
-                    ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
-                )
-        for path in _outermost(rw):
-            bind(path, "--bind")
+                if os.path.isdir(path):
+                    args += ["--tmpfs", path]
+                    masked.append(path)
+                else:
+                    args += ["--ro-bind", "/dev/null", path]
+        # ... but for the tenant's own directory, which may live in the data
+        # directory: it is bound again, on top of the mask (any read-write
+        # path, including those inside another).
+        for path in sorted({os.path.realpath(p) for p in rw if p and os.path.exists(p)}):
+            if under(path, masked):
+                bind(path, "--bind")
         return args + ["--chdir", os.path.realpath(cwd) if cwd else "/tmp", "--"]
 
 

@@ -251,6 +251,11 @@ class Zygote:
             self.ctl.close()
             _redirect_output(self.path, "output")
             ctl = _connect(self.path, "child")
+            reader = m.FrameReader()
+            # Nothing of the agent's runs before the server has put this
+            # process in its cell, or everything it started could escape it.
+            if not isinstance(_recv(ctl, reader), m.Go):
+                raise SystemExit(0)  # retired before it began
             if warm is not None:
                 try:
                     warm()
@@ -260,7 +265,7 @@ class Zygote:
             runner = asyncio.Runner()
             _rehearse(runner, ctl)
             ctl.sendall(m.encode(m.Ready()))
-            msg = _recv(ctl, m.FrameReader())
+            msg = _recv(ctl, reader)
             if isinstance(msg, m.Job):
                 code = run_job(entry, msg.info, ctl, runner)
             else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 from collections.abc import Callable
 
@@ -24,22 +23,22 @@ _POLL = 0.05  # how often a start checks the process while it waits
 
 
 class ZygoteProcess:
-    """Starts ``cmd`` with ``extra_env`` added to the server's environment.
-    ``where`` names the agent in errors; ``python`` is ``cmd``'s program,
-    for the error when it cannot run."""
+    """Starts ``cmd`` with the environment ``env`` (all of it: nothing of the
+    server's is added).  ``where`` names the agent in errors; ``python`` is
+    the zygote's interpreter, for the error when it cannot run."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         cmd: list[str],
-        extra_env: dict[str, str],
+        env: dict[str, str],
         where: str,
         python: str,
         start_timeout: float,
     ) -> None:
         self._loop = loop
         self._cmd = cmd
-        self._extra_env = extra_env
+        self._env = env
         self._where = where
         self._python = python
         self._start_timeout = start_timeout
@@ -50,7 +49,8 @@ class ZygoteProcess:
 
     @property
     def pid(self) -> int:
-        """The current zygote's pid; 0 when there is none."""
+        """The current zygote's process's pid (bwrap's, when sandboxed); 0
+        when there is none."""
         return self._proc.pid if self._proc is not None else 0
 
     async def spawn(self, connected: Callable[[], bool]) -> int:
@@ -63,8 +63,7 @@ class ZygoteProcess:
         self._loaded = loaded
         # Popen forks and waits for the exec: off the loop.  Shielded, so that
         # close() during a restart still learns of the process, to reap it.
-        env = {**os.environ, **self._extra_env}
-        self._popen = loop.run_in_executor(None, _popen, self._cmd, env)
+        self._popen = loop.run_in_executor(None, _popen, self._cmd, self._env)
         try:
             proc = await asyncio.shield(self._popen)
         except OSError as exc:

@@ -115,6 +115,9 @@ def make_config(**sections: Any) -> config.Config:
             tenants = [config.TenantConfig(t, keys) for t, keys in values.items()]
             base = msgspec.structs.replace(base, tenants=tenants)
             continue
+        if name == "source":  # the config file's path (what tenants must not read)
+            base = msgspec.structs.replace(base, source=values)
+            continue
         if name == "agents":  # a list of definition dicts
             agents = [msgspec.convert(a, AgentDefinition) for a in values]
             base = msgspec.structs.replace(base, agents=agents)

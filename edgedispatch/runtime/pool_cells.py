@@ -1,0 +1,108 @@
+"""A native pool's containment (``runtime.contain``): its zygote started in
+the tenant's sandbox and in a cell of the pool's, and each pool process put
+in a cell of its own (the definition's memory limit and max_processes)
+before it runs any of the agent's code.  Without a containment the zygote
+still gets an environment built for it, not the server's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from edgedispatch.runtime.cgroups import Cell
+from edgedispatch.runtime.contain import Containment
+from edgedispatch.runtime.pool_jobs import Child
+from edgedispatch.runtime.process import base_env, memory_text, over_memory_limit
+
+log = logging.getLogger("edgedispatch.agents")
+
+
+class PoolCells:
+    """:param binds: the definition's (read-only, read-write) paths."""
+
+    def __init__(
+        self,
+        containment: Containment | None,
+        *,
+        name: str,
+        tenant: str,
+        env: dict[str, str],
+        memory_mb: float,
+        max_procs: int,
+        idle: int,
+        binds: tuple[list[str], list[str]],
+    ) -> None:
+        self._contain = containment
+        self._name = name
+        self._tenant = tenant
+        self._env = env
+        self._memory_mb = memory_mb
+        self._max_procs = max_procs
+        self._idle = idle
+        self._binds = binds
+        self.pool_cell: Cell | None = None
+        self._made = 0  # cells made, for their names
+
+    def zygote(
+        self, cmd: list[str], socket_dir: str, socket_path: str
+    ) -> tuple[list[str], dict[str, str]]:
+        """The zygote's command and environment; the socket is made the
+        tenant's to reach (and only the tenant's)."""
+        contain = self._contain
+        if contain is None:
+            return cmd, base_env(self._env)
+        uid = contain.sandbox.uid(self._tenant)
+        if uid is not None:
+            os.chown(socket_dir, uid, uid)  # 0700: no other tenant gets in
+            os.chmod(socket_path, 0o777)
+        pythonpath = [p for p in self._env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        launch = contain.launch(
+            cmd,
+            tenant=self._tenant,
+            name=f"pool-{self._name}",
+            env=self._env,
+            cwd="",
+            memory_mb=0,  # each pool process has the limit, in its own cell
+            max_procs=self._max_procs * (self._idle + 2) + 64,
+            read_only=self._binds[0] + pythonpath,
+            read_write=[socket_dir, *self._binds[1]],
+        )
+        self.pool_cell = launch.cell
+        return launch.argv, launch.env
+
+    def child(self, os_pid: int) -> Cell | None:
+        """A cell of its own for the new pool process ``os_pid``, which waits
+        for the pool's Go; None without cgroups.  OSError if it is gone."""
+        if self._contain is None:
+            return None
+        self._made += 1
+        cell = self._contain.cell(
+            f"pool-{self._name}-{self._made}", memory_mb=self._memory_mb, max_procs=self._max_procs
+        )
+        if cell is not None:
+            try:
+                cell.adopt(os_pid)
+            except OSError:
+                cell.remove()
+                raise
+        return cell
+
+    def over_limit(self, child: Child, *, ended: bool = False) -> str:
+        """Why ``child``'s job must fail for memory, or "".  With a cell the
+        kernel enforces the limit on the whole tree, and its count of kills
+        says whether it had to; without one, only the process's RSS is
+        known (while it runs)."""
+        if child.cell is not None:
+            return memory_text(self._memory_mb) if child.cell.oom_kills() else ""
+        if ended or self._memory_mb <= 0:
+            return ""
+        return over_memory_limit(child.os_pid, self._memory_mb)
+
+    def release(self, child: Child, loop: asyncio.AbstractEventLoop) -> None:
+        """``child`` left the pool: what its job left in its cell (a
+        setsid'd grandchild, say) goes too; off the loop, as the removal
+        waits for the killed to be gone."""
+        if child.cell is not None:
+            loop.run_in_executor(None, child.cell.remove)
+            child.cell = None
