@@ -17,11 +17,12 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
 
-from edgedispatch.errors import ConfigError
+from edgedispatch.errors import ConfigError, PermissionDenied
 
 Kind = Literal["native", "command", "server"]
 
@@ -127,3 +128,56 @@ def check_unique(defs: list[AgentDefinition]) -> None:
                 f"agents[{i}].name",
             )
         seen.add((d.tenant, d.name))
+
+
+# -- who may add what ------------------------------------------------------------
+
+#: Environment variables that change which code a Python process loads (or
+#: any process: the dynamic linker's).  Setting them is running code of
+#: one's own, so it needs the right to.
+_CODE_VARS = ("PYTHON", "LD_")
+_CODE_VAR_NAMES = frozenset({"PATH", "HOME"})  # programs found by name; the user site
+
+_KIND_WORDS = {"command": "a command agent", "server": "an agent server (worker)"}
+
+
+def _approved(module: str, approved: Sequence[str]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in approved)
+
+
+def authorize(
+    d: AgentDefinition, *, operator: bool, allow_code: bool, native_modules: Sequence[str]
+) -> None:
+    """Raise ``PermissionDenied``, naming the permission missing, unless the
+    caller may add ``d`` through the API.
+
+    The operator (a key of the default tenant, under ``[keys]``) may add
+    anything, and so may a tenant with ``allow_code``.  Any other tenant may
+    add native agents whose entrypoint and prewarm come from its
+    ``native_modules``, and nothing that would choose other code: no
+    ``cwd``, no variables of ``_CODE_VARS`` (PYTHONPATH, LD_PRELOAD...).
+    """
+    if operator or allow_code:
+        return
+    tenant = repr(d.tenant)
+    if d.kind != "native":
+        raise PermissionDenied(
+            f"adding {_KIND_WORDS[d.kind]} needs the operator's key or allow_code "
+            f"for tenant {tenant}"
+        )
+    for ref in (d.entrypoint, d.prewarm):
+        module = ref.partition(":")[0]
+        if ref and not _approved(module, native_modules):
+            raise PermissionDenied(
+                f"adding a native agent from module {module!r} needs the operator's key, "
+                f"allow_code, or the module in native_modules for tenant {tenant}"
+            )
+    if d.cwd:
+        raise PermissionDenied(
+            f"setting cwd needs the operator's key or allow_code for tenant {tenant}"
+        )
+    for name in sorted(d.env):
+        if name.startswith(_CODE_VARS) or name in _CODE_VAR_NAMES:
+            raise PermissionDenied(
+                f"setting {name} needs the operator's key or allow_code for tenant {tenant}"
+            )

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from edgedispatch.config import Config
-from edgedispatch.config.agents import AgentDefinition, check_unique, validate
+from edgedispatch.config.agents import AgentDefinition, authorize, check_unique, validate
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.dispatch.events import DomainEvent, JobWaiting, WorkerLost, WorkerRegistered
 from edgedispatch.errors import (
@@ -88,10 +88,12 @@ class AgentManager:
             if (d.tenant, d.name) in self._agents:
                 continue  # the config file wins
             try:
+                # The operator may have taken a permission back since.
+                self._authorize(d)
                 await self._activate(validate(d), from_config=False)
-            except ConfigError as exc:
+            except (ConfigError, PermissionDenied) as exc:
                 log.error(
-                    "stored agent definition is invalid: %s",
+                    "stored agent definition not started: %s",
                     exc,
                     extra={"agent": d.name, "tenant": d.tenant},
                 )
@@ -197,12 +199,23 @@ class AgentManager:
             d = msgspec.convert({**raw, "tenant": tenant}, AgentDefinition)
         except msgspec.ValidationError as exc:
             raise ConfigError(str(exc), "agent") from exc
+        self._authorize(d)
         validate(d)
         if (tenant, d.name) in self._agents:
             raise AlreadyExists(f"agent {d.name!r} already exists in this tenant")
         await self._activate(d, from_config=False)
         self._store.put(NAMESPACE, f"{tenant}/{d.name}", msgspec.to_builtins(d))
         return next(a for a in self.list(tenant) if a["name"] == d.name)
+
+    def _authorize(self, d: AgentDefinition) -> None:
+        """Whether ``d``'s tenant may add it (the operator: the default tenant)."""
+        grants = self._cfg.tenant(d.tenant)
+        authorize(
+            d,
+            operator=d.tenant == "",
+            allow_code=grants.allow_code,
+            native_modules=grants.native_modules,
+        )
 
     def _get(self, tenant: str, name: str) -> _Active:
         active = self._agents.get((tenant, name))

@@ -142,7 +142,10 @@ def admin_call(
 def test_definitions_api_is_per_tenant_and_persists(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
-    tenants = {"acme": {"acme-key": "acme-secret"}, "globex": {"globex-key": "globex-secret"}}
+    tenants = {
+        "acme": {"keys": {"acme-key": "acme-secret"}, "allow_code": True},
+        "globex": {"globex-key": "globex-secret"},
+    }
     out = tmp_path / "out"
     out.mkdir()
     srv = start_server(tenants=tenants, server={"data_dir": str(tmp_path / "data")})
