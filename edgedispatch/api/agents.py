@@ -1,13 +1,16 @@
 """``edgedispatch.AgentService``: manage agent definitions at run time.
 
 Twirp-style JSON over HTTP, at ``/twirp/edgedispatch.AgentService/<Method>``:
-ListAgents ``{}``, AddAgent ``{"agent": {...definition...}}``, and
-RemoveAgent, StartAgent, StopAgent ``{"name": ...}``.
+ListAgents ``{}``, AddAgent ``{"agent": {...definition...}}``, RemoveAgent
+and StopAgent ``{"name": ...}``, StartAgent ``{"name": ..., "timeout": s}``
+(the README's "The AgentService" has the answers and errors).
 
 Auth: a LiveKit access token signed with one of the tenant's keys that
 carries LiveKit's agent admin grant, ``"agent": {"admin": true}`` (what
 ``livekit.api.AccessToken().with_agent_grants(AgentGrants(admin=True))``
-mints).  A tenant's token sees and changes only that tenant's agents.
+mints).  A tenant's token sees and changes only that tenant's agents.  What
+it may add is the manager's to decide (``config.agents.authorize``); the
+key of an agent server edgedispatch runs may manage nothing.
 """
 
 from __future__ import annotations
