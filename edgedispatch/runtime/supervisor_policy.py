@@ -153,7 +153,6 @@ class Supervision:
         self.want = 0
         self.instances: dict[int, Instance] = {}
         self.starts = 0  #: processes asked for, ever (status, tests)
-        self.jobs = JobCounts(0, 0)
         self._runs: dict[int, Instance] = {}
         self._last_run = 0
         self._waiters: dict[int, _Waiter] = {}
@@ -320,7 +319,6 @@ class Supervision:
 
     def on_timer(self, now: float, jobs: JobCounts) -> None:
         """The deadline passed: ``jobs`` are the agent's jobs now."""
-        self.jobs = jobs
         # The look at the jobs first: an instance about to be restarted
         # below is backing off, not starting, for the idle clock.
         if self._next_check is not None and now >= self._next_check:
