@@ -79,7 +79,7 @@ class Server:
         data_dir = self.cfg.server.data_dir or os.environ.get("STATE_DIRECTORY", "")
         store: Store = FileStore(data_dir) if data_dir else MemoryStore()
         url = self.cfg.server.public_url or f"ws://127.0.0.1:{self.port}"
-        self.agents = AgentManager(domain, self.cfg, url, store, self.containment)
+        self.agents = AgentManager(domain, self.cfg, url, store, verifier, self.containment)
         try:
             await self.agents.start(list(self.cfg.agents))
         except Exception:

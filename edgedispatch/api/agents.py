@@ -1,13 +1,16 @@
 """``edgedispatch.AgentService``: manage agent definitions at run time.
 
 Twirp-style JSON over HTTP, at ``/twirp/edgedispatch.AgentService/<Method>``:
-ListAgents ``{}``, AddAgent ``{"agent": {...definition...}}``, and
-RemoveAgent, StartAgent, StopAgent ``{"name": ...}``.
+ListAgents ``{}``, AddAgent ``{"agent": {...definition...}}``, RemoveAgent
+and StopAgent ``{"name": ...}``, StartAgent ``{"name": ..., "timeout": s}``
+(the README's "The AgentService" has the answers and errors).
 
 Auth: a LiveKit access token signed with one of the tenant's keys that
 carries LiveKit's agent admin grant, ``"agent": {"admin": true}`` (what
 ``livekit.api.AccessToken().with_agent_grants(AgentGrants(admin=True))``
-mints).  A tenant's token sees and changes only that tenant's agents.
+mints).  A tenant's token sees and changes only that tenant's agents.  What
+it may add is the manager's to decide (``config.agents.authorize``); the
+key of an agent server edgedispatch runs may manage nothing.
 """
 
 from __future__ import annotations
@@ -32,10 +35,20 @@ class AgentAdmin(Protocol):
 
     async def remove(self, tenant: str, name: str) -> None: ...
 
-    async def set_running(self, tenant: str, name: str, running: bool) -> None: ...
+    async def start_agent(self, tenant: str, name: str, timeout: float) -> dict[str, Any]: ...
+
+    async def stop_agent(self, tenant: str, name: str) -> dict[str, Any]: ...
+
+
+#: Seconds StartAgent waits for an agent server to register, unless told.
+START_TIMEOUT = 30.0
 
 
 def _require_admin(claims: Claims) -> None:
+    if claims.program:
+        # A program edgedispatch runs acts for its tenant towards LiveKit's
+        # APIs, but manages no agents: it would add code of its own.
+        raise PermissionDenied("an agent server's own API key cannot manage agents")
     grant = claims.raw.get("agent")
     if not isinstance(grant, dict) or grant.get("admin") is not True:
         raise PermissionDenied('token lacks the agent admin grant ("agent": {"admin": true})')
@@ -46,6 +59,13 @@ def _name(body: dict[str, Any]) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidArgument("name is required")
     return name
+
+
+def _timeout(body: dict[str, Any]) -> float:
+    timeout = body.get("timeout", START_TIMEOUT)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise InvalidArgument("timeout must be a number of seconds")
+    return float(timeout)
 
 
 async def handle(manager: AgentAdmin, method: str, claims: Claims, body: bytes) -> bytes:
@@ -69,9 +89,10 @@ async def handle(manager: AgentAdmin, method: str, claims: Claims, body: bytes) 
     elif method == "RemoveAgent":
         await manager.remove(tenant, _name(req))
         out = {}
-    elif method in ("StartAgent", "StopAgent"):
-        await manager.set_running(tenant, _name(req), method == "StartAgent")
-        out = {}
+    elif method == "StartAgent":
+        out = {"agent": await manager.start_agent(tenant, _name(req), _timeout(req))}
+    elif method == "StopAgent":
+        out = {"agent": await manager.stop_agent(tenant, _name(req))}
     else:
         raise TwirpError("bad_route", f"no such method: {method}")
     return msgspec.json.encode(out)

@@ -1,5 +1,6 @@
 """``edgedispatch dispatch ...`` and ``edgedispatch room ...``: a small
-``lk``-style client over the official ``livekit-api`` package."""
+``lk``-style client over the official ``livekit-api`` package (and the
+connection flags ``agent ...`` shares, in ``cli.agent_commands``)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def resolve_connection(args: argparse.Namespace, env: Mapping[str, str] = os.env
         args.url = DEFAULT_URL
 
 
-def _missing_keys(args: argparse.Namespace) -> bool:
+def missing_keys(args: argparse.Namespace) -> bool:
     if args.api_key and args.api_secret:
         return False
     print(
@@ -97,93 +98,6 @@ def add_commands(sub: Any) -> None:
         p.set_defaults(func=run_room)
 
 
-def add_agent_commands(sub: Any) -> None:
-    agent = sub.add_parser("agent", help="agents edgedispatch runs itself (definitions)")
-    asub = agent.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = asub.add_parser("add", help="add a definition (kept across restarts)")
-    add.add_argument("name")
-    kind = add.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--entrypoint", help="native: pkg.module:function")
-    kind.add_argument("--command", nargs="+", help="one program per job")
-    kind.add_argument("--worker", nargs="+", help="an agent server started on demand")
-    add.add_argument("--prewarm", help="native: pkg.module:function run once per process")
-    add.add_argument("--slots", type=int, help="jobs at once (native, command)")
-    add.add_argument("--memory-limit-mb", type=float)
-    add.add_argument("--max-duration", type=float)
-    add.add_argument("--idle-timeout", type=float, help="agent server: stop after idle seconds")
-    add.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    add.add_argument("--cwd")
-    add.add_argument(
-        "--bind",
-        action="append",
-        default=[],
-        metavar="PATH[:rw]",
-        dest="binds",
-        help="a path its processes see, read-only (or :rw); operator only (repeatable)",
-    )
-    list_ = asub.add_parser("list", help="list definitions")
-    parsers = [add, list_]
-    for action in ("remove", "start", "stop"):
-        p = asub.add_parser(action, help=f"{action} a definition")
-        p.add_argument("name")
-        parsers.append(p)
-    for p in parsers:
-        add_connection_flags(p)
-        p.set_defaults(func=run_agent)
-
-
-def run_agent(args: argparse.Namespace) -> int:
-    """Talks to edgedispatch.AgentService with a token carrying the agent
-    admin grant, signed with the given key."""
-    resolve_connection(args)
-    if _missing_keys(args):
-        return 2
-    method, body = {
-        "list": ("ListAgents", {}),
-        "remove": ("RemoveAgent", {"name": getattr(args, "name", "")}),
-        "start": ("StartAgent", {"name": getattr(args, "name", "")}),
-        "stop": ("StopAgent", {"name": getattr(args, "name", "")}),
-    }.get(args.action, ("AddAgent", {}))
-    if args.action == "add":
-        definition: dict[str, Any] = {"name": args.name}
-        for field in (
-            "entrypoint",
-            "command",
-            "worker",
-            "prewarm",
-            "slots",
-            "memory_limit_mb",
-            "max_duration",
-            "idle_timeout",
-            "cwd",
-        ):
-            value = getattr(args, field)
-            if value is not None:
-                definition[field] = value
-        if args.binds:
-            definition["binds"] = args.binds
-        if args.env:
-            definition["env"] = dict(pair.split("=", 1) for pair in args.env)
-        body = {"agent": definition}
-    from edgedispatch.cli import agent_client as client
-
-    try:
-        status, out = client.call(args.url, args.api_key, args.api_secret, method, body)
-    except OSError as exc:
-        print(f"edgedispatch: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    if status != 200:
-        print(f"edgedispatch: {out.get('code')}: {out.get('msg')}", file=sys.stderr)
-        return 1
-    if args.json or args.action == "add":
-        print(json.dumps(out, indent=2))
-    elif args.action == "list":
-        for a in out.get("agents", []):
-            what = a.get("entrypoint") or " ".join(a.get("command") or a.get("worker") or [])
-            print(f"{a['name']}\t{a['kind']}\t{a['state']}\t{a['source']}\t{what}")
-    return 0
-
-
 def _run(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]) -> int:
     from google.protobuf import json_format
     from livekit import api
@@ -191,7 +105,7 @@ def _run(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]) -> int
     from edgedispatch.wire import tokens  # noqa: F401  (silences PyJWT's short-secret warning)
 
     resolve_connection(args)
-    if _missing_keys(args):
+    if missing_keys(args):
         return 2
 
     async def main() -> Any:

@@ -102,10 +102,21 @@ class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class TenantConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A customer: its own API keys, and everything made with them."""
+    """A customer: its own API keys, and everything made with them.
+
+    What its keys may add through the API (``config.agents.authorize``):
+    native agents from ``native_modules`` always; programs of its own
+    (command agents, agent servers) only with ``allow_code``."""
 
     name: str
     keys: dict[str, str] = msgspec.field(default_factory=dict)
+    #: It may add agents that run any program: command agents, agent
+    #: servers, and native agents from any module.
+    allow_code: bool = False
+    #: Modules its native agents' entrypoint and prewarm may come from: a
+    #: module, or a package and everything in it ("acme_agents",
+    #: "shared.voice").
+    native_modules: list[str] = msgspec.field(default_factory=list)
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -130,6 +141,13 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for tenant in self.tenants:
             table.update({key: tenant.name for key in tenant.keys})
         return table
+
+    def tenant(self, name: str) -> TenantConfig:
+        """The tenant's settings; the default tenant ("") is the operator's."""
+        for tenant in self.tenants:
+            if tenant.name == name:
+                return tenant
+        return TenantConfig(name, self.keys if name == "" else {})
 
     def secrets(self) -> dict[str, str]:
         """API key -> secret, for every key of every tenant."""
@@ -209,6 +227,12 @@ def validate(cfg: Config) -> Config:
             if key in seen_keys:
                 raise ConfigError(f"API key {key!r} belongs to two tenants", f"{where}.keys")
             seen_keys.add(key)
+        for j, module in enumerate(tenant.native_modules):
+            if not all(part.isidentifier() for part in module.split(".")):
+                raise ConfigError(
+                    f"expected a module or package name, got {module!r}",
+                    f"{where}.native_modules[{j}]",
+                )
     tenant_names = {""} | seen_names
     for i, agent_def in enumerate(cfg.agents):
         if agent_def.tenant not in tenant_names:

@@ -12,16 +12,17 @@ Three kinds, by which field is set:
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.machinery
 import math
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
 
-from edgedispatch.errors import ConfigError
+from edgedispatch.errors import ConfigError, PermissionDenied
 
 Kind = Literal["native", "command", "server"]
 
@@ -54,6 +55,17 @@ class AgentDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
     max_instances: int = 1
     idle_timeout: float = 300
 
+    def module_paths(self) -> list[str]:
+        """Where the entrypoint's and prewarm's modules are (the sys.path
+        entries that hold them), as the server finds them."""
+        extra = [p for p in (self.env.get("PYTHONPATH", "").split(os.pathsep) + [self.cwd]) if p]
+        found = []
+        for ref in (self.entrypoint, self.prewarm):
+            path = locate_module(ref.partition(":")[0], extra) if ref else None
+            if path is not None and path not in found:
+                found.append(path)
+        return found
+
     def bound(self) -> tuple[list[str], list[str]]:
         """``binds`` as (read-only paths, read-write paths)."""
         ro: list[str] = []
@@ -74,15 +86,28 @@ class AgentDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
         return "server"
 
 
-def _module_exists(module: str, extra_path: list[str]) -> bool:
-    saved = list(sys.path)
-    try:
-        sys.path[:0] = extra_path
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-    finally:
-        sys.path[:] = saved
+def locate_module(module: str, extra_path: list[str]) -> str | None:
+    """The ``sys.path`` entry (of ``extra_path`` + this Python's) that holds
+    ``module``, or None.  Found without importing anything: importing a
+    package runs its code, and a tenant's code never runs in the server
+    (``importlib.util.find_spec`` imports a dotted name's parents)."""
+    top, *rest = module.split(".")
+    for entry in [*extra_path, *sys.path]:
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(top, [entry or os.getcwd()])
+        except (ImportError, ValueError, OSError):
+            continue
+        name = top
+        for part in rest:
+            locations = spec.submodule_search_locations if spec is not None else None
+            if not locations:
+                spec = None
+                break
+            name = f"{name}.{part}"
+            spec = importlib.machinery.PathFinder.find_spec(name, list(locations))
+        if spec is not None:
+            return entry or os.getcwd()
+    return None
 
 
 def _program_exists(program: str, cwd: str) -> bool:
@@ -112,7 +137,7 @@ def validate(d: AgentDefinition, where: str = "agent") -> AgentDefinition:
         module, sep, func = ref.partition(":")
         if not sep or not module or not func.isidentifier():
             raise ConfigError(f"expected 'pkg.module:function', got {ref!r}", f"{where}.{field}")
-        if not _module_exists(module, extra_path):
+        if locate_module(module, extra_path) is None:
             raise ConfigError(f"unknown module {module!r}", f"{where}.{field}")
     for field in ("command", "worker"):
         argv: list[str] = getattr(d, field)
@@ -146,3 +171,56 @@ def check_unique(defs: list[AgentDefinition]) -> None:
                 f"agents[{i}].name",
             )
         seen.add((d.tenant, d.name))
+
+
+# -- who may add what ------------------------------------------------------------
+
+#: Environment variables that change which code a Python process loads (or
+#: any process: the dynamic linker's).  Setting them is running code of
+#: one's own, so it needs the right to.
+_CODE_VARS = ("PYTHON", "LD_")
+_CODE_VAR_NAMES = frozenset({"PATH", "HOME"})  # programs found by name; the user site
+
+_KIND_WORDS = {"command": "a command agent", "server": "an agent server (worker)"}
+
+
+def _approved(module: str, approved: Sequence[str]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in approved)
+
+
+def authorize(
+    d: AgentDefinition, *, operator: bool, allow_code: bool, native_modules: Sequence[str]
+) -> None:
+    """Raise ``PermissionDenied``, naming the permission missing, unless the
+    caller may add ``d`` through the API.
+
+    The operator (a key of the default tenant, under ``[keys]``) may add
+    anything, and so may a tenant with ``allow_code``.  Any other tenant may
+    add native agents whose entrypoint and prewarm come from its
+    ``native_modules``, and nothing that would choose other code: no
+    ``cwd``, no variables of ``_CODE_VARS`` (PYTHONPATH, LD_PRELOAD...).
+    """
+    if operator or allow_code:
+        return
+    tenant = repr(d.tenant)
+    if d.kind != "native":
+        raise PermissionDenied(
+            f"adding {_KIND_WORDS[d.kind]} needs the operator's key or allow_code "
+            f"for tenant {tenant}"
+        )
+    for ref in (d.entrypoint, d.prewarm):
+        module = ref.partition(":")[0]
+        if ref and not _approved(module, native_modules):
+            raise PermissionDenied(
+                f"adding a native agent from module {module!r} needs the operator's key, "
+                f"allow_code, or the module in native_modules for tenant {tenant}"
+            )
+    if d.cwd:
+        raise PermissionDenied(
+            f"setting cwd needs the operator's key or allow_code for tenant {tenant}"
+        )
+    for name in sorted(d.env):
+        if name.startswith(_CODE_VARS) or name in _CODE_VAR_NAMES:
+            raise PermissionDenied(
+                f"setting {name} needs the operator's key or allow_code for tenant {tenant}"
+            )

@@ -67,12 +67,16 @@ class WorkerRegistered(msgspec.Struct, frozen=True):
     worker_id: str
     key: AgentKey
     slots: int
+    #: The API key it registered with: an agent server edgedispatch runs
+    #: has one of its own, which tells its supervisor the worker is its.
+    api_key: str
 
 
 class WorkerLost(msgspec.Struct, frozen=True):
     worker_id: str
     key: AgentKey
     held_jobs: int  #: assigned or running when it went
+    api_key: str  #: the one it registered with
 
 
 DomainEvent = (

@@ -111,7 +111,7 @@ class WorkerDesk:
             },
         )
         if WorkerRegistered in self._bus.wanted:
-            self._bus.emit(WorkerRegistered(link.worker_id, key, slots))
+            self._bus.emit(WorkerRegistered(link.worker_id, key, slots, link.api_key))
         return link.worker_id
 
     def key_of(self, worker_id: str) -> AgentKey:
@@ -211,7 +211,7 @@ class WorkerDesk:
         self._core.disconnect_worker(worker_id, now)
         log.info("worker disconnected (%d running jobs)", len(held), extra={"worker": worker_id})
         if WorkerLost in self._bus.wanted:
-            self._bus.emit(WorkerLost(worker_id, key, len(held)))
+            self._bus.emit(WorkerLost(worker_id, key, len(held), link.api_key))
 
     def job_moved(self, job_id: str, before: JobState, state: JobState) -> None:
         """A job changed state: once it leaves ORPHANED (claimed, re-queued,

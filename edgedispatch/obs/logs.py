@@ -1,7 +1,10 @@
 """Logging set-up: text for people, or one JSON object per line.
 
 Log calls pass ids as ``extra`` (``room``, ``dispatch``, ``job``,
-``worker``); both formats print them as fields.
+``worker``, ``agent``, ``tenant``, ``instance``...); both formats print
+them as fields.  The default tenant is named "": a line of it says
+``tenant=""`` (text) or ``"tenant": ""`` (JSON), so that every line of an
+agent names its tenant.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-FIELDS = ("room", "dispatch", "job", "worker", "agent", "reason", "tenant")
+FIELDS = ("room", "dispatch", "job", "worker", "agent", "instance", "reason", "tenant")
 
 
 class DeferredStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -69,7 +72,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(
-            f"{name}={record.__dict__[name]}"
+            f"{name}={_text_value(record.__dict__[name])}"
             for name in FIELDS
             if record.__dict__.get(name) is not None
         )
@@ -80,6 +83,10 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def _text_value(value: object) -> object:
+    return '""' if value == "" else value
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

@@ -12,14 +12,21 @@ from typing import Any
 import msgspec
 
 from edgedispatch.config import Config
-from edgedispatch.config.agents import AgentDefinition, check_unique, validate
+from edgedispatch.config.agents import AgentDefinition, authorize, check_unique, validate
 from edgedispatch.dispatch.domain import Domain
-from edgedispatch.dispatch.events import DomainEvent, JobWaiting
-from edgedispatch.errors import AlreadyExists, ConfigError, NotFound, PermissionDenied
+from edgedispatch.dispatch.events import DomainEvent, JobWaiting, WorkerLost, WorkerRegistered
+from edgedispatch.errors import (
+    AlreadyExists,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from edgedispatch.runtime.command import CommandRunner
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.native import NativePool
-from edgedispatch.runtime.supervisor import AgentServerSupervisor
+from edgedispatch.runtime.supervisor import START_TIMEOUT, AgentServerSupervisor, KeyRing
 from edgedispatch.store import Store
 from edgedispatch.worker.local import LocalWorker
 from edgedispatch.worker.runner import JobRunner
@@ -27,6 +34,10 @@ from edgedispatch.worker.runner import JobRunner
 log = logging.getLogger("edgedispatch.agents")
 
 NAMESPACE = "agents"
+#: The definitions stopped with ``agent stop``: they stay stopped across a restart.
+STOPPED = "agents-stopped"
+#: The longest ``agent start`` may be asked to wait.
+MAX_START_TIMEOUT = 600.0
 
 
 class _Active:
@@ -41,19 +52,31 @@ class _Active:
 
 
 class AgentManager:
-    """:param url: this server's WebSocket URL, for agents it starts."""
+    """:param url: this server's WebSocket URL, for agents it starts.
+    :param keys: where the agent servers' own API keys are made known
+        (the token verifier).
+    :param containment: how every local process is started (its sandbox,
+        its cell, its environment)."""
 
     def __init__(
-        self, domain: Domain, cfg: Config, url: str, store: Store, containment: Containment
+        self,
+        domain: Domain,
+        cfg: Config,
+        url: str,
+        store: Store,
+        keys: KeyRing,
+        containment: Containment,
     ) -> None:
         self._d = domain
         self._cfg = cfg
         self._contain = containment
         self._url = url
         self._store = store
+        self._keys = keys
         self._agents: dict[tuple[str, str], _Active] = {}
         self._loop = asyncio.get_running_loop()
         domain.subscribe(self._on_job_waiting, JobWaiting)
+        domain.subscribe(self._on_worker, WorkerRegistered, WorkerLost)
 
     def _key_for(self, tenant: str) -> tuple[str, str]:
         cfg = self._cfg
@@ -78,17 +101,19 @@ class AgentManager:
             if (d.tenant, d.name) in self._agents:
                 continue  # the config file wins
             try:
+                # The operator may have taken a permission back since.
+                self._authorize(d)
                 await self._activate(validate(d), from_config=False)
-            except ConfigError as exc:
+            except (ConfigError, PermissionDenied) as exc:
                 log.error(
-                    "stored agent definition is invalid: %s",
+                    "stored agent definition not started: %s",
                     exc,
                     extra={"agent": d.name, "tenant": d.tenant},
                 )
 
     async def _activate(self, d: AgentDefinition, from_config: bool) -> None:
-        api_key, secret = self._key_for(d.tenant)
         active = _Active(d, from_config)
+        active.stopped = bool(self._store.load(STOPPED).get(f"{d.tenant}/{d.name}"))
         if d.kind == "server":
             spawn = functools.partial(
                 self._contain.spawn,
@@ -102,13 +127,13 @@ class AgentManager:
             active.supervisor = AgentServerSupervisor(
                 d,
                 self._url,
-                api_key,
-                secret,
-                lambda: self._busy(d),
-                lambda: self._waiting(d),
+                self._keys,
+                lambda: self._d.agent_jobs(d.tenant, d.name),
+                enabled=not active.stopped,
                 spawn=spawn,
             )
         else:
+            api_key, secret = self._key_for(d.tenant)
             runner: JobRunner
             if d.kind == "native":
                 active.pool = NativePool(
@@ -123,6 +148,7 @@ class AgentManager:
                     tenant=d.tenant,
                     max_procs=d.max_processes,
                     binds=d.bound(),
+                    module_paths=d.module_paths(),
                 )
                 await active.pool.start()
                 runner = active.pool
@@ -130,25 +156,22 @@ class AgentManager:
                 active.command = CommandRunner(d, self._output(d), self._contain)
                 runner = active.command
             active.worker = LocalWorker(self._d, d, runner, api_key, secret, self._url)
-            active.worker.register(self._loop.time())
+            if not active.stopped:
+                active.worker.register(self._loop.time())
         self._agents[d.tenant, d.name] = active
-        log.info("agent %s ready (%s)", d.name, d.kind, extra={"tenant": d.tenant})
+        log.info(
+            "agent %s ready (%s%s)",
+            d.name,
+            d.kind,
+            ", stopped" if active.stopped else "",
+            extra={"tenant": d.tenant, "agent": d.name},
+        )
 
     def _output(self, d: AgentDefinition) -> Any:
         def on_output(job_id: str, line: str) -> None:
             log.info("%s", line, extra={"job": job_id, "agent": d.name, "tenant": d.tenant})
 
         return on_output
-
-    def _busy(self, d: AgentDefinition) -> int:
-        return self._d.agent_jobs(d.tenant, d.name)[0]
-
-    def _waiting(self, d: AgentDefinition) -> tuple[int, int]:
-        """(jobs of ``d`` queued, workers of ``d`` connected if any are)."""
-        queued = self._d.agent_jobs(d.tenant, d.name)[1]
-        if not queued:
-            return 0, 0
-        return queued, self._d.workers.connected(d.tenant, d.name)
 
     def _on_job_waiting(self, event: DomainEvent) -> None:
         # No worker of its agent is connected, or none has room: an agent
@@ -157,8 +180,22 @@ class AgentManager:
             return
         key = event.job.key
         active = self._agents.get((key.tenant, key.agent_name))
-        if active is not None and active.supervisor is not None and not active.stopped:
-            active.supervisor.demand(self._waiting(active.definition)[1])
+        if active is not None and active.supervisor is not None:
+            active.supervisor.demand()
+
+    def _on_worker(self, event: DomainEvent) -> None:
+        # A worker registered or went: if with an agent server's own key,
+        # that instance is up (or no longer).
+        if not isinstance(event, WorkerRegistered | WorkerLost):
+            return
+        for active in self._agents.values():
+            sup = active.supervisor
+            if sup is not None and sup.owns(event.api_key):
+                if isinstance(event, WorkerRegistered):
+                    sup.worker_registered(event.api_key, event.worker_id, event.key.agent_name)
+                else:
+                    sup.worker_lost(event.api_key, event.worker_id)
+                return
 
     # ------------------------------------------------------------------
     # The API's operations (all scoped to one tenant).
@@ -173,7 +210,8 @@ class AgentManager:
             item["source"] = "config" if a.from_config else "api"
             item["state"] = "stopped" if a.stopped else "running"
             if a.supervisor is not None:
-                item["instances"] = len(a.supervisor.instances)
+                item["state"] = a.supervisor.summary()
+                item["instances"] = a.supervisor.status()
             if a.worker is not None:
                 item["running_jobs"] = len(a.worker.running)
             if a.pool is not None:
@@ -192,12 +230,23 @@ class AgentManager:
             d = msgspec.convert({**raw, "tenant": tenant}, AgentDefinition)
         except msgspec.ValidationError as exc:
             raise ConfigError(str(exc), "agent") from exc
+        self._authorize(d)
         validate(d)
         if (tenant, d.name) in self._agents:
             raise AlreadyExists(f"agent {d.name!r} already exists in this tenant")
         await self._activate(d, from_config=False)
         self._store.put(NAMESPACE, f"{tenant}/{d.name}", msgspec.to_builtins(d))
         return next(a for a in self.list(tenant) if a["name"] == d.name)
+
+    def _authorize(self, d: AgentDefinition) -> None:
+        """Whether ``d``'s tenant may add it (the operator: the default tenant)."""
+        grants = self._cfg.tenant(d.tenant)
+        authorize(
+            d,
+            operator=d.tenant == "",
+            allow_code=grants.allow_code,
+            native_modules=grants.native_modules,
+        )
 
     def _get(self, tenant: str, name: str) -> _Active:
         active = self._agents.get((tenant, name))
@@ -212,23 +261,49 @@ class AgentManager:
         await self._deactivate(active)
         del self._agents[tenant, name]
         self._store.delete(NAMESPACE, f"{tenant}/{name}")
+        self._store.delete(STOPPED, f"{tenant}/{name}")
 
-    async def set_running(self, tenant: str, name: str, running: bool) -> None:
-        """stop: take no more jobs (an agent server is stopped); start: again."""
+    def _item(self, tenant: str, name: str) -> dict[str, Any]:
+        return next(a for a in self.list(tenant) if a["name"] == name)
+
+    def _set_stopped(self, active: _Active, stopped: bool) -> None:
+        active.stopped = stopped
+        d = active.definition
+        if stopped:
+            self._store.put(STOPPED, f"{d.tenant}/{d.name}", True)
+        else:
+            self._store.delete(STOPPED, f"{d.tenant}/{d.name}")
+
+    async def start_agent(
+        self, tenant: str, name: str, timeout: float = START_TIMEOUT
+    ) -> dict[str, Any]:
+        """Take jobs again.  An agent server is also brought up: this
+        returns once ``max(1, min_instances)`` of its instances have
+        registered, and raises ``Unavailable`` with the reason if they do
+        not (an instance crashed, or ``timeout`` passed)."""
         active = self._get(tenant, name)
-        if running == (not active.stopped):
-            return
-        active.stopped = not running
+        if not 0 < timeout <= MAX_START_TIMEOUT:
+            raise InvalidArgument(f"timeout must be within (0, {MAX_START_TIMEOUT:g}] seconds")
+        self._set_stopped(active, False)
         if active.supervisor is not None:
-            if running:
-                active.supervisor.demand(0)
-            else:
-                active.supervisor.stop()
+            error = await active.supervisor.start(timeout)
+            if error:
+                raise Unavailable(f"agent {name!r} did not start: {error}")
+        elif active.worker is not None and not active.worker.worker_id:
+            active.worker.register(self._loop.time())
+        return self._item(tenant, name)
+
+    async def stop_agent(self, tenant: str, name: str) -> dict[str, Any]:
+        """Take no more jobs: running native and command jobs are killed,
+        every agent-server instance is stopped (this returns once they
+        exited).  It stays so, across restarts, until ``start_agent``."""
+        active = self._get(tenant, name)
+        self._set_stopped(active, True)
+        if active.supervisor is not None:
+            await active.supervisor.stop()
         elif active.worker is not None:
-            if running:
-                active.worker.register(self._loop.time())
-            else:
-                active.worker.close(self._loop.time())
+            active.worker.close(self._loop.time())
+        return self._item(tenant, name)
 
     async def _deactivate(self, active: _Active) -> None:
         if active.worker is not None:

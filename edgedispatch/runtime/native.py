@@ -48,7 +48,7 @@ import sys
 import tempfile
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from edgedispatch.errors import ConfigError, Malformed
@@ -114,6 +114,7 @@ class NativePool:
         tenant: str = "",
         max_procs: int = 512,
         binds: tuple[list[str], list[str]] = ([], []),
+        module_paths: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.entrypoint = entrypoint
@@ -134,6 +135,7 @@ class NativePool:
             max_procs=max_procs,
             idle=self.idle,
             binds=binds,
+            module_paths=list(module_paths),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state = PoolState.NEW

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 
 from edgedispatch.runtime.cgroups import Cell
 from edgedispatch.runtime.contain import Containment
@@ -32,6 +33,7 @@ class PoolCells:
         max_procs: int,
         idle: int,
         binds: tuple[list[str], list[str]],
+        module_paths: Sequence[str] = (),
     ) -> None:
         self._contain = containment
         self._name = name
@@ -41,6 +43,9 @@ class PoolCells:
         self._max_procs = max_procs
         self._idle = idle
         self._binds = binds
+        # Where the agent's modules were found (``config.agents.locate_module``):
+        # shown to the zygote, read-only, and put on its PYTHONPATH.
+        self._module_paths = [p for p in module_paths if p]
         self.pool_cell: Cell | None = None
         self._made = 0  # cells made, for their names
 
@@ -57,11 +62,13 @@ class PoolCells:
             os.chown(socket_dir, uid, uid)  # 0700: no other tenant gets in
             os.chmod(socket_path, 0o777)
         pythonpath = [p for p in self._env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        pythonpath += [p for p in self._module_paths if p not in pythonpath]
+        env = {**self._env, "PYTHONPATH": os.pathsep.join(pythonpath)} if pythonpath else self._env
         launch = contain.launch(
             cmd,
             tenant=self._tenant,
             name=f"pool-{self._name}",
-            env=self._env,
+            env=env,
             cwd="",
             memory_mb=0,  # each pool process has the limit, in its own cell
             max_procs=self._max_procs * (self._idle + 2) + 64,

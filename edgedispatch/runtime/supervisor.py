@@ -1,176 +1,301 @@
-"""Agent servers on demand: a LiveKit agent server program that edgedispatch
-starts when a job waits for its agent and no such worker is connected,
-restarts with backoff when it crashes, and stops once it has been idle for
-``idle_timeout`` (scale to zero), within ``min_instances``/``max_instances``.
+"""Agent servers on demand: the asyncio shell of their supervision.
 
-The program gets LIVEKIT_URL (this server), LIVEKIT_API_KEY and
-LIVEKIT_API_SECRET of its tenant, so the workers it registers belong to
-that tenant.
+An agent server is a LiveKit agent server program (a livekit-agents app run
+as ``python agent.py start``, say) that edgedispatch starts when a job
+waits for its agent, restarts with backoff when it crashes, and stops once
+it has been idle, within ``min_instances``/``max_instances``.  What to do
+and when is decided by ``supervisor_policy`` (sans-IO, with the instances'
+states in ``supervisor_states``); this shell carries it out: it spawns and
+signals processes, answers waiting starts, and keeps one timer armed for
+the policy's ``next_deadline()``.
+
+Each process gets its own API key (``EDI_...``) with a secret of its own,
+both made at its start and known to the token verifier only while it runs:
+LIVEKIT_API_KEY and LIVEKIT_API_SECRET.  The key belongs to the
+definition's tenant, so what the program does (register workers, call the
+API) is that tenant's; nothing long-lived of the tenant reaches the
+program; and a worker registering with that key is known to be this
+process's (``worker_registered``), which is how ``agent start`` knows the
+agent is up.  It also gets LIVEKIT_URL and PORT, a free TCP port for its
+health server (livekit-agents binds 8081 otherwise, and a second agent
+server on the host would fail to start).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import socket
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from edgedispatch.config.agents import AgentDefinition
+from edgedispatch.runtime import supervisor_policy
 from edgedispatch.runtime.process import ChildProcess, base_env, exit_text, wait_for_exits
+from edgedispatch.runtime.supervisor_policy import (
+    Answer,
+    JobCounts,
+    Spawn,
+    Supervision,
+    Terminate,
+)
 
 log = logging.getLogger("edgedispatch.agents")
 
-#: Starts a program: ``ChildProcess.start``'s signature (the containment's
-#: ``spawn`` stands in for it).
-Spawn = Callable[
+#: Seconds ``agent start`` waits for an instance to register, by default.
+START_TIMEOUT = 30.0
+#: The prefix of an instance's own API key.
+KEY_PREFIX = "EDI_"
+
+
+class Process(Protocol):
+    """What the supervisor needs of a started program (``ChildProcess``)."""
+
+    pid: int
+
+    @property
+    def running(self) -> bool: ...
+
+    def terminate(self, grace: float) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+#: ``ChildProcess.start``'s signature: (argv, env, cwd, on_line, on_exit).
+Spawner = Callable[
     [list[str], dict[str, str], str, Callable[[str], None], Callable[[int], None]],
-    Awaitable[ChildProcess],
+    Awaitable[Process],
 ]
 
-BACKOFF_BASE, BACKOFF_MAX = 1.0, 30.0
-#: An instance that ran this long before it crashed had come up fine: its
-#: crash starts the backoff afresh (supervisord's ``startsecs``).
-STABLE_AFTER = 10.0
-STOP_GRACE = 15.0
-IDLE_CHECK = 0.5
+
+class KeyRing(Protocol):
+    """API keys known at run time (``wire.tokens.Verifier``)."""
+
+    def add_key(self, api_key: str, secret: str, tenant: str) -> None: ...
+
+    def remove_key(self, api_key: str) -> None: ...
+
+
+def free_port() -> int:
+    """A TCP port free now on this host (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 class AgentServerSupervisor:
-    """:param busy: how many jobs of this agent are queued or running now.
-    :param waiting: (jobs of this agent queued, its workers connected)."""
+    """:param url: this server's URL, for the program's LIVEKIT_URL.
+    :param keys: where each instance's API key is made known.
+    :param jobs: (jobs of this agent not ended, of which queued).
+    :param spawn: starts a program (``ChildProcess.start`` by default).
+    :param enabled: False: stopped (``agent stop``) until ``start``."""
 
     def __init__(
         self,
         definition: AgentDefinition,
         url: str,
-        api_key: str,
-        secret: str,
-        busy: Callable[[], int],
-        waiting: Callable[[], tuple[int, int]] = lambda: (0, 0),
-        spawn: Spawn = ChildProcess.start,
+        keys: KeyRing,
+        jobs: Callable[[], tuple[int, int]],
+        *,
+        spawn: Spawner = ChildProcess.start,
+        enabled: bool = True,
     ) -> None:
         self.definition = definition
-        self._url, self._api_key, self._secret = url, api_key, secret
-        self._busy = busy
-        self._waiting = waiting
-        self._spawn_process = spawn
+        self._url = url
+        self._keys = keys
+        self._jobs = jobs
+        self._spawn = spawn
         self._loop = asyncio.get_running_loop()
-        self.instances: list[ChildProcess] = []
-        self._starting = 0
-        self._crashes = 0
-        self._restart: asyncio.TimerHandle | None = None
-        self._idle_since: float | None = None
-        self._closed = False
-        self.starts = 0  # how many times an instance was started (tests, status)
-        self._timer = self._loop.call_later(IDLE_CHECK, self._check)
-        for _ in range(definition.min_instances):
-            self._spawn()
+        self._extra: dict[str, Any] = {"tenant": definition.tenant, "agent": definition.name}
+        self._procs: dict[int, Process] = {}  # run -> its process
+        self._key_run: dict[str, int] = {}  # an instance's API key -> its run
+        self._answers: dict[int, asyncio.Future[str]] = {}
+        self._stopped: list[asyncio.Future[None]] = []  # wait for no process
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._policy = Supervision(definition, self._loop.time(), enabled=enabled)
+        self._apply()
+
+    # -- what the manager asks -------------------------------------------------
 
     @property
-    def wanted(self) -> int:
-        return len(self.instances) + self._starting
+    def starts(self) -> int:
+        """Processes started, ever."""
+        return self._policy.starts
 
-    def demand(self, connected: int) -> None:
-        """A job of this agent waits: none of its ``connected`` workers has
-        room (or there is none).  Start an instance if none runs, or one
-        more, up to max_instances, once every instance has connected (one
-        still starting will take jobs soon)."""
-        self._idle_since = None
-        if self._restart is not None or self._closed:
+    @property
+    def processes(self) -> int:
+        """Instances with a process running or being started."""
+        return self._policy.processes
+
+    @property
+    def enabled(self) -> bool:
+        return self._policy.enabled
+
+    def summary(self) -> str:
+        return self._policy.summary()
+
+    def status(self) -> list[dict[str, Any]]:
+        return self._policy.status(self._loop.time(), time.time())
+
+    def demand(self) -> None:
+        """A job of this agent waits and no worker of it has room."""
+        self._policy.demand(self._loop.time())
+        self._apply()
+
+    async def start(self, timeout: float = START_TIMEOUT) -> str:
+        """Take jobs, and bring an instance up (``min_instances``).  Returns
+        once enough have registered (""), or why not."""
+        waiter = self._policy.start(self._loop.time(), timeout)
+        answer: asyncio.Future[str] = self._loop.create_future()
+        self._answers[waiter] = answer
+        self._apply()
+        return await answer
+
+    async def stop(self) -> None:
+        """Stop every instance, and take no jobs; returns once they exited
+        (or after their grace, SIGKILLed)."""
+        self._policy.stop(self._loop.time())
+        self._apply()
+        if self._policy.processes:
+            done = self._loop.create_future()
+            self._stopped.append(done)
+            try:
+                await asyncio.wait_for(done, supervisor_policy.STOP_GRACE + 5)
+            except TimeoutError:
+                log.warning("agent server instances did not exit", extra=self._extra)
+
+    def owns(self, api_key: str) -> bool:
+        return api_key in self._key_run
+
+    def worker_registered(self, api_key: str, worker_id: str, agent_name: str) -> None:
+        """A worker registered with ``api_key`` (the domain's WorkerRegistered)."""
+        run = self._key_run.get(api_key)
+        if run is None:
             return
-        wanted = self.wanted
-        if wanted == 0 or (connected >= wanted and wanted < self.definition.max_instances):
-            self._spawn()
-
-    def _spawn(self) -> None:
-        self._starting += 1
-        self.starts += 1
-        self._loop.create_task(self._start())
-
-    async def _start(self) -> None:
-        d = self.definition
-        env = base_env(d.env)
-        env.update(
-            LIVEKIT_URL=self._url, LIVEKIT_API_KEY=self._api_key, LIVEKIT_API_SECRET=self._secret
-        )
-        proc: ChildProcess | None = None
-        started = self._loop.time()
-
-        def on_exit(code: int) -> None:
-            if proc is not None and proc in self.instances:
-                self.instances.remove(proc)
-            self._exited(code, self._loop.time() - started)
-
-        try:
-            proc = await self._spawn_process(d.worker, env, d.cwd, self._output, on_exit)
-        except OSError as exc:
-            self._starting -= 1
-            log.error("cannot start agent server: %s", exc, extra={"agent": d.name})
-            self._exited(127, 0.0)
+        if agent_name != self.definition.name:
+            # Its jobs will not come here: it is not this agent's worker.
+            log.warning(
+                "agent server registered agent %r, not %r: jobs for %r will not reach it",
+                agent_name,
+                self.definition.name,
+                self.definition.name,
+                extra={**self._extra, "worker": worker_id},
+            )
             return
-        self._starting -= 1
-        if self._closed:
-            proc.terminate(STOP_GRACE)
-            return
-        self.instances.append(proc)
-        log.info(
-            "agent server started (pid %d)", proc.pid, extra={"agent": d.name, "tenant": d.tenant}
-        )
+        self._policy.registered(run, worker_id, self._loop.time())
+        self._apply()
 
-    def _output(self, line: str) -> None:
-        log.info("%s", line, extra={"agent": self.definition.name})
-
-    def _exited(self, code: int, ran: float) -> None:
-        d = self.definition
-        if self._closed or code == 0 or code == -15:
-            log.info("agent server stopped (%s)", exit_text(code), extra={"agent": d.name})
-            return
-        if ran >= STABLE_AFTER:
-            self._crashes = 0
-        self._crashes += 1
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (self._crashes - 1))
-        log.warning(
-            "agent server %s; restarting in %g s", exit_text(code), delay, extra={"agent": d.name}
-        )
-        self._restart = self._loop.call_later(delay, self._restart_now)
-
-    def _restart_now(self) -> None:
-        self._restart = None
-        if not self._closed and self.wanted < max(1, self.definition.min_instances):
-            self._spawn()
-
-    def _check(self) -> None:
-        """Scale up while jobs wait; to zero (min_instances) once idle."""
-        if self._closed:
-            return
-        now = self._loop.time()
-        if self._busy() > 0:
-            self._idle_since = None
-            queued, connected = self._waiting()
-            if queued and not self.definition.max_instances <= self.wanted:
-                self.demand(connected)  # jobs wait and the instances are full
-        elif self._idle_since is None:
-            self._idle_since = now
-        elif now - self._idle_since >= self.definition.idle_timeout:
-            keep = self.definition.min_instances
-            for proc in self.instances[keep:]:
-                log.info(
-                    "agent server idle for %g s: stopping it",
-                    self.definition.idle_timeout,
-                    extra={"agent": self.definition.name},
-                )
-                proc.terminate(STOP_GRACE)
-            self._idle_since = now
-        self._timer = self._loop.call_later(IDLE_CHECK, self._check)
-
-    def stop(self) -> None:
-        for proc in self.instances:
-            proc.terminate(STOP_GRACE)
+    def worker_lost(self, api_key: str, worker_id: str) -> None:
+        run = self._key_run.get(api_key)
+        if run is not None:
+            self._policy.lost(run, worker_id, self._loop.time())
+            self._apply()
 
     async def close(self) -> None:
-        self._closed = True
-        self._timer.cancel()
-        if self._restart is not None:
-            self._restart.cancel()
-        for proc in self.instances:
-            proc.terminate(2.0)
-        await wait_for_exits(lambda: not self.instances)
+        """Stop every instance (SIGKILL after a short grace), start none."""
+        self._policy.close(self._loop.time())
+        self._apply()
+        # Each was told to stop with CLOSE_GRACE: killed after that already.
+        await wait_for_exits(lambda: not self._procs, supervisor_policy.CLOSE_GRACE + 1)
+        for proc in list(self._procs.values()):
+            proc.kill()
+        for task in self._tasks:
+            task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # -- carrying the policy's decisions out -------------------------------------
+
+    def _apply(self) -> None:
+        for action in self._policy.actions():
+            if isinstance(action, Spawn):
+                task = self._loop.create_task(self._start(action.run, action.instance))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif isinstance(action, Terminate):
+                proc = self._procs.get(action.run)
+                if proc is not None:
+                    proc.terminate(action.grace)
+            elif isinstance(action, Answer):
+                answer = self._answers.pop(action.waiter, None)
+                if answer is not None and not answer.done():
+                    answer.set_result(action.error)
+        if not self._policy.processes:
+            for done in self._stopped:
+                if not done.done():
+                    done.set_result(None)
+            self._stopped.clear()
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self._policy.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        # Whatever the policy says next is armed afresh, even the same time
+        # (uvloop may fire a millisecond early, when nothing is due yet).
+        self._timer = self._timer_at = None
+        self._policy.on_timer(self._loop.time(), JobCounts(*self._jobs()))
+        self._apply()
+
+    async def _start(self, run: int, instance: int) -> None:
+        d = self.definition
+        extra = {**self._extra, "instance": instance}
+        api_key, secret = KEY_PREFIX + secrets.token_hex(8), secrets.token_urlsafe(32)
+        self._keys.add_key(api_key, secret, d.tenant)
+        self._key_run[api_key] = run
+        env = base_env(d.env)
+        env.update(
+            LIVEKIT_URL=self._url,
+            LIVEKIT_API_KEY=api_key,
+            LIVEKIT_API_SECRET=secret,
+            PORT=str(free_port()),
+        )
+        # A program may exit before the spawn has returned (its output pipe
+        # is connected after it started): that exit is told after SPAWNED.
+        early: list[int] = []
+        spawned = False
+
+        def on_line(line: str) -> None:
+            log.info("%s", line, extra=extra)
+
+        def on_exit(code: int) -> None:
+            if spawned:
+                self._exited(run, api_key, code)
+            else:
+                early.append(code)
+
+        try:
+            proc = await self._spawn(list(d.worker), env, d.cwd, on_line, on_exit)
+        except Exception as exc:  # OSError, or whatever a contained spawner raises
+            self._forget_key(api_key)
+            log.error("cannot start agent server: %s", exc, extra=extra)
+            self._policy.spawn_failed(run, str(exc), self._loop.time())
+            self._apply()
+            return
+        spawned = True
+        self._procs[run] = proc
+        self._policy.spawned(run, proc.pid, self._loop.time())
+        self._apply()
+        if early:
+            self._exited(run, api_key, early[0])
+
+    def _exited(self, run: int, api_key: str, code: int) -> None:
+        self._procs.pop(run, None)
+        self._forget_key(api_key)
+        self._policy.exited(run, code, exit_text(code), self._loop.time())
+        self._apply()
+
+    def _forget_key(self, api_key: str) -> None:
+        self._key_run.pop(api_key, None)
+        self._keys.remove_key(api_key)

@@ -36,13 +36,18 @@ class AuthError(Unauthenticated):
 
 
 class Claims:
-    """A verified token: its API key (``iss``), identity and grants."""
+    """A verified token: its API key (``iss``), identity and grants.
+    ``program``: the key is one edgedispatch made for a program it runs
+    (an agent-server instance), not one of the configured keys."""
 
-    __slots__ = ("api_key", "tenant", "identity", "video", "raw", "exp")
+    __slots__ = ("api_key", "tenant", "program", "identity", "video", "raw", "exp")
 
-    def __init__(self, api_key: str, tenant: str, raw: dict[str, Any]) -> None:
+    def __init__(
+        self, api_key: str, tenant: str, raw: dict[str, Any], program: bool = False
+    ) -> None:
         self.api_key = api_key
         self.tenant = tenant
+        self.program = program
         self.raw = raw
         self.identity: str = raw.get("sub") or ""
         video = raw.get("video")
@@ -66,6 +71,11 @@ class Claims:
 class Verifier:
     """Checks HS256 tokens against the configured keys, with a small cache.
 
+    Keys may also be added and removed while the server runs: the agent
+    servers edgedispatch starts get one each, for as long as they run
+    (``add_key``, ``remove_key``).  A removed key's tokens fail at once,
+    cached or not.
+
     :param keys: API key -> secret.
     :param tenants: API key -> the tenant it belongs to (default tenant "").
     """
@@ -78,11 +88,27 @@ class Verifier:
     ) -> None:
         self._keys = dict(keys)
         self._tenants = dict(tenants or {})
+        self._programs: set[str] = set()
         self._cache: OrderedDict[str, Claims] = OrderedDict()
         self._cache_size = cache_size
 
     def secret(self, api_key: str) -> str | None:
         return self._keys.get(api_key)
+
+    def add_key(self, api_key: str, secret: str, tenant: str) -> None:
+        """A program's key, of ``tenant``, valid until ``remove_key``."""
+        if api_key in self._keys:
+            raise ValueError(f"API key {api_key!r} exists already")
+        self._keys[api_key] = secret
+        self._tenants[api_key] = tenant
+        self._programs.add(api_key)
+
+    def remove_key(self, api_key: str) -> None:
+        """Revoke a key given by ``add_key`` (configured keys stay)."""
+        if api_key in self._programs:
+            self._programs.discard(api_key)
+            del self._keys[api_key]
+            del self._tenants[api_key]
 
     def verify(self, token: str, now: float) -> Claims:
         if not token:
@@ -96,6 +122,9 @@ class Verifier:
         elif claims.exp is not None and now > claims.exp + LEEWAY:
             del self._cache[token]
             raise AuthError("token is expired")
+        elif claims.program and claims.api_key not in self._keys:
+            del self._cache[token]
+            raise AuthError(f"unknown API key {claims.api_key!r}")  # revoked
         return claims
 
     def _decode(self, token: str, now: float) -> Claims:
@@ -125,7 +154,7 @@ class Verifier:
             raise AuthError("token is expired")
         if nbf is not None and (not _is_number(nbf) or now < nbf - LEEWAY):
             raise AuthError("token is not valid yet")
-        return Claims(api_key, self._tenants.get(api_key, ""), raw)
+        return Claims(api_key, self._tenants.get(api_key, ""), raw, api_key in self._programs)
 
 
 def _is_number(value: object) -> bool:

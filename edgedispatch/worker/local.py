@@ -118,7 +118,7 @@ class LocalWorker:
             log.warning(
                 "local job failed: %s",
                 error,
-                extra={"job": job_id, "agent": self.definition.name, "tenant": self.tenant or None},
+                extra={"job": job_id, "agent": self.definition.name, "tenant": self.tenant},
             )
         status = JobStatus.SUCCESS if code == 0 else JobStatus.FAILED
         self._domain.after_step(self._report, job_id, status, error)

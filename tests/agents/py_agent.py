@@ -7,6 +7,9 @@ Driven by environment variables set by the tests:
              run until terminated (writes <job id>.terminated when asked to
              stop); reject: decline every job (terminate=False)
   EDT_LOAD   the load it reports (default 0)
+  PORT       its health server's port, as edgedispatch gives each agent
+             server it runs (livekit-agents' own default is 8081, which a
+             second agent server on the host could not bind)
 """
 
 import asyncio
@@ -22,7 +25,12 @@ MODE = os.environ.get("EDT_MODE", "record")
 # The default load gate reads whole-machine CPU; a busy test box would make
 # the worker refuse work, so the tests pin the load.
 LOAD = float(os.environ.get("EDT_LOAD", "0"))
-server = AgentServer(load_fnc=lambda: LOAD, load_threshold=0.9, num_idle_processes=1, port=0)
+server = AgentServer(
+    load_fnc=lambda: LOAD,
+    load_threshold=0.9,
+    num_idle_processes=1,
+    port=int(os.environ.get("PORT", 8081)),
+)
 
 
 async def on_request(req: JobRequest) -> None:

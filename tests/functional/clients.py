@@ -49,6 +49,7 @@ class WorkerProcess:
             "LIVEKIT_API_SECRET": "secret",
             "EDT_OUT": str(out),
             "EDT_AGENT": agent_name,
+            "PORT": "0",  # its health server: any free port
             **env,
         }
         self._log = open(log, "wb")

@@ -111,8 +111,11 @@ def serve_once(loop_kind: str, *args: str) -> subprocess.CompletedProcess[str]:
 def make_config(**sections: Any) -> config.Config:
     base = config.load(dev=True, env={}, overrides={"port": 0})
     for name, values in sections.items():
-        if name == "tenants":  # {tenant name: {api key: secret}}
-            tenants = [config.TenantConfig(t, keys) for t, keys in values.items()]
+        if name == "tenants":  # {tenant name: {api key: secret}}, or its TenantConfig fields
+            tenants = [
+                config.TenantConfig(t, **v) if "keys" in v else config.TenantConfig(t, v)
+                for t, v in values.items()
+            ]
             base = msgspec.structs.replace(base, tenants=tenants)
             continue
         if name == "source":  # the config file's path (what tenants must not read)

@@ -149,7 +149,10 @@ def admin_call(
 def test_definitions_api_is_per_tenant_and_persists(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
-    tenants = {"acme": {"acme-key": "acme-secret"}, "globex": {"globex-key": "globex-secret"}}
+    tenants = {
+        "acme": {"keys": {"acme-key": "acme-secret"}, "allow_code": True},
+        "globex": {"globex-key": "globex-secret"},
+    }
     srv = start_server(tenants=tenants, server={"data_dir": str(tmp_path / "data")})
     # A tenant's job writes to its tenant's own directory (binds are the
     # operator's to give).
@@ -228,11 +231,11 @@ def test_an_agent_server_starts_on_demand_and_stops_when_idle(
     }
     srv = start_server(agents=[definition])
     sup = lambda: srv.server.agents._agents["", "ondemand"].supervisor  # noqa: E731
-    assert sup().instances == []  # nothing runs until a job needs it
+    assert sup().processes == 0  # nothing runs until a job needs it
     dispatch(srv, "ondemand", "first")
     wait_until(lambda: len(records(tmp_path)) == 1, timeout=60, what="the first job")
     assert sup().starts == 1
-    wait_until(lambda: not sup().instances, timeout=30, what="the idle agent server to stop")
+    wait_until(lambda: not sup().processes, timeout=30, what="the idle agent server to stop")
     dispatch(srv, "ondemand", "second")
     wait_until(lambda: len(records(tmp_path)) == 2, timeout=60, what="the second job")
     assert sup().starts == 2
@@ -263,7 +266,7 @@ def test_an_agent_server_scales_up_to_max_instances_while_jobs_wait(
 
     wait_until(lambda: len(running()) == 2, timeout=30, what="two jobs on two instances")
     time.sleep(1.0)  # a third instance would have started by now
-    assert sup().starts == 2 and len(sup().instances) == 2
+    assert sup().starts == 2 and sup().processes == 2
     assert len(running()) == 2  # the third job waits: max_instances is 2
 
 

@@ -200,31 +200,19 @@ def test_agent_cli_manages_definitions(
 ) -> None:
     srv = ServeProcess(loop_kind)
     served.append(srv)
+    assert srv.cli("agent", "list").stdout == "no agents in this tenant\n"
     agents = Path(__file__).resolve().parents[1] / "agents"
     tmp_path.chmod(0o777)  # the job, as its tenant's uid, writes there
+    # A command with arguments of its own, as one string (`--command sh -c '...'`
+    # failed before: argparse took -c for an option).
     out = srv.cli(
-        "agent",
-        "add",
-        "helper",
-        "--command",
-        sys.executable,
-        str(agents / "cmd_agent.py"),
-        "--env",
-        f"EDT_OUT={tmp_path}",
-        "--bind",
-        f"{tmp_path}:rw",
-        "--slots",
-        "2",
-    )
+        "agent", "add", "helper", "--command", f"sh -c 'exec {sys.executable} \"$0\"' "
+        f"{agents / 'cmd_agent.py'}", "--env", f"EDT_OUT={tmp_path}", "--bind", f"{tmp_path}:rw",
+        "--slots", "2",
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["agent"]["slots"] == 2
-    listed = srv.cli("agent", "list")
-    assert listed.returncode == 0 and listed.stdout.split()[:4] == [
-        "helper",
-        "command",
-        "running",
-        "api",
-    ]
+    agent = json.loads(out.stdout)["agent"]
+    assert agent["command"][:2] == ["sh", "-c"] and agent["slots"] == 2
     bad = srv.cli("agent", "add", "broken", "--entrypoint", "no_such_mod_xyz:main")
     assert bad.returncode == 1 and "unknown module 'no_such_mod_xyz'" in bad.stderr
     srv.cli("dispatch", "create", "--room", "r", "--agent-name", "helper")
@@ -232,10 +220,30 @@ def test_agent_cli_manages_definitions(
     while not list(tmp_path.glob("AJ_*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(list(tmp_path.glob("AJ_*.json"))) == 1
+    # An agent server: `agent start` answers once it registered.
+    out = srv.cli(
+        "agent", "add", "server", "--worker", f"{sys.executable} {agents / 'fake_server.py'}",
+        "--env", "EDT_AGENT=server", "--idle-timeout", "60",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    started = srv.cli("agent", "start", "server")
+    assert started.returncode == 0, started.stderr
+    assert re.search(r"^  instance 1: registered, pid \d+, worker AW_", started.stdout, re.M)
+    table = srv.cli("agent", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "KIND", "STATE", "SOURCE", "RUNS"]
+    assert table[1].split()[:5] == ["helper", "command", "running", "api", "sh"]
+    assert table[2].split()[:4] == ["server", "server", "running", "api"]
+    assert table[3].startswith("  instance 1: registered, pid ")
+    stopped = srv.cli("agent", "stop", "server")
+    assert stopped.returncode == 0 and stopped.stdout.split()[:3] == ["NAME", "KIND", "STATE"]
+    assert stopped.stdout.splitlines()[1].split()[:3] == ["server", "server", "stopped"]
     assert srv.cli("agent", "stop", "helper").returncode == 0
-    assert srv.cli("agent", "list").stdout.split()[2] == "stopped"
-    assert srv.cli("agent", "remove", "helper").returncode == 0
-    assert srv.cli("agent", "list").stdout == ""
+    assert srv.cli("agent", "list").stdout.splitlines()[1].split()[2] == "stopped"
+    missing = srv.cli("agent", "start", "nobody")
+    assert missing.returncode == 1 and "not_found: no agent 'nobody'" in missing.stderr
+    for name in ("helper", "server"):
+        assert srv.cli("agent", "remove", name).returncode == 0
+    assert srv.cli("agent", "list").stdout == "no agents in this tenant\n"
 
 
 def test_drain_waits_for_local_jobs(

@@ -97,3 +97,19 @@ def test_a_cached_token_still_expires() -> None:
     assert verifier.verify(token, NOW).api_key == "devkey"
     with pytest.raises(AuthError, match="expired"):
         verifier.verify(token, NOW + 100)
+
+
+def test_a_key_added_at_run_time_belongs_to_its_tenant_until_removed() -> None:
+    verifier = Verifier(KEYS, {"devkey": ""})
+    verifier.add_key("EDI_1", "instance-secret", "acme")
+    token = sign_hs256({"iss": "EDI_1", "exp": NOW + 60}, "instance-secret")
+    claims = verifier.verify(token, NOW)
+    assert claims.tenant == "acme" and claims.program and verifier.secret("EDI_1")
+    assert not verifier.verify(_forge({"alg": "HS256"}, {"iss": "devkey"}), NOW).program
+    verifier.remove_key("EDI_1")
+    with pytest.raises(AuthError, match="unknown API key 'EDI_1'"):
+        verifier.verify(token, NOW)  # cached, and still refused at once
+    verifier.remove_key("devkey")  # a configured key is not removed
+    assert verifier.secret("devkey") == "secret"
+    with pytest.raises(ValueError, match="exists already"):
+        verifier.add_key("devkey", "x", "acme")  # nor replaced

@@ -98,6 +98,26 @@ keys = { globex-key = "s2", globex-2 = "s3" }
         "globex-2": "globex",
     }
     assert cfg.secrets()["globex-2"] == "s3"
+    # What each may add through the API: nothing of its own code by default.
+    assert not cfg.tenant("acme").allow_code and cfg.tenant("acme").native_modules == []
+    assert cfg.tenant("").keys == {"admin": "admin-secret"}  # the operator's
+
+
+def test_tenant_grants(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[keys]
+admin = "s"
+[[tenants]]
+name = "acme"
+keys = { acme-key = "s1" }
+allow_code = true
+native_modules = ["acme_agents", "shared.voice"]
+""",
+    )
+    acme = config.load(path, env={}).tenant("acme")
+    assert acme.allow_code and acme.native_modules == ["acme_agents", "shared.voice"]
 
 
 @pytest.mark.parametrize(
@@ -113,6 +133,10 @@ keys = { globex-key = "s2", globex-2 = "s3" }
             "tenants[1].name",
         ),
         ('[[tenants]]\nname = ""\nkeys = { k = "s" }\n', "tenants[0].name"),
+        (
+            '[[tenants]]\nname = "a"\nkeys = { k = "s" }\nnative_modules = ["ok", "bad name"]\n',
+            "tenants[0].native_modules[1]",
+        ),
     ],
 )
 def test_bad_tenants(tmp_path: Path, text: str, key: str) -> None:

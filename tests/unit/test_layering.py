@@ -63,6 +63,9 @@ SANS_IO = (
     # The native pool's decisions: its time is passed in, its I/O is the shell's.
     "runtime/pool_policy.py",
     "runtime/pool_states.py",
+    # The agent-server supervision's decisions, likewise.
+    "runtime/supervisor_policy.py",
+    "runtime/supervisor_states.py",
 )
 FORBIDDEN_IN_SANS_IO = {
     "asyncio",

@@ -96,6 +96,7 @@ def test_events_follow_each_change_in_order() -> None:
     domain.step(1.0)
     kinds = [type(e) for e in events]
     assert kinds[:4] == [WorkerRegistered, RoomOpened, DispatchCreated, JobChanged]
+    assert events[0].api_key == link.api_key  # whose worker it is
     assert kinds[-4:] == [DispatchDeleted, RoomClosed, JobChanged, JobForgotten]
     assert link.terminated == []  # an offered job is simply withdrawn
     assert job_id not in domain.jobs.jobs  # forgotten once it ended
@@ -261,7 +262,7 @@ def test_orphans_of_a_worker_that_never_returns_are_not_kept() -> None:
     assert domain.jobs.jobs[job_id].state == JobState.QUEUED
     assert domain.workers.orphans() == 0
     lost = [e for e in events if isinstance(e, WorkerLost)]
-    assert [e.held_jobs for e in lost] == [1]
+    assert [(e.held_jobs, e.api_key) for e in lost] == [(1, node.api_key)]
 
 
 def test_load_reports_move_the_scheduler_without_scans() -> None:

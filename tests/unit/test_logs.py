@@ -1,0 +1,27 @@
+"""Both log formats print the ids passed as ``extra``: an agent's lines
+name its tenant, the default tenant ("") too."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from edgedispatch.obs.logs import JsonFormatter, TextFormatter
+
+
+def record(**extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("edgedispatch.agents", logging.INFO, "", 0, "hello", None, None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_json_lines_carry_tenant_agent_and_instance() -> None:
+    line = json.loads(JsonFormatter().format(record(tenant="acme", agent="voice", instance=2)))
+    assert line["tenant"] == "acme" and line["agent"] == "voice" and line["instance"] == 2
+    assert json.loads(JsonFormatter().format(record(tenant="", agent="x")))["tenant"] == ""
+
+
+def test_text_lines_carry_tenant_agent_and_instance() -> None:
+    line = TextFormatter().format(record(tenant="acme", agent="voice", instance=2))
+    assert line.endswith("hello  agent=voice instance=2 tenant=acme")
+    assert TextFormatter().format(record(tenant="", agent="x")).endswith('agent=x tenant=""')
