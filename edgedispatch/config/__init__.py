@@ -94,6 +94,11 @@ class SandboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: it only).  Empty: <data_dir>/tenants, or a directory under /run or
     #: /tmp named after the server when there is no data directory.
     tenant_dirs: str = ""
+    #: false: do not use cgroups even where the host has them (a subreaper
+    #: keeps each job's processes together instead; README).
+    cgroups: bool = True
+    #: false: do not use bubblewrap even where it is installed.
+    bubblewrap: bool = True
 
 
 class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

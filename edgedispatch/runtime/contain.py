@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from edgedispatch.runtime.sandbox import Host, Sandbox
 
 log = logging.getLogger("edgedispatch.agents")
 
+REAPER = str(Path(__file__).with_name("reaper.py"))
 _serial = itertools.count(1)  # per process: test servers share one pid
 
 
@@ -42,6 +44,7 @@ class Launch(NamedTuple):
     cwd: str  #: for Popen: "" when the sandbox sets the directory itself
     cell: Cell | None  #: its cgroup, to kill all of it and read its memory
     sandboxed: bool  #: runs under bubblewrap: signal the program, not bwrap
+    reaped: bool  #: runs under ``reaper.py``: it forwards signals, and keeps the tree
 
 
 class Containment:
@@ -55,9 +58,14 @@ class Containment:
         self.host = host or (
             Host.probe() if mode != "off" else Host(bwrap=None, setpriv=None, root=False)
         )
+        self._bwrap_wanted = cfg.sandbox.bubblewrap
+        if not cfg.sandbox.bubblewrap:
+            self.host = Host(bwrap=None, setpriv=self.host.setpriv, root=self.host.root)
         self.tree: Tree | None = None
         self._why_no_cells = "sandbox.mode is off"
-        if mode != "off":
+        if mode != "off" and not cfg.sandbox.cgroups:
+            self._why_no_cells = "sandbox.cgroups is false"
+        elif mode != "off":
             self.tree, self._why_no_cells = cgroups.open_tree(self.tag)
         tenants = [""] + [t.name for t in cfg.tenants]
         data_dir = cfg.server.data_dir
@@ -86,12 +94,19 @@ class Containment:
         """The protections this host does not give, with the reason."""
         out = []
         if not self.sandbox.fs_view:
-            out.append("a filesystem view (bubblewrap: not installed or no namespaces)")
+            why = "not installed or no namespaces" if self._bwrap_wanted else "turned off"
+            out.append(f"a filesystem view (bubblewrap: {why})")
         if not self.sandbox.own_uids:
             out.append("a uid per tenant (needs root and bubblewrap and setpriv)")
         if self.tree is None:
-            out.append(f"cgroups ({self._why_no_cells})")
+            out.append(f"cgroups ({self._why_no_cells}): no process-count limit")
         return out
+
+    @property
+    def reaper(self) -> bool:
+        """Whether each process starts under ``runtime/reaper.py``: where
+        neither a cell nor a PID namespace holds its tree together."""
+        return self.mode != "off" and self.tree is None and not self.sandbox.fs_view
 
     def describe(self) -> list[str]:
         """One line per protection: active, or missing and why."""
@@ -112,10 +127,17 @@ class Containment:
                 f"cgroup {self.tree.version} cells at {self.tree.path}: memory and process "
                 "limits on each whole tree, and a kill that reaches all of it"
             )
+        elif self.sandbox.fs_view:
+            lines.append(
+                "no cgroups: each tree dies with its PID namespace, and its memory "
+                "is the sum of its processes' RSS, checked every 0.25 s"
+            )
         else:
             lines.append(
-                "process groups only: memory is checked on the main process, and "
-                "descendants that leave the group are not found"
+                "no cgroups and no PID namespace: each process starts under a "
+                "subreaper that keeps its whole tree, kills what is left when the "
+                "program ends and everything when the server dies; memory is the "
+                "sum of the tree's RSS, checked every 0.25 s"
             )
         lines += [f"missing: {m}" for m in self.missing()]
         return lines
@@ -165,7 +187,9 @@ class Containment:
         )
         full_env = self.sandbox.env(tenant, env)
         sandboxed = self.sandbox.fs_view
-        return Launch(argv, full_env, "" if sandboxed else cwd, cell, sandboxed)
+        if self.reaper:
+            argv = [sys.executable, "-I", "-S", REAPER, *argv]
+        return Launch(argv, full_env, "" if sandboxed else cwd, cell, sandboxed, self.reaper)
 
     def env(self, tenant: str, extra: Mapping[str, str]) -> dict[str, str]:
         return self.sandbox.env(tenant, extra)
@@ -207,6 +231,7 @@ class Containment:
                 on_exit,
                 cell=launch.cell,
                 sandboxed=launch.sandboxed,
+                reaped=launch.reaped,
             )
         except BaseException:
             if launch.cell is not None:

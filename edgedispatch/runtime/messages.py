@@ -23,6 +23,10 @@ from edgedispatch.worker.runner import JobInfo as JobInfo  # re-exported: the zy
 MAX_FRAME = 16 << 20
 _LEN = struct.Struct(">I")
 
+#: Set (to "1") in a zygote's environment where the host gives no cgroups:
+#: the zygote and its pool processes become subreapers (runtime/zygote.py).
+SUBREAPER_ENV = "EDGEDISPATCH_POOL_SUBREAPER"
+
 
 class Hello(msgspec.Struct, tag=True, frozen=True):
     """First frame on every connection.  ``role``: zygote, zygote-output,

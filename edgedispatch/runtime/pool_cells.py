@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from edgedispatch.runtime.cgroups import Cell
 from edgedispatch.runtime.contain import Containment
+from edgedispatch.runtime.messages import SUBREAPER_ENV
 from edgedispatch.runtime.pool_jobs import Child
 from edgedispatch.runtime.process import base_env, memory_text, over_memory_limit
 
@@ -64,6 +65,8 @@ class PoolCells:
         pythonpath = [p for p in self._env.get("PYTHONPATH", "").split(os.pathsep) if p]
         pythonpath += [p for p in self._module_paths if p not in pythonpath]
         env = {**self._env, "PYTHONPATH": os.pathsep.join(pythonpath)} if pythonpath else self._env
+        if contain.mode != "off" and contain.tree is None:
+            env = {**env, SUBREAPER_ENV: "1"}
         launch = contain.launch(
             cmd,
             tenant=self._tenant,

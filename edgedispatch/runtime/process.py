@@ -67,10 +67,16 @@ def proc_status(pid: int, field: str) -> int:
 MEMORY_POLL = 0.25
 
 
+def tree_rss_kb(pid: int) -> int:
+    """The RSS of ``pid`` and of every process below it, summed (pages
+    they share are counted in each: an upper bound)."""
+    return sum(proc_status(p, "VmRSS") for p in [pid, *descendants(pid)])
+
+
 def over_memory_limit(pid: int, limit_mb: float) -> str:
-    """Why a job whose process ``pid`` uses more than ``limit_mb`` of RSS
-    must stop; "" while it does not."""
-    kb = proc_status(pid, "VmRSS")
+    """Why a job whose process tree under ``pid`` uses more than
+    ``limit_mb`` of RSS must stop; "" while it does not."""
+    kb = tree_rss_kb(pid)
     if kb > limit_mb * 1024:
         return f"memory limit exceeded: {kb / 1024:.0f} MB > {limit_mb:g} MB"
     return ""
@@ -176,7 +182,10 @@ class ChildProcess:
         tree is in it): ``kill`` empties it, and it is removed at the end.
     :param sandboxed: it runs under bubblewrap (``pid`` is bwrap's):
         signals go to the program inside, as bwrap's death would SIGKILL
-        the program at once, with no chance to shut down."""
+        the program at once, with no chance to shut down.
+    :param reaped: it runs under ``reaper.py`` (``pid`` is the reaper's),
+        which passes SIGTERM on to the program's group and keeps every
+        descendant below it: a kill takes them all, from /proc."""
 
     def __init__(
         self,
@@ -185,8 +194,10 @@ class ChildProcess:
         *,
         cell: Cell | None = None,
         sandboxed: bool = False,
+        reaped: bool = False,
     ) -> None:
         self._proc = proc
+        self._reaped = reaped
         self.pid = proc.pid
         self.returncode: int | None = None
         self.cell = cell
@@ -210,6 +221,7 @@ class ChildProcess:
         *,
         cell: Cell | None = None,
         sandboxed: bool = False,
+        reaped: bool = False,
     ) -> ChildProcess:
         loop = asyncio.get_running_loop()
         proc = await loop.run_in_executor(
@@ -224,7 +236,7 @@ class ChildProcess:
                 start_new_session=True,
             ),
         )
-        child = cls(proc, on_exit, cell=cell, sandboxed=sandboxed)
+        child = cls(proc, on_exit, cell=cell, sandboxed=sandboxed, reaped=reaped)
         assert proc.stdout is not None
         child._pipe, _ = await loop.connect_read_pipe(lambda: _Lines(on_line), proc.stdout)
         return child
@@ -234,10 +246,10 @@ class ChildProcess:
         return self.returncode is None
 
     def memory_kb(self) -> int:
-        """The whole tree's memory with a cell, else the main process's RSS."""
+        """The whole tree's memory: the cell's, or the sum of its RSS."""
         if self.cell is not None:
             return self.cell.memory_bytes() // 1024
-        return proc_status(self.pid, "VmRSS")
+        return tree_rss_kb(self.pid)
 
     def oom_killed(self) -> bool:
         """Whether the kernel killed a process of its tree for the cell's
@@ -259,6 +271,13 @@ class ChildProcess:
             self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
+        if self._reaped and self.cell is None:
+            if sig == signal.SIGKILL:
+                kill_tree(self.pid)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, sig)
+            return
         if not self._sandboxed:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, sig)
@@ -304,6 +323,30 @@ class ChildProcess:
         if self._pipe is not None:
             self._pipe.close()
             self._pipe = None
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL everything below ``pid``, bottom first, until nothing is
+    left (what forks meanwhile is orphaned to ``pid``, a subreaper, and
+    taken in the next round), then ``pid`` itself."""
+    for _ in range(100):
+        pids = [p for p in descendants(pid) if not _zombie(p)]
+        if not pids:
+            break
+        for p in reversed(pids):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    """Dead, and waiting for its parent to reap it (or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def descendants(pid: int) -> list[int]:

@@ -127,6 +127,21 @@ def _recv(sock: socket.socket, reader: m.FrameReader) -> m.Message | None:
         reader.feed(data, 0)
 
 
+def _become_subreaper() -> None:
+    """Orphans below this process come to it instead of to init."""
+    import ctypes  # only on hosts without cgroups, and before any fork
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _children() -> list[int]:
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def _threads() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -140,6 +155,12 @@ class Zygote:
         self.entrypoint = entrypoint
         self.prewarm = prewarm
         self.live: set[int] = set()
+        #: Where the host gives no cgroups (runtime/contain.py), the zygote
+        #: and each pool process are subreapers: what a job starts stays
+        #: below its pool process while it runs, comes to the zygote when
+        #: it ends, and is killed there.
+        self.subreaper = os.environ.pop(m.SUBREAPER_ENV, "") == "1"
+        self.imported: set[int] = set()  # children the module started at import
         self.ctl = _connect(path, "zygote")
         self.wake_r = -1
         self.wake_w = -1
@@ -149,6 +170,8 @@ class Zygote:
 
     def main(self) -> int:
         _redirect_output(self.path, "zygote-output")
+        if self.subreaper:
+            _become_subreaper()
         try:
             entry, warm = load_agent(self.entrypoint, self.prewarm)
         except LoadError as exc:
@@ -159,6 +182,7 @@ class Zygote:
         # before each fork keeps the children's collectors off them too.
         gc.collect()
         gc.disable()
+        self.imported = set(_children())
         self.send(m.Loaded(threads=_threads()))
         self.serve(entry, warm)
         return 0
@@ -221,6 +245,20 @@ class Zygote:
             if done:
                 self.live.discard(pid)
                 self.send(m.Exited(pid=pid, code=os.waitstatus_to_exitcode(status)))
+        if self.subreaper:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Kill and reap the orphans of ended jobs: every child that is
+        neither a pool process nor the module's own."""
+        for pid in _children():
+            if pid in self.live or pid in self.imported:
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    os.kill(pid, signal.SIGKILL)  # reaped on its SIGCHLD
+            except (ChildProcessError, ProcessLookupError):
+                pass
 
     def stop(self) -> None:
         # Only unreaped children are signalled: their pids cannot have been
@@ -236,6 +274,17 @@ class Zygote:
             except ChildProcessError:
                 pass
         self.live.clear()
+        if self.subreaper:  # what the pool processes left comes here
+            for _ in range(100):
+                orphans = [p for p in _children() if p not in self.imported]
+                if not orphans:
+                    break
+                self.sweep()
+                for pid in orphans:
+                    try:
+                        os.waitpid(pid, 0)
+                    except ChildProcessError:
+                        pass
 
     def child(self, entry: Entrypoint, warm: Callable[[], None] | None) -> NoReturn:
         """The forked child's whole life."""
@@ -249,6 +298,8 @@ class Zygote:
             # Holding the zygote's connection would hide the zygote's death
             # from the server.
             self.ctl.close()
+            if self.subreaper:
+                _become_subreaper()
             _redirect_output(self.path, "output")
             ctl = _connect(self.path, "child")
             reader = m.FrameReader()

@@ -100,6 +100,22 @@ def processes_with(token: str) -> list[int]:
 
 KINDS = ["command", "native"]
 
+#: What holds a job's tree together: cells (and a PID namespace where the
+#: host has bubblewrap), a PID namespace alone, or neither (runtime/reaper.py
+#: and subreaper pool processes).
+HOLDS = {
+    "cells": {},
+    "pidns": {"cgroups": False},
+    "subreaper": {"cgroups": False, "bubblewrap": False},
+}
+
+
+def holding(srv: ServerThread, hold: str) -> None:
+    if hold == "cells":
+        require(srv, "cgroups")
+    elif hold == "pidns":
+        require(srv, "a filesystem view")
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tenant_code_cannot_read_the_config_the_data_or_another_tenants_files(
@@ -177,22 +193,26 @@ def test_a_fork_bomb_stops_at_max_processes(
     assert rec["error"] == "BlockingIOError" and 0 < rec["forked"] < 40, rec
 
 
+@pytest.mark.parametrize("hold", HOLDS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_child_over_the_memory_limit_fails_the_job(
-    start_server: Callable[..., ServerThread], tmp_path: Path, kind: str
+    start_server: Callable[..., ServerThread], tmp_path: Path, kind: str, hold: str
 ) -> None:
-    srv = start_server(agents=[hostile(kind, tmp_path, memory_limit_mb=100)])
-    require(srv, "cgroups")
+    agents = [hostile(kind, tmp_path, memory_limit_mb=100)]
+    srv = start_server(agents=agents, sandbox=HOLDS[hold])
+    holding(srv, hold)
     _, state = attack(srv, tmp_path, "hog", 300)
     assert state.status == agent.JS_FAILED
     assert "memory limit exceeded" in state.error and "100 MB" in state.error, state.error
 
 
+@pytest.mark.parametrize("hold", HOLDS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_processes_that_escape_die_with_their_job(
-    start_server: Callable[..., ServerThread], tmp_path: Path, kind: str
+    start_server: Callable[..., ServerThread], tmp_path: Path, kind: str, hold: str
 ) -> None:
-    srv = start_server(agents=[hostile(kind, tmp_path)])
+    srv = start_server(agents=[hostile(kind, tmp_path)], sandbox=HOLDS[hold])
+    holding(srv, hold)
     token = f"escapee-{uuid.uuid4().hex}"
     rec, state = attack(srv, tmp_path, "escape", token)
     assert rec["escaped"] and state.status == agent.JS_SUCCESS, state.error
@@ -211,17 +231,30 @@ def test_tenant_code_gets_nothing_of_the_servers_environment(
     assert {"PATH", "HOME", "LIVEKIT_TOKEN", "EDT_OUT"} <= set(rec["env"])
 
 
-def test_nothing_outlives_a_kill_9_of_the_server(tmp_path: Path, loop_kind: str) -> None:
+@pytest.mark.parametrize("hold", HOLDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_nothing_outlives_a_kill_9_of_the_server(
+    tmp_path: Path, loop_kind: str, kind: str, hold: str
+) -> None:
+    if hold == "pidns" and Host.probe().bwrap is None:
+        pytest.skip("this host lacks bubblewrap")
     token = f"survivor-{uuid.uuid4().hex}"
     (tmp_path / "out").mkdir()
     out = writable(tmp_path / "out")
     cfg = tmp_path / "edgedispatch.toml"
+    sandbox = "".join(f"{k} = false\n" for k in HOLDS[hold])
+    if kind == "command":
+        how = f'command = ["{sys.executable}", "{AGENTS / "hostile.py"}"]\n'
+        how += f'env = {{ EDT_OUT = "{out}" }}\n'
+    else:
+        how = 'entrypoint = "hostile:entrypoint"\n'
+        how += f'env = {{ EDT_OUT = "{out}", PYTHONPATH = "{AGENTS}" }}\n'
     cfg.write_text(
         f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+        f"[sandbox]\n{sandbox}"
         "[[agents]]\n"
         'name = "hostile"\n'
-        f'command = ["{sys.executable}", "{AGENTS / "hostile.py"}"]\n'
-        f'env = {{ EDT_OUT = "{out}" }}\n'
+        f"{how}"
         f'binds = ["{out}:rw"]\n'
     )
     server = subprocess.Popen(
@@ -243,9 +276,10 @@ def test_nothing_outlives_a_kill_9_of_the_server(tmp_path: Path, loop_kind: str)
     finally:
         server.send_signal(signal.SIGKILL)
         server.communicate()
-    # In its PID namespace it dies with the server's sandbox at once; without
-    # one (no bubblewrap here), the next run of the server kills it.
-    if Host.probe().bwrap is None:
+    # In its PID namespace it dies with the server's sandbox at once, and under
+    # a subreaper that sees the server die; in a cell alone (no bubblewrap
+    # here), the next run of the server kills it.
+    if hold == "cells" and Host.probe().bwrap is None:
         again = subprocess.Popen(
             serve_argv(loop_kind, "--config", str(cfg)), stdout=subprocess.PIPE, text=True
         )

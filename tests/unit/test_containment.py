@@ -9,11 +9,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from edgedispatch.config import Config, SandboxConfig
 from edgedispatch.runtime import cgroups
+from edgedispatch.runtime.contain import REAPER, Containment
 from edgedispatch.runtime.process import base_env
 from edgedispatch.runtime.sandbox import JOIN, Host, Sandbox
 
@@ -117,12 +121,41 @@ def test_a_disabled_sandbox_adds_nothing(tmp_path: Path) -> None:
     assert box.uid("") is None
 
 
+def test_without_cells_or_namespaces_each_process_starts_under_the_reaper(
+    tmp_path: Path,
+) -> None:
+    cfg = msgspec.structs.replace(
+        Config(),
+        sandbox=SandboxConfig(cgroups=False, bubblewrap=False, tenant_dirs=str(tmp_path)),
+    )
+    contain = Containment(cfg, host=HOST, tag="t")
+    launch = contain.launch(
+        ["prog", "x"], tenant="", name="n", env={}, cwd="/", memory_mb=0, max_procs=10
+    )
+    assert launch.argv == [sys.executable, "-I", "-S", REAPER, "prog", "x"]
+    assert launch.reaped and launch.cell is None and not launch.sandboxed
+    said = "\n".join(contain.describe())
+    assert "subreaper" in said and "sandbox.cgroups is false" in said
+    assert "bubblewrap: turned off" in said  # never pretends
+
+
+def test_a_pid_namespace_holds_the_tree_without_cells(tmp_path: Path) -> None:
+    cfg = msgspec.structs.replace(
+        Config(), sandbox=SandboxConfig(cgroups=False, tenant_dirs=str(tmp_path))
+    )
+    contain = Containment(cfg, host=HOST, tag="t")
+    launch = contain.launch(
+        ["prog"], tenant="", name="n", env={}, cwd="/", memory_mb=0, max_procs=10
+    )
+    assert launch.argv[0] == "/usr/bin/bwrap" and not launch.reaped and launch.sandboxed
+
+
 # ----------------------------------------------------------------------
 # cgroup cells, on this host's cgroups (root and a writable v1 or v2 only)
 
 
 @pytest.fixture
-def tree() -> cgroups.Tree:
+def tree() -> Iterator[cgroups.Tree]:
     tree, why = cgroups.open_tree(f"test{os.getpid()}")
     if tree is None:
         pytest.skip(f"no cgroups here: {why}")
