@@ -21,6 +21,9 @@ offers, outermost first:
    new privileges, so it cannot signal the server or another tenant's
    processes, or read their files.
 
+Without a cell or bubblewrap, ``runtime.contain`` starts the program under
+``runtime/reaper.py``, a subreaper that keeps the tree below it instead.
+
 The environment is built, not inherited: PATH, HOME (the tenant's
 directory), TMPDIR, the locale, and what the definition and the job add.
 Nothing of the server's environment (its keys, its tokens) is passed on.

@@ -143,3 +143,10 @@ def test_bad_tenants(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, text), env={})
     assert info.value.key == key
+
+
+def test_the_example_config_loads_as_documented() -> None:
+    example = Path(__file__).parents[2] / "edgedispatch.example.toml"
+    cfg = config.load(str(example), env={"EDGEDISPATCH_KEYS": "k: s"})  # its keys are commented out
+    assert cfg.sandbox == config.SandboxConfig()  # it shows the defaults
+    assert cfg.server == config.ServerConfig(bind="0.0.0.0")
