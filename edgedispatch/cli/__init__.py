@@ -67,7 +67,9 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
 def _bench_jobs(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import jobs
 
-    report = jobs.run(args.burst, lk_agent=not args.no_livekit_agents, loop=args.loop)
+    report = jobs.run(
+        args.burst, lk_agent=not args.no_livekit_agents, loop=args.loop, sandbox=args.sandbox
+    )
     print(json.dumps(report) if args.json else jobs.render(report))
     return 0
 
@@ -143,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--json", action="store_true", help="print one JSON object")
     jobs.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop"
+    )
+    jobs.add_argument(
+        "--sandbox",
+        choices=["auto", "off"],
+        default="auto",
+        help="contain the agents as the host allows (auto), or not (off: to measure its cost)",
     )
     jobs.set_defaults(func=_bench_jobs)
     return parser

@@ -12,12 +12,14 @@ Three kinds, by which field is set:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
+import importlib.util
 import math
 import os
 import shutil
-import sys
 from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
 from typing import Literal
 
 import msgspec
@@ -87,16 +89,24 @@ class AgentDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
 
 
 def locate_module(module: str, extra_path: list[str]) -> str | None:
-    """The ``sys.path`` entry (of ``extra_path`` + this Python's) that holds
-    ``module``, or None.  Found without importing anything: importing a
-    package runs its code, and a tenant's code never runs in the server
+    """The directory that holds ``module`` (its top-level package or
+    module), searched in ``extra_path`` and then as this Python would, or
+    None.  Found without importing anything: importing a package runs its
+    code, and a tenant's code never runs in the server
     (``importlib.util.find_spec`` imports a dotted name's parents)."""
     top, *rest = module.split(".")
-    for entry in [*extra_path, *sys.path]:
-        try:
-            spec = importlib.machinery.PathFinder.find_spec(top, [entry or os.getcwd()])
-        except (ImportError, ValueError, OSError):
+    tops: list[tuple[ModuleSpec | None, str]] = []
+    for entry in extra_path:
+        with contextlib.suppress(ImportError, ValueError, OSError):
+            tops.append((importlib.machinery.PathFinder.find_spec(top, [entry]), entry))
+    # Then as an import would, sys.meta_path's finders included (an
+    # editable install's); a top-level name's spec imports nothing.
+    with contextlib.suppress(ImportError, ValueError):
+        tops.append((importlib.util.find_spec(top), ""))
+    for spec, entry in tops:
+        if spec is None:
             continue
+        where = entry or _holder(spec)
         name = top
         for part in rest:
             locations = spec.submodule_search_locations if spec is not None else None
@@ -105,9 +115,18 @@ def locate_module(module: str, extra_path: list[str]) -> str | None:
                 break
             name = f"{name}.{part}"
             spec = importlib.machinery.PathFinder.find_spec(name, list(locations))
-        if spec is not None:
-            return entry or os.getcwd()
+        if spec is not None and where:
+            return where
     return None
+
+
+def _holder(spec: ModuleSpec) -> str:
+    """The directory a top-level module or package lives in."""
+    if spec.submodule_search_locations:
+        return os.path.dirname(os.path.abspath(next(iter(spec.submodule_search_locations))))
+    if spec.origin and os.path.isabs(spec.origin):
+        return os.path.dirname(spec.origin)
+    return ""  # built in, or frozen: nothing to show a sandbox
 
 
 def _program_exists(program: str, cwd: str) -> bool:

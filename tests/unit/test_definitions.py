@@ -136,3 +136,33 @@ def test_validating_a_native_agent_runs_none_of_its_code(tmp_path: Path) -> None
     assert locate_module("evilpkg.nope", [str(tmp_path)]) is None
     with pytest.raises(ConfigError, match="unknown module"):
         validate(AgentDefinition(name="n", entrypoint="evilpkg.nope:main"))
+
+
+def test_a_module_behind_an_import_hook_is_found_without_running_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An editable install puts its package behind a finder on sys.meta_path,
+    # not on sys.path: the server's own bench agent lives there in a checkout.
+    import importlib.abc
+    import importlib.util
+
+    pkg = tmp_path / "site" / "hookedpkg"
+    pkg.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    (pkg / "agent.py").write_text("async def main(ctx): pass\n")
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+            if name != "hookedpkg":
+                return None
+            return importlib.util.spec_from_file_location(
+                name, pkg / "__init__.py", submodule_search_locations=[str(pkg)]
+            )
+
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, Finder()])
+    monkeypatch.chdir(tmp_path)
+    assert locate_module("hookedpkg.agent", []) == str(tmp_path / "site")
+    assert locate_module("hookedpkg.missing", []) is None
+    validate(AgentDefinition(name="n", entrypoint="hookedpkg.agent:main"))
+    assert not marker.exists()

@@ -50,7 +50,7 @@ def livekit_agents_installed() -> bool:
         return False
 
 
-def _config(tmp: Path, idle: int, slots: int, cold: bool) -> Path:
+def _config(tmp: Path, idle: int, slots: int, cold: bool, sandbox: str = "auto") -> Path:
     out = tmp / "out"
     out.mkdir()
     out.chmod(0o777)  # the agents, as their tenant's uid, write there
@@ -61,6 +61,8 @@ def _config(tmp: Path, idle: int, slots: int, cold: bool) -> Path:
 worker_slots = {slots}
 [logging]
 level = "warning"
+[sandbox]
+mode = "{sandbox}"
 [[agents]]
 name = "bench-native"
 entrypoint = "edgedispatch.cli.bench.jobs_agent:entrypoint"
@@ -242,14 +244,17 @@ def _pool_uss(url: str) -> list[int]:
     return list(native.get("pool_uss_kb", []))
 
 
-def run(bursts: list[int], lk_agent: bool = True, loop: str = "uvloop") -> dict[str, Any]:
-    """:param loop: the server's event loop (``serve --loop``)."""
+def run(
+    bursts: list[int], lk_agent: bool = True, loop: str = "uvloop", sandbox: str = "auto"
+) -> dict[str, Any]:
+    """:param loop: the server's event loop (``serve --loop``).
+    :param sandbox: ``[sandbox] mode``: "off" measures without containment."""
     has_lk = livekit_agents_installed()
     skipped = [] if has_lk else [LIVEKIT_AGENTS_MISSING]
     lk_agent = lk_agent and has_lk
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        cfg = _config(tmp, idle=max(bursts), slots=max(bursts) * 2, cold=has_lk)
+        cfg = _config(tmp, max(bursts), max(bursts) * 2, has_lk, sandbox)
         server, url = start_server("--config", str(cfg), "--loop", loop)
         worker = None
         try:
