@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 
-def test_bench_jobs_json(loop_kind: str) -> None:
+def test_bench_jobs_json(loop_kind: str, tmp_path: Path) -> None:
+    # From elsewhere than the checkout, as a user runs it (an editable
+    # install's package is then found only through its import hook).
     out = subprocess.run(
         [
             sys.executable,
@@ -31,6 +34,7 @@ def test_bench_jobs_json(loop_kind: str) -> None:
         text=True,
         timeout=180,
         check=True,
+        cwd=tmp_path,
     )
     report = json.loads(out.stdout)
     rows = {(r["runtime"], r["burst"]): r for r in report["rows"]}
