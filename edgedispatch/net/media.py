@@ -15,6 +15,7 @@ at start-up by ``check_aiortc`` and pinned with the version.
 from __future__ import annotations
 
 import asyncio
+import fractions
 import json
 import logging
 from collections import deque
@@ -22,14 +23,22 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import aioice.ice
+import aiortc.codecs
 from aiortc import (
+    MediaStreamTrack,
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
 from aiortc.sdp import candidate_from_sdp
+from av.packet import Packet
 
 from edgedispatch.config import RtcConfig
 from edgedispatch.errors import ConfigError
@@ -46,10 +55,22 @@ CHANNEL_KINDS = {"_reliable": 0, "_lossy": 1}
 EARLY_PACKETS = 256
 
 
+#: The receiver's jitter buffer, replaced by the tap (name-mangled private).
+JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+#: Encoded packets a subscriber's track holds when its sender lags: anything
+#: queued before the sender starts would leave as a burst, so few.
+FORWARD_QUEUE = 5
+OPUS_TIME_BASE = fractions.Fraction(1, 48000)
+
+
 class MediaEvents(Protocol):
     """What a participant's signal session takes back (``rtc.session``)."""
 
     def on_answer(self, sdp: str, offer_id: int, mid_to_track: dict[str, str]) -> None: ...
+
+    def on_track_received(self, track_sid: str, mid: str) -> None: ...
+
+    def request_offer(self, num_audios: int, num_videos: int) -> None: ...
 
     def on_data(self, payload: bytes, kind: int, now: float) -> None: ...
 
@@ -82,6 +103,13 @@ def check_aiortc() -> None:
     """Refuse to serve rooms on an aiortc whose internals we have not checked."""
     import aiortc
 
+    missing = private_attributes_missing()
+    if missing:
+        raise ConfigError(
+            f"aiortc {aiortc.__version__} lacks what the Opus pass-through relies on: "
+            + ", ".join(missing),
+            "rtc",
+        )
     if aiortc.__version__ != AIORTC_VERSION:
         raise ConfigError(
             f"rooms need aiortc {AIORTC_VERSION} (found {aiortc.__version__}): "
@@ -92,11 +120,133 @@ def check_aiortc() -> None:
         raise ConfigError("aioice has no get_host_addresses to restrict interfaces", "rtc")
 
 
+def private_attributes_missing() -> list[str]:
+    """The private attributes of aiortc this module relies on that its code
+    no longer uses (read from the bytecode, without building anything)."""
+    uses = {
+        "RTCRtpReceiver.__init__": (RTCRtpReceiver.__init__, JITTER_BUFFER),
+        "RTCRtpReceiver._handle_rtp_packet": (RTCRtpReceiver._handle_rtp_packet, JITTER_BUFFER),
+        "RTCRtpSender.__init__ (msid)": (RTCRtpSender.__init__, "_stream_id"),
+        "RTCRtpSender.replaceTrack (msid)": (RTCRtpSender.replaceTrack, "_track_id"),
+    }
+    return [
+        f"{where} no longer uses {name}"
+        for where, (fn, name) in uses.items()
+        if name not in fn.__code__.co_names
+    ]
+
+
+def advertise_opus_fec() -> None:
+    """Offer Opus in-band FEC (aiortc's SDP carries no fmtp for Opus, so a
+    browser would not turn FEC on towards us); media-bridge.md §1.1."""
+    for codec in aiortc.codecs.CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters = {**codec.parameters, "minptime": 10, "useinbandfec": 1}
+
+
+class Fanout:
+    """One published audio track: takes the publisher's RTP packets where
+    aiortc's jitter buffer would (so nothing is decoded), and hands the Opus
+    payloads to every subscriber's ``ForwardTrack``.  Duplicates and
+    packets older than the newest are dropped; gaps are counted."""
+
+    def __init__(self, track_sid: str) -> None:
+        self.track_sid = track_sid
+        self.tracks: set[ForwardTrack] = set()
+        self.received = 0
+        self.lost = 0
+        self._last_seq: int | None = None
+        self._first_ts: int | None = None
+        self._ts_base = 0  # adds 2**32 at each wrap of the RTP timestamp
+        self._last_ts = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        """The jitter buffer's ``add``: (no PLI, no frame to decode)."""
+        seq = packet.sequence_number
+        if self._last_seq is not None:
+            ahead = (seq - self._last_seq) & 0xFFFF
+            if ahead == 0 or ahead >= 0x8000:
+                return False, None  # a duplicate or a late packet
+            self.lost += ahead - 1
+        self._last_seq = seq
+        self.received += 1
+        ts = packet.timestamp
+        if self._first_ts is None:
+            self._first_ts = self._last_ts = ts
+        elif ts < self._last_ts and self._last_ts - ts > 0x80000000:
+            self._ts_base += 1 << 32
+        self._last_ts = ts
+        if self.tracks and packet.payload:
+            encoded = Packet(packet.payload)
+            encoded.pts = self._ts_base + ts - self._first_ts
+            encoded.time_base = OPUS_TIME_BASE
+            for track in self.tracks:
+                track.push(encoded)
+        return False, None
+
+    def close(self) -> None:
+        for track in list(self.tracks):
+            track.stop()
+        self.tracks.clear()
+
+
+class ForwardTrack(MediaStreamTrack):
+    """A subscriber's copy of a published audio track: yields the encoded
+    packets, which aiortc's sender packs without encoding."""
+
+    kind = "audio"
+
+    def __init__(self, fanout: Fanout) -> None:
+        super().__init__()
+        self._queue: deque[Packet[Any]] = deque(maxlen=FORWARD_QUEUE)
+        self._waiter: asyncio.Future[None] | None = None
+        self._fanout = fanout
+        fanout.tracks.add(self)
+
+    def push(self, packet: Packet[Any]) -> None:
+        self._queue.append(packet)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def recv(self) -> Packet[Any]:
+        while not self._queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._queue.popleft()
+
+    def stop(self) -> None:
+        self._fanout.tracks.discard(self)
+        super().stop()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def offer_track_ids(sdp: str) -> dict[str, str]:
+    """mid -> the msid track id of each m-line of an offer that has both
+    (in either order within its section)."""
+    found: dict[str, str] = {}
+    for section in sdp.split("\nm=")[1:]:
+        mid = track = ""
+        for line in section.splitlines():
+            if line.startswith("a=mid:"):
+                mid = line[6:].strip()
+            elif line.startswith("a=msid:"):
+                bits = line[7:].split()
+                track = bits[1] if len(bits) == 2 else ""
+        if mid and track:
+            found[mid] = track
+    return found
+
+
 class MediaFactory:
     """Makes each participant's ``PeerMedia`` (``rtc.room.MediaFactory``)."""
 
     def __init__(self, cfg: RtcConfig) -> None:
         configure(cfg)
+        advertise_opus_fec()
         self._servers = [
             RTCIceServer(urls=s.urls, username=s.username or None, credential=s.credential or None)
             for s in cfg.ice_servers
@@ -128,9 +278,18 @@ class PeerMedia:
         self._pc = RTCPeerConnection(config)
         self._channels: dict[int, RTCDataChannel] = {}
         self._early: deque[tuple[bytes, int]] = deque(maxlen=EARLY_PACKETS)
+        #: What this participant publishes: its AddTrack cid -> fan-out.
+        self._expected: dict[str, Fanout] = {}
+        self.fanouts: dict[str, Fanout] = {}  # track sid -> fan-out
+        #: What it receives: track sid -> (its forwarding track, stream id),
+        #: and the transceiver carrying it once one is free.
+        self._wanted: dict[str, tuple[ForwardTrack, str]] = {}
+        self._sending: dict[str, RTCRtpTransceiver] = {}
+        self._offer_tracks: dict[str, str] = {}  # mid -> msid track id
         self._tail: asyncio.Future[None] | None = None
         self.closed: asyncio.Task[None] | None = None
         self._pc.on("datachannel", self._on_channel)
+        self._pc.on("track", self._on_track)
         self._pc.on("connectionstatechange", self._on_state)
 
     # The session's commands ------------------------------------------------
@@ -163,8 +322,44 @@ class PeerMedia:
         elif self.closed is None:
             self._early.append((packet, kind))
 
+    def expect_track(self, cid: str, track_sid: str) -> None:
+        """AddTrack: the client's next offer carries track ``cid``."""
+        fanout = Fanout(track_sid)
+        self._expected[cid] = self.fanouts[track_sid] = fanout
+
+    def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
+        """Send ``publisher``'s track to this participant: on a free
+        transceiver at its next offer (which is asked for now)."""
+        if not isinstance(publisher, PeerMedia) or track_sid in self._wanted:
+            return
+        fanout = publisher.fanouts.get(track_sid)
+        if fanout is None or self.closed is not None:
+            return
+        self._wanted[track_sid] = (ForwardTrack(fanout), stream_id)
+        self._events.request_offer(self._missing(), 0)
+
+    def unsubscribe(self, track_sid: str) -> None:
+        wanted = self._wanted.pop(track_sid, None)
+        if wanted is None:
+            return
+        wanted[0].stop()
+        transceiver = self._sending.pop(track_sid, None)
+        if transceiver is not None and self.closed is None:
+            transceiver.direction = "recvonly"  # answered as inactive
+            transceiver.sender.replaceTrack(None)
+            self._events.request_offer(0, 0)
+
+    def stats(self) -> dict[str, tuple[int, int]]:
+        """Track sid -> (packets received, packets lost) of what it publishes."""
+        return {sid: (f.received, f.lost) for sid, f in self.fanouts.items()}
+
     def close(self) -> None:
         if self.closed is None:
+            for forward, _ in self._wanted.values():
+                forward.stop()
+            self._wanted.clear()
+            for fanout in self.fanouts.values():
+                fanout.close()
             self.closed = self._loop.create_task(self._close())
 
     # ------------------------------------------------------------------
@@ -188,11 +383,65 @@ class PeerMedia:
         self._tail = self._loop.create_task(run())
 
     async def _answer(self, sdp: str, offer_id: int) -> None:
+        self._offer_tracks = offer_track_ids(sdp)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self._attach()
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         local = self._pc.localDescription
         if self.closed is None and local is not None:
-            self._events.on_answer(local.sdp, offer_id, {})
+            mids = {t.mid: sid for sid, t in self._sending.items() if t.mid is not None}
+            self._events.on_answer(local.sdp, offer_id, mids)
+            missing = self._missing()
+            if missing:  # too few receive sections in this offer: ask for more
+                self._events.request_offer(missing, 0)
+
+    def _missing(self) -> int:
+        return len(self._wanted) - len(self._sending)
+
+    async def _attach(self) -> None:
+        """Put each wanted track on a free audio transceiver of the client's
+        offer (the SDKs offer receive-only sections for this), in the order
+        they were wanted."""
+        busy = {id(t) for t in self._sending.values()}
+        free = [
+            t
+            for t in self._pc.getTransceivers()
+            if t.kind == "audio"
+            and id(t) not in busy
+            and t.receiver.track is None
+            and t.sender.track is None
+        ]
+        for track_sid, (forward, stream_id) in self._wanted.items():
+            if track_sid in self._sending:
+                continue
+            if not free:
+                break
+            transceiver = free.pop(0)
+            transceiver.direction = "sendonly"
+            transceiver.sender.replaceTrack(forward)
+            # a=msid "PA_...|TR_..." "TR_...": how v0 clients find the track
+            # (private attributes; rtc-signaling.md §2).
+            transceiver.sender._stream_id = stream_id
+            transceiver.sender._track_id = track_sid
+            self._sending[track_sid] = transceiver
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        """A published track arrived in an offer: tap its receiver."""
+        transceiver = next(
+            (t for t in self._pc.getTransceivers() if t.receiver.track is track), None
+        )
+        mid = transceiver.mid if transceiver is not None else None
+        # By the msid track id of its m-line, which is the AddTrack cid
+        # (aiortc's own track.id ignores msids outside a WMS list).
+        cid = self._offer_tracks.get(mid or "", "")
+        fanout = self._expected.pop(cid, None)
+        if fanout is None:
+            log.info("a track nobody announced with AddTrack: not forwarded")
+            return
+        assert transceiver is not None
+        if track.kind == "audio":
+            setattr(transceiver.receiver, JITTER_BUFFER, fanout)
+        self._events.on_track_received(fanout.track_sid, mid or "")
 
     def _on_channel(self, channel: RTCDataChannel) -> None:
         kind = CHANNEL_KINDS.get(channel.label)

@@ -80,6 +80,10 @@ class LiveRoom:
         (unless the room itself is closing)."""
         if self.sessions.get(who.identity) is who:
             del self.sessions[who.identity]
+        for other in self.sessions.values():
+            if other.media is not None:
+                for track in who.info.tracks:
+                    other.media.unsubscribe(track.sid)
         who.close_media()
         gone = models.ParticipantInfo()
         gone.CopyFrom(who.info)
@@ -166,10 +170,54 @@ class LiveRoom:
         who.info.tracks.append(track)
         who.info.is_publisher = True
         who.info.version += 1
-        who.send(
-            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
-        )
+        published = rtc.TrackPublishedResponse(cid=req.cid, track=track)
+        who.send(rtc.SignalResponse(track_published=published))
+        # The others learn of the track before any offer that carries it.
         self.announce(who)
+        if who.media is not None and track.type == models.AUDIO:
+            who.media.expect_track(req.cid, track.sid)
+            for other in self.others(who):
+                if other.params.auto_subscribe:
+                    self.subscribe(other, who, track.sid)
+
+    def subscribe(self, sub: SignalSession, pub: SignalSession, track_sid: str) -> None:
+        """Forward ``pub``'s track to ``sub``, if ``sub`` may receive it.
+        Only over v1's single peer connection for now: v0 clients take
+        media on a second, server-offered connection, not made yet."""
+        if (
+            sub.media is None
+            or pub.media is None
+            or not sub.grant.can_subscribe
+            or not sub.params.single_pc
+        ):
+            return
+        sub.media.subscribe(track_sid, pub.media, f"{pub.sid}|{track_sid}")
+
+    def subscribe_all(self, sub: SignalSession) -> None:
+        """A newcomer gets every audio track already published."""
+        if not sub.params.auto_subscribe:
+            return
+        for pub in self.others(sub):
+            for track in pub.info.tracks:
+                if track.type == models.AUDIO:
+                    self.subscribe(sub, pub, track.sid)
+
+    def set_subscriptions(self, sub: SignalSession, track_sids: list[str], on: bool) -> None:
+        """UpdateSubscription: start or stop receiving these tracks."""
+        owners = {t.sid: s for s in self.others(sub) for t in s.info.tracks}
+        for sid in track_sids:
+            pub = owners.get(sid)
+            if pub is None:
+                log.info("subscription to an unknown track %s", sid)
+            elif on:
+                self.subscribe(sub, pub, sid)
+            elif sub.media is not None:
+                sub.media.unsubscribe(sid)
+
+    def track_received(self, who: SignalSession, track_sid: str, mid: str) -> None:
+        for track in who.info.tracks:
+            if track.sid == track_sid:
+                track.mid = mid
 
     def mute_track(self, who: SignalSession, track_sid: str, muted: bool) -> None:
         for track in who.info.tracks:
@@ -267,6 +315,7 @@ class RoomHub:
         live.announce(session)
         if self._media is not None:
             session.media = self._media(session)
+            live.subscribe_all(session)
             if params.offer_sdp:
                 session.media.negotiate(params.offer_sdp, params.offer_id, rtc.PUBLISHER)
         self.domain.step(now)

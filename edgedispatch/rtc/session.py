@@ -60,6 +60,16 @@ class Media(Protocol):
         """Deliver a DataPacket to this participant, reliable or lossy."""
         ...
 
+    def expect_track(self, cid: str, track_sid: str) -> None:
+        """AddTrack: the client's next offer carries the track ``cid``."""
+        ...
+
+    def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
+        """Forward ``publisher``'s (its Media's) track to this participant."""
+        ...
+
+    def unsubscribe(self, track_sid: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -200,6 +210,18 @@ class SignalSession:
             return
         self.room.forward_data(self, packet, kind)
 
+    def on_track_received(self, track_sid: str, mid: str) -> None:
+        """A track announced with AddTrack arrived in an offer."""
+        if self.state is State.JOINED:
+            self.room.track_received(self, track_sid, mid)
+
+    def request_offer(self, num_audios: int, num_videos: int) -> None:
+        """Ask the client for a new offer, with at least this many more
+        receive sections (v1: the client always offers)."""
+        if self.state is State.JOINED and self.params.single_pc:
+            requirement = rtc.MediaSectionsRequirement(num_audios=num_audios, num_videos=num_videos)
+            self.send(rtc.SignalResponse(media_sections_requirement=requirement))
+
     def on_media_failed(self, why: str, now: float) -> None:
         """The peer connection failed or could not take an offer."""
         if self.state is State.JOINED:
@@ -255,6 +277,13 @@ class SignalSession:
 
     def _add_track(self, req: rtc.SignalRequest, now: float) -> None:
         self.room.add_track(self, req.add_track, now)
+
+    def _subscription(self, req: rtc.SignalRequest, now: float) -> None:
+        update = req.subscription
+        sids = list(update.track_sids) + [
+            sid for pt in update.participant_tracks for sid in pt.track_sids
+        ]
+        self.room.set_subscriptions(self, sids, update.subscribe)
 
     def _mute(self, req: rtc.SignalRequest, now: float) -> None:
         self.room.mute_track(self, req.mute.sid, req.mute.muted)
@@ -343,6 +372,7 @@ _HANDLERS = {
     "trickle": SignalSession._trickle,
     "add_track": SignalSession._add_track,
     "mute": SignalSession._mute,
+    "subscription": SignalSession._subscription,
     "leave": SignalSession._leave,
     "ping": SignalSession._ping,
     "ping_req": SignalSession._ping_req,

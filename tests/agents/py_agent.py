@@ -94,11 +94,38 @@ async def converse(ctx: JobContext) -> None:
                 )
             )
 
+    def on_track(track: rtc.Track, *_: object) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            asyncio.ensure_future(hear(room, track))
+
     room.on("data_received", on_data)
+    room.on("track_subscribed", on_track)
     room.on("disconnected", lambda reason: left.done() or left.set_result(str(reason)))
     await room.local_participant.publish_data(b"hello", topic="greeting")
     reason = await left
     (OUT / f"{ctx.job.id}.left").write_text(reason)
+
+
+async def hear(room: rtc.Room, track: rtc.Track) -> None:
+    """Listen to a user's audio for a second, and say what was heard."""
+    import numpy as np
+
+    stream = rtc.AudioStream(track, sample_rate=48000, num_channels=1)
+    chunks, skip = [], 50  # the first half second: the decoder starting
+    async for event in stream:
+        if skip:
+            skip -= 1
+            continue
+        chunks.append(np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64))
+        if len(chunks) >= 100:
+            break
+    await stream.aclose()
+    samples = np.concatenate(chunks)
+    heard = {
+        "rms": float(np.sqrt(np.mean(samples**2))),
+        "peak": float(np.argmax(np.abs(np.fft.rfft(samples))) * 48000 / len(samples)),
+    }
+    await room.local_participant.publish_data(json.dumps(heard).encode(), topic="heard")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ SDK's default) and /rtc (two)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from .clients import WorkerProcess, py_worker
+from .tones import AMPLITUDE, listen, publish_tone
 from .conftest import ServerThread
 from .test_real_clients import wait_until
 
@@ -244,6 +246,40 @@ def test_a_token_s_agents_are_dispatched_into_new_and_existing_rooms(
     assert [(d.agent_name, d.metadata) for d in dispatches] == [("support", "vip")]
 
 
+def test_a_tone_is_forwarded_untouched(start_server: Callable[..., ServerThread]) -> None:
+    """One participant publishes a 440 Hz tone; another hears it with its
+    level and pitch intact, and the server lost no packet on the way (it
+    forwards the Opus packets it gets: it never decodes or re-encodes)."""
+    srv = start_server()
+
+    def server_stats() -> list[tuple[int, int]]:
+        media = srv.server._media
+        assert media is not None
+        return [s for peer in media.peers for s in peer.stats().values()]
+
+    async def main() -> tuple[float, float, int, list[tuple[int, int]]]:
+        listener, _ = await joined(srv, token("listener"), True)
+        speaker, _ = await joined(srv, token("speaker"), True)
+        heard: asyncio.Future[rtc.Track] = asyncio.get_running_loop().create_future()
+        listener.on("track_subscribed", lambda t, pub, who: heard.done() or heard.set_result(t))
+        player = await publish_tone(speaker, 440.0)
+        try:
+            track = await asyncio.wait_for(heard, 10)
+            rms, peak, frames = await listen(track, seconds=2.0)
+            return rms, peak, frames, srv.call(server_stats)
+        finally:
+            player.cancel()
+            await speaker.disconnect()
+            await listener.disconnect()
+
+    rms, peak, frames, stats = run(main)
+    assert frames >= 190  # 10 ms frames over 2 s
+    assert abs(rms - AMPLITUDE / 2**0.5) / (AMPLITUDE / 2**0.5) < 0.05, rms
+    assert abs(peak - 440.0) < 5, peak
+    ((received, lost),) = stats  # the one published track
+    assert received >= 100 and lost == 0, stats  # 20 ms packets over 2 s and more
+
+
 @pytest.mark.parametrize("dispatch", ["token", "automatic"])
 def test_a_livekit_agents_worker_joins_the_room_and_talks_with_the_user(
     start_server: Callable[..., ServerThread],
@@ -283,6 +319,15 @@ def test_a_livekit_agents_worker_joins_the_room_and_talks_with_the_user(
         await user.local_participant.publish_data(b"?", topic="ping")
         await until(lambda: any(t == "pong" for _, _, t in heard), "the agent's answer")
         assert (agent.identity, b"pong user", "pong") in heard
+        # The agent hears the user's tone, and says what it heard.
+        player = await publish_tone(user, 440.0)
+        try:
+            await until(lambda: any(t == "heard" for _, _, t in heard), "what the agent heard", 30)
+        finally:
+            player.cancel()
+        (said,) = [json.loads(d) for _, d, t in heard if t == "heard"]
+        assert abs(said["peak"] - 440.0) < 5, said
+        assert abs(said["rms"] - AMPLITUDE / 2**0.5) / (AMPLITUDE / 2**0.5) < 0.05, said
         await user.disconnect()
 
     try:

@@ -30,6 +30,8 @@ class FakeMedia:
         self.offers: list[tuple[str, int]] = []
         self.candidates: list[str] = []
         self.data: list[tuple[models.DataPacket, int]] = []
+        self.expected: dict[str, str] = {}  # AddTrack cid -> track sid
+        self.subscribed: dict[str, str] = {}  # track sid -> msid stream id
         self.closed = False
 
     def negotiate(self, sdp: str, offer_id: int, target: int) -> None:
@@ -40,6 +42,15 @@ class FakeMedia:
 
     def send_data(self, packet: bytes, kind: int) -> None:
         self.data.append((models.DataPacket.FromString(packet), kind))
+
+    def expect_track(self, cid: str, track_sid: str) -> None:
+        self.expected[cid] = track_sid
+
+    def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
+        self.subscribed[track_sid] = stream_id
+
+    def unsubscribe(self, track_sid: str) -> None:
+        self.subscribed.pop(track_sid, None)
 
     def close(self) -> None:
         self.closed = True
@@ -79,10 +90,11 @@ class World:
         room: str = "r1",
         tenant: str = "",
         offer: str = "",
+        single_pc: bool = True,
         **grant: Any,
     ) -> Peer:
         sink = RecordingSink()
-        params = JoinParams(single_pc=bool(offer), offer_sdp=offer, offer_id=1)
+        params = JoinParams(single_pc=single_pc, offer_sdp=offer, offer_id=1)
         session = self.hub.join(
             sink, tenant, Grant(room=room, identity=identity, **grant), params, now
         )
@@ -440,3 +452,51 @@ def test_grants_come_from_the_token() -> None:
         join_grant({}, {"room": "r"}, "u")
     with pytest.raises(PermissionDenied, match="room"):
         join_grant({}, {"roomJoin": True}, "u")
+
+
+def _publish_mic(peer: Peer, now: float, cid: str = "mic-1") -> str:
+    peer.request(
+        now,
+        add_track=rtc.AddTrackRequest(
+            cid=cid, name="mic", type=models.AUDIO, source=models.MICROPHONE
+        ),
+    )
+    sid: str = peer.of("track_published")[-1].track.sid
+    return sid
+
+
+def test_audio_is_subscribed_by_everyone_else_and_unsubscribed_when_its_owner_leaves() -> None:
+    world = World()
+    alice, bob = world.join("alice", 0.0), world.join("bob", 0.0)
+    muted = world.join("deaf", 0.0, can_subscribe=False)
+    sid = _publish_mic(alice, 1.0)
+    assert alice.media.expected == {"mic-1": sid}  # the next offer carries it
+    assert bob.media.subscribed == {sid: f"{alice.session.sid}|{sid}"}
+    assert muted.media.subscribed == {} and alice.media.subscribed == {}
+    late = world.join("late", 2.0)  # a newcomer gets what is already published
+    assert sid in late.media.subscribed
+    alice.session.on_track_received(sid, "3")
+    assert late.of("join")[0].other_participants[0].tracks[0].sid == sid
+    alice.request(3.0, leave=rtc.LeaveRequest())
+    assert bob.media.subscribed == {} and late.media.subscribed == {}
+
+
+def test_update_subscription_stops_and_restarts_a_track() -> None:
+    world = World()
+    alice, bob = world.join("alice", 0.0), world.join("bob", 0.0)
+    sid = _publish_mic(alice, 1.0)
+    bob.request(2.0, subscription=rtc.UpdateSubscription(track_sids=[sid], subscribe=False))
+    assert bob.media.subscribed == {}
+    bob.request(3.0, subscription=rtc.UpdateSubscription(track_sids=[sid], subscribe=True))
+    assert sid in bob.media.subscribed
+
+
+def test_a_subscriber_is_asked_for_a_new_offer_only_over_one_peer_connection() -> None:
+    world = World()
+    v1 = world.join("v1", 0.0)
+    v0 = world.join("v0", 0.0, single_pc=False)
+    v1.session.request_offer(1, 0)
+    v0.session.request_offer(1, 0)
+    (need,) = v1.of("media_sections_requirement")
+    assert need.num_audios == 1
+    assert v0.of("media_sections_requirement") == []
