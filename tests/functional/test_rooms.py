@@ -19,9 +19,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from .clients import WorkerProcess, py_worker
-from .tones import AMPLITUDE, listen, publish_tone
 from .conftest import ServerThread
 from .test_real_clients import wait_until
+from .tones import AMPLITUDE, listen, publish_tone
 
 pytestmark = pytest.mark.slow
 MODES = {"v1": True, "v0": False}
