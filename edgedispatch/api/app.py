@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from edgedispatch.api import agents as agents_api
-from edgedispatch.api import livekit
+from edgedispatch.api import live_rooms, livekit
 from edgedispatch.config import ServerConfig
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.errors import (
@@ -217,17 +217,23 @@ class App:
         try:
             _, _, service, method = (req.path.split("/") + ["", ""])[:4]
             route = livekit.ROUTES.get((service, method))
-            if route is None or req.method != "POST":
+            live = live_rooms.ROUTES.get((service, method))
+            request_type = route.request if route else live.request if live else None
+            if request_type is None or req.method != "POST":
                 raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
             encoding = twirp.encoding_of(req.headers.get("content-type", ""))
             claims = self._claims(req)
-            msg = twirp.decode(req.body, encoding, route.request)
+            msg = twirp.decode(req.body, encoding, request_type)
             try:
-                result = route.call(self.domain, claims, msg, req)
+                if route is not None:
+                    result = route.call(self.domain, claims, msg, req)
+                else:
+                    assert live is not None
+                    result = live.call(self.domain, self.rooms, claims, msg, req)
             finally:
                 # Once per request, whatever the call did before it failed.
                 self.domain.step(req.now)
-            answer = route.render(self.domain, result) if route.render else result
+            answer = route.render(self.domain, result) if route and route.render else result
             content_type = twirp.PROTOBUF if encoding == twirp.PROTOBUF else twirp.JSON
             return Response(200, twirp.encode(answer, encoding), content_type)
         except EdgeDispatchError as exc:

@@ -341,3 +341,82 @@ def test_a_livekit_agents_worker_joins_the_room_and_talks_with_the_user(
     wait_until(
         lambda: srv.call(lambda: srv.domain.rooms.find("", "r1")) is None, what="the room to close"
     )
+
+
+def test_room_service_acts_on_the_people_in_the_room(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """ListParticipants, GetParticipant, UpdateParticipant, SendData,
+    MutePublishedTrack and RemoveParticipant through livekit-api, seen by
+    the rtc SDK's participants."""
+    srv = start_server()
+
+    async def main() -> None:
+        alice, _ = await joined(srv, token("alice"), True)
+        bob, _ = await joined(srv, token("bob"), True)
+        got: list[tuple[str | None, bytes, str | None]] = []
+        bob.on(
+            "data_received",
+            lambda p: got.append(
+                (p.participant.identity if p.participant else None, p.data, p.topic)
+            ),
+        )
+        removed = asyncio.get_running_loop().create_future()
+        bob.on("disconnected", lambda reason: removed.done() or removed.set_result(reason))
+        player = await publish_tone(alice, 440.0)
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            listed = await lk.room.list_participants(api.ListParticipantsRequest(room="r1"))
+            assert sorted(p.identity for p in listed.participants) == ["alice", "bob"]
+            await until(
+                lambda: bool(bob.remote_participants["alice"].track_publications), "the track"
+            )
+            info = await lk.room.get_participant(
+                api.RoomParticipantIdentity(room="r1", identity="alice")
+            )
+            (track,) = info.tracks
+            assert info.sid.startswith("PA_") and track.sid.startswith("TR_")
+
+            await lk.room.update_participant(
+                api.UpdateParticipantRequest(
+                    room="r1", identity="alice", metadata="vip", attributes={"tier": "1"}
+                )
+            )
+            await until(
+                lambda: (
+                    bob.remote_participants["alice"].metadata == "vip"
+                    and alice.local_participant.metadata == "vip"
+                ),  # its own view too
+                "the update",
+            )
+            assert bob.remote_participants["alice"].attributes["tier"] == "1"
+
+            await lk.room.send_data(
+                api.SendDataRequest(room="r1", data=b"from the server", kind=0, topic="ops")
+            )
+            await until(lambda: bool(got), "the server's data")
+            assert got[0] == (None, b"from the server", "ops")  # no sender, as LiveKit
+
+            await lk.room.mute_published_track(
+                api.MuteRoomTrackRequest(
+                    room="r1", identity="alice", track_sid=track.sid, muted=True
+                )
+            )
+            await until(
+                lambda: bob.remote_participants["alice"].track_publications[track.sid].muted,
+                "the mute",
+            )
+
+            await lk.room.remove_participant(api.RoomParticipantIdentity(room="r1", identity="bob"))
+            reason = await asyncio.wait_for(removed, 10)
+            assert reason == rtc.DisconnectReason.PARTICIPANT_REMOVED
+            await until(lambda: "bob" not in alice.remote_participants, "bob's removal")
+            with pytest.raises(api.TwirpError) as err:
+                await lk.room.get_participant(
+                    api.RoomParticipantIdentity(room="r1", identity="bob")
+                )
+            assert err.value.code == "not_found"
+        player.cancel()
+        await alice.disconnect()
+        await bob.disconnect()
+
+    run(main)
