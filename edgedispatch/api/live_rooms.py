@@ -45,9 +45,7 @@ def _participant(live: LiveRoom | None, identity: str) -> SignalSession:
     return session
 
 
-def _list_participants(
-    d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request
-) -> Message:
+def _list_participants(d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request) -> Message:
     live = _live(d, hub, c, req.room)
     infos = [s.info for s in live.sessions.values()] if live is not None else []
     return rm.ListParticipantsResponse(participants=infos)
@@ -57,17 +55,13 @@ def _get_participant(d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Req
     return _participant(_live(d, hub, c, req.room), req.identity).info
 
 
-def _remove_participant(
-    d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request
-) -> Message:
+def _remove_participant(d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request) -> Message:
     session = _participant(_live(d, hub, c, req.room), req.identity)
     session.kick(models.DisconnectReason.PARTICIPANT_REMOVED, "removed by the server", r.now)
     return rm.RemoveParticipantResponse()
 
 
-def _update_participant(
-    d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request
-) -> Message:
+def _update_participant(d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request) -> Message:
     live = _live(d, hub, c, req.room)
     session = _participant(live, req.identity)
     assert live is not None

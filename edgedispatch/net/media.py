@@ -47,6 +47,8 @@ log = logging.getLogger("edgedispatch.media")
 
 #: The aiortc release the private attributes below were verified on.
 AIORTC_VERSION = "1.16.0"
+#: SignalTarget: which of v0's two connections a trickle is for.
+SUBSCRIBER = 1
 #: DataPacket.Kind by the data channel labels the SDKs open.
 CHANNEL_KINDS = {"_reliable": 0, "_lossy": 1}
 #: Packets kept for a participant whose data channel is not open yet (its
@@ -71,6 +73,13 @@ class MediaEvents(Protocol):
     def on_track_received(self, track_sid: str, mid: str) -> None: ...
 
     def request_offer(self, num_audios: int, num_videos: int) -> None: ...
+
+    def on_offer(self, sdp: str, offer_id: int) -> None:
+        """v0: the server's offer for the subscriber connection."""
+        ...
+
+    @property
+    def single_pc(self) -> bool: ...
 
     def on_data(self, payload: bytes, kind: int, now: float) -> None: ...
 
@@ -286,6 +295,13 @@ class PeerMedia:
         self._wanted: dict[str, tuple[ForwardTrack, str]] = {}
         self._sending: dict[str, RTCRtpTransceiver] = {}
         self._offer_tracks: dict[str, str] = {}  # mid -> msid track id
+        # v0: the second connection, offered by the server, that carries
+        # what this participant receives (made at its first subscription).
+        self._config = config
+        self._sub: RTCPeerConnection | None = None
+        self._sub_offering = False  # an offer waits for its answer
+        self._sub_dirty = False  # subscriptions changed meanwhile
+        self._sub_offers = 0
         self._tail: asyncio.Future[None] | None = None
         self.closed: asyncio.Task[None] | None = None
         self._pc.on("datachannel", self._on_channel)
@@ -313,7 +329,8 @@ class PeerMedia:
             return
         candidate.sdpMid = init.get("sdpMid")
         candidate.sdpMLineIndex = init.get("sdpMLineIndex")
-        self._chain(self._pc.addIceCandidate(candidate))
+        pc = self._sub if target == SUBSCRIBER and self._sub is not None else self._pc
+        self._chain(pc.addIceCandidate(candidate))
 
     def send_data(self, packet: bytes, kind: int) -> None:
         channel = self._channels.get(kind) or self._channels.get(0)
@@ -336,7 +353,10 @@ class PeerMedia:
         if fanout is None or self.closed is not None:
             return
         self._wanted[track_sid] = (ForwardTrack(fanout), stream_id)
-        self._events.request_offer(self._missing(), 0)
+        if self._events.single_pc:
+            self._events.request_offer(self._missing(), 0)
+        else:
+            self._renegotiate()
 
     def unsubscribe(self, track_sid: str) -> None:
         wanted = self._wanted.pop(track_sid, None)
@@ -345,9 +365,18 @@ class PeerMedia:
         wanted[0].stop()
         transceiver = self._sending.pop(track_sid, None)
         if transceiver is not None and self.closed is None:
-            transceiver.direction = "recvonly"  # answered as inactive
             transceiver.sender.replaceTrack(None)
-            self._events.request_offer(0, 0)
+            if self._events.single_pc:
+                transceiver.direction = "recvonly"  # answered as inactive
+                self._events.request_offer(0, 0)
+            else:
+                transceiver.direction = "inactive"
+                self._renegotiate()
+
+    def set_answer(self, sdp: str) -> None:
+        """v0: the client's answer to the subscriber connection's offer."""
+        if self._sub is not None and self._sub_offering:
+            self._chain(self._answered(sdp))
 
     def stats(self) -> dict[str, tuple[int, int]]:
         """Track sid -> (packets received, packets lost) of what it publishes."""
@@ -425,6 +454,49 @@ class PeerMedia:
             transceiver.sender._track_id = track_sid
             self._sending[track_sid] = transceiver
 
+    # v0's subscriber connection -------------------------------------------
+
+    def _renegotiate(self) -> None:
+        if self.closed is not None:
+            return
+        if self._sub_offering:
+            self._sub_dirty = True
+        else:
+            self._sub_offering = True
+            self._chain(self._offer_subscriber())
+
+    async def _offer_subscriber(self) -> None:
+        """Offer the subscriber connection with every wanted track on a
+        send-only transceiver of its own (msid "PA_...|TR_..." names it)."""
+        if self._sub is None:
+            self._sub = RTCPeerConnection(self._config)
+            self._sub.on("connectionstatechange", self._on_sub_state)
+        for track_sid, (forward, stream_id) in self._wanted.items():
+            if track_sid in self._sending:
+                continue
+            transceiver = self._sub.addTransceiver(forward, direction="sendonly")
+            transceiver.sender._stream_id = stream_id
+            transceiver.sender._track_id = track_sid
+            self._sending[track_sid] = transceiver
+        await self._sub.setLocalDescription(await self._sub.createOffer())
+        local = self._sub.localDescription
+        if self.closed is None and local is not None:
+            self._sub_offers += 1
+            self._events.on_offer(local.sdp, self._sub_offers)
+
+    async def _answered(self, sdp: str) -> None:
+        assert self._sub is not None
+        await self._sub.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._sub_offering = False
+        if self._sub_dirty:
+            self._sub_dirty = False
+            self._renegotiate()
+
+    def _on_sub_state(self) -> None:
+        if self._sub is not None and self._sub.connectionState == "failed":
+            if self.closed is None:
+                self._events.on_media_failed("subscriber connection failed", self._loop.time())
+
     def _on_track(self, track: MediaStreamTrack) -> None:
         """A published track arrived in an offer: tap its receiver."""
         transceiver = next(
@@ -464,6 +536,8 @@ class PeerMedia:
 
     async def _close(self) -> None:
         try:
+            if self._sub is not None:
+                await self._sub.close()
             await self._pc.close()
         except Exception:
             log.exception("closing a peer connection failed")

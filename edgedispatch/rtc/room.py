@@ -181,15 +181,9 @@ class LiveRoom:
                     self.subscribe(other, who, track.sid)
 
     def subscribe(self, sub: SignalSession, pub: SignalSession, track_sid: str) -> None:
-        """Forward ``pub``'s track to ``sub``, if ``sub`` may receive it.
-        Only over v1's single peer connection for now: v0 clients take
-        media on a second, server-offered connection, not made yet."""
-        if (
-            sub.media is None
-            or pub.media is None
-            or not sub.grant.can_subscribe
-            or not sub.params.single_pc
-        ):
+        """Forward ``pub``'s track to ``sub``, if ``sub`` may receive it (on
+        v1's one connection, or v0's server-offered subscriber connection)."""
+        if sub.media is None or pub.media is None or not sub.grant.can_subscribe:
             return
         sub.media.subscribe(track_sid, pub.media, f"{pub.sid}|{track_sid}")
 

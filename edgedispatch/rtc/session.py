@@ -64,6 +64,10 @@ class Media(Protocol):
         """AddTrack: the client's next offer carries the track ``cid``."""
         ...
 
+    def set_answer(self, sdp: str) -> None:
+        """v0: the client's answer to the server's subscriber offer."""
+        ...
+
     def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
         """Forward ``publisher``'s (its Media's) track to this participant."""
         ...
@@ -215,6 +219,15 @@ class SignalSession:
         if self.state is State.JOINED:
             self.room.track_received(self, track_sid, mid)
 
+    @property
+    def single_pc(self) -> bool:
+        return self.params.single_pc
+
+    def on_offer(self, sdp: str, offer_id: int) -> None:
+        if self.state is State.JOINED:
+            offer = rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id)
+            self.send(rtc.SignalResponse(offer=offer))
+
     def request_offer(self, num_audios: int, num_videos: int) -> None:
         """Ask the client for a new offer, with at least this many more
         receive sections (v1: the client always offers)."""
@@ -268,7 +281,8 @@ class SignalSession:
             self.media.negotiate(req.offer.sdp, req.offer.id, rtc.PUBLISHER)
 
     def _answer(self, req: rtc.SignalRequest, now: float) -> None:
-        pass  # answers to server offers (v0's subscriber PC): none are made yet
+        if self.media is not None and not self.params.single_pc:
+            self.media.set_answer(req.answer.sdp)
 
     def _trickle(self, req: rtc.SignalRequest, now: float) -> None:
         if self.media is not None:

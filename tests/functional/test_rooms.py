@@ -246,7 +246,10 @@ def test_a_token_s_agents_are_dispatched_into_new_and_existing_rooms(
     assert [(d.agent_name, d.metadata) for d in dispatches] == [("support", "vip")]
 
 
-def test_a_tone_is_forwarded_untouched(start_server: Callable[..., ServerThread]) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tone_is_forwarded_untouched(
+    start_server: Callable[..., ServerThread], mode: str
+) -> None:
     """One participant publishes a 440 Hz tone; another hears it with its
     level and pitch intact, and the server lost no packet on the way (it
     forwards the Opus packets it gets: it never decodes or re-encodes)."""
@@ -258,8 +261,8 @@ def test_a_tone_is_forwarded_untouched(start_server: Callable[..., ServerThread]
         return [s for peer in media.peers for s in peer.stats().values()]
 
     async def main() -> tuple[float, float, int, list[tuple[int, int]]]:
-        listener, _ = await joined(srv, token("listener"), True)
-        speaker, _ = await joined(srv, token("speaker"), True)
+        listener, _ = await joined(srv, token("listener"), MODES[mode])
+        speaker, _ = await joined(srv, token("speaker"), MODES[mode])
         heard: asyncio.Future[rtc.Track] = asyncio.get_running_loop().create_future()
         listener.on("track_subscribed", lambda t, pub, who: heard.done() or heard.set_result(t))
         player = await publish_tone(speaker, 440.0)

@@ -31,6 +31,7 @@ class FakeMedia:
         self.candidates: list[str] = []
         self.data: list[tuple[models.DataPacket, int]] = []
         self.expected: dict[str, str] = {}  # AddTrack cid -> track sid
+        self.answers: list[str] = []  # v0: answers to the subscriber offers
         self.subscribed: dict[str, str] = {}  # track sid -> msid stream id
         self.closed = False
 
@@ -45,6 +46,9 @@ class FakeMedia:
 
     def expect_track(self, cid: str, track_sid: str) -> None:
         self.expected[cid] = track_sid
+
+    def set_answer(self, sdp: str) -> None:
+        self.answers.append(sdp)
 
     def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
         self.subscribed[track_sid] = stream_id
@@ -500,3 +504,9 @@ def test_a_subscriber_is_asked_for_a_new_offer_only_over_one_peer_connection() -
     (need,) = v1.of("media_sections_requirement")
     assert need.num_audios == 1
     assert v0.of("media_sections_requirement") == []
+    # v0: the server offers the subscriber connection, the client answers.
+    v0.session.on_offer("v=0 sub", 1)
+    (offer,) = v0.of("offer")
+    assert (offer.type, offer.sdp, offer.id) == ("offer", "v=0 sub", 1)
+    v0.request(1.0, answer=rtc.SessionDescription(type="answer", sdp="v=0 ans", id=1))
+    assert v0.media.answers == ["v=0 ans"]
