@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edgedispatch import _core
 from edgedispatch.api.app import App
@@ -27,10 +28,14 @@ from edgedispatch.dispatch.domain import Domain
 from edgedispatch.net.http import HttpProtocol
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.obs import logs
+from edgedispatch.rtc.room import RoomHub
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
 from edgedispatch.store import FileStore, MemoryStore, Store
 from edgedispatch.wire.tokens import Verifier
+
+if TYPE_CHECKING:
+    from edgedispatch.net.media import MediaFactory
 
 log = logging.getLogger("edgedispatch.server")
 
@@ -47,6 +52,8 @@ class Server:
         self.connections: set[HttpProtocol] = set()
         self.agents: AgentManager | None = None
         self.containment: Containment | None = None
+        self.rooms: RoomHub | None = None
+        self._media: MediaFactory | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -60,6 +67,8 @@ class Server:
         self._timer = DeadlineTimer(loop, domain.on_timer)
         domain.on_deadline = self._timer.arm
         app = App(domain, verifier, self.cfg.server)
+        if self.cfg.rtc.enabled:
+            app.rooms = self.rooms = self._rooms(domain)
         max_size = self.cfg.server.max_message_size
 
         def factory() -> HttpProtocol:
@@ -86,6 +95,18 @@ class Server:
             await self.close()
             raise
         app.agents = self.agents
+
+    def _rooms(self, domain: Domain) -> RoomHub | None:
+        """The live rooms, with aiortc for their media; none without it."""
+        try:
+            from edgedispatch.net.media import MediaFactory
+        except ImportError as exc:
+            log.warning(
+                "rooms are off: aiortc is not installed (pip install edgedispatch[rtc]): %s", exc
+            )
+            return None
+        self._media = MediaFactory(self.cfg.rtc)
+        return RoomHub(domain, self.cfg.rtc, self._media)
 
     def _contain(self) -> Containment:
         containment = Containment(self.cfg)
@@ -137,6 +158,11 @@ class Server:
 
     async def close(self) -> None:
         """Stop listening, stop local agents, and drop every connection."""
+        if self.rooms is not None:
+            self.rooms.close_all(asyncio.get_running_loop().time())
+        if self._media is not None:
+            await self._media.close()
+            self._media = None
         if self.agents is not None:
             await self.agents.close()
             self.agents = None

@@ -1,8 +1,9 @@
 """The routes of the one server port: HTTP requests and WebSocket upgrades.
 
 HTTP: Twirp under ``/twirp/`` (LiveKit's services, and edgedispatch's own
-``AgentService``), and the health checks.  Upgrades: the agent worker
-WebSocket at ``/agent``; the table takes ``/rtc`` and ``/rtc/v1`` next.
+``AgentService``), the health checks, and the clients' ``/rtc/validate``.
+Upgrades: the agent worker WebSocket at ``/agent``, and the clients' signal
+connections at ``/rtc`` and ``/rtc/v1``.
 
 Each Twirp call runs in one pass: decode, check the token, ask the domain,
 step the domain once, render, encode.
@@ -15,11 +16,18 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from edgedispatch.api import agents as agents_api
-from edgedispatch.api import livekit
+from edgedispatch.api import live_rooms, livekit
 from edgedispatch.config import ServerConfig
 from edgedispatch.dispatch.domain import Domain
-from edgedispatch.errors import EdgeDispatchError, TwirpError
-from edgedispatch.wire import twirp
+from edgedispatch.errors import (
+    EdgeDispatchError,
+    Malformed,
+    PermissionDenied,
+    TwirpError,
+    Unauthenticated,
+)
+from edgedispatch.rtc.room import RoomHub, resume_refused
+from edgedispatch.wire import signal, twirp
 from edgedispatch.wire.http import Request, Response
 from edgedispatch.wire.tokens import Claims, Verifier, bearer
 from edgedispatch.worker.session import MessageSink, WorkerSession
@@ -60,10 +68,14 @@ class App:
         self.verifier = verifier
         self._server = server
         self.agents: agents_api.AgentAdmin | None = None
+        #: The live rooms, when this server serves /rtc.
+        self.rooms: RoomHub | None = None
         self._exact: dict[tuple[str, str], HttpHandler] = {
             ("GET", "/"): self._healthy,
             ("GET", "/healthz"): self._healthy,
             ("GET", "/readyz"): self._ready,
+            ("GET", "/rtc/validate"): self._rtc_validate,
+            ("GET", "/rtc/v1/validate"): self._rtc_validate,
         }
         # Longest prefix first.
         self._prefixes: list[tuple[str, HttpHandler]] = [
@@ -72,6 +84,8 @@ class App:
         ]
         self._upgrades: dict[str, Callable[[Request], Response | Accept]] = {
             "/agent": self._agent_upgrade,
+            "/rtc": self._rtc_upgrade,
+            "/rtc/v1": self._rtc_upgrade,
         }
 
     # The HTTP layer's Application ----------------------------------------
@@ -134,6 +148,58 @@ class App:
 
         return accept
 
+    def _rtc_check(self, req: Request) -> tuple[Claims, signal.Grant, signal.JoinParams]:
+        """The join a client asks for, checked: 401 for a bad token, 403 for
+        one that does not let it into the room, 400 for a malformed ask."""
+        claims = self._claims(req, query_token=True)
+        grant = signal.join_grant(claims.raw, claims.video, claims.identity)
+        params = signal.parse_join(req.path.removesuffix("/validate"), req.query)
+        if params.room and params.room != grant.room:
+            raise PermissionDenied(f"token is not valid for room {params.room!r}")
+        return claims, grant, params
+
+    def _rtc_refusal(self, req: Request, exc: EdgeDispatchError) -> Response:
+        status = 401 if isinstance(exc, Unauthenticated) else 403
+        if isinstance(exc, Malformed):
+            status = 400
+        log.info("client refused (%d): %s", status, exc.msg, extra={"peer": req.peer})
+        return Response(status, f"{exc.msg}\n".encode())
+
+    def _rtc_validate(self, req: Request) -> Response:
+        if self.rooms is None:
+            return Response(404, b"this server does not serve rooms\n")
+        try:
+            claims = self._claims(req, query_token=True)
+            signal.join_grant(claims.raw, claims.video, claims.identity)
+        except EdgeDispatchError as exc:
+            return self._rtc_refusal(req, exc)
+        return Response(200, b"success")
+
+    def _rtc_upgrade(self, req: Request) -> Response | Accept:
+        hub = self.rooms
+        if hub is None:
+            # The SDKs fall back from /rtc/v1 to /rtc on a 404, then fail.
+            return Response(404, b"this server does not serve rooms (rtc.enabled)\n")
+        try:
+            claims, grant, params = self._rtc_check(req)
+        except EdgeDispatchError as exc:
+            return self._rtc_refusal(req, exc)
+
+        def accept(conn: WebSocket) -> MessageHandler:
+            if params.reconnect:
+                # aiortc cannot restart ICE: the client is told to rejoin.
+                conn.send(resume_refused())
+                conn.close(1000, "resume is not supported: rejoin")
+                return _Ended()
+            try:
+                return hub.join(conn, claims.tenant, grant, params, req.now)
+            except EdgeDispatchError as exc:
+                log.info("join refused: %s", exc.msg, extra={"room": grant.room})
+                conn.close(1008, exc.msg)
+                return _Ended()
+
+        return accept
+
     async def _agent_service(self, req: Request) -> Response:
         try:
             if req.method != "POST" or self.agents is None:
@@ -151,17 +217,23 @@ class App:
         try:
             _, _, service, method = (req.path.split("/") + ["", ""])[:4]
             route = livekit.ROUTES.get((service, method))
-            if route is None or req.method != "POST":
+            live = live_rooms.ROUTES.get((service, method))
+            request_type = route.request if route else live.request if live else None
+            if request_type is None or req.method != "POST":
                 raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
             encoding = twirp.encoding_of(req.headers.get("content-type", ""))
             claims = self._claims(req)
-            msg = twirp.decode(req.body, encoding, route.request)
+            msg = twirp.decode(req.body, encoding, request_type)
             try:
-                result = route.call(self.domain, claims, msg, req)
+                if route is not None:
+                    result = route.call(self.domain, claims, msg, req)
+                else:
+                    assert live is not None
+                    result = live.call(self.domain, self.rooms, claims, msg, req)
             finally:
                 # Once per request, whatever the call did before it failed.
                 self.domain.step(req.now)
-            answer = route.render(self.domain, result) if route.render else result
+            answer = route.render(self.domain, result) if route and route.render else result
             content_type = twirp.PROTOBUF if encoding == twirp.PROTOBUF else twirp.JSON
             return Response(200, twirp.encode(answer, encoding), content_type)
         except EdgeDispatchError as exc:
@@ -171,3 +243,19 @@ class App:
             log.exception("twirp %s failed", req.path)
             status, body = twirp.error_body(TwirpError("internal", str(exc)))
             return Response(status, body, twirp.JSON)
+
+
+class _Ended:
+    """The handler of a connection refused after the upgrade (closing)."""
+
+    def on_message(self, data: bytes, now: float) -> None:
+        pass
+
+    def on_closed(self, code: int, reason: str, now: float) -> None:
+        pass
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def on_timer(self, now: float) -> None:
+        pass

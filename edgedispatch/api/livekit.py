@@ -3,6 +3,7 @@
 Grants are checked as LiveKit checks them: dispatch calls need ``roomAdmin``
 for the request's room; CreateRoom and DeleteRoom need ``roomCreate``;
 ListRooms needs ``roomList``; per-room calls need ``roomAdmin`` + ``room``.
+The calls on a room's participants are ``api.live_rooms``'.
 
 Each route has a ``call`` (check the grants, turn the request into a spec,
 ask the domain) and, where the answer shows what the domain's step decided
@@ -76,12 +77,6 @@ def _delete_room(d: Domain, c: Claims, req: Any, r: Request) -> Message:
     return rm.DeleteRoomResponse()
 
 
-def _list_participants(d: Domain, c: Claims, req: Any, r: Request) -> Message:
-    c.require("roomAdmin", room=req.room)
-    d.rooms.get(c.tenant, req.room)
-    return rm.ListParticipantsResponse()  # nobody joins rooms on this server yet
-
-
 def _update_room_metadata(d: Domain, c: Claims, req: Any, r: Request) -> RoomRec:
     c.require("roomAdmin", room=req.room)
     return d.rooms.update_metadata(c.tenant, req.room, req.metadata)
@@ -105,9 +100,6 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("livekit.RoomService", "CreateRoom"): Route(rm.CreateRoomRequest, _create_room, _room),
     ("livekit.RoomService", "ListRooms"): Route(rm.ListRoomsRequest, _list_rooms),
     ("livekit.RoomService", "DeleteRoom"): Route(rm.DeleteRoomRequest, _delete_room),
-    ("livekit.RoomService", "ListParticipants"): Route(
-        rm.ListParticipantsRequest, _list_participants
-    ),
     ("livekit.RoomService", "UpdateRoomMetadata"): Route(
         rm.UpdateRoomMetadataRequest, _update_room_metadata, _room
     ),

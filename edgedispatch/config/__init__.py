@@ -80,6 +80,36 @@ class RoomConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auto_create: bool = True
 
 
+class IceServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A STUN or TURN server clients are told to use (JoinResponse.ice_servers)."""
+
+    urls: list[str]
+    username: str = ""
+    credential: str = ""
+
+
+class RtcConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Rooms that LiveKit clients join at /rtc and /rtc/v1 (README: "Rooms")."""
+
+    #: false: no /rtc routes (a dispatch-only server; rooms then live only
+    #: as records, as before).
+    enabled: bool = True
+    #: The addresses host ICE candidates are offered on.  Empty: every
+    #: address of the host, loopback included (aioice alone leaves loopback
+    #: out, which would shut out clients on the box itself).
+    interfaces: list[str] = msgspec.field(default_factory=list)
+    #: STUN and TURN servers for clients behind NAT.  None by default: no
+    #: request leaves the box unless the operator names a server.
+    ice_servers: list[IceServerConfig] = msgspec.field(default_factory=list)
+    #: Seconds between a client's pings, and before a silent client is
+    #: dropped (LiveKit's values; the SDKs need both non-zero).
+    ping_interval: int = 5
+    ping_timeout: int = 15
+    #: The LiveKit server version clients are told (JoinResponse): the SDKs
+    #: gate features on it, and this is the release whose behaviour we match.
+    server_version: str = "1.13.5"
+
+
 class SandboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How tenant code is contained (README: "Containing tenant code")."""
 
@@ -130,6 +160,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     room: RoomConfig = msgspec.field(default_factory=RoomConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
+    rtc: RtcConfig = msgspec.field(default_factory=RtcConfig)
     #: Keys of the default tenant (named "").
     keys: dict[str, str] = msgspec.field(default_factory=dict)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
@@ -207,6 +238,14 @@ def validate(cfg: Config) -> Config:
             raise ConfigError("must be within 1..1000000", f"dispatch.agent_slots.{name}")
     if r.empty_timeout < 0 or r.departure_timeout < 0:
         raise ConfigError("must be >= 0", "room.empty_timeout")
+    if not 1 <= cfg.rtc.ping_interval < cfg.rtc.ping_timeout <= 3600:
+        raise ConfigError(
+            "ping_interval must be at least 1 s and below ping_timeout", "rtc.ping_interval"
+        )
+    for i, ice in enumerate(cfg.rtc.ice_servers):
+        bad = [u for u in ice.urls if not u.startswith(("stun:", "stuns:", "turn:", "turns:"))]
+        if not ice.urls or bad:
+            raise ConfigError("needs stun:, stuns:, turn: or turns: URLs", f"rtc.ice_servers[{i}]")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("must be debug, info, warning or error", "logging.level")
     if cfg.logging.format not in ("text", "json"):

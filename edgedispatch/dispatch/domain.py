@@ -29,7 +29,14 @@ from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.core import Action, AgentKey, DispatchCore
 from edgedispatch.dispatch.events import DomainEvent, EventBus, Subscriber
 from edgedispatch.dispatch.jobs import JobLedger
-from edgedispatch.dispatch.records import REASON_TEXT, Acceptance, DispatchRec, JobRec, RoomRec
+from edgedispatch.dispatch.records import (
+    REASON_TEXT,
+    Acceptance,
+    DispatchRec,
+    JobRec,
+    ParticipantRec,
+    RoomRec,
+)
 from edgedispatch.dispatch.rooms import RoomDirectory
 from edgedispatch.dispatch.specs import DispatchSpec, RoomSpec, WorkerSpec
 from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
@@ -128,6 +135,8 @@ class Domain:
         for kind, key in self._timers.pop_due(now):
             if kind == TimerKind.ROOM_EMPTY:
                 self.rooms.on_empty_timeout(key[0], key[1], now)
+            elif kind == TimerKind.ROOM_DEPARTURE:
+                self.rooms.on_departure_timeout(key[0], key[1], now)
             elif kind == TimerKind.JOB_DURATION:
                 self.jobs.started_too_long(key[0], now)
         self._apply_all(self.core.on_timer(now), now)
@@ -222,6 +231,18 @@ class Domain:
 
     def delete_room(self, tenant: str, name: str, now: float) -> None:
         self.rooms.delete(tenant, name, now)
+
+    def join_room(
+        self, tenant: str, spec: RoomSpec, who: ParticipantRec, now: float
+    ) -> tuple[RoomRec, ParticipantRec | None]:
+        """A participant joins (``RoomDirectory.join``).  A draining server
+        takes no new rooms, but people may still join the rooms it has."""
+        if self.draining and self.rooms.find(tenant, spec.name) is None:
+            raise Unavailable("the server is draining; it opens no new rooms")
+        return self.rooms.join(tenant, spec, who, now)
+
+    def leave_room(self, tenant: str, room: str, identity: str, sid: str, now: float) -> None:
+        self.rooms.leave(tenant, room, identity, sid, now)
 
     def create_dispatch(
         self, tenant: str, spec: DispatchSpec, now: float, request_id: str = ""

@@ -20,7 +20,7 @@ import msgspec
 
 from edgedispatch._core.codes import JobState
 from edgedispatch.dispatch.core import AgentKey
-from edgedispatch.dispatch.records import DispatchRec, JobRec, RoomRec
+from edgedispatch.dispatch.records import DispatchRec, JobRec, ParticipantRec, RoomRec
 
 log = logging.getLogger("edgedispatch.dispatch")
 
@@ -31,7 +31,19 @@ class RoomOpened(msgspec.Struct, frozen=True):
 
 class RoomClosed(msgspec.Struct, frozen=True):
     room: RoomRec
-    reason: str  #: "deleted" or "empty timeout"
+    reason: str  #: "deleted", "empty timeout" or "departure timeout"
+
+
+class ParticipantJoined(msgspec.Struct, frozen=True):
+    room: RoomRec
+    participant: ParticipantRec
+    #: The older session of the same identity it replaced, if any.
+    replaced: ParticipantRec | None = None
+
+
+class ParticipantLeft(msgspec.Struct, frozen=True):
+    room: RoomRec
+    participant: ParticipantRec
 
 
 class DispatchCreated(msgspec.Struct, frozen=True):
@@ -82,6 +94,8 @@ class WorkerLost(msgspec.Struct, frozen=True):
 DomainEvent = (
     RoomOpened
     | RoomClosed
+    | ParticipantJoined
+    | ParticipantLeft
     | DispatchCreated
     | DispatchDeleted
     | JobChanged
@@ -123,6 +137,8 @@ class EventBus:
 ALL_KINDS: tuple[type[DomainEvent], ...] = (
     RoomOpened,
     RoomClosed,
+    ParticipantJoined,
+    ParticipantLeft,
     DispatchCreated,
     DispatchDeleted,
     JobChanged,
@@ -141,6 +157,8 @@ __all__ = [
     "JobChanged",
     "JobForgotten",
     "JobWaiting",
+    "ParticipantJoined",
+    "ParticipantLeft",
     "RoomClosed",
     "RoomOpened",
     "Subscriber",

@@ -15,6 +15,8 @@ DISPATCH = "AD_"
 JOB = "AJ_"
 WORKER = "AW_"
 NODE = "ND_"
+PARTICIPANT = "PA_"
+TRACK = "TR_"
 
 
 _pool = b""

@@ -15,6 +15,27 @@ from edgedispatch._core.codes import FailReason, JobState, RestartPolicy, WaitRe
 from edgedispatch.dispatch.core import AgentKey
 
 
+class ParticipantRec(msgspec.Struct, kw_only=True):
+    """Someone in a room (a client, an agent, later a caller)."""
+
+    sid: str
+    identity: str
+    name: str = ""
+    kind: int = 0  #: LiveKit's ParticipantInfo.Kind (0 standard, 4 agent)
+    metadata: str = ""
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
+    joined_ns: int = 0
+    hidden: bool = False
+
+    @property
+    def is_agent(self) -> bool:
+        return self.kind == KIND_AGENT
+
+
+#: LiveKit's ParticipantInfo.Kind numbers the domain tells apart.
+KIND_STANDARD, KIND_SIP, KIND_AGENT = 0, 3, 4
+
+
 class RoomRec(msgspec.Struct, kw_only=True):
     sid: str
     name: str
@@ -25,6 +46,15 @@ class RoomRec(msgspec.Struct, kw_only=True):
     max_participants: int = 0
     metadata: str = ""
     dispatch_ids: list[str] = msgspec.field(default_factory=list)
+    #: identity -> who is in the room now, in joining order
+    participants: dict[str, ParticipantRec] = msgspec.field(default_factory=dict)
+    #: Whether anyone other than an agent has joined since it opened (its
+    #: empty timeout then no longer applies; the departure timeout does).
+    joined: bool = False
+
+    def humans(self) -> int:
+        """Participants that keep the room open: all but agents."""
+        return sum(1 for p in self.participants.values() if not p.is_agent)
 
 
 class DispatchRec(msgspec.Struct, kw_only=True):

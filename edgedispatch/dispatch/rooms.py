@@ -3,7 +3,11 @@
 Every room and dispatch belongs to exactly one tenant; a tenant sees and
 touches only its own, and the same room name in two tenants names two
 rooms.  A room gets the same record and events whoever opened it: the API,
-a dispatch that created it, or (later) a participant's join.
+a dispatch that created it, or a participant's join.
+
+A room closes ``empty_timeout`` after it opened if nobody joined it, and
+``departure_timeout`` after the last participant other than an agent left:
+agents never keep a room open.
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ from edgedispatch.dispatch.events import (
     DispatchCreated,
     DispatchDeleted,
     EventBus,
+    ParticipantJoined,
+    ParticipantLeft,
     RoomClosed,
     RoomOpened,
 )
 from edgedispatch.dispatch.jobs import JobLedger
-from edgedispatch.dispatch.records import DispatchRec, RoomRec
+from edgedispatch.dispatch.records import DispatchRec, ParticipantRec, RoomRec
 from edgedispatch.dispatch.specs import JT_ROOM, AgentSpec, DispatchSpec, RoomSpec, check_payload
 from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
-from edgedispatch.errors import NotFound
+from edgedispatch.errors import NotFound, ResourceExhausted
 
 log = logging.getLogger("edgedispatch.rooms")
 
@@ -95,8 +101,7 @@ class RoomDirectory:
         )
         self.rooms[tenant, spec.name] = room
         self._by_tenant.setdefault(tenant, {})[spec.name] = room
-        # Nobody joins rooms on this server yet, so a room lives for its
-        # empty timeout, as a LiveKit room nobody joined does.
+        # A room nobody joins lives for its empty timeout, as in LiveKit.
         if room.empty_timeout > 0:
             self._timers.set(now + room.empty_timeout, TimerKind.ROOM_EMPTY, (tenant, spec.name))
         log.info("room created", extra={"room": spec.name, "tenant": tenant or None})
@@ -137,11 +142,90 @@ class RoomDirectory:
 
     def on_empty_timeout(self, tenant: str, name: str, now: float) -> None:
         room = self.rooms.get((tenant, name))
-        if room is not None:
+        if room is not None and not room.joined:
             self._close(room, "empty timeout", now)
+
+    def on_departure_timeout(self, tenant: str, name: str, now: float) -> None:
+        room = self.rooms.get((tenant, name))
+        if room is not None and room.humans() == 0:
+            self._close(room, "departure timeout", now)
+
+    # ------------------------------------------------------------------
+    # Participants.
+
+    def join(
+        self, tenant: str, spec: RoomSpec, who: ParticipantRec, now: float
+    ) -> tuple[RoomRec, ParticipantRec | None]:
+        """``who`` joins the room ``spec.name``; a join that creates the room
+        creates it with ``spec``'s settings.  Returns the room, and the
+        earlier participant of the same identity that ``who`` replaces.
+
+        ``spec.agents`` (a token's ``RoomConfiguration.agents``) are
+        dispatched when the join creates the room, and also, unlike LiveKit,
+        into an existing room for each listed agent not dispatched there
+        yet.  A room a join creates without agents gets the automatic
+        dispatch, as one made by CreateRoom does."""
+        spec.check()
+        room = self.rooms.get((tenant, spec.name))
+        created = room is None
+        if room is None:
+            room = self.open(tenant, spec, now)
+        replaced = room.participants.get(who.identity)
+        if (
+            replaced is None
+            and room.max_participants
+            and len(room.participants) >= room.max_participants
+        ):
+            raise ResourceExhausted(f"room {spec.name!r} is full")
+        if replaced is not None:
+            del room.participants[who.identity]
+        room.participants[who.identity] = who
+        key = (tenant, room.name)
+        if not who.is_agent:
+            room.joined = True
+            self._timers.clear(TimerKind.ROOM_EMPTY, key)
+            self._timers.clear(TimerKind.ROOM_DEPARTURE, key)
+        log.info(
+            "participant joined",
+            extra={"room": room.name, "tenant": tenant or None, "participant": who.identity},
+        )
+        if ParticipantJoined in self._bus.wanted:
+            self._bus.emit(ParticipantJoined(room, who, replaced))
+        if created:
+            for agent in spec.agents:
+                self._new_dispatch(room, agent, now)
+            if not spec.agents:
+                self._auto_dispatch(room, now)
+        else:
+            present = {self.dispatches[d].agent_name for d in room.dispatch_ids}
+            for agent in spec.agents:
+                if agent.agent_name not in present:
+                    present.add(agent.agent_name)
+                    self._new_dispatch(room, agent, now)
+        return room, replaced
+
+    def leave(self, tenant: str, name: str, identity: str, sid: str, now: float) -> None:
+        """The participant ``identity`` (session ``sid``) left; nothing if a
+        newer session of the same identity replaced it, or the room is gone."""
+        room = self.rooms.get((tenant, name))
+        if room is None:
+            return
+        who = room.participants.get(identity)
+        if who is None or who.sid != sid:
+            return
+        del room.participants[identity]
+        log.info(
+            "participant left",
+            extra={"room": name, "tenant": tenant or None, "participant": identity},
+        )
+        if ParticipantLeft in self._bus.wanted:
+            self._bus.emit(ParticipantLeft(room, who))
+        if not who.is_agent and room.humans() == 0:
+            self._timers.set(now + room.departure_timeout, TimerKind.ROOM_DEPARTURE, (tenant, name))
 
     def _close(self, room: RoomRec, why: str, now: float) -> None:
         self._timers.clear(TimerKind.ROOM_EMPTY, (room.tenant, room.name))
+        self._timers.clear(TimerKind.ROOM_DEPARTURE, (room.tenant, room.name))
         for dispatch_id in list(room.dispatch_ids):
             self._end_dispatch(self.dispatches[dispatch_id], FailReason.ROOM_CLOSED, now)
         del self.rooms[room.tenant, room.name]

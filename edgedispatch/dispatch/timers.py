@@ -17,6 +17,7 @@ from enum import IntEnum
 class TimerKind(IntEnum):
     ROOM_EMPTY = 1  #: key (tenant, room name): nobody joined within empty_timeout
     JOB_DURATION = 2  #: key (job id,): ran for max_job_duration
+    ROOM_DEPARTURE = 3  #: key (tenant, room name): the last participant left
 
 
 TimerKey = tuple[str, ...]

@@ -24,7 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "edgedispatch"
 
 # Modules that need an extra, and which one.
-NEEDS_EXTRA = {"edgedispatch/cli/bench/lk_jobs_agent.py": "bench"}
+NEEDS_EXTRA = {
+    "edgedispatch/cli/bench/lk_jobs_agent.py": "bench",
+    # Imported only when rooms are served, and then only if installed
+    # (server.Server._rooms logs that rooms are off otherwise).
+    "edgedispatch/net/media.py": "rtc",
+}
 # Imported but never needed at run time: the pure core falls back to
 # edgedispatch/_core/_cython_shim.py, and the compiled core imports nothing.
 BUILD_ONLY = {"cython"}
@@ -117,7 +122,7 @@ def test_third_party_imports_are_runtime_dependencies() -> None:
     extras = project["optional-dependencies"]
     assert isinstance(runtime, list) and isinstance(extras, dict)
     owners = _module_owners()
-    allowed = {extra: _closure(runtime + extras.get(extra, [])) for extra in ("", "bench")}
+    allowed = {extra: _closure(runtime + extras.get(extra, [])) for extra in ("", "bench", "rtc")}
     missing = set()
     checked = 0
     for path in sorted(PACKAGE.rglob("*.py")):

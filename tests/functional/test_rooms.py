@@ -1,0 +1,425 @@
+"""Rooms with the unmodified ``livekit`` rtc SDK (the version livekit-agents
+1.8.9 pins), in both signalling modes: /rtc/v1 (one peer connection, the
+SDK's default) and /rtc (two)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api, rtc
+from livekit.protocol import agent_dispatch
+from livekit.protocol import room as room_pb
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from .clients import WorkerProcess, py_worker
+from .conftest import ServerThread
+from .test_real_clients import wait_until
+from .tones import AMPLITUDE, listen, publish_tone
+
+pytestmark = pytest.mark.slow
+MODES = {"v1": True, "v0": False}
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        w.close()
+
+
+def token(
+    identity: str,
+    room: str = "r1",
+    *,
+    key: str = "devkey",
+    secret: str = "secret",
+    config: room_pb.RoomConfiguration | None = None,
+    kind: str = "standard",
+    **grants: Any,
+) -> str:
+    grants.setdefault("can_update_own_metadata", True)
+    t = (
+        api.AccessToken(key, secret)
+        .with_identity(identity)
+        .with_kind(kind)  # type: ignore[arg-type]
+        .with_grants(api.VideoGrants(room_join=True, room=room, **grants))
+    )
+    if config is not None:
+        t = t.with_room_config(config)
+    return t.to_jwt()
+
+
+async def joined(
+    srv: ServerThread, jwt: str, single_pc: bool, **attrs: str
+) -> tuple[rtc.Room, float]:
+    room = rtc.Room()
+    start = time.perf_counter()
+    await room.connect(srv.ws_url, jwt, rtc.RoomOptions(single_peer_connection=single_pc))
+    return room, time.perf_counter() - start
+
+
+def run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(main(), 60))
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_clients_see_each_other_and_exchange_data(
+    start_server: Callable[..., ServerThread], mode: str
+) -> None:
+    srv = start_server()
+    single = MODES[mode]
+
+    async def main() -> None:
+        alice_jwt = (
+            api.AccessToken("devkey", "secret")
+            .with_identity("alice")
+            .with_name("Alice")
+            .with_metadata('{"plan":"gold"}')
+            .with_attributes({"lang": "fr"})
+            .with_grants(api.VideoGrants(room_join=True, room="r1", can_update_own_metadata=True))
+            .to_jwt()
+        )
+        alice, took = await joined(srv, alice_jwt, single)
+        assert took < 5
+        bob, _ = await joined(srv, token("bob"), single)
+        carol, _ = await joined(srv, token("carol"), single)
+        try:
+            assert (await alice.sid).startswith("RM_")
+            # Presence, with what the token said.
+            seen = bob.remote_participants["alice"]
+            assert (seen.name, seen.metadata, dict(seen.attributes)) == (
+                "Alice",
+                '{"plan":"gold"}',
+                {"lang": "fr"},
+            )
+            assert seen.sid.startswith("PA_")
+            await until(
+                lambda: set(alice.remote_participants) == {"bob", "carol"}, "alice sees both"
+            )
+
+            got: dict[str, list[tuple[str | None, bytes, str]]] = {"bob": [], "carol": []}
+            for name, room in (("bob", bob), ("carol", carol)):
+                room.on(
+                    "data_received",
+                    lambda p, n=name: got[n].append(
+                        (p.participant.identity if p.participant else None, p.data, p.topic)
+                    ),
+                )
+            await alice.local_participant.publish_data(b"to all", topic="chat")
+            await alice.local_participant.publish_data(
+                b"to carol", topic="dm", destination_identities=["carol"]
+            )
+            await alice.local_participant.publish_data(b"lossy", reliable=False, topic="t")
+            await until(lambda: len(got["carol"]) >= 2 and len(got["bob"]) >= 1, f"the data {got}")
+            await asyncio.sleep(0.3)
+            assert ("alice", b"to all", "chat") in got["bob"]
+            assert ("alice", b"to carol", "dm") in got["carol"]
+            assert all(data != b"to carol" for _, data, _ in got["bob"])
+
+            # Attributes and metadata, as livekit-agents sets them.
+            await alice.local_participant.set_attributes({"lk.agent.state": "listening"})
+            await alice.local_participant.set_metadata("updated")
+            await until(
+                lambda: (
+                    bob.remote_participants["alice"].metadata == "updated"
+                    and bob.remote_participants["alice"].attributes.get("lk.agent.state")
+                    == "listening"
+                ),
+                "the update to reach bob",
+            )
+            # Leaving is seen by the others.
+            await carol.disconnect()
+            await until(lambda: "carol" not in alice.remote_participants, "carol's leave")
+        finally:
+            for room in (alice, bob, carol):
+                await room.disconnect()
+
+    run(main)
+    assert srv.call(lambda: srv.domain.rooms.find("", "r1")) is not None  # departure timeout
+
+
+def test_bad_tokens_are_refused_at_the_upgrade(start_server: Callable[..., ServerThread]) -> None:
+    srv = start_server()
+    base = srv.ws_url
+    bad = token("eve", secret="not-the-secret")
+    no_join = api.AccessToken("devkey", "secret").with_identity("eve").to_jwt()
+    cases = [
+        (f"{base}/rtc?access_token={bad}", 401),
+        (f"{base}/rtc?access_token=garbage", 401),
+        (f"{base}/rtc", 401),
+        (f"{base}/rtc?access_token={no_join}", 403),
+        (f"{base}/rtc?access_token={token('eve', room='r1')}&room=other", 403),
+    ]
+    for url, status in cases:
+        with pytest.raises(InvalidStatus) as info:
+            ws_connect(url, open_timeout=5).close()
+        assert info.value.response.status_code == status, url
+
+    # The SDK reports it as a failed connect, not a hang.
+    async def connect_bad() -> None:
+        await rtc.Room().connect(srv.ws_url, bad)
+
+    with pytest.raises(rtc.ConnectError):
+        run(connect_bad)
+    # And the validate endpoints say why.
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{srv.url}/rtc/v1/validate?access_token={bad}", timeout=5)
+    assert err.value.code == 401
+    ok = urllib.request.urlopen(f"{srv.url}/rtc/validate?access_token={token('eve')}", timeout=5)
+    assert ok.status == 200
+
+
+def test_a_duplicate_identity_takes_over(start_server: Callable[..., ServerThread]) -> None:
+    srv = start_server()
+
+    async def main() -> None:
+        first, _ = await joined(srv, token("alice"), True)
+        gone = asyncio.get_running_loop().create_future()
+        first.on("disconnected", lambda reason: gone.done() or gone.set_result(reason))
+        second, _ = await joined(srv, token("alice"), True)
+        try:
+            reason = await asyncio.wait_for(gone, 10)
+            assert reason == rtc.DisconnectReason.DUPLICATE_IDENTITY
+            assert second.connection_state == rtc.ConnectionState.CONN_CONNECTED
+        finally:
+            await first.disconnect()
+            await second.disconnect()
+
+    run(main)
+
+
+def test_the_room_closes_after_the_last_person_leaves(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    srv = start_server(room={"departure_timeout": 1})
+
+    async def main() -> None:
+        watcher, _ = await joined(srv, token("agent-x", kind="agent"), True)
+        user, _ = await joined(srv, token("user"), True)
+        closed = asyncio.get_running_loop().create_future()
+        watcher.on("disconnected", lambda reason: closed.done() or closed.set_result(reason))
+        await user.disconnect()
+        # Agents never keep a room open.
+        reason = await asyncio.wait_for(closed, 10)
+        assert reason == rtc.DisconnectReason.ROOM_CLOSED
+        await watcher.disconnect()
+
+    run(main)
+    assert srv.call(lambda: srv.domain.rooms.find("", "r1")) is None
+
+
+def test_a_token_s_agents_are_dispatched_into_new_and_existing_rooms(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    srv = start_server()
+    support = room_pb.RoomConfiguration(
+        agents=[agent_dispatch.RoomAgentDispatch(agent_name="support", metadata="vip")]
+    )
+
+    async def main() -> None:
+        first, _ = await joined(srv, token("first"), True)
+        second, _ = await joined(srv, token("second", config=support), True)
+        await first.disconnect()
+        await second.disconnect()
+
+    run(main)
+    dispatches = srv.call(lambda: srv.domain.rooms.list_dispatch("", "r1"))
+    assert [(d.agent_name, d.metadata) for d in dispatches] == [("support", "vip")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tone_is_forwarded_untouched(
+    start_server: Callable[..., ServerThread], mode: str
+) -> None:
+    """One participant publishes a 440 Hz tone; another hears it with its
+    level and pitch intact, and the server lost no packet on the way (it
+    forwards the Opus packets it gets: it never decodes or re-encodes)."""
+    srv = start_server()
+
+    def server_stats() -> list[tuple[int, int]]:
+        media = srv.server._media
+        assert media is not None
+        return [s for peer in media.peers for s in peer.stats().values()]
+
+    async def main() -> tuple[float, float, int, list[tuple[int, int]]]:
+        listener, _ = await joined(srv, token("listener"), MODES[mode])
+        speaker, _ = await joined(srv, token("speaker"), MODES[mode])
+        heard: asyncio.Future[rtc.Track] = asyncio.get_running_loop().create_future()
+        listener.on("track_subscribed", lambda t, pub, who: heard.done() or heard.set_result(t))
+        player = await publish_tone(speaker, 440.0)
+        try:
+            track = await asyncio.wait_for(heard, 10)
+            rms, peak, frames = await listen(track, seconds=2.0)
+            return rms, peak, frames, srv.call(server_stats)
+        finally:
+            player.cancel()
+            await speaker.disconnect()
+            await listener.disconnect()
+
+    rms, peak, frames, stats = run(main)
+    assert frames >= 190  # 10 ms frames over 2 s
+    assert abs(rms - AMPLITUDE / 2**0.5) / (AMPLITUDE / 2**0.5) < 0.05, rms
+    assert abs(peak - 440.0) < 5, peak
+    ((received, lost),) = stats  # the one published track
+    assert received >= 100 and lost == 0, stats  # 20 ms packets over 2 s and more
+
+
+@pytest.mark.parametrize("dispatch", ["token", "automatic"])
+def test_a_livekit_agents_worker_joins_the_room_and_talks_with_the_user(
+    start_server: Callable[..., ServerThread],
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    dispatch: str,
+) -> None:
+    """The user story: a user joins, the agent is dispatched (by the user's
+    token, or automatically to a worker without an agent name), joins with
+    ``ctx.connect()``, greets, answers, and its job ends when the room
+    closes after the user left."""
+    srv = start_server(room={"departure_timeout": 1})
+    agent_name = "test-agent" if dispatch == "token" else ""
+    worker = py_worker(srv, tmp_path, agent_name, EDT_MODE="connect")
+    workers.append(worker)
+    worker.wait_registered()
+    config = (
+        room_pb.RoomConfiguration(agents=[agent_dispatch.RoomAgentDispatch(agent_name=agent_name)])
+        if dispatch == "token"
+        else None
+    )
+
+    async def main() -> None:
+        user = rtc.Room()
+        heard: list[tuple[str | None, bytes, str]] = []
+        user.on(
+            "data_received",
+            lambda p: heard.append(
+                (p.participant.identity if p.participant else None, p.data, p.topic)
+            ),
+        )
+        await user.connect(srv.ws_url, token("user", config=config))
+        await until(lambda: any(t == "greeting" for _, _, t in heard), "the agent's greeting", 60)
+        (agent,) = user.remote_participants.values()
+        assert agent.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        assert heard[0] == (agent.identity, b"hello", "greeting")  # its sender known
+        await user.local_participant.publish_data(b"?", topic="ping")
+        await until(lambda: any(t == "pong" for _, _, t in heard), "the agent's answer")
+        assert (agent.identity, b"pong user", "pong") in heard
+        # The agent hears the user's tone, and says what it heard.
+        player = await publish_tone(user, 440.0)
+        try:
+            await until(lambda: any(t == "heard" for _, _, t in heard), "what the agent heard", 30)
+        finally:
+            player.cancel()
+        (said,) = [json.loads(d) for _, d, t in heard if t == "heard"]
+        assert abs(said["peak"] - 440.0) < 5, said
+        assert abs(said["rms"] - AMPLITUDE / 2**0.5) / (AMPLITUDE / 2**0.5) < 0.05, said
+        await user.disconnect()
+
+    try:
+        run(main)
+    except Exception:
+        print(worker.tail())
+        raise
+    (record,) = worker.records()
+    left = worker.wait_for_file(f"{record['job_id']}.left")
+    assert "ROOM_CLOSED" in left.read_text() or left.read_text()
+    wait_until(
+        lambda: srv.call(lambda: srv.domain.rooms.find("", "r1")) is None, what="the room to close"
+    )
+
+
+def test_room_service_acts_on_the_people_in_the_room(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """ListParticipants, GetParticipant, UpdateParticipant, SendData,
+    MutePublishedTrack and RemoveParticipant through livekit-api, seen by
+    the rtc SDK's participants."""
+    srv = start_server()
+
+    async def main() -> None:
+        alice, _ = await joined(srv, token("alice"), True)
+        bob, _ = await joined(srv, token("bob"), True)
+        got: list[tuple[str | None, bytes, str | None]] = []
+        bob.on(
+            "data_received",
+            lambda p: got.append(
+                (p.participant.identity if p.participant else None, p.data, p.topic)
+            ),
+        )
+        removed = asyncio.get_running_loop().create_future()
+        bob.on("disconnected", lambda reason: removed.done() or removed.set_result(reason))
+        player = await publish_tone(alice, 440.0)
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            listed = await lk.room.list_participants(api.ListParticipantsRequest(room="r1"))
+            assert sorted(p.identity for p in listed.participants) == ["alice", "bob"]
+            await until(
+                lambda: bool(bob.remote_participants["alice"].track_publications), "the track"
+            )
+            info = await lk.room.get_participant(
+                api.RoomParticipantIdentity(room="r1", identity="alice")
+            )
+            (track,) = info.tracks
+            assert info.sid.startswith("PA_") and track.sid.startswith("TR_")
+
+            await lk.room.update_participant(
+                api.UpdateParticipantRequest(
+                    room="r1", identity="alice", metadata="vip", attributes={"tier": "1"}
+                )
+            )
+            await until(
+                lambda: (
+                    bob.remote_participants["alice"].metadata == "vip"
+                    and alice.local_participant.metadata == "vip"
+                ),  # its own view too
+                "the update",
+            )
+            assert bob.remote_participants["alice"].attributes["tier"] == "1"
+
+            await lk.room.send_data(
+                api.SendDataRequest(room="r1", data=b"from the server", kind=0, topic="ops")
+            )
+            await until(lambda: bool(got), "the server's data")
+            assert got[0] == (None, b"from the server", "ops")  # no sender, as LiveKit
+
+            await lk.room.mute_published_track(
+                api.MuteRoomTrackRequest(
+                    room="r1", identity="alice", track_sid=track.sid, muted=True
+                )
+            )
+            await until(
+                lambda: bob.remote_participants["alice"].track_publications[track.sid].muted,
+                "the mute",
+            )
+
+            await lk.room.remove_participant(api.RoomParticipantIdentity(room="r1", identity="bob"))
+            reason = await asyncio.wait_for(removed, 10)
+            assert reason == rtc.DisconnectReason.PARTICIPANT_REMOVED
+            await until(lambda: "bob" not in alice.remote_participants, "bob's removal")
+            with pytest.raises(api.TwirpError) as err:
+                await lk.room.get_participant(
+                    api.RoomParticipantIdentity(room="r1", identity="bob")
+                )
+            assert err.value.code == "not_found"
+        player.cancel()
+        await alice.disconnect()
+        await bob.disconnect()
+
+    run(main)
