@@ -179,6 +179,10 @@ class LiveRoom:
             for other in self.others(who):
                 if other.params.auto_subscribe:
                     self.subscribe(other, who, track.sid)
+        # A first publish starts the JT_PUBLISHER jobs.
+        domain = self.hub.domain
+        domain.track_published(self.tenant, self.name, who.identity, now)
+        domain.step(now)
 
     def subscribe(self, sub: SignalSession, pub: SignalSession, track_sid: str) -> None:
         """Forward ``pub``'s track to ``sub``, if ``sub`` may receive it (on
