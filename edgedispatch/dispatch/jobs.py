@@ -18,7 +18,6 @@ from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.core import AgentKey, DispatchCore, JobSpec
 from edgedispatch.dispatch.events import EventBus, JobChanged, JobForgotten, JobWaiting
 from edgedispatch.dispatch.records import Acceptance, DispatchRec, JobRec
-from edgedispatch.dispatch.specs import JT_ROOM
 from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
 
 log = logging.getLogger("edgedispatch.dispatch")
