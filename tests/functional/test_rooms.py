@@ -20,6 +20,7 @@ from websockets.sync.client import connect as ws_connect
 
 from .clients import WorkerProcess, py_worker
 from .conftest import ServerThread
+from .test_local_agents import AGENTS, writable
 from .test_real_clients import wait_until
 from .tones import AMPLITUDE, listen, publish_tone
 
@@ -423,3 +424,40 @@ def test_room_service_acts_on_the_people_in_the_room(
         await bob.disconnect()
 
     run(main)
+
+
+def test_a_native_agent_joins_its_room_with_ctx_connect(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """edgedispatch's own native agent: ``await ctx.connect()`` joins the
+    job's room through the rtc SDK, from its contained pool process."""
+    definition = {
+        "name": "native",
+        "entrypoint": "native_agent:entrypoint",
+        "env": {"EDT_OUT": str(tmp_path), "EDT_MODE": "connect", "PYTHONPATH": str(AGENTS)},
+        "binds": [f"{writable(tmp_path)}:rw"],
+    }
+    srv = start_server(agents=[definition], room={"departure_timeout": 1})
+    config = room_pb.RoomConfiguration(
+        agents=[agent_dispatch.RoomAgentDispatch(agent_name="native")]
+    )
+
+    async def main() -> None:
+        user = rtc.Room()
+        heard: list[tuple[str | None, bytes, str]] = []
+        user.on(
+            "data_received",
+            lambda p: heard.append(
+                (p.participant.identity if p.participant else None, p.data, p.topic)
+            ),
+        )
+        await user.connect(srv.ws_url, token("user", config=config))
+        await until(lambda: bool(heard), "the native agent's greeting", 30)
+        (agent,) = user.remote_participants.values()
+        assert agent.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        assert heard[0][0] == agent.identity and heard[0][1].startswith(b"native AJ_")
+        await user.disconnect()
+
+    run(main)
+    wait_until(lambda: bool(list(tmp_path.glob("*.left"))), what="the agent to see the room close")
+    assert srv.call(lambda: srv.domain.rooms.find("", "r1")) is None
