@@ -36,6 +36,7 @@ log = logging.getLogger("edgedispatch.rtc")
 PROTOCOL = 16
 
 MediaFactory = Callable[[SignalSession], Media]
+TrackListener = Callable[["LiveRoom", SignalSession, models.TrackInfo, bool], None]
 
 
 class LiveRoom:
@@ -84,6 +85,9 @@ class LiveRoom:
             if other.media is not None:
                 for track in who.info.tracks:
                     other.media.unsubscribe(track.sid)
+        for track in who.info.tracks:
+            for listener in self.hub.track_listeners:
+                listener(self, who, track, False)
         who.close_media()
         gone = models.ParticipantInfo()
         gone.CopyFrom(who.info)
@@ -179,6 +183,8 @@ class LiveRoom:
             for other in self.others(who):
                 if other.params.auto_subscribe:
                     self.subscribe(other, who, track.sid)
+        for listener in self.hub.track_listeners:
+            listener(self, who, track, True)
         # A first publish starts the JT_PUBLISHER jobs.
         domain = self.hub.domain
         domain.track_published(self.tenant, self.name, who.identity, now)
@@ -266,6 +272,8 @@ class RoomHub:
         self._media = media
         self.rooms: dict[tuple[str, str], LiveRoom] = {}
         self._closing: set[int] = set()
+        #: Told of each track published (True) or gone (False): webhooks.
+        self.track_listeners: list[TrackListener] = []
         domain.subscribe(self._on_event, RoomClosed)
 
     def find(self, tenant: str, name: str) -> LiveRoom | None:
