@@ -294,6 +294,10 @@ class PeerMedia:
         #: and the transceiver carrying it once one is free.
         self._wanted: dict[str, tuple[ForwardTrack, str]] = {}
         self._sending: dict[str, RTCRtpTransceiver] = {}
+        # Transceivers that carried a track are not used again: a client's
+        # libwebrtc may not announce a new track on a reused m-line, and the
+        # subscriber would hear nothing.  (Its m-lines grow with churn.)
+        self._retired: set[int] = set()
         self._offer_tracks: dict[str, str] = {}  # mid -> msid track id
         # v0: the second connection, offered by the server, that carries
         # what this participant receives (made at its first subscription).
@@ -365,6 +369,7 @@ class PeerMedia:
         wanted[0].stop()
         transceiver = self._sending.pop(track_sid, None)
         if transceiver is not None and self.closed is None:
+            self._retired.add(id(transceiver))
             transceiver.sender.replaceTrack(None)
             if self._events.single_pc:
                 transceiver.direction = "recvonly"  # answered as inactive
@@ -431,7 +436,7 @@ class PeerMedia:
         """Put each wanted track on a free audio transceiver of the client's
         offer (the SDKs offer receive-only sections for this), in the order
         they were wanted."""
-        busy = {id(t) for t in self._sending.values()}
+        busy = {id(t) for t in self._sending.values()} | self._retired
         free = [
             t
             for t in self._pc.getTransceivers()

@@ -461,3 +461,31 @@ def test_a_native_agent_joins_its_room_with_ctx_connect(
     run(main)
     wait_until(lambda: bool(list(tmp_path.glob("*.left"))), what="the agent to see the room close")
     assert srv.call(lambda: srv.domain.rooms.find("", "r1")) is None
+
+
+def test_a_listener_hears_a_speaker_who_left_and_came_back(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """The listener's connection carried the first track; the second one
+    must reach it too (on a fresh m-line: a reused one stays silent)."""
+    srv = start_server()
+
+    async def main() -> list[tuple[float, float, int]]:
+        listener, _ = await joined(srv, token("listener"), True)
+        heard: asyncio.Queue[rtc.Track] = asyncio.Queue()
+        listener.on("track_subscribed", lambda t, pub, who: heard.put_nowait(t))
+        results = []
+        for freq in (440.0, 660.0):
+            speaker, _ = await joined(srv, token("speaker"), True)
+            player = await publish_tone(speaker, freq)
+            track = await asyncio.wait_for(heard.get(), 10)
+            results.append(await listen(track, seconds=1.0))
+            player.cancel()
+            await speaker.disconnect()
+            await until(lambda: "speaker" not in listener.remote_participants, "the leave")
+        await listener.disconnect()
+        return results
+
+    first, second = run(main)
+    for (rms, peak, _), freq in ((first, 440.0), (second, 660.0)):
+        assert abs(peak - freq) < 5 and rms > 0.9 * AMPLITUDE / 2**0.5, (rms, peak)
