@@ -85,6 +85,10 @@ class MediaEvents(Protocol):
 
     def on_media_failed(self, why: str, now: float) -> None: ...
 
+    def on_offer_refused(self, offer_id: int, why: str) -> None:
+        """The client's offer could not be taken (malformed SDP, say)."""
+        ...
+
 
 _original_host_addresses: Callable[[bool, bool], list[str]] | None = None
 
@@ -315,7 +319,7 @@ class PeerMedia:
     # The session's commands ------------------------------------------------
 
     def negotiate(self, sdp: str, offer_id: int, target: int) -> None:
-        self._chain(self._answer(sdp, offer_id))
+        self._chain(self._answer(sdp, offer_id), offer_id)
 
     def add_candidate(self, candidate_init: str, target: int) -> None:
         try:
@@ -398,8 +402,10 @@ class PeerMedia:
 
     # ------------------------------------------------------------------
 
-    def _chain(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run ``work`` after everything asked before it."""
+    def _chain(self, work: Coroutine[Any, Any, Any], offer_id: int | None = None) -> None:
+        """Run ``work`` after everything asked before it.  A client's offer
+        that fails (``offer_id``) is refused to it; anything else failing
+        fails the participant's media."""
         if self.closed is not None:
             work.close()
             return
@@ -412,7 +418,12 @@ class PeerMedia:
                 await work
             except Exception as exc:  # aiortc raises plain errors on bad SDP
                 log.info("negotiation failed: %s", exc)
-                self._events.on_media_failed(f"negotiation failed: {exc}", self._loop.time())
+                if self.closed is not None:
+                    return
+                if offer_id is not None:
+                    self._events.on_offer_refused(offer_id, f"{type(exc).__name__}: {exc}")
+                else:
+                    self._events.on_media_failed(f"negotiation failed: {exc}", self._loop.time())
 
         self._tail = self._loop.create_task(run())
 

@@ -212,7 +212,9 @@ class LiveRoom:
         for sid in track_sids:
             pub = owners.get(sid)
             if pub is None:
-                log.info("subscription to an unknown track %s", sid)
+                error = models.SubscriptionError.SE_TRACK_NOTFOUND
+                response = rtc.SubscriptionResponse(track_sid=sid, err=error)
+                sub.send(rtc.SignalResponse(subscription_response=response))
             elif on:
                 self.subscribe(sub, pub, sid)
             elif sub.media is not None:
@@ -223,15 +225,16 @@ class LiveRoom:
             if track.sid == track_sid:
                 track.mid = mid
 
-    def mute_track(self, who: SignalSession, track_sid: str, muted: bool) -> None:
+    def mute_track(self, who: SignalSession, track_sid: str, muted: bool) -> bool:
+        """False if ``who`` publishes no such track."""
         for track in who.info.tracks:
             if track.sid == track_sid:
                 if track.muted != muted:
                     track.muted = muted
                     who.info.version += 1
                     self.announce(who)
-                return
-        log.info("mute of an unknown track %s", track_sid)
+                return True
+        return False
 
     # ------------------------------------------------------------------
     # Data.

@@ -533,3 +533,20 @@ def test_participant_and_publisher_jobs_start_per_participant() -> None:
     (pub_job,) = per_publish.offers
     rendered = convert.job_proto(world.domain.jobs.jobs[pub_job], world.domain.rooms.get("", "r1"))
     assert rendered.type == 1 and rendered.participant.identity == "alice"
+
+
+def test_unknown_tracks_and_refused_offers_get_an_error_response() -> None:
+    world = World()
+    alice, bob = world.join("alice", 0.0), world.join("bob", 0.0)
+    alice.request(1.0, mute=rtc.MuteTrackRequest(sid="TR_nope", muted=True))
+    (refused,) = alice.of("request_response")
+    assert refused.reason == rtc.RequestResponse.NOT_FOUND and refused.mute.sid == "TR_nope"
+    alice.request(1.0, subscription=rtc.UpdateSubscription(track_sids=["TR_nope"], subscribe=True))
+    (missing,) = alice.of("subscription_response")
+    assert missing.track_sid == "TR_nope"
+    assert missing.err == models.SubscriptionError.SE_TRACK_NOTFOUND
+    alice.session.on_offer_refused(4, "ValueError: bad SDP")
+    bad = alice.of("request_response")[-1]
+    assert (bad.request_id, bad.reason) == (4, rtc.RequestResponse.INVALID_REQUEST)
+    assert alice.session.state is State.JOINED and alice.sink.closed is None
+    assert bob.of("request_response") == [] and bob.sink.closed is None
