@@ -28,7 +28,7 @@ UMD = NODE_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.um
 PAGE = Path(__file__).resolve().parents[1] / "browser" / "room.html"
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None or not UMD.is_file(),
-    reason="Debian's chromium and tests/node's livekit-client are needed (./dev test installs them)",
+    reason="needs Debian's chromium and tests/node's livekit-client (./dev test installs both)",
 )
 
 
