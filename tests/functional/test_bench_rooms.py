@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.media]
 
 
 @pytest.mark.parametrize("loop_kind", ["uvloop"], indirect=True)

@@ -22,7 +22,7 @@ from .conftest import ServerThread
 from .test_rooms import MODES, joined, run, token, until
 from .tones import measure
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.media]
 CHROMIUM = shutil.which("chromium")
 UMD = NODE_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.umd.js"
 PAGE = Path(__file__).resolve().parents[1] / "browser" / "room.html"
@@ -120,6 +120,7 @@ def test_livekit_client_in_chromium_talks_with_a_python_participant(
         browser.kill()
         browser.wait()
         page.http.shutdown()
+        page.http.server_close()
     (result,) = page.results
     assert result["ok"], result.get("error")
     assert result["sid"].startswith("RM_") and "python" in result["others"]

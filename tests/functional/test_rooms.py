@@ -29,7 +29,7 @@ from .test_local_agents import AGENTS, writable
 from .test_real_clients import wait_until
 from .tones import AMPLITUDE, listen, publish_tone
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.media]
 MODES = {"v1": True, "v0": False}
 
 
@@ -84,6 +84,7 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 10) -
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.all_loops
 @pytest.mark.parametrize("mode", MODES)
 def test_two_clients_see_each_other_and_exchange_data(
     start_server: Callable[..., ServerThread], mode: str
@@ -268,6 +269,7 @@ def test_a_token_s_agents_are_dispatched_into_new_and_existing_rooms(
     assert [(d.agent_name, d.metadata) for d in dispatches] == [("support", "vip")]
 
 
+@pytest.mark.all_loops
 @pytest.mark.parametrize("mode", MODES)
 def test_a_tone_is_forwarded_untouched(
     start_server: Callable[..., ServerThread], mode: str

@@ -18,7 +18,7 @@ from livekit.protocol import models
 from .conftest import ServerThread
 from .test_rooms import joined, publish_tone, run, token, until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.media]
 
 
 class Receiver:
@@ -64,6 +64,7 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
     yield make
     for r in made:
         r.http.shutdown()
+        r.http.server_close()
 
 
 def test_room_participant_and_track_events_reach_the_tenant_signed_with_its_key(
