@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 ShutdownCallback = Callable[[str], Awaitable[None]]
 
@@ -43,6 +44,7 @@ class JobContext:
         "_callbacks",
         "_reason",
         "_on_shutdown",
+        "_connected",
     )
 
     def __init__(
@@ -70,6 +72,7 @@ class JobContext:
         self._reason: str | None = None
         # Set by the runtime: ends the entrypoint (cancels its task).
         self._on_shutdown = on_shutdown
+        self._connected: Any = None
 
     @property
     def job_id(self) -> str:
@@ -108,6 +111,25 @@ class JobContext:
         """The agent's JWT for the room."""
         return self._token
 
+    async def connect(self, *, auto_subscribe: bool = True) -> Any:
+        """Join the job's room as the agent, through the ``livekit`` rtc SDK
+        (an optional extra: ``pip install edgedispatch[agents]``), with the
+        job's token; returns the connected ``livekit.rtc.Room``.  The agent
+        leaves the room when the job ends.  A second call returns the same
+        room."""
+        if self._connected is not None:
+            return self._connected
+        try:
+            from livekit import rtc
+        except ImportError:
+            raise RuntimeError(
+                "JobContext.connect() needs the livekit rtc SDK: pip install 'edgedispatch[agents]'"
+            ) from None
+        room = rtc.Room()
+        await room.connect(self._url, self._token, rtc.RoomOptions(auto_subscribe=auto_subscribe))
+        self._connected = room
+        return room
+
     @property
     def shutdown_reason(self) -> str | None:
         """None until ``shutdown`` is called (by the agent or the runtime)."""
@@ -139,6 +161,11 @@ class JobContext:
                 await callback(reason)
             except Exception:
                 print(f"shutdown callback {callback!r} failed:", file=sys.stderr)
+                traceback.print_exc()
+        if self._connected is not None:  # after the callbacks: they may still talk
+            try:
+                await self._connected.disconnect()
+            except Exception:
                 traceback.print_exc()
 
     def __repr__(self) -> str:

@@ -27,8 +27,10 @@ from edgedispatch.config import Config
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.net.http import HttpProtocol
 from edgedispatch.net.timer import DeadlineTimer
+from edgedispatch.net.webhooks import WebhookSender
 from edgedispatch.obs import logs
 from edgedispatch.rtc.room import RoomHub
+from edgedispatch.rtc.webhooks import WebhookNotifier
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
 from edgedispatch.store import FileStore, MemoryStore, Store
@@ -54,6 +56,7 @@ class Server:
         self.containment: Containment | None = None
         self.rooms: RoomHub | None = None
         self._media: MediaFactory | None = None
+        self._webhooks: WebhookSender | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -69,6 +72,13 @@ class Server:
         app = App(domain, verifier, self.cfg.server)
         if self.cfg.rtc.enabled:
             app.rooms = self.rooms = self._rooms(domain)
+        targets = self.cfg.webhooks()
+        if targets:
+            hook = self.cfg.webhook
+            self._webhooks = WebhookSender(hook.attempts, hook.timeout)
+            WebhookNotifier(
+                domain, self.rooms, targets, self._webhooks.post, lambda: domain.wall(loop.time())
+            )
         max_size = self.cfg.server.max_message_size
 
         def factory() -> HttpProtocol:
@@ -163,6 +173,9 @@ class Server:
         if self._media is not None:
             await self._media.close()
             self._media = None
+        if self._webhooks is not None:
+            await self._webhooks.close()
+            self._webhooks = None
         if self.agents is not None:
             await self.agents.close()
             self.agents = None

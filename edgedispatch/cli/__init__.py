@@ -74,6 +74,21 @@ def _bench_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_rooms(args: argparse.Namespace) -> int:
+    from edgedispatch.cli.bench import rooms
+
+    report = rooms.run(
+        args.url,
+        args.api_key,
+        args.api_secret,
+        joins=args.joins,
+        steps=tuple(args.rooms),
+        seconds=args.seconds,
+    )
+    print(json.dumps(report) if args.json else rooms.render(report))
+    return 1 if "error" in report else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgedispatch",
@@ -153,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="contain the agents as the host allows (auto), or not (off: to measure its cost)",
     )
     jobs.set_defaults(func=_bench_jobs)
+    rooms = bench_sub.add_parser(
+        "rooms", help="rooms with livekit rtc clients: join, data, audio rooms"
+    )
+    rooms.add_argument("--url", help="a LiveKit-compatible server (default: start our own)")
+    rooms.add_argument("--api-key", default="devkey")
+    rooms.add_argument("--api-secret", default="secret")
+    rooms.add_argument("--joins", type=int, default=20, help="joins to time (default 20)")
+    rooms.add_argument(
+        "--rooms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 60], metavar="K",
+        help="two-party audio rooms to try, in order, until frames are lost",
+    )  # fmt: skip
+    rooms.add_argument("--seconds", type=float, default=10, help="audio measured per step")
+    rooms.add_argument("--json", action="store_true", help="print one JSON object")
+    rooms.set_defaults(func=_bench_rooms)
     return parser
 
 

@@ -152,6 +152,20 @@ class TenantConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: module, or a package and everything in it ("acme_agents",
     #: "shared.voice").
     native_modules: list[str] = msgspec.field(default_factory=list)
+    #: Where its room, participant and track events are POSTed, signed with
+    #: its first key (LiveKit's webhooks).
+    webhook_urls: list[str] = msgspec.field(default_factory=list)
+
+
+class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """LiveKit's webhooks, for the default tenant (``urls``; each tenant
+    names its own in ``webhook_urls``)."""
+
+    urls: list[str] = msgspec.field(default_factory=list)
+    #: Tries per event, with doubling waits from 1 s, before it is dropped.
+    attempts: int = 5
+    #: Seconds for one POST, connecting included.
+    timeout: float = 5.0
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -161,6 +175,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     rtc: RtcConfig = msgspec.field(default_factory=RtcConfig)
+    webhook: WebhookConfig = msgspec.field(default_factory=WebhookConfig)
     #: Keys of the default tenant (named "").
     keys: dict[str, str] = msgspec.field(default_factory=dict)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
@@ -184,6 +199,17 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if tenant.name == name:
                 return tenant
         return TenantConfig(name, self.keys if name == "" else {})
+
+    def webhooks(self) -> dict[str, tuple[list[str], str, str]]:
+        """Tenant -> (URLs, API key, secret) of each tenant with webhooks."""
+        table: dict[str, tuple[list[str], str, str]] = {}
+        for name, urls, keys in [("", self.webhook.urls, self.keys)] + [
+            (t.name, t.webhook_urls, t.keys) for t in self.tenants
+        ]:
+            if urls and keys:
+                key, secret = next(iter(keys.items()))
+                table[name] = (list(urls), key, secret)
+        return table
 
     def secrets(self) -> dict[str, str]:
         """API key -> secret, for every key of every tenant."""
@@ -246,6 +272,14 @@ def validate(cfg: Config) -> Config:
         bad = [u for u in ice.urls if not u.startswith(("stun:", "stuns:", "turn:", "turns:"))]
         if not ice.urls or bad:
             raise ConfigError("needs stun:, stuns:, turn: or turns: URLs", f"rtc.ice_servers[{i}]")
+    for where, urls in [("webhook.urls", cfg.webhook.urls)] + [
+        (f"tenants.{t.name}.webhook_urls", t.webhook_urls) for t in cfg.tenants
+    ]:
+        if any(not u.startswith(("http://", "https://")) for u in urls):
+            raise ConfigError("webhook URLs must be http:// or https://", where)
+    if not 1 <= cfg.webhook.attempts <= 20:
+        raise ConfigError("must be within 1..20", "webhook.attempts")
+    _positive(cfg.webhook.timeout, "webhook.timeout")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("must be debug, info, warning or error", "logging.level")
     if cfg.logging.format not in ("text", "json"):

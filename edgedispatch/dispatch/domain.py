@@ -244,6 +244,9 @@ class Domain:
     def leave_room(self, tenant: str, room: str, identity: str, sid: str, now: float) -> None:
         self.rooms.leave(tenant, room, identity, sid, now)
 
+    def track_published(self, tenant: str, room: str, identity: str, now: float) -> None:
+        self.rooms.published(tenant, room, identity, now)
+
     def create_dispatch(
         self, tenant: str, spec: DispatchSpec, now: float, request_id: str = ""
     ) -> DispatchRec:

@@ -18,7 +18,6 @@ from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.core import AgentKey, DispatchCore, JobSpec
 from edgedispatch.dispatch.events import EventBus, JobChanged, JobForgotten, JobWaiting
 from edgedispatch.dispatch.records import Acceptance, DispatchRec, JobRec
-from edgedispatch.dispatch.specs import JT_ROOM
 from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
 
 log = logging.getLogger("edgedispatch.dispatch")
@@ -58,7 +57,7 @@ class JobLedger:
     def new_job(self, dispatch: DispatchRec, now: float) -> JobRec:
         """A job for ``dispatch``, submitted to the core: offered at once if a
         worker can take it, queued otherwise."""
-        key = AgentKey(dispatch.tenant, dispatch.agent_name, JT_ROOM, dispatch.deployment)
+        key = AgentKey(dispatch.tenant, dispatch.agent_name, dispatch.job_type, dispatch.deployment)
         rec = JobRec(
             id=ids.new(ids.JOB),
             dispatch_id=dispatch.id,
@@ -67,6 +66,7 @@ class JobLedger:
             metadata=dispatch.metadata,
             attributes=dispatch.attributes,
             updated_ns=self._wall.ns(now),
+            participant=dispatch.participant,
         )
         self.jobs[rec.id] = rec
         agent = (key.tenant, key.agent_name)

@@ -26,6 +26,7 @@ class ParticipantRec(msgspec.Struct, kw_only=True):
     attributes: dict[str, str] = msgspec.field(default_factory=dict)
     joined_ns: int = 0
     hidden: bool = False
+    published: bool = False  #: has published a track (JT_PUBLISHER jobs start then)
 
     @property
     def is_agent(self) -> bool:
@@ -68,6 +69,11 @@ class DispatchRec(msgspec.Struct, kw_only=True):
     deployment: str = ""
     created_ns: int = 0
     implicit: bool = False  #: LiveKit's automatic dispatch to unnamed workers
+    #: LiveKit's JobType: JT_ROOM (0), or one job per participant that joins
+    #: (JT_PARTICIPANT, 2) or first publishes (JT_PUBLISHER, 1), whose
+    #: record ``participant`` is (as it was then).
+    job_type: int = 0
+    participant: ParticipantRec | None = None
     deleted_ns: int = 0
     job_ids: list[str] = msgspec.field(default_factory=list)
 
@@ -85,6 +91,8 @@ class JobRec(msgspec.Struct, kw_only=True):
     worker_id: str = ""
     error: str = ""  #: what the worker reported when it failed the job
     identity: str = ""  #: the agent's participant identity, once accepted
+    #: JT_PARTICIPANT / JT_PUBLISHER: the participant the job is for.
+    participant: ParticipantRec | None = None
     started_ns: int = 0
     ended_ns: int = 0
     updated_ns: int = 0

@@ -16,6 +16,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
+import msgspec
+
 from edgedispatch._core.codes import FailReason, RestartPolicy
 from edgedispatch.config import RoomConfig
 from edgedispatch.dispatch import ids
@@ -31,7 +33,15 @@ from edgedispatch.dispatch.events import (
 )
 from edgedispatch.dispatch.jobs import JobLedger
 from edgedispatch.dispatch.records import DispatchRec, ParticipantRec, RoomRec
-from edgedispatch.dispatch.specs import JT_ROOM, AgentSpec, DispatchSpec, RoomSpec, check_payload
+from edgedispatch.dispatch.specs import (
+    JT_PARTICIPANT,
+    JT_PUBLISHER,
+    JT_ROOM,
+    AgentSpec,
+    DispatchSpec,
+    RoomSpec,
+    check_payload,
+)
 from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
 from edgedispatch.errors import NotFound, ResourceExhausted
 
@@ -130,6 +140,22 @@ class RoomDirectory:
         if self._has_workers(AgentKey(room.tenant, "", JT_ROOM, "")):
             self._new_dispatch(room, AgentSpec(), now, implicit=True)
 
+    def _per_participant(self, room: RoomRec, who: ParticipantRec, kind: int, now: float) -> None:
+        """LiveKit's JT_PARTICIPANT (on joining) and JT_PUBLISHER (on the
+        first publish) jobs: one per participant other than an agent, for
+        the workers registered for that job type without an agent name."""
+        if not who.is_agent and self._has_workers(AgentKey(room.tenant, "", kind, "")):
+            self._new_dispatch(room, AgentSpec(), now, implicit=True, kind=kind, who=who)
+
+    def published(self, tenant: str, name: str, identity: str, now: float) -> None:
+        """``identity`` published a track: its first one starts JT_PUBLISHER jobs."""
+        room = self.rooms.get((tenant, name))
+        who = room.participants.get(identity) if room is not None else None
+        if room is None or who is None or who.published:
+            return
+        who.published = True
+        self._per_participant(room, who, JT_PUBLISHER, now)
+
     def update_metadata(self, tenant: str, name: str, metadata: str) -> RoomRec:
         room = self.get(tenant, name)
         check_payload(metadata, {})
@@ -196,7 +222,8 @@ class RoomDirectory:
                 self._new_dispatch(room, agent, now)
             if not spec.agents:
                 self._auto_dispatch(room, now)
-        else:
+        self._per_participant(room, who, JT_PARTICIPANT, now)
+        if not created:
             present = {self.dispatches[d].agent_name for d in room.dispatch_ids}
             for agent in spec.agents:
                 if agent.agent_name not in present:
@@ -242,7 +269,13 @@ class RoomDirectory:
     # Dispatches.
 
     def _new_dispatch(
-        self, room: RoomRec, agent: AgentSpec, now: float, implicit: bool = False
+        self,
+        room: RoomRec,
+        agent: AgentSpec,
+        now: float,
+        implicit: bool = False,
+        kind: int = JT_ROOM,
+        who: ParticipantRec | None = None,
     ) -> DispatchRec:
         rec = DispatchRec(
             id=ids.new(ids.DISPATCH),
@@ -255,6 +288,8 @@ class RoomDirectory:
             deployment=agent.deployment,
             created_ns=self._wall.ns(now),
             implicit=implicit,
+            job_type=kind,
+            participant=msgspec.structs.replace(who) if who is not None else None,
         )
         self.dispatches[rec.id] = rec
         room.dispatch_ids.append(rec.id)

@@ -85,6 +85,10 @@ class MediaEvents(Protocol):
 
     def on_media_failed(self, why: str, now: float) -> None: ...
 
+    def on_offer_refused(self, offer_id: int, why: str) -> None:
+        """The client's offer could not be taken (malformed SDP, say)."""
+        ...
+
 
 _original_host_addresses: Callable[[bool, bool], list[str]] | None = None
 
@@ -294,6 +298,10 @@ class PeerMedia:
         #: and the transceiver carrying it once one is free.
         self._wanted: dict[str, tuple[ForwardTrack, str]] = {}
         self._sending: dict[str, RTCRtpTransceiver] = {}
+        # Transceivers that carried a track are not used again: a client's
+        # libwebrtc may not announce a new track on a reused m-line, and the
+        # subscriber would hear nothing.  (Its m-lines grow with churn.)
+        self._retired: set[int] = set()
         self._offer_tracks: dict[str, str] = {}  # mid -> msid track id
         # v0: the second connection, offered by the server, that carries
         # what this participant receives (made at its first subscription).
@@ -311,7 +319,7 @@ class PeerMedia:
     # The session's commands ------------------------------------------------
 
     def negotiate(self, sdp: str, offer_id: int, target: int) -> None:
-        self._chain(self._answer(sdp, offer_id))
+        self._chain(self._answer(sdp, offer_id), offer_id)
 
     def add_candidate(self, candidate_init: str, target: int) -> None:
         try:
@@ -365,6 +373,7 @@ class PeerMedia:
         wanted[0].stop()
         transceiver = self._sending.pop(track_sid, None)
         if transceiver is not None and self.closed is None:
+            self._retired.add(id(transceiver))
             transceiver.sender.replaceTrack(None)
             if self._events.single_pc:
                 transceiver.direction = "recvonly"  # answered as inactive
@@ -393,8 +402,10 @@ class PeerMedia:
 
     # ------------------------------------------------------------------
 
-    def _chain(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run ``work`` after everything asked before it."""
+    def _chain(self, work: Coroutine[Any, Any, Any], offer_id: int | None = None) -> None:
+        """Run ``work`` after everything asked before it.  A client's offer
+        that fails (``offer_id``) is refused to it; anything else failing
+        fails the participant's media."""
         if self.closed is not None:
             work.close()
             return
@@ -407,7 +418,12 @@ class PeerMedia:
                 await work
             except Exception as exc:  # aiortc raises plain errors on bad SDP
                 log.info("negotiation failed: %s", exc)
-                self._events.on_media_failed(f"negotiation failed: {exc}", self._loop.time())
+                if self.closed is not None:
+                    return
+                if offer_id is not None:
+                    self._events.on_offer_refused(offer_id, f"{type(exc).__name__}: {exc}")
+                else:
+                    self._events.on_media_failed(f"negotiation failed: {exc}", self._loop.time())
 
         self._tail = self._loop.create_task(run())
 
@@ -431,7 +447,7 @@ class PeerMedia:
         """Put each wanted track on a free audio transceiver of the client's
         offer (the SDKs offer receive-only sections for this), in the order
         they were wanted."""
-        busy = {id(t) for t in self._sending.values()}
+        busy = {id(t) for t in self._sending.values()} | self._retired
         free = [
             t
             for t in self._pc.getTransceivers()

@@ -36,6 +36,7 @@ log = logging.getLogger("edgedispatch.rtc")
 PROTOCOL = 16
 
 MediaFactory = Callable[[SignalSession], Media]
+TrackListener = Callable[["LiveRoom", SignalSession, models.TrackInfo, bool], None]
 
 
 class LiveRoom:
@@ -84,6 +85,9 @@ class LiveRoom:
             if other.media is not None:
                 for track in who.info.tracks:
                     other.media.unsubscribe(track.sid)
+        for track in who.info.tracks:
+            for listener in self.hub.track_listeners:
+                listener(self, who, track, False)
         who.close_media()
         gone = models.ParticipantInfo()
         gone.CopyFrom(who.info)
@@ -179,6 +183,12 @@ class LiveRoom:
             for other in self.others(who):
                 if other.params.auto_subscribe:
                     self.subscribe(other, who, track.sid)
+        for listener in self.hub.track_listeners:
+            listener(self, who, track, True)
+        # A first publish starts the JT_PUBLISHER jobs.
+        domain = self.hub.domain
+        domain.track_published(self.tenant, self.name, who.identity, now)
+        domain.step(now)
 
     def subscribe(self, sub: SignalSession, pub: SignalSession, track_sid: str) -> None:
         """Forward ``pub``'s track to ``sub``, if ``sub`` may receive it (on
@@ -202,7 +212,9 @@ class LiveRoom:
         for sid in track_sids:
             pub = owners.get(sid)
             if pub is None:
-                log.info("subscription to an unknown track %s", sid)
+                error = models.SubscriptionError.SE_TRACK_NOTFOUND
+                response = rtc.SubscriptionResponse(track_sid=sid, err=error)
+                sub.send(rtc.SignalResponse(subscription_response=response))
             elif on:
                 self.subscribe(sub, pub, sid)
             elif sub.media is not None:
@@ -213,15 +225,16 @@ class LiveRoom:
             if track.sid == track_sid:
                 track.mid = mid
 
-    def mute_track(self, who: SignalSession, track_sid: str, muted: bool) -> None:
+    def mute_track(self, who: SignalSession, track_sid: str, muted: bool) -> bool:
+        """False if ``who`` publishes no such track."""
         for track in who.info.tracks:
             if track.sid == track_sid:
                 if track.muted != muted:
                     track.muted = muted
                     who.info.version += 1
                     self.announce(who)
-                return
-        log.info("mute of an unknown track %s", track_sid)
+                return True
+        return False
 
     # ------------------------------------------------------------------
     # Data.
@@ -262,6 +275,8 @@ class RoomHub:
         self._media = media
         self.rooms: dict[tuple[str, str], LiveRoom] = {}
         self._closing: set[int] = set()
+        #: Told of each track published (True) or gone (False): webhooks.
+        self.track_listeners: list[TrackListener] = []
         domain.subscribe(self._on_event, RoomClosed)
 
     def find(self, tenant: str, name: str) -> LiveRoom | None:

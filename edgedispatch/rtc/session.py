@@ -235,6 +235,10 @@ class SignalSession:
             requirement = rtc.MediaSectionsRequirement(num_audios=num_audios, num_videos=num_videos)
             self.send(rtc.SignalResponse(media_sections_requirement=requirement))
 
+    def on_offer_refused(self, offer_id: int, why: str) -> None:
+        """A malformed offer: the client is told, the session goes on."""
+        self._request_response(offer_id, rtc.RequestResponse.INVALID_REQUEST, f"bad offer: {why}")
+
     def on_media_failed(self, why: str, now: float) -> None:
         """The peer connection failed or could not take an offer."""
         if self.state is State.JOINED:
@@ -300,7 +304,16 @@ class SignalSession:
         self.room.set_subscriptions(self, sids, update.subscribe)
 
     def _mute(self, req: rtc.SignalRequest, now: float) -> None:
-        self.room.mute_track(self, req.mute.sid, req.mute.muted)
+        if not self.room.mute_track(self, req.mute.sid, req.mute.muted):
+            self.send(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        reason=rtc.RequestResponse.NOT_FOUND,
+                        message=f"no track {req.mute.sid!r} of yours",
+                        mute=req.mute,
+                    )
+                )
+            )
 
     def _leave(self, req: rtc.SignalRequest, now: float) -> None:
         if self._move("leave"):

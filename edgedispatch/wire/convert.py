@@ -17,6 +17,7 @@ from edgedispatch.dispatch.records import (
     Acceptance,
     DispatchRec,
     JobRec,
+    ParticipantRec,
     RoomRec,
 )
 from edgedispatch.dispatch.specs import AgentSpec, DispatchSpec, RoomSpec, WorkerSpec
@@ -106,9 +107,28 @@ def job_proto(job: JobRec, room: models.Room | RoomRec, *, with_state: bool = Tr
         deployment=job.key.deployment,
         attributes=job.attributes,
     )
+    if job.participant is not None:
+        out.participant.CopyFrom(participant_proto(job.participant))
     if with_state:
         out.state.CopyFrom(job_state_proto(job))
     return out
+
+
+def participant_proto(p: ParticipantRec) -> models.ParticipantInfo:
+    """What the domain knows of a participant, as LiveKit's ParticipantInfo
+    (a live room's signal session keeps the fuller one)."""
+    return models.ParticipantInfo(
+        sid=p.sid,
+        identity=p.identity,
+        name=p.name,
+        kind=p.kind,  # type: ignore[arg-type]
+        metadata=p.metadata,
+        attributes=p.attributes,
+        state=models.ParticipantInfo.ACTIVE,
+        joined_at=p.joined_ns // 1_000_000_000,
+        joined_at_ms=p.joined_ns // 1_000_000,
+        is_publisher=p.published,
+    )
 
 
 def dispatch_proto(

@@ -32,4 +32,17 @@ async def entrypoint(ctx: JobContext) -> None:
     (out / f".{ctx.job_id}.tmp").write_text(json.dumps(record))
     os.rename(out / f".{ctx.job_id}.tmp", out / f"{ctx.job_id}.json")
     print(f"native agent handled {ctx.job_id}", flush=True)
+    if os.environ.get("EDT_MODE") == "connect":
+        await converse(ctx, out)
     ctx.shutdown()
+
+
+async def converse(ctx: JobContext, out: Path) -> None:
+    """Join the room, greet it, and stay until the room is gone."""
+    import asyncio
+
+    room = await ctx.connect()
+    left = asyncio.get_running_loop().create_future()
+    room.on("disconnected", lambda reason: left.done() or left.set_result(str(reason)))
+    await room.local_participant.publish_data(f"native {ctx.job_id}".encode(), topic="greeting")
+    (out / f"{ctx.job_id}.left").write_text(await left)

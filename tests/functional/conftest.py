@@ -135,6 +135,23 @@ def make_config(**sections: Any) -> config.Config:
 LOOPS = os.environ.get("EDGEDISPATCH_TEST_LOOPS", "uvloop,asyncio").split(",")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``media`` drive real WebRTC clients and cost seconds
+    each: they run once, on uvloop and the compiled core, which keeps the
+    suite within CI's budget.  The few also marked ``all_loops`` check the
+    rooms on plain asyncio and the pure-Python core as well."""
+    pure = os.environ.get("EDGEDISPATCH_NO_EXTENSIONS") == "1"
+    keep, drop = [], []
+    for item in items:
+        once = item.get_closest_marker("media") and not item.get_closest_marker("all_loops")
+        callspec = getattr(item, "callspec", None)
+        loop = callspec.params.get("loop_kind") if callspec is not None else None
+        (drop if once and (pure or loop == "asyncio") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(params=LOOPS, autouse=True)
 def loop_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param

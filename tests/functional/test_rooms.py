@@ -5,8 +5,12 @@ SDK's default) and /rtc (two)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +19,17 @@ import pytest
 from livekit import api, rtc
 from livekit.protocol import agent_dispatch
 from livekit.protocol import room as room_pb
-from websockets.exceptions import InvalidStatus
+from livekit.protocol import rtc as lk_rtc
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from .clients import WorkerProcess, py_worker
 from .conftest import ServerThread
+from .test_local_agents import AGENTS, writable
 from .test_real_clients import wait_until
 from .tones import AMPLITUDE, listen, publish_tone
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.media]
 MODES = {"v1": True, "v0": False}
 
 
@@ -78,6 +84,7 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 10) -
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.all_loops
 @pytest.mark.parametrize("mode", MODES)
 def test_two_clients_see_each_other_and_exchange_data(
     start_server: Callable[..., ServerThread], mode: str
@@ -154,6 +161,26 @@ def test_two_clients_see_each_other_and_exchange_data(
     assert srv.call(lambda: srv.domain.rooms.find("", "r1")) is not None  # departure timeout
 
 
+def upgrade_status(url: str) -> int:
+    """The HTTP status a WebSocket upgrade to ``url`` gets."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=5)
+    try:
+        conn.request(
+            "GET",
+            f"{parts.path}?{parts.query}" if parts.query else parts.path,
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_bad_tokens_are_refused_at_the_upgrade(start_server: Callable[..., ServerThread]) -> None:
     srv = start_server()
     base = srv.ws_url
@@ -167,9 +194,7 @@ def test_bad_tokens_are_refused_at_the_upgrade(start_server: Callable[..., Serve
         (f"{base}/rtc?access_token={token('eve', room='r1')}&room=other", 403),
     ]
     for url, status in cases:
-        with pytest.raises(InvalidStatus) as info:
-            ws_connect(url, open_timeout=5).close()
-        assert info.value.response.status_code == status, url
+        assert upgrade_status(url) == status, url
 
     # The SDK reports it as a failed connect, not a hang.
     async def connect_bad() -> None:
@@ -178,14 +203,12 @@ def test_bad_tokens_are_refused_at_the_upgrade(start_server: Callable[..., Serve
     with pytest.raises(rtc.ConnectError):
         run(connect_bad)
     # And the validate endpoints say why.
-    import urllib.error
-    import urllib.request
-
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{srv.url}/rtc/v1/validate?access_token={bad}", timeout=5)
     assert err.value.code == 401
-    ok = urllib.request.urlopen(f"{srv.url}/rtc/validate?access_token={token('eve')}", timeout=5)
-    assert ok.status == 200
+    err.value.close()
+    with urllib.request.urlopen(f"{srv.url}/rtc/validate?access_token={token('eve')}") as ok:
+        assert ok.status == 200
 
 
 def test_a_duplicate_identity_takes_over(start_server: Callable[..., ServerThread]) -> None:
@@ -246,6 +269,7 @@ def test_a_token_s_agents_are_dispatched_into_new_and_existing_rooms(
     assert [(d.agent_name, d.metadata) for d in dispatches] == [("support", "vip")]
 
 
+@pytest.mark.all_loops
 @pytest.mark.parametrize("mode", MODES)
 def test_a_tone_is_forwarded_untouched(
     start_server: Callable[..., ServerThread], mode: str
@@ -420,6 +444,119 @@ def test_room_service_acts_on_the_people_in_the_room(
             assert err.value.code == "not_found"
         player.cancel()
         await alice.disconnect()
+        await bob.disconnect()
+
+    run(main)
+
+
+def test_a_native_agent_joins_its_room_with_ctx_connect(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """edgedispatch's own native agent: ``await ctx.connect()`` joins the
+    job's room through the rtc SDK, from its contained pool process."""
+    definition = {
+        "name": "native",
+        "entrypoint": "native_agent:entrypoint",
+        "env": {"EDT_OUT": str(tmp_path), "EDT_MODE": "connect", "PYTHONPATH": str(AGENTS)},
+        "binds": [f"{writable(tmp_path)}:rw"],
+    }
+    srv = start_server(agents=[definition], room={"departure_timeout": 1})
+    config = room_pb.RoomConfiguration(
+        agents=[agent_dispatch.RoomAgentDispatch(agent_name="native")]
+    )
+
+    async def main() -> None:
+        user = rtc.Room()
+        heard: list[tuple[str | None, bytes, str]] = []
+        user.on(
+            "data_received",
+            lambda p: heard.append(
+                (p.participant.identity if p.participant else None, p.data, p.topic)
+            ),
+        )
+        await user.connect(srv.ws_url, token("user", config=config))
+        await until(lambda: bool(heard), "the native agent's greeting", 30)
+        (agent,) = user.remote_participants.values()
+        assert agent.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        assert heard[0][0] == agent.identity and heard[0][1].startswith(b"native AJ_")
+        await user.disconnect()
+
+    run(main)
+    wait_until(lambda: bool(list(tmp_path.glob("*.left"))), what="the agent to see the room close")
+    assert srv.call(lambda: srv.domain.rooms.find("", "r1")) is None
+
+
+def test_a_listener_hears_a_speaker_who_left_and_came_back(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """The listener's connection carried the first track; the second one
+    must reach it too (on a fresh m-line: a reused one stays silent)."""
+    srv = start_server()
+
+    async def main() -> list[tuple[float, float, int]]:
+        listener, _ = await joined(srv, token("listener"), True)
+        heard: asyncio.Queue[rtc.Track] = asyncio.Queue()
+        listener.on("track_subscribed", lambda t, pub, who: heard.put_nowait(t))
+        results = []
+        for freq in (440.0, 660.0):
+            speaker, _ = await joined(srv, token("speaker"), True)
+            player = await publish_tone(speaker, freq)
+            track = await asyncio.wait_for(heard.get(), 10)
+            results.append(await listen(track, seconds=1.0))
+            player.cancel()
+            await speaker.disconnect()
+            await until(lambda: "speaker" not in listener.remote_participants, "the leave")
+        await listener.disconnect()
+        return results
+
+    first, second = run(main)
+    for (rms, peak, _), freq in ((first, 440.0), (second, 660.0)):
+        assert abs(peak - freq) < 5 and rms > 0.9 * AMPLITUDE / 2**0.5, (rms, peak)
+
+
+def test_bad_signal_input_ends_only_the_sender_s_session(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """A malformed offer is answered with an error; garbage and oversize
+    frames close that connection with a reason; the other participant goes
+    on undisturbed."""
+    srv = start_server(server={"max_message_size": 64 * 1024})
+
+    def raw(identity: str) -> Any:
+        return ws_connect(f"{srv.ws_url}/rtc?access_token={token(identity)}", open_timeout=5)
+
+    def joined_raw(ws: Any) -> None:
+        first = lk_rtc.SignalResponse.FromString(ws.recv(timeout=5))
+        assert first.WhichOneof("message") == "join"
+
+    def close_code(ws: Any) -> int:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=5)
+        assert closed.value.rcvd is not None
+        return closed.value.rcvd.code
+
+    async def main() -> None:
+        bob, _ = await joined(srv, token("bob"), True)
+        with raw("mallory") as ws:
+            joined_raw(ws)
+            offer = lk_rtc.SessionDescription(type="offer", sdp="v=0 this is not SDP", id=7)
+            ws.send(lk_rtc.SignalRequest(offer=offer).SerializeToString())
+            while True:
+                msg = lk_rtc.SignalResponse.FromString(ws.recv(timeout=5))
+                if msg.WhichOneof("message") == "request_response":
+                    break
+            assert msg.request_response.request_id == 7
+            assert msg.request_response.reason == lk_rtc.RequestResponse.INVALID_REQUEST
+            ws.send(b"\xff\x00 not protobuf")
+            assert close_code(ws) == 1007
+        with raw("mallory") as ws:
+            joined_raw(ws)
+            ws.send(b"\x00" * (65 * 1024))
+            assert close_code(ws) == 1009
+        # Bob was never disturbed: his connection works.
+        await bob.local_participant.set_attributes({"still": "here"})
+        assert bob.connection_state == rtc.ConnectionState.CONN_CONNECTED
         await bob.disconnect()
 
     run(main)

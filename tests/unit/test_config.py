@@ -55,6 +55,11 @@ filekey = "filesecret"
         ("[server]\nport = 70000\n", "server.port"),
         ('[server]\npublic_url = "ftp://x"\n', "server.public_url"),
         ('[logging]\nformat = "xml"\n', "logging.format"),
+        ("[rtc]\nping_interval = 0\n", "rtc.ping_interval"),
+        ("[rtc]\nping_interval = 20\nping_timeout = 10\n", "rtc.ping_interval"),
+        ('[[rtc.ice_servers]]\nurls = ["http://x"]\n', "rtc.ice_servers[0]"),
+        ('[webhook]\nurls = ["ftp://x"]\n', "webhook.urls"),
+        ("[webhook]\nattempts = 0\n", "webhook.attempts"),
         ("nonsense = [", "edgedispatch.toml"),
     ],
 )

@@ -19,6 +19,7 @@ from edgedispatch.dispatch.specs import WorkerSpec
 from edgedispatch.errors import Malformed, PermissionDenied, ResourceExhausted
 from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.session import SignalSession, State
+from edgedispatch.wire import convert
 from edgedispatch.wire.signal import Grant, JoinParams, join_grant, parse_join
 
 
@@ -510,3 +511,42 @@ def test_a_subscriber_is_asked_for_a_new_offer_only_over_one_peer_connection() -
     assert (offer.type, offer.sdp, offer.id) == ("offer", "v=0 sub", 1)
     v0.request(1.0, answer=rtc.SessionDescription(type="answer", sdp="v=0 ans", id=1))
     assert v0.media.answers == ["v=0 ans"]
+
+
+def test_participant_and_publisher_jobs_start_per_participant() -> None:
+    """LiveKit's JT_PARTICIPANT jobs start when someone other than an agent
+    joins, JT_PUBLISHER jobs at their first publish; each carries its
+    participant."""
+    world = World()
+    per_join, per_publish = RecordingLink(), RecordingLink()
+    world.domain.register_worker(per_join, WorkerSpec(agent_name="", job_type=2), 0.0)
+    world.domain.register_worker(per_publish, WorkerSpec(agent_name="", job_type=1), 0.0)
+    world.domain.step(0.0)
+    alice = world.join("alice", 1.0)
+    world.join("bot", 1.0, kind=4)  # agents get none
+    assert len(per_join.offers) == 1 and per_publish.offers == []
+    job = world.domain.jobs.get(per_join.offers[0])
+    assert job is not None and job.participant is not None
+    assert (job.participant.identity, job.participant.sid) == ("alice", alice.session.sid)
+    _publish_mic(alice, 2.0)
+    _publish_mic(alice, 3.0, cid="mic-2")  # only the first publish counts
+    (pub_job,) = per_publish.offers
+    rendered = convert.job_proto(world.domain.jobs.jobs[pub_job], world.domain.rooms.get("", "r1"))
+    assert rendered.type == 1 and rendered.participant.identity == "alice"
+
+
+def test_unknown_tracks_and_refused_offers_get_an_error_response() -> None:
+    world = World()
+    alice, bob = world.join("alice", 0.0), world.join("bob", 0.0)
+    alice.request(1.0, mute=rtc.MuteTrackRequest(sid="TR_nope", muted=True))
+    (refused,) = alice.of("request_response")
+    assert refused.reason == rtc.RequestResponse.NOT_FOUND and refused.mute.sid == "TR_nope"
+    alice.request(1.0, subscription=rtc.UpdateSubscription(track_sids=["TR_nope"], subscribe=True))
+    (missing,) = alice.of("subscription_response")
+    assert missing.track_sid == "TR_nope"
+    assert missing.err == models.SubscriptionError.SE_TRACK_NOTFOUND
+    alice.session.on_offer_refused(4, "ValueError: bad SDP")
+    bad = alice.of("request_response")[-1]
+    assert (bad.request_id, bad.reason) == (4, rtc.RequestResponse.INVALID_REQUEST)
+    assert alice.session.state is State.JOINED and alice.sink.closed is None
+    assert bob.of("request_response") == [] and bob.sink.closed is None

@@ -1,0 +1,295 @@
+"""``edgedispatch bench rooms``: rooms with the unmodified ``livekit`` rtc SDK.
+
+Against a server it starts (``serve --dev``), or any LiveKit-compatible
+server given with ``--url`` (so the same numbers can be taken from another
+server side by side).  All clients run in this process, on this machine:
+
+- join: ``connect()`` to connected, one participant at a time, p50/p99;
+- notices: how long after a participant is connected (or calls
+  ``disconnect()``) another one in the room hears of it, p99;
+- data: round trips of a reliable packet echoed by a second participant;
+- audio rooms: k two-party rooms, each side publishing a tone and hearing
+  the other's, for k in steps until more than 0.1% of 20 ms frames are
+  lost or silent; with the server CPU per forwarded stream (own server).
+
+The tone is checked where a user would hear it: frames that do not arrive
+and frames whose level falls below 30% of the tone's count as lost.  The
+rtc SDK hides packet timing (its jitter buffer plays out at a fixed pace),
+so delay variation is not measured here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from edgedispatch.cli.bench.common import percentile, start_server, stop
+from edgedispatch.cli.bench.dispatch import cpu_seconds
+from edgedispatch.config import DEV_KEY, DEV_SECRET
+
+TARGETS = {
+    "join_p50_ms": 150.0,
+    "join_p99_ms": 400.0,
+    "data_rtt_p99_ms": 10.0,
+    "notice_p99_ms": 50.0,
+    "audio_rooms": 30,
+}
+RATE = 48000
+FRAME_MS = 20
+FRAME = RATE * FRAME_MS // 1000
+AMPLITUDE = 8000
+LOSS_LIMIT = 0.001
+
+
+def token(identity: str, room: str, key: str, secret: str) -> str:
+    from livekit import api
+
+    grants = api.VideoGrants(room_join=True, room=room)
+    return api.AccessToken(key, secret).with_identity(identity).with_grants(grants).to_jwt()
+
+
+class Bench:
+    def __init__(self, url: str, key: str, secret: str) -> None:
+        from livekit import rtc
+
+        self.rtc = rtc
+        self.url, self.key, self.secret = url, key, secret
+
+    async def join(self, identity: str, room: str) -> Any:
+        r = self.rtc.Room()
+        await r.connect(self.url, token(identity, room, self.key, self.secret))
+        return r
+
+    async def joins(self, n: int) -> dict[str, float]:
+        """Join latency, and how soon an observer hears of joins and leaves."""
+        observer = await self.join("observer", "bench-join")
+        seen: dict[str, float] = {}
+        gone: dict[str, float] = {}
+        observer.on(
+            "participant_connected", lambda p: seen.setdefault(p.identity, time.monotonic())
+        )
+        observer.on(
+            "participant_disconnected", lambda p: gone.setdefault(p.identity, time.monotonic())
+        )
+        joins, notices, leaves = [], [], []
+        for i in range(n):
+            start = time.monotonic()
+            room = await self.join(f"joiner-{i}", "bench-join")
+            connected = time.monotonic()
+            joins.append(connected - start)
+            await _until(lambda i=i: f"joiner-{i}" in seen, 5)
+            notices.append(max(0.0, seen[f"joiner-{i}"] - connected))
+            left = time.monotonic()
+            await room.disconnect()
+            await _until(lambda i=i: f"joiner-{i}" in gone, 5)
+            leaves.append(max(0.0, gone[f"joiner-{i}"] - left))
+        await observer.disconnect()
+        ms = 1000.0
+        return {
+            "join_p50_ms": percentile(joins, 0.5) * ms,
+            "join_p99_ms": percentile(joins, 0.99) * ms,
+            "notice_p99_ms": percentile(notices + leaves, 0.99) * ms,
+            "join_notice_p50_ms": percentile(notices, 0.5) * ms,
+            "leave_notice_p50_ms": percentile(leaves, 0.5) * ms,
+        }
+
+    async def data_rtt(self, n: int) -> dict[str, float]:
+        a = await self.join("ping", "bench-data")
+        b = await self.join("echo", "bench-data")
+        echoed: asyncio.Queue[float] = asyncio.Queue()
+
+        def on_b(packet: Any) -> None:
+            asyncio.ensure_future(
+                b.local_participant.publish_data(
+                    packet.data, topic="pong", destination_identities=["ping"]
+                )
+            )
+
+        b.on("data_received", on_b)
+        a.on("data_received", lambda p: echoed.put_nowait(time.monotonic()))
+        rtts = []
+        for i in range(n):
+            start = time.monotonic()
+            await a.local_participant.publish_data(str(i).encode(), topic="ping")
+            rtts.append(await asyncio.wait_for(echoed.get(), 5) - start)
+        await a.disconnect()
+        await b.disconnect()
+        return {
+            "data_rtt_p50_ms": percentile(rtts, 0.5) * 1000,
+            "data_rtt_p99_ms": percentile(rtts, 0.99) * 1000,
+        }
+
+    async def audio_rooms(self, k: int, seconds: float, server_pid: int | None) -> dict[str, float]:
+        rtc = self.rtc
+        rooms: list[Any] = []
+        players: list[asyncio.Task[None]] = []
+        counters: list[list[int]] = []  # per listener: [frames, silent]
+        listeners: list[asyncio.Task[None]] = []
+        stop_at = [math.inf]
+        expected_rms = AMPLITUDE / math.sqrt(2)
+
+        async def listen(track: Any, counts: list[int]) -> None:
+            stream = rtc.AudioStream(
+                track, sample_rate=RATE, num_channels=1, frame_size_ms=FRAME_MS
+            )
+            async for event in stream:
+                now = time.monotonic()
+                if now > stop_at[0]:
+                    break
+                if now > stop_at[0] - seconds:
+                    samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32)
+                    counts[0] += 1
+                    if math.sqrt(float(np.mean(samples * samples))) < 0.3 * expected_rms:
+                        counts[1] += 1
+            await stream.aclose()
+
+        for r in range(k):
+            for side, freq in (("a", 440.0), ("b", 660.0)):
+                room = await self.join(f"{side}{r}", f"bench-audio-{r}")
+                counts = [0, 0]
+                counters.append(counts)
+                room.on(
+                    "track_subscribed",
+                    lambda track, pub, who, c=counts: listeners.append(
+                        asyncio.ensure_future(listen(track, c))
+                    ),
+                )
+                rooms.append(room)
+                players.append(await _tone(rtc, room, freq))
+        warmup = 3.0
+        await asyncio.sleep(warmup)
+        stop_at[0] = time.monotonic() + seconds
+        cpu0 = cpu_seconds(server_pid) if server_pid else None
+        await asyncio.sleep(seconds)
+        cpu = (
+            (cpu_seconds(server_pid) - cpu0) / seconds if server_pid and cpu0 is not None else None
+        )
+        await asyncio.sleep(0.2)
+        for task in players:
+            task.cancel()
+        for room in rooms:
+            await room.disconnect()
+        for task in listeners:
+            task.cancel()
+        expected = len(counters) * seconds * 1000 / FRAME_MS
+        received = sum(c[0] for c in counters)
+        silent = sum(c[1] for c in counters)
+        lost = max(0.0, expected - received) + silent
+        out = {"rooms": k, "frame_loss": lost / expected, "silent_frames": silent}
+        if cpu is not None:
+            out["server_cpu_pct"] = cpu * 100
+            out["cpu_pct_per_stream"] = cpu * 100 / (2 * k)
+        return out
+
+
+async def _tone(rtc: Any, room: Any, freq: float) -> asyncio.Task[None]:
+    source = rtc.AudioSource(RATE, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("tone", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    await room.local_participant.publish_track(track, options)
+    wave = (AMPLITUDE * np.sin(2 * np.pi * freq * np.arange(RATE) / RATE)).astype(np.int16)
+
+    async def play() -> None:
+        t = 0
+        while True:
+            chunk = np.take(wave, range(t, t + FRAME), mode="wrap")
+            t = (t + FRAME) % RATE
+            await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), RATE, 1, FRAME))
+
+    return asyncio.create_task(play())
+
+
+async def _until(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other participant never heard of it")
+        await asyncio.sleep(0.001)
+
+
+def run(
+    url: str | None = None,
+    api_key: str = DEV_KEY,
+    api_secret: str = DEV_SECRET,
+    *,
+    joins: int = 20,
+    round_trips: int = 100,
+    steps: tuple[int, ...] = (5, 10, 20, 30, 40, 60),
+    seconds: float = 10.0,
+) -> dict[str, Any]:
+    try:
+        import livekit.rtc  # noqa: F401
+    except ImportError:
+        return {
+            "error": "bench rooms needs the livekit rtc SDK: pip install 'edgedispatch[agents]'"
+        }
+    server = None
+    if url is None:
+        server, http = start_server()
+        url = http.replace("http://", "ws://")
+    report: dict[str, Any] = {
+        "url": url,
+        "server": "own" if server else "given",
+        "targets": TARGETS,
+    }
+    try:
+        bench = Bench(url, api_key, api_secret)
+        pid = server.pid if server is not None else None
+
+        async def main() -> None:
+            report.update(await bench.joins(joins))
+            report.update(await bench.data_rtt(round_trips))
+            passed = 0
+            report["audio"] = []
+            for k in steps:
+                step = await bench.audio_rooms(k, seconds, pid)
+                report["audio"].append(step)
+                if step["frame_loss"] > LOSS_LIMIT:
+                    break
+                passed = k
+            report["audio_rooms"] = passed
+
+        asyncio.run(main())
+    finally:
+        if server is not None:
+            stop(server)
+    report["cpus"] = len(os.sched_getaffinity(0))
+    return report
+
+
+def render(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return str(r["error"])
+    t = r["targets"]
+    lines = [
+        f"rooms on {r['url']} ({r['server']} server; clients: the livekit rtc SDK, "
+        f"{r['cpus']} CPUs shared)",
+        f"join (connect to connected)  p50 {r['join_p50_ms']:7.1f} ms  p99 "
+        f"{r['join_p99_ms']:7.1f} ms   target <= {t['join_p50_ms']:.0f} / {t['join_p99_ms']:.0f}",
+        f"join/leave notice            p99 {r['notice_p99_ms']:7.1f} ms"
+        f"   (join p50 {r['join_notice_p50_ms']:.1f}, leave p50 {r['leave_notice_p50_ms']:.1f})"
+        f"   target <= {t['notice_p99_ms']:.0f}",
+        f"data round trip              p50 {r['data_rtt_p50_ms']:7.1f} ms  p99 "
+        f"{r['data_rtt_p99_ms']:7.1f} ms   target p99 <= {t['data_rtt_p99_ms']:.0f}",
+        "two-party audio rooms (each side a tone):",
+    ]
+    for step in r["audio"]:
+        cpu = (
+            f"  server CPU {step['server_cpu_pct']:5.1f}% "
+            f"({step['cpu_pct_per_stream']:.2f}% per forwarded stream)"
+            if "server_cpu_pct" in step
+            else ""
+        )
+        lines.append(
+            f"  {step['rooms']:3d} rooms: frame loss {100 * step['frame_loss']:6.3f}%{cpu}"
+        )
+    lines.append(
+        f"rooms under {100 * LOSS_LIMIT:.1f}% loss: {r['audio_rooms']} "
+        f"(target >= {t['audio_rooms']})"
+    )
+    return "\n".join(lines)

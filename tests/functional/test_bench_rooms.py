@@ -1,0 +1,30 @@
+"""``edgedispatch bench rooms`` runs end to end with rtc SDK clients and
+reports what the rooms issue asks for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.media]
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop"], indirect=True)
+def test_bench_rooms_json(loop_kind: str, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edgedispatch", "bench", "rooms",
+         "--joins", "3", "--rooms", "1", "--seconds", "2", "--json"],
+        capture_output=True, text=True, timeout=180, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    assert 0 < report["join_p50_ms"] <= report["join_p99_ms"] < 5000
+    assert 0 < report["data_rtt_p50_ms"] <= report["data_rtt_p99_ms"] < 1000
+    assert report["notice_p99_ms"] >= 0
+    (step,) = report["audio"]
+    assert step["rooms"] == 1 and step["frame_loss"] <= 0.01  # loopback, one room
+    assert 0 < step["cpu_pct_per_stream"] < 100
+    assert report["audio_rooms"] == 1
