@@ -41,8 +41,14 @@ async def converse(ctx: JobContext, out: Path) -> None:
     """Join the room, greet it, and stay until the room is gone."""
     import asyncio
 
+    async def ended(reason: str) -> None:
+        # The room's close ends the job: the runtime cancels this entrypoint
+        # and runs the shutdown callbacks.
+        (out / f"{ctx.job_id}.left").write_text(reason or "room closed")
+
+    ctx.add_shutdown_callback(ended)
     room = await ctx.connect()
     left = asyncio.get_running_loop().create_future()
     room.on("disconnected", lambda reason: left.done() or left.set_result(str(reason)))
     await room.local_participant.publish_data(f"native {ctx.job_id}".encode(), topic="greeting")
-    (out / f"{ctx.job_id}.left").write_text(await left)
+    await left
