@@ -75,7 +75,11 @@ def _bench_jobs(args: argparse.Namespace) -> int:
 
 
 def _bench_rooms(args: argparse.Namespace) -> int:
-    from edgedispatch.cli.bench import rooms
+    try:
+        from edgedispatch.cli.bench import rooms
+    except ImportError as exc:  # numpy and the rtc SDK come with the bench extra
+        print(f"bench rooms needs pip install 'edgedispatch[bench]': {exc}", file=sys.stderr)
+        return 1
 
     report = rooms.run(
         args.url,
