@@ -25,10 +25,10 @@ from edgedispatch import _core
 from edgedispatch.api.app import App
 from edgedispatch.config import Config
 from edgedispatch.dispatch.domain import Domain
-from edgedispatch.net.http import HttpProtocol
-from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net import media_link
+from edgedispatch.net.http import HttpProtocol
 from edgedispatch.net.media_pool import MediaPool
+from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
 from edgedispatch.obs import logs
 from edgedispatch.rtc.room import RoomHub

@@ -76,9 +76,7 @@ class WorkerProcess:
         )
         child.close()
         loop = asyncio.get_running_loop()
-        self._connecting = loop.create_task(
-            loop.connect_accepted_socket(lambda: self.link, parent)
-        )
+        self._connecting = loop.create_task(loop.connect_accepted_socket(lambda: self.link, parent))
 
     def _on_frame(self, frame: list[Any]) -> None:
         op, *args = frame
@@ -131,7 +129,7 @@ class WorkerProcess:
         self.link.close()
         try:
             await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             await asyncio.to_thread(self.proc.wait)
 
