@@ -25,7 +25,9 @@ from edgedispatch import _core
 from edgedispatch.api.app import App
 from edgedispatch.config import Config
 from edgedispatch.dispatch.domain import Domain
+from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol
+from edgedispatch.net.media_pool import MediaPool
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
 from edgedispatch.obs import logs
@@ -55,7 +57,7 @@ class Server:
         self.agents: AgentManager | None = None
         self.containment: Containment | None = None
         self.rooms: RoomHub | None = None
-        self._media: MediaFactory | None = None
+        self._media: MediaFactory | MediaPool | None = None
         self._webhooks: WebhookSender | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
@@ -107,16 +109,20 @@ class Server:
         app.agents = self.agents
 
     def _rooms(self, domain: Domain) -> RoomHub | None:
-        """The live rooms, with aiortc for their media; none without it."""
-        try:
-            from edgedispatch.net.media import MediaFactory
-        except ImportError as exc:
-            log.warning(
-                "rooms are off: aiortc is not installed (pip install edgedispatch[rtc]): %s", exc
-            )
+        """The live rooms, with aiortc for their media (in media worker
+        processes, or here); none without aiortc."""
+        rtc = self.cfg.rtc
+        problem = media_link.aiortc_problem()
+        if problem:
+            log.warning("rooms are off: %s (pip install edgedispatch[rtc])", problem)
             return None
-        self._media = MediaFactory(self.cfg.rtc)
-        return RoomHub(domain, self.cfg.rtc, self._media)
+        if rtc.media_in_process:
+            from edgedispatch.net.media import MediaFactory
+
+            self._media = MediaFactory(rtc)
+        else:
+            self._media = MediaPool(rtc, rtc.media_workers)
+        return RoomHub(domain, rtc, self._media)
 
     def _contain(self) -> Containment:
         containment = Containment(self.cfg)

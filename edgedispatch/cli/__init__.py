@@ -75,7 +75,11 @@ def _bench_jobs(args: argparse.Namespace) -> int:
 
 
 def _bench_rooms(args: argparse.Namespace) -> int:
-    from edgedispatch.cli.bench import rooms
+    try:
+        from edgedispatch.cli.bench import rooms
+    except ImportError as exc:  # numpy and the rtc SDK come with the bench extra
+        print(f"bench rooms needs pip install 'edgedispatch[bench]': {exc}", file=sys.stderr)
+        return 1
 
     report = rooms.run(
         args.url,
@@ -84,6 +88,7 @@ def _bench_rooms(args: argparse.Namespace) -> int:
         joins=args.joins,
         steps=tuple(args.rooms),
         seconds=args.seconds,
+        dispatch_rate=args.dispatch_rate,
     )
     print(json.dumps(report) if args.json else rooms.render(report))
     return 1 if "error" in report else 0
@@ -180,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="two-party audio rooms to try, in order, until frames are lost",
     )  # fmt: skip
     rooms.add_argument("--seconds", type=float, default=10, help="audio measured per step")
+    rooms.add_argument(
+        "--dispatch-rate", type=float, default=1000,
+        help="bench dispatch at this rate beside the rooms (0: skip)",
+    )  # fmt: skip
     rooms.add_argument("--json", action="store_true", help="print one JSON object")
     rooms.set_defaults(func=_bench_rooms)
     return parser

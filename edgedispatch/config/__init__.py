@@ -105,6 +105,12 @@ class RtcConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: dropped (LiveKit's values; the SDKs need both non-zero).
     ping_interval: int = 5
     ping_timeout: int = 15
+    #: Processes the rooms' media runs in (a room lives wholly in one), so
+    #: that it never takes the dispatch loop's time; 0: one per CPU.  They
+    #: start with the first room.
+    media_workers: int = 0
+    #: true: run the media in the server's own process instead (debugging).
+    media_in_process: bool = False
     #: The LiveKit server version clients are told (JoinResponse): the SDKs
     #: gate features on it, and this is the release whose behaviour we match.
     server_version: str = "1.13.5"

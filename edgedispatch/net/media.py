@@ -42,11 +42,10 @@ from av.packet import Packet
 
 from edgedispatch.config import RtcConfig
 from edgedispatch.errors import ConfigError
+from edgedispatch.net.media_link import AIORTC_VERSION
 
 log = logging.getLogger("edgedispatch.media")
 
-#: The aiortc release the private attributes below were verified on.
-AIORTC_VERSION = "1.16.0"
 #: SignalTarget: which of v0's two connections a trickle is for.
 SUBSCRIBER = 1
 #: DataPacket.Kind by the data channel labels the SDKs open.
@@ -270,6 +269,10 @@ class MediaFactory:
         peer = PeerMedia(events, RTCConfiguration(iceServers=list(self._servers)), self.peers)
         self.peers.add(peer)
         return peer
+
+    async def stats(self) -> list[tuple[int, int]]:
+        """(packets received, packets lost) of every published track."""
+        return [s for peer in self.peers for s in peer.stats().values()]
 
     async def close(self) -> None:
         for peer in list(self.peers):

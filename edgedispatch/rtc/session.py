@@ -223,6 +223,11 @@ class SignalSession:
     def single_pc(self) -> bool:
         return self.params.single_pc
 
+    @property
+    def room_key(self) -> tuple[str, str]:
+        """(tenant, room name): the media of a room stays in one place."""
+        return (self.room.tenant, self.room.name)
+
     def on_offer(self, sdp: str, offer_id: int) -> None:
         if self.state is State.JOINED:
             offer = rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id)

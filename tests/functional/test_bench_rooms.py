@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.media]
 def test_bench_rooms_json(loop_kind: str, tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "edgedispatch", "bench", "rooms",
-         "--joins", "3", "--rooms", "1", "--seconds", "2", "--json"],
+         "--joins", "3", "--rooms", "1", "--seconds", "2", "--dispatch-rate", "100", "--json"],
         capture_output=True, text=True, timeout=180, check=True, cwd=tmp_path,
     )  # fmt: skip
     report = json.loads(out.stdout)
@@ -28,3 +28,7 @@ def test_bench_rooms_json(loop_kind: str, tmp_path: Path) -> None:
     assert step["rooms"] == 1 and step["frame_loss"] <= 0.01  # loopback, one room
     assert 0 < step["cpu_pct_per_stream"] < 100
     assert report["audio_rooms"] == 1
+    beside = report["dispatch_beside_rooms"]
+    assert beside["rooms"] == 1 and beside["sent"] == 1000
+    assert beside["completed"] == beside["sent"]  # every dispatch ran beside the room
+    assert 0 < beside["latency_ms"]["p50"] <= beside["latency_ms"]["p99"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +23,8 @@ from livekit.protocol import room as room_pb
 from livekit.protocol import rtc as lk_rtc
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
+
+from edgedispatch.net.media_pool import MediaPool
 
 from .clients import WorkerProcess, py_worker
 from .conftest import ServerThread
@@ -280,9 +283,10 @@ def test_a_tone_is_forwarded_untouched(
     srv = start_server()
 
     def server_stats() -> list[tuple[int, int]]:
+        """(received, lost) per published track, from the media workers."""
         media = srv.server._media
         assert media is not None
-        return [s for peer in media.peers for s in peer.stats().values()]
+        return asyncio.run_coroutine_threadsafe(media.stats(), srv.loop).result(10)
 
     async def main() -> tuple[float, float, int, list[tuple[int, int]]]:
         listener, _ = await joined(srv, token("listener"), MODES[mode])
@@ -293,7 +297,7 @@ def test_a_tone_is_forwarded_untouched(
         try:
             track = await asyncio.wait_for(heard, 10)
             rms, peak, frames = await listen(track, seconds=2.0)
-            return rms, peak, frames, srv.call(server_stats)
+            return rms, peak, frames, server_stats()
         finally:
             player.cancel()
             await speaker.disconnect()
@@ -557,6 +561,49 @@ def test_bad_signal_input_ends_only_the_sender_s_session(
         # Bob was never disturbed: his connection works.
         await bob.local_participant.set_attributes({"still": "here"})
         assert bob.connection_state == rtc.ConnectionState.CONN_CONNECTED
+        await bob.disconnect()
+
+    run(main)
+
+
+def test_media_runs_in_worker_processes_and_survives_one_dying(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """A room's peer connections live in one media worker process, not in
+    the server's; if that worker dies, its participants are told to rejoin,
+    the SDKs do, and the room works again on a new worker."""
+    srv = start_server()
+
+    async def main() -> None:
+        alice, _ = await joined(srv, token("alice"), True)
+        bob, _ = await joined(srv, token("bob"), True)
+        pool = srv.server._media
+        assert isinstance(pool, MediaPool)
+        worker = pool._rooms["", "r1"]
+        assert worker.proc.pid != os.getpid() and len(worker.proxies) == 2
+        got: list[bytes] = []
+        bob.on("data_received", lambda p: got.append(p.data))
+        await alice.local_participant.publish_data(b"before")
+        await until(lambda: got == [b"before"], "data before")
+        worker.proc.kill()
+        await until(lambda: not worker.alive, "the worker's death to be seen")
+        # The SDKs rejoin on their own (the server said RECONNECT).
+        await until(
+            lambda: (
+                srv.call(lambda: pool._rooms.get(("", "r1")) not in (None, worker))
+                and srv.call(lambda: len(pool._rooms["", "r1"].proxies)) == 2
+            ),
+            "both to rejoin on a new worker",
+            30,
+        )
+        await until(lambda: "alice" in bob.remote_participants, "bob to see alice again", 30)
+        for _ in range(100):  # the data channels reopen a moment after the join
+            await alice.local_participant.publish_data(b"after")
+            await asyncio.sleep(0.1)
+            if b"after" in got:
+                break
+        assert b"after" in got
+        await alice.disconnect()
         await bob.disconnect()
 
     run(main)

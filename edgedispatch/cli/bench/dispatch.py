@@ -115,20 +115,29 @@ def run(
     procs: int = 2,
     python: list[str] | None = None,
     loop: str = "uvloop",
+    url: str | None = None,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """:param python: how to start the server's interpreter (e.g. under a profiler).
-    :param loop: the server's event loop (``serve --loop``)."""
+    :param loop: the server's event loop (``serve --loop``).
+    :param url: a server already running (``bench rooms`` measures dispatch
+        beside its rooms): nothing is pinned, and RSS and CPU are measured
+        only if its ``server_pid`` is given."""
     raise_fd_limit()
-    server, url = start_server("--log-format", "json", "--loop", loop, python=python)
+    server = None
+    if url is None:
+        server, url = start_server("--log-format", "json", "--loop", loop, python=python)
+        server_pid = server.pid
     sims: list[subprocess.Popen[str]] = []
     try:
         host, port = url.removeprefix("http://").split(":")
-        cpus = sorted(os.sched_getaffinity(0))
-        server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
-        pin(server.pid, server_cpus)
-        pin(os.getpid(), load_cpus)
+        if server is not None:
+            cpus = sorted(os.sched_getaffinity(0))
+            server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+            pin(server.pid, server_cpus)
+            pin(os.getpid(), load_cpus)
         time.sleep(0.5)
-        rss_before = rss_kb(server.pid)
+        rss_before = rss_kb(server_pid) if server_pid else 0
         per_proc = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
         for count in per_proc:
             if count:
@@ -156,13 +165,13 @@ def run(
             if line.strip() != "ready":
                 raise RuntimeError(f"simulated workers failed to start: {line!r}")
         time.sleep(1.0)
-        rss_idle = rss_kb(server.pid)
+        rss_idle = rss_kb(server_pid) if server_pid else 0
         driver = Driver(host, int(port), rate, duration)
-        started, cpu0 = time.monotonic(), cpu_seconds(server.pid)
+        started, cpu0 = time.monotonic(), cpu_seconds(server_pid) if server_pid else 0.0
         if rate > 0:
             uvloop.run(driver.run())
         sent_for = time.monotonic() - started
-        server_cpu = (cpu_seconds(server.pid) - cpu0) / sent_for
+        server_cpu = (cpu_seconds(server_pid) - cpu0) / sent_for if server_pid else math.nan
         time.sleep(min(2.0, hold + 1.0))  # let the last jobs start
         running_at: dict[str, float] = {}
         for sim in sims:
@@ -173,7 +182,8 @@ def run(
         for sim in sims:
             if sim.poll() is None:
                 sim.kill()
-        stop(server, timeout=10)
+        if server is not None:
+            stop(server, timeout=10)
     latencies = sorted(
         (running_at[k] - due) * 1000 for k, due in driver.due.items() if k in running_at
     )

@@ -1,0 +1,98 @@
+"""The link between the server and a media worker process: one Unix
+socket pair, frames of a 4-byte length and a msgpack list ``[op, ...]``.
+
+Both ends use ``MediaLink``, an asyncio protocol that hands each whole frame
+to a callback and writes frames back; nothing here imports aiortc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgspec
+
+log = logging.getLogger("edgedispatch.media")
+
+#: The aiortc release net/media.py's private attributes were verified on.
+AIORTC_VERSION = "1.16.0"
+#: The worker's environment: its end of the socket pair, and the rtc config.
+FD_ENV = "EDGEDISPATCH_MEDIA_FD"
+CONFIG_ENV = "EDGEDISPATCH_MEDIA_CONFIG"
+#: A frame larger than this ends the link: the peer is broken.
+MAX_FRAME = 4 * 1024 * 1024
+_LEN = struct.Struct(">I")
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(list[Any]).decode
+
+
+def aiortc_problem() -> str:
+    """Why rooms cannot be served here ("" if they can), without importing
+    aiortc (the server process need not load it)."""
+    try:
+        found = importlib.metadata.version("aiortc")
+    except importlib.metadata.PackageNotFoundError:
+        return "aiortc is not installed"
+    if found != AIORTC_VERSION:
+        return f"rooms need aiortc {AIORTC_VERSION}, found {found}"
+    return ""
+
+
+class MediaLink(asyncio.Protocol):
+    """:param on_frame: called with each frame's list.
+    :param on_lost: called once when the link ends."""
+
+    def __init__(self, on_frame: Callable[[list[Any]], None], on_lost: Callable[[], None]) -> None:
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._pending: list[bytes] = []  # written before the connection was made
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
+        self._transport = cast(asyncio.Transport, transport)
+        for data in self._pending:
+            self._transport.write(data)
+        self._pending.clear()
+
+    def send(self, *frame: Any) -> None:
+        body = _encode(list(frame))
+        data = _LEN.pack(len(body)) + body
+        if self._transport is None:
+            self._pending.append(data)
+        elif not self._transport.is_closing():
+            self._transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        while len(buf) >= 4:
+            (size,) = _LEN.unpack_from(buf)
+            if size > MAX_FRAME:
+                log.error("media link frame of %d bytes: closing the link", size)
+                self.close()
+                return
+            if len(buf) < 4 + size:
+                break
+            body = bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
+            try:
+                frame = _decode(body)
+            except msgspec.DecodeError:
+                log.error("media link frame is not msgpack: closing the link")
+                self.close()
+                return
+            self._on_frame(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._on_lost()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()

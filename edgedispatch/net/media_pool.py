@@ -1,0 +1,241 @@
+"""Media worker processes, seen from the server: rooms' peer connections
+run there, so that SRTP, SCTP and ICE never take the dispatch loop's time.
+
+``MediaPool`` is the rooms' media factory: each participant gets a
+``MediaProxy`` whose commands go to the worker that holds its room (a room
+lives wholly in one worker, so that audio is forwarded inside it), and
+whose events come back to its signal session.  Workers start with the first
+room (importing aiortc takes ~0.5 s of CPU, which a server that never hosts
+a room should not pay), one per CPU by default, and a room goes to the
+worker with the fewest participants.  A worker that dies fails its
+participants' media: their SDKs rejoin, on a new worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+from typing import Any, Protocol
+
+import msgspec
+
+from edgedispatch.config import RtcConfig
+from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, MediaLink
+
+log = logging.getLogger("edgedispatch.media")
+
+
+class Session(Protocol):
+    """The signal session's side (``rtc.session.SignalSession``)."""
+
+    @property
+    def single_pc(self) -> bool: ...
+
+    @property
+    def room_key(self) -> tuple[str, str]: ...
+
+    def on_answer(self, sdp: str, offer_id: int, mid_to_track: dict[str, str]) -> None: ...
+
+    def on_data(self, payload: bytes, kind: int, now: float) -> None: ...
+
+    def on_track_received(self, track_sid: str, mid: str) -> None: ...
+
+    def request_offer(self, num_audios: int, num_videos: int) -> None: ...
+
+    def on_offer(self, sdp: str, offer_id: int) -> None: ...
+
+    def on_media_failed(self, why: str, now: float) -> None: ...
+
+    def on_offer_refused(self, offer_id: int, why: str) -> None: ...
+
+
+class WorkerProcess:
+    def __init__(self, pool: MediaPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.proxies: dict[int, MediaProxy] = {}
+        self.alive = True
+        self.pid = 0
+        self._stats: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.link = MediaLink(self._on_frame, self._on_lost)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {
+            **os.environ,
+            FD_ENV: str(child.fileno()),
+            CONFIG_ENV: msgspec.json.encode(pool.cfg).decode(),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgedispatch.net.media_worker"],
+            pass_fds=(child.fileno(),),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        loop = asyncio.get_running_loop()
+        self._connecting = loop.create_task(loop.connect_accepted_socket(lambda: self.link, parent))
+
+    def _on_frame(self, frame: list[Any]) -> None:
+        op, *args = frame
+        if op == "ready":
+            self.pid = args[0]
+            log.info("media worker %d ready (pid %d)", self.index, self.pid)
+            return
+        if op == "stats":
+            future = self._stats.pop(args[0], None)
+            if future is not None and not future.done():
+                future.set_result(args[1])
+            return
+        proxy = self.proxies.get(args[0])
+        if proxy is None or proxy.closed:
+            return
+        session, now = proxy.session, asyncio.get_running_loop().time()
+        if op == "answer":
+            session.on_answer(args[1], args[2], args[3])
+        elif op == "data":
+            session.on_data(args[1], args[2], now)
+        elif op == "track":
+            session.on_track_received(args[1], args[2])
+        elif op == "need":
+            session.request_offer(args[1], args[2])
+        elif op == "offer":
+            session.on_offer(args[1], args[2])
+        elif op == "failed":
+            session.on_media_failed(args[1], now)
+        elif op == "refused":
+            session.on_offer_refused(args[1], args[2])
+
+    def _on_lost(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self.pool.lost(self)
+        now = asyncio.get_running_loop().time()
+        for proxy in list(self.proxies.values()):
+            if not proxy.closed:
+                proxy.session.on_media_failed("the media worker exited", now)
+
+    async def stats(self, request: int) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._stats[request] = future
+        self.link.send("stats", request)
+        return await asyncio.wait_for(future, 5)
+
+    async def stop(self) -> None:
+        self.alive = False
+        self.link.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
+
+
+class MediaProxy:
+    """A participant's media, in a worker (``rtc.session.Media``)."""
+
+    def __init__(
+        self, worker: WorkerProcess, peer: int, session: Session, room: tuple[str, str]
+    ) -> None:
+        self.worker = worker
+        self.peer = peer
+        self.session = session
+        self.room = room
+        self.closed = False
+        worker.proxies[peer] = self
+        worker.link.send("open", peer, session.single_pc)
+
+    def _send(self, *frame: Any) -> None:
+        if not self.closed and self.worker.alive:
+            self.worker.link.send(*frame)
+
+    def negotiate(self, sdp: str, offer_id: int, target: int) -> None:
+        self._send("negotiate", self.peer, sdp, offer_id, target)
+
+    def add_candidate(self, candidate_init: str, target: int) -> None:
+        self._send("candidate", self.peer, candidate_init, target)
+
+    def send_data(self, packet: bytes, kind: int) -> None:
+        self._send("data", self.peer, packet, kind)
+
+    def expect_track(self, cid: str, track_sid: str) -> None:
+        self._send("expect", self.peer, cid, track_sid)
+
+    def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
+        if isinstance(publisher, MediaProxy) and publisher.worker is self.worker:
+            self._send("subscribe", self.peer, track_sid, publisher.peer, stream_id)
+
+    def unsubscribe(self, track_sid: str) -> None:
+        self._send("unsubscribe", self.peer, track_sid)
+
+    def set_answer(self, sdp: str) -> None:
+        self._send("answer", self.peer, sdp)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._send("close", self.peer)
+            self.closed = True
+            self.worker.proxies.pop(self.peer, None)
+            self.worker.pool.released(self)
+
+
+class MediaPool:
+    """:param workers: processes to run; 0 or less: one per CPU."""
+
+    def __init__(self, cfg: RtcConfig, workers: int) -> None:
+        self.cfg = cfg
+        self.size = workers if workers > 0 else max(1, len(os.sched_getaffinity(0)))
+        self.workers: list[WorkerProcess | None] = [None] * self.size
+        self._rooms: dict[tuple[str, str], WorkerProcess] = {}
+        self._room_peers: dict[tuple[str, str], int] = {}
+        self._next_peer = 0
+        self._requests = 0
+
+    def __call__(self, session: Session) -> MediaProxy:
+        key = session.room_key
+        worker = self._rooms.get(key)
+        if worker is None or not worker.alive:
+            worker = self._rooms[key] = self._least_busy()
+        self._room_peers[key] = self._room_peers.get(key, 0) + 1
+        self._next_peer += 1
+        return MediaProxy(worker, self._next_peer, session, key)
+
+    def _least_busy(self) -> WorkerProcess:
+        for i, worker in enumerate(self.workers):
+            if worker is None or not worker.alive:
+                self.workers[i] = WorkerProcess(self, i)
+        alive = [w for w in self.workers if w is not None]
+        return min(alive, key=lambda w: len(w.proxies))
+
+    def released(self, proxy: MediaProxy) -> None:
+        key = proxy.room
+        left = self._room_peers.get(key, 1) - 1
+        if left > 0:
+            self._room_peers[key] = left
+        else:
+            self._room_peers.pop(key, None)
+            self._rooms.pop(key, None)
+
+    def lost(self, worker: WorkerProcess) -> None:
+        log.error("media worker %d (pid %d) exited", worker.index, worker.proc.pid)
+        for key in [k for k, w in self._rooms.items() if w is worker]:
+            del self._rooms[key]
+
+    async def stats(self) -> list[tuple[int, int]]:
+        """(packets received, packets lost) of every published track."""
+        found: list[tuple[int, int]] = []
+        for worker in self.workers:
+            if worker is not None and worker.alive:
+                self._requests += 1
+                per_peer = await worker.stats(self._requests)
+                for tracks in per_peer.values():
+                    found += [(int(v[0]), int(v[1])) for v in tracks.values()]
+        return found
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            if worker is not None:
+                await worker.stop()

@@ -1,0 +1,135 @@
+"""A media worker process: the peer connections of the rooms given to it.
+
+Started by the server (``net.media_pool``) as ``python -m
+edgedispatch.net.media_worker`` with its end of a socket pair in
+``EDGEDISPATCH_MEDIA_FD`` and the rtc config in ``EDGEDISPATCH_MEDIA_CONFIG``.
+It runs ``net.media``'s ``PeerMedia`` for each participant the server opens
+on it, forwards audio between them itself (a room lives wholly in one
+worker), and sends back what the signal sessions wait for.  It exits when
+the server goes (the link ends).
+
+Commands in: ``open`` (peer, single_pc), ``negotiate``, ``candidate``,
+``data``, ``expect``, ``subscribe``, ``unsubscribe``, ``answer``, ``close``,
+``stats``.  Events out: ``ready``, ``answer``, ``data``, ``track``, ``need``,
+``offer``, ``failed``, ``refused``, ``stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+from typing import Any
+
+import msgspec
+
+from edgedispatch.config import RtcConfig
+from edgedispatch.net.media import MediaFactory, PeerMedia
+from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, MediaLink
+
+
+class PeerEvents:
+    """One participant's events, sent to the server (``MediaEvents``)."""
+
+    def __init__(self, link: MediaLink, peer: int, single_pc: bool) -> None:
+        self._link = link
+        self._peer = peer
+        self._single_pc = single_pc
+
+    @property
+    def single_pc(self) -> bool:
+        return self._single_pc
+
+    def on_answer(self, sdp: str, offer_id: int, mid_to_track: dict[str, str]) -> None:
+        self._link.send("answer", self._peer, sdp, offer_id, mid_to_track)
+
+    def on_data(self, payload: bytes, kind: int, now: float) -> None:
+        self._link.send("data", self._peer, payload, kind)
+
+    def on_track_received(self, track_sid: str, mid: str) -> None:
+        self._link.send("track", self._peer, track_sid, mid)
+
+    def request_offer(self, num_audios: int, num_videos: int) -> None:
+        self._link.send("need", self._peer, num_audios, num_videos)
+
+    def on_offer(self, sdp: str, offer_id: int) -> None:
+        self._link.send("offer", self._peer, sdp, offer_id)
+
+    def on_media_failed(self, why: str, now: float) -> None:
+        self._link.send("failed", self._peer, why)
+
+    def on_offer_refused(self, offer_id: int, why: str) -> None:
+        self._link.send("refused", self._peer, offer_id, why)
+
+
+class Worker:
+    def __init__(self, cfg: RtcConfig) -> None:
+        self.factory = MediaFactory(cfg)
+        self.peers: dict[int, PeerMedia] = {}
+        self.link = MediaLink(self.on_frame, self.on_lost)
+        self.done = asyncio.get_running_loop().create_future()
+
+    def on_frame(self, frame: list[Any]) -> None:
+        op, *args = frame
+        if op == "open":
+            peer, single_pc = args
+            self.peers[peer] = self.factory(PeerEvents(self.link, peer, single_pc))
+            return
+        if op == "stats":
+            stats = {str(p): m.stats() for p, m in self.peers.items()}
+            self.link.send("stats", args[0], stats)
+            return
+        media = self.peers.get(args[0])
+        if media is None:
+            return  # closed meanwhile
+        if op == "negotiate":
+            media.negotiate(args[1], args[2], args[3])
+        elif op == "candidate":
+            media.add_candidate(args[1], args[2])
+        elif op == "data":
+            media.send_data(args[1], args[2])
+        elif op == "expect":
+            media.expect_track(args[1], args[2])
+        elif op == "subscribe":
+            media.subscribe(args[1], self.peers.get(args[2]), args[3])
+        elif op == "unsubscribe":
+            media.unsubscribe(args[1])
+        elif op == "answer":
+            media.set_answer(args[1])
+        elif op == "close":
+            del self.peers[args[0]]
+            media.close()
+
+    def on_lost(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the server dies, however it dies (PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the link's end still stops it
+
+
+async def main() -> None:
+    cfg = msgspec.json.decode(os.environ.get(CONFIG_ENV, "{}"), type=RtcConfig)
+    worker = Worker(cfg)
+    sock = socket.socket(fileno=int(os.environ[FD_ENV]))
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(lambda: worker.link, sock)
+    worker.link.send("ready", os.getpid())
+    await worker.done
+    await worker.factory.close()
+
+
+if __name__ == "__main__":
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is the server's
+    import uvloop
+
+    uvloop.run(main())
