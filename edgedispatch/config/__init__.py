@@ -98,6 +98,10 @@ class RtcConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: address of the host, loopback included (aioice alone leaves loopback
     #: out, which would shut out clients on the box itself).
     interfaces: list[str] = msgspec.field(default_factory=list)
+    #: [first, last]: the UDP ports media is sent and received on (one per
+    #: participant connection), for firewalls; empty: any free port.
+    #: Applies in the media workers.
+    udp_ports: list[int] = msgspec.field(default_factory=list)
     #: STUN and TURN servers for clients behind NAT.  None by default: no
     #: request leaves the box unless the operator names a server.
     ice_servers: list[IceServerConfig] = msgspec.field(default_factory=list)
@@ -274,6 +278,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "ping_interval must be at least 1 s and below ping_timeout", "rtc.ping_interval"
         )
+    ports = cfg.rtc.udp_ports
+    if ports and not (len(ports) == 2 and 1024 <= ports[0] <= ports[1] <= 65535):
+        raise ConfigError("must be [first, last] within 1024..65535", "rtc.udp_ports")
     for i, ice in enumerate(cfg.rtc.ice_servers):
         bad = [u for u in ice.urls if not u.startswith(("stun:", "stuns:", "turn:", "turns:"))]
         if not ice.urls or bad:

@@ -71,6 +71,10 @@ class MediaEvents(Protocol):
 
     def on_track_received(self, track_sid: str, mid: str) -> None: ...
 
+    def on_track_unpublished(self, track_sid: str) -> None:
+        """The client's offer no longer sends a published track."""
+        ...
+
     def request_offer(self, num_audios: int, num_videos: int) -> None: ...
 
     def on_offer(self, sdp: str, offer_id: int) -> None:
@@ -237,18 +241,23 @@ class ForwardTrack(MediaStreamTrack):
 
 
 def offer_track_ids(sdp: str) -> dict[str, str]:
-    """mid -> the msid track id of each m-line of an offer that has both
-    (in either order within its section)."""
+    """mid -> the msid track id of each m-line of an offer that sends a
+    track (its msid and its direction, in any order within its section).
+    An unpublished track keeps its msid but stops sending."""
     found: dict[str, str] = {}
     for section in sdp.split("\nm=")[1:]:
         mid = track = ""
+        sends = True  # sendrecv when no direction is given
         for line in section.splitlines():
+            line = line.strip()
             if line.startswith("a=mid:"):
-                mid = line[6:].strip()
+                mid = line[6:]
             elif line.startswith("a=msid:"):
                 bits = line[7:].split()
                 track = bits[1] if len(bits) == 2 else ""
-        if mid and track:
+            elif line in ("a=recvonly", "a=inactive"):
+                sends = False
+        if mid and track and sends:
             found[mid] = track
     return found
 
@@ -306,6 +315,7 @@ class PeerMedia:
         # subscriber would hear nothing.  (Its m-lines grow with churn.)
         self._retired: set[int] = set()
         self._offer_tracks: dict[str, str] = {}  # mid -> msid track id
+        self._published_mids: dict[str, str] = {}  # track sid -> its m-line
         # v0: the second connection, offered by the server, that carries
         # what this participant receives (made at its first subscription).
         self._config = config
@@ -432,6 +442,15 @@ class PeerMedia:
 
     async def _answer(self, sdp: str, offer_id: int) -> None:
         self._offer_tracks = offer_track_ids(sdp)
+        # A published track whose m-line lost its msid was unpublished: the
+        # SDKs remove the sender and re-offer (LiveKit has no request for it).
+        for track_sid, mid in list(self._published_mids.items()):
+            if mid not in self._offer_tracks:
+                del self._published_mids[track_sid]
+                fanout = self.fanouts.pop(track_sid, None)
+                if fanout is not None:
+                    fanout.close()
+                self._events.on_track_unpublished(track_sid)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self._attach()
         await self._pc.setLocalDescription(await self._pc.createAnswer())
@@ -532,6 +551,8 @@ class PeerMedia:
         assert transceiver is not None
         if track.kind == "audio":
             setattr(transceiver.receiver, JITTER_BUFFER, fanout)
+        if mid:
+            self._published_mids[fanout.track_sid] = mid
         self._events.on_track_received(fanout.track_sid, mid or "")
 
     def _on_channel(self, channel: RTCDataChannel) -> None:

@@ -44,6 +44,8 @@ class Session(Protocol):
 
     def on_track_received(self, track_sid: str, mid: str) -> None: ...
 
+    def on_track_unpublished(self, track_sid: str) -> None: ...
+
     def request_offer(self, num_audios: int, num_videos: int) -> None: ...
 
     def on_offer(self, sdp: str, offer_id: int) -> None: ...
@@ -99,6 +101,8 @@ class WorkerProcess:
             session.on_data(args[1], args[2], now)
         elif op == "track":
             session.on_track_received(args[1], args[2])
+        elif op == "gone":
+            session.on_track_unpublished(args[1])
         elif op == "need":
             session.request_offer(args[1], args[2])
         elif op == "offer":
@@ -112,6 +116,8 @@ class WorkerProcess:
         if not self.alive:
             return
         self.alive = False
+        # Reap it (it exits as its end of the link closes, or was killed).
+        asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
         self.pool.lost(self)
         now = asyncio.get_running_loop().time()
         for proxy in list(self.proxies.values()):

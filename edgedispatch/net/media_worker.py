@@ -11,19 +11,21 @@ the server goes (the link ends).
 Commands in: ``open`` (peer, single_pc), ``negotiate``, ``candidate``,
 ``data``, ``expect``, ``subscribe``, ``unsubscribe``, ``answer``, ``close``,
 ``stats``.  Events out: ``ready``, ``answer``, ``data``, ``track``, ``need``,
-``offer``, ``failed``, ``refused``, ``stats``.
+``offer``, ``failed``, ``refused``, ``gone``, ``stats``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import os
 import signal
 import socket
 from typing import Any
 
 import msgspec
+import uvloop
 
 from edgedispatch.config import RtcConfig
 from edgedispatch.net.media import MediaFactory, PeerMedia
@@ -50,6 +52,9 @@ class PeerEvents:
 
     def on_track_received(self, track_sid: str, mid: str) -> None:
         self._link.send("track", self._peer, track_sid, mid)
+
+    def on_track_unpublished(self, track_sid: str) -> None:
+        self._link.send("gone", self._peer, track_sid)
 
     def request_offer(self, num_audios: int, num_videos: int) -> None:
         self._link.send("need", self._peer, num_audios, num_videos)
@@ -107,6 +112,37 @@ class Worker:
             self.done.set_result(None)
 
 
+class PortRangeLoop(uvloop.Loop):
+    """The worker's event loop: the UDP sockets aioice opens for host
+    candidates (any port on an address) take ports from ``rtc.udp_ports``,
+    in turn, so that a firewall can let exactly those through."""
+
+    port_range: tuple[int, int] | None = None
+    _cursor = 0
+
+    async def create_datagram_endpoint(
+        self, protocol_factory: Any, local_addr: Any = None, remote_addr: Any = None, **kw: Any
+    ) -> Any:
+        wanted = self.port_range
+        if wanted is None or local_addr is None or local_addr[1] != 0 or remote_addr:
+            return await super().create_datagram_endpoint(
+                protocol_factory, local_addr, remote_addr, **kw
+            )
+        first, last = wanted
+        count = last - first + 1
+        for i in range(count):
+            port = first + (self._cursor + i) % count
+            try:
+                made = await super().create_datagram_endpoint(
+                    protocol_factory, (local_addr[0], port), remote_addr, **kw
+                )
+            except OSError:
+                continue  # taken: the next one
+            self._cursor = (port - first + 1) % count
+            return made
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {first}-{last}")
+
+
 def _die_with_parent() -> None:
     """SIGKILL when the server dies, however it dies (PR_SET_PDEATHSIG)."""
     try:
@@ -118,9 +154,11 @@ def _die_with_parent() -> None:
 
 async def main() -> None:
     cfg = msgspec.json.decode(os.environ.get(CONFIG_ENV, "{}"), type=RtcConfig)
+    loop = asyncio.get_running_loop()
+    if cfg.udp_ports and isinstance(loop, PortRangeLoop):
+        loop.port_range = (cfg.udp_ports[0], cfg.udp_ports[1])
     worker = Worker(cfg)
     sock = socket.socket(fileno=int(os.environ[FD_ENV]))
-    loop = asyncio.get_running_loop()
     await loop.connect_accepted_socket(lambda: worker.link, sock)
     worker.link.send("ready", os.getpid())
     await worker.done
@@ -130,6 +168,4 @@ async def main() -> None:
 if __name__ == "__main__":
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is the server's
-    import uvloop
-
-    uvloop.run(main())
+    uvloop.run(main(), loop_factory=PortRangeLoop)

@@ -225,6 +225,23 @@ class LiveRoom:
             if track.sid == track_sid:
                 track.mid = mid
 
+    def unpublish(self, who: SignalSession, track_sid: str) -> None:
+        """``who`` stopped sending a track: it is told, the others are told
+        and stop receiving it."""
+        track = next((t for t in who.info.tracks if t.sid == track_sid), None)
+        if track is None:
+            return
+        who.info.tracks.remove(track)
+        who.info.version += 1
+        for other in self.others(who):
+            if other.media is not None:
+                other.media.unsubscribe(track_sid)
+        gone = rtc.TrackUnpublishedResponse(track_sid=track_sid)
+        who.send(rtc.SignalResponse(track_unpublished=gone))
+        self.announce(who)
+        for listener in self.hub.track_listeners:
+            listener(self, who, track, False)
+
     def mute_track(self, who: SignalSession, track_sid: str, muted: bool) -> bool:
         """False if ``who`` publishes no such track."""
         for track in who.info.tracks:

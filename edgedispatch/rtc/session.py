@@ -233,6 +233,10 @@ class SignalSession:
             offer = rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id)
             self.send(rtc.SignalResponse(offer=offer))
 
+    def on_track_unpublished(self, track_sid: str) -> None:
+        if self.state is State.JOINED:
+            self.room.unpublish(self, track_sid)
+
     def request_offer(self, num_audios: int, num_videos: int) -> None:
         """Ask the client for a new offer, with at least this many more
         receive sections (v1: the client always offers)."""

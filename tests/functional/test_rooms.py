@@ -607,3 +607,65 @@ def test_media_runs_in_worker_processes_and_survives_one_dying(
         await bob.disconnect()
 
     run(main)
+
+
+def test_unpublishing_a_track_is_seen_by_the_others(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    srv = start_server()
+
+    async def main() -> None:
+        listener, _ = await joined(srv, token("listener"), True)
+        speaker, _ = await joined(srv, token("speaker"), True)
+        unpublished: list[str] = []
+        subscribed: list[str] = []
+        listener.on("track_unpublished", lambda pub, who: unpublished.append(pub.sid))
+        listener.on("track_subscribed", lambda track, pub, who: subscribed.append(pub.sid))
+        player = await publish_tone(speaker, 440.0)
+        await until(lambda: bool(subscribed), "the listener to receive the track")
+        (sid,) = subscribed
+        await speaker.local_participant.unpublish_track(sid)
+        player.cancel()
+        await until(lambda: unpublished == [sid], "the unpublish")
+        assert not listener.remote_participants["speaker"].track_publications
+        await speaker.disconnect()
+        await listener.disconnect()
+
+    run(main)
+
+
+def _udp_ports(pid: int) -> set[int]:
+    """The local ports of the UDP sockets process ``pid`` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("udp", "udp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_media_uses_the_configured_udp_ports(start_server: Callable[..., ServerThread]) -> None:
+    srv = start_server(rtc={"udp_ports": [41000, 41019]})
+
+    async def main() -> set[int]:
+        alice, _ = await joined(srv, token("alice"), True)
+        bob, _ = await joined(srv, token("bob"), False)  # two connections
+        pool = srv.server._media
+        assert isinstance(pool, MediaPool)
+        ports = _udp_ports(pool._rooms["", "r1"].proc.pid)
+        await alice.disconnect()
+        await bob.disconnect()
+        return ports
+
+    ports = run(main)
+    assert ports and all(41000 <= p <= 41019 for p in ports), ports

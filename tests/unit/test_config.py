@@ -59,6 +59,8 @@ filekey = "filesecret"
         ("[rtc]\nping_interval = 20\nping_timeout = 10\n", "rtc.ping_interval"),
         ('[[rtc.ice_servers]]\nurls = ["http://x"]\n', "rtc.ice_servers[0]"),
         ('[webhook]\nurls = ["ftp://x"]\n', "webhook.urls"),
+        ("[rtc]\nudp_ports = [5000]\n", "rtc.udp_ports"),
+        ("[rtc]\nudp_ports = [6000, 5000]\n", "rtc.udp_ports"),
         ("[webhook]\nattempts = 0\n", "webhook.attempts"),
         ("nonsense = [", "edgedispatch.toml"),
     ],

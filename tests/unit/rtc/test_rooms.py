@@ -550,3 +550,15 @@ def test_unknown_tracks_and_refused_offers_get_an_error_response() -> None:
     assert (bad.request_id, bad.reason) == (4, rtc.RequestResponse.INVALID_REQUEST)
     assert alice.session.state is State.JOINED and alice.sink.closed is None
     assert bob.of("request_response") == [] and bob.sink.closed is None
+
+
+def test_a_track_the_client_stops_sending_is_unpublished_for_everyone() -> None:
+    world = World()
+    alice, bob = world.join("alice", 0.0), world.join("bob", 0.0)
+    sid = _publish_mic(alice, 1.0)
+    assert sid in bob.media.subscribed
+    alice.session.on_track_unpublished(sid)
+    (gone,) = alice.of("track_unpublished")
+    assert gone.track_sid == sid
+    assert bob.media.subscribed == {}
+    assert list(bob.updates()[-1].tracks) == []
