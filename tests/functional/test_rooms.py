@@ -26,10 +26,10 @@ from websockets.sync.client import connect as ws_connect
 
 from edgedispatch.net.media_pool import MediaPool
 
-from .clients import WorkerProcess, py_worker
+from .clients import WorkerProcess, node_worker, py_worker
 from .conftest import ServerThread
 from .test_local_agents import AGENTS, writable
-from .test_real_clients import wait_until
+from .test_real_clients import needs_node, wait_until
 from .tones import AMPLITUDE, listen, publish_tone
 
 pytestmark = [pytest.mark.slow, pytest.mark.media]
@@ -669,3 +669,42 @@ def test_media_uses_the_configured_udp_ports(start_server: Callable[..., ServerT
 
     ports = run(main)
     assert ports and all(41000 <= p <= 41019 for p in ports), ports
+
+
+@needs_node
+def test_a_node_agents_worker_joins_the_room_and_greets_the_user(
+    start_server: Callable[..., ServerThread], tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """@livekit/agents (Node) with ctx.connect(): token dispatch on join."""
+    srv = start_server(room={"departure_timeout": 1})
+    worker = node_worker(srv, tmp_path, "node-agent", EDT_MODE="connect")
+    workers.append(worker)
+    worker.wait_registered()
+    config = room_pb.RoomConfiguration(
+        agents=[agent_dispatch.RoomAgentDispatch(agent_name="node-agent")]
+    )
+
+    async def main() -> None:
+        user = rtc.Room()
+        heard: list[tuple[str | None, bytes, str]] = []
+        user.on(
+            "data_received",
+            lambda p: heard.append(
+                (p.participant.identity if p.participant else None, p.data, p.topic)
+            ),
+        )
+        await user.connect(srv.ws_url, token("user", config=config))
+        await until(lambda: bool(heard), "the node agent's greeting", 60)
+        (agent,) = user.remote_participants.values()
+        assert agent.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        assert heard[0][0] == agent.identity and heard[0][1].startswith(b"hello from node AJ_")
+        await user.disconnect()
+
+    try:
+        run(main)
+    except Exception:
+        print(worker.tail())
+        raise
+    wait_until(
+        lambda: srv.call(lambda: srv.domain.rooms.find("", "r1")) is None, what="the room to close"
+    )

@@ -1,7 +1,9 @@
 // An unmodified @livekit/agents worker, as a user would write one.
 // EDT_OUT: folder where each job writes <job id>.json with what it saw.
-// EDT_AGENT: agent name.  EDT_MODE: "record" (default) or "sleep" (run until
-// terminated; writes <job id>.terminated when the shutdown request arrives).
+// EDT_AGENT: agent name.  EDT_MODE: "record" (default), "sleep" (run until
+// terminated; writes <job id>.terminated when the shutdown request arrives)
+// or "connect" (join the room with ctx.connect(), greet it over data, and
+// stay until the room is gone).
 import { cli, defineAgent, ServerOptions } from '@livekit/agents';
 import { writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,6 +26,12 @@ export default defineAgent({
     const tmp = join(out, `.${job.id}.tmp`);
     writeFileSync(tmp, JSON.stringify(record));
     renameSync(tmp, join(out, `${job.id}.json`));
+    if (process.env.EDT_MODE === 'connect') {
+      await ctx.connect();
+      const greeting = new TextEncoder().encode(`hello from node ${job.id}`);
+      await ctx.room.localParticipant.publishData(greeting, { reliable: true, topic: 'greeting' });
+      await new Promise((resolve) => ctx.room.once('disconnected', resolve));
+    }
     if (process.env.EDT_MODE === 'sleep') {
       ctx.addShutdownCallback(async () => {
         writeFileSync(join(out, `${job.id}.terminated`), 'yes');
