@@ -12,8 +12,9 @@ server side by side).  All clients run in this process, on this machine:
   the other's, for k in steps until more than 0.1% of 20 ms frames are
   lost or silent; with the server CPU per forwarded stream (own server).
 
-The tone is checked where a user would hear it: frames that do not arrive
-and frames whose level falls below 30% of the tone's count as lost.  The
+The tone is checked where a user would hear it (``rooms_clients``, in load
+processes of their own): frames that do not arrive and frames whose level
+falls below 30% of the tone's count as lost.  The
 rtc SDK hides packet timing (its jitter buffer plays out at a fixed pace),
 so delay variation is not measured here.
 """
@@ -21,13 +22,13 @@ so delay variation is not measured here.
 from __future__ import annotations
 
 import asyncio
-import math
+import json
 import os
-import threading
+import selectors
+import subprocess
+import sys
 import time
 from typing import Any
-
-import numpy as np
 
 from edgedispatch.cli.bench.common import percentile, start_server, stop
 from edgedispatch.cli.bench.dispatch import cpu_seconds
@@ -40,10 +41,6 @@ TARGETS = {
     "notice_p99_ms": 50.0,
     "audio_rooms": 30,
 }
-RATE = 48000
-FRAME_MS = 20
-FRAME = RATE * FRAME_MS // 1000
-AMPLITUDE = 8000
 LOSS_LIMIT = 0.001
 
 
@@ -125,84 +122,89 @@ class Bench:
             "data_rtt_p99_ms": percentile(rtts, 0.99) * 1000,
         }
 
-    async def hold_rooms(self, k: int, until: threading.Event) -> None:
-        """k two-party tone rooms, open until ``until`` is set."""
-        rooms, players = [], []
-        for r in range(k):
-            for side, freq in (("a", 440.0), ("b", 660.0)):
-                room = await self.join(f"{side}{r}", f"bench-busy-{r}")
-                rooms.append(room)
-                players.append(await _tone(self.rtc, room, freq))
-        while not until.is_set():
-            await asyncio.sleep(0.1)
-        for task in players:
-            task.cancel()
-        for room in rooms:
-            await room.disconnect()
-
-    async def audio_rooms(self, k: int, seconds: float, server_pid: int | None) -> dict[str, float]:
-        rtc = self.rtc
-        rooms: list[Any] = []
-        players: list[asyncio.Task[None]] = []
-        counters: list[list[int]] = []  # per listener: [frames, silent]
-        listeners: list[asyncio.Task[None]] = []
-        stop_at = [math.inf]
-        expected_rms = AMPLITUDE / math.sqrt(2)
-
-        async def listen(track: Any, counts: list[int]) -> None:
-            stream = rtc.AudioStream(
-                track, sample_rate=RATE, num_channels=1, frame_size_ms=FRAME_MS
+    def audio_rooms(self, k: int, seconds: float, server_pid: int | None) -> dict[str, Any]:
+        """k two-party tone rooms, their clients split over load processes."""
+        procs = _clients(self.url, self.key, self.secret, k, seconds)
+        try:
+            # Joining takes ~0.1-0.2 s per participant; a load process that
+            # is not measuring long after is overloaded itself: the step fails.
+            deadline = time.monotonic() + 30 + 0.5 * k
+            for proc in procs:
+                line = _line_before(proc, deadline)
+                if line != "measuring":
+                    why = f"a load process did not start measuring: {line!r}"
+                    return {"rooms": k, "frame_loss": 1.0, "silent_frames": 0, "error": why}
+            cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
+            time.sleep(seconds)
+            cpu = (
+                (tree_cpu_seconds(server_pid) - cpu0) / seconds
+                if server_pid and cpu0 is not None
+                else None
             )
-            async for event in stream:
-                now = time.monotonic()
-                if now > stop_at[0]:
-                    break
-                if now > stop_at[0] - seconds:
-                    samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float32)
-                    counts[0] += 1
-                    if math.sqrt(float(np.mean(samples * samples))) < 0.3 * expected_rms:
-                        counts[1] += 1
-            await stream.aclose()
-
-        for r in range(k):
-            for side, freq in (("a", 440.0), ("b", 660.0)):
-                room = await self.join(f"{side}{r}", f"bench-audio-{r}")
-                counts = [0, 0]
-                counters.append(counts)
-                room.on(
-                    "track_subscribed",
-                    lambda track, pub, who, c=counts: listeners.append(
-                        asyncio.ensure_future(listen(track, c))
-                    ),
-                )
-                rooms.append(room)
-                players.append(await _tone(rtc, room, freq))
-        warmup = 3.0
-        await asyncio.sleep(warmup)
-        stop_at[0] = time.monotonic() + seconds
-        cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
-        await asyncio.sleep(seconds)
-        cpu = (
-            (tree_cpu_seconds(server_pid) - cpu0) / seconds
-            if server_pid and cpu0 is not None
-            else None
-        )
-        await asyncio.sleep(0.2)
-        for task in players:
-            task.cancel()
-        for room in rooms:
-            await room.disconnect()
-        for task in listeners:
-            task.cancel()
-        expected = len(counters) * seconds * 1000 / FRAME_MS
-        received = sum(c[0] for c in counters)
-        silent = sum(c[1] for c in counters)
-        lost = max(0.0, expected - received) + silent
-        out = {"rooms": k, "frame_loss": lost / expected, "silent_frames": silent}
-        if cpu is not None:
+            results = [_last_json(p.communicate(timeout=60 + seconds)[0]) for p in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        expected = sum(r["expected"] for r in results)
+        frames = sum(r["frames"] for r in results)
+        silent = sum(r["silent"] for r in results)
+        lost = max(0.0, expected - frames) + silent
+        out: dict[str, Any] = {"rooms": k, "frame_loss": lost / expected, "silent_frames": silent}
+        if cpu is not None and server_pid:
             out["server_cpu_pct"] = cpu * 100
             out["cpu_pct_per_stream"] = cpu * 100 / (2 * k)
         return out
+
+
+def _line_before(proc: subprocess.Popen[str], deadline: float) -> str:
+    """The process's next line of output, or "" at the deadline."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(max(0.0, deadline - time.monotonic())):
+            return ""
+    return proc.stdout.readline().strip()
+
+
+def _last_json(out: str) -> dict[str, Any]:
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"a load process printed no result: {out[-300:]!r}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _clients(
+    url: str, key: str, secret: str, k: int, seconds: float
+) -> list[subprocess.Popen[str]]:
+    """Load processes holding k rooms between them (one per CPU)."""
+    parts = max(1, min(k, len(os.sched_getaffinity(0))))
+    procs, first = [], 0
+    for i in range(parts):
+        count = k // parts + (1 if i < k % parts else 0)
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edgedispatch.cli.bench.rooms_clients",
+                    url,
+                    key,
+                    secret,
+                    str(first),
+                    str(count),
+                    str(seconds),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )  # fmt: skip
+        )
+        first += count
+    return procs
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -220,23 +222,6 @@ def tree_cpu_seconds(pid: int) -> float:
         if int(fields[1]) == pid:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
-
-
-async def _tone(rtc: Any, room: Any, freq: float) -> asyncio.Task[None]:
-    source = rtc.AudioSource(RATE, 1)
-    track = rtc.LocalAudioTrack.create_audio_track("tone", source)
-    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-    await room.local_participant.publish_track(track, options)
-    wave = (AMPLITUDE * np.sin(2 * np.pi * freq * np.arange(RATE) / RATE)).astype(np.int16)
-
-    async def play() -> None:
-        t = 0
-        while True:
-            chunk = np.take(wave, range(t, t + FRAME), mode="wrap")
-            t = (t + FRAME) % RATE
-            await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), RATE, 1, FRAME))
-
-    return asyncio.create_task(play())
 
 
 async def _until(predicate: Any, timeout: float) -> None:
@@ -280,17 +265,17 @@ def run(
         async def main() -> None:
             report.update(await bench.joins(joins))
             report.update(await bench.data_rtt(round_trips))
-            passed = 0
-            report["audio"] = []
-            for k in steps:
-                step = await bench.audio_rooms(k, seconds, pid)
-                report["audio"].append(step)
-                if step["frame_loss"] > LOSS_LIMIT:
-                    break
-                passed = k
-            report["audio_rooms"] = passed
 
         asyncio.run(main())
+        passed = 0
+        report["audio"] = []
+        for k in steps:
+            step = bench.audio_rooms(k, seconds, pid)
+            report["audio"].append(step)
+            if step["frame_loss"] > LOSS_LIMIT:
+                break
+            passed = k
+        report["audio_rooms"] = passed
         if dispatch_rate > 0:
             report["dispatch_beside_rooms"] = _dispatch_beside(
                 bench, max(report["audio_rooms"], steps[0]), url, pid, dispatch_rate
@@ -306,19 +291,26 @@ def _dispatch_beside(
     bench: Bench, k: int, url: str, pid: int | None, rate: float
 ) -> dict[str, Any]:
     """``bench dispatch`` at ``rate`` against the same server while k audio
-    rooms run (their clients in a thread of this process)."""
+    rooms run (their clients in load processes of their own)."""
     from edgedispatch.cli.bench import dispatch
 
-    done = threading.Event()
-    thread = threading.Thread(target=asyncio.run, args=(bench.hold_rooms(k, done),))
-    thread.start()
+    procs = _clients(bench.url, bench.key, bench.secret, k, 0)
     try:
-        time.sleep(3.0 + 0.2 * k)  # the rooms joined and flowing
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("a load process failed")
         http = url.replace("ws://", "http://").replace("wss://", "https://")
         result = dispatch.run(50, rate, 10.0, url=http, server_pid=pid)
     finally:
-        done.set()
-        thread.join(60)
+        for proc in procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     return {"rooms": k, "rate": rate, "latency_ms": result["latency_ms"],
             "completed": result["completed"], "sent": result["sent"]}  # fmt: skip
 
@@ -348,6 +340,7 @@ def render(r: dict[str, Any]) -> str:
         )
         lines.append(
             f"  {step['rooms']:3d} rooms: frame loss {100 * step['frame_loss']:6.3f}%{cpu}"
+            + (f"  ({step['error']})" if "error" in step else "")
         )
     lines.append(
         f"rooms under {100 * LOSS_LIMIT:.1f}% loss: {r['audio_rooms']} "
