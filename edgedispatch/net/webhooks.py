@@ -1,5 +1,5 @@
-"""Delivers webhooks: each POST in its own task, a few at a time, retried
-with doubling waits, never on the path of whatever caused the event.
+"""Delivers webhooks: in order per URL, retried with doubling waits, never
+on the path of whatever caused the event.
 
 A tiny HTTP/1.1 client on asyncio streams (one request per connection):
 the server has no HTTP client dependency otherwise, and a webhook needs
@@ -18,68 +18,63 @@ from edgedispatch.wire.webhooks import CONTENT_TYPE
 
 log = logging.getLogger("edgedispatch.webhooks")
 
-#: Deliveries in flight at once; the rest wait in line.
-CONCURRENCY = 8
-#: Events waiting beyond this are dropped, oldest first (a dead endpoint
-#: must not grow the server's memory without bound).
+#: Events waiting per URL beyond this are dropped, oldest first (a dead
+#: endpoint must not grow the server's memory without bound).
 MAX_WAITING = 10_000
 FIRST_RETRY = 1.0
 
 
 class WebhookSender:
+    """One delivery task per URL, in the order the events happened (a
+    receiver sees room_started before participant_joined); a failing
+    endpoint holds back only its own events while it is retried."""
+
     def __init__(self, attempts: int, timeout: float) -> None:
         self._attempts = attempts
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
-        self._waiting: deque[tuple[str, bytes, str, int]] = deque(maxlen=MAX_WAITING)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._waiting: dict[str, deque[tuple[bytes, str]]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.delivered = 0
         self.dropped = 0
         self._closed = False
 
     def post(self, url: str, body: bytes, token: str) -> None:
-        self._enqueue(url, body, token, 1)
-
-    def _enqueue(self, url: str, body: bytes, token: str, attempt: int) -> None:
         if self._closed:
             return
-        if len(self._waiting) == self._waiting.maxlen:
+        line = self._waiting.setdefault(url, deque(maxlen=MAX_WAITING))
+        if len(line) == line.maxlen:
             self.dropped += 1
-        self._waiting.append((url, body, token, attempt))
-        self._pump()
+        line.append((body, token))
+        if url not in self._tasks:
+            self._tasks[url] = self._loop.create_task(self._drain(url))
 
-    def _pump(self) -> None:
-        while self._waiting and len(self._tasks) < CONCURRENCY:
-            task = self._loop.create_task(self._deliver(*self._waiting.popleft()))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._pump()
-
-    async def _deliver(self, url: str, body: bytes, token: str, attempt: int) -> None:
+    async def _drain(self, url: str) -> None:
+        line = self._waiting[url]
         try:
-            status = await asyncio.wait_for(self._post(url, body, token), self._timeout)
-            if 200 <= status < 300:
-                self.delivered += 1
-                return
-            why = f"HTTP {status}"
-        except (TimeoutError, OSError, ValueError) as exc:
-            why = f"{type(exc).__name__}: {exc}"
-        if attempt >= self._attempts:
-            self.dropped += 1
-            log.warning("webhook to %s dropped after %d tries: %s", url, attempt, why)
-            return
-        delay = FIRST_RETRY * 2 ** (attempt - 1)
-        log.info("webhook to %s failed (%s); retrying in %.0f s", url, why, delay)
-        handle = self._loop.call_later(delay, self._retry, url, body, token, attempt + 1)
-        self._timers.add(handle)
+            while line:
+                body, token = line[0]
+                await self._deliver(url, body, token)
+                line.popleft()
+        finally:
+            del self._tasks[url]
 
-    def _retry(self, url: str, body: bytes, token: str, attempt: int) -> None:
-        self._timers = {t for t in self._timers if not t.cancelled() and t.when() > 0}
-        self._enqueue(url, body, token, attempt)
+    async def _deliver(self, url: str, body: bytes, token: str) -> None:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                status = await asyncio.wait_for(self._post(url, body, token), self._timeout)
+                if 200 <= status < 300:
+                    self.delivered += 1
+                    return
+                why = f"HTTP {status}"
+            except (TimeoutError, OSError, ValueError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            if attempt < self._attempts:
+                delay = FIRST_RETRY * 2 ** (attempt - 1)
+                log.info("webhook to %s failed (%s); retrying in %.0f s", url, why, delay)
+                await asyncio.sleep(delay)
+        self.dropped += 1
+        log.warning("webhook to %s dropped after %d tries: %s", url, self._attempts, why)
 
     async def _post(self, url: str, body: bytes, token: str) -> int:
         parts = urlsplit(url)
@@ -108,13 +103,11 @@ class WebhookSender:
     async def close(self) -> None:
         """Stop: what is still waiting is dropped (logged)."""
         self._closed = True
-        for handle in self._timers:
-            handle.cancel()
-        left = len(self._waiting) + len(self._timers)
-        self._waiting.clear()
-        for task in list(self._tasks):
+        left = sum(len(line) for line in self._waiting.values())
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=1)
+        if tasks:
+            await asyncio.wait(tasks, timeout=1)
         if left:
             log.warning("%d webhooks not delivered at shutdown", left)

@@ -5,7 +5,7 @@ Frames are binary protobuf: ``SignalRequest`` in, ``SignalResponse`` out
 WebSocket message; what the session says goes out through its ``SignalSink``,
 and what the peer connection must do goes to its ``Media`` port, whose
 results come back as ``on_answer`` and ``on_data``.  The room fan-out is
-the ``LiveRoom``'s.
+its ``Room``'s (``rtc.room.LiveRoom``).
 
 States, as a table (h11's way): a session is JOINED from the start (the
 join happened at the upgrade), then CLOSED once it leaves, is kicked, times
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
@@ -24,9 +24,6 @@ from livekit.protocol import models, rtc
 from edgedispatch.dispatch.records import ParticipantRec
 from edgedispatch.wire.http import CloseCode
 from edgedispatch.wire.signal import Grant, JoinParams
-
-if TYPE_CHECKING:
-    from edgedispatch.rtc.room import LiveRoom
 
 log = logging.getLogger("edgedispatch.rtc")
 
@@ -77,6 +74,42 @@ class Media(Protocol):
     def close(self) -> None: ...
 
 
+class Room(Protocol):
+    """What a session asks of its room (``rtc.room.LiveRoom``): the room
+    knows its sessions, a session knows only this."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tenant(self) -> str: ...
+
+    def wall_ms(self, now: float) -> int: ...
+
+    def remove(self, who: SignalSession, reason: int, now: float) -> None: ...
+
+    def forward_data(self, sender: SignalSession, packet: models.DataPacket, kind: int) -> None: ...
+
+    def add_track(self, who: SignalSession, req: rtc.AddTrackRequest, now: float) -> None: ...
+
+    def track_received(self, who: SignalSession, track_sid: str, mid: str) -> None: ...
+
+    def unpublish(self, who: SignalSession, track_sid: str) -> None: ...
+
+    def mute_track(self, who: SignalSession, track_sid: str, muted: bool) -> bool: ...
+
+    def set_subscriptions(self, sub: SignalSession, track_sids: list[str], on: bool) -> None: ...
+
+    def update_participant(
+        self,
+        who: SignalSession,
+        *,
+        metadata: str | None = None,
+        name: str | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> str: ...
+
+
 class State(Enum):
     JOINED = "joined"
     CLOSED = "closed"
@@ -115,7 +148,7 @@ class SignalSession:
     def __init__(
         self,
         sink: SignalSink,
-        room: LiveRoom,
+        room: Room,
         grant: Grant,
         params: JoinParams,
         participant: ParticipantRec,

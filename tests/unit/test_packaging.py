@@ -28,6 +28,7 @@ NEEDS_EXTRA = {
     "edgedispatch/cli/bench/lk_jobs_agent.py": "bench",
     # bench rooms drives the rtc SDK (livekit-agents brings it, and numpy).
     "edgedispatch/cli/bench/rooms.py": "bench",
+    "edgedispatch/cli/bench/rooms_clients.py": "bench",
     # Imported only when rooms are served, and then only if installed
     # (server.Server._rooms logs that rooms are off otherwise).
     "edgedispatch/net/media.py": "rtc",
