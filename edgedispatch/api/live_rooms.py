@@ -19,6 +19,7 @@ from edgedispatch.dispatch.domain import Domain
 from edgedispatch.errors import InvalidArgument, NotFound
 from edgedispatch.rtc.room import LiveRoom, RoomHub
 from edgedispatch.rtc.session import SignalSession
+from edgedispatch.wire import signal
 from edgedispatch.wire.http import Request
 from edgedispatch.wire.tokens import Claims
 
@@ -62,9 +63,8 @@ def _remove_participant(d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: 
 
 
 def _update_participant(d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request) -> Message:
-    live = _live(d, hub, c, req.room)
-    session = _participant(live, req.identity)
-    assert live is not None
+    session = _participant(_live(d, hub, c, req.room), req.identity)
+    live = session.room
     if req.HasField("permission"):
         p = req.permission
         session.grant = msgspec.structs.replace(
@@ -91,9 +91,8 @@ def _update_participant(d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: 
 def _mute_published_track(
     d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request
 ) -> Message:
-    live = _live(d, hub, c, req.room)
-    session = _participant(live, req.identity)
-    assert live is not None
+    session = _participant(_live(d, hub, c, req.room), req.identity)
+    live = session.room
     track = next((t for t in session.info.tracks if t.sid == req.track_sid), None)
     if track is None:
         raise NotFound(f"track {req.track_sid!r} is not published by {req.identity!r}")
@@ -106,11 +105,9 @@ def _mute_published_track(
 def _update_subscriptions(
     d: Domain, hub: RoomHub | None, c: Claims, req: Any, r: Request
 ) -> Message:
-    live = _live(d, hub, c, req.room)
-    session = _participant(live, req.identity)
-    assert live is not None
-    sids = list(req.track_sids) + [s for pt in req.participant_tracks for s in pt.track_sids]
-    live.set_subscriptions(session, sids, req.subscribe)
+    session = _participant(_live(d, hub, c, req.room), req.identity)
+    live = session.room
+    live.set_subscriptions(session, signal.subscription_track_sids(req), req.subscribe)
     return rm.UpdateSubscriptionsResponse()
 
 

@@ -147,15 +147,8 @@ class LiveRoom:
             not grant.can_publish_sources or req.source in grant.can_publish_sources
         )
         if not allowed:
-            who.send(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=rtc.RequestResponse.NOT_ALLOWED,
-                        message="token does not allow publishing this track",
-                        add_track=req,
-                    )
-                )
-            )
+            message = "token does not allow publishing this track"
+            who.respond(0, rtc.RequestResponse.NOT_ALLOWED, message, add_track=req)
             return
         track = models.TrackInfo(
             sid=req.sid or ids.new(ids.TRACK),

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 from edgedispatch.dispatch.records import ParticipantRec
 from edgedispatch.wire.http import CloseCode
-from edgedispatch.wire.signal import Grant, JoinParams
+from edgedispatch.wire.signal import Grant, JoinParams, subscription_track_sids
 
 log = logging.getLogger("edgedispatch.rtc")
 
@@ -279,7 +279,7 @@ class SignalSession:
 
     def on_offer_refused(self, offer_id: int, why: str) -> None:
         """A malformed offer: the client is told, the session goes on."""
-        self._request_response(offer_id, rtc.RequestResponse.INVALID_REQUEST, f"bad offer: {why}")
+        self.respond(offer_id, rtc.RequestResponse.INVALID_REQUEST, f"bad offer: {why}")
 
     def on_media_failed(self, why: str, now: float) -> None:
         """The peer connection failed or could not take an offer."""
@@ -340,22 +340,12 @@ class SignalSession:
 
     def _subscription(self, req: rtc.SignalRequest, now: float) -> None:
         update = req.subscription
-        sids = list(update.track_sids) + [
-            sid for pt in update.participant_tracks for sid in pt.track_sids
-        ]
-        self.room.set_subscriptions(self, sids, update.subscribe)
+        self.room.set_subscriptions(self, subscription_track_sids(update), update.subscribe)
 
     def _mute(self, req: rtc.SignalRequest, now: float) -> None:
         if not self.room.mute_track(self, req.mute.sid, req.mute.muted):
-            self.send(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=rtc.RequestResponse.NOT_FOUND,
-                        message=f"no track {req.mute.sid!r} of yours",
-                        mute=req.mute,
-                    )
-                )
-            )
+            message = f"no track {req.mute.sid!r} of yours"
+            self.respond(0, rtc.RequestResponse.NOT_FOUND, message, mute=req.mute)
 
     def _leave(self, req: rtc.SignalRequest, now: float) -> None:
         if self._move("leave"):
@@ -374,7 +364,7 @@ class SignalSession:
     def _update_metadata(self, req: rtc.SignalRequest, now: float) -> None:
         update = req.update_metadata
         if not self.grant.can_update_metadata:
-            self._request_response(
+            self.respond(
                 update.request_id,
                 rtc.RequestResponse.NOT_ALLOWED,
                 "token lacks the grant canUpdateOwnMetadata",
@@ -387,17 +377,20 @@ class SignalSession:
             attributes=dict(update.attributes),
         )
         if error:
-            self._request_response(update.request_id, rtc.RequestResponse.INVALID_REQUEST, error)
+            self.respond(update.request_id, rtc.RequestResponse.INVALID_REQUEST, error)
         else:
-            self._request_response(update.request_id, rtc.RequestResponse.OK, "")
+            self.respond(update.request_id, rtc.RequestResponse.OK, "")
 
-    def _request_response(self, request_id: int, reason: int, message: str) -> None:
+    def respond(self, request_id: int, reason: int, message: str, **request: Any) -> None:
+        """A RequestResponse; ``request`` names the request it answers
+        (``mute=``, ``add_track=``) where it has no request id."""
         self.send(
             rtc.SignalResponse(
                 request_response=rtc.RequestResponse(
                     request_id=request_id,
                     reason=reason,  # type: ignore[arg-type]
                     message=message,
+                    **request,
                 )
             )
         )

@@ -208,3 +208,10 @@ def join_grant(raw: dict[str, Any], video: dict[str, Any], identity: str) -> Gra
         hidden=_bool(video, "hidden", False),
         room_config=room_config,
     )
+
+
+def subscription_track_sids(msg: Any) -> list[str]:
+    """The track sids of a subscription change, given one by one or by
+    participant (the client's UpdateSubscription, RoomService's
+    UpdateSubscriptionsRequest)."""
+    return list(msg.track_sids) + [sid for pt in msg.participant_tracks for sid in pt.track_sids]

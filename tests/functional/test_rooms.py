@@ -79,6 +79,16 @@ def run(main: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def record_data(room: rtc.Room) -> list[tuple[str | None, bytes, str]]:
+    """What ``room`` receives over data, as (sender identity, payload, topic)."""
+    got: list[tuple[str | None, bytes, str]] = []
+    room.on(
+        "data_received",
+        lambda p: got.append((p.participant.identity if p.participant else None, p.data, p.topic)),
+    )
+    return got
+
+
 async def until(predicate: Callable[[], bool], what: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -123,14 +133,7 @@ def test_two_clients_see_each_other_and_exchange_data(
                 lambda: set(alice.remote_participants) == {"bob", "carol"}, "alice sees both"
             )
 
-            got: dict[str, list[tuple[str | None, bytes, str]]] = {"bob": [], "carol": []}
-            for name, room in (("bob", bob), ("carol", carol)):
-                room.on(
-                    "data_received",
-                    lambda p, n=name: got[n].append(
-                        (p.participant.identity if p.participant else None, p.data, p.topic)
-                    ),
-                )
+            got = {"bob": record_data(bob), "carol": record_data(carol)}
             await alice.local_participant.publish_data(b"to all", topic="chat")
             await alice.local_participant.publish_data(
                 b"to carol", topic="dm", destination_identities=["carol"]
@@ -335,13 +338,7 @@ def test_a_livekit_agents_worker_joins_the_room_and_talks_with_the_user(
 
     async def main() -> None:
         user = rtc.Room()
-        heard: list[tuple[str | None, bytes, str]] = []
-        user.on(
-            "data_received",
-            lambda p: heard.append(
-                (p.participant.identity if p.participant else None, p.data, p.topic)
-            ),
-        )
+        heard = record_data(user)
         await user.connect(srv.ws_url, token("user", config=config))
         await until(lambda: any(t == "greeting" for _, _, t in heard), "the agent's greeting", 60)
         (agent,) = user.remote_participants.values()
@@ -385,13 +382,7 @@ def test_room_service_acts_on_the_people_in_the_room(
     async def main() -> None:
         alice, _ = await joined(srv, token("alice"), True)
         bob, _ = await joined(srv, token("bob"), True)
-        got: list[tuple[str | None, bytes, str | None]] = []
-        bob.on(
-            "data_received",
-            lambda p: got.append(
-                (p.participant.identity if p.participant else None, p.data, p.topic)
-            ),
-        )
+        got = record_data(bob)
         removed = asyncio.get_running_loop().create_future()
         bob.on("disconnected", lambda reason: removed.done() or removed.set_result(reason))
         player = await publish_tone(alice, 440.0)
@@ -471,13 +462,7 @@ def test_a_native_agent_joins_its_room_with_ctx_connect(
 
     async def main() -> None:
         user = rtc.Room()
-        heard: list[tuple[str | None, bytes, str]] = []
-        user.on(
-            "data_received",
-            lambda p: heard.append(
-                (p.participant.identity if p.participant else None, p.data, p.topic)
-            ),
-        )
+        heard = record_data(user)
         await user.connect(srv.ws_url, token("user", config=config))
         await until(lambda: bool(heard), "the native agent's greeting", 30)
         (agent,) = user.remote_participants.values()
@@ -686,13 +671,7 @@ def test_a_node_agents_worker_joins_the_room_and_greets_the_user(
 
     async def main() -> None:
         user = rtc.Room()
-        heard: list[tuple[str | None, bytes, str]] = []
-        user.on(
-            "data_received",
-            lambda p: heard.append(
-                (p.participant.identity if p.participant else None, p.data, p.topic)
-            ),
-        )
+        heard = record_data(user)
         await user.connect(srv.ws_url, token("user", config=config))
         await until(lambda: bool(heard), "the node agent's greeting", 60)
         (agent,) = user.remote_participants.values()
