@@ -15,7 +15,6 @@ at start-up by ``check_aiortc`` and pinned with the version.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import json
 import logging
 from collections import deque
@@ -30,19 +29,21 @@ from aiortc import (
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpHeaderExtensionParameters,
     RTCRtpReceiver,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtp import RtpPacket
 from aiortc.sdp import candidate_from_sdp
 from av.packet import Packet
 
 from edgedispatch.config import RtcConfig
 from edgedispatch.errors import ConfigError
+from edgedispatch.net.media_fanout import Fanout, make_fanout
 from edgedispatch.net.media_link import AIORTC_VERSION
+from edgedispatch.wire.sdp import offer_track_ids
 
 log = logging.getLogger("edgedispatch.media")
 
@@ -61,7 +62,6 @@ JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 #: Encoded packets a subscriber's track holds when its sender lags: anything
 #: queued before the sender starts would leave as a burst, so few.
 FORWARD_QUEUE = 5
-OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 
 
 class MediaEvents(Protocol):
@@ -144,6 +144,10 @@ def private_attributes_missing() -> list[str]:
         "RTCRtpReceiver._handle_rtp_packet": (RTCRtpReceiver._handle_rtp_packet, JITTER_BUFFER),
         "RTCRtpSender.__init__ (msid)": (RTCRtpSender.__init__, "_stream_id"),
         "RTCRtpSender.replaceTrack (msid)": (RTCRtpSender.replaceTrack, "_track_id"),
+        "RTCRtpSender._handle_rtcp_packet (PLI)": (
+            RTCRtpSender._handle_rtcp_packet,
+            "_send_keyframe",
+        ),
     }
     return [
         f"{where} no longer uses {name}"
@@ -152,78 +156,67 @@ def private_attributes_missing() -> list[str]:
     ]
 
 
-def advertise_opus_fec() -> None:
+def choose_codecs() -> None:
     """Offer Opus in-band FEC (aiortc's SDP carries no fmtp for Opus, so a
-    browser would not turn FEC on towards us); media-bridge.md §1.1."""
-    for codec in aiortc.codecs.CODECS["audio"]:
+    browser would not turn FEC on towards us; media-bridge.md §1.1), and
+    VP8 as the only video codec (with its RTX): what is forwarded must be
+    what every subscriber was told to expect."""
+    codecs = aiortc.codecs.CODECS
+    for codec in codecs["audio"]:
         if codec.mimeType.lower() == "audio/opus":
             codec.parameters = {**codec.parameters, "minptime": 10, "useinbandfec": 1}
-
-
-class Fanout:
-    """One published audio track: takes the publisher's RTP packets where
-    aiortc's jitter buffer would (so nothing is decoded), and hands the Opus
-    payloads to every subscriber's ``ForwardTrack``.  Duplicates and
-    packets older than the newest are dropped; gaps are counted."""
-
-    def __init__(self, track_sid: str) -> None:
-        self.track_sid = track_sid
-        self.tracks: set[ForwardTrack] = set()
-        self.received = 0
-        self.lost = 0
-        self._last_seq: int | None = None
-        self._first_ts: int | None = None
-        self._ts_base = 0  # adds 2**32 at each wrap of the RTP timestamp
-        self._last_ts = 0
-
-    def add(self, packet: RtpPacket) -> tuple[bool, None]:
-        """The jitter buffer's ``add``: (no PLI, no frame to decode)."""
-        seq = packet.sequence_number
-        if self._last_seq is not None:
-            ahead = (seq - self._last_seq) & 0xFFFF
-            if ahead == 0 or ahead >= 0x8000:
-                return False, None  # a duplicate or a late packet
-            self.lost += ahead - 1
-        self._last_seq = seq
-        self.received += 1
-        ts = packet.timestamp
-        if self._first_ts is None:
-            self._first_ts = self._last_ts = ts
-        elif ts < self._last_ts and self._last_ts - ts > 0x80000000:
-            self._ts_base += 1 << 32
-        self._last_ts = ts
-        if self.tracks and packet.payload:
-            encoded = Packet(packet.payload)
-            encoded.pts = self._ts_base + ts - self._first_ts
-            encoded.time_base = OPUS_TIME_BASE
-            for track in self.tracks:
-                track.push(encoded)
-        return False, None
-
-    def close(self) -> None:
-        for track in list(self.tracks):
-            track.stop()
-        self.tracks.clear()
+    vp8 = [c for c in codecs["video"] if c.mimeType.lower() == "video/vp8"]
+    apts = {c.payloadType for c in vp8}
+    rtx = [c for c in codecs["video"] if c.parameters.get("apt") in apts]
+    codecs["video"][:] = vp8 + rtx
+    # A simulcast offer must have the RID extensions answered, or Chrome
+    # fails its next offer; without a=simulcast in the answer it then sends
+    # one layer (its first encoding).  aiortc parses them (rtp.py).
+    extensions = aiortc.codecs.HEADER_EXTENSIONS["video"]
+    for ext_id, uri in (
+        (4, "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+        (5, "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"),
+    ):
+        if all(e.uri != uri for e in extensions):
+            extensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
 
 
 class ForwardTrack(MediaStreamTrack):
-    """A subscriber's copy of a published audio track: yields the encoded
-    packets, which aiortc's sender packs without encoding."""
-
-    kind = "audio"
+    """A subscriber's copy of a published track: yields the encoded packets
+    (Opus) or frames (VP8), which aiortc's sender packs without encoding.
+    A video copy starts, and starts again after an overflow, at a keyframe:
+    until then frames are refused, and the fan-out asks for one."""
 
     def __init__(self, fanout: Fanout) -> None:
         super().__init__()
-        self._queue: deque[Packet[Any]] = deque(maxlen=FORWARD_QUEUE)
+        self.kind = fanout.kind
+        self._queue: deque[Packet[Any]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._fanout = fanout
+        self._need_key = fanout.kind == "video"
         fanout.tracks.add(self)
 
-    def push(self, packet: Packet[Any]) -> None:
+    def push(self, packet: Packet[Any], key: bool) -> bool:
+        if self._need_key:
+            if not key:
+                return False
+            self._need_key = False
+        if len(self._queue) >= FORWARD_QUEUE:
+            if self.kind == "video":  # a frame missed breaks the ones after it
+                self._queue.clear()
+                self._need_key = True
+                return False
+            self._queue.popleft()
         self._queue.append(packet)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        return True
+
+    def keyframe_requested(self) -> None:
+        """The subscriber's PLI or FIR (aiortc's sender would force its
+        encoder; there is none: the publisher is asked)."""
+        self._fanout.request_keyframe()
 
     async def recv(self) -> Packet[Any]:
         while not self._queue:
@@ -240,34 +233,12 @@ class ForwardTrack(MediaStreamTrack):
             self._waiter.set_result(None)
 
 
-def offer_track_ids(sdp: str) -> dict[str, str]:
-    """mid -> the msid track id of each m-line of an offer that sends a
-    track (its msid and its direction, in any order within its section).
-    An unpublished track keeps its msid but stops sending."""
-    found: dict[str, str] = {}
-    for section in sdp.split("\nm=")[1:]:
-        mid = track = ""
-        sends = True  # sendrecv when no direction is given
-        for line in section.splitlines():
-            line = line.strip()
-            if line.startswith("a=mid:"):
-                mid = line[6:]
-            elif line.startswith("a=msid:"):
-                bits = line[7:].split()
-                track = bits[1] if len(bits) == 2 else ""
-            elif line in ("a=recvonly", "a=inactive"):
-                sends = False
-        if mid and track and sends:
-            found[mid] = track
-    return found
-
-
 class MediaFactory:
     """Makes each participant's ``PeerMedia`` (``rtc.room.MediaFactory``)."""
 
     def __init__(self, cfg: RtcConfig) -> None:
         configure(cfg)
-        advertise_opus_fec()
+        choose_codecs()
         self._servers = [
             RTCIceServer(urls=s.urls, username=s.username or None, credential=s.credential or None)
             for s in cfg.ice_servers
@@ -360,9 +331,9 @@ class PeerMedia:
         elif self.closed is None:
             self._early.append((packet, kind))
 
-    def expect_track(self, cid: str, track_sid: str) -> None:
+    def expect_track(self, cid: str, track_sid: str, kind: str) -> None:
         """AddTrack: the client's next offer carries track ``cid``."""
-        fanout = Fanout(track_sid)
+        fanout = make_fanout(kind, track_sid, self._loop.time)
         self._expected[cid] = self.fanouts[track_sid] = fanout
 
     def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
@@ -375,7 +346,7 @@ class PeerMedia:
             return
         self._wanted[track_sid] = (ForwardTrack(fanout), stream_id)
         if self._events.single_pc:
-            self._events.request_offer(self._missing(), 0)
+            self._events.request_offer(*self._missing())
         else:
             self._renegotiate()
 
@@ -459,38 +430,44 @@ class PeerMedia:
             mids = {t.mid: sid for sid, t in self._sending.items() if t.mid is not None}
             self._events.on_answer(local.sdp, offer_id, mids)
             missing = self._missing()
-            if missing:  # too few receive sections in this offer: ask for more
-                self._events.request_offer(missing, 0)
+            if any(missing):  # too few receive sections in this offer: ask for more
+                self._events.request_offer(*missing)
 
-    def _missing(self) -> int:
-        return len(self._wanted) - len(self._sending)
+    def _missing(self) -> tuple[int, int]:
+        """(audio, video) tracks wanted that have no transceiver yet."""
+        waiting = [f.kind for sid, (f, _) in self._wanted.items() if sid not in self._sending]
+        return waiting.count("audio"), waiting.count("video")
 
     async def _attach(self) -> None:
-        """Put each wanted track on a free audio transceiver of the client's
-        offer (the SDKs offer receive-only sections for this), in the order
-        they were wanted."""
+        """Put each wanted track on a free transceiver of its kind in the
+        client's offer (the SDKs offer receive-only sections for this), in
+        the order they were wanted."""
         busy = {id(t) for t in self._sending.values()} | self._retired
         free = [
             t
             for t in self._pc.getTransceivers()
-            if t.kind == "audio"
-            and id(t) not in busy
-            and t.receiver.track is None
-            and t.sender.track is None
+            if id(t) not in busy and t.receiver.track is None and t.sender.track is None
         ]
         for track_sid, (forward, stream_id) in self._wanted.items():
-            if track_sid in self._sending:
+            transceiver = next((t for t in free if t.kind == forward.kind), None)
+            if track_sid in self._sending or transceiver is None:
                 continue
-            if not free:
-                break
-            transceiver = free.pop(0)
+            free.remove(transceiver)
             transceiver.direction = "sendonly"
             transceiver.sender.replaceTrack(forward)
-            # a=msid "PA_...|TR_..." "TR_...": how v0 clients find the track
-            # (private attributes; rtc-signaling.md §2).
-            transceiver.sender._stream_id = stream_id
-            transceiver.sender._track_id = track_sid
-            self._sending[track_sid] = transceiver
+            self._sends(transceiver, forward, track_sid, stream_id)
+
+    def _sends(
+        self, transceiver: RTCRtpTransceiver, forward: ForwardTrack, track_sid: str, stream_id: str
+    ) -> None:
+        sender = transceiver.sender
+        # a=msid "PA_...|TR_..." "TR_...": how v0 clients find the track
+        # (private attributes; rtc-signaling.md §2).
+        sender._stream_id = stream_id
+        sender._track_id = track_sid
+        # A subscriber's PLI or FIR goes to the publisher (checked at start).
+        sender._send_keyframe = forward.keyframe_requested  # type: ignore[method-assign]
+        self._sending[track_sid] = transceiver
 
     # v0's subscriber connection -------------------------------------------
 
@@ -513,9 +490,7 @@ class PeerMedia:
             if track_sid in self._sending:
                 continue
             transceiver = self._sub.addTransceiver(forward, direction="sendonly")
-            transceiver.sender._stream_id = stream_id
-            transceiver.sender._track_id = track_sid
-            self._sending[track_sid] = transceiver
+            self._sends(transceiver, forward, track_sid, stream_id)
         await self._sub.setLocalDescription(await self._sub.createOffer())
         local = self._sub.localDescription
         if self.closed is None and local is not None:
@@ -549,8 +524,10 @@ class PeerMedia:
             log.info("a track nobody announced with AddTrack: not forwarded")
             return
         assert transceiver is not None
-        if track.kind == "audio":
-            setattr(transceiver.receiver, JITTER_BUFFER, fanout)
+        if track.kind != fanout.kind:
+            log.info("a %s track announced as %s: not forwarded", track.kind, fanout.kind)
+            return
+        setattr(transceiver.receiver, JITTER_BUFFER, fanout)
         if mid:
             self._published_mids[fanout.track_sid] = mid
         self._events.on_track_received(fanout.track_sid, mid or "")

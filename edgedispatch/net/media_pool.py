@@ -167,8 +167,8 @@ class MediaProxy:
     def send_data(self, packet: bytes, kind: int) -> None:
         self._send("data", self.peer, packet, kind)
 
-    def expect_track(self, cid: str, track_sid: str) -> None:
-        self._send("expect", self.peer, cid, track_sid)
+    def expect_track(self, cid: str, track_sid: str, kind: str) -> None:
+        self._send("expect", self.peer, cid, track_sid, kind)
 
     def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
         if isinstance(publisher, MediaProxy) and publisher.worker is self.worker:

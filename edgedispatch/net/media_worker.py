@@ -96,7 +96,7 @@ class Worker:
         elif op == "data":
             media.send_data(args[1], args[2])
         elif op == "expect":
-            media.expect_track(args[1], args[2])
+            media.expect_track(args[1], args[2], args[3])
         elif op == "subscribe":
             media.subscribe(args[1], self.peers.get(args[2]), args[3])
         elif op == "unsubscribe":

@@ -34,6 +34,9 @@ log = logging.getLogger("edgedispatch.rtc")
 #: The signal protocol version we report (ServerInfo.protocol): the one both
 #: SDK families were verified against (rtc-signaling.md §1.2).
 PROTOCOL = 16
+#: The track types whose media is forwarded: (the media's kind, the codec
+#: every subscriber gets).  Video is VP8 only, one layer (``net.media``).
+FORWARDED = {models.AUDIO: ("audio", "audio/opus"), models.VIDEO: ("video", "video/VP8")}
 
 MediaFactory = Callable[[SignalSession], Media]
 TrackListener = Callable[["LiveRoom", SignalSession, models.TrackInfo, bool], None]
@@ -162,7 +165,7 @@ class LiveRoom:
             stereo=req.stereo,
             disable_red=req.disable_red,
             stream=req.stream,
-            mime_type="audio/opus" if req.type == models.AUDIO else "",
+            mime_type=FORWARDED.get(req.type, ("", ""))[1],
         )
         who.info.tracks.append(track)
         who.info.is_publisher = True
@@ -171,8 +174,8 @@ class LiveRoom:
         who.send(rtc.SignalResponse(track_published=published))
         # The others learn of the track before any offer that carries it.
         self.announce(who)
-        if who.media is not None and track.type == models.AUDIO:
-            who.media.expect_track(req.cid, track.sid)
+        if who.media is not None and track.type in FORWARDED:
+            who.media.expect_track(req.cid, track.sid, FORWARDED[track.type][0])
             for other in self.others(who):
                 if other.params.auto_subscribe:
                     self.subscribe(other, who, track.sid)
@@ -191,12 +194,12 @@ class LiveRoom:
         sub.media.subscribe(track_sid, pub.media, f"{pub.sid}|{track_sid}")
 
     def subscribe_all(self, sub: SignalSession) -> None:
-        """A newcomer gets every audio track already published."""
+        """A newcomer gets every track already published."""
         if not sub.params.auto_subscribe:
             return
         for pub in self.others(sub):
             for track in pub.info.tracks:
-                if track.type == models.AUDIO:
+                if track.type in FORWARDED:
                     self.subscribe(sub, pub, track.sid)
 
     def set_subscriptions(self, sub: SignalSession, track_sids: list[str], on: bool) -> None:

@@ -57,7 +57,7 @@ class Media(Protocol):
         """Deliver a DataPacket to this participant, reliable or lossy."""
         ...
 
-    def expect_track(self, cid: str, track_sid: str) -> None:
+    def expect_track(self, cid: str, track_sid: str, kind: str) -> None:
         """AddTrack: the client's next offer carries the track ``cid``."""
         ...
 

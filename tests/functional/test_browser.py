@@ -1,6 +1,6 @@
-"""livekit-client 2.23 in Debian's headless Chromium, with a fake microphone:
-it joins, publishes, and exchanges data with a Python (rtc SDK)
-participant, in both signalling modes."""
+"""livekit-client 2.23 in Debian's headless Chromium, with a fake microphone
+and camera: it joins, publishes, and exchanges data with a Python (rtc SDK)
+participant, who hears and sees it, in both signalling modes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from livekit import rtc
 from .clients import NODE_DIR
 from .conftest import ServerThread
 from .test_rooms import MODES, joined, run, token, until
+from .test_video import watch
 from .tones import measure
 
 pytestmark = [pytest.mark.slow, pytest.mark.media]
@@ -84,7 +85,7 @@ def test_livekit_client_in_chromium_talks_with_a_python_participant(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
-    async def main() -> tuple[list[tuple[str | None, bytes, str]], float]:
+    async def main() -> tuple[list[tuple[str | None, bytes, str]], float, int, int]:
         python, _ = await joined(srv, token("python"), True)
         got: list[tuple[str | None, bytes, str]] = []
         tracks: asyncio.Queue[rtc.Track] = asyncio.Queue()
@@ -98,8 +99,13 @@ def test_livekit_client_in_chromium_talks_with_a_python_participant(
 
         python.on("data_received", on_data)
         await until(lambda: bool(got), "the browser's data", 60)
-        track = await asyncio.wait_for(tracks.get(), 20)
-        stream = rtc.AudioStream(track, sample_rate=48000, num_channels=1)
+        by_kind = {}
+        for _ in range(2):
+            track = await asyncio.wait_for(tracks.get(), 20)
+            by_kind[track.kind] = track
+        stream = rtc.AudioStream(
+            by_kind[rtc.TrackKind.KIND_AUDIO], sample_rate=48000, num_channels=1
+        )
         samples: list[bytes] = []
         async for event in stream:
             samples.append(bytes(event.frame.data))
@@ -109,11 +115,12 @@ def test_livekit_client_in_chromium_talks_with_a_python_participant(
         import numpy as np
 
         rms, _ = measure(np.frombuffer(b"".join(samples[50:]), dtype=np.int16).astype(float))
+        frames, _, width = await watch(by_kind[rtc.TrackKind.KIND_VIDEO], 2.0)
         await python.disconnect()
-        return got, rms
+        return got, rms, frames, width
 
     try:
-        got, rms = run(main)
+        got, rms, frames, width = run(main)
         deadline_ok = asyncio.run(_wait(lambda: bool(page.results), 30))
         assert deadline_ok, "the page never reported"
     finally:
@@ -127,6 +134,7 @@ def test_livekit_client_in_chromium_talks_with_a_python_participant(
     assert ("browser", b"hello from the browser", "chat") in got
     assert {"from": "python", "topic": "reply", "text": "hello browser"} in result["replies"]
     assert rms > 100  # Chrome's fake microphone beeps: audio arrived
+    assert frames >= 10 and width > 0, (frames, width)  # and its fake camera is seen
 
 
 async def _wait(predicate: Callable[[], bool], timeout: float) -> bool:

@@ -32,6 +32,7 @@ NEEDS_EXTRA = {
     # Imported only when rooms are served, and then only if installed
     # (server.Server._rooms logs that rooms are off otherwise).
     "edgedispatch/net/media.py": "rtc",
+    "edgedispatch/net/media_fanout.py": "rtc",  # PyAV's Packet, which aiortc brings
     # JobContext.connect() imports the rtc SDK when it is called.
     "edgedispatch/agent.py": "agents",
 }

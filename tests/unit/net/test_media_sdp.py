@@ -3,7 +3,8 @@ AddTrack'ed track (its msid), and when it stopped sending."""
 
 from __future__ import annotations
 
-from edgedispatch.net.media import offer_track_ids, private_attributes_missing
+from edgedispatch.net.media import private_attributes_missing
+from edgedispatch.wire.sdp import offer_track_ids
 
 OFFER = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"

@@ -32,6 +32,7 @@ class FakeMedia:
         self.candidates: list[str] = []
         self.data: list[tuple[models.DataPacket, int]] = []
         self.expected: dict[str, str] = {}  # AddTrack cid -> track sid
+        self.kinds: dict[str, str] = {}  # track sid -> its media's kind
         self.answers: list[str] = []  # v0: answers to the subscriber offers
         self.subscribed: dict[str, str] = {}  # track sid -> msid stream id
         self.closed = False
@@ -45,8 +46,9 @@ class FakeMedia:
     def send_data(self, packet: bytes, kind: int) -> None:
         self.data.append((models.DataPacket.FromString(packet), kind))
 
-    def expect_track(self, cid: str, track_sid: str) -> None:
+    def expect_track(self, cid: str, track_sid: str, kind: str) -> None:
         self.expected[cid] = track_sid
+        self.kinds[track_sid] = kind
 
     def set_answer(self, sdp: str) -> None:
         self.answers.append(sdp)
@@ -476,6 +478,7 @@ def test_audio_is_subscribed_by_everyone_else_and_unsubscribed_when_its_owner_le
     muted = world.join("deaf", 0.0, can_subscribe=False)
     sid = _publish_mic(alice, 1.0)
     assert alice.media.expected == {"mic-1": sid}  # the next offer carries it
+    assert alice.media.kinds == {sid: "audio"}
     assert bob.media.subscribed == {sid: f"{alice.session.sid}|{sid}"}
     assert muted.media.subscribed == {} and alice.media.subscribed == {}
     late = world.join("late", 2.0)  # a newcomer gets what is already published
@@ -484,6 +487,18 @@ def test_audio_is_subscribed_by_everyone_else_and_unsubscribed_when_its_owner_le
     assert late.of("join")[0].other_participants[0].tracks[0].sid == sid
     alice.request(3.0, leave=rtc.LeaveRequest())
     assert bob.media.subscribed == {} and late.media.subscribed == {}
+
+
+def test_video_is_forwarded_as_vp8_and_data_tracks_are_not() -> None:
+    world = World()
+    alice, bob = world.join("alice", 0.0), world.join("bob", 0.0)
+    for cid, kind in (("cam-1", models.VIDEO), ("data-1", models.DATA)):
+        alice.request(1.0, add_track=rtc.AddTrackRequest(cid=cid, name=cid, type=kind))
+    cam, data = (p.track for p in alice.of("track_published"))
+    assert cam.mime_type == "video/VP8" and not data.mime_type
+    assert alice.media.kinds == {cam.sid: "video"}  # the data track has no media
+    assert list(bob.media.subscribed) == [cam.sid]
+    assert {t.sid for t in bob.updates()[-1].tracks} == {cam.sid, data.sid}  # both listed
 
 
 def test_update_subscription_stops_and_restarts_a_track() -> None:
