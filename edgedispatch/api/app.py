@@ -188,6 +188,7 @@ class App:
         def accept(conn: WebSocket) -> MessageHandler:
             if params.reconnect:
                 # aiortc cannot restart ICE: the client is told to rejoin.
+                log.info("a resume was answered with leave(RECONNECT)", extra={"room": grant.room})
                 conn.send(resume_refused())
                 conn.close(1000, "resume is not supported: rejoin")
                 return _Ended()
