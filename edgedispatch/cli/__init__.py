@@ -59,7 +59,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _bench_dispatch(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import dispatch
 
-    report = dispatch.run(args.workers, args.rate, args.duration, hold=args.hold, loop=args.loop)
+    report = dispatch.run(
+        args.workers,
+        args.rate,
+        args.duration,
+        hold=args.hold,
+        loop=args.loop,
+        load_per_job=args.load_per_job,
+        gate=args.gate,
+        report_interval=args.report_interval,
+    )
     print(json.dumps(report) if args.json else dispatch.render(report))
     return 0
 
@@ -152,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     disp.add_argument("--rate", type=float, default=1000, help="CreateDispatch calls per second")
     disp.add_argument("--duration", type=float, default=10, help="seconds to send for")
     disp.add_argument("--hold", type=float, default=0.5, help="seconds each job runs")
+    disp.add_argument(
+        "--load-per-job",
+        type=float,
+        default=0.0,
+        help="busy workers: each reports this load per running job (default 0: load 0, once)",
+    )
+    disp.add_argument(
+        "--gate",
+        type=float,
+        default=0.0,
+        help="busy workers decline, and report FULL, at this load or more (default 0: never)",
+    )
+    disp.add_argument(
+        "--report-interval", type=float, default=2.5, help="seconds between load reports"
+    )
     disp.add_argument("--json", action="store_true", help="print one JSON object")
     disp.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop"

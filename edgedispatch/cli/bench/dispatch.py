@@ -117,12 +117,19 @@ def run(
     loop: str = "uvloop",
     url: str | None = None,
     server_pid: int | None = None,
+    load_per_job: float = 0.0,
+    gate: float = 0.0,
+    report_interval: float = 2.5,
 ) -> dict[str, Any]:
     """:param python: how to start the server's interpreter (e.g. under a profiler).
     :param loop: the server's event loop (``serve --loop``).
     :param url: a server already running (``bench rooms`` measures dispatch
         beside its rooms): nothing is pinned, and RSS and CPU are measured
-        only if its ``server_pid`` is given."""
+        only if its ``server_pid`` is given.
+    :param load_per_job: workers report this load per running job, every
+        ``report_interval`` seconds (0: they report load 0 once).
+    :param gate: workers decline, and report FULL, at this load or more (0:
+        they accept everything), as livekit-agents' workers do."""
     raise_fd_limit()
     server = None
     if url is None:
@@ -153,6 +160,12 @@ def run(
                             str(count),
                             "--hold",
                             str(hold),
+                            "--load-per-job",
+                            str(load_per_job),
+                            "--gate",
+                            str(gate),
+                            "--report-interval",
+                            str(report_interval),
                         ],
                         stdout=subprocess.PIPE,
                         text=True,
@@ -172,12 +185,16 @@ def run(
             uvloop.run(driver.run())
         sent_for = time.monotonic() - started
         server_cpu = (cpu_seconds(server_pid) - cpu0) / sent_for if server_pid else math.nan
-        time.sleep(min(2.0, hold + 1.0))  # let the last jobs start
+        # Let the last jobs start (busy workers: the queue drains as jobs end).
+        time.sleep(min(2.0, hold + 1.0) if gate <= 0 else hold + 8.0)
         running_at: dict[str, float] = {}
+        declines = 0
         for sim in sims:
             sim.terminate()
             out, _ = sim.communicate(timeout=60)
-            running_at.update(json.loads(out.strip().splitlines()[-1]))
+            report = json.loads(out.strip().splitlines()[-1])
+            running_at.update(report["running_at"])
+            declines += report["declines"]
     finally:
         for sim in sims:
             if sim.poll() is None:
@@ -195,6 +212,8 @@ def run(
         "sent": len(driver.due),
         "completed": done,
         "errors": driver.errors,
+        "declines": declines,
+        "declines_per_assignment": round(declines / done, 3) if done else math.nan,
         "dispatches_per_s": round(done / sent_for, 1) if rate > 0 and sent_for > 0 else 0.0,
         "latency_ms": {
             "p50": round(percentile(latencies, 0.50), 3),
@@ -214,7 +233,8 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"workers {r['workers']}, target rate {r['rate']:g}/s for {r['duration_s']:g} s: "
-            f"{r['completed']}/{r['sent']} dispatches reached JS_RUNNING, {r['errors']} errors",
+            f"{r['completed']}/{r['sent']} dispatches reached JS_RUNNING, {r['errors']} errors, "
+            f"{r['declines']} declines ({r['declines_per_assignment']} per assignment)",
             f"sustained: {r['dispatches_per_s']:,} dispatches/s "
             f"(server used {r['server_cpu_share']:.0%} of a core)",
             f"CreateDispatch -> JS_RUNNING: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
