@@ -117,6 +117,8 @@ class WorkerInfo(NamedTuple):
     job_count: int  #: as last reported
     serial: int  #: this registration's number (a re-registered handle gets a new one)
     eligible: bool  #: would get an offer now
+    predicted: float  #: its load now: the last report, moved by jobs taken or ended since
+    declined: bool  #: declined an offer and has not reported or ended a job since
 
 
 class JobInfo(NamedTuple):

@@ -27,7 +27,16 @@ Invariants (checked by tests after every step):
     exactly one terminal state (SUCCESS, FAILED, CANCELLED), which is final;
   * a QUEUED job is in its agent key's FIFO, and no other job is;
   * the eligible heap of a key holds exactly its workers that are alive,
-    AVAILABLE, under the load threshold and have a free slot.
+    AVAILABLE, not waiting after a decline, under the load threshold (as
+    predicted: ``Tables._predicted``) and have a free slot.
+
+Waiting for capacity is not failing
+-----------------------------------
+A decline means "not now": the job goes back to the front of its queue
+and out again at once to another worker, and the worker that declined gets
+no offer until it reports again or a job of its ends.  Those capacity
+events pump the queue at once.  Backoff is only for workers that fail (an
+offer unanswered, a worker lost), so that a broken worker is not hammered.
 """
 
 from __future__ import annotations
@@ -122,8 +131,9 @@ class Scheduler(Tables):
     :param load_threshold: a worker reporting this load or more gets no offers.
     :param offer_timeout: seconds a worker has to accept or reject an offer.
     :param max_attempts: offers a job may get before it fails MAX_ATTEMPTS.
-    :param retry_base: backoff before the third offer; it doubles after that.
-        The second offer (first retry) goes out at once.
+    :param retry_base: backoff before the third failed offer (unanswered, or
+        its worker lost); it doubles after that.  The first retry goes out
+        at once, and a declined job never waits for a timer.
     :param retry_max: the backoff never exceeds this.
     :param reclaim_grace: seconds a disconnected worker's running jobs wait
         to be claimed back before they are re-queued or failed.
@@ -294,6 +304,9 @@ class Scheduler(Tables):
         self._w_jhead[w] = -1
         self._w_load[w] = 0.0
         self._w_score[w] = 0.0
+        self._w_base[w] = 0
+        self._w_perjob[w] = 0.0
+        self._w_declined[w] = 0
         self._w_tie[w] = self._rng
         self._w_serial[w] = self._serial
         ks.nworkers += 1
@@ -321,6 +334,13 @@ class Scheduler(Tables):
             self._w_status[w] = status
         self._w_load[w] = load
         self._w_jobcount[w] = job_count
+        # What it holds now is what this report counts; what it takes or
+        # ends from now on moves its predicted load by the load per job,
+        # learnt from reports that have jobs in them.
+        self._w_base[w] = self._w_used[w]
+        if job_count > 0 and load > 0.0:
+            self._w_perjob[w] = load / job_count
+        self._w_declined[w] = 0
         if self._refresh_worker(w):
             self._pump(self._w_key[w], now)
         return 0
@@ -431,9 +451,12 @@ class Scheduler(Tables):
         if self._j_state[j] != J_OFFERED or self._j_worker[j] != w:
             self.stale_events += 1
             return 0
+        # A decline says "not now" of the worker, not "this job is broken":
+        # the worker rests until it reports or a job of its ends, and the
+        # job goes out again at once (it does not count towards
+        # max_attempts; its queue deadline bounds it).
+        self._w_declined[w] = 1
         self._release(j)
-        # A decline says "not now", not "this job is broken": it does not
-        # count towards max_attempts.  The queue deadline bounds it.
         self._retry(j, now, False)
         self._pump(self._w_key[w], now)
         return 0
@@ -463,6 +486,7 @@ class Scheduler(Tables):
                 self._j_state[j] = J_RUNNING
                 self._emit(ACT_STATE, j, w, J_RUNNING, 0.0, now, R_NONE)
             return 0
+        self._w_declined[w] = 0  # a job ended: it has room again
         self._release(j)
         if self._j_flags[j] & F_TERMINATING:
             self._finish(j, J_CANCELLED, self._j_reason[j], now)
@@ -606,11 +630,11 @@ class Scheduler(Tables):
             return 0
         ks: KeyState = self._keys[self._j_key[j]]
         delay: cython.double = 0.0
-        if attempts >= 2:
+        if counted and attempts >= 2:
             delay = self.retry_base * (2.0 ** (attempts - 2))
             if delay > self.retry_max:
                 delay = self.retry_max
-        elif self._untried(ks, j) < 0:
+        elif counted and self._untried(ks, j) < 0:
             delay = self.retry_base  # the next offer would repeat one: not at once
         self._j_state[j] = J_QUEUED
         self._j_worker[j] = -1
@@ -697,6 +721,7 @@ class Scheduler(Tables):
                 self._finish(j, J_FAILED, R_WORKER_LOST, now)
         elif (st == J_ASSIGNED or st == J_RUNNING) and self._j_flags[j] & F_TERMINATING:
             w: cython.int = self._j_worker[j]
+            self._w_declined[w] = 0
             self._release(j)
             self._finish(j, J_CANCELLED, self._j_reason[j], now)
             self._pump(self._w_key[w], now)
@@ -717,6 +742,8 @@ class Scheduler(Tables):
             self._w_jobcount[w],
             self._w_serial[w],
             self._w_pos[w] >= 0,
+            self._predicted(w),
+            self._w_declined[w] != 0,
         )
 
     def job_info(self, j: cython.int) -> codes.JobInfo:

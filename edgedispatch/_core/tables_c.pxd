@@ -2,6 +2,7 @@
 # The Python source is the reference; keep names and signatures in step.
 
 cdef int WS_AVAILABLE
+cdef int WS_FULL
 cdef double NEVER
 
 
@@ -29,6 +30,9 @@ cdef class Tables:
     cdef int[:] _w_jhead
     cdef double[:] _w_load
     cdef double[:] _w_score
+    cdef int[:] _w_base
+    cdef double[:] _w_perjob
+    cdef signed char[:] _w_declined
     cdef unsigned long long[:] _w_tie
     cdef long long[:] _w_serial
 
@@ -65,6 +69,7 @@ cdef class Tables:
     cdef int _q_push_back(self, KeyState ks, int j) noexcept
     cdef int _q_push_front(self, KeyState ks, int j) noexcept
     cdef int _q_unlink(self, KeyState ks, int j) noexcept
+    cdef double _predicted(self, int w) noexcept
     cdef bint _eligible(self, int w) noexcept
     cdef bint _better(self, int a, int b) noexcept
     cdef bint _refresh_worker(self, int w) except -1

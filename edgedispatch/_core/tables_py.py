@@ -24,6 +24,7 @@ except ModuleNotFoundError:  # an installed wheel: Cython is a build requirement
 from edgedispatch._core import codes
 
 WS_AVAILABLE = int(codes.WorkerStatus.AVAILABLE)
+WS_FULL = int(codes.WorkerStatus.FULL)
 NEVER = 1e300  # deadlines beyond this (such as infinity) never fire
 
 
@@ -65,6 +66,9 @@ class Tables:
         self._w_jhead = _zeros("i", 0)
         self._w_load = _zeros("d", 0)
         self._w_score = _zeros("d", 0)
+        self._w_base = _zeros("i", 0)
+        self._w_perjob = _zeros("d", 0)
+        self._w_declined = _zeros("b", 0)
         self._w_tie = _zeros("Q", 0)
         self._w_serial = _zeros("q", 0)
 
@@ -110,6 +114,9 @@ class Tables:
         w_jhead: cython.int[:] = _filled("i", cap, -1)
         w_load: cython.double[:] = _zeros("d", cap)
         w_score: cython.double[:] = _zeros("d", cap)
+        w_base: cython.int[:] = _zeros("i", cap)
+        w_perjob: cython.double[:] = _zeros("d", cap)
+        w_declined: cython.schar[:] = _zeros("b", cap)
         w_tie: cython.ulonglong[:] = _zeros("Q", cap)
         w_serial: cython.longlong[:] = _zeros("q", cap)
         for i in range(old):
@@ -123,6 +130,9 @@ class Tables:
             w_jhead[i] = self._w_jhead[i]
             w_load[i] = self._w_load[i]
             w_score[i] = self._w_score[i]
+            w_base[i] = self._w_base[i]
+            w_perjob[i] = self._w_perjob[i]
+            w_declined[i] = self._w_declined[i]
             w_tie[i] = self._w_tie[i]
             w_serial[i] = self._w_serial[i]
         self._w_alive = w_alive
@@ -135,6 +145,9 @@ class Tables:
         self._w_jhead = w_jhead
         self._w_load = w_load
         self._w_score = w_score
+        self._w_base = w_base
+        self._w_perjob = w_perjob
+        self._w_declined = w_declined
         self._w_tie = w_tie
         self._w_serial = w_serial
         self._wcap = cap
@@ -282,16 +295,31 @@ class Tables:
         ks.qlen -= 1
         return 0
 
+    def _predicted(self, w: cython.int) -> cython.double:
+        """The worker's load now: as last reported, plus what the jobs taken
+        or ended since then are expected to add or remove (the load per job
+        is learnt from its reports; until one with jobs, nothing is added).
+        So offers stop before a stale report would let them overfill it."""
+        load: cython.double = (
+            self._w_load[w] + (self._w_used[w] - self._w_base[w]) * self._w_perjob[w]
+        )
+        return load if load > 0.0 else 0.0
+
     def _eligible(self, w: cython.int) -> cython.bint:
         return (
             self._w_alive[w] != 0
-            and self._w_status[w] == WS_AVAILABLE
-            and self._w_load[w] < self.load_threshold
+            and (
+                self._w_status[w] == WS_AVAILABLE
+                # FULL was true when it reported; a job ended since frees room.
+                or (self._w_status[w] == WS_FULL and self._w_used[w] < self._w_base[w])
+            )
+            and self._w_declined[w] == 0
+            and self._predicted(w) < self.load_threshold
             and self._w_used[w] < self._w_cap[w]
         )
 
     def _better(self, a: cython.int, b: cython.int) -> cython.bint:
-        """Least loaded first: reported load or slot use, whichever is higher;
+        """Least loaded first: predicted load or slot use, whichever is higher;
         then fewer held slots; then the seeded tie-break."""
         if self._w_score[a] != self._w_score[b]:
             return self._w_score[a] < self._w_score[b]
@@ -309,7 +337,7 @@ class Tables:
         ks: KeyState = self._keys[self._w_key[w]]
         cap: cython.double = self._w_cap[w]
         used_share: cython.double = self._w_used[w] / cap
-        load: cython.double = self._w_load[w]
+        load: cython.double = self._predicted(w)
         self._w_score[w] = load if load > used_share else used_share
         pos: cython.int = self._w_pos[w]
         if self._eligible(w):

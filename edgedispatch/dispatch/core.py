@@ -109,6 +109,8 @@ class WorkerView(msgspec.Struct, frozen=True):
     job_count: int
     eligible: bool
     jobs: list[str]
+    predicted: float = 0.0  #: its load now, as the core predicts it
+    declined: bool = False  #: resting after a decline, until it reports or a job ends
 
 
 class JobView(msgspec.Struct, frozen=True):
@@ -390,6 +392,8 @@ class DispatchCore:
             info.job_count,
             bool(info.eligible),
             [j for j in jobs if j is not None],
+            info.predicted,
+            bool(info.declined),
         )
 
     def workers(self) -> list[WorkerView]:

@@ -205,9 +205,12 @@ class Checker:
         for w in core.workers():
             assert w.used <= w.slots, f"{w.worker_id} over its slot cap"
             assert w.used == len(w.jobs)
-            assert w.eligible == (
-                w.status == WorkerStatus.AVAILABLE and w.load < thr and w.used < w.slots
-            )
+            fits = not w.declined and w.predicted < thr and w.used < w.slots
+            if w.status == WorkerStatus.FULL:
+                # Eligible again only once a job of its ended since it said FULL.
+                assert not w.eligible or fits
+            else:
+                assert w.eligible == (w.status == WorkerStatus.AVAILABLE and fits)
             for j in w.jobs:
                 assert j not in held, f"{j} held by two workers"
                 held[j] = w.worker_id

@@ -168,53 +168,112 @@ def test_offer_timeout_moves_on_and_a_late_accept_is_ignored(impl: ModuleType) -
     assert core.worker("slow").used == 0
 
 
-def test_declined_jobs_go_round_the_workers_again_until_their_deadline(
+def test_a_declined_job_goes_out_again_at_once_and_then_waits_for_capacity(
     impl: ModuleType,
 ) -> None:
     core = make(impl, max_attempts=3, retry_base=0.5, retry_max=0.5)
     for w in ("w1", "w2"):
-        core.register_worker(w, KEY, 1, now=0)
+        core.register_worker(w, KEY, 4, now=0)
     core.submit(spec("j1", deadline=10), now=0)
     ((_, first),) = offers(core.process())
     core.reject("j1", first, now=1)
-    ((_, second),) = offers(core.process())
-    assert second != first  # a worker that has not tried it comes first
-    core.reject("j1", second, now=2)
-    core.process()
-    assert core.job("j1", 2).wait_reason == WaitReason.BACKOFF
-    # Both declined: after the backoff, a new round.  Declines are not
-    # failures, so max_attempts does not end it...
-    now, asked = 2.5, []
-    pending = offers(core.on_timer(now))
+    ((_, second),) = offers(core.process())  # at once, to the other
+    assert second != first
+    core.reject("j1", second, now=1)
+    assert offers(core.process()) == []
+    # Both said "not now": it waits for capacity, not for a timer.
+    assert core.job("j1", 1).wait_reason == WaitReason.ALL_BUSY
+    assert core.next_deadline() == 10  # only its queue deadline
+    assert core.worker(first).declined and not core.worker(first).eligible
+    # A report is capacity news: the job goes out at once.  Declines are not
+    # failures, so max_attempts never ends it...
+    now, asked = 2.0, []
     while now < 9:
-        ((_, w),) = pending
+        core.update_worker(first, WorkerStatus.AVAILABLE, 0.0, now=now)
+        ((_, w),) = offers(core.process())
         asked.append(w)
         core.reject("j1", w, now=now)
-        pending = offers(core.process())
-        assert core.job("j1", now).state in (JobState.QUEUED, JobState.OFFERED)
-        if not pending:
-            now = core.next_deadline() or now
-            pending = offers(core.on_timer(now))
-    assert len(asked) > 6 and set(asked) == {"w1", "w2"}
+        assert offers(core.process()) == []
+        now += 1
+    assert asked == [first] * 7
     # ... its queue deadline does.
-    if pending:
-        core.reject("j1", pending[0][1] or "", now=10)
-    acts = core.process() + core.on_timer(10)
+    acts = core.on_timer(10)
     assert kinds(acts, ActionKind.JOB_FAILED)[0].reason == FailReason.NO_CAPACITY
 
 
-def test_a_worker_that_declined_is_asked_again_only_after_a_pause(impl: ModuleType) -> None:
+def test_a_worker_that_declined_rests_until_it_reports_or_a_job_of_its_ends(
+    impl: ModuleType,
+) -> None:
     core = make(impl, retry_base=0.25)
     core.register_worker("w1", KEY, 4, now=0)
-    core.submit(spec("j1"), now=0)
+    core.submit(spec("j0"), now=0)
+    core.process()
+    core.accept("j0", "w1", now=0)
+    core.job_status("j0", "w1", JobStatus.RUNNING, now=0)
+    core.submit(spec("j1"), now=1)
     assert offers(core.process()) == [("j1", "w1")]
     core.reject("j1", "w1", now=1)
     assert offers(core.process()) == []  # not straight back to the one that said no
-    assert core.next_deadline() == pytest.approx(1.25)
-    assert offers(core.on_timer(1.25)) == [("j1", "w1")]
-    core.accept("j1", "w1", now=1.3)
+    assert offers(core.on_timer(30)) == []  # and no timer brings it back
+    core.job_status("j0", "w1", JobStatus.SUCCESS, now=31)
+    assert offers(core.process()) == [("j1", "w1")]  # its job ended: room again
+    core.accept("j1", "w1", now=31)
     core.process()
-    assert core.job("j1", 1.3).state == JobState.ASSIGNED
+    assert core.job("j1", 31).state == JobState.ASSIGNED
+
+
+def test_a_busy_worker_is_predicted_full_before_its_next_report(impl: ModuleType) -> None:
+    """Workers report load every few seconds; the core counts the jobs it
+    sent or saw end since, at the load per job the reports show."""
+    core = make(impl, load_threshold=0.7)
+    core.register_worker("w1", KEY, 10, now=0)
+    core.submit(spec("j1"), now=0)
+    core.process()
+    core.accept("j1", "w1", now=0)
+    core.job_status("j1", "w1", JobStatus.RUNNING, now=0)
+    core.update_worker("w1", WorkerStatus.AVAILABLE, 0.4, job_count=1, now=1)
+    core.process()
+    assert core.worker("w1").predicted == pytest.approx(0.4)
+    core.submit(spec("j2"), now=2)
+    assert offers(core.process()) == [("j2", "w1")]  # 0.4 + 0.4: full from here
+    assert core.worker("w1").predicted == pytest.approx(0.8)
+    core.submit(spec("j3"), now=2)
+    assert offers(core.process()) == []  # though its last report said 0.4
+    assert core.job("j3", 2).wait_reason == WaitReason.ALL_BUSY
+    core.accept("j2", "w1", now=2)
+    core.job_status("j2", "w1", JobStatus.RUNNING, now=2)
+    core.job_status("j1", "w1", JobStatus.SUCCESS, now=3)
+    # One ended: room again at once, though its last report is older.
+    assert offers(core.process()) == [("j3", "w1")]
+
+
+def test_a_worker_that_said_full_takes_work_once_a_job_of_its_ends(impl: ModuleType) -> None:
+    """FULL is what it was at its last report: a job that ended since makes
+    room at once, without waiting seconds for the next report."""
+    core = make(impl, load_threshold=0.7)
+    core.register_worker("w1", KEY, 10, now=0)
+    for j in ("j1", "j2"):
+        core.submit(spec(j), now=0)
+        core.process()
+        core.accept(j, "w1", now=0)
+        core.job_status(j, "w1", JobStatus.RUNNING, now=0)
+    core.update_worker("w1", WorkerStatus.FULL, 0.8, job_count=2, now=1)
+    core.submit(spec("j3"), now=1)
+    assert offers(core.process()) == []
+    core.job_status("j1", "w1", JobStatus.SUCCESS, now=2)
+    assert offers(core.process()) == [("j3", "w1")]  # 0.8 - 0.4: room
+    core.reject("j3", "w1", now=2)  # a worker may still say no...
+    assert offers(core.process()) == []  # ...and then rests until it reports
+
+
+def test_a_worker_whose_load_is_not_per_job_is_not_predicted(impl: ModuleType) -> None:
+    core = make(impl, load_threshold=0.7)
+    core.register_worker("w1", KEY, 10, now=0)
+    core.update_worker("w1", WorkerStatus.AVAILABLE, 0.5, job_count=0, now=0)
+    for i in range(5):
+        core.submit(spec(f"j{i}"), now=1)
+    assert len(offers(core.process())) == 5  # no jobs in its reports: nothing learnt
+    assert core.worker("w1").predicted == pytest.approx(0.5)
 
 
 def test_unanswered_offers_count_towards_max_attempts(impl: ModuleType) -> None:
@@ -233,22 +292,19 @@ def test_unanswered_offers_count_towards_max_attempts(impl: ModuleType) -> None:
     assert core.job("j1", now).attempts == 3
 
 
-def test_retry_backoff_grows_from_the_third_offer(impl: ModuleType) -> None:
-    core = make(impl, retry_base=0.5, retry_max=0.75, max_attempts=10)
+def test_retry_backoff_grows_from_the_third_failed_offer(impl: ModuleType) -> None:
+    core = make(impl, retry_base=0.5, retry_max=0.75, max_attempts=10, offer_timeout=1.0)
     for i in range(5):
         core.register_worker(f"w{i}", KEY, 1, now=0)
     core.submit(spec("j1"), now=0)
-    ((_, w),) = offers(core.process())
-    core.reject("j1", w, now=1)
-    ((_, w),) = offers(core.process())  # the first retry goes out at once
-    core.reject("j1", w, now=2)
-    assert offers(core.process()) == []
+    assert len(offers(core.process())) == 1
+    assert len(offers(core.on_timer(1))) == 1  # unanswered: the first retry goes out at once
+    assert offers(core.on_timer(2)) == []  # unanswered again: a pause
     assert core.job("j1", 2).wait_reason == WaitReason.BACKOFF
     assert core.next_deadline() == pytest.approx(2.5)
-    ((_, w),) = offers(core.on_timer(2.5))
-    core.reject("j1", w, now=3)
-    core.process()
-    assert core.next_deadline() == pytest.approx(3.75)  # 1.0 capped at retry_max
+    assert len(offers(core.on_timer(2.5))) == 1
+    assert offers(core.on_timer(3.5)) == []
+    assert core.next_deadline() == pytest.approx(4.25)  # 1.0 capped at retry_max
 
 
 # ----------------------------------------------------------------------
@@ -290,12 +346,13 @@ def test_queue_is_fifo_per_agent_key(impl: ModuleType) -> None:
     core.register_worker("w1", KEY, 1, now=1)
     assert offers(core.process()) == [("a", "w1")]
     core.reject("a", "w1", now=2)
-    # "a" keeps its place at the head, but w1 already turned it down, so the
-    # freed slot goes to the next job.
-    assert offers(core.process()) == [("b", "w1")]
-    assert core.queued(KEY) == ["a", "c"]
+    # "a" keeps its place at the head; w1 said "not now" and rests.
+    assert offers(core.process()) == []
+    assert core.queued(KEY) == ["a", "b", "c"]
     core.register_worker("w2", KEY, 1, now=3)
     assert offers(core.process()) == [("a", "w2")]
+    core.update_worker("w1", WorkerStatus.AVAILABLE, 0.0, now=4)
+    assert offers(core.process()) == [("b", "w1")]
     assert core.queued(KEY) == ["c"]
 
 

@@ -280,12 +280,11 @@ def test_load_reports_move_the_scheduler_without_scans() -> None:
 
 
 def test_list_dispatch_brings_wait_reasons_up_to_now() -> None:
-    domain, _, _ = make(retry_base=1.0)
-    declining = RecordingLink()
-    register(domain, declining, "a", now=0.0)
+    domain, _, _ = make(retry_base=1.0, offer_timeout=1.0)
+    silent = RecordingLink()
+    register(domain, silent, "a", now=0.0)
     job_id = dispatch(domain, "r1", "a", now=0.0)
-    domain.decline(declining, job_id, now=0.0)
-    domain.step(0.0)
+    domain.on_timer(1.0)  # unanswered: back off before asking it again
     assert domain.jobs.jobs[job_id].wait == WaitReason.BACKOFF
     (listed,) = domain.list_dispatch("", "r1", now=50.0)
     assert domain.jobs.jobs[listed.job_ids[0]].wait != WaitReason.BACKOFF
