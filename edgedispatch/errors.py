@@ -92,6 +92,11 @@ class Unavailable(EdgeDispatchError):
     sip_status = 503
 
 
+class StoreUnavailable(Unavailable):
+    """The store cannot open or commit (a full disk, a newer schema): no new
+    work is taken, and nothing already taken is lost."""
+
+
 class ResourceExhausted(EdgeDispatchError):
     """A limit or quota is reached."""
 

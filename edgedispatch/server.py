@@ -35,7 +35,11 @@ from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.webhooks import WebhookNotifier
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
-from edgedispatch.store import FileStore, MemoryStore, Store
+from edgedispatch.store import MemoryStore, Store
+from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
+from edgedispatch.store.journal import Journal
+from edgedispatch.store.journal import summary as recovery_summary
+from edgedispatch.store.sqlite import SqliteStore
 from edgedispatch.wire.tokens import Verifier
 
 if TYPE_CHECKING:
@@ -59,6 +63,7 @@ class Server:
         self.rooms: RoomHub | None = None
         self._media: MediaFactory | MediaPool | None = None
         self._webhooks: WebhookSender | None = None
+        self.store: SqliteStore | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -71,7 +76,9 @@ class Server:
         domain.wall.offset = time.time() - loop.time()
         self._timer = DeadlineTimer(loop, domain.on_timer)
         domain.on_deadline = self._timer.arm
+        store = self._open_store(domain, loop)
         app = App(domain, verifier, self.cfg.server)
+        app.store = self.store
         if self.cfg.rtc.enabled:
             app.rooms = self.rooms = self._rooms(domain)
         targets = self.cfg.webhooks()
@@ -97,8 +104,6 @@ class Server:
                 reuse_address=True,
             )
         self.port = self._server.sockets[0].getsockname()[1]
-        data_dir = self.cfg.server.data_dir or os.environ.get("STATE_DIRECTORY", "")
-        store: Store = FileStore(data_dir) if data_dir else MemoryStore()
         url = self.cfg.server.public_url or f"ws://127.0.0.1:{self.port}"
         self.agents = AgentManager(domain, self.cfg, url, store, verifier, self.containment)
         try:
@@ -123,6 +128,29 @@ class Server:
         else:
             self._media = MediaPool(rtc, rtc.media_workers)
         return RoomHub(domain, rtc, self._media)
+
+    def _open_store(self, domain: Domain, loop: asyncio.AbstractEventLoop) -> Store:
+        """The store, and the state it kept put back into the domain, before
+        anything listens (so /readyz answers only after recovery)."""
+        data_dir = self.cfg.server.data_dir or os.environ.get("STATE_DIRECTORY", "")
+        if not data_dir:
+            return MemoryStore()
+        store = SqliteStore(data_dir, self.cfg.server.store_synchronous)
+        journal = Journal(store, self.cfg.dispatch.queue_timeout)
+        recovered = journal.recover()
+        domain.restore(*recovered, loop.time())
+        domain.subscribe(journal.on_event, *JOURNAL_KINDS)
+        store.start(loop)
+        self.store = store
+        counts = recovery_summary(recovered)
+        log.info(
+            "store %s: recovered %d rooms, %d dispatches, %d pending jobs",
+            store.path,
+            counts["rooms"],
+            counts["dispatches"],
+            counts["pending_jobs"],
+        )
+        return store
 
     def _contain(self) -> Containment:
         containment = Containment(self.cfg)
@@ -154,6 +182,18 @@ class Server:
             log.warning("drain timeout: exiting with %d jobs still running", left)
         self._stop.set()
 
+    def _close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        elif self.domain is not None:
+            queued = self.domain.queued_jobs()
+            if queued:
+                log.warning(
+                    "exiting with %d queued jobs, which are dropped: no data_dir to keep them",
+                    queued,
+                )
+
     def _running_jobs(self) -> int:
         assert self.domain is not None
         return self.domain.running_jobs()
@@ -174,6 +214,9 @@ class Server:
 
     async def close(self) -> None:
         """Stop listening, stop local agents, and drop every connection."""
+        # First: what is pending stays written as it is now (queued jobs
+        # queued, running ones running), not as the shutdown ends them.
+        self._close_store()
         if self.rooms is not None:
             self.rooms.close_all(asyncio.get_running_loop().time())
         if self._media is not None:

@@ -15,6 +15,7 @@ cdef int R_NONE, R_NO_CAPACITY, R_MAX_ATTEMPTS, R_WORKER_LOST, R_JOB_ERROR
 cdef int R_CANCELLED, R_LAST
 cdef int W_NOT_WAITING, W_NO_WORKERS, W_ALL_BUSY, W_ALL_TRIED, W_BACKOFF
 cdef int F_TERMINATING
+cdef int F_RESTORED_HELD
 cdef unsigned long long U64
 
 cpdef unsigned long long _splitmix64(unsigned long long x) noexcept

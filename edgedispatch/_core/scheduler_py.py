@@ -112,6 +112,9 @@ W_BACKOFF = int(codes.WaitReason.BACKOFF)
 
 # Job flags.
 F_TERMINATING = 1  # a TERMINATE went out; the job ends CANCELLED
+#: In a submit's policy word: the job is recovered after a restart, and was
+#: held by a worker then (it is not offered: it waits to be claimed back).
+F_RESTORED_HELD = 2
 
 U64 = 0xFFFFFFFFFFFFFFFF
 
@@ -397,6 +400,8 @@ class Scheduler(Tables):
             raise InvalidEvent(f"job handle {j} is already in use")
         if deadline != deadline:
             raise InvalidEvent("queue deadline is NaN")
+        held: cython.bint = (policy & F_RESTORED_HELD) != 0
+        policy = policy & ~F_RESTORED_HELD
         if policy < 0 or policy > 1:
             raise InvalidEvent(f"unknown restart policy {policy}")
         if j >= self._jcap:
@@ -418,6 +423,13 @@ class Scheduler(Tables):
         self._j_qtimeout[j] = deadline - now if deadline > now else 0.0
         self._j_retry_at[j] = now
         self._j_tried1[j] = -1  # _j_tried[j] is None: _finish cleared it
+        if held:
+            # Recovered after a restart, it was running: it waits, as after
+            # a worker loss, for its worker to claim it back.
+            self._j_state[j] = J_ORPHANED
+            self._set_timer(j, now + self.reclaim_grace)
+            self._emit(ACT_STATE, j, -1, J_ORPHANED, 0.0, now, R_WORKER_LOST)
+            return 0
         # Fast path: a free worker exists, so the FIFO holds only jobs that
         # cannot use it (see _pump), and this job goes straight out.
         if ks.hsize > 0:

@@ -60,6 +60,19 @@ HttpHandler = Callable[[Request], "Response | Awaitable[Response]"]
 AGENT_SERVICE_PREFIX = f"/twirp/{agents_api.SERVICE}/"
 
 
+class Durable(Protocol):
+    """The store, as the API sees it (``store.sqlite.SqliteStore``)."""
+
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet committed."""
+        ...
+
+    def flushed(self) -> Awaitable[None]:
+        """Resolves once what is queued now is committed."""
+        ...
+
+
 class App:
     """:param agents: the agent definitions' manager, once it is up."""
 
@@ -70,6 +83,8 @@ class App:
         self.agents: agents_api.AgentAdmin | None = None
         #: The live rooms, when this server serves /rtc.
         self.rooms: RoomHub | None = None
+        #: The store: an answer that wrote to it waits for the commit.
+        self.store: Durable | None = None
         self._exact: dict[tuple[str, str], HttpHandler] = {
             ("GET", "/"): self._healthy,
             ("GET", "/healthz"): self._healthy,
@@ -213,7 +228,24 @@ class App:
             status, body = twirp.error_body(exc)
             return Response(status, body, twirp.JSON)
 
-    def _twirp(self, req: Request) -> Response:
+    def _twirp(self, req: Request) -> Response | Awaitable[Response]:
+        answer = self._twirp_call(req)
+        store = self.store
+        if store is None or not store.pending or answer.status != 200:
+            return answer
+        return self._when_durable(store, answer)
+
+    async def _when_durable(self, store: Durable, answer: Response) -> Response:
+        """The answer, once the writes of its call are committed (with those
+        of every call before it: one commit for a burst)."""
+        try:
+            await store.flushed()
+        except EdgeDispatchError as exc:
+            status, body = twirp.error_body(exc)
+            return Response(status, body, twirp.JSON)
+        return answer
+
+    def _twirp_call(self, req: Request) -> Response:
         encoding = twirp.JSON
         try:
             _, _, service, method = (req.path.split("/") + ["", ""])[:4]

@@ -27,7 +27,7 @@ def _bench_core(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from edgedispatch import _core, config, server
-    from edgedispatch.errors import ConfigError
+    from edgedispatch.errors import ConfigError, StoreUnavailable
     from edgedispatch.obs import logs
 
     overrides: dict[str, object] = {}
@@ -35,6 +35,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["bind"] = args.bind
     if args.port is not None:
         overrides["port"] = args.port
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
     try:
         cfg = config.load(args.config, dev=args.dev, overrides=overrides)
     except ConfigError as exc:
@@ -52,6 +54,9 @@ def _serve(args: argparse.Namespace) -> int:
         server.serve(cfg, use_uvloop=args.loop == "uvloop")
     except ConfigError as exc:
         print(f"edgedispatch: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"edgedispatch: cannot open the store: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -120,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--bind", metavar="HOST", help="address to listen on")
     serve.add_argument("--port", type=int, metavar="N", help="port to listen on (0: any free)")
+    serve.add_argument(
+        "--data-dir", metavar="DIR", help="keep state here (SQLite), across restarts"
+    )
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     serve.add_argument(
@@ -129,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    from edgedispatch.cli import agent_commands
+    from edgedispatch.cli import agent_commands, store_commands
     from edgedispatch.cli import client as cli_client
+
+    store_commands.add_commands(sub)
 
     cli_client.add_commands(sub)
     agent_commands.add_agent_commands(sub)

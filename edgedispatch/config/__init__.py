@@ -36,10 +36,13 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_message_size: int = 2 * 1024 * 1024
     #: Seconds to wait for running jobs after SIGTERM before exiting.
     drain_timeout: float = 3600.0
-    #: Where state that must survive a restart is kept (agent definitions
-    #: added through the API).  Empty: $STATE_DIRECTORY (systemd), else
-    #: nothing is kept.
+    #: Where state that must survive a restart is kept: rooms, dispatches,
+    #: jobs and agent definitions, in one SQLite database.  Empty:
+    #: $STATE_DIRECTORY (systemd), else nothing is kept.
     data_dir: str = ""
+    #: "full": an answered write survives a power loss (the WAL is fsynced
+    #: at each commit); "normal": it survives a process crash only.
+    store_synchronous: str = "full"
     #: WebSocket keepalive for workers: ping this often (0: never) ...
     ping_interval: float = 20.0
     #: ... and drop a worker whose pong is this late.
@@ -295,6 +298,8 @@ def validate(cfg: Config) -> Config:
     _positive(cfg.webhook.timeout, "webhook.timeout")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("must be debug, info, warning or error", "logging.level")
+    if cfg.server.store_synchronous not in ("full", "normal"):
+        raise ConfigError('must be "full" or "normal"', "server.store_synchronous")
     if cfg.logging.format not in ("text", "json"):
         raise ConfigError("must be 'text' or 'json'", "logging.format")
     if cfg.sandbox.mode not in ("auto", "required", "off"):

@@ -84,6 +84,9 @@ class JobSpec(msgspec.Struct, frozen=True):
     metadata: str = ""
     restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
     payload: Any = None  #: anything else the shell wants back (e.g. the Job proto)
+    #: Recovered after a restart from a worker that held it: it waits
+    #: ``reclaim_grace`` to be claimed back (ORPHANED), and is not offered.
+    restored_held: bool = False
 
 
 class Action(msgspec.Struct, frozen=True):
@@ -283,7 +286,7 @@ class DispatchCore:
         if h >= len(self._specs):
             self._specs.extend([None] * (h + 1 - len(self._specs)))
         self._specs[h] = spec
-        policy = int(spec.restart_policy)
+        policy = int(spec.restart_policy) | (2 if spec.restored_held else 0)
         try:
             self._push(EventKind.JOB_SUBMIT, h, -1, k, float(spec.deadline), now, policy)
         except EdgeDispatchError:

@@ -225,6 +225,22 @@ class Domain:
         if self.draining:
             raise Unavailable("the server is draining; it takes no new work")
 
+    def restore(
+        self,
+        rooms: list[RoomRec],
+        dispatches: list[DispatchRec],
+        jobs: list[tuple[JobRec, int]],
+        now: float,
+    ) -> None:
+        """After a restart, before anyone connects: the state the store
+        kept, oldest first (see ``RoomDirectory.restore``, ``JobLedger.restore``)."""
+        self.rooms.restore(rooms, dispatches, now)
+        for rec, deadline_ns in jobs:
+            dispatch = self.rooms.dispatches.get(rec.dispatch_id)
+            if dispatch is not None:
+                self.jobs.restore(dispatch, rec, deadline_ns, now)
+        self.step(now)
+
     def create_room(self, tenant: str, spec: RoomSpec, now: float) -> RoomRec:
         self._check_open()
         return self.rooms.create(tenant, spec, now)
@@ -302,6 +318,12 @@ class Domain:
         """Take no new dispatches and offer no new work; running jobs go on."""
         self.draining = True
         self.workers.drain(now)
+
+    def queued_jobs(self) -> int:
+        """Jobs waiting for a worker (queued or out on offer)."""
+        return sum(1 for rec in self.jobs.jobs.values() if not rec.state.terminal) - (
+            self.jobs.running()
+        )
 
     def running_jobs(self) -> int:
         """Jobs assigned, running or waiting to be claimed back."""

@@ -80,6 +80,25 @@ class JobLedger:
         self._core.submit(JobSpec(rec.id, key, deadline, restart_policy=policy), now)
         return rec
 
+    def restore(self, dispatch: DispatchRec, rec: JobRec, deadline_ns: int, now: float) -> None:
+        """After a restart: a job the store kept.  An ended one is kept (for
+        ListDispatch); a pending one goes back to the core, queued with its
+        original queue deadline or, if a worker held it, waiting
+        ``reclaim_grace`` for that worker to claim it back."""
+        self.jobs[rec.id] = rec
+        dispatch.job_ids.append(rec.id)
+        if rec.state.terminal:
+            return
+        held = rec.state in _HELD
+        agent = (rec.key.tenant, rec.key.agent_name)
+        self._live[agent] += 1
+        self._queued[agent] += 1
+        rec.state = JobState.QUEUED  # the core's first action moves it on
+        deadline = now + (deadline_ns - self._wall.ns(now)) / 1e9
+        policy = RestartPolicy(dispatch.restart_policy)
+        spec = JobSpec(rec.id, rec.key, deadline, restart_policy=policy, restored_held=held)
+        self._core.submit(spec, now)
+
     def accepted(self, job_id: str, acceptance: Acceptance) -> None:
         self._accepted[job_id] = acceptance
 

@@ -76,6 +76,8 @@ class DispatchRec(msgspec.Struct, kw_only=True):
     participant: ParticipantRec | None = None
     deleted_ns: int = 0
     job_ids: list[str] = msgspec.field(default_factory=list)
+    #: The client's X-Livekit-Request-Id: a retried CreateDispatch gets this one.
+    request_id: str = ""
 
 
 class JobRec(msgspec.Struct, kw_only=True):

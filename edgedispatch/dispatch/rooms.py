@@ -276,6 +276,7 @@ class RoomDirectory:
         implicit: bool = False,
         kind: int = JT_ROOM,
         who: ParticipantRec | None = None,
+        request_id: str = "",
     ) -> DispatchRec:
         rec = DispatchRec(
             id=ids.new(ids.DISPATCH),
@@ -290,6 +291,7 @@ class RoomDirectory:
             implicit=implicit,
             job_type=kind,
             participant=msgspec.structs.replace(who) if who is not None else None,
+            request_id=request_id,
         )
         self.dispatches[rec.id] = rec
         room.dispatch_ids.append(rec.id)
@@ -332,12 +334,42 @@ class RoomDirectory:
             if not self._cfg.auto_create:
                 raise NotFound(f"room {spec.room!r} does not exist")
             room = self.open(tenant, RoomSpec(spec.room), now)
-        rec = self._new_dispatch(room, spec.agent, now)
+        rec = self._new_dispatch(room, spec.agent, now, request_id=request_id)
         if request_id:
-            self._by_request_id[tenant, request_id] = rec.id
-            if len(self._by_request_id) > IDEMPOTENCY_ENTRIES:
-                self._by_request_id.popitem(last=False)
+            self._remember_request(tenant, request_id, rec.id)
         return rec
+
+    def _remember_request(self, tenant: str, request_id: str, dispatch_id: str) -> None:
+        self._by_request_id[tenant, request_id] = dispatch_id
+        if len(self._by_request_id) > IDEMPOTENCY_ENTRIES:
+            self._by_request_id.popitem(last=False)
+
+    def restore(self, rooms: list[RoomRec], dispatches: list[DispatchRec], now: float) -> None:
+        """After a restart: the rooms and dispatches the store kept, with
+        their timeouts counted from their original times (the wall clock),
+        and the request ids of their CreateDispatch calls."""
+        wall_now = self._wall(now)
+        for room in rooms:
+            room.participants = {}
+            room.dispatch_ids = []
+            self.rooms[room.tenant, room.name] = room
+            self._by_tenant.setdefault(room.tenant, {})[room.name] = room
+            if room.joined and room.departure_timeout > 0:
+                # Everyone left with the restart: the departure clock runs.
+                when = now + room.departure_timeout
+                self._timers.set(when, TimerKind.ROOM_DEPARTURE, (room.tenant, room.name))
+            elif not room.joined and room.empty_timeout > 0:
+                when = now + max(0.0, room.created + room.empty_timeout - wall_now)
+                self._timers.set(when, TimerKind.ROOM_EMPTY, (room.tenant, room.name))
+        for rec in dispatches:
+            home = self.rooms.get((rec.tenant, rec.room))
+            if home is None:
+                continue  # its room closed: the dispatch went with it
+            rec.job_ids = []
+            self.dispatches[rec.id] = rec
+            home.dispatch_ids.append(rec.id)
+            if rec.request_id:
+                self._remember_request(rec.tenant, rec.request_id, rec.id)
 
     def list_dispatch(self, tenant: str, room: str, dispatch_id: str = "") -> list[DispatchRec]:
         rec = self.rooms.get((tenant, room))

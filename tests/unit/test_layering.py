@@ -25,7 +25,8 @@ ALLOW: dict[str, set[str]] = {
     "_core": {"errors"},
     "config": {"errors"},
     "dispatch": {"_core", "config", "errors"},
-    "store": {"errors"},
+    # The store follows the domain's events and writes its records.
+    "store": {"_core", "dispatch", "errors"},
     "wire": {"_core", "dispatch", "errors"},
     "worker": {"_core", "_version", "config", "dispatch", "errors", "wire"},
     "rtc": {"_core", "_version", "config", "dispatch", "errors", "wire"},

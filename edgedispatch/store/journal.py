@@ -1,0 +1,128 @@
+"""The domain's state, written to the store as it changes, and read back
+after a restart.
+
+The journal follows the domain events (``dispatch.events``); the domain
+never calls the store.  Each event becomes one queued statement, which the
+store's writer thread commits with the others of its batch; a client's
+answer waits for that commit where it must (``App``).
+
+Rows hold the records as JSON (msgspec), with what recovery orders or
+filters by in columns of their own: a sequence number (creation order, so
+that pending jobs are offered again in their original order) and a job's
+queue deadline, in wall-clock nanoseconds (monotonic time does not survive
+a restart; it is rebuilt from the wall clock).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import msgspec
+
+from edgedispatch._core.codes import JobState
+from edgedispatch.dispatch.events import (
+    DispatchCreated,
+    DispatchDeleted,
+    DomainEvent,
+    JobChanged,
+    JobForgotten,
+    RoomClosed,
+    RoomOpened,
+)
+from edgedispatch.dispatch.records import DispatchRec, JobRec, RoomRec
+from edgedispatch.store.sqlite import SqliteStore
+
+log = logging.getLogger("edgedispatch.store")
+
+KINDS = (RoomOpened, RoomClosed, DispatchCreated, DispatchDeleted, JobChanged, JobForgotten)
+_encode = msgspec.json.Encoder().encode
+
+
+class Recovered(NamedTuple):
+    """What the store held at start-up, oldest first."""
+
+    rooms: list[RoomRec]
+    dispatches: list[DispatchRec]
+    #: (record, queue deadline in wall-clock ns) of each job
+    jobs: list[tuple[JobRec, int]]
+
+
+class Journal:
+    """:param queue_timeout: seconds a new job may wait in the queue (its
+    deadline is stored with it)."""
+
+    def __init__(self, store: SqliteStore, queue_timeout: float) -> None:
+        self._store = store
+        self._queue_ns = int(queue_timeout * 1e9)
+        last = store.rows("SELECT MAX(seq) FROM (SELECT seq FROM dispatches UNION ALL "
+                          "SELECT seq FROM jobs)")  # fmt: skip
+        self._seq = int(last[0][0] or 0)
+
+    def recover(self) -> Recovered:
+        rooms = [
+            msgspec.json.decode(r, type=RoomRec)
+            for (r,) in self._store.rows("SELECT record FROM rooms ORDER BY rowid")
+        ]
+        dispatches = [
+            msgspec.json.decode(r, type=DispatchRec)
+            for (r,) in self._store.rows("SELECT record FROM dispatches ORDER BY seq")
+        ]
+        jobs = [
+            (msgspec.json.decode(r, type=JobRec), int(deadline))
+            for r, deadline in self._store.rows("SELECT record, deadline_ns FROM jobs ORDER BY seq")
+        ]
+        return Recovered(rooms, dispatches, jobs)
+
+    def on_event(self, event: DomainEvent) -> None:
+        write = self._store.write
+        if isinstance(event, JobChanged):
+            job, before = event.job, event.before
+            if before is None:
+                self._seq += 1
+                write(
+                    "INSERT OR REPLACE INTO jobs (id, seq, record, deadline_ns)"
+                    " VALUES (?, ?, ?, ?)",
+                    (job.id, self._seq, _encode(job), job.updated_ns + self._queue_ns),
+                )
+            elif _worth_writing(job.state, before):
+                write("UPDATE jobs SET record = ? WHERE id = ?", (_encode(job), job.id))
+        elif isinstance(event, JobForgotten):
+            write("DELETE FROM jobs WHERE id = ?", (event.job.id,))
+        elif isinstance(event, DispatchCreated):
+            self._seq += 1
+            rec = event.dispatch
+            write(
+                "INSERT OR REPLACE INTO dispatches (id, seq, record) VALUES (?, ?, ?)",
+                (rec.id, self._seq, _encode(rec)),
+            )
+        elif isinstance(event, DispatchDeleted):
+            write("DELETE FROM dispatches WHERE id = ?", (event.dispatch.id,))
+        elif isinstance(event, RoomOpened):
+            room = msgspec.structs.replace(event.room, participants={})
+            write(
+                "INSERT OR REPLACE INTO rooms (tenant, name, record) VALUES (?, ?, ?)",
+                (room.tenant, room.name, _encode(room)),
+            )
+        elif isinstance(event, RoomClosed):
+            write(
+                "DELETE FROM rooms WHERE tenant = ? AND name = ?",
+                (event.room.tenant, event.room.name),
+            )
+
+
+def _worth_writing(state: JobState, before: JobState) -> bool:
+    """An offer is not written (recovery offers it again, as a queued job),
+    nor its return to the queue; every other change is."""
+    if state == JobState.OFFERED:
+        return False
+    return not (state == JobState.QUEUED and before == JobState.OFFERED)
+
+
+def summary(recovered: Recovered) -> dict[str, Any]:
+    pending = sum(1 for job, _ in recovered.jobs if not job.state.terminal)
+    return {
+        "rooms": len(recovered.rooms),
+        "dispatches": len(recovered.dispatches),
+        "pending_jobs": pending,
+    }

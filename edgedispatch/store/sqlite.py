@@ -1,0 +1,277 @@
+"""The embedded store: one SQLite database in the data directory.
+
+Why SQLite: embedded, transactional, crash-safe in WAL mode, in the
+standard library, with an online backup API and an integrity check; a
+server on one box needs nothing more (ecosystem.md).
+
+SQLite blocks, so every write goes through one writer thread: the event
+loop queues statements (``write``) and, where a client must not get its
+answer before the write is durable, waits for ``flushed()``.  The writer
+takes everything queued so far as one transaction (group commit): one
+fsync for all the requests of a burst.  Reads happen once, at start-up,
+before the server listens (``load``, ``rows``).
+
+What survives what (``synchronous``, from config):
+- ``full`` (the default): the WAL is fsynced at each commit, so an answered
+  write survives a process crash and a power loss.
+- ``normal``: a commit reaches the OS but is fsynced only at checkpoints; it
+  survives a process crash (kill -9), and a power loss may lose the last
+  commits (never the database's consistency).
+
+The schema is versioned (``PRAGMA user_version``) and migrated forward at
+open; a database from a newer edgedispatch is refused, with the versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from edgedispatch.errors import StoreUnavailable
+
+log = logging.getLogger("edgedispatch.store")
+
+FILENAME = "edgedispatch.db"
+#: Each migration takes the schema from the version before it to its own.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+        " PRIMARY KEY (namespace, key))",
+        "CREATE TABLE rooms (tenant TEXT NOT NULL, name TEXT NOT NULL, record BLOB NOT NULL,"
+        " PRIMARY KEY (tenant, name))",
+        "CREATE TABLE dispatches (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL)",
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, record BLOB NOT NULL,"
+        " deadline_ns INTEGER NOT NULL)",
+    ),
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+
+_Op = tuple[str, tuple[Any, ...]]
+
+
+def open_database(path: Path, synchronous: str = "full") -> sqlite3.Connection:
+    """Open (creating or migrating) the database at ``path``."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={SYNCHRONOUS[synchronous]}")
+        db.execute("PRAGMA busy_timeout=5000")
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the schema to ``SCHEMA_VERSION``; returns the version found."""
+    found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"the store was written by a newer edgedispatch (schema {found}; this one "
+            f"knows up to {SCHEMA_VERSION}): upgrade, or restore a backup"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={version}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("store schema migrated to version %d", version)
+    return found
+
+
+class SqliteStore:
+    """The server's store (``store.Store`` for key-value namespaces, plus
+    the domain's tables), with its writer thread."""
+
+    def __init__(self, directory: str | Path, synchronous: str = "full") -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / FILENAME
+        self._db = open_database(self.path, synchronous)
+        self._queue: queue.SimpleQueue[_Op | asyncio.Future[None] | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.failure: str = ""  #: why the last commit failed ("" when none)
+        self.commits = 0
+        self.pending = 0  #: statements queued and not yet committed
+        self._closed = False
+        self._migrate_json()
+
+    # Reads (start-up, before the writer runs) ---------------------------
+
+    def load(self, namespace: str) -> dict[str, Any]:
+        rows = self._db.execute("SELECT key, value FROM kv WHERE namespace = ?", (namespace,))
+        return {key: json.loads(value) for key, value in rows}
+
+    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._db.execute(sql, tuple(params)))
+
+    # Writes ----------------------------------------------------------------
+
+    def put(self, namespace: str, key: str, value: Any) -> None:
+        self.write(
+            "INSERT OR REPLACE INTO kv (namespace, key, value) VALUES (?, ?, ?)",
+            (namespace, key, json.dumps(value, sort_keys=True)),
+        )
+
+    def delete(self, namespace: str, key: str) -> None:
+        self.write("DELETE FROM kv WHERE namespace = ? AND key = ?", (namespace, key))
+
+    def write(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Queue a statement; it commits with the writer's next batch.
+        Before the writer runs (start-up), it runs at once; after ``close``
+        it is dropped (the shutdown's own changes are not kept)."""
+        if self._closed:
+            return
+        if self._thread is None:
+            self._db.execute(sql, params)
+            return
+        self.pending += 1
+        self._queue.put((sql, params))
+
+    def flushed(self) -> asyncio.Future[None]:
+        """Resolves once everything queued before it is committed (or with
+        ``StoreUnavailable`` if the commit failed: a full disk, say)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self._thread is None or self._closed:
+            fut.set_result(None)
+        else:
+            self._queue.put(fut)
+        return fut
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand writes to the writer thread from now on."""
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._db.close()
+
+    def _run(self) -> None:
+        db = self._db
+        stop = False
+        while not stop:
+            batch: list[_Op] = []
+            waiters: list[asyncio.Future[None]] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, asyncio.Future):
+                    waiters.append(item)
+                else:
+                    batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            error = self._commit(db, batch) if batch else ""
+            self._resolve(waiters, error, len(batch))
+
+    def _commit(self, db: sqlite3.Connection, batch: list[_Op]) -> str:
+        try:
+            db.execute("BEGIN")
+            for sql, params in batch:
+                db.execute(sql, params)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("store commit of %d writes failed: %s", len(batch), exc)
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return str(exc)
+        return ""
+
+    def _resolve(self, waiters: list[asyncio.Future[None]], error: str, n: int) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def done() -> None:
+            self.pending -= n
+            self.commits += 1 if n else 0
+            self.failure = error
+            for fut in waiters:
+                if fut.done():
+                    continue
+                if error:
+                    fut.set_exception(StoreUnavailable(f"the store could not commit: {error}"))
+                else:
+                    fut.set_result(None)
+
+        try:
+            loop.call_soon_threadsafe(done)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    # Operations -------------------------------------------------------------
+
+    def backup(self, target: str | Path) -> None:
+        """An online copy (SQLite's backup API), consistent while serving."""
+        out = sqlite3.connect(target)
+        try:
+            src = sqlite3.connect(self.path)
+            try:
+                src.backup(out)
+            finally:
+                src.close()
+        finally:
+            out.close()
+
+    def check(self) -> list[str]:
+        """SQLite's integrity check: [] when the database is sound."""
+        src = sqlite3.connect(self.path)
+        try:
+            found = [str(row[0]) for row in src.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:  # too damaged to check
+            return [str(exc)]
+        finally:
+            src.close()
+        return [] if found == ["ok"] else found
+
+    def _migrate_json(self) -> None:
+        """Agent definitions kept as JSON files by older versions move in,
+        once (the file is renamed, not deleted)."""
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("not migrating %s: %s", path, exc)
+                continue
+            if not isinstance(data, dict):
+                continue
+            namespace = path.stem
+            self._db.execute("BEGIN IMMEDIATE")
+            for key, value in data.items():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO kv (namespace, key, value) VALUES (?, ?, ?)",
+                    (namespace, key, json.dumps(value, sort_keys=True)),
+                )
+            self._db.execute("COMMIT")
+            path.rename(path.with_suffix(".json.migrated"))
+            log.info("moved %d %s entries from %s into the store", len(data), namespace, path)

@@ -1,0 +1,115 @@
+"""State survives a restart: a domain writes through the journal, a new
+domain (a restarted server) recovers from the same store.  On a fake
+clock; the "crash" leaves the first store unclosed, as kill -9 would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgedispatch._core.codes import JobState, JobStatus
+from edgedispatch._testbase.links import RecordingLink
+from edgedispatch.config import DispatchConfig, RoomConfig
+from edgedispatch.dispatch.domain import Domain
+from edgedispatch.dispatch.records import Acceptance
+from edgedispatch.dispatch.specs import AgentSpec, DispatchSpec, WorkerSpec
+from edgedispatch.store.journal import KINDS, Journal
+from edgedispatch.store.sqlite import SqliteStore
+
+
+def boot(path: Path, now: float, wall: float, **cfg: float) -> Domain:
+    """A server's start: open the store, recover, then journal from here."""
+    domain = Domain(DispatchConfig(**cfg), RoomConfig())  # type: ignore[arg-type]
+    domain.wall.offset = wall - now
+    store = SqliteStore(path)
+    journal = Journal(store, domain.cfg.queue_timeout)
+    domain.restore(*journal.recover(), now)
+    domain.subscribe(journal.on_event, *KINDS)
+    return domain
+
+
+def create(domain: Domain, room: str, agent: str, now: float, request_id: str = "") -> str:
+    rec = domain.create_dispatch("t1", DispatchSpec(room, AgentSpec(agent)), now, request_id)
+    domain.step(now)
+    return rec.id
+
+
+def test_queued_jobs_come_back_in_order_and_are_offered_again(tmp_path: Path) -> None:
+    first = boot(tmp_path, now=0.0, wall=1000.0)
+    made = [create(first, f"room-{i}", "support", now=float(i)) for i in range(5)]
+    jobs = [first.rooms.dispatches[d].job_ids[0] for d in made]
+    # kill -9: nothing closed.  The restart's monotonic clock starts afresh.
+    second = boot(tmp_path, now=50.0, wall=1010.0)
+    assert [second.jobs.jobs[j].state for j in jobs] == [JobState.QUEUED] * 5
+    link = RecordingLink(tenant="t1")
+    second.register_worker(link, WorkerSpec(agent_name="support", slots=1), 51.0)
+    second.step(51.0)
+    assert link.offers == jobs[:1]  # one slot: the oldest first
+    (listed,) = second.list_dispatch("t1", "room-3", now=51.0)
+    assert listed.id == made[3] and listed.job_ids == [jobs[3]]
+
+
+def test_a_retried_create_dispatch_gets_the_original_after_a_restart(tmp_path: Path) -> None:
+    first = boot(tmp_path, now=0.0, wall=1000.0)
+    original = create(first, "r1", "support", now=0.0, request_id="req-1")
+    second = boot(tmp_path, now=0.0, wall=1001.0)
+    assert create(second, "r1", "support", now=1.0, request_id="req-1") == original
+    assert len(second.list_dispatch("t1", "r1", now=1.0)) == 1
+
+
+def test_queue_deadlines_count_from_their_original_time(tmp_path: Path) -> None:
+    first = boot(tmp_path, now=0.0, wall=1000.0, queue_timeout=60.0)
+    job = first.rooms.dispatches[create(first, "r1", "nobody", now=0.0)].job_ids[0]
+    second = boot(tmp_path, now=7.0, wall=1040.0, queue_timeout=60.0)  # 40 s later
+    assert second.next_deadline() == 7.0 + 20.0  # 20 s of its 60 left
+    second.on_timer(27.0)
+    assert second.jobs.jobs[job].state == JobState.FAILED
+
+
+def test_a_running_job_waits_for_its_worker_to_claim_it_back(tmp_path: Path) -> None:
+    first = boot(tmp_path, now=0.0, wall=1000.0, reclaim_grace=10.0)
+    link = RecordingLink(tenant="t1")
+    first.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+    job = first.rooms.dispatches[create(first, "r1", "support", now=0.0)].job_ids[0]
+    first.accept(link, job, Acceptance("agent-1"), now=0.1)
+    first.step(0.1)
+    first.job_status(link, job, JobStatus.RUNNING, now=0.2)
+    first.step(0.2)
+
+    second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
+    assert second.jobs.jobs[job].state == JobState.ORPHANED  # not offered to anyone
+    again = RecordingLink(tenant="t1")
+    second.register_worker(again, WorkerSpec(agent_name="support", slots=1), 1.0)
+    second.step(1.0)
+    assert again.offers == []
+    second.claim(again, [job], now=2.0)  # MigrateJob, after its reconnect
+    second.step(2.0)
+    assert second.jobs.jobs[job].state == JobState.RUNNING
+    assert second.running_jobs() == 1
+
+
+def test_an_unclaimed_running_job_is_dispatched_again(tmp_path: Path) -> None:
+    first = boot(tmp_path, now=0.0, wall=1000.0, reclaim_grace=10.0)
+    link = RecordingLink(tenant="t1")
+    first.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+    job = first.rooms.dispatches[create(first, "r1", "support", now=0.0)].job_ids[0]
+    first.accept(link, job, Acceptance("agent-1"), now=0.1)
+    first.step(0.1)
+
+    second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
+    other = RecordingLink(tenant="t1")
+    second.register_worker(other, WorkerSpec(agent_name="support", slots=1), 1.0)
+    second.step(1.0)
+    second.on_timer(10.0)  # reclaim_grace over: JRP_ON_FAILURE runs it again
+    assert other.offers == [job]
+
+
+def test_ended_and_deleted_work_does_not_come_back(tmp_path: Path) -> None:
+    first = boot(tmp_path, now=0.0, wall=1000.0)
+    gone = create(first, "r1", "support", now=0.0)
+    first.delete_dispatch("t1", "r1", gone, now=1.0)
+    first.step(1.0)
+    first.delete_room("t1", "r1", now=2.0)
+    first.step(2.0)
+    second = boot(tmp_path, now=0.0, wall=1003.0)
+    assert second.rooms.dispatches == {} and second.jobs.jobs == {}
+    assert second.rooms.find("t1", "r1") is None
