@@ -56,7 +56,10 @@ def _token(room: str) -> str:
 
 class ServerThread:
     def __init__(self) -> None:
-        cfg = config.load(dev=True, env={}, overrides={"port": 0})
+        # PATH_PROBE_DATA_DIR: with the SQLite store in that directory.
+        store = os.environ.get("PATH_PROBE_DATA_DIR")
+        overrides = {"port": 0, **({"data_dir": store} if store else {})}
+        cfg = config.load(dev=True, env={}, overrides=overrides)
         self.loop = uvloop.new_event_loop()
         self.server = Server(cfg)
         self.ready = threading.Event()

@@ -223,6 +223,8 @@ class App:
             claims = self._claims(req)
             method = req.path.rsplit("/", 1)[1]
             body = await agents_api.handle(self.agents, method, claims, req.body)
+            if self.store is not None and self.store.pending:
+                await self.store.flushed()  # a definition kept before the answer
             return Response(200, body, twirp.JSON)
         except EdgeDispatchError as exc:
             status, body = twirp.error_body(exc)

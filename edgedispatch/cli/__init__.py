@@ -64,16 +64,28 @@ def _serve(args: argparse.Namespace) -> int:
 def _bench_dispatch(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import dispatch
 
-    report = dispatch.run(
-        args.workers,
-        args.rate,
-        args.duration,
-        hold=args.hold,
-        loop=args.loop,
-        load_per_job=args.load_per_job,
-        gate=args.gate,
-        report_interval=args.report_interval,
-    )
+    data_dir = None
+    if args.store:
+        import tempfile
+
+        data_dir = tempfile.mkdtemp(prefix="edgedispatch-bench-")
+    try:
+        report = dispatch.run(
+            args.workers,
+            args.rate,
+            args.duration,
+            hold=args.hold,
+            loop=args.loop,
+            load_per_job=args.load_per_job,
+            gate=args.gate,
+            report_interval=args.report_interval,
+            data_dir=data_dir,
+        )
+    finally:
+        if data_dir:
+            import shutil
+
+            shutil.rmtree(data_dir, ignore_errors=True)
     print(json.dumps(report) if args.json else dispatch.render(report))
     return 0
 
@@ -185,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     disp.add_argument(
         "--report-interval", type=float, default=2.5, help="seconds between load reports"
+    )
+    disp.add_argument(
+        "--store",
+        action="store_true",
+        help="the server keeps its state in a SQLite store (in a temporary directory)",
     )
     disp.add_argument("--json", action="store_true", help="print one JSON object")
     disp.add_argument(

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from edgedispatch._core.codes import JobState
+from edgedispatch._core.codes import FailReason, JobState
 from edgedispatch.dispatch.events import (
     DispatchCreated,
     DispatchDeleted,
@@ -68,10 +68,15 @@ class Journal:
             msgspec.json.decode(r, type=DispatchRec)
             for (r,) in self._store.rows("SELECT record FROM dispatches ORDER BY seq")
         ]
-        jobs = [
-            (msgspec.json.decode(r, type=JobRec), int(deadline))
-            for r, deadline in self._store.rows("SELECT record, deadline_ns FROM jobs ORDER BY seq")
-        ]
+        jobs = []
+        for r, deadline, state, worker_id, reason, updated_ns in self._store.rows(
+            "SELECT record, deadline_ns, state, worker_id, reason, updated_ns FROM jobs"
+            " ORDER BY seq"
+        ):
+            job = msgspec.json.decode(r, type=JobRec)
+            job.state, job.worker_id = JobState(state), worker_id
+            job.reason, job.updated_ns = FailReason(reason), updated_ns
+            jobs.append((job, int(deadline)))
         return Recovered(rooms, dispatches, jobs)
 
     def on_event(self, event: DomainEvent) -> None:
@@ -81,12 +86,15 @@ class Journal:
             if before is None:
                 self._seq += 1
                 write(
-                    "INSERT OR REPLACE INTO jobs (id, seq, record, deadline_ns)"
-                    " VALUES (?, ?, ?, ?)",
-                    (job.id, self._seq, _encode(job), job.updated_ns + self._queue_ns),
-                )
+                    _INSERT_JOB,
+                    (job.id, self._seq, _encode(job), job.updated_ns + self._queue_ns,
+                     int(job.state), job.worker_id, int(job.reason), job.updated_ns),
+                )  # fmt: skip
             elif _worth_writing(job.state, before):
-                write("UPDATE jobs SET record = ? WHERE id = ?", (_encode(job), job.id))
+                write(
+                    _UPDATE_JOB,
+                    (int(job.state), job.worker_id, int(job.reason), job.updated_ns, job.id),
+                )
         elif isinstance(event, JobForgotten):
             write("DELETE FROM jobs WHERE id = ?", (event.job.id,))
         elif isinstance(event, DispatchCreated):
@@ -111,12 +119,23 @@ class Journal:
             )
 
 
+# One string object each: the writer groups runs of the same statement.
+_INSERT_JOB = (
+    "INSERT OR REPLACE INTO jobs (id, seq, record, deadline_ns, state, worker_id, reason,"
+    " updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_JOB = "UPDATE jobs SET state = ?, worker_id = ?, reason = ?, updated_ns = ? WHERE id = ?"
+
+
 def _worth_writing(state: JobState, before: JobState) -> bool:
-    """An offer is not written (recovery offers it again, as a queued job),
-    nor its return to the queue; every other change is."""
+    """What recovery tells apart is written: queued (offered again), held
+    by a worker (waits to be claimed back), ended.  So an offer and its
+    return to the queue are not, nor ASSIGNED becoming RUNNING."""
     if state == JobState.OFFERED:
         return False
-    return not (state == JobState.QUEUED and before == JobState.OFFERED)
+    if state == JobState.QUEUED and before == JobState.OFFERED:
+        return False
+    return not (state == JobState.RUNNING and before == JobState.ASSIGNED)
 
 
 def summary(recovered: Recovered) -> dict[str, Any]:

@@ -163,3 +163,17 @@ def node_server_sdk(srv: ServerThread) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     out: dict[str, Any] = json.loads(result.stdout)
     return out
+
+
+def stored_agents(data_dir: Path) -> dict[str, object]:
+    """The agent definitions the server keeps in its store (SQLite)."""
+    import sqlite3
+
+    from edgedispatch.store.sqlite import FILENAME
+
+    db = sqlite3.connect(data_dir / FILENAME)
+    try:
+        rows = db.execute("SELECT key, value FROM kv WHERE namespace = 'agents'").fetchall()
+    finally:
+        db.close()
+    return {key: json.loads(value) for key, value in rows}

@@ -5,7 +5,6 @@ the permission missing."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from .clients import stored_agents
 from .conftest import ServerThread
 from .test_local_agents import admin_call
 
@@ -96,4 +96,4 @@ def test_a_stored_definition_no_longer_allowed_is_not_started(
     again = start_server(tenants=taken_back, server=data)
     assert admin_call(again, "ListAgents", {}, **who) == (200, {"agents": []})
     # It is kept, for the day the operator allows it again.
-    assert list(json.loads((tmp_path / "agents.json").read_text())) == ["globex/c"]
+    assert list(stored_agents(tmp_path)) == ["globex/c"]

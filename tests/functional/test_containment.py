@@ -140,7 +140,8 @@ def test_tenant_code_cannot_read_the_config_the_data_or_another_tenants_files(
     (data / "agents.json").write_text('{"secret": 1}')
     theirs = srv.server.containment.sandbox.tenant_dir("globex")
     (theirs / "notes").write_text("globex's")
-    paths = [str(config), str(data / "agents.json"), str(outside), str(theirs / "notes")]
+    paths = [str(config), str(data / "agents.json"), str(data / "edgedispatch.db")]
+    paths += [str(outside), str(theirs / "notes")]
     rec, state = attack(srv, out, "read", paths + [str(data)], tenant="acme")
     assert state.status == agent.JS_SUCCESS, state.error
     assert all(not v.startswith("ok:") for v in rec["read"].values()), rec

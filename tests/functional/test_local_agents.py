@@ -21,6 +21,7 @@ from livekit.protocol import agent
 from edgedispatch._core.codes import JobState
 from edgedispatch.cli import agent_client as client
 
+from .clients import stored_agents
 from .conftest import ServerThread, serve_once
 from .test_real_clients import job_states, lk_call, wait_until
 
@@ -200,13 +201,12 @@ def test_definitions_api_is_per_tenant_and_persists(
     time.sleep(0.3)
     assert [r["room"] for r in records(out)] == ["a"]
     # kept across a restart
-    stored = json.loads((tmp_path / "data" / "agents.json").read_text())
-    assert list(stored) == ["acme/helper"]
+    assert list(stored_agents(tmp_path / "data")) == ["acme/helper"]
     again = start_server(tenants=tenants, server={"data_dir": str(tmp_path / "data")})
     (listed,) = admin_call(again, "ListAgents", {}, **acme)[1]["agents"]
     assert listed["name"] == "helper" and listed["source"] == "api"
     assert admin_call(again, "RemoveAgent", {"name": "helper"}, **acme)[0] == 200
-    assert json.loads((tmp_path / "data" / "agents.json").read_text()) == {}
+    assert stored_agents(tmp_path / "data") == {}
 
 
 def _lk(srv: ServerThread, key: str, secret: str, fn: Callable[[Any], Any]) -> Any:

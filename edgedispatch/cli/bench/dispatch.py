@@ -120,6 +120,7 @@ def run(
     load_per_job: float = 0.0,
     gate: float = 0.0,
     report_interval: float = 2.5,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """:param python: how to start the server's interpreter (e.g. under a profiler).
     :param loop: the server's event loop (``serve --loop``).
@@ -129,11 +130,14 @@ def run(
     :param load_per_job: workers report this load per running job, every
         ``report_interval`` seconds (0: they report load 0 once).
     :param gate: workers decline, and report FULL, at this load or more (0:
-        they accept everything), as livekit-agents' workers do."""
+        they accept everything), as livekit-agents' workers do.
+    :param data_dir: the server keeps its state there (the SQLite store:
+        every CreateDispatch is answered after its commit)."""
     raise_fd_limit()
     server = None
     if url is None:
-        server, url = start_server("--log-format", "json", "--loop", loop, python=python)
+        extra = ("--data-dir", data_dir) if data_dir else ()
+        server, url = start_server("--log-format", "json", "--loop", loop, *extra, python=python)
         server_pid = server.pid
     sims: list[subprocess.Popen[str]] = []
     try:
@@ -221,6 +225,7 @@ def run(
             "p99": round(percentile(latencies, 0.99), 3),
             "max": round(latencies[-1], 3) if latencies else math.nan,
         },
+        "store": bool(data_dir),
         "rss_per_worker_kb": round((rss_idle - rss_before) / max(workers, 1), 2),
         "server_rss_idle_mb": round(rss_idle / 1024, 1),
         "server_cpu_share": round(server_cpu, 2),  # of one core, while sending
