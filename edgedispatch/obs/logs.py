@@ -10,6 +10,7 @@ agent names its tenant.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import sys
 import time
@@ -77,7 +78,8 @@ class TextFormatter(logging.Formatter):
             if record.__dict__.get(name) is not None
         )
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {record.getMessage()}"
+        message = _escape(record.getMessage())
+        line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {message}"
         if fields:
             line += f"  {fields}"
         if record.exc_info:
@@ -86,7 +88,25 @@ class TextFormatter(logging.Formatter):
 
 
 def _text_value(value: object) -> object:
-    return '""' if value == "" else value
+    """A field's value: quoted (JSON-style) when it is empty or has a space,
+    a quote or an ``=`` in it, so that a name cannot pose as another field."""
+    if not isinstance(value, str):
+        return value
+    if value == "" or any(c in value for c in ' "='):
+        return json.dumps(value, ensure_ascii=False).translate(_CONTROLS)
+    return _escape(value)
+
+
+#: Control characters, as escapes: a room name with a newline in it must
+#: not start a line of its own (a forged log line).  JSON lines escape them
+#: already.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_CONTROLS.update({c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)})  # line breaks too
+
+
+def _escape(text: str) -> str:
+    return text.translate(_CONTROLS) if not text.isprintable() else text
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
