@@ -26,7 +26,7 @@ from edgedispatch.api.app import App
 from edgedispatch.config import Config
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.net import media_link
-from edgedispatch.net.http import HttpProtocol
+from edgedispatch.net.http import HttpProtocol, Limits, expire
 from edgedispatch.net.media_pool import MediaPool
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
@@ -90,8 +90,18 @@ class Server:
             )
         max_size = self.cfg.server.max_message_size
 
+        s = self.cfg.server
+        limits = Limits(
+            s.max_body_size,
+            s.header_timeout,
+            s.body_timeout,
+            s.idle_timeout,
+            s.max_connections,
+            s.max_connections_per_peer,
+        )
+
         def factory() -> HttpProtocol:
-            return HttpProtocol(app, max_size, self.connections)
+            return HttpProtocol(app, max_size, self.connections, limits)
 
         if sock is not None:
             self._server = await loop.create_server(factory, sock=sock, backlog=4096)
@@ -104,6 +114,7 @@ class Server:
                 reuse_address=True,
             )
         self.port = self._server.sockets[0].getsockname()[1]
+        loop.call_later(1.0, self._expire_connections)
         url = self.cfg.server.public_url or f"ws://127.0.0.1:{self.port}"
         self.agents = AgentManager(domain, self.cfg, url, store, verifier, self.containment)
         try:
@@ -181,6 +192,14 @@ class Server:
         if left:
             log.warning("drain timeout: exiting with %d jobs still running", left)
         self._stop.set()
+
+    def _expire_connections(self) -> None:
+        """Every second: close the connections past their deadline (a head
+        or body not sent in time, an idle keep-alive; ``net.http.Limits``)."""
+        loop = asyncio.get_running_loop()
+        expire(self.connections, loop.time())
+        if self._server is not None and self._server.is_serving():
+            loop.call_later(1.0, self._expire_connections)
 
     def _close_store(self) -> None:
         if self.store is not None:

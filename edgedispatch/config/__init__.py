@@ -34,6 +34,21 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_url: str = ""
     #: WebSocket frames larger than this close the connection (code 1009).
     max_message_size: int = 2 * 1024 * 1024
+    #: HTTP request bodies larger than this get 413.
+    max_body_size: int = 2 * 1024 * 1024
+    #: Seconds a client has to send a whole request head, from its first
+    #: byte (or from connecting); then 408 and the connection closes.
+    header_timeout: float = 10.0
+    #: Seconds a client has to send the body its Content-Length promised.
+    body_timeout: float = 30.0
+    #: Seconds a keep-alive connection may sit idle between requests.
+    idle_timeout: float = 120.0
+    #: Open connections (HTTP and WebSocket) at most; further ones are
+    #: closed at once.  0: as many as the file-descriptor limit allows.
+    max_connections: int = 0
+    #: The share of ``max_connections`` one peer address may hold (so that
+    #: one client cannot take all of them).
+    max_connections_per_peer: float = 0.5
     #: Seconds to wait for running jobs after SIGTERM before exiting.
     drain_timeout: float = 3600.0
     #: Where state that must survive a restart is kept: rooms, dispatches,
@@ -259,6 +274,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("must be a ws://, wss://, http:// or https:// URL", "server.public_url")
     if s.max_message_size < 1024:
         raise ConfigError("must be at least 1024 bytes", "server.max_message_size")
+    if s.max_body_size < 1024:
+        raise ConfigError("must be at least 1024 bytes", "server.max_body_size")
+    for name in ("header_timeout", "body_timeout", "idle_timeout"):
+        _positive(getattr(s, name), f"server.{name}")
+    if s.max_connections < 0:
+        raise ConfigError("must be 0 (the fd limit) or more", "server.max_connections")
+    if not 0 < s.max_connections_per_peer <= 1:
+        raise ConfigError("must be within (0, 1]", "server.max_connections_per_peer")
     _positive(s.drain_timeout, "server.drain_timeout", allow_zero=True)
     _positive(s.ping_interval, "server.ping_interval", allow_zero=True)
     _positive(s.ping_timeout, "server.ping_timeout")

@@ -17,8 +17,10 @@ our sans-IO layers.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Awaitable, Callable
+import math
+import resource
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, cast
 
 import httptools
@@ -29,6 +31,48 @@ from edgedispatch.wire.http import Request, Response
 
 MAX_BODY = 2 * 1024 * 1024
 MAX_HEAD = 64 * 1024
+#: File descriptors kept for everything but client connections (the store,
+#: local job processes' pipes, media workers) when the limit is derived.
+FD_RESERVE = 256
+NEVER = math.inf
+
+
+class Limits:
+    """What one client may hold of the server (config ``[server]``), and the
+    connections each peer address holds now.
+
+    Why: found by a hostile probe, 2,000 connections that sent half a
+    header were never closed, and under an fd limit of 1,200 normal
+    clients got resets.  Each connection now has a deadline for what it
+    owes (a request head, a promised body, or a next request at all),
+    checked by ``expire`` every tick, with no timer per request; and one
+    peer may hold only a share of the connections."""
+
+    def __init__(
+        self,
+        max_body: int = MAX_BODY,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        idle_timeout: float = 120.0,
+        max_connections: int = 0,
+        per_peer: float = 0.5,
+    ) -> None:
+        self.max_body = max_body
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.idle_timeout = idle_timeout
+        if max_connections <= 0:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            max_connections = max(64, soft - FD_RESERVE) if soft > 0 else 65536
+        self.max_connections = max_connections
+        self.peer_cap = max(1, int(max_connections * per_peer))
+        self.peers: Counter[str] = Counter()
+
+
+def expire(connections: Iterable[HttpProtocol], now: float) -> None:
+    """Close the connections past their deadline (the server's tick)."""
+    for conn in [c for c in connections if c.deadline <= now]:
+        conn.expired()
 
 
 class Application(Protocol):
@@ -56,11 +100,22 @@ class _Slot:
 
 class HttpProtocol(asyncio.Protocol):
     def __init__(
-        self, app: Application, max_message_size: int, connections: set[HttpProtocol]
+        self,
+        app: Application,
+        max_message_size: int,
+        connections: set[HttpProtocol],
+        limits: Limits | None = None,
     ) -> None:
         self._app = app
         self._connections = connections
         self._max_message = max_message_size
+        self._limits = limits or Limits()
+        self._max_body = self._limits.max_body
+        #: Loop time by which the client owes its next bytes (see Limits).
+        self.deadline = NEVER
+        self._in_request = False
+        self._counted = False
+        self._too_large = ""
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -81,9 +136,20 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport is not an asyncio.Transport subclass: no isinstance.
         self._transport = cast(asyncio.Transport, transport)
-        self._connections.add(self)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else str(peer or "")
+        limits = self._limits
+        if (
+            len(self._connections) >= limits.max_connections
+            or limits.peers[self._peer] >= limits.peer_cap
+        ):
+            self._transport.write(Response(503, b"too many connections\n").serialize(False))
+            self._transport.close()
+            return
+        limits.peers[self._peer] += 1
+        self._counted = True
+        self._connections.add(self)
+        self.deadline = self._loop.time() + limits.header_timeout
 
     def data_received(self, data: bytes) -> None:
         if self._ws is not None:
@@ -94,15 +160,32 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
-            # A callback's own error is the exception's context.
-            cause = exc.__context__
-            if isinstance(cause, TooLarge):
-                self._refuse(Response(413, f"request too large: {cause.msg}\n".encode()))
+            # httptools reports a callback's error as its own ("the on_body
+            # callback failed"): what was too large is in the flag.
+            if self._too_large:
+                self._refuse(Response(413, f"request too large: {self._too_large}\n".encode()))
             else:
                 self._refuse(Response(400, f"bad request: {exc}\n".encode()))
 
+    def expired(self) -> None:
+        """Its deadline passed: 408 if it was sending a request, else (idle
+        between requests) it just closes."""
+        self.deadline = NEVER
+        if self._transport is None or self._ws is not None:
+            return
+        if self._in_request:
+            self._refuse(Response(408, b"request timeout\n"))
+        elif not self._line:
+            self._transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
+        if self._counted:
+            self._counted = False
+            peers = self._limits.peers
+            peers[self._peer] -= 1
+            if peers[self._peer] <= 0:
+                del peers[self._peer]
         if self._ws is not None:
             self._ws.connection_lost()
         self._transport = None
@@ -115,6 +198,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self._in_request = True
+        self.deadline = self._loop.time() + self._limits.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -129,18 +214,23 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         # Refuse a body promised too large before reading any of it.
         length = self._headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_BODY:
-            raise TooLarge(f"body over {MAX_BODY} bytes")
+        if length.isdigit() and int(length) > self._max_body:
+            self._too_large = f"body over {self._max_body} bytes"
+            raise TooLarge(self._too_large)
+        self.deadline = self._loop.time() + self._limits.body_timeout
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        if self._size > MAX_BODY:
-            raise TooLarge(f"body over {MAX_BODY} bytes")
+        if self._size > self._max_body:
+            self._too_large = f"body over {self._max_body} bytes"
+            raise TooLarge(self._too_large)
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_request = False
         if self._transport is None or self._parser.should_upgrade():
             return  # an upgrade: handled by _upgrade
+        self.deadline = self._loop.time() + self._limits.idle_timeout
         request = self._request(b"".join(self._body))
         keep_alive = self._parser.should_keep_alive()
         try:
@@ -166,6 +256,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _answered(self, slot: _Slot, task: asyncio.Task[Response]) -> None:
         slot.response = task.result()
+        self.deadline = self._loop.time() + self._limits.idle_timeout
         self._write_ready()
         if not self._line and self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
@@ -193,7 +284,8 @@ class HttpProtocol(asyncio.Protocol):
     def _count_head(self, n: int) -> None:
         self._head_size += n
         if self._head_size > MAX_HEAD:
-            raise TooLarge(f"request head over {MAX_HEAD} bytes")
+            self._too_large = f"request head over {MAX_HEAD} bytes"
+            raise TooLarge(self._too_large)
 
     def _request(self, body: bytes) -> Request:
         method = self._parser.get_method().decode("latin-1")
@@ -221,6 +313,8 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(answer, Response):
             self._refuse(answer)
             return
+        self.deadline = NEVER  # the WebSocket keeps its own time (pings)
+        self._in_request = False
         self._ws = WebSocketConnection(self._transport, self._max_message, request.peer)
         self._ws.open(request, answer, rest)
 
