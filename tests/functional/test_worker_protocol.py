@@ -109,7 +109,8 @@ def test_a_declined_job_is_offered_again_to_the_only_worker(
     start_server: Callable[..., ServerThread],
 ) -> None:
     # LiveKit drops a job every worker declined; here a decline means "not
-    # now" (livekit-agents declines while its reserved slots look full).
+    # now" (livekit-agents declines while its reserved slots look full): the
+    # job waits, and goes to the worker again at its next status report.
     srv = start_server(dispatch={"retry_base": 0.2})
 
     async def main() -> None:
@@ -117,6 +118,11 @@ def test_a_declined_job_is_offered_again_to_the_only_worker(
         w = FakeWorker(srv.url, agent_name="a", accept=lambda job: next(answers))
         await w.connect()
         await dispatch(srv, "a")
+        for n in (1, 2):
+            await w.wait_for(lambda n=n: kinds(w).count("availability") == n)
+            await asyncio.sleep(0.3)
+            assert kinds(w).count("availability") == n  # no timer sends it again
+            await w.update(load=0.0)  # its periodic report: room again
         await w.wait_for(lambda: len(w.assigned) == 1)
         assert kinds(w) == ["availability"] * 3 + ["assignment"]
         jobs = await list_jobs(srv)
