@@ -160,6 +160,8 @@ class _Handles:
 
     def recycle(self) -> None:
         if self._freeing:
+            for h in self._freeing:
+                self.ids[h] = None  # the id string goes now, not at reuse
             self._free.extend(self._freeing)
             self._freeing.clear()
 

@@ -565,3 +565,16 @@ def test_forget_recycles_a_finished_job(impl: ModuleType) -> None:
     assert not core.has_job("j1")
     core.submit(spec("j1", deadline=5), now=2)  # the id is free again
     assert core.process()[0].state == JobState.QUEUED
+
+
+def test_a_forgotten_job_s_id_is_not_kept(impl: ModuleType) -> None:
+    """Memory comes back after churn: a forgotten job's id string goes at
+    once, not when its handle is next reused."""
+    core = make(impl)
+    for i in range(100):
+        core.submit(spec(f"j{i}"), now=0)
+        core.cancel(f"j{i}", now=0)
+        core.process()
+        core.forget(f"j{i}")
+    core.process()
+    assert not [i for i in core._jobs.ids if i is not None]
