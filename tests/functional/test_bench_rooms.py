@@ -26,6 +26,10 @@ def test_bench_rooms_json(loop_kind: str, tmp_path: Path) -> None:
     assert report["notice_p99_ms"] >= 0
     (step,) = report["audio"]
     assert step["rooms"] == 1 and step["frame_loss"] <= 0.01  # loopback, one room
+    assert step["heard_streams"] == 2 and step["off_tone_frames"] == 0  # room 0's ears
+    assert step["sides_without_rtp"] == [] and step["sides_without_track"] == 0
+    assert 0 <= step["jitter_p50_ms"] <= step["jitter_p99_ms"] < 30
+    assert step["load_cpu_pct"] > 0
     assert 0 < step["cpu_pct_per_stream"] < 100
     assert report["audio_rooms"] == 1
     beside = report["dispatch_beside_rooms"]
