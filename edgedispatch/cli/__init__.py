@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     rooms.add_argument("--joins", type=int, default=20, help="joins to time (default 20)")
     rooms.add_argument(
         "--rooms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 60], metavar="K",
-        help="two-party audio rooms to try, in order, until frames are lost",
+        help="two-party audio rooms to try, in order, until frames are lost or jitter passes 30 ms",
     )  # fmt: skip
     rooms.add_argument("--seconds", type=float, default=10, help="audio measured per step")
     rooms.add_argument(
