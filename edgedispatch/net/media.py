@@ -43,7 +43,7 @@ from edgedispatch.config import RtcConfig
 from edgedispatch.errors import ConfigError
 from edgedispatch.net.media_fanout import Fanout, make_fanout
 from edgedispatch.net.media_link import AIORTC_VERSION
-from edgedispatch.wire.sdp import offer_track_ids
+from edgedispatch.wire.sdp import offer_directions, offer_track_ids
 
 log = logging.getLogger("edgedispatch.media")
 
@@ -423,6 +423,8 @@ class PeerMedia:
                     fanout.close()
                 self._events.on_track_unpublished(track_sid)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if self._events.single_pc:
+            self._follow_reuse(offer_directions(sdp))
         await self._attach()
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         local = self._pc.localDescription
@@ -432,6 +434,21 @@ class PeerMedia:
             missing = self._missing()
             if any(missing):  # too few receive sections in this offer: ask for more
                 self._events.request_offer(*missing)
+
+    def _follow_reuse(self, directions: dict[str, str]) -> None:
+        """v1: the SDK's addTrack may send a new track on a section it first
+        added to receive on (JSEP reuses a transceiver never used to send).
+        Receive there too; and a forwarded track whose section the client
+        no longer receives on moves to another (asked for if none is free)."""
+        for track_sid, transceiver in list(self._sending.items()):
+            if directions.get(transceiver.mid or "") in ("sendonly", "inactive"):
+                del self._sending[track_sid]
+                self._retired.add(id(transceiver))
+                transceiver.sender.replaceTrack(None)
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.mid in self._offer_tracks:
+                sending = transceiver.sender.track is not None
+                transceiver.direction = "sendrecv" if sending else "recvonly"
 
     def _missing(self) -> tuple[int, int]:
         """(audio, video) tracks wanted that have no transceiver yet."""

@@ -23,3 +23,23 @@ def offer_track_ids(sdp: str) -> dict[str, str]:
         if mid and track and sends:
             found[mid] = track
     return found
+
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+def offer_directions(sdp: str) -> dict[str, str]:
+    """mid -> the direction of each m-line of an offer (sendrecv when none
+    is given), as the client sees it."""
+    found: dict[str, str] = {}
+    for section in sdp.split("\nm=")[1:]:
+        mid, direction = "", "sendrecv"
+        for line in section.splitlines():
+            line = line.strip()
+            if line.startswith("a=mid:"):
+                mid = line[6:]
+            elif line[2:] in DIRECTIONS and line.startswith("a="):
+                direction = line[2:]
+        if mid:
+            found[mid] = direction
+    return found

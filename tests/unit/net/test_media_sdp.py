@@ -25,3 +25,21 @@ def test_sending_m_lines_are_mapped_to_their_msid_track() -> None:
 def test_the_private_aiortc_attributes_the_tap_needs_are_there() -> None:
     # aiortc is pinned exactly; this fails first if an upgrade moves them.
     assert private_attributes_missing() == []
+
+
+def test_offer_directions_read_each_section_as_the_client_sees_it() -> None:
+    from edgedispatch.wire.sdp import offer_directions
+
+    offer = (
+        "v=0\r\ns=-\r\nt=0 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\na=mid:1\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\n"
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:3\r\na=inactive\r\n"
+    )
+    assert offer_directions(offer) == {
+        "0": "sendonly",
+        "1": "recvonly",
+        "2": "sendrecv",  # none given
+        "3": "inactive",
+    }
