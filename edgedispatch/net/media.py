@@ -19,7 +19,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 import aioice.ice
 import aiortc.codecs
@@ -42,7 +42,7 @@ from av.packet import Packet
 from edgedispatch.config import RtcConfig
 from edgedispatch.errors import ConfigError
 from edgedispatch.net.media_fanout import Fanout, make_fanout
-from edgedispatch.net.media_link import AIORTC_VERSION
+from edgedispatch.net.media_link import AIORTC_VERSION, MediaEvents
 from edgedispatch.wire.sdp import offer_directions, offer_track_ids
 
 log = logging.getLogger("edgedispatch.media")
@@ -62,35 +62,10 @@ JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 #: Encoded packets a subscriber's track holds when its sender lags: anything
 #: queued before the sender starts would leave as a burst, so few.
 FORWARD_QUEUE = 5
-
-
-class MediaEvents(Protocol):
-    """What a participant's signal session takes back (``rtc.session``)."""
-
-    def on_answer(self, sdp: str, offer_id: int, mid_to_track: dict[str, str]) -> None: ...
-
-    def on_track_received(self, track_sid: str, mid: str) -> None: ...
-
-    def on_track_unpublished(self, track_sid: str) -> None:
-        """The client's offer no longer sends a published track."""
-        ...
-
-    def request_offer(self, num_audios: int, num_videos: int) -> None: ...
-
-    def on_offer(self, sdp: str, offer_id: int) -> None:
-        """v0: the server's offer for the subscriber connection."""
-        ...
-
-    @property
-    def single_pc(self) -> bool: ...
-
-    def on_data(self, payload: bytes, kind: int, now: float) -> None: ...
-
-    def on_media_failed(self, why: str, now: float) -> None: ...
-
-    def on_offer_refused(self, offer_id: int, why: str) -> None:
-        """The client's offer could not be taken (malformed SDP, say)."""
-        ...
+#: v1: seconds before a client whose announced track has not arrived is
+#: asked for an offer again, and how many times (``PeerMedia._nudge``).
+TRACK_NUDGE = 2.0
+TRACK_NUDGES = 3
 
 
 _original_host_addresses: Callable[[bool, bool], list[str]] | None = None
@@ -294,6 +269,7 @@ class PeerMedia:
         self._sub_offering = False  # an offer waits for its answer
         self._sub_dirty = False  # subscriptions changed meanwhile
         self._sub_offers = 0
+        self._answering = 0  # client offers being answered
         self._tail: asyncio.Future[None] | None = None
         self.closed: asyncio.Task[None] | None = None
         self._pc.on("datachannel", self._on_channel)
@@ -303,6 +279,7 @@ class PeerMedia:
     # The session's commands ------------------------------------------------
 
     def negotiate(self, sdp: str, offer_id: int, target: int) -> None:
+        self._answering += 1
         self._chain(self._answer(sdp, offer_id), offer_id)
 
     def add_candidate(self, candidate_init: str, target: int) -> None:
@@ -335,6 +312,19 @@ class PeerMedia:
         """AddTrack: the client's next offer carries track ``cid``."""
         fanout = make_fanout(kind, track_sid, self._loop.time)
         self._expected[cid] = self.fanouts[track_sid] = fanout
+        if self._events.single_pc:
+            self._loop.call_later(TRACK_NUDGE, self._nudge, cid, TRACK_NUDGES)
+
+    def _nudge(self, cid: str, left: int) -> None:
+        """v1: a track announced with AddTrack whose offer has not come.
+        The rtc SDK can lose that renegotiation when it crosses one the
+        server asked for (its publisher then sends nothing, for good);
+        asking for an offer again brings it."""
+        if cid not in self._expected or self.closed is not None or left <= 0:
+            return
+        log.info("an announced track has not arrived: asking the client for an offer")
+        self._events.request_offer(0, 0)
+        self._loop.call_later(TRACK_NUDGE, self._nudge, cid, left - 1)
 
     def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
         """Send ``publisher``'s track to this participant: on a free
@@ -346,7 +336,10 @@ class PeerMedia:
             return
         self._wanted[track_sid] = (ForwardTrack(fanout), stream_id)
         if self._events.single_pc:
-            self._events.request_offer(*self._missing())
+            # An offer being answered takes it, or asks for sections itself
+            # (asking now would make the SDK add sections it may not need).
+            if not self._answering:
+                self._events.request_offer(*self._missing())
         else:
             self._renegotiate()
 
@@ -412,6 +405,12 @@ class PeerMedia:
         self._tail = self._loop.create_task(run())
 
     async def _answer(self, sdp: str, offer_id: int) -> None:
+        try:
+            await self._answer_offer(sdp, offer_id)
+        finally:
+            self._answering -= 1
+
+    async def _answer_offer(self, sdp: str, offer_id: int) -> None:
         self._offer_tracks = offer_track_ids(sdp)
         # A published track whose m-line lost its msid was unpublished: the
         # SDKs remove the sender and re-offer (LiveKit has no request for it).

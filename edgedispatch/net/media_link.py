@@ -12,7 +12,7 @@ import importlib.metadata
 import logging
 import struct
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import msgspec
 
@@ -96,3 +96,32 @@ class MediaLink(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+class MediaEvents(Protocol):
+    """What a participant's signal session takes back (``rtc.session``)."""
+
+    def on_answer(self, sdp: str, offer_id: int, mid_to_track: dict[str, str]) -> None: ...
+
+    def on_track_received(self, track_sid: str, mid: str) -> None: ...
+
+    def on_track_unpublished(self, track_sid: str) -> None:
+        """The client's offer no longer sends a published track."""
+        ...
+
+    def request_offer(self, num_audios: int, num_videos: int) -> None: ...
+
+    def on_offer(self, sdp: str, offer_id: int) -> None:
+        """v0: the server's offer for the subscriber connection."""
+        ...
+
+    @property
+    def single_pc(self) -> bool: ...
+
+    def on_data(self, payload: bytes, kind: int, now: float) -> None: ...
+
+    def on_media_failed(self, why: str, now: float) -> None: ...
+
+    def on_offer_refused(self, offer_id: int, why: str) -> None:
+        """The client's offer could not be taken (malformed SDP, say)."""
+        ...

@@ -403,14 +403,15 @@ def test_room_service_acts_on_the_people_in_the_room(
                     room="r1", identity="alice", metadata="vip", attributes={"tier": "1"}
                 )
             )
+            # The SDK applies metadata and attributes as two events: wait for both.
             await until(
                 lambda: (
                     bob.remote_participants["alice"].metadata == "vip"
+                    and bob.remote_participants["alice"].attributes.get("tier") == "1"
                     and alice.local_participant.metadata == "vip"
                 ),  # its own view too
                 "the update",
             )
-            assert bob.remote_participants["alice"].attributes["tier"] == "1"
 
             await lk.room.send_data(
                 api.SendDataRequest(room="r1", data=b"from the server", kind=0, topic="ops")
