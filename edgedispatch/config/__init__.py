@@ -183,6 +183,13 @@ class TenantConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Where its room, participant and track events are POSTed, signed with
     #: its first key (LiveKit's webhooks).
     webhook_urls: list[str] = msgspec.field(default_factory=list)
+    #: Quotas (0: no limit); a call over one gets resource_exhausted naming
+    #: it.  Jobs not ended, jobs waiting for a worker, rooms open at once,
+    #: and CreateDispatch calls per second (bursts up to one second's worth).
+    max_jobs: int = 0
+    max_queued: int = 0
+    max_rooms: int = 0
+    max_dispatch_rate: float = 0.0
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -319,6 +326,10 @@ def validate(cfg: Config) -> Config:
     if not 1 <= cfg.webhook.attempts <= 20:
         raise ConfigError("must be within 1..20", "webhook.attempts")
     _positive(cfg.webhook.timeout, "webhook.timeout")
+    for tenant in cfg.tenants:
+        for quota in ("max_jobs", "max_queued", "max_rooms", "max_dispatch_rate"):
+            if not getattr(tenant, quota) >= 0:
+                raise ConfigError("must be 0 (no limit) or more", f"tenants.{tenant.name}.{quota}")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("must be debug, info, warning or error", "logging.level")
     if cfg.server.store_synchronous not in ("full", "normal"):

@@ -183,6 +183,12 @@ class JobLedger:
             if rec is not None and rec.state == JobState.QUEUED:
                 rec.wait = self._core.wait_reason(job_id, now)
 
+    def tenant_jobs(self, tenant: str) -> tuple[int, int]:
+        """(jobs not ended, of which queued) of one tenant, all agents."""
+        live = sum(n for (t, _), n in self._live.items() if t == tenant)
+        queued = sum(n for (t, _), n in self._queued.items() if t == tenant)
+        return live, queued
+
     def agent_jobs(self, tenant: str, agent_name: str) -> tuple[int, int]:
         """(jobs not ended, of which queued) of one agent in one tenant."""
         agent = (tenant, agent_name)

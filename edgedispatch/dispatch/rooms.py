@@ -32,6 +32,7 @@ from edgedispatch.dispatch.events import (
     RoomOpened,
 )
 from edgedispatch.dispatch.jobs import JobLedger
+from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.dispatch.records import DispatchRec, ParticipantRec, RoomRec
 from edgedispatch.dispatch.specs import (
     JT_PARTICIPANT,
@@ -70,6 +71,7 @@ class RoomDirectory:
         self._bus = bus
         self._wall = wall
         self._has_workers = has_workers
+        self.quotas = QuotaDesk()
         self.rooms: dict[tuple[str, str], RoomRec] = {}
         # The same rooms per tenant, so that listing one tenant's rooms does
         # not walk every tenant's.
@@ -98,7 +100,8 @@ class RoomDirectory:
         return [room for name, room in mine.items() if name in wanted]
 
     def open(self, tenant: str, spec: RoomSpec, now: float) -> RoomRec:
-        """A new room, with no dispatches yet."""
+        """A new room, with no dispatches yet (within the tenant's quota)."""
+        self.quotas.check_room(tenant, len(self._by_tenant.get(tenant, ())))
         room = RoomRec(
             sid=ids.new(ids.ROOM),
             name=spec.name,
@@ -329,6 +332,8 @@ class RoomDirectory:
             earlier = self.dispatches.get(self._by_request_id.get((tenant, request_id), ""))
             if earlier is not None:
                 return earlier
+        live, queued = self._jobs.tenant_jobs(tenant)
+        self.quotas.check_dispatch(tenant, live, queued, now)
         room = self.rooms.get((tenant, spec.room))
         if room is None:
             if not self._cfg.auto_create:

@@ -71,3 +71,30 @@ def test_the_default_tenant_keys_still_work(start_server: Callable[..., ServerTh
             assert list((await acme.room.list_rooms(api.ListRoomsRequest())).rooms) == []
 
     run(main())
+
+
+def test_a_tenant_over_its_quota_gets_resource_exhausted_naming_it(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    acme = {"keys": TENANTS["acme"], "max_queued": 2}
+    srv = start_server(tenants={"acme": acme, "globex": TENANTS["globex"]})
+
+    async def main() -> None:
+        async with api.LiveKitAPI(srv.url, "acme-key", "acme-secret") as lk:
+            for room in ("r1", "r2"):
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name="a", room=room)
+                )
+            with pytest.raises(api.TwirpError) as info:
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name="a", room="r3")
+                )
+            assert info.value.code == "resource_exhausted"
+            assert "max_queued" in info.value.message
+        async with api.LiveKitAPI(srv.url, "globex-key", "globex-secret") as lk:
+            for room in ("r1", "r2", "r3"):  # its own queue: untouched
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name="a", room=room)
+                )
+
+    run(main())
