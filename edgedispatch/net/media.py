@@ -43,7 +43,7 @@ from edgedispatch.config import RtcConfig
 from edgedispatch.errors import ConfigError
 from edgedispatch.net.media_fanout import Fanout, make_fanout
 from edgedispatch.net.media_link import AIORTC_VERSION, MediaEvents
-from edgedispatch.wire.sdp import offer_directions, offer_track_ids
+from edgedispatch.wire.sdp import Section, offer_sections, sent_tracks
 
 log = logging.getLogger("edgedispatch.media")
 
@@ -348,16 +348,23 @@ class PeerMedia:
         if wanted is None:
             return
         wanted[0].stop()
-        transceiver = self._sending.pop(track_sid, None)
-        if transceiver is not None and self.closed is None:
-            self._retired.add(id(transceiver))
-            transceiver.sender.replaceTrack(None)
+        transceiver = self._retire(track_sid) if self.closed is None else None
+        if transceiver is not None:
             if self._events.single_pc:
                 transceiver.direction = "recvonly"  # answered as inactive
                 self._events.request_offer(0, 0)
             else:
                 transceiver.direction = "inactive"
                 self._renegotiate()
+
+    def _retire(self, track_sid: str) -> RTCRtpTransceiver | None:
+        """Take a forwarded track off its transceiver, which is not used again
+        (see ``_retired``)."""
+        transceiver = self._sending.pop(track_sid, None)
+        if transceiver is not None:
+            self._retired.add(id(transceiver))
+            transceiver.sender.replaceTrack(None)
+        return transceiver
 
     def set_answer(self, sdp: str) -> None:
         """v0: the client's answer to the subscriber connection's offer."""
@@ -411,7 +418,8 @@ class PeerMedia:
             self._answering -= 1
 
     async def _answer_offer(self, sdp: str, offer_id: int) -> None:
-        self._offer_tracks = offer_track_ids(sdp)
+        sections = offer_sections(sdp)
+        self._offer_tracks = sent_tracks(sections)
         # A published track whose m-line lost its msid was unpublished: the
         # SDKs remove the sender and re-offer (LiveKit has no request for it).
         for track_sid, mid in list(self._published_mids.items()):
@@ -423,7 +431,7 @@ class PeerMedia:
                 self._events.on_track_unpublished(track_sid)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if self._events.single_pc:
-            self._follow_reuse(offer_directions(sdp))
+            self._follow_reuse(sections)
         await self._attach()
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         local = self._pc.localDescription
@@ -434,16 +442,15 @@ class PeerMedia:
             if any(missing):  # too few receive sections in this offer: ask for more
                 self._events.request_offer(*missing)
 
-    def _follow_reuse(self, directions: dict[str, str]) -> None:
+    def _follow_reuse(self, sections: dict[str, Section]) -> None:
         """v1: the SDK's addTrack may send a new track on a section it first
         added to receive on (JSEP reuses a transceiver never used to send).
         Receive there too; and a forwarded track whose section the client
         no longer receives on moves to another (asked for if none is free)."""
         for track_sid, transceiver in list(self._sending.items()):
-            if directions.get(transceiver.mid or "") in ("sendonly", "inactive"):
-                del self._sending[track_sid]
-                self._retired.add(id(transceiver))
-                transceiver.sender.replaceTrack(None)
+            section = sections.get(transceiver.mid or "")
+            if section is not None and section.direction in ("sendonly", "inactive"):
+                self._retire(track_sid)
         for transceiver in self._pc.getTransceivers():
             if transceiver.mid in self._offer_tracks:
                 sending = transceiver.sender.track is not None

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
-def offer_track_ids(sdp: str) -> dict[str, str]:
-    """mid -> the msid track id of each m-line of an offer that sends a
-    track (its msid and its direction, in any order within its section).
-    An unpublished track keeps its msid but stops sending."""
-    found: dict[str, str] = {}
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+class Section(NamedTuple):
+    direction: str  #: as the client sees it (sendrecv when none is given)
+    track: str  #: the msid track id, "" when none
+
+
+def offer_sections(sdp: str) -> dict[str, Section]:
+    """mid -> the direction and msid track id of each m-line of an offer
+    (in any order within its section)."""
+    found: dict[str, Section] = {}
     for section in sdp.split("\nm=")[1:]:
-        mid = track = ""
-        sends = True  # sendrecv when no direction is given
+        mid, track, direction = "", "", "sendrecv"
         for line in section.splitlines():
             line = line.strip()
             if line.startswith("a=mid:"):
@@ -18,28 +25,23 @@ def offer_track_ids(sdp: str) -> dict[str, str]:
             elif line.startswith("a=msid:"):
                 bits = line[7:].split()
                 track = bits[1] if len(bits) == 2 else ""
-            elif line in ("a=recvonly", "a=inactive"):
-                sends = False
-        if mid and track and sends:
-            found[mid] = track
-    return found
-
-
-DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-
-
-def offer_directions(sdp: str) -> dict[str, str]:
-    """mid -> the direction of each m-line of an offer (sendrecv when none
-    is given), as the client sees it."""
-    found: dict[str, str] = {}
-    for section in sdp.split("\nm=")[1:]:
-        mid, direction = "", "sendrecv"
-        for line in section.splitlines():
-            line = line.strip()
-            if line.startswith("a=mid:"):
-                mid = line[6:]
-            elif line[2:] in DIRECTIONS and line.startswith("a="):
+            elif line.startswith("a=") and line[2:] in DIRECTIONS:
                 direction = line[2:]
         if mid:
-            found[mid] = direction
+            found[mid] = Section(direction, track)
     return found
+
+
+def sent_tracks(sections: dict[str, Section]) -> dict[str, str]:
+    """mid -> the msid track id of each m-line that sends a track.  An
+    unpublished track keeps its msid but stops sending."""
+    return {
+        mid: s.track
+        for mid, s in sections.items()
+        if s.track and s.direction in ("sendrecv", "sendonly")
+    }
+
+
+def offer_track_ids(sdp: str) -> dict[str, str]:
+    """``sent_tracks`` of an offer's text."""
+    return sent_tracks(offer_sections(sdp))

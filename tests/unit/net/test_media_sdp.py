@@ -28,7 +28,7 @@ def test_the_private_aiortc_attributes_the_tap_needs_are_there() -> None:
 
 
 def test_offer_directions_read_each_section_as_the_client_sees_it() -> None:
-    from edgedispatch.wire.sdp import offer_directions
+    from edgedispatch.wire.sdp import offer_sections
 
     offer = (
         "v=0\r\ns=-\r\nt=0 0\r\n"
@@ -37,7 +37,7 @@ def test_offer_directions_read_each_section_as_the_client_sees_it() -> None:
         "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\n"
         "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:3\r\na=inactive\r\n"
     )
-    assert offer_directions(offer) == {
+    assert {mid: s.direction for mid, s in offer_sections(offer).items()} == {
         "0": "sendonly",
         "1": "recvonly",
         "2": "sendrecv",  # none given
