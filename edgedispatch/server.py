@@ -25,7 +25,7 @@ from edgedispatch import _core
 from edgedispatch.api.app import App
 from edgedispatch.config import Config
 from edgedispatch.dispatch.domain import Domain
-from edgedispatch.dispatch.quotas import Quota, QuotaDesk
+from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol, Limits, expire
 from edgedispatch.net.media_pool import MediaPool
@@ -74,12 +74,7 @@ class Server:
         self.containment = await loop.run_in_executor(None, self._contain)
         verifier = Verifier(self.cfg.secrets(), self.cfg.key_tenants())
         self.domain = domain = Domain(self.cfg.dispatch, self.cfg.room)
-        domain.rooms.quotas = QuotaDesk(
-            {
-                t.name: Quota(t.max_jobs, t.max_queued, t.max_rooms, t.max_dispatch_rate)
-                for t in self.cfg.tenants
-            }
-        )
+        domain.rooms.quotas = QuotaDesk(self.cfg.tenants)
         domain.wall.offset = time.time() - loop.time()
         self._timer = DeadlineTimer(loop, domain.on_timer)
         domain.on_deadline = self._timer.arm

@@ -9,30 +9,35 @@ caller passes.  0 means no limit, for each.
 
 from __future__ import annotations
 
-import msgspec
+from collections.abc import Callable, Iterable
 
+from edgedispatch.config import TenantConfig
 from edgedispatch.errors import ResourceExhausted
 
 
-class Quota(msgspec.Struct, frozen=True):
-    max_jobs: int = 0  #: jobs not ended (queued, offered, running)
-    max_queued: int = 0  #: jobs waiting for a worker
-    max_rooms: int = 0  #: rooms open at once
-    max_dispatch_rate: float = 0.0  #: CreateDispatch calls per second
-
-
 class QuotaDesk:
-    def __init__(self, quotas: dict[str, Quota] | None = None) -> None:
-        self.quotas = quotas or {}
+    """:param tenants: the tenants' configs, whose ``max_*`` fields are
+    their quotas; a tenant with none set costs a dispatch nothing."""
+
+    def __init__(self, tenants: Iterable[TenantConfig] = ()) -> None:
+        self.quotas = {
+            t.name: t
+            for t in tenants
+            if t.max_jobs or t.max_queued or t.max_rooms or t.max_dispatch_rate
+        }
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
 
-    def check_dispatch(self, tenant: str, live: int, queued: int, now: float) -> None:
-        """A new dispatch for ``tenant``, which has ``live`` jobs not ended,
-        ``queued`` of them waiting.  Raises if a quota would be passed; the
-        rate's token is taken only when the call goes through."""
+    def check_dispatch(
+        self, tenant: str, jobs: Callable[[str], tuple[int, int]], now: float
+    ) -> None:
+        """A new dispatch for ``tenant``; ``jobs(tenant)`` counts its jobs
+        not ended, and of those the queued ones (asked only of a tenant
+        with quotas).  Raises if a quota would be passed; the rate's token
+        is taken only when the call goes through."""
         quota = self.quotas.get(tenant)
         if quota is None:
             return
+        live, queued = jobs(tenant)
         if quota.max_jobs and live >= quota.max_jobs:
             raise _exhausted(tenant, "max_jobs", quota.max_jobs, "jobs not ended")
         if quota.max_queued and queued >= quota.max_queued:

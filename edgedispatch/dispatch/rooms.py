@@ -332,8 +332,7 @@ class RoomDirectory:
             earlier = self.dispatches.get(self._by_request_id.get((tenant, request_id), ""))
             if earlier is not None:
                 return earlier
-        live, queued = self._jobs.tenant_jobs(tenant)
-        self.quotas.check_dispatch(tenant, live, queued, now)
+        self.quotas.check_dispatch(tenant, self._jobs.tenant_jobs, now)
         room = self.rooms.get((tenant, spec.room))
         if room is None:
             if not self._cfg.auto_create:

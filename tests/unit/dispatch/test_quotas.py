@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from edgedispatch.config import DispatchConfig, RoomConfig
+from edgedispatch.config import DispatchConfig, RoomConfig, TenantConfig
 from edgedispatch.dispatch.domain import Domain
-from edgedispatch.dispatch.quotas import Quota, QuotaDesk
+from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.dispatch.specs import AgentSpec, DispatchSpec, RoomSpec
 from edgedispatch.errors import ResourceExhausted
 
 
 def domain_with(**quota: float) -> Domain:
     domain = Domain(DispatchConfig(), RoomConfig())
-    domain.rooms.quotas = QuotaDesk({"acme": Quota(**quota)})  # type: ignore[arg-type]
+    domain.rooms.quotas = QuotaDesk([TenantConfig("acme", **quota)])  # type: ignore[arg-type]
     return domain
 
 
