@@ -39,7 +39,6 @@ from edgedispatch.runtime.manager import AgentManager
 from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
 from edgedispatch.store.journal import Journal
-from edgedispatch.store.journal import summary as recovery_summary
 from edgedispatch.store.sqlite import SqliteStore
 from edgedispatch.wire.tokens import Verifier
 
@@ -155,14 +154,7 @@ class Server:
         domain.subscribe(journal.on_event, *JOURNAL_KINDS)
         store.start(loop)
         self.store = store
-        counts = recovery_summary(recovered)
-        log.info(
-            "store %s: recovered %d rooms, %d dispatches, %d pending jobs",
-            store.path,
-            counts["rooms"],
-            counts["dispatches"],
-            counts["pending_jobs"],
-        )
+        log.info("store %s: recovered %s", store.path, recovered.summary())
         return store
 
     def _contain(self) -> Containment:

@@ -108,6 +108,12 @@ class WaitReason(IntEnum):
 # ``key_info``): numbers, as the core keeps them, with names.
 
 
+#: In a JOB_SUBMIT's policy word, beside the RestartPolicy: the job is
+#: recovered after a restart and was held by a worker then (it is not
+#: offered: it waits to be claimed back).
+SUBMIT_RESTORED_HELD = 2
+
+
 class WorkerInfo(NamedTuple):
     key: int  #: agent key handle
     status: int  #: a WorkerStatus

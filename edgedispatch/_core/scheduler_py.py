@@ -112,9 +112,7 @@ W_BACKOFF = int(codes.WaitReason.BACKOFF)
 
 # Job flags.
 F_TERMINATING = 1  # a TERMINATE went out; the job ends CANCELLED
-#: In a submit's policy word: the job is recovered after a restart, and was
-#: held by a worker then (it is not offered: it waits to be claimed back).
-F_RESTORED_HELD = 2
+F_RESTORED_HELD = codes.SUBMIT_RESTORED_HELD
 
 U64 = 0xFFFFFFFFFFFFFFFF
 

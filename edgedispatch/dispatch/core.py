@@ -37,6 +37,7 @@ import msgspec
 
 from edgedispatch import _core
 from edgedispatch._core.codes import (
+    SUBMIT_RESTORED_HELD,
     ActionKind,
     EventKind,
     FailReason,
@@ -288,7 +289,9 @@ class DispatchCore:
         if h >= len(self._specs):
             self._specs.extend([None] * (h + 1 - len(self._specs)))
         self._specs[h] = spec
-        policy = int(spec.restart_policy) | (2 if spec.restored_held else 0)
+        policy = int(spec.restart_policy)
+        if spec.restored_held:
+            policy |= SUBMIT_RESTORED_HELD
         try:
             self._push(EventKind.JOB_SUBMIT, h, -1, k, float(spec.deadline), now, policy)
         except EdgeDispatchError:

@@ -321,9 +321,7 @@ class Domain:
 
     def queued_jobs(self) -> int:
         """Jobs waiting for a worker (queued or out on offer)."""
-        return sum(1 for rec in self.jobs.jobs.values() if not rec.state.terminal) - (
-            self.jobs.running()
-        )
+        return self.jobs.pending() - self.jobs.running()
 
     def running_jobs(self) -> int:
         """Jobs assigned, running or waiting to be claimed back."""

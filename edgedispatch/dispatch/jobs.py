@@ -194,6 +194,10 @@ class JobLedger:
         agent = (tenant, agent_name)
         return self._live.get(agent, 0), self._queued.get(agent, 0)
 
+    def pending(self) -> int:
+        """Jobs not ended."""
+        return sum(self._live.values())
+
     def running(self) -> int:
         """Jobs assigned, running, or waiting to be claimed back."""
         return self._held

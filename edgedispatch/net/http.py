@@ -215,15 +215,13 @@ class HttpProtocol(asyncio.Protocol):
         # Refuse a body promised too large before reading any of it.
         length = self._headers.get("content-length", "")
         if length.isdigit() and int(length) > self._max_body:
-            self._too_large = f"body over {self._max_body} bytes"
-            raise TooLarge(self._too_large)
+            raise self._too_big(f"body over {self._max_body} bytes")
         self.deadline = self._loop.time() + self._limits.body_timeout
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self._max_body:
-            self._too_large = f"body over {self._max_body} bytes"
-            raise TooLarge(self._too_large)
+            raise self._too_big(f"body over {self._max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -284,8 +282,13 @@ class HttpProtocol(asyncio.Protocol):
     def _count_head(self, n: int) -> None:
         self._head_size += n
         if self._head_size > MAX_HEAD:
-            self._too_large = f"request head over {MAX_HEAD} bytes"
-            raise TooLarge(self._too_large)
+            raise self._too_big(f"request head over {MAX_HEAD} bytes")
+
+    def _too_big(self, what: str) -> TooLarge:
+        """The error to raise from a parser callback, kept for ``data_received``
+        (httptools reports a callback's error as its own)."""
+        self._too_large = what
+        return TooLarge(what)
 
     def _request(self, body: bytes) -> Request:
         method = self._parser.get_method().decode("latin-1")

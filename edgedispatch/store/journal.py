@@ -16,7 +16,7 @@ a restart; it is rebuilt from the wall clock).
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 
@@ -46,6 +46,10 @@ class Recovered(NamedTuple):
     dispatches: list[DispatchRec]
     #: (record, queue deadline in wall-clock ns) of each job
     jobs: list[tuple[JobRec, int]]
+
+    def summary(self) -> str:
+        pending = sum(1 for job, _ in self.jobs if not job.state.terminal)
+        return f"{len(self.rooms)} rooms, {len(self.dispatches)} dispatches, {pending} pending jobs"
 
 
 class Journal:
@@ -136,12 +140,3 @@ def _worth_writing(state: JobState, before: JobState) -> bool:
     if state == JobState.QUEUED and before == JobState.OFFERED:
         return False
     return not (state == JobState.RUNNING and before == JobState.ASSIGNED)
-
-
-def summary(recovered: Recovered) -> dict[str, Any]:
-    pending = sum(1 for job, _ in recovered.jobs if not job.state.terminal)
-    return {
-        "rooms": len(recovered.rooms),
-        "dispatches": len(recovered.dispatches),
-        "pending_jobs": pending,
-    }
