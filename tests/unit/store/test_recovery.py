@@ -65,13 +65,19 @@ def test_queue_deadlines_count_from_their_original_time(tmp_path: Path) -> None:
     assert second.jobs.jobs[job].state == JobState.FAILED
 
 
+def worker_takes_a_job(domain: Domain) -> tuple[RecordingLink, str]:
+    """A worker registers and accepts a new job (ASSIGNED): its link, the job."""
+    link = RecordingLink(tenant="t1")
+    domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+    job = domain.rooms.dispatches[create(domain, "r1", "support", now=0.0)].job_ids[0]
+    domain.accept(link, job, Acceptance("agent-1"), now=0.1)
+    domain.step(0.1)
+    return link, job
+
+
 def test_a_running_job_waits_for_its_worker_to_claim_it_back(tmp_path: Path) -> None:
     first = boot(tmp_path, now=0.0, wall=1000.0, reclaim_grace=10.0)
-    link = RecordingLink(tenant="t1")
-    first.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
-    job = first.rooms.dispatches[create(first, "r1", "support", now=0.0)].job_ids[0]
-    first.accept(link, job, Acceptance("agent-1"), now=0.1)
-    first.step(0.1)
+    link, job = worker_takes_a_job(first)
     first.job_status(link, job, JobStatus.RUNNING, now=0.2)
     first.step(0.2)
 
@@ -89,11 +95,7 @@ def test_a_running_job_waits_for_its_worker_to_claim_it_back(tmp_path: Path) -> 
 
 def test_an_unclaimed_running_job_is_dispatched_again(tmp_path: Path) -> None:
     first = boot(tmp_path, now=0.0, wall=1000.0, reclaim_grace=10.0)
-    link = RecordingLink(tenant="t1")
-    first.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
-    job = first.rooms.dispatches[create(first, "r1", "support", now=0.0)].job_ids[0]
-    first.accept(link, job, Acceptance("agent-1"), now=0.1)
-    first.step(0.1)
+    _, job = worker_takes_a_job(first)
 
     second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
     other = RecordingLink(tenant="t1")
