@@ -223,15 +223,18 @@ class App:
             claims = self._claims(req)
             method = req.path.rsplit("/", 1)[1]
             body = await agents_api.handle(self.agents, method, claims, req.body)
-            if self.store is not None and self.store.pending:
-                await self.store.flushed()  # a definition kept before the answer
-            return Response(200, body, twirp.JSON)
+            answer = self._durable(Response(200, body, twirp.JSON))
+            return answer if isinstance(answer, Response) else await answer
         except EdgeDispatchError as exc:
             status, body = twirp.error_body(exc)
             return Response(status, body, twirp.JSON)
 
     def _twirp(self, req: Request) -> Response | Awaitable[Response]:
-        answer = self._twirp_call(req)
+        return self._durable(self._twirp_call(req))
+
+    def _durable(self, answer: Response) -> Response | Awaitable[Response]:
+        """``answer`` now, or once the store has committed what its call
+        wrote (a failed commit answers ``unavailable`` instead)."""
         store = self.store
         if store is None or not store.pending or answer.status != 200:
             return answer
