@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from av.packet import Packet
 
+from edgedispatch.wire.rtp import Unwrapper
 from edgedispatch.wire.vp8 import VIDEO_CLOCK, FrameAssembler
 
 OPUS_TIME_BASE = fractions.Fraction(1, 48000)
@@ -59,23 +60,17 @@ class Fanout:
         self.lost = 0
         self._clock = clock
         self._last_seq: int | None = None
-        self._first_ts: int | None = None
-        self._ts_base = 0  # adds 2**32 at each wrap of the RTP timestamp
-        self._last_ts = 0
+        self._ts = Unwrapper(32)
 
     def add(self, packet: RtpLike) -> tuple[bool, None]:
         """The jitter buffer's ``add``: (no PLI, no frame to decode)."""
         if not self._count(packet.sequence_number):
             return False, None  # a duplicate or a late packet
-        ts = packet.timestamp
-        if self._first_ts is None:
-            self._first_ts = self._last_ts = ts
-        elif ts < self._last_ts and self._last_ts - ts > 0x80000000:
-            self._ts_base += 1 << 32
-        self._last_ts = ts
+        ts = self._ts(packet.timestamp)
         if self.tracks and packet.payload:
             encoded = Packet(packet.payload)
-            encoded.pts = self._ts_base + ts - self._first_ts
+            assert self._ts.first is not None
+            encoded.pts = ts - self._ts.first
             encoded.time_base = OPUS_TIME_BASE
             for track in self.tracks:
                 track.push(encoded, True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgedispatch.wire.rtp import Unwrapper
+
 #: Frames waiting for a missing packet (a NACK's retransmission) before
 #: the gap is given up and a keyframe asked for: ~0.3 s at 30 frames/s.
 MAX_PENDING = 10
@@ -85,11 +87,10 @@ class FrameAssembler:
 
     def __init__(self) -> None:
         self._pending: dict[int, _Frame] = {}  # unwrapped timestamp -> parts
-        self._high: int | None = None  # highest extended sequence number
+        self._seq = Unwrapper(16)
         self._done = -1  # last extended seq of the last frame passed on
         self._done_ts = -1
-        self._first_ts: int | None = None
-        self._ts_high: int | None = None  # highest unwrapped timestamp
+        self._ts = Unwrapper(32)
         self.need_key = True  # nothing decodable passed yet
         self._key_asked = False
         self._last_pli = -PLI_INTERVAL
@@ -118,8 +119,8 @@ class FrameAssembler:
             starts, data = descriptor(payload)
         except ValueError:
             return []
-        ext = self._extend(seq)
-        ts = self._unwrap(timestamp)
+        ext = self._seq(seq)
+        ts = self._ts(timestamp)
         if ext <= self._done or ts <= self._done_ts:
             return []  # late: its frame was passed on or given up
         frame = self._pending.setdefault(ts, _Frame())
@@ -168,8 +169,8 @@ class FrameAssembler:
             self.request_key()
             return
         self.frames += 1
-        assert self._first_ts is not None
-        out.append(Frame(data, ts - self._first_ts, key))
+        assert self._ts.first is not None
+        out.append(Frame(data, ts - self._ts.first, key))
 
     def _give_up(self, ts: int, frame: _Frame) -> None:
         del self._pending[ts]
@@ -184,25 +185,3 @@ class FrameAssembler:
         del self._pending[ts]
         self._done = last
         self._done_ts = ts
-
-    def _extend(self, seq: int) -> int:
-        ext = _unwrap(seq, self._high, 16)
-        self._high = ext if self._high is None else max(self._high, ext)
-        return ext
-
-    def _unwrap(self, timestamp: int) -> int:
-        ts = _unwrap(timestamp, self._ts_high, 32)
-        if self._first_ts is None:
-            self._first_ts = ts
-        self._ts_high = ts if self._ts_high is None else max(self._ts_high, ts)
-        return ts
-
-
-def _unwrap(value: int, high: int | None, bits: int) -> int:
-    """``value`` (a ``bits``-bit counter that wraps) placed nearest to the
-    highest one seen so far, unwrapped (RFC 3550 A.1's idea)."""
-    span = 1 << bits
-    if high is None:
-        return value + span  # one wrap up, so that earlier ones stay positive
-    delta = (value - high) % span
-    return high + delta if delta < span // 2 else high + delta - span

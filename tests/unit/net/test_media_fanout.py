@@ -82,3 +82,14 @@ def test_audio_passes_packet_by_packet_and_drops_the_oldest_when_lagging() -> No
         assert len(drain(track)) == FORWARD_QUEUE
 
     asyncio.run(main())
+
+
+def test_audio_presentation_times_grow_across_a_timestamp_wrap() -> None:
+    async def main() -> list[int]:
+        fanout = Fanout("TR_mic", lambda: 0.0)
+        track = ForwardTrack(fanout)
+        for seq, ts in ((1, 0xFFFFFE00), (2, 0xFFFFFFC0), (3, 0x80)):
+            fanout.add(Rtp(seq, ts, 0, b"opus"))
+        return [int(track._queue.popleft().pts or 0) for _ in range(3)]
+
+    assert asyncio.run(main()) == [0, 0x1C0, 0x280]
