@@ -4,7 +4,9 @@ Builds the domain, its one timer, the routes and the HTTP listener on one
 port, and the agents edgedispatch runs itself, then runs until
 SIGTERM/SIGINT.  The first signal drains: no new dispatches (Twirp
 ``unavailable``), no new offers, and it waits for running jobs up to
-``server.drain_timeout``.  A second signal exits at once.
+``server.drain_timeout`` (with a store, only for local agents' jobs: the
+store keeps remote ones for their workers to claim back).  A second signal
+exits at once.
 """
 
 from __future__ import annotations
@@ -208,7 +210,14 @@ class Server:
                 )
 
     def _running_jobs(self) -> int:
+        """What the drain waits for: every running job; with a store, only
+        those of local workers, which end with the server.  A remote
+        worker's job runs on without us: the store keeps it, and the worker
+        claims it back when the server is up again (so an upgrade does not
+        wait for the longest call)."""
         assert self.domain is not None
+        if self.store is not None:
+            return self.domain.local_running_jobs()
         return self.domain.running_jobs()
 
     def _housekeeping(self) -> None:

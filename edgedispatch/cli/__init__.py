@@ -100,6 +100,14 @@ def _bench_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_faults(args: argparse.Namespace) -> int:
+    from edgedispatch.cli.bench import faults
+
+    report = faults.run(args.duration, args.rate, args.workers, args.hold, args.seed)
+    print(json.dumps(report) if args.json else faults.render(report))
+    return 0 if report["lost"] == 0 and report["run_twice_at_once"] == 0 else 1
+
+
 def _bench_rooms(args: argparse.Namespace) -> int:
     try:
         from edgedispatch.cli.bench import rooms
@@ -224,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="contain the agents as the host allows (auto), or not (off: to measure its cost)",
     )
     jobs.set_defaults(func=_bench_jobs)
+    fault = bench_sub.add_parser(
+        "faults", help="a dispatch load with a fault every second: nothing lost, nothing run twice"
+    )
+    fault.add_argument("--duration", type=float, default=200, help="seconds of load (default 200)")
+    fault.add_argument("--rate", type=float, default=50, help="CreateDispatch calls per second")
+    fault.add_argument("--workers", type=int, default=6, help="worker processes (8 slots each)")
+    fault.add_argument("--hold", type=float, default=0.5, help="seconds each job runs")
+    fault.add_argument("--seed", type=int, help="the faults' random seed (default: a new one)")
+    fault.add_argument("--json", action="store_true", help="print one JSON object")
+    fault.set_defaults(func=_bench_faults)
     rooms = bench_sub.add_parser(
         "rooms", help="rooms with livekit rtc clients: join, data, audio rooms"
     )

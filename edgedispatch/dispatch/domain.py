@@ -327,6 +327,11 @@ class Domain:
         """Jobs assigned, running or waiting to be claimed back."""
         return self.jobs.running()
 
+    def local_running_jobs(self) -> int:
+        """Jobs running on local workers: they stop when the server does."""
+        local = {w for w, link in self.workers.links.items() if link.peer == "local"}
+        return self.jobs.held_by(local) if local else 0
+
     def agent_jobs(self, tenant: str, agent_name: str) -> tuple[int, int]:
         """(jobs not ended, of which queued) of one agent in one tenant."""
         return self.jobs.agent_jobs(tenant, agent_name)

@@ -202,6 +202,12 @@ class JobLedger:
         """Jobs assigned, running, or waiting to be claimed back."""
         return self._held
 
+    def held_by(self, worker_ids: set[str]) -> int:
+        """Jobs assigned to or running on one of these workers."""
+        return sum(
+            1 for rec in self.jobs.values() if rec.state in _HELD and rec.worker_id in worker_ids
+        )
+
     def started_too_long(self, job_id: str, now: float) -> None:
         """Its max_job_duration passed: end it."""
         rec = self.jobs.get(job_id)

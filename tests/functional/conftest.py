@@ -139,11 +139,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Tests marked ``media`` drive real WebRTC clients and cost seconds
     each: they run once, on uvloop and the compiled core, which keeps the
     suite within CI's budget.  The few also marked ``all_loops`` check the
-    rooms on plain asyncio and the pure-Python core as well."""
+    rooms on plain asyncio and the pure-Python core as well.  Tests marked
+    ``once`` (a whole benchmark run, say) run once the same way."""
     pure = os.environ.get("EDGEDISPATCH_NO_EXTENSIONS") == "1"
     keep, drop = [], []
     for item in items:
-        once = item.get_closest_marker("media") and not item.get_closest_marker("all_loops")
+        once = item.get_closest_marker("once") or (
+            item.get_closest_marker("media") and not item.get_closest_marker("all_loops")
+        )
         callspec = getattr(item, "callspec", None)
         loop = callspec.params.get("loop_kind") if callspec is not None else None
         (drop if once and (pure or loop == "asyncio") else keep).append(item)
