@@ -246,9 +246,12 @@ def test_agent_cli_manages_definitions(
     assert srv.cli("agent", "list").stdout == "no agents in this tenant\n"
 
 
+@pytest.mark.parametrize("store", [False, True], ids=["memory", "store"])
 def test_drain_waits_for_local_jobs(
-    served: list[ServeProcess], tmp_path: Path, loop_kind: str
+    served: list[ServeProcess], tmp_path: Path, loop_kind: str, store: bool
 ) -> None:
+    """Local jobs end with the server, so the drain waits for them even
+    when a store keeps remote workers' jobs for them to claim back."""
     agents = Path(__file__).resolve().parents[1] / "agents"
     cfg = tmp_path / "agents.toml"
     cfg.write_text(
@@ -260,7 +263,8 @@ def test_drain_waits_for_local_jobs(
         f'binds = ["{tmp_path}:rw"]\n'
     )
     tmp_path.chmod(0o777)  # the job, as its tenant's uid, writes there
-    srv = ServeProcess(loop_kind, "--config", str(cfg))
+    data = ("--data-dir", str(tmp_path / "data")) if store else ()
+    srv = ServeProcess(loop_kind, "--config", str(cfg), *data)
     served.append(srv)
     srv.cli("dispatch", "create", "--room", "r", "--agent-name", "sleeper")
     deadline = time.monotonic() + 20

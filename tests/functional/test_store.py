@@ -10,8 +10,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+from livekit.protocol import agent
 
 from edgedispatch._testbase.fake_worker import FakeWorker
 from edgedispatch.cli.bench.common import admin_token
@@ -34,6 +38,18 @@ def create_dispatch(url: str, room: str, agent: str, request_id: str = "") -> st
     req = urllib.request.Request(url + PATH, body, headers, method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
         return str(json.loads(resp.read())["id"])
+
+
+def list_jobs(url: str, room: str) -> list[dict[str, Any]]:
+    """The jobs of the room's dispatches, as ListDispatch shows them."""
+    headers = {"Authorization": f"Bearer {admin_token(room)}", "Content-Type": "application/json"}
+    req = urllib.request.Request(
+        url + PATH.replace("CreateDispatch", "ListDispatch"),
+        json.dumps({"room": room}).encode(), headers, method="POST",
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        dispatches = json.loads(resp.read())["agentDispatches"]
+    return [job for d in dispatches for job in d["state"]["jobs"]]
 
 
 def test_queued_dispatches_survive_sigkill_and_run_in_order(
@@ -102,3 +118,53 @@ def test_a_store_from_a_newer_version_stops_the_server(loop_kind: str, tmp_path:
     out = serve_once(loop_kind, "--data-dir", str(tmp_path))
     assert out.returncode == 2
     assert "cannot open the store" in out.stderr and "newer edgedispatch" in out.stderr
+
+
+def test_a_drain_with_a_store_leaves_remote_jobs_running_for_their_workers(
+    served: list[ServeProcess],  # noqa: F811
+    loop_kind: str,
+    tmp_path: Path,
+) -> None:
+    """An upgrade's restart does not wait for the longest call: the worker's
+    job goes on, and the worker claims it back from the new server."""
+    first = ServeProcess(loop_kind, "--data-dir", str(tmp_path))
+    served.append(first)
+
+    async def take_a_job() -> str:
+        worker = FakeWorker(first.url, agent_name="support", report=True)
+        await worker.connect()
+        create_dispatch(first.url, "room-1", "support")
+        await worker.wait_for(lambda: len(worker.assigned) == 1)
+        first.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        while first.proc.poll() is None and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.05)
+        assert first.proc.poll() == 0  # it did not wait for the running job
+        worker.abort()
+        (job_id,) = worker.assigned
+        return job_id
+
+    job_id = asyncio.run(take_a_job())
+    second = ServeProcess(loop_kind, "--data-dir", str(tmp_path))
+    served.append(second)
+
+    async def claim_it_back() -> None:
+        worker = FakeWorker(second.url, agent_name="support", report=True)
+        other = FakeWorker(second.url, agent_name="support", report=True)
+        await worker.connect()
+        await other.connect()
+        claim = agent.WorkerMessage()
+        claim.migrate_job.job_ids.append(job_id)
+        await worker.send(claim)
+        await worker.job_status(job_id, agent.JS_SUCCESS)
+        await asyncio.sleep(0.3)
+        (job,) = list_jobs(second.url, "room-1")
+        assert job["id"] == job_id and job["state"]["workerId"] == worker.worker_id
+        assert job["state"]["status"] == "JS_SUCCESS"
+        # Ended by its worker: the job is not run again anywhere.
+        assert not other.assigned and not worker.assigned
+        await FakeWorker.close_all()
+
+    asyncio.run(claim_it_back())
+    err = second.stop()
+    assert "recovered 1 rooms, 1 dispatches, 1 pending jobs" in err, err[-2000:]
