@@ -72,6 +72,10 @@ class Durable(Protocol):
         """Resolves once what is queued now is committed."""
         ...
 
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Calls ``fn`` once what is queued now is committed (or failed)."""
+        ...
+
 
 class App:
     """:param agents: the agent definitions' manager, once it is up."""
@@ -159,9 +163,18 @@ class App:
                 tenant=claims.tenant,
                 public_url=server.public_url,
                 now=req.now,
+                after_commit=self._after_commit,
             )
 
         return accept
+
+    def _after_commit(self, fn: Callable[[], None]) -> None:
+        """``fn`` once the store has committed what is written so far (at
+        once without one)."""
+        if self.store is None:
+            fn()
+        else:
+            self.store.after_commit(fn)
 
     def _rtc_check(self, req: Request) -> tuple[Claims, signal.Grant, signal.JoinParams]:
         """The join a client asks for, checked: 401 for a bad token, 403 for

@@ -30,7 +30,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +147,11 @@ class SqliteStore:
         self._queue.put((sql, params))
 
     def flushed(self) -> asyncio.Future[None]:
-        """Resolves once everything queued before it is committed (or with
+        """Resolves once everything queued before it, and in the rest of
+        this pass of the event loop, is committed (or with
         ``StoreUnavailable`` if the commit failed: a full disk, say).  The
-        calls of one pass of the event loop share one future: one wake-up
-        of the loop for all the answers of a burst."""
+        calls of one pass share one future: one wake-up of the loop for all
+        the answers of a burst."""
         barrier = self._barrier
         if barrier is not None:
             return barrier
@@ -159,13 +160,29 @@ class SqliteStore:
         if self._thread is None or self._closed:
             fut.set_result(None)
             return fut
-        self._queue.put(fut)
         self._barrier = fut
-        loop.call_soon(self._close_barrier)
+        loop.call_soon(self._seal_barrier)
         return fut
 
-    def _close_barrier(self) -> None:
-        self._barrier = None
+    def _seal_barrier(self) -> None:
+        """The pass that made the barrier is over: queue it behind every
+        write of that pass.  (Queued at once, a write made later in the same
+        pass by a call that shares the barrier could miss its commit.)"""
+        barrier, self._barrier = self._barrier, None
+        if barrier is not None:
+            self._queue.put(barrier)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the loop once what is queued by the end of this
+        pass is committed, or its commit failed (what waits on it must not
+        wait for ever; ``failure`` says why)."""
+
+        def done(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled():
+                fut.exception()  # seen: not logged as never retrieved
+            fn()
+
+        self.flushed().add_done_callback(done)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand writes to the writer thread from now on."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -70,8 +71,13 @@ class WorkerSession:
         tenant: str,
         public_url: str,
         now: float,
+        after_commit: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self._sink = sink
+        self._after_commit = after_commit
+        # Frames held back until the store has committed an assignment
+        # (``_send_when_durable``), in order; None when nothing is held.
+        self._outbox: list[bytes] | None = None
         self._domain = domain
         self._secret = secret
         self._public_url = public_url
@@ -111,12 +117,14 @@ class WorkerSession:
             msg.state.CopyFrom(convert.job_state_proto(job))
         else:
             msg = convert.job_proto(job, room)
-        self._send_assignment(msg, agent_, now)
+        self._send_assignment(msg, agent_, now, durable=True)
 
     def terminate(self, job: JobRec, reason: FailReason, now: float) -> None:
         self._send(agent.ServerMessage(termination=agent.JobTermination(job_id=job.id)))
 
-    def _send_assignment(self, job: agent.Job, who: Acceptance, now: float) -> None:
+    def _send_assignment(
+        self, job: agent.Job, who: Acceptance, now: float, durable: bool = False
+    ) -> None:
         msg = agent.ServerMessage()
         msg.assignment.job.CopyFrom(job)
         msg.assignment.token = tokens.agent_token(
@@ -133,10 +141,34 @@ class WorkerSession:
         )
         if self._public_url:
             msg.assignment.url = self._public_url
-        self._send(msg)
+        if durable and self._after_commit is not None:
+            self._send_when_durable(msg)
+        else:
+            self._send(msg)
+
+    def _send_when_durable(self, msg: agent.ServerMessage) -> None:
+        """A JobAssignment goes out once the store has committed that the
+        job is this worker's.  Sent before, a crash between the two would
+        leave the job queued in the store, to be offered again after the
+        restart while this worker runs it: twice at once.  Frames that
+        follow wait behind it, so none overtakes it."""
+        if self._outbox is not None:
+            self._outbox.append(msg.SerializeToString())
+            return
+        assert self._after_commit is not None
+        self._outbox = [msg.SerializeToString()]
+        self._after_commit(self._release)
+
+    def _release(self) -> None:
+        frames, self._outbox = self._outbox or [], None
+        for frame in frames:
+            self._sink.send(frame)
 
     def _send(self, msg: agent.ServerMessage) -> None:
-        self._sink.send(msg.SerializeToString())
+        if self._outbox is not None:
+            self._outbox.append(msg.SerializeToString())
+        else:
+            self._sink.send(msg.SerializeToString())
 
     # The connection's message handler -------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,49 @@ def test_writes_after_close_are_dropped(tmp_path: Path) -> None:
     again = SqliteStore(tmp_path)
     assert again.load("ns") == {}
     again.close()
+
+
+def test_an_answer_waits_for_every_write_of_its_loop_pass(tmp_path: Path) -> None:
+    """Calls handled in one pass share one commit barrier: a call that wrote
+    after the first one asked for it is committed too, before any answer."""
+
+    async def main() -> int:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        store.put("ns", "first", 1)
+        barrier = store.flushed()
+        time.sleep(0.05)  # the writer is free to take what is queued so far
+        store.put("ns", "second", 2)
+        assert store.flushed() is barrier  # the second call shares it
+        await barrier
+        db = sqlite3.connect(tmp_path / FILENAME)
+        (count,) = db.execute("SELECT COUNT(*) FROM kv").fetchone()
+        db.close()
+        store.close()
+        return int(count)
+
+    assert asyncio.run(main()) == 2
+
+
+def test_after_commit_runs_once_the_writes_before_it_are_committed(tmp_path: Path) -> None:
+    async def main() -> list[int]:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        seen: list[int] = []
+
+        def count() -> None:
+            db = sqlite3.connect(tmp_path / FILENAME)
+            seen.append(db.execute("SELECT COUNT(*) FROM kv").fetchone()[0])
+            db.close()
+
+        store.put("ns", "k", 1)
+        store.after_commit(count)
+        assert not seen  # not before the commit
+        await asyncio.sleep(0.2)
+        store.write("INSERT INTO no_such_table VALUES (?)", (1,))
+        store.after_commit(lambda: seen.append(-1))  # a failed commit still calls it
+        await asyncio.sleep(0.2)
+        store.close()
+        return seen
+
+    assert asyncio.run(main()) == [1, -1]

@@ -153,3 +153,29 @@ def test_a_closed_worker_leaves_the_domain_and_its_offer_goes_back() -> None:
     session.on_closed(1006, "connection lost", 0.5)
     assert len(domain.workers) == 0
     assert domain.jobs.jobs[rec.job_ids[0]].state == JobState.QUEUED
+
+
+def test_an_assignment_waits_for_the_store_and_nothing_overtakes_it() -> None:
+    """The worker starts a job only once the store says it is this
+    worker's: a crash in between must not leave it queued in the store."""
+    commits: list[Any] = []
+    domain = Domain(DispatchConfig(), RoomConfig())
+    sink = RecordingSink()
+    session = WorkerSession(
+        sink, domain, api_key="devkey", secret=SECRET, tenant="", public_url="", now=0.0,
+        after_commit=commits.append,
+    )  # fmt: skip
+    register(session, agent_name="a")
+    rec = domain.create_dispatch("", DispatchSpec("r1", AgentSpec("a")), now=1.0)
+    domain.step(1.0)
+    job_id = rec.job_ids[0]
+    answer = agent.AvailabilityResponse(job_id=job_id, available=True, participant_identity="b")
+    session.on_message(frame(availability=answer), 1.5)
+    session.on_message(frame(ping=agent.WorkerPing(timestamp=7)), 1.6)
+    kinds = [m.WhichOneof("message") for m in sent(sink)]
+    assert kinds == ["register", "availability"]  # held: not committed yet
+    (release,) = commits
+    release()
+    kinds = [m.WhichOneof("message") for m in sent(sink)]
+    assert kinds == ["register", "availability", "assignment", "pong"]  # in order
+    assert sent(sink)[2].assignment.job.id == job_id
