@@ -84,7 +84,9 @@ class JobLedger:
         """After a restart: a job the store kept.  An ended one is kept (for
         ListDispatch); a pending one goes back to the core, queued with its
         original queue deadline or, if a worker held it, waiting
-        ``reclaim_grace`` for that worker to claim it back."""
+        ``reclaim_grace`` for that worker to claim it back (its wait in the
+        queue ended when it was assigned: unclaimed, it queues afresh, as
+        after a worker loss)."""
         self.jobs[rec.id] = rec
         dispatch.job_ids.append(rec.id)
         if rec.state.terminal:
@@ -94,7 +96,10 @@ class JobLedger:
         self._live[agent] += 1
         self._queued[agent] += 1
         rec.state = JobState.QUEUED  # the core's first action moves it on
-        deadline = now + (deadline_ns - self._wall.ns(now)) / 1e9
+        if held:
+            deadline = now + self._cfg.queue_timeout
+        else:
+            deadline = now + (deadline_ns - self._wall.ns(now)) / 1e9
         policy = RestartPolicy(dispatch.restart_policy)
         spec = JobSpec(rec.id, rec.key, deadline, restart_policy=policy, restored_held=held)
         self._core.submit(spec, now)

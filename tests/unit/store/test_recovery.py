@@ -105,6 +105,24 @@ def test_an_unclaimed_running_job_is_dispatched_again(tmp_path: Path) -> None:
     assert other.offers == [job]
 
 
+def test_a_running_job_past_its_queue_deadline_is_still_run_again(tmp_path: Path) -> None:
+    """Its wait in the queue ended when it was assigned: if its worker never
+    claims it back, it queues afresh (found by bench faults: restarts kept
+    restarting its reclaim grace past the original queue deadline, and it
+    then failed NO_CAPACITY without an offer)."""
+    first = boot(tmp_path, now=0.0, wall=1000.0, reclaim_grace=10.0, queue_timeout=60.0)
+    _, job = worker_takes_a_job(first)
+
+    second = boot(tmp_path, now=0.0, wall=1200.0, reclaim_grace=10.0, queue_timeout=60.0)
+    second.on_timer(10.0)  # unclaimed, and no worker free at that moment
+    assert second.jobs.jobs[job].state == JobState.QUEUED
+    other = RecordingLink(tenant="t1")
+    second.register_worker(other, WorkerSpec(agent_name="support", slots=1), 11.0)
+    second.step(11.0)
+    assert other.offers == [job]
+    assert second.jobs.jobs[job].state == JobState.OFFERED
+
+
 def test_ended_and_deleted_work_does_not_come_back(tmp_path: Path) -> None:
     first = boot(tmp_path, now=0.0, wall=1000.0)
     gone = create(first, "r1", "support", now=0.0)
