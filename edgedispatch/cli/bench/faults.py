@@ -263,12 +263,15 @@ def account(log: Path, accepted: dict[str, str], killed: dict[int, float]) -> di
     starts: dict[tuple[int, str], tuple[float, str]] = {}
     spans: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     ended: set[str] = set()
+    again: set[str] = set()  # started once more after a run of it had ended
     now = time.monotonic()
     for line in log.read_text().splitlines():
         rec = json.loads(line)
         key = (rec["pid"], rec["job"])
         if rec["e"] == "start":
             starts[key] = (rec["t"], rec["dispatch"])
+            if rec["dispatch"] in ended:
+                again.add(rec["dispatch"])
         elif rec["e"] in ("end", "stop") and key in starts:
             t0, dispatch_id = starts.pop(key)
             spans[dispatch_id].append((t0, rec["t"], rec["pid"]))
@@ -286,7 +289,12 @@ def account(log: Path, accepted: dict[str, str], killed: dict[int, float]) -> di
             if t1 > end:
                 end, end_pid = t1, pid
     lost = sorted(set(accepted) - ended)
-    return {"lost": lost, "twice": twice, "runs": sum(len(r) for r in spans.values())}
+    return {
+        "lost": lost,
+        "twice": twice,
+        "again": len(again),
+        "runs": sum(len(r) for r in spans.values()),
+    }
 
 
 def run(
@@ -375,6 +383,7 @@ def run(
         "run_twice_at_once": len(result["twice"]),
         "twice": result["twice"][:20],
         "job_runs": result["runs"],
+        "run_again_after_it_ended": result["again"],
         "gave_up": load.gave_up,
         "client_error_rate": round(load.failed_attempts / max(load.attempts, 1), 4),
         "faults": dict(faults),
@@ -398,7 +407,8 @@ def render(r: dict[str, Any]) -> str:
         f"{r['accepted']} dispatches accepted in {r['duration_s']:g} s at {r['rate']:g}/s "
         f"(seed {r['seed']}); faults: {faults}",
         f"lost: {r['lost']}; run twice at once: {r['run_twice_at_once']}; "
-        f"job runs: {r['job_runs']}; never answered: {r['gave_up']}",
+        f"job runs: {r['job_runs']} (a dispatch started again after a run of it had ended: "
+        f"{r['run_again_after_it_ended']}); never answered: {r['gave_up']}",
         f"client error rate: {r['client_error_rate']:.2%} of calls; {r['retried_dispatches']} "
         "dispatches needed a retry (with their request id, until answered): "
         + ", ".join(f"{k} {v}" for k, v in r["client_errors"].items()),
