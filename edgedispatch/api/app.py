@@ -60,6 +60,14 @@ HttpHandler = Callable[[Request], "Response | Awaitable[Response]"]
 AGENT_SERVICE_PREFIX = f"/twirp/{agents_api.SERVICE}/"
 
 
+def twirp_methods() -> set[tuple[str, str]]:
+    """Every (service, method) routed under ``/twirp/``: what the
+    authorisation matrix (tests/unit/test_authz_matrix.py) must have a row
+    for, so that no RPC is added without its expected answers."""
+    agent_methods = {(agents_api.SERVICE, method) for method in agents_api.METHODS}
+    return set(livekit.ROUTES) | set(live_rooms.ROUTES) | agent_methods
+
+
 class Durable(Protocol):
     """The store, as the API sees it (``store.sqlite.SqliteStore``)."""
 
