@@ -1,0 +1,402 @@
+"""The authorisation matrix: every Twirp RPC the server routes, called with
+every grant set, on the caller's own tenant's room, dispatch and agent and
+on another tenant's; each answer is checked against the table below, and
+nothing of another tenant is ever in an answer or changed by one.
+
+The table is LiveKit's rules (livekit/pkg/service/auth.go; the reference's
+"Which grant each caller needs"): a token that does not verify is
+``unauthenticated``; one without the grant the RPC needs is
+``permission_denied``; then the call runs, on the caller's tenant only.
+Each cell runs in a world of its own (``authz_world``), so a cell that
+deletes a room does not change the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import pytest
+from google.protobuf.message import Message
+from livekit.protocol import agent_dispatch as ad
+from livekit.protocol import models
+from livekit.protocol import room as rm
+
+from edgedispatch.api import agents as agents_api
+from edgedispatch.api.app import twirp_methods
+from edgedispatch.wire import twirp
+
+from .authz_world import ACME, GLOBEX, KEYS, OPERATOR, PROGRAM_KEY, WALL, Seeded, World, token
+
+D, R, A = "livekit.AgentDispatchService", "livekit.RoomService", agents_api.SERVICE
+
+# What an RPC needs (``Row.needs``) and what a grant set holds (``Grants.holds``).
+CREATE, LIST, ADMIN, AGENTS = "roomCreate", "roomList", "roomAdmin+room", "agent.admin"
+OK, DENIED, UNAUTH, NOT_FOUND = "ok", "permission_denied", "unauthenticated", "not_found"
+
+Check = Callable[[World, Seeded, Seeded, bytes], None]
+
+
+class Row(NamedTuple):
+    """One RPC's expected answers, once its grant is held."""
+
+    needs: str
+    own: str  #: on the caller's own tenant's resource
+    other: str  #: on another tenant's (same request, their names)
+    request: Callable[[Seeded], Message | dict[str, Any]]
+    check: Check | None = None  #: what the caller notices when it is ``ok``
+
+
+def _pb(cls: type[Message], body: bytes) -> Any:
+    return cls.FromString(body)
+
+
+def _dispatch_created(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    made = _pb(ad.AgentDispatch, body)
+    # Another tenant's room name makes a room of the caller's own.
+    assert [x.id for x in w.domain.list_dispatch(mine.tenant, t.room, 0.0)][-1] == made.id
+
+
+def _dispatches_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    listed = [x.id for x in _pb(ad.ListAgentDispatchResponse, body).agent_dispatches]
+    assert listed == ([t.dispatch_id] if t is mine else [])
+
+
+def _room_created(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    assert _pb(models.Room, body).sid == w.domain.rooms.get(mine.tenant, t.room).sid
+
+
+def _rooms_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    listed = [r.name for r in _pb(rm.ListRoomsResponse, body).rooms]
+    assert listed == ([t.room] if t is mine else [])
+
+
+def _participants_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    listed = _pb(rm.ListParticipantsResponse, body).participants
+    assert [p.identity for p in listed] == [t.identity]
+
+
+def _session_info(w: World, mine: Seeded) -> models.ParticipantInfo:
+    session = w.session(mine.tenant)
+    assert session is not None
+    return session.info
+
+
+def _participant_got(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    assert _pb(models.ParticipantInfo, body).identity == t.identity
+
+
+def _data_received(w: World, mine: Seeded) -> list[bytes]:
+    session = w.session(mine.tenant)
+    assert session is not None
+    return [packet.user.payload for packet, _ in getattr(session.media, "data", [])]
+
+
+def _agents_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    assert [a["name"] for a in json.loads(body)["agents"]] == [mine.agent]
+
+
+def _agent_state(state: str) -> Check:
+    def check(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+        assert json.loads(body)["agent"]["state"] == state
+        assert [a["state"] for a in w.manager.list(mine.tenant)] == [state]
+
+    return check
+
+
+def _added(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    assert sorted(a["name"] for a in w.manager.list(mine.tenant)) == ["added", mine.agent]
+
+
+def _removed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    assert w.manager.list(mine.tenant) == []
+
+
+def _mine(check: Callable[[World, Seeded], bool]) -> Check:
+    def run(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+        assert check(w, mine)
+
+    return run
+
+
+#: (service, method) -> its row.  Where edgedispatch differs from LiveKit:
+#: - a token without the grant gets ``permission_denied`` (403); LiveKit
+#:   answers ``unauthenticated`` for both (twirpAuthError), which tells a
+#:   caller with a valid key nothing about what is missing;
+#: - a token that does not verify gets Twirp JSON ``unauthenticated`` (401);
+#:   LiveKit's middleware answers 401 with a plain-text body;
+#: - LiveKit has no tenants: another tenant's room is a room that does not
+#:   exist (``not_found``, or a room of the caller's own where LiveKit would
+#:   create one), never a ``permission_denied`` that would confirm it exists.
+ROWS: dict[tuple[str, str], Row] = {
+    # CreateDispatch creates the room if it does not exist (LiveKit's
+    # auto_create): another tenant's room name gives the caller its own room.
+    (D, "CreateDispatch"): Row(
+        ADMIN,
+        OK,
+        OK,
+        lambda t: ad.CreateAgentDispatchRequest(agent_name="bot", room=t.room),
+        _dispatch_created,
+    ),
+    (D, "ListDispatch"): Row(
+        ADMIN, OK, OK, lambda t: ad.ListAgentDispatchRequest(room=t.room), _dispatches_listed
+    ),
+    (D, "DeleteDispatch"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: ad.DeleteAgentDispatchRequest(room=t.room, dispatch_id=t.dispatch_id),
+        _mine(lambda w, mine: mine.dispatch_id not in w.domain.rooms.dispatches),
+    ),
+    # CreateRoom of an existing room returns it, as LiveKit does.
+    (R, "CreateRoom"): Row(
+        CREATE, OK, OK, lambda t: rm.CreateRoomRequest(name=t.room), _room_created
+    ),
+    (R, "ListRooms"): Row(
+        LIST, OK, OK, lambda t: rm.ListRoomsRequest(names=[t.room]), _rooms_listed
+    ),
+    (R, "DeleteRoom"): Row(
+        CREATE,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.DeleteRoomRequest(room=t.room),
+        _mine(lambda w, mine: w.domain.rooms.find(mine.tenant, mine.room) is None),
+    ),
+    (R, "UpdateRoomMetadata"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.UpdateRoomMetadataRequest(room=t.room, metadata="new"),
+        _mine(lambda w, mine: w.domain.rooms.get(mine.tenant, mine.room).metadata == "new"),
+    ),
+    (R, "ListParticipants"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.ListParticipantsRequest(room=t.room),
+        _participants_listed,
+    ),
+    (R, "GetParticipant"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.RoomParticipantIdentity(room=t.room, identity=t.identity),
+        _participant_got,
+    ),
+    (R, "RemoveParticipant"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.RoomParticipantIdentity(room=t.room, identity=t.identity),
+        _mine(lambda w, mine: w.session(mine.tenant) is None and bool(w.sinks[mine.tenant].closed)),
+    ),
+    (R, "UpdateParticipant"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.UpdateParticipantRequest(room=t.room, identity=t.identity, metadata="new"),
+        _mine(lambda w, mine: _session_info(w, mine).metadata == "new"),
+    ),
+    (R, "MutePublishedTrack"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.MuteRoomTrackRequest(
+            room=t.room, identity=t.identity, track_sid=t.track_sid, muted=True
+        ),
+        _mine(lambda w, mine: _session_info(w, mine).tracks[0].muted),
+    ),
+    (R, "UpdateSubscriptions"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.UpdateSubscriptionsRequest(
+            room=t.room, identity=t.identity, track_sids=[t.track_sid], subscribe=False
+        ),
+    ),
+    (R, "SendData"): Row(
+        ADMIN,
+        OK,
+        NOT_FOUND,
+        lambda t: rm.SendDataRequest(room=t.room, data=b"hello"),
+        _mine(lambda w, mine: _data_received(w, mine) == [b"hello"]),
+    ),
+    # edgedispatch's own service: LiveKit's agent admin grant, and the
+    # caller's tenant only (a definition names no tenant but the token's).
+    (A, "ListAgents"): Row(AGENTS, OK, OK, lambda t: {}, _agents_listed),
+    (A, "AddAgent"): Row(
+        AGENTS,
+        OK,
+        DENIED,
+        lambda t: {
+            "agent": {"name": "added", "command": [sys.executable, "-c", ""], "tenant": t.tenant}
+        },
+        _added,
+    ),
+    (A, "RemoveAgent"): Row(AGENTS, OK, NOT_FOUND, lambda t: {"name": t.agent}, _removed),
+    (A, "StartAgent"): Row(
+        AGENTS, OK, NOT_FOUND, lambda t: {"name": t.agent, "timeout": 1}, _agent_state("running")
+    ),
+    (A, "StopAgent"): Row(
+        AGENTS, OK, NOT_FOUND, lambda t: {"name": t.agent}, _agent_state("stopped")
+    ),
+}
+
+
+class Grants(NamedTuple):
+    """A caller: whose key signs, with which claims (given the room the
+    request names), and which of the needs it holds (None: not verified)."""
+
+    tenant: str
+    claims: Callable[[str], dict[str, Any]] | None  #: None: no token at all
+    holds: frozenset[str] | None
+    key: tuple[str, str] | None = None  #: default: the tenant's key
+    secret: str | None = None  #: a wrong secret for that key
+
+
+def _video(**video: Any) -> Callable[[str], dict[str, Any]]:
+    def claims(room: str) -> dict[str, Any]:
+        return {"video": {k: (room if v is ROOM else v) for k, v in video.items()}}
+
+    return claims
+
+
+ROOM = object()  #: stands for the room the request names
+EVERY_VIDEO = {"roomCreate": True, "roomList": True, "roomAdmin": True, "room": ROOM}
+ADMIN_GRANT = {"agent": {"admin": True}}
+
+
+def _every(room: str) -> dict[str, Any]:
+    return {**_video(**EVERY_VIDEO)(room), **ADMIN_GRANT}
+
+
+ALL = frozenset({CREATE, LIST, ADMIN, AGENTS})
+NONE: frozenset[str] = frozenset()
+GRANTS: dict[str, Grants] = {
+    "no token": Grants(ACME, None, None),
+    "bad signature": Grants(ACME, _every, None, secret="not-the-secret"),
+    "unknown key": Grants(ACME, _every, None, key=("nobody", "acme-secret")),
+    "expired": Grants(ACME, lambda room: {**_every(room), "exp": int(WALL) - 120}, None),
+    "not yet valid": Grants(ACME, lambda room: {**_every(room), "nbf": int(WALL) + 120}, None),
+    "no video grant": Grants(ACME, lambda room: {}, NONE),
+    "empty video grant": Grants(ACME, _video(), NONE),
+    "roomCreate": Grants(ACME, _video(roomCreate=True), frozenset({CREATE})),
+    "roomList": Grants(ACME, _video(roomList=True), frozenset({LIST})),
+    "roomAdmin, no room": Grants(ACME, _video(roomAdmin=True), NONE),
+    "roomAdmin, this room": Grants(ACME, _video(roomAdmin=True, room=ROOM), frozenset({ADMIN})),
+    "roomAdmin, another room": Grants(ACME, _video(roomAdmin=True, room="elsewhere"), NONE),
+    "roomJoin, this room": Grants(ACME, _video(roomJoin=True, room=ROOM), NONE),
+    # Grants LiveKit has that give nothing here.
+    "roomRecord, ingressAdmin": Grants(ACME, _video(roomRecord=True, ingressAdmin=True), NONE),
+    "video.agent (a worker's)": Grants(ACME, _video(agent=True, roomJoin=True), NONE),
+    "sip admin and call": Grants(ACME, lambda room: {"sip": {"admin": True, "call": True}}, NONE),
+    "agent admin": Grants(ACME, lambda room: ADMIN_GRANT, frozenset({AGENTS})),
+    # Truthy is not true: LiveKit's grants are JSON booleans.
+    "grants as strings": Grants(
+        ACME,
+        lambda room: {
+            "video": {"roomCreate": "true", "roomList": 1, "roomAdmin": "yes", "room": room},
+            "agent": {"admin": "true"},
+        },
+        NONE,
+    ),
+    "every grant, another room": Grants(
+        ACME, lambda room: {**_every("elsewhere")}, frozenset({CREATE, LIST, AGENTS})
+    ),
+    "every grant": Grants(ACME, _every, ALL),
+    "the operator's key, every grant": Grants(OPERATOR, _every, ALL),
+    # An agent server's own key acts for its tenant, but manages no agents.
+    "an agent server's key, every grant": Grants(
+        ACME, _every, frozenset({CREATE, LIST, ADMIN}), key=PROGRAM_KEY
+    ),
+}
+
+
+def expected(row: Row, grants: Grants, own: bool) -> str:
+    if grants.holds is None:
+        return UNAUTH
+    if row.needs not in grants.holds:
+        return DENIED
+    return row.own if own else row.other
+
+
+def _token(grants: Grants, room: str) -> str | None:
+    if grants.claims is None:
+        return None
+    key, secret = grants.key or KEYS[grants.tenant]
+    return token(key, grants.secret or secret, **grants.claims(room))
+
+
+async def _cell(rpc: tuple[str, str], name: str, target: str) -> list[str]:
+    """One call in a fresh world; what went wrong, if anything."""
+    row, grants = ROWS[rpc], GRANTS[name]
+    w = await World.make()
+    try:
+        mine, t = w.seeded[grants.tenant], w.seeded[target]
+        others = [x for x in w.seeded if x != grants.tenant]
+        before = {x: w.snapshot(x) for x in others}
+        request = row.request(t)
+        if isinstance(request, Message):
+            body, ctype = request.SerializeToString(), twirp.PROTOBUF
+        else:
+            body, ctype = json.dumps(request).encode(), twirp.JSON
+        answer = await w.call(f"/twirp/{rpc[0]}/{rpc[1]}", body, _token(grants, t.room), ctype)
+        got = OK if answer.status == 200 else json.loads(answer.body)["code"]
+        want = expected(row, grants, t is mine)
+        where = f"{rpc[1]} by {name!r} on {target or 'operator'}'s"
+        problems = []
+        if got != want:
+            problems.append(f"{where}: {got} ({answer.body[:120]!r}), expected {want}")
+        elif got != OK and answer.status != twirp.STATUS[got]:
+            problems.append(f"{where}: HTTP {answer.status} for {got}")
+        leaked = [m for x in others for m in w.seeded[x].marks if m.encode() in answer.body]
+        if leaked:
+            problems.append(f"{where}: the answer shows another tenant's {leaked}")
+        changed = [x or "operator" for x in others if w.snapshot(x) != before[x]]
+        if changed:
+            problems.append(f"{where}: changed tenant {changed}")
+        if got == want == OK and row.check is not None:
+            try:
+                row.check(w, mine, t, answer.body)
+            except (AssertionError, IndexError) as exc:
+                problems.append(f"{where}: succeeded without its effect ({exc!r})")
+        return problems
+    finally:
+        await w.close()
+
+
+def test_every_routed_rpc_has_a_row() -> None:
+    assert set(ROWS) == twirp_methods(), "an RPC without its expected answers, or a stale row"
+
+
+@pytest.mark.parametrize("rpc", sorted(ROWS), ids=lambda rpc: rpc[1])
+def test_each_caller_gets_the_expected_answer_and_nothing_crosses_tenants(
+    rpc: tuple[str, str],
+) -> None:
+    async def main() -> list[str]:
+        problems: list[str] = []
+        for name, grants in GRANTS.items():
+            # The caller's own tenant, and the others' (the operator's too).
+            for target in (grants.tenant, GLOBEX, OPERATOR if grants.tenant != OPERATOR else ACME):
+                problems += await _cell(rpc, name, target)
+        return problems
+
+    problems = asyncio.run(main())
+    assert not problems, "\n".join(problems)
+
+
+def test_an_rpc_not_routed_is_bad_route_whatever_the_token() -> None:
+    async def main() -> None:
+        w = await World.make()
+        try:
+            for path in (f"/twirp/{R}/ForwardParticipant", f"/twirp/{A}/DeleteEverything"):
+                tok = token(*KEYS[OPERATOR], **_every("r"))
+                answer = await w.call(path, b"{}", tok, twirp.JSON)
+                assert (answer.status, json.loads(answer.body)["code"]) == (404, "bad_route")
+        finally:
+            await w.close()
+
+    asyncio.run(main())
