@@ -11,6 +11,7 @@ its metadata) that must never appear in another tenant's answers; and
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Awaitable
 from typing import Any, NamedTuple, cast
@@ -34,8 +35,7 @@ from edgedispatch.wire.tokens import Verifier, sign_hs256
 
 from .rtc.test_rooms import FakeMedia
 
-NOW = 1000.0  #: the server's monotonic clock during the matrix
-WALL = 1_800_000_000.0  #: the wall clock at NOW (tokens' exp and nbf)
+WALL = 1_800_000_000.0  #: the wall clock at ``World.now`` (tokens' exp and nbf)
 OPERATOR, ACME, GLOBEX = "", "acme", "globex"
 #: tenant -> (API key, secret)
 KEYS = {
@@ -75,7 +75,9 @@ class World:
         ]
         self.cfg = config.validate(msgspec.structs.replace(base, tenants=tenants))
         self.domain = Domain(self.cfg.dispatch, self.cfg.room)
-        self.domain.wall.offset = WALL - NOW
+        #: The server's monotonic clock during the calls: the loop's, as
+        #: the agent manager reads it when it registers a local worker.
+        self.now = 0.0
         self.verifier = Verifier(self.cfg.secrets(), self.cfg.key_tenants())
         self.verifier.add_key(*PROGRAM_KEY, ACME)
         self.app = App(self.domain, self.verifier, self.cfg.server)
@@ -91,26 +93,29 @@ class World:
     @classmethod
     async def make(cls) -> World:
         world = cls()
-        for tenant in (OPERATOR, ACME, GLOBEX):
-            await world._seed(tenant)
+        for tenant, tag in TAGS.items():
+            command = [sys.executable, "-c", "pass", f"cmd-mark-{tag}"]
+            await world.manager.add(tenant, {"name": f"helper-{tag}", "command": command})
+        world.now = now = asyncio.get_running_loop().time()
+        world.domain.wall.offset = WALL - now
+        for tenant in TAGS:
+            world._seed(tenant, now)
         return world
 
-    async def _seed(self, tenant: str) -> None:
+    def _seed(self, tenant: str, now: float) -> None:
         tag = TAGS[tenant]
         room, who = f"room-{tag}", f"user-{tag}"
         d = self.domain
-        d.create_room(tenant, RoomSpec(room, metadata=f"room-meta-{tag}"), NOW)
+        d.create_room(tenant, RoomSpec(room, metadata=f"room-meta-{tag}"), now)
         spec = DispatchSpec(room, AgentSpec("bot", metadata=f"dispatch-meta-{tag}"))
-        dispatch = d.create_dispatch(tenant, spec, NOW)
-        d.step(NOW)
+        dispatch = d.create_dispatch(tenant, spec, now)
+        d.step(now)
         sink = self.sinks[tenant] = RecordingSink()
         grant = Grant(room=room, identity=who, metadata=f"user-meta-{tag}")
-        session = self.hub.join(sink, tenant, grant, JoinParams(single_pc=True), NOW)
+        session = self.hub.join(sink, tenant, grant, JoinParams(single_pc=True), now)
         add = rtc.AddTrackRequest(cid="mic", name=f"mic-{tag}", type=models.AUDIO)
-        session.on_message(rtc.SignalRequest(add_track=add).SerializeToString(), NOW)
+        session.on_message(rtc.SignalRequest(add_track=add).SerializeToString(), now)
         (track,) = session.info.tracks
-        command = [sys.executable, "-c", "pass", f"cmd-mark-{tag}"]
-        await self.manager.add(tenant, {"name": f"helper-{tag}", "command": command})
         marks = (
             d.rooms.get(tenant, room).sid,
             dispatch.id,
@@ -163,7 +168,7 @@ class World:
         headers = {"content-type": ctype}
         if tok is not None:
             headers["authorization"] = f"Bearer {tok}"
-        req = Request("POST", path, path, "", headers, body, "10.0.0.9", NOW)
+        req = Request("POST", path, path, "", headers, body, "10.0.0.9", self.now)
         answer = self.app.handle_http(req)
         if isinstance(answer, Awaitable):
             answer = await answer
