@@ -2,11 +2,13 @@
 authorisation matrix: the sans-IO ``App`` over a real domain, live rooms
 (fake media) and the real agent manager (command agents, never started).
 
-Each tenant (the operator's "", "acme", "globex") has a room with a
-dispatch to agent "bot", a participant in it who published a microphone,
-and an agent definition.  Everything a tenant owns carries marks (its ids,
-its metadata) that must never appear in another tenant's answers; and
-``snapshot`` is what must not change when another tenant calls.
+Each tenant (the operator's "", "acme", "globex") has, twice, a room with
+a dispatch to agent "bot", a participant in it who published a microphone,
+and an agent definition: once by names of its own, once by names every
+tenant has (the same room name in two tenants names two rooms).
+Everything a tenant owns carries marks (its ids, its metadata) that must
+never appear in another tenant's answers; and ``snapshot`` is what must
+not change when another tenant calls.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ KEYS = {
 #: The key edgedispatch makes for an agent server it runs, of tenant acme.
 PROGRAM_KEY = ("EDI_acme", "instance-secret")
 TAGS = {OPERATOR: "op", ACME: "acme", GLOBEX: "globex"}
+UNIQUE, SHARED = "unique", "shared"
 
 
 class Seeded(NamedTuple):
     """What one tenant was given: the names a request uses, and its marks."""
 
     tenant: str
+    names: str  #: UNIQUE or SHARED
     room: str
     dispatch_id: str
     identity: str
@@ -87,30 +91,34 @@ class World:
             self.domain, self.cfg, "ws://x", MemoryStore(), self.verifier, cast(Containment, None)
         )
         self.app.agents = self.manager
-        self.seeded: dict[str, Seeded] = {}
-        self.sinks: dict[str, RecordingSink] = {}
+        #: (tenant, names) -> what it was given: by names of its own
+        #: (``UNIQUE``: "room-acme", "user-acme", "helper-acme") and by
+        #: names every tenant has (``SHARED``: "lobby", "guest", "helper").
+        self.seeded: dict[tuple[str, str], Seeded] = {}
+        self.sinks: dict[tuple[str, str], RecordingSink] = {}
 
     @classmethod
     async def make(cls) -> World:
         world = cls()
         for tenant, tag in TAGS.items():
-            command = [sys.executable, "-c", "pass", f"cmd-mark-{tag}"]
-            await world.manager.add(tenant, {"name": f"helper-{tag}", "command": command})
+            for agent in (f"helper-{tag}", "helper"):
+                command = [sys.executable, "-c", "pass", f"cmd-mark-{tag}"]
+                await world.manager.add(tenant, {"name": agent, "command": command})
         world.now = now = asyncio.get_running_loop().time()
         world.domain.wall.offset = WALL - now
-        for tenant in TAGS:
-            world._seed(tenant, now)
+        for tenant, tag in TAGS.items():
+            world._seed(tenant, UNIQUE, f"room-{tag}", f"user-{tag}", f"helper-{tag}", now)
+            world._seed(tenant, SHARED, "lobby", "guest", "helper", now)
         return world
 
-    def _seed(self, tenant: str, now: float) -> None:
-        tag = TAGS[tenant]
-        room, who = f"room-{tag}", f"user-{tag}"
+    def _seed(self, tenant: str, names: str, room: str, who: str, agent: str, now: float) -> None:
+        tag = f"{TAGS[tenant]}-{names}"
         d = self.domain
         d.create_room(tenant, RoomSpec(room, metadata=f"room-meta-{tag}"), now)
         spec = DispatchSpec(room, AgentSpec("bot", metadata=f"dispatch-meta-{tag}"))
         dispatch = d.create_dispatch(tenant, spec, now)
         d.step(now)
-        sink = self.sinks[tenant] = RecordingSink()
+        sink = self.sinks[tenant, names] = RecordingSink()
         grant = Grant(room=room, identity=who, metadata=f"user-meta-{tag}")
         session = self.hub.join(sink, tenant, grant, JoinParams(single_pc=True), now)
         add = rtc.AddTrackRequest(cid="mic", name=f"mic-{tag}", type=models.AUDIO)
@@ -125,15 +133,17 @@ class World:
             session.sid,
             f"user-meta-{tag}",
             track.sid,
-            f"cmd-mark-{tag}",
+            f"cmd-mark-{TAGS[tenant]}",
         )
-        self.seeded[tenant] = Seeded(
-            tenant, room, dispatch.id, who, track.sid, f"helper-{tag}", marks
+        self.seeded[tenant, names] = Seeded(
+            tenant, names, room, dispatch.id, who, track.sid, agent, marks
         )
 
-    def session(self, tenant: str) -> SignalSession | None:
-        seeded = self.seeded[tenant]
-        live = self.hub.find(tenant, seeded.room)
+    def marks(self, tenant: str) -> tuple[str, ...]:
+        return self.seeded[tenant, UNIQUE].marks + self.seeded[tenant, SHARED].marks
+
+    def session(self, seeded: Seeded) -> SignalSession | None:
+        live = self.hub.find(seeded.tenant, seeded.room)
         return live.sessions.get(seeded.identity) if live is not None else None
 
     def snapshot(self, tenant: str) -> Any:
@@ -155,10 +165,12 @@ class World:
             if t == tenant:
                 for s in lr.sessions.values():
                     live.append((name, s.info.SerializeToString(), msgspec.to_builtins(s.grant)))
-        sink = self.sinks[tenant]
-        session = self.session(tenant)
-        media = session.media if session is not None else None
-        received = (len(sink.sent), sink.closed, list(getattr(media, "data", [])))
+        received = []
+        for names in (UNIQUE, SHARED):
+            sink = self.sinks[tenant, names]
+            session = self.session(self.seeded[tenant, names])
+            media = session.media if session is not None else None
+            received.append((len(sink.sent), sink.closed, list(getattr(media, "data", []))))
         workers = sorted(
             (w, d.workers.key_of(w)) for w, link in d.workers.links.items() if link.tenant == tenant
         )

@@ -27,9 +27,23 @@ from livekit.protocol import room as rm
 
 from edgedispatch.api import agents as agents_api
 from edgedispatch.api.app import twirp_methods
+from edgedispatch.rtc.session import SignalSession
 from edgedispatch.wire import twirp
 
-from .authz_world import ACME, GLOBEX, KEYS, OPERATOR, PROGRAM_KEY, WALL, Seeded, World, token
+from .authz_world import (
+    ACME,
+    GLOBEX,
+    KEYS,
+    OPERATOR,
+    PROGRAM_KEY,
+    SHARED,
+    TAGS,
+    UNIQUE,
+    WALL,
+    Seeded,
+    World,
+    token,
+)
 
 D, R, A = "livekit.AgentDispatchService", "livekit.RoomService", agents_api.SERVICE
 
@@ -37,6 +51,9 @@ D, R, A = "livekit.AgentDispatchService", "livekit.RoomService", agents_api.SERV
 CREATE, LIST, ADMIN, AGENTS = "roomCreate", "roomList", "roomAdmin+room", "agent.admin"
 OK, DENIED, UNAUTH, NOT_FOUND = "ok", "permission_denied", "unauthenticated", "not_found"
 
+#: A row's check, given the world, the caller's own things by the names the
+#: request used (its "lobby" for another tenant's "lobby"), the target, and
+#: the answer's body.
 Check = Callable[[World, Seeded, Seeded, bytes], None]
 
 
@@ -44,8 +61,9 @@ class Row(NamedTuple):
     """One RPC's expected answers, once its grant is held."""
 
     needs: str
-    own: str  #: on the caller's own tenant's resource
-    other: str  #: on another tenant's (same request, their names)
+    own: str  #: on the caller's own tenant's things
+    other: str  #: on another tenant's, by names only that tenant has
+    same: str  #: on another tenant's, by names the caller's tenant has too
     request: Callable[[Seeded], Message | dict[str, Any]]
     check: Check | None = None  #: what the caller notices when it is ``ok``
 
@@ -54,15 +72,20 @@ def _pb(cls: type[Message], body: bytes) -> Any:
     return cls.FromString(body)
 
 
+def _named(mine: Seeded, t: Seeded) -> bool:
+    """Whether the request's names are also the caller's own."""
+    return mine.room == t.room
+
+
 def _dispatch_created(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
     made = _pb(ad.AgentDispatch, body)
-    # Another tenant's room name makes a room of the caller's own.
+    # Another tenant's room name makes (or finds) a room of the caller's own.
     assert [x.id for x in w.domain.list_dispatch(mine.tenant, t.room, 0.0)][-1] == made.id
 
 
 def _dispatches_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
     listed = [x.id for x in _pb(ad.ListAgentDispatchResponse, body).agent_dispatches]
-    assert listed == ([t.dispatch_id] if t is mine else [])
+    assert listed == ([mine.dispatch_id] if _named(mine, t) else [])
 
 
 def _room_created(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
@@ -71,48 +94,47 @@ def _room_created(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
 
 def _rooms_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
     listed = [r.name for r in _pb(rm.ListRoomsResponse, body).rooms]
-    assert listed == ([t.room] if t is mine else [])
+    assert listed == ([mine.room] if _named(mine, t) else [])
+
+
+def _session(w: World, mine: Seeded) -> SignalSession:
+    session = w.session(mine)
+    assert session is not None
+    return session
 
 
 def _participants_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
     listed = _pb(rm.ListParticipantsResponse, body).participants
-    assert [p.identity for p in listed] == [t.identity]
-
-
-def _session_info(w: World, mine: Seeded) -> models.ParticipantInfo:
-    session = w.session(mine.tenant)
-    assert session is not None
-    return session.info
+    assert [p.sid for p in listed] == [_session(w, mine).sid]
 
 
 def _participant_got(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
-    assert _pb(models.ParticipantInfo, body).identity == t.identity
+    assert _pb(models.ParticipantInfo, body).sid == _session(w, mine).sid
 
 
 def _data_received(w: World, mine: Seeded) -> list[bytes]:
-    session = w.session(mine.tenant)
-    assert session is not None
-    return [packet.user.payload for packet, _ in getattr(session.media, "data", [])]
+    return [packet.user.payload for packet, _ in getattr(_session(w, mine).media, "data", [])]
+
+
+def _not_subscribed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    assert t.track_sid not in getattr(_session(w, mine).media, "subscribed", {})
+
+
+def _agents(w: World, tenant: str) -> dict[str, str]:
+    return {a["name"]: a["state"] for a in w.manager.list(tenant)}
 
 
 def _agents_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
-    assert [a["name"] for a in json.loads(body)["agents"]] == [mine.agent]
+    listed = [a["name"] for a in json.loads(body)["agents"]]
+    assert listed == sorted({w.seeded[mine.tenant, n].agent for n in (UNIQUE, SHARED)})
 
 
 def _agent_state(state: str) -> Check:
     def check(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
         assert json.loads(body)["agent"]["state"] == state
-        assert [a["state"] for a in w.manager.list(mine.tenant)] == [state]
+        assert _agents(w, mine.tenant)[mine.agent] == state
 
     return check
-
-
-def _added(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
-    assert sorted(a["name"] for a in w.manager.list(mine.tenant)) == ["added", mine.agent]
-
-
-def _removed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
-    assert w.manager.list(mine.tenant) == []
 
 
 def _mine(check: Callable[[World, Seeded], bool]) -> Check:
@@ -130,7 +152,10 @@ def _mine(check: Callable[[World, Seeded], bool]) -> Check:
 #:   LiveKit's middleware answers 401 with a plain-text body;
 #: - LiveKit has no tenants: another tenant's room is a room that does not
 #:   exist (``not_found``, or a room of the caller's own where LiveKit would
-#:   create one), never a ``permission_denied`` that would confirm it exists.
+#:   create one), never a ``permission_denied`` that would confirm it exists;
+#:   and a name the caller's tenant has too names the caller's own (so
+#:   DeleteRoom "lobby" deletes the caller's lobby, never another's), while
+#:   another tenant's ids (a dispatch, a track) are not found in it.
 ROWS: dict[tuple[str, str], Row] = {
     # CreateDispatch creates the room if it does not exist (LiveKit's
     # auto_create): another tenant's room name gives the caller its own room.
@@ -138,30 +163,33 @@ ROWS: dict[tuple[str, str], Row] = {
         ADMIN,
         OK,
         OK,
+        OK,
         lambda t: ad.CreateAgentDispatchRequest(agent_name="bot", room=t.room),
         _dispatch_created,
     ),
     (D, "ListDispatch"): Row(
-        ADMIN, OK, OK, lambda t: ad.ListAgentDispatchRequest(room=t.room), _dispatches_listed
+        ADMIN, OK, OK, OK, lambda t: ad.ListAgentDispatchRequest(room=t.room), _dispatches_listed
     ),
     (D, "DeleteDispatch"): Row(
         ADMIN,
         OK,
+        NOT_FOUND,
         NOT_FOUND,
         lambda t: ad.DeleteAgentDispatchRequest(room=t.room, dispatch_id=t.dispatch_id),
         _mine(lambda w, mine: mine.dispatch_id not in w.domain.rooms.dispatches),
     ),
     # CreateRoom of an existing room returns it, as LiveKit does.
     (R, "CreateRoom"): Row(
-        CREATE, OK, OK, lambda t: rm.CreateRoomRequest(name=t.room), _room_created
+        CREATE, OK, OK, OK, lambda t: rm.CreateRoomRequest(name=t.room), _room_created
     ),
     (R, "ListRooms"): Row(
-        LIST, OK, OK, lambda t: rm.ListRoomsRequest(names=[t.room]), _rooms_listed
+        LIST, OK, OK, OK, lambda t: rm.ListRoomsRequest(names=[t.room]), _rooms_listed
     ),
     (R, "DeleteRoom"): Row(
         CREATE,
         OK,
         NOT_FOUND,
+        OK,
         lambda t: rm.DeleteRoomRequest(room=t.room),
         _mine(lambda w, mine: w.domain.rooms.find(mine.tenant, mine.room) is None),
     ),
@@ -169,6 +197,7 @@ ROWS: dict[tuple[str, str], Row] = {
         ADMIN,
         OK,
         NOT_FOUND,
+        OK,
         lambda t: rm.UpdateRoomMetadataRequest(room=t.room, metadata="new"),
         _mine(lambda w, mine: w.domain.rooms.get(mine.tenant, mine.room).metadata == "new"),
     ),
@@ -176,6 +205,7 @@ ROWS: dict[tuple[str, str], Row] = {
         ADMIN,
         OK,
         NOT_FOUND,
+        OK,
         lambda t: rm.ListParticipantsRequest(room=t.room),
         _participants_listed,
     ),
@@ -183,6 +213,7 @@ ROWS: dict[tuple[str, str], Row] = {
         ADMIN,
         OK,
         NOT_FOUND,
+        OK,
         lambda t: rm.RoomParticipantIdentity(room=t.room, identity=t.identity),
         _participant_got,
     ),
@@ -190,58 +221,79 @@ ROWS: dict[tuple[str, str], Row] = {
         ADMIN,
         OK,
         NOT_FOUND,
+        OK,
         lambda t: rm.RoomParticipantIdentity(room=t.room, identity=t.identity),
-        _mine(lambda w, mine: w.session(mine.tenant) is None and bool(w.sinks[mine.tenant].closed)),
+        _mine(lambda w, mine: w.session(mine) is None and bool(w.sinks[mine[:2]].closed)),
     ),
     (R, "UpdateParticipant"): Row(
         ADMIN,
         OK,
         NOT_FOUND,
+        OK,
         lambda t: rm.UpdateParticipantRequest(room=t.room, identity=t.identity, metadata="new"),
-        _mine(lambda w, mine: _session_info(w, mine).metadata == "new"),
+        _mine(lambda w, mine: _session(w, mine).info.metadata == "new"),
     ),
     (R, "MutePublishedTrack"): Row(
         ADMIN,
         OK,
         NOT_FOUND,
+        NOT_FOUND,
         lambda t: rm.MuteRoomTrackRequest(
             room=t.room, identity=t.identity, track_sid=t.track_sid, muted=True
         ),
-        _mine(lambda w, mine: _session_info(w, mine).tracks[0].muted),
+        _mine(lambda w, mine: _session(w, mine).info.tracks[0].muted),
     ),
+    # A track the room does not have is answered in the participant's
+    # signal stream (SE_TRACK_NOTFOUND), as LiveKit does: the call is ok.
     (R, "UpdateSubscriptions"): Row(
         ADMIN,
         OK,
         NOT_FOUND,
+        OK,
         lambda t: rm.UpdateSubscriptionsRequest(
-            room=t.room, identity=t.identity, track_sids=[t.track_sid], subscribe=False
+            room=t.room, identity=t.identity, track_sids=[t.track_sid], subscribe=True
         ),
+        _not_subscribed,
     ),
     (R, "SendData"): Row(
         ADMIN,
         OK,
         NOT_FOUND,
+        OK,
         lambda t: rm.SendDataRequest(room=t.room, data=b"hello"),
         _mine(lambda w, mine: _data_received(w, mine) == [b"hello"]),
     ),
     # edgedispatch's own service: LiveKit's agent admin grant, and the
     # caller's tenant only (a definition names no tenant but the token's).
-    (A, "ListAgents"): Row(AGENTS, OK, OK, lambda t: {}, _agents_listed),
+    (A, "ListAgents"): Row(AGENTS, OK, OK, OK, lambda t: {}, _agents_listed),
     (A, "AddAgent"): Row(
         AGENTS,
         OK,
         DENIED,
+        DENIED,
         lambda t: {
             "agent": {"name": "added", "command": [sys.executable, "-c", ""], "tenant": t.tenant}
         },
-        _added,
+        _mine(lambda w, mine: "added" in _agents(w, mine.tenant)),
     ),
-    (A, "RemoveAgent"): Row(AGENTS, OK, NOT_FOUND, lambda t: {"name": t.agent}, _removed),
+    (A, "RemoveAgent"): Row(
+        AGENTS,
+        OK,
+        NOT_FOUND,
+        OK,
+        lambda t: {"name": t.agent},
+        _mine(lambda w, mine: mine.agent not in _agents(w, mine.tenant)),
+    ),
     (A, "StartAgent"): Row(
-        AGENTS, OK, NOT_FOUND, lambda t: {"name": t.agent, "timeout": 1}, _agent_state("running")
+        AGENTS,
+        OK,
+        NOT_FOUND,
+        OK,
+        lambda t: {"name": t.agent, "timeout": 1},
+        _agent_state("running"),
     ),
     (A, "StopAgent"): Row(
-        AGENTS, OK, NOT_FOUND, lambda t: {"name": t.agent}, _agent_state("stopped")
+        AGENTS, OK, NOT_FOUND, OK, lambda t: {"name": t.agent}, _agent_state("stopped")
     ),
 }
 
@@ -315,12 +367,14 @@ GRANTS: dict[str, Grants] = {
 }
 
 
-def expected(row: Row, grants: Grants, own: bool) -> str:
+def expected(row: Row, grants: Grants, mine: Seeded, t: Seeded) -> str:
     if grants.holds is None:
         return UNAUTH
     if row.needs not in grants.holds:
         return DENIED
-    return row.own if own else row.other
+    if t is mine:
+        return row.own
+    return row.same if t.names == SHARED else row.other
 
 
 def _token(grants: Grants, room: str) -> str | None:
@@ -330,13 +384,15 @@ def _token(grants: Grants, room: str) -> str | None:
     return token(key, grants.secret or secret, **grants.claims(room))
 
 
-async def _cell(rpc: tuple[str, str], name: str, target: str) -> list[str]:
+async def _cell(rpc: tuple[str, str], name: str, target: tuple[str, str]) -> list[str]:
     """One call in a fresh world; what went wrong, if anything."""
     row, grants = ROWS[rpc], GRANTS[name]
     w = await World.make()
     try:
-        mine, t = w.seeded[grants.tenant], w.seeded[target]
-        others = [x for x in w.seeded if x != grants.tenant]
+        t = w.seeded[target]
+        # The caller's own things by the names the request uses.
+        mine = w.seeded[grants.tenant, t.names]
+        others = [x for x in TAGS if x != grants.tenant]
         before = {x: w.snapshot(x) for x in others}
         request = row.request(t)
         if isinstance(request, Message):
@@ -345,14 +401,16 @@ async def _cell(rpc: tuple[str, str], name: str, target: str) -> list[str]:
             body, ctype = json.dumps(request).encode(), twirp.JSON
         answer = await w.call(f"/twirp/{rpc[0]}/{rpc[1]}", body, _token(grants, t.room), ctype)
         got = OK if answer.status == 200 else json.loads(answer.body)["code"]
-        want = expected(row, grants, t is mine)
-        where = f"{rpc[1]} by {name!r} on {target or 'operator'}'s"
+        want = expected(row, grants, mine, t)
+        where = f"{rpc[1]} by {name!r} on {t.tenant or 'operator'}'s {t.room}"
         problems = []
         if got != want:
             problems.append(f"{where}: {got} ({answer.body[:120]!r}), expected {want}")
         elif got != OK and answer.status != twirp.STATUS[got]:
             problems.append(f"{where}: HTTP {answer.status} for {got}")
-        leaked = [m for x in others for m in w.seeded[x].marks if m.encode() in answer.body]
+        # What the request itself named may be echoed (in a not_found message).
+        marks = [m.encode() for x in others for m in w.marks(x)]
+        leaked = [m for m in marks if m in answer.body and m not in body]
         if leaked:
             problems.append(f"{where}: the answer shows another tenant's {leaked}")
         changed = [x or "operator" for x in others if w.snapshot(x) != before[x]]
@@ -379,8 +437,11 @@ def test_each_caller_gets_the_expected_answer_and_nothing_crosses_tenants(
     async def main() -> list[str]:
         problems: list[str] = []
         for name, grants in GRANTS.items():
-            # The caller's own tenant, and the others' (the operator's too).
-            for target in (grants.tenant, GLOBEX, OPERATOR if grants.tenant != OPERATOR else ACME):
+            # The caller's own tenant; globex's, by its own names and by
+            # names the caller has too; and the third tenant's.
+            third = OPERATOR if grants.tenant != OPERATOR else ACME
+            targets = [(grants.tenant, UNIQUE), (GLOBEX, UNIQUE), (GLOBEX, SHARED), (third, UNIQUE)]
+            for target in targets:
                 problems += await _cell(rpc, name, target)
         return problems
 

@@ -17,7 +17,18 @@ from edgedispatch._core.codes import JobState
 from edgedispatch._testbase.links import RecordingSink
 from edgedispatch.wire.http import Request, Response
 
-from .authz_world import ACME, GLOBEX, KEYS, OPERATOR, PROGRAM_KEY, WALL, World, token
+from .authz_world import (
+    ACME,
+    GLOBEX,
+    KEYS,
+    OPERATOR,
+    PROGRAM_KEY,
+    SHARED,
+    UNIQUE,
+    WALL,
+    World,
+    token,
+)
 
 ACCEPT = "accepted"
 
@@ -94,18 +105,26 @@ def _register(world: World, tenant: str, agent_name: str = "bot") -> Socket:
     return conn
 
 
+def _jobs(world: World, tenant: str) -> list[str]:
+    dispatches = world.domain.rooms.dispatches
+    return [
+        j for n in (UNIQUE, SHARED) for j in dispatches[world.seeded[tenant, n].dispatch_id].job_ids
+    ]
+
+
 def test_a_worker_gets_only_its_tenants_jobs_and_cannot_touch_anothers() -> None:
     world = _world()
-    theirs = world.domain.rooms.dispatches[world.seeded[GLOBEX].dispatch_id].job_ids
-    assert world.domain.core.job_state(theirs[0])[0] == JobState.QUEUED
+    theirs = _jobs(world, GLOBEX)
+    assert [world.domain.core.job_state(j)[0] for j in theirs] == [JobState.QUEUED] * 2
     before = world.snapshot(GLOBEX)
     conn = _register(world, ACME)
     sent = [agent.ServerMessage.FromString(m) for m in conn.sent]
     offered = [m.availability.job for m in sent if m.WhichOneof("message") == "availability"]
-    mine = world.domain.rooms.dispatches[world.seeded[ACME].dispatch_id].job_ids
-    assert [j.id for j in offered] == mine  # the same agent name in globex waits there
-    assert offered[0].room.sid == world.domain.rooms.get(ACME, "room-acme").sid
-    # Nor can it claim, report on or answer for globex's job.
+    # The same agent name in globex waits there.
+    assert offered and {j.id for j in offered} <= set(_jobs(world, ACME))
+    acme_rooms = {r.sid for r in world.domain.rooms.list_rooms(ACME, [])}
+    assert {j.room.sid for j in offered} <= acme_rooms
+    # Nor can it claim, report on or answer for globex's jobs.
     session = _upgrade(world, "/agent", _tok(ACME, **WORKER))(Socket())
     for msg in (
         agent.WorkerMessage(register=agent.RegisterWorkerRequest(agent_name="bot")),
@@ -118,7 +137,6 @@ def test_a_worker_gets_only_its_tenants_jobs_and_cannot_touch_anothers() -> None
         ),
     ):
         session.on_message(msg.SerializeToString(), world.now)
-    assert world.domain.core.job_state(theirs[0])[0] == JobState.QUEUED
     assert world.snapshot(GLOBEX) == before
 
 
@@ -166,20 +184,28 @@ def test_rtc_admits_only_a_verified_token_that_may_join_the_room(path: str) -> N
     assert not wrong, "\n".join(wrong)
 
 
+def _joined(world: World, room: str, identity: str) -> rtc.JoinResponse:
+    conn = Socket()
+    _upgrade(world, "/rtc", _join(room, identity))(conn)
+    assert conn.closed is None
+    return rtc.SignalResponse.FromString(conn.sent[0]).join
+
+
 def test_a_client_naming_another_tenants_room_gets_its_own_room() -> None:
     world = _world()
-    theirs = world.seeded[GLOBEX]
+    theirs = world.seeded[GLOBEX, UNIQUE]
     before = world.snapshot(GLOBEX)
     # acme's token, for globex's room name and globex's participant's identity.
-    accept = _upgrade(world, "/rtc", _join(theirs.room, theirs.identity))
-    conn = Socket()
-    accept(conn)
-    (first,) = [rtc.SignalResponse.FromString(m) for m in conn.sent][:1]
-    join = first.join
+    join = _joined(world, theirs.room, theirs.identity)
     assert join.room.name == theirs.room
     assert join.room.sid == world.domain.rooms.get(ACME, theirs.room).sid
     assert join.room.sid != world.domain.rooms.get(GLOBEX, theirs.room).sid
     assert list(join.other_participants) == []
-    # globex's participant of that identity was not replaced, nor told.
+    # A room name both tenants have: acme's room, with acme's people only.
+    join = _joined(world, "lobby", "newcomer")
+    assert join.room.sid == world.domain.rooms.get(ACME, "lobby").sid
+    ours = world.session(world.seeded[ACME, SHARED])
+    assert ours is not None
+    assert [p.sid for p in join.other_participants] == [ours.sid]
+    # globex's participants were neither replaced nor told.
     assert world.snapshot(GLOBEX) == before
-    assert conn.closed is None
