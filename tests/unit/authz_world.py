@@ -176,8 +176,10 @@ class World:
         )
         return rooms, live, received, workers, self.manager.list(tenant)
 
-    async def call(self, path: str, body: bytes, tok: str | None, ctype: str) -> Response:
-        headers = {"content-type": ctype}
+    async def call(
+        self, path: str, body: bytes, tok: str | None, ctype: str, **more: str
+    ) -> Response:
+        headers = {"content-type": ctype, **more}
         if tok is not None:
             headers["authorization"] = f"Bearer {tok}"
         req = Request("POST", path, path, "", headers, body, "10.0.0.9", self.now)

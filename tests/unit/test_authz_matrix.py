@@ -461,3 +461,32 @@ def test_an_rpc_not_routed_is_bad_route_whatever_the_token() -> None:
             await w.close()
 
     asyncio.run(main())
+
+
+def test_a_retried_request_id_answers_only_for_its_room_and_tenant() -> None:
+    # X-Livekit-Request-Id makes CreateDispatch idempotent; the same id
+    # sent for another room (or by another tenant) is not that retry, and
+    # must not answer with a dispatch the caller holds no grant for.
+    async def main() -> None:
+        w = await World.make()
+        try:
+            made = []
+            for tenant, room in ((ACME, "room-acme"), (ACME, "lobby"), (GLOBEX, "room-acme")):
+                tok = token(*KEYS[tenant], **_video(roomAdmin=True, room=ROOM)(room))
+                request = ad.CreateAgentDispatchRequest(agent_name="bot", room=room)
+                answer = await w.call(
+                    f"/twirp/{D}/CreateDispatch",
+                    request.SerializeToString(),
+                    tok,
+                    twirp.PROTOBUF,
+                    **{"x-livekit-request-id": "same-id"},
+                )
+                assert answer.status == 200, answer.body
+                dispatch = _pb(ad.AgentDispatch, answer.body)
+                assert dispatch.room == room
+                made.append(dispatch.id)
+            assert len(set(made)) == 3
+        finally:
+            await w.close()
+
+    asyncio.run(main())
