@@ -144,7 +144,14 @@ def _join(room: str = "room-acme", identity: str = "u", **video: Any) -> str:
     return _tok(sub=identity, video={"roomJoin": True, "room": room, **video})
 
 
-#: name -> (token, query) and what /rtc (and /rtc/validate) answer.
+#: name -> (token, query) and what /rtc (and /rtc/validate) answer.  Where
+#: edgedispatch differs from LiveKit (rtcservice.go, validateInternal):
+#: - a verified token that may not join is 403; LiveKit answers 401 (and
+#:   400 for an empty identity), as for a token that does not verify;
+#: - a token must name its room: LiveKit lets ``roomJoin`` without ``room``
+#:   join any room the query names;
+#: - a ``?room=`` other than the token's is refused; LiveKit joins the
+#:   token's room and ignores the query's.
 RTC_CALLERS: dict[str, tuple[str | None, str, object]] = {
     "no token": (None, "", 401),
     "bad signature": (_tok(secret="wrong", sub="u", video={"roomJoin": True}), "", 401),
