@@ -346,7 +346,9 @@ GRANTS: dict[str, Grants] = {
     "video.agent (a worker's)": Grants(ACME, _video(agent=True, roomJoin=True), NONE),
     "sip admin and call": Grants(ACME, lambda room: {"sip": {"admin": True, "call": True}}, NONE),
     "agent admin": Grants(ACME, lambda room: ADMIN_GRANT, frozenset({AGENTS})),
-    # Truthy is not true: LiveKit's grants are JSON booleans.
+    # Truthy is not true.  LiveKit cannot parse such a token into its
+    # claims and answers unauthenticated; edgedispatch verifies it and
+    # finds no grant: refused either way.
     "grants as strings": Grants(
         ACME,
         lambda room: {
@@ -359,6 +361,8 @@ GRANTS: dict[str, Grants] = {
         ACME, lambda room: {**_every("elsewhere")}, frozenset({CREATE, LIST, AGENTS})
     ),
     "every grant": Grants(ACME, _every, ALL),
+    # The operator's keys are the default tenant's: for rooms, dispatches
+    # and agents, the other tenants' are as invisible to it as to anyone.
     "the operator's key, every grant": Grants(OPERATOR, _every, ALL),
     # An agent server's own key acts for its tenant, but manages no agents.
     "an agent server's key, every grant": Grants(
