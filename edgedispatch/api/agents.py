@@ -15,6 +15,7 @@ key of an agent server edgedispatch runs may manage nothing.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -68,6 +69,41 @@ def _timeout(body: dict[str, Any]) -> float:
     return float(timeout)
 
 
+async def _list_agents(manager: AgentAdmin, tenant: str, req: dict[str, Any]) -> dict[str, Any]:
+    return {"agents": manager.list(tenant)}
+
+
+async def _add_agent(manager: AgentAdmin, tenant: str, req: dict[str, Any]) -> dict[str, Any]:
+    definition = req.get("agent")
+    if not isinstance(definition, dict):
+        raise InvalidArgument("agent (a definition object) is required")
+    return {"agent": await manager.add(tenant, definition)}
+
+
+async def _remove_agent(manager: AgentAdmin, tenant: str, req: dict[str, Any]) -> dict[str, Any]:
+    await manager.remove(tenant, _name(req))
+    return {}
+
+
+async def _start_agent(manager: AgentAdmin, tenant: str, req: dict[str, Any]) -> dict[str, Any]:
+    return {"agent": await manager.start_agent(tenant, _name(req), _timeout(req))}
+
+
+async def _stop_agent(manager: AgentAdmin, tenant: str, req: dict[str, Any]) -> dict[str, Any]:
+    return {"agent": await manager.stop_agent(tenant, _name(req))}
+
+
+#: method -> what it does, for the caller's tenant (a table, so that the
+#: routes can be enumerated: the authorisation matrix covers each).
+METHODS: dict[str, Callable[[AgentAdmin, str, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "ListAgents": _list_agents,
+    "AddAgent": _add_agent,
+    "RemoveAgent": _remove_agent,
+    "StartAgent": _start_agent,
+    "StopAgent": _stop_agent,
+}
+
+
 async def handle(manager: AgentAdmin, method: str, claims: Claims, body: bytes) -> bytes:
     """Run one method; returns the JSON answer, raises EdgeDispatchError."""
     _require_admin(claims)
@@ -77,22 +113,7 @@ async def handle(manager: AgentAdmin, method: str, claims: Claims, body: bytes) 
         raise Malformed(f"the request body is not JSON: {exc}") from exc
     if not isinstance(req, dict):
         raise Malformed("the request body must be a JSON object")
-    tenant = claims.tenant
-    out: dict[str, Any]
-    if method == "ListAgents":
-        out = {"agents": manager.list(tenant)}
-    elif method == "AddAgent":
-        definition = req.get("agent")
-        if not isinstance(definition, dict):
-            raise InvalidArgument("agent (a definition object) is required")
-        out = {"agent": await manager.add(tenant, definition)}
-    elif method == "RemoveAgent":
-        await manager.remove(tenant, _name(req))
-        out = {}
-    elif method == "StartAgent":
-        out = {"agent": await manager.start_agent(tenant, _name(req), _timeout(req))}
-    elif method == "StopAgent":
-        out = {"agent": await manager.stop_agent(tenant, _name(req))}
-    else:
+    run = METHODS.get(method)
+    if run is None:
         raise TwirpError("bad_route", f"no such method: {method}")
-    return msgspec.json.encode(out)
+    return msgspec.json.encode(await run(manager, claims.tenant, req))

@@ -60,6 +60,14 @@ HttpHandler = Callable[[Request], "Response | Awaitable[Response]"]
 AGENT_SERVICE_PREFIX = f"/twirp/{agents_api.SERVICE}/"
 
 
+def twirp_methods() -> set[tuple[str, str]]:
+    """Every (service, method) routed under ``/twirp/``: what the
+    authorisation matrix (tests/unit/test_authz_matrix.py) must have a row
+    for, so that no RPC is added without its expected answers."""
+    agent_methods = {(agents_api.SERVICE, method) for method in agents_api.METHODS}
+    return set(livekit.ROUTES) | set(live_rooms.ROUTES) | agent_methods
+
+
 class Durable(Protocol):
     """The store, as the API sees it (``store.sqlite.SqliteStore``)."""
 
@@ -182,8 +190,7 @@ class App:
         claims = self._claims(req, query_token=True)
         grant = signal.join_grant(claims.raw, claims.video, claims.identity)
         params = signal.parse_join(req.path.removesuffix("/validate"), req.query)
-        if params.room and params.room != grant.room:
-            raise PermissionDenied(f"token is not valid for room {params.room!r}")
+        _check_room(params.room, grant)
         return claims, grant, params
 
     def _rtc_refusal(self, req: Request, exc: EdgeDispatchError) -> Response:
@@ -198,7 +205,10 @@ class App:
             return Response(404, b"this server does not serve rooms\n")
         try:
             claims = self._claims(req, query_token=True)
-            signal.join_grant(claims.raw, claims.video, claims.identity)
+            grant = signal.join_grant(claims.raw, claims.video, claims.identity)
+            # As the join itself refuses it (the SDKs ask here why a join
+            # failed; the join parameters are not needed to answer that).
+            _check_room(req.query.get("room", ""), grant)
         except EdgeDispatchError as exc:
             return self._rtc_refusal(req, exc)
         return Response(200, b"success")
@@ -294,6 +304,12 @@ class App:
             log.exception("twirp %s failed", req.path)
             status, body = twirp.error_body(TwirpError("internal", str(exc)))
             return Response(status, body, twirp.JSON)
+
+
+def _check_room(asked: str, grant: signal.Grant) -> None:
+    """A client that names its room (``?room=``) must hold a token for it."""
+    if asked and asked != grant.room:
+        raise PermissionDenied(f"token is not valid for room {asked!r}")
 
 
 class _Ended:

@@ -330,7 +330,9 @@ class RoomDirectory:
         spec.check()
         if request_id:
             earlier = self.dispatches.get(self._by_request_id.get((tenant, request_id), ""))
-            if earlier is not None:
+            # A retry names the same room; the same id for another room is
+            # a new call (its caller may hold no grant for the first room).
+            if earlier is not None and earlier.room == spec.room:
                 return earlier
         self.quotas.check_dispatch(tenant, self._jobs.tenant_jobs, now)
         room = self.rooms.get((tenant, spec.room))

@@ -1,0 +1,192 @@
+"""A server in-process, with the same things in three tenants, for the
+authorisation matrix: the sans-IO ``App`` over a real domain, live rooms
+(fake media) and the real agent manager (command agents, never started).
+
+Each tenant (the operator's "", "acme", "globex") has, twice, a room with
+a dispatch to agent "bot", a participant in it who published a microphone,
+and an agent definition: once by names of its own, once by names every
+tenant has (the same room name in two tenants names two rooms).
+Everything a tenant owns carries marks (its ids, its metadata) that must
+never appear in another tenant's answers; and ``snapshot`` is what must
+not change when another tenant calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable
+from typing import Any, NamedTuple, cast
+
+import msgspec
+from livekit.protocol import models, rtc
+
+from edgedispatch import config
+from edgedispatch._testbase.links import RecordingSink
+from edgedispatch.api.app import App
+from edgedispatch.dispatch.domain import Domain
+from edgedispatch.dispatch.specs import AgentSpec, DispatchSpec, RoomSpec
+from edgedispatch.rtc.room import RoomHub
+from edgedispatch.rtc.session import SignalSession
+from edgedispatch.runtime.contain import Containment
+from edgedispatch.runtime.manager import AgentManager
+from edgedispatch.store import MemoryStore
+from edgedispatch.wire.http import Request, Response
+from edgedispatch.wire.signal import Grant, JoinParams
+from edgedispatch.wire.tokens import Verifier, sign_hs256
+
+from .rtc.test_rooms import FakeMedia
+
+WALL = 1_800_000_000.0  #: the wall clock at ``World.now`` (tokens' exp and nbf)
+OPERATOR, ACME, GLOBEX = "", "acme", "globex"
+#: tenant -> (API key, secret)
+KEYS = {
+    OPERATOR: ("devkey", "secret"),
+    ACME: ("acme-key", "acme-secret"),
+    GLOBEX: ("globex-key", "globex-secret"),
+}
+#: The key edgedispatch makes for an agent server it runs, of tenant acme.
+PROGRAM_KEY = ("EDI_acme", "instance-secret")
+TAGS = {OPERATOR: "op", ACME: "acme", GLOBEX: "globex"}
+UNIQUE, SHARED = "unique", "shared"
+
+
+class Seeded(NamedTuple):
+    """What one tenant was given: the names a request uses, and its marks."""
+
+    tenant: str
+    names: str  #: UNIQUE or SHARED
+    room: str
+    dispatch_id: str
+    identity: str
+    track_sid: str
+    agent: str
+    marks: tuple[str, ...]  #: strings only this tenant's data contains
+
+
+def token(key: str, secret: str, **claims: Any) -> str:
+    return sign_hs256({"iss": key, "nbf": int(WALL) - 10, "exp": int(WALL) + 600, **claims}, secret)
+
+
+class World:
+    """Build with ``await World.make()`` (the agent manager needs a loop)."""
+
+    def __init__(self) -> None:
+        base = config.load(dev=True, env={}, overrides={"port": 0})
+        tenants = [
+            config.TenantConfig(t, {KEYS[t][0]: KEYS[t][1]}, allow_code=True)
+            for t in (ACME, GLOBEX)
+        ]
+        self.cfg = config.validate(msgspec.structs.replace(base, tenants=tenants))
+        self.domain = Domain(self.cfg.dispatch, self.cfg.room)
+        #: The server's monotonic clock during the calls: the loop's, as
+        #: the agent manager reads it when it registers a local worker.
+        self.now = 0.0
+        self.verifier = Verifier(self.cfg.secrets(), self.cfg.key_tenants())
+        self.verifier.add_key(*PROGRAM_KEY, ACME)
+        self.app = App(self.domain, self.verifier, self.cfg.server)
+        self.hub = self.app.rooms = RoomHub(self.domain, self.cfg.rtc, FakeMedia)
+        # Command agents start no process until a job comes: no containment.
+        self.manager = AgentManager(
+            self.domain, self.cfg, "ws://x", MemoryStore(), self.verifier, cast(Containment, None)
+        )
+        self.app.agents = self.manager
+        #: (tenant, names) -> what it was given: by names of its own
+        #: (``UNIQUE``: "room-acme", "user-acme", "helper-acme") and by
+        #: names every tenant has (``SHARED``: "lobby", "guest", "helper").
+        self.seeded: dict[tuple[str, str], Seeded] = {}
+        self.sinks: dict[tuple[str, str], RecordingSink] = {}
+
+    @classmethod
+    async def make(cls) -> World:
+        world = cls()
+        for tenant, tag in TAGS.items():
+            for agent in (f"helper-{tag}", "helper"):
+                command = [sys.executable, "-c", "pass", f"cmd-mark-{tag}"]
+                await world.manager.add(tenant, {"name": agent, "command": command})
+        world.now = now = asyncio.get_running_loop().time()
+        world.domain.wall.offset = WALL - now
+        for tenant, tag in TAGS.items():
+            world._seed(tenant, UNIQUE, f"room-{tag}", f"user-{tag}", f"helper-{tag}", now)
+            world._seed(tenant, SHARED, "lobby", "guest", "helper", now)
+        return world
+
+    def _seed(self, tenant: str, names: str, room: str, who: str, agent: str, now: float) -> None:
+        tag = f"{TAGS[tenant]}-{names}"
+        d = self.domain
+        d.create_room(tenant, RoomSpec(room, metadata=f"room-meta-{tag}"), now)
+        spec = DispatchSpec(room, AgentSpec("bot", metadata=f"dispatch-meta-{tag}"))
+        dispatch = d.create_dispatch(tenant, spec, now)
+        d.step(now)
+        sink = self.sinks[tenant, names] = RecordingSink()
+        grant = Grant(room=room, identity=who, metadata=f"user-meta-{tag}")
+        session = self.hub.join(sink, tenant, grant, JoinParams(single_pc=True), now)
+        add = rtc.AddTrackRequest(cid="mic", name=f"mic-{tag}", type=models.AUDIO)
+        session.on_message(rtc.SignalRequest(add_track=add).SerializeToString(), now)
+        (track,) = session.info.tracks
+        marks = (
+            d.rooms.get(tenant, room).sid,
+            dispatch.id,
+            *dispatch.job_ids,
+            f"room-meta-{tag}",
+            f"dispatch-meta-{tag}",
+            session.sid,
+            f"user-meta-{tag}",
+            track.sid,
+            f"cmd-mark-{TAGS[tenant]}",
+        )
+        self.seeded[tenant, names] = Seeded(
+            tenant, names, room, dispatch.id, who, track.sid, agent, marks
+        )
+
+    def marks(self, tenant: str) -> tuple[str, ...]:
+        return self.seeded[tenant, UNIQUE].marks + self.seeded[tenant, SHARED].marks
+
+    def session(self, seeded: Seeded) -> SignalSession | None:
+        live = self.hub.find(seeded.tenant, seeded.room)
+        return live.sessions.get(seeded.identity) if live is not None else None
+
+    def snapshot(self, tenant: str) -> Any:
+        """Everything of ``tenant`` a call by another tenant could see or change."""
+        d = self.domain
+        rooms = []
+        for room in d.rooms.list_rooms(tenant, []):
+            dispatches = [d.rooms.dispatches[i] for i in room.dispatch_ids]
+            rooms.append(
+                (
+                    msgspec.to_builtins(msgspec.structs.replace(room, participants={})),
+                    sorted(room.participants),
+                    [(x.id, x.metadata, x.deleted_ns, list(x.job_ids)) for x in dispatches],
+                    [(j, d.core.job_state(j)) for x in dispatches for j in x.job_ids],
+                )
+            )
+        live = []
+        for (t, name), lr in sorted(self.hub.rooms.items()):
+            if t == tenant:
+                for s in lr.sessions.values():
+                    live.append((name, s.info.SerializeToString(), msgspec.to_builtins(s.grant)))
+        received = []
+        for names in (UNIQUE, SHARED):
+            sink = self.sinks[tenant, names]
+            session = self.session(self.seeded[tenant, names])
+            media = session.media if session is not None else None
+            received.append((len(sink.sent), sink.closed, list(getattr(media, "data", []))))
+        workers = sorted(
+            (w, d.workers.key_of(w)) for w, link in d.workers.links.items() if link.tenant == tenant
+        )
+        return rooms, live, received, workers, self.manager.list(tenant)
+
+    async def call(
+        self, path: str, body: bytes, tok: str | None, ctype: str, **more: str
+    ) -> Response:
+        headers = {"content-type": ctype, **more}
+        if tok is not None:
+            headers["authorization"] = f"Bearer {tok}"
+        req = Request("POST", path, path, "", headers, body, "10.0.0.9", self.now)
+        answer = self.app.handle_http(req)
+        if isinstance(answer, Awaitable):
+            answer = await answer
+        return answer
+
+    async def close(self) -> None:
+        await self.manager.close()
