@@ -24,6 +24,7 @@ ALLOW: dict[str, set[str]] = {
     "agent": set(),  # the public SDK of native agents: the standard library only
     "_core": {"errors"},
     "config": {"errors"},
+    "sip": {"errors"},  # sans-IO SIP: messages, transactions, dialogs
     "dispatch": {"_core", "config", "errors"},
     # The store follows the domain's events and writes its records.
     "store": {"_core", "dispatch", "errors"},
@@ -59,6 +60,7 @@ ALLOW: dict[str, set[str]] = {
 #: Packages that run no I/O and read no clock: ``now`` is passed in.
 SANS_IO = (
     "_core",
+    "sip",
     "dispatch",
     "wire",
     "worker",
