@@ -1,0 +1,401 @@
+"""The SIP user agent server's core (RFC 3261 §8.2, §12-15), sans-IO: it
+answers what needs no decision (OPTIONS, BYE, CANCEL, INFO, unknown
+methods, bad requests) and reports calls as events; the application
+decides each call with ``ring``, ``answer``, ``reject`` and ``hang_up``.
+
+Datagrams in with ``now``; datagrams out (``take_outgoing``); one deadline
+(``next_deadline``/``on_timer``).  What a call does over time:
+- INVITE: 100 Trying at once, then the application's answers.  A 2xx is
+  sent again (T1 doubling to T2) until its ACK; with no ACK by 64·T1 the
+  call is hung up (§13.3.1.4).
+- CANCEL of a pending INVITE: 200, then 487 to the INVITE; of an answered
+  one: 200 and nothing else (the race is lost; the caller sends BYE).
+- BYE: 200 and the call ends; 481 if no call has that dialog.
+- A BYE we send is repeated (Timer E) until answered or Timer F.
+Tags come from ``new_tag``, which the shell gives (random, without a
+clock or ``os`` here).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edgedispatch.errors import EdgeDispatchError, Malformed, TooLarge
+from edgedispatch.sip.message import (
+    Request,
+    Response,
+    parse_datagram,
+    parse_name_addr,
+    parse_via,
+    render,
+    response_to,
+)
+from edgedispatch.sip.transaction import T1, T2, Address, ServerTransactions, key_of
+
+log = logging.getLogger("edgedispatch.sip")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+REASONS = {
+    100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 407:
+    "Proxy Authentication Required", 408: "Request Timeout", 413: "Request Entity Too Large",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 486: "Busy Here",
+    487: "Request Terminated", 488: "Not Acceptable Here", 491: "Request Pending",
+    500: "Server Internal Error", 503: "Service Unavailable", 513: "Message Too Large",
+}  # fmt: skip
+
+
+class CallState(enum.Enum):
+    OFFERED = "offered"  # INVITE received, no final answer yet
+    ANSWERED = "answered"  # 2xx sent, waiting for the ACK
+    CONFIRMED = "confirmed"  # ACK received: the call is up
+    ENDED = "ended"
+
+
+@dataclass
+class IncomingCall:
+    call_id: str
+    invite: Request
+    source: Address
+
+
+@dataclass
+class CallEnded:
+    call_id: str
+    why: str  #: "bye" (the caller hung up), "cancel", "no ack", "hung up", "rejected"
+
+
+@dataclass
+class CallConfirmed:
+    call_id: str
+
+
+@dataclass
+class Dtmf:
+    call_id: str
+    digit: str
+
+
+Event = IncomingCall | CallEnded | CallConfirmed | Dtmf
+
+
+@dataclass
+class Call:
+    call_id: str
+    invite: Request
+    source: Address
+    local_tag: str
+    state: CallState = CallState.OFFERED
+    answer: bytes = b""  #: the 2xx, sent again until ACK
+    answer_sdp: bytes = b""  #: our session, offered again to a re-INVITE
+    resend_at: float | None = None
+    interval: float = T1
+    give_up: float = 0.0
+    bye: bytes = b""  #: a BYE we sent, repeated until answered
+    bye_cseq: int = 0
+    remote_cseq: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class UserAgentServer:
+    """One transport's UAS (UDP for now).
+
+    :param contact: our Contact URI, e.g. ``sip:edge@192.0.2.1:5060``.
+    :param new_tag: a fresh random token (To tags, BYE branches)."""
+
+    def __init__(self, contact: str, new_tag: Callable[[], str]) -> None:
+        self.contact = contact
+        self._new_tag = new_tag
+        self.transactions = ServerTransactions()
+        self.calls: dict[str, Call] = {}
+        self._events: list[Event] = []
+        self._out: list[tuple[bytes, Address]] = []
+
+    # -- input -----------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
+        if not data.strip():
+            return  # a keep-alive (RFC 5626)
+        try:
+            msg = parse_datagram(data)
+        except (Malformed, TooLarge) as exc:
+            self._refuse_unparsed(data, source, exc)
+            return
+        if isinstance(msg, Response):
+            self._response(msg)
+            return
+        try:
+            if self.transactions.receive(msg, source, reliable=False, now=now):
+                self._request(msg, source, now)
+        except EdgeDispatchError as exc:  # e.g. a bad Via: no one to answer to
+            log.info("SIP %s from %s:%d refused: %s", msg.method, *source, exc.msg)
+
+    def _refuse_unparsed(self, data: bytes, source: Address, exc: EdgeDispatchError) -> None:
+        """A request we could not parse gets 400 (or 513) if we can tell
+        where to send it: only what routes a response is needed."""
+        log.info("SIP message from %s:%d refused: %s", *source, exc.msg)
+        head = data.split(b"\r\n\r\n", 1)[0][:8192].decode("utf-8", "replace")
+        lines = head.replace("\r\n", "\n").split("\n")
+        if not lines or lines[0].startswith("SIP/") or len(lines[0].split(" ")) != 3:
+            return
+        keep = {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"}
+        fields = [
+            (name.strip().lower(), value.strip())
+            for name, colon, value in (line.partition(":") for line in lines[1:])
+            if colon and name.strip().lower() in keep
+        ]
+        if not fields or lines[0].split(" ")[0] == "ACK":
+            return
+        status = 513 if isinstance(exc, TooLarge) else 400
+        first = f"SIP/2.0 {status} {exc.msg[:100]}"
+        self._out.append((render(first, [(_LONG.get(n, n), v) for n, v in fields]), source))
+
+    def _response(self, msg: Response) -> None:
+        """An answer to a BYE we sent: it stops the repeats."""
+        call = self.calls.get(msg.call_id)
+        if call is not None and call.bye and msg.status >= 200:
+            call.bye = b""
+            self._forget(call)
+
+    def _request(self, req: Request, source: Address, now: float) -> None:
+        method = req.method
+        if method == "INVITE":
+            self._invite(req, source, now)
+        elif method == "ACK":
+            self._ack(req, now)
+        elif method == "CANCEL":
+            self._cancel(req, source, now)
+        elif method == "BYE":
+            self._bye(req, source, now)
+        elif method == "OPTIONS":
+            headers = [("allow", ALLOW), ("accept", "application/sdp"), ("supported", "")]
+            self._reply(req, source, 200, now, headers, to_tag=self._new_tag())
+        elif method == "INFO":
+            self._info(req, source, now)
+        else:
+            self._reply(req, source, 405, now, [("allow", ALLOW)])
+
+    def _invite(self, req: Request, source: Address, now: float) -> None:
+        call = self.calls.get(req.call_id)
+        if call is not None:  # a re-INVITE in the call: the same session again
+            if call.state is CallState.CONFIRMED and call.answer:
+                self._reply(req, source, 200, now, self._session_headers(), call.answer_sdp)
+            else:
+                self._reply(req, source, 491 if call.state is CallState.ANSWERED else 500, now)
+            return
+        call = Call(req.call_id, req, source, self._new_tag())
+        self.calls[req.call_id] = call
+        self._reply(req, source, 100, now)
+        self._events.append(IncomingCall(req.call_id, req, source))
+
+    def _ack(self, req: Request, now: float) -> None:
+        call = self.calls.get(req.call_id)
+        if call is None or call.state is not CallState.ANSWERED:
+            return  # a late or stray ACK: nothing answers an ACK
+        call.state = CallState.CONFIRMED
+        call.resend_at = None
+        self._events.append(CallConfirmed(call.call_id))
+
+    def _cancel(self, req: Request, source: Address, now: float) -> None:
+        call = self.calls.get(req.call_id)
+        if call is None or key_of(call.invite, call.source)[:3] != key_of(req, source)[:3]:
+            self._reply(req, source, 481, now)
+            return
+        self._reply(req, source, 200, now, to_tag=call.local_tag)
+        if call.state is CallState.OFFERED:
+            self._final(call, 487, now)
+            self._end(call, "cancel")
+
+    def _bye(self, req: Request, source: Address, now: float) -> None:
+        call = self.calls.get(req.call_id)
+        tag = parse_name_addr(req.headers.get("to")).tag
+        if call is None or call.state is CallState.OFFERED or tag != call.local_tag:
+            self._reply(req, source, 481, now)
+            return
+        self._reply(req, source, 200, now)
+        self._end(call, "bye")
+        self._forget(call)
+
+    def _info(self, req: Request, source: Address, now: float) -> None:
+        call = self.calls.get(req.call_id)
+        if call is None or call.state is CallState.ENDED:
+            self._reply(req, source, 481, now)
+            return
+        self._reply(req, source, 200, now)
+        kind = req.headers.get("content-type").lower()
+        if kind.startswith("application/dtmf-relay") or kind.startswith("application/dtmf"):
+            digit = _dtmf_digit(req.body)
+            if digit:
+                self._events.append(Dtmf(call.call_id, digit))
+
+    # -- the application's decisions ---------------------------------------
+
+    def ring(self, call_id: str, now: float) -> None:
+        call = self._offered(call_id)
+        self._reply(call.invite, call.source, 180, now, to_tag=call.local_tag)
+
+    def answer(self, call_id: str, sdp: bytes, now: float) -> None:
+        """200 with our SDP, sent again until the caller's ACK."""
+        call = self._offered(call_id)
+        call.answer_sdp = sdp
+        call.answer = self._reply(
+            call.invite, call.source, 200, now, self._session_headers(), sdp, call.local_tag
+        )
+        call.state = CallState.ANSWERED
+        call.interval = T1
+        call.resend_at = now + T1
+        call.give_up = now + 64 * T1
+
+    def reject(self, call_id: str, status: int, now: float, reason: str = "") -> None:
+        call = self._offered(call_id)
+        self._final(call, status, now, reason)
+        self._end(call, "rejected")
+
+    def hang_up(self, call_id: str, now: float) -> None:
+        """End a call from our side: BYE if it was answered, else 480."""
+        call = self.calls.get(call_id)
+        if call is None or call.state is CallState.ENDED:
+            return
+        if call.state is CallState.OFFERED:
+            self.reject(call_id, 480, now)
+            return
+        self._send_bye(call, now)
+        self._end(call, "hung up")
+
+    # -- time ----------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        times = [c.resend_at for c in self.calls.values() if c.resend_at is not None]
+        own = min(times) if times else None
+        txn = self.transactions.next_deadline()
+        return own if txn is None else txn if own is None or txn < own else own
+
+    def on_timer(self, now: float) -> None:
+        self.transactions.on_timer(now)
+        for call in [c for c in self.calls.values() if c.resend_at and c.resend_at <= now]:
+            if call.state is CallState.ANSWERED:
+                if now >= call.give_up:  # no ACK: hang up (§13.3.1.4)
+                    self._send_bye(call, now)
+                    self._end(call, "no ack")
+                    continue
+                self._out.append((call.answer, call.source))
+            elif call.bye:
+                if now >= call.give_up:  # Timer F: give the BYE up
+                    call.bye = b""
+                    self._forget(call)
+                    continue
+                self._out.append((call.bye, call.source))
+            else:
+                call.resend_at = None
+                continue
+            call.interval = min(2 * call.interval, T2)
+            call.resend_at = min(now + call.interval, call.give_up)
+
+    def take_outgoing(self) -> list[tuple[bytes, Address]]:
+        out = self.transactions.take_outgoing() + self._out
+        self._out = []
+        return out
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    # -- helpers -------------------------------------------------------------
+
+    def _offered(self, call_id: str) -> Call:
+        call = self.calls.get(call_id)
+        if call is None or call.state is not CallState.OFFERED:
+            raise Malformed(f"call {call_id} is not waiting for an answer")
+        return call
+
+    def _session_headers(self) -> list[tuple[str, str]]:
+        return [
+            ("contact", f"<{self.contact}>"),
+            ("allow", ALLOW),
+            ("content-type", "application/sdp"),
+        ]
+
+    def _reply(
+        self,
+        req: Request,
+        source: Address,
+        status: int,
+        now: float,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        to_tag: str = "",
+    ) -> bytes:
+        if not to_tag and status > 100:
+            call = self.calls.get(req.call_id)
+            to_tag = call.local_tag if call is not None else self._new_tag()
+        data = response_to(req, status, REASONS.get(status, "Unknown"), headers, body, to_tag)
+        self.transactions.respond(req, source, status, data, now)
+        return data
+
+    def _final(self, call: Call, status: int, now: float, reason: str = "") -> None:
+        headers = [("reason", f'SIP;cause={status};text="{reason}"')] if reason else None
+        self._reply(call.invite, call.source, status, now, headers, to_tag=call.local_tag)
+
+    def _send_bye(self, call: Call, now: float) -> None:
+        """BYE within the dialog (§15.1.1): its From is our To and its To
+        the caller's From; it goes where the INVITE came from."""
+        inv = call.invite.headers
+        via = parse_via(inv.get("via"))
+        ours = parse_name_addr(inv.get("to"))
+        remote = parse_name_addr(inv.get("contact") or inv.get("from"))
+        call.bye_cseq = 1
+        call.bye = render(
+            f"BYE {remote.uri} SIP/2.0",
+            [
+                (
+                    "via",
+                    f"SIP/2.0/{via.transport} {self._sent_by()};branch=z9hG4bK{self._new_tag()}",
+                ),
+                ("max-forwards", "70"),
+                ("from", f"<{ours.uri}>;tag={call.local_tag}"),
+                ("to", inv.get("from")),
+                ("call-id", call.call_id),
+                ("cseq", f"{call.bye_cseq} BYE"),
+            ],
+        )
+        self._out.append((call.bye, call.source))
+        call.interval = T1
+        call.resend_at = now + T1
+        call.give_up = now + 64 * T1
+
+    def _sent_by(self) -> str:
+        return self.contact.split("@", 1)[-1].split(";", 1)[0].removeprefix("sip:")
+
+    def _end(self, call: Call, why: str) -> None:
+        """The call is over for the application; its record stays only
+        while a BYE of ours still needs repeating (copies of requests are
+        the transactions' to absorb)."""
+        if call.state is CallState.ENDED:
+            return
+        call.state = CallState.ENDED
+        if not call.bye:
+            call.resend_at = None
+        self._events.append(CallEnded(call.call_id, why))
+        self._forget(call)
+
+    def _forget(self, call: Call) -> None:
+        if call.state is CallState.ENDED and not call.bye:
+            self.calls.pop(call.call_id, None)
+
+
+_LONG = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
+
+
+def _dtmf_digit(body: bytes) -> str:
+    """``Signal=5`` (application/dtmf-relay) or a bare digit."""
+    text = body.decode("utf-8", "replace")
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip().lower() == "signal":
+            text = value
+            break
+    digit = text.strip()[:1]
+    return digit if digit and digit in "0123456789*#ABCDabcd" else ""
