@@ -31,6 +31,7 @@ from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol, Limits, expire
 from edgedispatch.net.media_pool import MediaPool
+from edgedispatch.net.sip import SipEndpoint
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
 from edgedispatch.obs import logs
@@ -38,6 +39,8 @@ from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.webhooks import WebhookNotifier
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
+from edgedispatch.sip.uas import Event as SipEvent
+from edgedispatch.sip.uas import IncomingCall, UserAgentServer
 from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
 from edgedispatch.store.journal import Journal
@@ -66,6 +69,9 @@ class Server:
         self._media: MediaFactory | MediaPool | None = None
         self._webhooks: WebhookSender | None = None
         self.store: SqliteStore | None = None
+        self._sip: asyncio.BaseTransport | None = None
+        self.sip_endpoint: SipEndpoint | None = None
+        self.sip_port = 0
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -117,6 +123,8 @@ class Server:
                 reuse_address=True,
             )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.cfg.sip.enabled:
+            await self._listen_sip(loop)
         loop.call_later(1.0, self._expire_connections)
         url = self.cfg.server.public_url or f"ws://127.0.0.1:{self.port}"
         self.agents = AgentManager(domain, self.cfg, url, store, verifier, self.containment)
@@ -126,6 +134,25 @@ class Server:
             await self.close()
             raise
         app.agents = self.agents
+
+    async def _listen_sip(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIP over UDP.  Calls cannot be routed to rooms yet: each INVITE
+        is refused with 404, which a trunk takes as "no such number"."""
+        sip = self.cfg.sip
+        bind = sip.bind or self.cfg.server.bind
+
+        def on_event(uas: UserAgentServer, event: SipEvent, now: float) -> None:
+            if isinstance(event, IncomingCall):
+                uas.reject(event.call_id, 404, now, "no SIP trunk matches this call")
+
+        transport, endpoint = await loop.create_datagram_endpoint(
+            lambda: SipEndpoint(loop, on_event, bind if bind != "0.0.0.0" else "127.0.0.1"),
+            local_addr=(bind, sip.port),
+        )
+        self._sip = transport
+        self.sip_endpoint = endpoint
+        self.sip_port = transport.get_extra_info("sockname")[1]
+        log.info("SIP on udp %s:%d", bind, self.sip_port)
 
     def _rooms(self, domain: Domain) -> RoomHub | None:
         """The live rooms, with aiortc for their media (in media worker
@@ -239,6 +266,9 @@ class Server:
         # First: what is pending stays written as it is now (queued jobs
         # queued, running ones running), not as the shutdown ends them.
         self._close_store()
+        if self._sip is not None:
+            self._sip.close()
+            self._sip = None
         if self.rooms is not None:
             self.rooms.close_all(asyncio.get_running_loop().time())
         if self._media is not None:

@@ -203,10 +203,21 @@ class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout: float = 5.0
 
 
+class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Phone calls (README: "SIP")."""
+
+    #: Listen for SIP over UDP.  Off by default while calls cannot yet be
+    #: routed to rooms: an INVITE is refused with 404.
+    enabled: bool = False
+    bind: str = ""  #: empty: the server's bind address
+    port: int = 5060  #: 0: any free port
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     room: RoomConfig = msgspec.field(default_factory=RoomConfig)
+    sip: SipConfig = msgspec.field(default_factory=SipConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     rtc: RtcConfig = msgspec.field(default_factory=RtcConfig)
@@ -277,6 +288,8 @@ def validate(cfg: Config) -> Config:
     s, d, r = cfg.server, cfg.dispatch, cfg.room
     if not 0 <= s.port <= 65535:
         raise ConfigError("must be a port number (0-65535)", "server.port")
+    if not 0 <= cfg.sip.port <= 65535:
+        raise ConfigError("must be a port number (0-65535)", "sip.port")
     if s.public_url and not s.public_url.startswith(("ws://", "wss://", "http://", "https://")):
         raise ConfigError("must be a ws://, wss://, http:// or https:// URL", "server.public_url")
     if s.max_message_size < 1024:

@@ -36,7 +36,7 @@ ALLOW: dict[str, set[str]] = {
     "obs": {"_core", "config", "dispatch", "errors"},
     # net.media (aiortc) reads the rtc config; the sessions it feeds are
     # given to it as Protocols, so it imports none of them.
-    "net": {"config", "errors", "wire"},
+    "net": {"config", "errors", "sip", "wire"},
     "_testbase": {"_core", "dispatch", "errors", "wire"},
     "server": {
         "_core",
@@ -48,6 +48,7 @@ ALLOW: dict[str, set[str]] = {
         "obs",
         "rtc",
         "runtime",
+        "sip",
         "store",
         "wire",
         "worker",
