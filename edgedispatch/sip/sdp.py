@@ -1,0 +1,157 @@
+"""SDP offer/answer for phone calls (RFC 3264, RFC 4566): the caller's
+offer read, an answer chosen for G.711 and rendered, sans-IO.
+
+We take PCMU or PCMA (the caller's first that we have: G.711 is what every
+trunk offers and costs nothing to decode) and RFC 4733 telephone-event if
+offered, for DTMF.  Each other media line (video, a second audio) is
+refused with port 0, as RFC 3264 §6 says; an offer with no G.711 gets
+``NotAcceptable`` (SIP 488).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgedispatch.errors import EdgeDispatchError, Malformed
+
+#: Static payload types (RFC 3551) and the encodings we bridge.
+STATIC = {0: "PCMU", 8: "PCMA"}
+CODECS = ("PCMU", "PCMA")  #: our preference when the caller has no order
+
+
+class NotAcceptable(EdgeDispatchError):
+    """The offer has nothing we can use."""
+
+    twirp_code = "invalid_argument"
+    sip_status = 488
+
+
+@dataclass
+class MediaLine:
+    kind: str  #: "audio", "video"...
+    port: int
+    proto: str  #: "RTP/AVP", "RTP/SAVP"...
+    formats: list[int]
+    rtpmap: dict[int, str] = field(default_factory=dict)  #: pt -> "PCMU/8000"
+    fmtp: dict[int, str] = field(default_factory=dict)
+    direction: str = "sendrecv"
+    address: str = ""  #: its own c= line, if any
+    ptime: int = 0
+
+    def encoding(self, pt: int) -> str:
+        """The encoding name of payload type ``pt`` (upper case)."""
+        name = self.rtpmap.get(pt, "").split("/", 1)[0]
+        return (name or STATIC.get(pt, "")).upper()
+
+
+@dataclass
+class Offer:
+    address: str  #: the session's c= address
+    media: list[MediaLine]
+
+
+@dataclass
+class Answer:
+    """What we answer, and what the call's media then is."""
+
+    sdp: bytes
+    remote: tuple[str, int]  #: where the caller wants its audio
+    payload_type: int  #: the G.711 payload type, both ways
+    codec: str  #: "PCMU" or "PCMA"
+    dtmf_payload_type: int | None  #: telephone-event's, if offered
+    direction: str  #: ours
+    ptime: int  #: the caller's packet time (ms), 20 if it did not say
+
+
+def parse_offer(body: bytes) -> Offer:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Malformed("the SDP is not UTF-8") from None
+    address = ""
+    media: list[MediaLine] = []
+    for raw in text.replace("\r\n", "\n").split("\n"):
+        line = raw.strip()
+        if len(line) < 2 or line[1] != "=":
+            continue
+        kind, value = line[0], line[2:]
+        if kind == "c":
+            parts = value.split()
+            if len(parts) != 3 or parts[0] != "IN":
+                raise Malformed(f"bad SDP c= line {line[:60]!r}")
+            addr = parts[2].split("/", 1)[0]
+            if media:
+                media[-1].address = addr
+            else:
+                address = addr
+        elif kind == "m":
+            parts = value.split()
+            if len(parts) < 3 or not parts[1].split("/", 1)[0].isdigit():
+                raise Malformed(f"bad SDP m= line {line[:60]!r}")
+            formats = [int(f) for f in parts[3:] if f.isdigit() and int(f) < 128]
+            port = int(parts[1].split("/", 1)[0])
+            if port > 65535:
+                raise Malformed(f"bad SDP port in {line[:60]!r}")
+            media.append(MediaLine(parts[0], port, parts[2], formats))
+        elif kind == "a" and media:
+            _attribute(media[-1], value)
+    if not media:
+        raise Malformed("the SDP has no media line")
+    return Offer(address, media)
+
+
+def _attribute(m: MediaLine, value: str) -> None:
+    name, _, rest = value.partition(":")
+    if name in ("sendrecv", "sendonly", "recvonly", "inactive"):
+        m.direction = name
+    elif name in ("rtpmap", "fmtp"):
+        pt, _, what = rest.partition(" ")
+        if pt.isdigit():
+            (m.rtpmap if name == "rtpmap" else m.fmtp)[int(pt)] = what.strip()
+    elif name == "ptime" and rest.strip().isdigit():
+        m.ptime = int(rest.strip())
+
+
+_MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly"}
+
+
+def answer(offer: Offer, address: str, port: int, session_id: int) -> Answer:
+    """Our answer: the first offered audio line with G.711 is taken, on
+    ``address``:``port``; every other line is refused with port 0."""
+    chosen: tuple[MediaLine, int, int | None] | None = None
+    lines = []
+    for m in offer.media:
+        pick = None
+        if chosen is None and m.kind == "audio" and m.port and m.proto == "RTP/AVP":
+            pick = next((pt for pt in m.formats if m.encoding(pt) in CODECS), None)
+        if pick is None:
+            fmt = " ".join(str(f) for f in m.formats) or "0"
+            lines.append(f"m={m.kind} 0 {m.proto} {fmt}")
+            continue
+        dtmf = next((pt for pt in m.formats if m.encoding(pt) == "TELEPHONE-EVENT"), None)
+        chosen = (m, pick, dtmf)
+        formats = f"{pick}" + (f" {dtmf}" if dtmf is not None else "")
+        lines += [
+            f"m=audio {port} RTP/AVP {formats}",
+            f"a=rtpmap:{pick} {m.encoding(pick)}/8000",
+        ]
+        if dtmf is not None:
+            lines += [f"a=rtpmap:{dtmf} telephone-event/8000", f"a=fmtp:{dtmf} 0-16"]
+        lines += ["a=ptime:20", f"a={_MIRROR.get(m.direction, 'inactive')}"]
+    if chosen is None:
+        raise NotAcceptable("the offer has no PCMU or PCMA audio over RTP/AVP")
+    m, pt, dtmf = chosen
+    head = [
+        "v=0",
+        f"o=edgedispatch {session_id} {session_id} IN IP4 {address}",
+        "s=edgedispatch",
+        f"c=IN IP4 {address}",
+        "t=0 0",
+    ]
+    sdp = ("\r\n".join(head + lines) + "\r\n").encode()
+    remote = (m.address or offer.address, m.port)
+    if not remote[0]:
+        raise Malformed("the SDP names no address for its audio")
+    return Answer(
+        sdp, remote, pt, m.encoding(pt), dtmf, _MIRROR.get(m.direction, "inactive"), m.ptime or 20
+    )
