@@ -249,9 +249,17 @@ class UserAgentServer:
         call.resend_at = now + T1
         call.give_up = now + 64 * T1
 
-    def reject(self, call_id: str, status: int, now: float, reason: str = "") -> None:
+    def reject(
+        self,
+        call_id: str,
+        status: int,
+        now: float,
+        reason: str = "",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """A final answer of 300-699 (``headers``: e.g. a 407's challenge)."""
         call = self._offered(call_id)
-        self._final(call, status, now, reason)
+        self._final(call, status, now, reason, headers)
         self._end(call, "rejected")
 
     def hang_up(self, call_id: str, now: float) -> None:
@@ -335,9 +343,18 @@ class UserAgentServer:
         self.transactions.respond(req, source, status, data, now)
         return data
 
-    def _final(self, call: Call, status: int, now: float, reason: str = "") -> None:
-        headers = [("reason", f'SIP;cause={status};text="{reason}"')] if reason else None
-        self._reply(call.invite, call.source, status, now, headers, to_tag=call.local_tag)
+    def _final(
+        self,
+        call: Call,
+        status: int,
+        now: float,
+        reason: str = "",
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        headers = [("reason", f'SIP;cause={status};text="{reason}"')] if reason else []
+        self._reply(
+            call.invite, call.source, status, now, headers + (extra or []), to_tag=call.local_tag
+        )
 
     def _send_bye(self, call: Call, now: float) -> None:
         """BYE within the dialog (§15.1.1): its From is our To and its To

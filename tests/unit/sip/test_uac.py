@@ -1,0 +1,158 @@
+"""Outbound calls: our UAC against our UAS, in memory, on a fake clock (the
+two ends of every exchange are checked against each other), and against a
+silent or slow callee."""
+
+from __future__ import annotations
+
+import itertools
+
+from edgedispatch.sip.digest import DigestAuth, Verdict
+from edgedispatch.sip.message import Request, Response, parse_datagram
+from edgedispatch.sip.transaction import T1
+from edgedispatch.sip.uac import Answered, Ended, Failed, Progress, UserAgentClient
+from edgedispatch.sip.uas import CallConfirmed, CallEnded, IncomingCall, UserAgentServer
+
+US = ("127.0.0.1", 5060)
+CALLEE = ("127.0.0.1", 5070)
+OFFER = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+ANSWER = OFFER.replace(b"o=- 1 1", b"o=- 2 2")
+
+
+def pair() -> tuple[UserAgentClient, UserAgentServer]:
+    tags = (f"t{i}" for i in itertools.count())
+    uac = UserAgentClient("sip:edge@127.0.0.1:5060", lambda: next(tags))
+    callee = UserAgentServer("sip:callee@127.0.0.1:5070", lambda: next(tags))
+    return uac, callee
+
+
+def pump(uac: UserAgentClient, callee: UserAgentServer, now: float) -> None:
+    """Carry every datagram both ways until both are quiet."""
+    while True:
+        moved = False
+        for data, addr in uac.take_outgoing():
+            assert addr == CALLEE
+            callee.receive_datagram(data, US, now)
+            moved = True
+        for data, addr in callee.take_outgoing():
+            assert addr == US
+            msg = parse_datagram(data)
+            if isinstance(msg, Response):
+                uac.receive_response(msg, now)
+            else:
+                assert isinstance(msg, Request)
+                callee.receive_datagram(uac.receive_request(msg, addr, now), US, now)
+            moved = True
+        if not moved:
+            return
+
+
+def dial(uac: UserAgentClient, **kw: str) -> str:
+    return uac.dial("sip:+15550100@127.0.0.1:5070", CALLEE, "sip:+15550199@edge", OFFER, 0.0, **kw)
+
+
+def test_a_call_rings_is_answered_and_hung_up_by_us() -> None:
+    uac, callee = pair()
+    call_id = dial(uac)
+    pump(uac, callee, 0.0)
+    (incoming,) = callee.take_events()
+    assert isinstance(incoming, IncomingCall) and incoming.invite.body == OFFER
+    callee.ring(call_id, 0.1)
+    pump(uac, callee, 0.1)
+    assert uac.take_events() == [Progress(call_id, 180)]
+    callee.answer(call_id, ANSWER, 0.2)
+    pump(uac, callee, 0.2)
+    assert uac.take_events() == [Answered(call_id, ANSWER)]
+    assert callee.take_events() == [CallConfirmed(call_id)]  # our ACK reached it
+    uac.hang_up(call_id, 5.0)
+    pump(uac, callee, 5.0)
+    assert uac.take_events() == [Ended(call_id, "hung up")]
+    assert callee.take_events() == [CallEnded(call_id, "bye")]
+    assert uac.calls == {} and callee.calls == {}
+
+
+def test_the_callee_hangs_up() -> None:
+    uac, callee = pair()
+    call_id = dial(uac)
+    pump(uac, callee, 0.0)
+    callee.answer(call_id, ANSWER, 0.1)
+    pump(uac, callee, 0.1)
+    uac.take_events(), callee.take_events()
+    callee.hang_up(call_id, 3.0)
+    pump(uac, callee, 3.0)
+    assert uac.take_events() == [Ended(call_id, "bye")]
+    callee.on_timer(10.0)
+    assert callee.take_outgoing() == []  # our 200 stopped its BYE
+    assert uac.calls == {} and callee.calls == {}
+
+
+def test_a_busy_callee_fails_the_call_and_gets_its_ack() -> None:
+    uac, callee = pair()
+    call_id = dial(uac)
+    pump(uac, callee, 0.0)
+    callee.reject(call_id, 486, 0.1)
+    pump(uac, callee, 0.1)
+    assert uac.take_events() == [Failed(call_id, 486, "Busy Here")]
+    callee.on_timer(0.1 + T1)
+    assert callee.take_outgoing() == []  # ACKed: no Timer G repeats
+
+
+def test_a_trunks_challenge_is_answered_with_the_credentials() -> None:
+    uac, callee = pair()
+    auth = DigestAuth(b"s" * 32)
+    call_id = dial(uac, username="acme", password="pw")
+    pump(uac, callee, 0.0)
+    (first,) = callee.take_events()
+    assert isinstance(first, IncomingCall)
+    assert auth.check(first.invite, "acme", "pw", 0.0) is Verdict.MISSING
+    challenge = [("proxy-authenticate", auth.challenge(call_id, 0.0))]
+    callee.reject(call_id, 407, 0.0, headers=challenge)
+    pump(uac, callee, 0.0)
+    (_, second) = callee.take_events()  # the first call's end, then the new INVITE
+    assert isinstance(second, IncomingCall) and second.invite.cseq == (2, "INVITE")
+    assert auth.check(second.invite, "acme", "pw", 0.1) is Verdict.OK
+    callee.answer(call_id, ANSWER, 0.2)
+    pump(uac, callee, 0.2)
+    assert uac.take_events() == [Answered(call_id, ANSWER)]
+
+
+def test_a_ringing_call_is_cancelled() -> None:
+    uac, callee = pair()
+    call_id = dial(uac)
+    pump(uac, callee, 0.0)
+    callee.ring(call_id, 0.1)
+    pump(uac, callee, 0.1)
+    uac.take_events()
+    uac.cancel(call_id, 1.0)
+    pump(uac, callee, 1.0)
+    assert uac.take_events() == [Failed(call_id, 487, "Request Terminated")]
+    assert callee.take_events()[-1] == CallEnded(call_id, "cancel")
+
+
+def test_a_silent_callee_gets_the_invite_again_then_the_call_fails_408() -> None:
+    uac, _ = pair()
+    call_id = dial(uac)
+    uac.take_outgoing()
+    resent: list[float] = []
+    events: list[object] = []
+    while not events:
+        now = uac.next_deadline()
+        assert now is not None
+        uac.on_timer(now)
+        resent += [now] * len(uac.take_outgoing())
+        events = list(uac.take_events())
+    assert resent[:4] == [T1, 3 * T1, 7 * T1, 15 * T1]  # Timer A doubles
+    assert events == [Failed(call_id, 408, "no answer")] and now == 64 * T1  # Timer B
+
+
+def test_a_call_that_rings_too_long_is_cancelled() -> None:
+    uac, callee = pair()
+    call_id = uac.dial("sip:x@127.0.0.1:5070", CALLEE, "sip:y@edge", OFFER, 0.0,
+                       ringing_timeout=30.0)  # fmt: skip
+    pump(uac, callee, 0.0)
+    callee.ring(call_id, 0.1)
+    pump(uac, callee, 0.1)
+    uac.take_events()
+    uac.on_timer(30.1)
+    assert uac.take_events() == [Failed(call_id, 408, "no answer before the ringing timeout")]
+    pump(uac, callee, 30.1)
+    assert callee.take_events()[-1] == CallEnded(call_id, "cancel")
