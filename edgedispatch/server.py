@@ -39,6 +39,7 @@ from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.webhooks import WebhookNotifier
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
+from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import Event as SipEvent
 from edgedispatch.sip.uas import IncomingCall, UserAgentServer
 from edgedispatch.store import MemoryStore, Store
@@ -141,7 +142,7 @@ class Server:
         sip = self.cfg.sip
         bind = sip.bind or self.cfg.server.bind
 
-        def on_event(uas: UserAgentServer, event: SipEvent, now: float) -> None:
+        def on_event(uas: UserAgentServer, event: SipEvent | OutboundEvent, now: float) -> None:
             if isinstance(event, IncomingCall):
                 uas.reject(event.call_id, 404, now, "no SIP trunk matches this call")
 

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 
 from edgedispatch.net.timer import DeadlineTimer
+from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import Event, UserAgentServer
 
 log = logging.getLogger("edgedispatch.sip")
@@ -23,7 +24,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        on_event: Callable[[UserAgentServer, Event, float], None],
+        on_event: Callable[[UserAgentServer, Event | OutboundEvent, float], None],
         host: str,
     ) -> None:
         self._loop = loop

@@ -1,4 +1,4 @@
-"""The SIP user agent server's core (RFC 3261 §8.2, §12-15), sans-IO: it
+"""The SIP user agent's core (RFC 3261 §8.2, §12-15), sans-IO: as a server it
 answers what needs no decision (OPTIONS, BYE, CANCEL, INFO, unknown
 methods, bad requests) and reports calls as events; the application
 decides each call with ``ring``, ``answer``, ``reject`` and ``hang_up``.
@@ -12,8 +12,9 @@ Datagrams in with ``now``; datagrams out (``take_outgoing``); one deadline
   one: 200 and nothing else (the race is lost; the caller sends BYE).
 - BYE: 200 and the call ends; 481 if no call has that dialog.
 - A BYE we send is repeated (Timer E) until answered or Timer F.
-Tags come from ``new_tag``, which the shell gives (random, without a
-clock or ``os`` here).
+Calls we place go through ``outbound`` (``sip.uac``), on the same
+transport: messages of its calls go to it.  Tags come from ``new_tag``,
+which the shell gives (random, without a clock or ``os`` here).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from edgedispatch.sip.message import (
     response_to,
 )
 from edgedispatch.sip.transaction import T1, T2, Address, ServerTransactions, key_of
+from edgedispatch.sip.uac import Event as OutboundEvent
+from edgedispatch.sip.uac import UserAgentClient
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -113,6 +116,8 @@ class UserAgentServer:
         self.calls: dict[str, Call] = {}
         self._events: list[Event] = []
         self._out: list[tuple[bytes, Address]] = []
+        #: The calls we place (``outbound.dial``), on the same transport.
+        self.outbound = UserAgentClient(contact, new_tag)
 
     # -- input -----------------------------------------------------------
 
@@ -123,6 +128,12 @@ class UserAgentServer:
             msg = parse_datagram(data)
         except (Malformed, TooLarge) as exc:
             self._refuse_unparsed(data, source, exc)
+            return
+        if self.outbound.handles(msg.call_id):  # a call we placed
+            if isinstance(msg, Response):
+                self.outbound.receive_response(msg, now)
+            else:
+                self._out.append((self.outbound.receive_request(msg, source, now), source))
             return
         if isinstance(msg, Response):
             self._response(msg)
@@ -277,12 +288,14 @@ class UserAgentServer:
 
     def next_deadline(self) -> float | None:
         times = [c.resend_at for c in self.calls.values() if c.resend_at is not None]
-        own = min(times) if times else None
-        txn = self.transactions.next_deadline()
-        return own if txn is None else txn if own is None or txn < own else own
+        times += [
+            t for t in (self.transactions.next_deadline(), self.outbound.next_deadline()) if t
+        ]
+        return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
         self.transactions.on_timer(now)
+        self.outbound.on_timer(now)
         for call in [c for c in self.calls.values() if c.resend_at and c.resend_at <= now]:
             if call.state is CallState.ANSWERED:
                 if now >= call.give_up:  # no ACK: hang up (§13.3.1.4)
@@ -303,12 +316,14 @@ class UserAgentServer:
             call.resend_at = min(now + call.interval, call.give_up)
 
     def take_outgoing(self) -> list[tuple[bytes, Address]]:
-        out = self.transactions.take_outgoing() + self._out
+        out = self.transactions.take_outgoing() + self._out + self.outbound.take_outgoing()
         self._out = []
         return out
 
-    def take_events(self) -> list[Event]:
-        events, self._events = self._events, []
+    def take_events(self) -> list[Event | OutboundEvent]:
+        """What happened to calls, incoming and ``outbound``."""
+        events: list[Event | OutboundEvent] = [*self._events, *self.outbound.take_events()]
+        self._events = []
         return events
 
     # -- helpers -------------------------------------------------------------

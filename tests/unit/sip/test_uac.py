@@ -156,3 +156,32 @@ def test_a_call_that_rings_too_long_is_cancelled() -> None:
     assert uac.take_events() == [Failed(call_id, 408, "no answer before the ringing timeout")]
     pump(uac, callee, 30.1)
     assert callee.take_events()[-1] == CallEnded(call_id, "cancel")
+
+
+def test_a_user_agent_takes_the_answers_to_the_calls_it_placed() -> None:
+    """One transport for both directions: the messages of a call we placed
+    reach ``outbound``, the others the server side."""
+    tags = (f"u{i}" for i in itertools.count())
+    edge = UserAgentServer("sip:edge@127.0.0.1:5060", lambda: next(tags))
+    phone = UserAgentServer("sip:phone@127.0.0.1:5070", lambda: next(tags))
+
+    def carry(now: float) -> None:
+        while True:
+            a, b = edge.take_outgoing(), phone.take_outgoing()
+            for data, _ in a:
+                phone.receive_datagram(data, US, now)
+            for data, _ in b:
+                edge.receive_datagram(data, CALLEE, now)
+            if not a and not b:
+                return
+
+    call_id = edge.outbound.dial("sip:+1@127.0.0.1:5070", CALLEE, "sip:+2@edge", OFFER, 0.0)
+    carry(0.0)
+    assert [type(e) for e in phone.take_events()] == [IncomingCall]
+    phone.answer(call_id, ANSWER, 0.1)
+    carry(0.1)
+    assert edge.take_events() == [Answered(call_id, ANSWER)]
+    phone.hang_up(call_id, 1.0)
+    carry(1.0)
+    assert edge.take_events() == [Ended(call_id, "bye")]
+    assert edge.outbound.calls == {} and phone.calls == {} and edge.calls == {}
