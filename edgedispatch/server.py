@@ -72,6 +72,7 @@ class Server:
         self.store: SqliteStore | None = None
         self._sip: asyncio.BaseTransport | None = None
         self.sip_endpoint: SipEndpoint | None = None
+        self._sip_tcp: asyncio.Server | None = None
         self.sip_port = 0
 
     async def start(self, sock: socket.socket | None = None) -> None:
@@ -146,14 +147,27 @@ class Server:
             if isinstance(event, IncomingCall):
                 uas.reject(event.call_id, 404, now, "no SIP trunk matches this call")
 
-        transport, endpoint = await loop.create_datagram_endpoint(
-            lambda: SipEndpoint(loop, on_event, bind if bind != "0.0.0.0" else "127.0.0.1"),
-            local_addr=(bind, sip.port),
-        )
+        host = bind if bind != "0.0.0.0" else "127.0.0.1"
+        # TCP on the same port number as UDP (as trunks expect).  With port
+        # 0, the number UDP got may be taken for TCP: try another.
+        for attempt in range(20):
+            transport, endpoint = await loop.create_datagram_endpoint(
+                lambda: SipEndpoint(loop, on_event, host), local_addr=(bind, sip.port)
+            )
+            port = transport.get_extra_info("sockname")[1]
+            try:
+                self._sip_tcp = await loop.create_server(
+                    endpoint.stream, bind, port, reuse_address=True
+                )
+                break
+            except OSError:
+                transport.close()
+                if sip.port or attempt == 19:
+                    raise
         self._sip = transport
         self.sip_endpoint = endpoint
-        self.sip_port = transport.get_extra_info("sockname")[1]
-        log.info("SIP on udp %s:%d", bind, self.sip_port)
+        self.sip_port = port
+        log.info("SIP on udp and tcp %s:%d", bind, self.sip_port)
 
     def _rooms(self, domain: Domain) -> RoomHub | None:
         """The live rooms, with aiortc for their media (in media worker
@@ -270,6 +284,9 @@ class Server:
         if self._sip is not None:
             self._sip.close()
             self._sip = None
+        if self._sip_tcp is not None:
+            self._sip_tcp.close()
+            self._sip_tcp = None
         if self.rooms is not None:
             self.rooms.close_all(asyncio.get_running_loop().time())
         if self._media is not None:

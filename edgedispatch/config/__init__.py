@@ -206,11 +206,11 @@ class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Phone calls (README: "SIP")."""
 
-    #: Listen for SIP over UDP.  Off by default while calls cannot yet be
+    #: Listen for SIP over UDP and TCP.  Off by default while calls cannot yet be
     #: routed to rooms: an INVITE is refused with 404.
     enabled: bool = False
     bind: str = ""  #: empty: the server's bind address
-    port: int = 5060  #: 0: any free port
+    port: int = 5060  #: UDP and TCP; 0: any free port
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

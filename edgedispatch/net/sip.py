@@ -1,7 +1,13 @@
-"""The SIP transport over UDP: datagrams to the sans-IO UAS core
-(``sip.uas``) and its datagrams back to the network, in one synchronous
-pass per datagram, with one ``call_at`` for its timers.  What a call means
-(which room, which agent) is the application's, given as ``on_event``."""
+"""The SIP transports, UDP and TCP: messages to the sans-IO user agent
+(``sip.uas``) and its messages back to the network, in one synchronous
+pass per datagram or read, with one ``call_at`` for its timers.  What a
+call means (which room, which agent) is the application's, given as
+``on_event``.
+
+A message for an address with a live TCP connection goes over it (the
+answers to what came in over TCP); anything else goes by UDP.  A stream
+that cannot be framed (a bad header, no Content-Length) is closed after a
+400: it cannot be resynchronised."""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ import logging
 import secrets
 from collections.abc import Callable
 
+from edgedispatch.errors import EdgeDispatchError
 from edgedispatch.net.timer import DeadlineTimer
+from edgedispatch.sip.message import StreamParser
 from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import Event, UserAgentServer
 
@@ -27,12 +35,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         on_event: Callable[[UserAgentServer, Event | OutboundEvent, float], None],
         host: str,
     ) -> None:
-        self._loop = loop
+        self.loop = loop
         self._on_event = on_event
         self._host = host
         self.uas: UserAgentServer | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._timer = DeadlineTimer(loop, self._on_timer)
+        self.streams: dict[tuple[str, int], SipStream] = {}  # peer -> its TCP connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's UDP transport is no subclass
@@ -45,7 +54,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         uas = self.uas
         if uas is None:
             return
-        now = self._loop.time()
+        now = self.loop.time()
         uas.receive_datagram(data, (str(addr[0]), int(addr[1])), now)
         self.flush(now)
 
@@ -62,8 +71,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
             except Exception:
                 log.exception("a SIP event's handler failed")
         for data, addr in uas.take_outgoing():
-            transport.sendto(data, addr)
+            stream = self.streams.get(addr)
+            if stream is not None:
+                stream.write(data)
+            else:
+                transport.sendto(data, addr)
         self._timer.arm(uas.next_deadline())
+
+    def stream(self) -> SipStream:
+        """A protocol for one incoming TCP connection."""
+        return SipStream(self)
 
     def _on_timer(self, now: float) -> None:
         if self.uas is not None:
@@ -75,4 +92,47 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
+        self._transport = None
+
+
+class SipStream(asyncio.Protocol):
+    """One TCP connection: messages framed by Content-Length."""
+
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self._endpoint = endpoint
+        self._parser = StreamParser()
+        self._transport: asyncio.Transport | None = None
+        self._peer: tuple[str, int] = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        host, port = transport.get_extra_info("peername")[:2]
+        self._peer = (str(host), int(port))
+        self._endpoint.streams[self._peer] = self
+
+    def data_received(self, data: bytes) -> None:
+        endpoint = self._endpoint
+        uas = endpoint.uas
+        if uas is None:
+            return
+        now = endpoint.loop.time()
+        try:
+            messages = self._parser.feed(data)
+        except EdgeDispatchError as exc:
+            log.info("SIP stream from %s:%d closed: %s", *self._peer, exc.msg)
+            self.write(f"SIP/2.0 400 {exc.msg[:100]}\r\nContent-Length: 0\r\n\r\n".encode())
+            if self._transport is not None:
+                self._transport.close()
+            return
+        for msg in messages:
+            uas.receive(msg, self._peer, now, reliable=True)
+        endpoint.flush(now)
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._endpoint.streams.get(self._peer) is self:
+            del self._endpoint.streams[self._peer]
         self._transport = None

@@ -129,6 +129,13 @@ class UserAgentServer:
         except (Malformed, TooLarge) as exc:
             self._refuse_unparsed(data, source, exc)
             return
+        self.receive(msg, source, now)
+
+    def receive(
+        self, msg: Request | Response, source: Address, now: float, reliable: bool = False
+    ) -> None:
+        """A parsed message (from a stream: ``reliable``, so that nothing
+        is repeated or kept for copies)."""
         if self.outbound.handles(msg.call_id):  # a call we placed
             if isinstance(msg, Response):
                 self.outbound.receive_response(msg, now)
@@ -139,7 +146,7 @@ class UserAgentServer:
             self._response(msg)
             return
         try:
-            if self.transactions.receive(msg, source, reliable=False, now=now):
+            if self.transactions.receive(msg, source, reliable=reliable, now=now):
                 self._request(msg, source, now)
         except EdgeDispatchError as exc:  # e.g. a bad Via: no one to answer to
             log.info("SIP %s from %s:%d refused: %s", msg.method, *source, exc.msg)
