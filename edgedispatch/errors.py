@@ -71,6 +71,14 @@ class FailedPrecondition(EdgeDispatchError):
     sip_status = 400
 
 
+class NoCallRoute(FailedPrecondition):
+    """No SIP trunk or dispatch rule takes an inbound call: LiveKit's
+    ``failed_precondition``, and a 404 to the caller, as livekit/sip
+    answers it ("Does not match any SIP Trunks")."""
+
+    sip_status = 404
+
+
 class Unauthenticated(EdgeDispatchError):
     """The caller presented no valid credentials."""
 
