@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from edgedispatch import _core
 from edgedispatch.api.app import App
 from edgedispatch.config import Config
+from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.net import media_link
@@ -39,6 +40,7 @@ from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.webhooks import WebhookNotifier
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
+from edgedispatch.sip.directory import Directory
 from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import Event as SipEvent
 from edgedispatch.sip.uas import IncomingCall, UserAgentServer
@@ -74,6 +76,7 @@ class Server:
         self.sip_endpoint: SipEndpoint | None = None
         self._sip_tcp: asyncio.Server | None = None
         self.sip_port = 0
+        self.sip_directory: Directory | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -90,6 +93,7 @@ class Server:
         store = self._open_store(domain, loop)
         app = App(domain, verifier, self.cfg.server)
         app.store = self.store
+        app.sip = self.sip_directory = Directory(store, ids.new)
         if self.cfg.rtc.enabled:
             app.rooms = self.rooms = self._rooms(domain)
         targets = self.cfg.webhooks()

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from edgedispatch.api import agents as agents_api
 from edgedispatch.api import live_rooms, livekit
+from edgedispatch.api import sip as sip_api
 from edgedispatch.config import ServerConfig
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.errors import (
@@ -27,6 +28,7 @@ from edgedispatch.errors import (
     Unauthenticated,
 )
 from edgedispatch.rtc.room import RoomHub, resume_refused
+from edgedispatch.sip.directory import Directory
 from edgedispatch.wire import signal, twirp
 from edgedispatch.wire.http import Request, Response
 from edgedispatch.wire.tokens import Claims, Verifier, bearer
@@ -65,7 +67,8 @@ def twirp_methods() -> set[tuple[str, str]]:
     authorisation matrix (tests/unit/test_authz_matrix.py) must have a row
     for, so that no RPC is added without its expected answers."""
     agent_methods = {(agents_api.SERVICE, method) for method in agents_api.METHODS}
-    return set(livekit.ROUTES) | set(live_rooms.ROUTES) | agent_methods
+    sip_methods = {(sip_api.SERVICE, method) for method in sip_api.ROUTES}
+    return set(livekit.ROUTES) | set(live_rooms.ROUTES) | agent_methods | sip_methods
 
 
 class Durable(Protocol):
@@ -97,6 +100,8 @@ class App:
         self.rooms: RoomHub | None = None
         #: The store: an answer that wrote to it waits for the commit.
         self.store: Durable | None = None
+        #: The tenants' SIP trunks and dispatch rules (``livekit.SIP``).
+        self.sip: Directory | None = None
         self._exact: dict[tuple[str, str], HttpHandler] = {
             ("GET", "/"): self._healthy,
             ("GET", "/healthz"): self._healthy,
@@ -280,13 +285,19 @@ class App:
             route = livekit.ROUTES.get((service, method))
             live = live_rooms.ROUTES.get((service, method))
             request_type = route.request if route else live.request if live else None
+            sip_route = sip_api.ROUTES.get(method) if service == sip_api.SERVICE else None
+            if sip_route is not None:
+                request_type = sip_route.request
             if request_type is None or req.method != "POST":
                 raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
             encoding = twirp.encoding_of(req.headers.get("content-type", ""))
             claims = self._claims(req)
             msg = twirp.decode(req.body, encoding, request_type)
             try:
-                if route is not None:
+                if sip_route is not None:
+                    wall = self.domain.wall(req.now)
+                    result = sip_api.handle(self.sip, method, claims, msg, wall)
+                elif route is not None:
                     result = route.call(self.domain, claims, msg, req)
                 else:
                     assert live is not None

@@ -20,16 +20,19 @@ from typing import Any, NamedTuple, cast
 
 import msgspec
 from livekit.protocol import models, rtc
+from livekit.protocol import sip as sip_pb
 
 from edgedispatch import config
 from edgedispatch._testbase.links import RecordingSink
 from edgedispatch.api.app import App
+from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.dispatch.specs import AgentSpec, DispatchSpec, RoomSpec
 from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.session import SignalSession
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
+from edgedispatch.sip.directory import Directory
 from edgedispatch.store import MemoryStore
 from edgedispatch.wire.http import Request, Response
 from edgedispatch.wire.signal import Grant, JoinParams
@@ -62,6 +65,9 @@ class Seeded(NamedTuple):
     track_sid: str
     agent: str
     marks: tuple[str, ...]  #: strings only this tenant's data contains
+    inbound_id: str = ""  #: its SIP inbound trunk
+    outbound_id: str = ""  #: its SIP outbound trunk
+    rule_id: str = ""  #: its SIP dispatch rule
 
 
 def token(key: str, secret: str, **claims: Any) -> str:
@@ -91,6 +97,7 @@ class World:
             self.domain, self.cfg, "ws://x", MemoryStore(), self.verifier, cast(Containment, None)
         )
         self.app.agents = self.manager
+        self.sip = self.app.sip = Directory(MemoryStore(), ids.new)
         #: (tenant, names) -> what it was given: by names of its own
         #: (``UNIQUE``: "room-acme", "user-acme", "helper-acme") and by
         #: names every tenant has (``SHARED``: "lobby", "guest", "helper").
@@ -124,7 +131,10 @@ class World:
         add = rtc.AddTrackRequest(cid="mic", name=f"mic-{tag}", type=models.AUDIO)
         session.on_message(rtc.SignalRequest(add_track=add).SerializeToString(), now)
         (track,) = session.info.tracks
+        sip = self._seed_sip(tenant, tag, now)
         marks = (
+            *sip,
+            f"sip-meta-{tag}",
             d.rooms.get(tenant, room).sid,
             dispatch.id,
             *dispatch.job_ids,
@@ -136,7 +146,32 @@ class World:
             f"cmd-mark-{TAGS[tenant]}",
         )
         self.seeded[tenant, names] = Seeded(
-            tenant, names, room, dispatch.id, who, track.sid, agent, marks
+            tenant, names, room, dispatch.id, who, track.sid, agent, marks, *sip
+        )
+
+    def _seed_sip(self, tenant: str, tag: str, now: float) -> tuple[str, str, str]:
+        """An inbound trunk for a number of its own, an outbound trunk and
+        a dispatch rule: their ids."""
+        number = f"+1555{len(self.seeded):04d}"
+        meta = f"sip-meta-{tag}"
+        wall = self.domain.wall(now)
+        inbound = sip_pb.SIPInboundTrunkInfo(numbers=[number], metadata=meta)
+        outbound = sip_pb.SIPOutboundTrunkInfo(
+            numbers=[number], address="sip.example", metadata=meta
+        )
+        rule = sip_pb.CreateSIPDispatchRuleRequest(
+            dispatch_rule=sip_pb.SIPDispatchRuleInfo(
+                rule=sip_pb.SIPDispatchRule(
+                    dispatch_rule_direct=sip_pb.SIPDispatchRuleDirect(room_name=f"sip-{tag}")
+                ),
+                numbers=[number],
+                metadata=meta,
+            )
+        )
+        return (
+            self.sip.create_inbound(tenant, inbound, wall).sip_trunk_id,
+            self.sip.create_outbound(tenant, outbound, wall).sip_trunk_id,
+            self.sip.create_rule(tenant, rule, wall).sip_dispatch_rule_id,
         )
 
     def marks(self, tenant: str) -> tuple[str, ...]:
@@ -174,7 +209,15 @@ class World:
         workers = sorted(
             (w, d.workers.key_of(w)) for w, link in d.workers.links.items() if link.tenant == tenant
         )
-        return rooms, live, received, workers, self.manager.list(tenant)
+        sip = [
+            [x.SerializeToString(deterministic=True) for x in records]
+            for records in (
+                self.sip.inbound_trunks(tenant),
+                self.sip.outbound_trunks(tenant),
+                self.sip.rules(tenant),
+            )
+        ]
+        return rooms, live, received, workers, self.manager.list(tenant), sip
 
     async def call(
         self, path: str, body: bytes, tok: str | None, ctype: str, **more: str

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from livekit.protocol import agent_dispatch as ad
 from livekit.protocol import models
 from livekit.protocol import room as rm
+from livekit.protocol import sip as sp
 
 from edgedispatch.api import agents as agents_api
 from edgedispatch.api.app import twirp_methods
@@ -46,9 +47,11 @@ from .authz_world import (
 )
 
 D, R, A = "livekit.AgentDispatchService", "livekit.RoomService", agents_api.SERVICE
+S = "livekit.SIP"
 
 # What an RPC needs (``Row.needs``) and what a grant set holds (``Grants.holds``).
 CREATE, LIST, ADMIN, AGENTS = "roomCreate", "roomList", "roomAdmin+room", "agent.admin"
+SIP = "sip.admin"
 OK, DENIED, UNAUTH, NOT_FOUND = "ok", "permission_denied", "unauthenticated", "not_found"
 
 #: A row's check, given the world, the caller's own things by the names the
@@ -142,6 +145,179 @@ def _mine(check: Callable[[World, Seeded], bool]) -> Check:
         assert check(w, mine)
 
     return run
+
+
+def _sip_listed(kind: str) -> Check:
+    """A list by the target's id has the caller's own record, or nothing."""
+
+    def check(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+        response = {"in": sp.ListSIPInboundTrunkResponse, "out": sp.ListSIPOutboundTrunkResponse}
+        cls = response.get(kind, sp.ListSIPDispatchRuleResponse)
+        items = _pb(cls, body).items
+        own = {"in": mine.inbound_id, "out": mine.outbound_id, "rule": mine.rule_id}[kind]
+        ids = [
+            getattr(x, "sip_trunk_id", "") or getattr(x, "sip_dispatch_rule_id", "") for x in items
+        ]
+        assert ids == ([own] if t is mine else [])
+
+    return check
+
+
+def _sip_trunks_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    listed = {x.sip_trunk_id for x in _pb(sp.ListSIPTrunkResponse, body).items}
+    own = {s.inbound_id for k, s in w.seeded.items() if k[0] == mine.tenant}
+    own |= {s.outbound_id for k, s in w.seeded.items() if k[0] == mine.tenant}
+    assert listed == own
+
+
+def _sip_made(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    assert b"made-by-matrix" in b"".join(
+        x.SerializeToString()
+        for x in (*w.sip.inbound_trunks(mine.tenant), *w.sip.outbound_trunks(mine.tenant))
+        + tuple(w.sip.rules(mine.tenant))
+    )
+
+
+def _sip_named(w: World, mine: Seeded) -> bool:
+    records = (*w.sip.inbound_trunks(mine.tenant), *w.sip.outbound_trunks(mine.tenant))
+    return any(r.name == "renamed" for r in (*records, *w.sip.rules(mine.tenant)))
+
+
+def _sip_trunk_deleted(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    kept = {x.sip_trunk_id for x in w.sip.inbound_trunks(mine.tenant)}
+    assert _pb(sp.SIPTrunkInfo, body).sip_trunk_id == t.inbound_id
+    assert (mine.inbound_id in kept) == (t is not mine)
+
+
+_DIRECT = sp.SIPDispatchRule(dispatch_rule_direct=sp.SIPDispatchRuleDirect(room_name="made"))
+
+#: livekit.SIP: ``sip.admin`` for every trunk and rule call; records are
+#: found by id, so another tenant's (by names shared or not) are not found.
+#: DeleteSIPTrunk of an id the caller does not have answers ok with nothing
+#: deleted, as LiveKit answers an id that is not there.
+SIP_ROWS: dict[tuple[str, str], Row] = {
+    (S, "CreateSIPInboundTrunk"): Row(
+        SIP,
+        OK,
+        OK,
+        OK,
+        lambda t: sp.CreateSIPInboundTrunkRequest(
+            trunk=sp.SIPInboundTrunkInfo(numbers=["+19990000"], metadata="made-by-matrix")
+        ),
+        _sip_made,
+    ),
+    (S, "CreateSIPOutboundTrunk"): Row(
+        SIP,
+        OK,
+        OK,
+        OK,
+        lambda t: sp.CreateSIPOutboundTrunkRequest(
+            trunk=sp.SIPOutboundTrunkInfo(numbers=["+1"], address="x", metadata="made-by-matrix")
+        ),
+        _sip_made,
+    ),
+    (S, "UpdateSIPInboundTrunk"): Row(
+        SIP,
+        OK,
+        NOT_FOUND,
+        NOT_FOUND,
+        lambda t: sp.UpdateSIPInboundTrunkRequest(
+            sip_trunk_id=t.inbound_id, update=sp.SIPInboundTrunkUpdate(name="renamed")
+        ),
+        _mine(_sip_named),
+    ),
+    (S, "UpdateSIPOutboundTrunk"): Row(
+        SIP,
+        OK,
+        NOT_FOUND,
+        NOT_FOUND,
+        lambda t: sp.UpdateSIPOutboundTrunkRequest(
+            sip_trunk_id=t.outbound_id, update=sp.SIPOutboundTrunkUpdate(name="renamed")
+        ),
+        _mine(_sip_named),
+    ),
+    (S, "GetSIPInboundTrunk"): Row(
+        SIP,
+        OK,
+        NOT_FOUND,
+        NOT_FOUND,
+        lambda t: sp.GetSIPInboundTrunkRequest(sip_trunk_id=t.inbound_id),
+    ),
+    (S, "GetSIPOutboundTrunk"): Row(
+        SIP,
+        OK,
+        NOT_FOUND,
+        NOT_FOUND,
+        lambda t: sp.GetSIPOutboundTrunkRequest(sip_trunk_id=t.outbound_id),
+    ),
+    (S, "ListSIPInboundTrunk"): Row(
+        SIP,
+        OK,
+        OK,
+        OK,
+        lambda t: sp.ListSIPInboundTrunkRequest(trunk_ids=[t.inbound_id]),
+        _sip_listed("in"),
+    ),
+    (S, "ListSIPOutboundTrunk"): Row(
+        SIP,
+        OK,
+        OK,
+        OK,
+        lambda t: sp.ListSIPOutboundTrunkRequest(trunk_ids=[t.outbound_id]),
+        _sip_listed("out"),
+    ),
+    (S, "ListSIPTrunk"): Row(
+        SIP, OK, OK, OK, lambda t: sp.ListSIPTrunkRequest(), _sip_trunks_listed
+    ),
+    (S, "DeleteSIPTrunk"): Row(
+        SIP,
+        OK,
+        OK,
+        OK,
+        lambda t: sp.DeleteSIPTrunkRequest(sip_trunk_id=t.inbound_id),
+        _sip_trunk_deleted,
+    ),
+    (S, "CreateSIPDispatchRule"): Row(
+        SIP,
+        OK,
+        OK,
+        OK,
+        lambda t: sp.CreateSIPDispatchRuleRequest(
+            dispatch_rule=sp.SIPDispatchRuleInfo(rule=_DIRECT, metadata="made-by-matrix")
+        ),
+        _sip_made,
+    ),
+    (S, "UpdateSIPDispatchRule"): Row(
+        SIP,
+        OK,
+        NOT_FOUND,
+        NOT_FOUND,
+        lambda t: sp.UpdateSIPDispatchRuleRequest(
+            sip_dispatch_rule_id=t.rule_id, update=sp.SIPDispatchRuleUpdate(name="renamed")
+        ),
+        _mine(_sip_named),
+    ),
+    (S, "ListSIPDispatchRule"): Row(
+        SIP,
+        OK,
+        OK,
+        OK,
+        lambda t: sp.ListSIPDispatchRuleRequest(dispatch_rule_ids=[t.rule_id]),
+        _sip_listed("rule"),
+    ),
+    (S, "DeleteSIPDispatchRule"): Row(
+        SIP,
+        OK,
+        NOT_FOUND,
+        NOT_FOUND,
+        lambda t: sp.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=t.rule_id),
+        _mine(
+            lambda w, mine: (
+                mine.rule_id not in {r.sip_dispatch_rule_id for r in w.sip.rules(mine.tenant)}
+            )
+        ),
+    ),
+}
 
 
 #: (service, method) -> its row.  Where edgedispatch differs from LiveKit:
@@ -295,6 +471,7 @@ ROWS: dict[tuple[str, str], Row] = {
     (A, "StopAgent"): Row(
         AGENTS, OK, NOT_FOUND, OK, lambda t: {"name": t.agent}, _agent_state("stopped")
     ),
+    **SIP_ROWS,
 }
 
 
@@ -319,13 +496,14 @@ def _video(**video: Any) -> Callable[[str], dict[str, Any]]:
 ROOM = object()  #: stands for the room the request names
 EVERY_VIDEO = {"roomCreate": True, "roomList": True, "roomAdmin": True, "room": ROOM}
 ADMIN_GRANT = {"agent": {"admin": True}}
+SIP_GRANT = {"sip": {"admin": True}}
 
 
 def _every(room: str) -> dict[str, Any]:
-    return {**_video(**EVERY_VIDEO)(room), **ADMIN_GRANT}
+    return {**_video(**EVERY_VIDEO)(room), **ADMIN_GRANT, **SIP_GRANT}
 
 
-ALL = frozenset({CREATE, LIST, ADMIN, AGENTS})
+ALL = frozenset({CREATE, LIST, ADMIN, AGENTS, SIP})
 NONE: frozenset[str] = frozenset()
 GRANTS: dict[str, Grants] = {
     "no token": Grants(ACME, None, None),
@@ -344,7 +522,10 @@ GRANTS: dict[str, Grants] = {
     # Grants LiveKit has that give nothing here.
     "roomRecord, ingressAdmin": Grants(ACME, _video(roomRecord=True, ingressAdmin=True), NONE),
     "video.agent (a worker's)": Grants(ACME, _video(agent=True, roomJoin=True), NONE),
-    "sip admin and call": Grants(ACME, lambda room: {"sip": {"admin": True, "call": True}}, NONE),
+    "sip admin and call": Grants(
+        ACME, lambda room: {"sip": {"admin": True, "call": True}}, frozenset({SIP})
+    ),
+    "sip call": Grants(ACME, lambda room: {"sip": {"call": True}}, NONE),
     "agent admin": Grants(ACME, lambda room: ADMIN_GRANT, frozenset({AGENTS})),
     # Truthy is not true.  LiveKit cannot parse such a token into its
     # claims and answers unauthenticated; edgedispatch verifies it and
@@ -354,11 +535,12 @@ GRANTS: dict[str, Grants] = {
         lambda room: {
             "video": {"roomCreate": "true", "roomList": 1, "roomAdmin": "yes", "room": room},
             "agent": {"admin": "true"},
+            "sip": {"admin": "true"},
         },
         NONE,
     ),
     "every grant, another room": Grants(
-        ACME, lambda room: {**_every("elsewhere")}, frozenset({CREATE, LIST, AGENTS})
+        ACME, lambda room: {**_every("elsewhere")}, frozenset({CREATE, LIST, AGENTS, SIP})
     ),
     "every grant": Grants(ACME, _every, ALL),
     # The operator's keys are the default tenant's: for rooms, dispatches
@@ -366,7 +548,7 @@ GRANTS: dict[str, Grants] = {
     "the operator's key, every grant": Grants(OPERATOR, _every, ALL),
     # An agent server's own key acts for its tenant, but manages no agents.
     "an agent server's key, every grant": Grants(
-        ACME, _every, frozenset({CREATE, LIST, ADMIN}), key=PROGRAM_KEY
+        ACME, _every, frozenset({CREATE, LIST, ADMIN, SIP}), key=PROGRAM_KEY
     ),
 }
 

@@ -31,7 +31,7 @@ ALLOW: dict[str, set[str]] = {
     "wire": {"_core", "dispatch", "errors"},
     "worker": {"_core", "_version", "config", "dispatch", "errors", "wire"},
     "rtc": {"_core", "_version", "config", "dispatch", "errors", "wire"},
-    "api": {"_core", "_version", "config", "dispatch", "errors", "rtc", "wire", "worker"},
+    "api": {"_core", "_version", "config", "dispatch", "errors", "rtc", "sip", "wire", "worker"},
     "runtime": {"_core", "agent", "config", "dispatch", "errors", "store", "worker"},
     "obs": {"_core", "config", "dispatch", "errors"},
     # net.media (aiortc) reads the rtc config; the sessions it feeds are
