@@ -97,6 +97,11 @@ ROUTES: dict[str, Route] = {
     "ListSIPInboundTrunk": Route(pb.ListSIPInboundTrunkRequest, _list_inbound),
     "ListSIPOutboundTrunk": Route(pb.ListSIPOutboundTrunkRequest, _list_outbound),
     "ListSIPTrunk": Route(pb.ListSIPTrunkRequest, _list_legacy),
+    # Deprecated, and gone from the protocol's service, but the Node SDK's
+    # createSipTrunk still calls it.
+    "CreateSIPTrunk": Route(
+        pb.CreateSIPTrunkRequest, lambda d, t, req, wall: d.create_legacy(t, req, wall)
+    ),
     "DeleteSIPTrunk": Route(
         pb.DeleteSIPTrunkRequest, lambda d, t, req, wall: d.delete_trunk(t, req.sip_trunk_id)
     ),

@@ -17,7 +17,7 @@ wall clock are the caller's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf import json_format
@@ -39,6 +39,7 @@ from edgedispatch.sip.routing import (
 INBOUND = "sip.inbound_trunks"
 OUTBOUND = "sip.outbound_trunks"
 RULES = "sip.dispatch_rules"
+LEGACY = "sip.legacy_trunks"  #: made by the deprecated CreateSIPTrunk
 TRUNK_PREFIX = "ST_"
 RULE_PREFIX = "SDR_"
 
@@ -71,9 +72,6 @@ class _Table:
     def of(self, tenant: str) -> list[Any]:
         """The tenant's records, in id order."""
         return [msg for key, (t, msg) in sorted(self.rows.items()) if t == tenant]
-
-    def others(self, tenant: str) -> list[Any]:
-        return [msg for _, (t, msg) in sorted(self.rows.items()) if t != tenant]
 
     def get(self, tenant: str, key: str) -> Any | None:
         row = self.rows.get(key)
@@ -117,25 +115,54 @@ class Directory:
         self._inbound = _Table(kv, INBOUND, pb.SIPInboundTrunkInfo)
         self._outbound = _Table(kv, OUTBOUND, pb.SIPOutboundTrunkInfo)
         self._rules = _Table(kv, RULES, pb.SIPDispatchRuleInfo)
+        self._legacy = _Table(kv, LEGACY, pb.SIPTrunkInfo)
+
+    def _inbound_rows(self) -> list[tuple[str, pb.SIPInboundTrunkInfo]]:
+        """Every tenant's inbound trunks (the legacy ones as LiveKit reads
+        them as inbound), in id order: (tenant, trunk)."""
+        rows = [(key, t, msg) for key, (t, msg) in self._inbound.rows.items()]
+        rows += [
+            (key, t, _inbound_of_legacy(msg))
+            for key, (t, msg) in self._legacy.rows.items()
+            if msg.kind != pb.SIPTrunkInfo.TRUNK_OUTBOUND
+        ]
+        return [(t, msg) for _, t, msg in sorted(rows, key=lambda row: row[0])]
+
+    def _outbound_rows(self) -> list[tuple[str, pb.SIPOutboundTrunkInfo]]:
+        rows = [(key, t, msg) for key, (t, msg) in self._outbound.rows.items()]
+        rows += [
+            (key, t, _outbound_of_legacy(msg))
+            for key, (t, msg) in self._legacy.rows.items()
+            if msg.kind != pb.SIPTrunkInfo.TRUNK_INBOUND
+        ]
+        return [(t, msg) for _, t, msg in sorted(rows, key=lambda row: row[0])]
+
+    def _not_legacy(self, tenant: str, trunk_id: str) -> None:
+        if self._legacy.get(tenant, trunk_id) is not None:
+            raise InvalidArgument(
+                f"SIP trunk {trunk_id!r} was made by the deprecated CreateSIPTrunk and cannot be "
+                "updated: delete it, and create an inbound or outbound trunk instead"
+            )
 
     # Inbound trunks ---------------------------------------------------------
 
     def inbound_trunks(self, tenant: str) -> list[pb.SIPInboundTrunkInfo]:
-        return self._inbound.of(tenant)
+        return [msg for t, msg in self._inbound_rows() if t == tenant]
 
     def inbound_trunk(self, tenant: str, trunk_id: str) -> pb.SIPInboundTrunkInfo:
         if not trunk_id:
             raise InvalidArgument("trunk ID is required")
-        found = self._inbound.get(tenant, trunk_id)
-        if found is None:
-            raise NotFound(f"SIP trunk {trunk_id!r} not found")
-        return found  # type: ignore[no-any-return]
+        for trunk in self.inbound_trunks(tenant):
+            if trunk.sip_trunk_id == trunk_id:
+                return trunk
+        raise NotFound(f"SIP trunk {trunk_id!r} not found")
 
     def _check_inbound_conflicts(self, tenant: str, trunk: pb.SIPInboundTrunkInfo) -> None:
-        mine = [t for t in self._inbound.of(tenant) if t.sip_trunk_id != trunk.sip_trunk_id]
+        rows = self._inbound_rows()
+        mine = [m for t, m in rows if t == tenant and m.sip_trunk_id != trunk.sip_trunk_id]
         check_trunk_conflicts([*mine, trunk])
         try:
-            check_trunk_conflicts([*self._inbound.others(tenant), trunk])
+            check_trunk_conflicts([*(m for t, m in rows if t != tenant), trunk])
         except InvalidArgument:
             raise InvalidArgument(
                 f"a number of {sorted(trunk.numbers) or '(any)'} is already taken by another "
@@ -164,6 +191,7 @@ class Directory:
                 "trunk id in the info must be empty or match the id in the update"
             )
         old = self.inbound_trunk(tenant, req.sip_trunk_id)
+        self._not_legacy(tenant, req.sip_trunk_id)
         if action == "replace":
             new = _copy(req.replace)
             records.check_inbound(new)
@@ -196,15 +224,15 @@ class Directory:
     # Outbound trunks --------------------------------------------------------
 
     def outbound_trunks(self, tenant: str) -> list[pb.SIPOutboundTrunkInfo]:
-        return self._outbound.of(tenant)
+        return [msg for t, msg in self._outbound_rows() if t == tenant]
 
     def outbound_trunk(self, tenant: str, trunk_id: str) -> pb.SIPOutboundTrunkInfo:
         if not trunk_id:
             raise InvalidArgument("trunk ID is required")
-        found = self._outbound.get(tenant, trunk_id)
-        if found is None:
-            raise NotFound(f"SIP trunk {trunk_id!r} not found")
-        return found  # type: ignore[no-any-return]
+        for trunk in self.outbound_trunks(tenant):
+            if trunk.sip_trunk_id == trunk_id:
+                return trunk
+        raise NotFound(f"SIP trunk {trunk_id!r} not found")
 
     def create_outbound(
         self, tenant: str, trunk: pb.SIPOutboundTrunkInfo, wall: float
@@ -227,6 +255,7 @@ class Directory:
                 "trunk id in the info must be empty or match the id in the update"
             )
         old = self.outbound_trunk(tenant, req.sip_trunk_id)
+        self._not_legacy(tenant, req.sip_trunk_id)
         if action == "replace":
             new = _copy(req.replace)
             records.check_outbound(new)
@@ -251,10 +280,39 @@ class Directory:
         ]
         return _page(items, req.page, lambda t: t.sip_trunk_id)
 
+    # The deprecated trunks of both directions (the Node SDK's createSipTrunk).
+
+    def create_legacy(
+        self, tenant: str, req: pb.CreateSIPTrunkRequest, wall: float
+    ) -> pb.SIPTrunkInfo:
+        """A trunk of both directions; its inbound side is matched, and
+        listed, as an inbound trunk, its outbound side as an outbound one."""
+        if req.inbound_numbers_regex:
+            raise InvalidArgument(
+                "Trunks with InboundNumbersRegex are deprecated. Use InboundNumbers instead."
+            )
+        trunk = pb.SIPTrunkInfo(
+            inbound_addresses=req.inbound_addresses,
+            outbound_address=req.outbound_address,
+            outbound_number=req.outbound_number,
+            inbound_numbers=req.inbound_numbers,
+            inbound_username=req.inbound_username,
+            inbound_password=req.inbound_password,
+            outbound_username=req.outbound_username,
+            outbound_password=req.outbound_password,
+            name=req.name,
+            metadata=req.metadata,
+        )
+        self._check_inbound_conflicts(tenant, _inbound_of_legacy(trunk))
+        trunk.sip_trunk_id = self._new_id(TRUNK_PREFIX)
+        self._legacy.put(tenant, trunk.sip_trunk_id, trunk)
+        return trunk
+
     def list_legacy(self, tenant: str, req: pb.ListSIPTrunkRequest) -> list[pb.SIPTrunkInfo]:
-        """Both kinds as the deprecated ``SIPTrunkInfo``, in id order."""
-        items = [_legacy_inbound(t) for t in self.inbound_trunks(tenant)]
-        items += [_legacy_outbound(t) for t in self.outbound_trunks(tenant)]
+        """Every trunk as the deprecated ``SIPTrunkInfo``, in id order."""
+        items = list(self._legacy.of(tenant))
+        items += [_legacy_inbound(t) for t in self._inbound.of(tenant)]
+        items += [_legacy_outbound(t) for t in self._outbound.of(tenant)]
         items.sort(key=lambda t: t.sip_trunk_id)
         return _page(items, req.page, lambda t: t.sip_trunk_id)
 
@@ -264,7 +322,7 @@ class Directory:
         and nothing deleted (so a retried delete succeeds)."""
         if not trunk_id:
             raise InvalidArgument("trunk ID is required")
-        for table in (self._inbound, self._outbound):
+        for table in (self._inbound, self._outbound, self._legacy):
             if table.get(tenant, trunk_id) is not None:
                 table.delete(trunk_id)
         return pb.SIPTrunkInfo(sip_trunk_id=trunk_id)
@@ -349,14 +407,12 @@ class Directory:
         :raises NoCallRoute: no trunk or no rule takes the call.
         :raises FailedPrecondition: trunks or rules are ambiguous.
         """
-        trunk = match_trunk(self._all_inbound(), call)
+        rows = self._inbound_rows()
+        trunk = match_trunk((msg for _, msg in rows), call)
         if trunk is None:
             raise NoCallRoute("Does not match any SIP Trunks")
-        tenant = self._inbound.rows[trunk.sip_trunk_id][0]
+        tenant = next(t for t, msg in rows if msg is trunk)
         return tenant, trunk, select_rule(trunk, self.rules(tenant), call)
-
-    def _all_inbound(self) -> Iterable[pb.SIPInboundTrunkInfo]:
-        return [msg for _, (_, msg) in sorted(self._inbound.rows.items())]
 
 
 def _action(req: Any, record_id: str, what: str) -> str:
@@ -367,6 +423,32 @@ def _action(req: Any, record_id: str, what: str) -> str:
     if action is None:
         raise InvalidArgument("missing or unsupported update action")
     return str(action)
+
+
+def _inbound_of_legacy(t: pb.SIPTrunkInfo) -> pb.SIPInboundTrunkInfo:
+    return pb.SIPInboundTrunkInfo(
+        sip_trunk_id=t.sip_trunk_id,
+        name=t.name,
+        metadata=t.metadata,
+        numbers=[t.outbound_number] if t.outbound_number else [],
+        allowed_addresses=t.inbound_addresses,
+        allowed_numbers=t.inbound_numbers,
+        auth_username=t.inbound_username,
+        auth_password=t.inbound_password,
+    )
+
+
+def _outbound_of_legacy(t: pb.SIPTrunkInfo) -> pb.SIPOutboundTrunkInfo:
+    return pb.SIPOutboundTrunkInfo(
+        sip_trunk_id=t.sip_trunk_id,
+        name=t.name,
+        metadata=t.metadata,
+        address=t.outbound_address,
+        transport=t.transport,
+        numbers=[t.outbound_number] if t.outbound_number else [],
+        auth_username=t.outbound_username,
+        auth_password=t.outbound_password,
+    )
 
 
 def _legacy_inbound(t: pb.SIPInboundTrunkInfo) -> pb.SIPTrunkInfo:

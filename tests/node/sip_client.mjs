@@ -34,7 +34,10 @@ out.rule = {
   agents: rule.roomConfig?.agents?.map((a) => a.agentName) ?? [],
 };
 out.rules = (await sip.listSipDispatchRule()).map((r) => r.sipDispatchRuleId);
+const legacy = await sip.createSipTrunk('+15550400', { name: 'node legacy' });
 out.legacy = (await sip.listSipTrunk()).map((t) => t.sipTrunkId);
+out.legacyInbound = (await sip.listSipInboundTrunk()).map((t) => t.sipTrunkId);
+await sip.deleteSipTrunk(legacy.sipTrunkId);
 out.conflict = await errorOf(
   sip.createSipDispatchRule({ type: 'individual', roomPrefix: 'again' }, options),
 );

@@ -266,6 +266,14 @@ SIP_ROWS: dict[tuple[str, str], Row] = {
         lambda t: sp.ListSIPOutboundTrunkRequest(trunk_ids=[t.outbound_id]),
         _sip_listed("out"),
     ),
+    (S, "CreateSIPTrunk"): Row(
+        SIP,
+        OK,
+        OK,
+        OK,
+        lambda t: sp.CreateSIPTrunkRequest(outbound_number="+19990001", metadata="made-by-matrix"),
+        _sip_made,
+    ),
     (S, "ListSIPTrunk"): Row(
         SIP, OK, OK, OK, lambda t: sp.ListSIPTrunkRequest(), _sip_trunks_listed
     ),
