@@ -1,3 +1,4 @@
-"""SIP, sans-IO (RFC 3261): messages, and later transactions and dialogs.
-Bytes or datagrams in, events out; time is passed in; the asyncio adapter
-that owns the sockets lives in ``net``."""
+"""SIP, sans-IO (RFC 3261): messages, transactions and the UAS core, and
+LiveKit's trunks and dispatch rules (which trunk and rule take a call, and
+what the rule does with it).  Bytes or datagrams in, events out; time is
+passed in; the asyncio adapter that owns the sockets lives in ``net``."""
