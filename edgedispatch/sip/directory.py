@@ -173,7 +173,7 @@ class Directory:
         self, tenant: str, trunk: pb.SIPInboundTrunkInfo, wall: float
     ) -> pb.SIPInboundTrunkInfo:
         if trunk.sip_trunk_id:
-            raise InvalidArgument("trunk ID must be empty")
+            raise InvalidArgument("trunk id must not be set")
         records.check_inbound(trunk)
         trunk = _copy(trunk)
         self._check_inbound_conflicts(tenant, trunk)
@@ -238,7 +238,7 @@ class Directory:
         self, tenant: str, trunk: pb.SIPOutboundTrunkInfo, wall: float
     ) -> pb.SIPOutboundTrunkInfo:
         if trunk.sip_trunk_id:
-            raise InvalidArgument("trunk ID must be empty")
+            raise InvalidArgument("trunk id must not be set")
         records.check_outbound(trunk)
         trunk = _copy(trunk)
         trunk.sip_trunk_id = self._new_id(TRUNK_PREFIX)

@@ -146,7 +146,7 @@ def test_outbound_trunks_need_numbers_and_an_address_not_a_uri() -> None:
         (pb.SIPOutboundTrunkInfo(numbers=["+1"], address="x;transport=tcp"), "transport"),
         (
             pb.SIPOutboundTrunkInfo(numbers=["+1"], address="x", sip_trunk_id="ST_1"),
-            "must be empty",
+            "trunk id must not be set",
         ),
     ):
         with pytest.raises(InvalidArgument, match=why):
