@@ -28,6 +28,81 @@ __all__ = [
 ]
 
 
+# RFC 3261's token characters: what a header name may be made of.
+_TOKEN = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-.!%*_+`'~")
+#: Headers a trunk may not set: the SIP stack's own (LiveKit's list, with
+#: the compact forms).
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "accept", "accept-encoding", "accept-language", "allow", "allow-events", "call-id",
+        "contact", "content-encoding", "content-length", "content-type", "cseq", "event",
+        "expires", "from", "max-forwards", "record-route", "refer-to", "reply-to",
+        "k", "l", "m", "o", "r", "t", "u", "v",
+    }
+)  # fmt: skip
+MAX_MEDIA_TIMEOUT = 600  #: seconds (LiveKit's MaxSIPMediaTimeout)
+
+
+def _check_header_name(name: str, restrict: bool) -> None:
+    # These headers go into SIP messages as they are: a CR, LF or colon
+    # would let a trunk's settings add headers of their own.
+    why = ""
+    if not name:
+        why = "header name cannot be empty"
+    elif len(name) > 255:
+        why = "header name too long (max 255 characters)"
+    elif bad := next((c for c in name if c not in _TOKEN), None):
+        why = f"header name {name} contains invalid characters: char {ord(bad)} not allowed"
+    elif restrict and name.lower() in FORBIDDEN_HEADERS:
+        why = f"header name {name} not supported"
+    if why:
+        raise InvalidArgument(f"invalid header name: {why}")
+
+
+def _check_header_value(name: str, value: str) -> None:
+    why = ""
+    if len(value) > 1024:
+        why = "value too long (max 1024 characters)"
+    # Printable ASCII, tab, and anything beyond ASCII (UTF-8): no controls.
+    elif bad := next(
+        (c for c in value if ord(c) < 128 and not (c == "\t" or " " <= c <= "~")), None
+    ):
+        why = f"value: char {ord(bad)} not allowed"
+    if why:
+        raise InvalidArgument(f"invalid header value for {name}: header {name}: {why}")
+
+
+def _check_headers(info: Any) -> None:
+    """The headers a trunk adds to its calls, and those it maps to and from
+    attributes (LiveKit's ``validateHeaders`` and the two maps' checks)."""
+    for name, value in info.headers.items():
+        _check_header_name(name, restrict=True)
+        _check_header_value(name, value)
+    for name in info.attributes_to_headers.values():
+        _check_header_name(name, restrict=False)
+    for name in info.headers_to_attributes:
+        _check_header_name(name, restrict=False)
+
+
+def check_media(info: Any) -> None:
+    """Codec names and the media timeout of a trunk's or rule's ``media``."""
+    if not info.HasField("media"):
+        return
+    for codec in info.media.codecs:
+        if not codec.name:
+            raise InvalidArgument("missing codec name")
+        if any(c in codec.name for c in " \t\n\r"):
+            raise InvalidArgument("invalid codec name")
+        if "/" in codec.name:
+            raise InvalidArgument("codec name must not contain '/'")
+    if info.media.HasField("media_timeout"):
+        timeout = info.media.media_timeout.ToTimedelta().total_seconds()
+        if timeout < 0:
+            raise InvalidArgument("media_timeout must not be negative")
+        if timeout > MAX_MEDIA_TIMEOUT:
+            raise InvalidArgument("media_timeout must not exceed 10m0s")
+
+
 def check_inbound(trunk: pb.SIPInboundTrunkInfo) -> None:
     """An inbound trunk must say whose calls it takes: credentials, the
     addresses they come from, or the numbers called (LiveKit refuses a
@@ -38,6 +113,8 @@ def check_inbound(trunk: pb.SIPInboundTrunkInfo) -> None:
             "for security, one of the fields must be set: "
             "AuthUsername+AuthPassword, AllowedAddresses or Numbers"
         )
+    check_media(trunk)
+    _check_headers(trunk)
 
 
 def _check_host(value: str, field: str) -> None:
@@ -55,12 +132,15 @@ def check_outbound(trunk: pb.SIPOutboundTrunkInfo) -> None:
         raise InvalidArgument("no outbound address specified")
     _check_host(trunk.address, "trunk address")
     _check_host(trunk.from_host, "from_host")
+    _check_headers(trunk)
+    check_media(trunk)
 
 
 def check_rule(rule: pb.SIPDispatchRuleInfo) -> None:
     if not rule.HasField("rule") or rule.rule.WhichOneof("rule") is None:
         raise InvalidArgument("missing rule")
     pin_and_room(rule)
+    check_media(rule)
 
 
 def legacy_rule(req: pb.CreateSIPDispatchRuleRequest) -> pb.SIPDispatchRuleInfo:

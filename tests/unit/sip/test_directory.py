@@ -5,6 +5,7 @@ records read back from the store."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from livekit.protocol import models
@@ -194,3 +195,33 @@ def test_records_are_read_back_from_the_store() -> None:
     assert again.inbound_trunks("acme") == [trunk, d.inbound_trunk("acme", legacy.sip_trunk_id)]
     assert again.outbound_trunks("acme") == d.outbound_trunks("acme")
     assert again.rules("globex") == [rule] and again.rules("acme") == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        (
+            {"headers": {"X-Ok": "a\r\nVia: x"}},
+            "invalid header value for X-Ok: header X-Ok: value: char 13",
+        ),
+        ({"headers": {"X Bad": "1"}}, "header name X Bad contains invalid characters: char 32"),
+        ({"headers": {"Call-ID": "1"}}, "invalid header name: header name Call-ID not supported"),
+        ({"headers": {"X-Long": "v" * 1025}}, "value too long"),
+        ({"headers_to_attributes": {"": "attr"}}, "header name cannot be empty"),
+        ({"attributes_to_headers": {"attr": "X:Y"}}, "contains invalid characters: char 58"),
+        (
+            {"media": pb.SIPMediaConfig(codecs=[pb.SIPCodec(name="PCMU/8000")])},
+            "must not contain '/'",
+        ),
+        ({"media": pb.SIPMediaConfig(codecs=[pb.SIPCodec()])}, "missing codec name"),
+    ],
+)
+def test_headers_and_media_are_checked_as_livekit_checks_them(
+    fields: dict[str, object], why: str
+) -> None:
+    d = _directory()
+    with pytest.raises(InvalidArgument, match=re.escape(why)):
+        d.create_inbound("t", pb.SIPInboundTrunkInfo(numbers=["+1"], **fields), WALL)
+    # A header of its own, with UTF-8 in its value, is fine.
+    fine = {"X-Customer": "Zoë"}
+    assert d.create_inbound("t", pb.SIPInboundTrunkInfo(numbers=["+1"], headers=fine), WALL)
