@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import resource
+import secrets
 import signal
 import socket
 import sys
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from edgedispatch import _core
 from edgedispatch.api.app import App
+from edgedispatch.calls.inbound import InboundCalls
 from edgedispatch.config import Config
 from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.domain import Domain
@@ -40,10 +42,8 @@ from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.webhooks import WebhookNotifier
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
+from edgedispatch.sip.digest import DigestAuth
 from edgedispatch.sip.directory import Directory
-from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import Event as SipEvent
-from edgedispatch.sip.uas import IncomingCall, UserAgentServer
 from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
 from edgedispatch.store.journal import Journal
@@ -142,14 +142,17 @@ class Server:
         app.agents = self.agents
 
     async def _listen_sip(self, loop: asyncio.AbstractEventLoop) -> None:
-        """SIP over UDP.  Calls cannot be routed to rooms yet: each INVITE
-        is refused with 404, which a trunk takes as "no such number"."""
+        """SIP over UDP and TCP; calls are decided by ``calls.inbound``."""
         sip = self.cfg.sip
         bind = sip.bind or self.cfg.server.bind
-
-        def on_event(uas: UserAgentServer, event: SipEvent | OutboundEvent, now: float) -> None:
-            if isinstance(event, IncomingCall):
-                uas.reject(event.call_id, 404, now, "no SIP trunk matches this call")
+        assert self.domain is not None and self.sip_directory is not None
+        calls = InboundCalls(
+            self.sip_directory,
+            self.domain,
+            DigestAuth(secrets.token_bytes(32)),
+            lambda: secrets.token_hex(6),
+        )
+        on_event = calls.on_event
 
         host = bind if bind != "0.0.0.0" else "127.0.0.1"
         # TCP on the same port number as UDP (as trunks expect).  With port

@@ -25,6 +25,9 @@ ALLOW: dict[str, set[str]] = {
     "_core": {"errors"},
     "config": {"errors"},
     "sip": {"errors"},  # sans-IO SIP: messages, transactions, dialogs
+    # What the server does with a call: the SIP stack's events, the
+    # tenants' trunks and rules, and the domain.
+    "calls": {"_core", "config", "dispatch", "errors", "sip"},
     "dispatch": {"_core", "config", "errors"},
     # The store follows the domain's events and writes its records.
     "store": {"_core", "dispatch", "errors"},
@@ -41,6 +44,7 @@ ALLOW: dict[str, set[str]] = {
     "server": {
         "_core",
         "api",
+        "calls",
         "config",
         "dispatch",
         "errors",
@@ -61,6 +65,7 @@ ALLOW: dict[str, set[str]] = {
 #: Packages that run no I/O and read no clock: ``now`` is passed in.
 SANS_IO = (
     "_core",
+    "calls",
     "sip",
     "dispatch",
     "wire",
