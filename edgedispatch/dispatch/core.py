@@ -47,6 +47,7 @@ from edgedispatch._core.codes import (
     WaitReason,
     WorkerStatus,
 )
+from edgedispatch.dispatch.compact import shrink
 from edgedispatch.errors import (
     DuplicateId,
     EdgeDispatchError,
@@ -156,6 +157,7 @@ class _Handles:
     def drop(self, ident: str) -> int:
         """Forget ``ident``; its handle still names it until ``recycle()``."""
         h = self.by_id.pop(ident)
+        shrink(self.by_id)
         self._freeing.append(h)
         return h
 

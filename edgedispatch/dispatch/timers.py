@@ -13,6 +13,8 @@ from __future__ import annotations
 import heapq
 from enum import IntEnum
 
+from edgedispatch.dispatch.compact import shrink
+
 
 class TimerKind(IntEnum):
     ROOM_EMPTY = 1  #: key (tenant, room name): nobody joined within empty_timeout
@@ -51,7 +53,8 @@ class Timers:
             heapq.heapify(self.heap)
 
     def clear(self, kind: TimerKind, key: TimerKey) -> None:
-        self._live.pop((kind, key), None)
+        if self._live.pop((kind, key), None) is not None:
+            shrink(self._live)
 
     def next_deadline(self) -> float | None:
         heap, live = self.heap, self._live
@@ -68,6 +71,8 @@ class Timers:
             if live.get((kind, key)) == seq:
                 del live[kind, key]
                 due.append((kind, key))
+        if due:
+            shrink(live)
         return due
 
 
