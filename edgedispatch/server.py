@@ -25,6 +25,7 @@ from edgedispatch import _core
 from edgedispatch.api.app import App
 from edgedispatch.config import Config
 from edgedispatch.dispatch.domain import Domain
+from edgedispatch.dispatch.events import DomainEvent, RoomClosed
 from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol, Limits, expire
@@ -40,6 +41,7 @@ from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
 from edgedispatch.store.journal import Journal
 from edgedispatch.store.sqlite import SqliteStore
+from edgedispatch.wire import convert
 from edgedispatch.wire.tokens import Verifier
 
 if TYPE_CHECKING:
@@ -124,6 +126,10 @@ class Server:
             await self.close()
             raise
         app.agents = self.agents
+        # A closed room's rendered message goes with it (see convert._ROOMS);
+        # subscribed last, so that the others' handlers of the same event
+        # (the room_finished webhook renders the room) have run.
+        domain.subscribe(_room_closed, RoomClosed)
 
     def _rooms(self, domain: Domain) -> RoomHub | None:
         """The live rooms, with aiortc for their media (in media worker
@@ -277,6 +283,11 @@ class Server:
         self._housekeeping()
         sys.stdout.flush()
         await self.wait_stopped()
+
+
+def _room_closed(event: DomainEvent) -> None:
+    assert isinstance(event, RoomClosed)
+    convert.forget_room(event.room)
 
 
 def raise_fd_limit() -> None:
