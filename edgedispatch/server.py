@@ -30,6 +30,7 @@ from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol, Limits, expire
 from edgedispatch.net.media_pool import MediaPool
+from edgedispatch.net.reclaim import Reclaimer
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
 from edgedispatch.obs import logs
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from edgedispatch.net.media import MediaFactory
 
 log = logging.getLogger("edgedispatch.server")
+
+#: Seconds between looks at whether much memory was freed (``net.reclaim``).
+RECLAIM_INTERVAL = 1.0
 
 
 class Server:
@@ -227,6 +231,13 @@ class Server:
         if not self._stop.is_set():
             loop.call_later(logs.DeferredStreamHandler.FLUSH_INTERVAL, self._housekeeping)
 
+    def _reclaim(self, reclaimer: Reclaimer) -> None:
+        """Every RECLAIM_INTERVAL: give memory back after a mass deletion
+        (``net.reclaim``; most looks cost a few microseconds)."""
+        reclaimer.check()
+        if not self._stop.is_set():
+            asyncio.get_running_loop().call_later(RECLAIM_INTERVAL, self._reclaim, reclaimer)
+
     async def wait_stopped(self) -> None:
         await self._stop.wait()
         await self.close()
@@ -281,6 +292,7 @@ class Server:
         gc.collect()
         gc.freeze()
         self._housekeeping()
+        self._reclaim(Reclaimer())
         sys.stdout.flush()
         await self.wait_stopped()
 
