@@ -30,10 +30,12 @@ from edgedispatch.calls.inbound import InboundCalls
 from edgedispatch.config import Config
 from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.domain import Domain
+from edgedispatch.dispatch.events import DomainEvent, RoomClosed
 from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol, Limits, expire
 from edgedispatch.net.media_pool import MediaPool
+from edgedispatch.net.reclaim import Reclaimer
 from edgedispatch.net.sip import SipEndpoint
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
@@ -48,12 +50,16 @@ from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
 from edgedispatch.store.journal import Journal
 from edgedispatch.store.sqlite import SqliteStore
+from edgedispatch.wire import convert
 from edgedispatch.wire.tokens import Verifier
 
 if TYPE_CHECKING:
     from edgedispatch.net.media import MediaFactory
 
 log = logging.getLogger("edgedispatch.server")
+
+#: Seconds between looks at whether much memory was freed (``net.reclaim``).
+RECLAIM_INTERVAL = 1.0
 
 
 class Server:
@@ -140,6 +146,10 @@ class Server:
             await self.close()
             raise
         app.agents = self.agents
+        # A closed room's rendered message goes with it (see convert._ROOMS);
+        # subscribed last, so that the others' handlers of the same event
+        # (the room_finished webhook renders the room) have run.
+        domain.subscribe(_room_closed, RoomClosed)
 
     async def _listen_sip(self, loop: asyncio.AbstractEventLoop) -> None:
         """SIP over UDP and TCP; calls are decided by ``calls.inbound``."""
@@ -279,6 +289,13 @@ class Server:
         if not self._stop.is_set():
             loop.call_later(logs.DeferredStreamHandler.FLUSH_INTERVAL, self._housekeeping)
 
+    def _reclaim(self, reclaimer: Reclaimer) -> None:
+        """Every RECLAIM_INTERVAL: give memory back after a mass deletion
+        (``net.reclaim``; most looks cost a few microseconds)."""
+        reclaimer.check()
+        if not self._stop.is_set():
+            asyncio.get_running_loop().call_later(RECLAIM_INTERVAL, self._reclaim, reclaimer)
+
     async def wait_stopped(self) -> None:
         await self._stop.wait()
         await self.close()
@@ -339,8 +356,14 @@ class Server:
         gc.collect()
         gc.freeze()
         self._housekeeping()
+        self._reclaim(Reclaimer())
         sys.stdout.flush()
         await self.wait_stopped()
+
+
+def _room_closed(event: DomainEvent) -> None:
+    assert isinstance(event, RoomClosed)
+    convert.forget_room(event.room)
 
 
 def raise_fd_limit() -> None:

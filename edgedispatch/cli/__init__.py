@@ -128,6 +128,16 @@ def _bench_rooms(args: argparse.Namespace) -> int:
     return 1 if "error" in report else 0
 
 
+def _bench_churn(args: argparse.Namespace) -> int:
+    from edgedispatch.cli.bench import churn
+
+    report = churn.run(
+        args.rooms, batch=args.batch, dispatch=args.dispatch, settle=args.settle, loop=args.loop
+    )
+    print(json.dumps(report) if args.json else churn.render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgedispatch",
@@ -260,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     rooms.add_argument("--json", action="store_true", help="print one JSON object")
     rooms.set_defaults(func=_bench_rooms)
+    churn = bench_sub.add_parser(
+        "churn", help="server RSS after many rooms are created and deleted, against its baseline"
+    )
+    churn.add_argument("--rooms", type=int, default=100_000, help="rooms (default 100000)")
+    churn.add_argument(
+        "--batch", type=int, default=0, help="rooms alive at once (default 0: all of them)"
+    )
+    churn.add_argument(
+        "--dispatch", action="store_true", help="a CreateDispatch in each room (jobs churn too)"
+    )
+    churn.add_argument(
+        "--settle", type=float, default=5.0, help="seconds idle before RSS is read (default 5)"
+    )
+    churn.add_argument("--json", action="store_true", help="print one JSON object")
+    churn.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop"
+    )
+    churn.set_defaults(func=_bench_churn)
     return parser
 
 

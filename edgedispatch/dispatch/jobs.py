@@ -15,6 +15,7 @@ from collections import Counter
 from edgedispatch._core.codes import FailReason, JobState, RestartPolicy, WaitReason
 from edgedispatch.config import DispatchConfig
 from edgedispatch.dispatch import ids
+from edgedispatch.dispatch.compact import shrink
 from edgedispatch.dispatch.core import AgentKey, DispatchCore, JobSpec
 from edgedispatch.dispatch.events import EventBus, JobChanged, JobForgotten, JobWaiting
 from edgedispatch.dispatch.records import Acceptance, DispatchRec, JobRec
@@ -177,6 +178,7 @@ class JobLedger:
     def forget(self, rec: JobRec) -> None:
         self._core.forget(rec.id)
         del self.jobs[rec.id]
+        shrink(self.jobs)  # in place: ``self.get`` is its bound method
         if JobForgotten in self._bus.wanted:
             self._bus.emit(JobForgotten(rec))
 

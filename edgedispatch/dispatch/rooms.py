@@ -21,6 +21,7 @@ import msgspec
 from edgedispatch._core.codes import FailReason, RestartPolicy
 from edgedispatch.config import RoomConfig
 from edgedispatch.dispatch import ids
+from edgedispatch.dispatch.compact import shrink
 from edgedispatch.dispatch.core import AgentKey
 from edgedispatch.dispatch.events import (
     DispatchCreated,
@@ -259,9 +260,12 @@ class RoomDirectory:
         for dispatch_id in list(room.dispatch_ids):
             self._end_dispatch(self.dispatches[dispatch_id], FailReason.ROOM_CLOSED, now)
         del self.rooms[room.tenant, room.name]
+        shrink(self.rooms)
         mine = self._by_tenant[room.tenant]
         del mine[room.name]
-        if not mine:
+        if mine:
+            shrink(mine)
+        else:
             del self._by_tenant[room.tenant]
         message = "room deleted" if why == "deleted" else f"room closed ({why})"
         log.info(message, extra={"room": room.name, "tenant": room.tenant or None})
@@ -318,6 +322,7 @@ class RoomDirectory:
         if room is not None and rec.id in room.dispatch_ids:
             room.dispatch_ids.remove(rec.id)
         del self.dispatches[rec.id]
+        shrink(self.dispatches)
         if DispatchDeleted in self._bus.wanted:
             self._bus.emit(DispatchDeleted(rec))
         self._jobs.end(rec.job_ids, reason, now)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import heapq
 from enum import IntEnum
 
+from edgedispatch.dispatch.compact import shrink
+
 
 class TimerKind(IntEnum):
     ROOM_EMPTY = 1  #: key (tenant, room name): nobody joined within empty_timeout
@@ -42,16 +44,24 @@ class Timers:
         self._seq += 1
         self._live[kind, key] = self._seq
         heapq.heappush(self.heap, (when, self._seq, kind, key))
-        # Replaced and cleared entries stay in the heap until they reach its
-        # top; when they outnumber the live ones, rebuild it, so that a churn
-        # of rooms cannot grow it without bound.
+        self._drop_dead()
+
+    def clear(self, kind: TimerKind, key: TimerKey) -> None:
+        if self._live.pop((kind, key), None) is not None:
+            shrink(self._live)
+            self._drop_dead()
+
+    def _drop_dead(self) -> None:
+        """Replaced and cleared entries stay in the heap until they reach its
+        top; when they outnumber the live ones, rebuild it, so that a churn
+        of rooms cannot grow it without bound.  Checked on clearing too: a
+        room deleted before its empty timeout keeps its entry (and its key:
+        the room's name) otherwise, for as long as an earlier live deadline
+        stays on top (a long-lived room's), up to the timeout."""
         if len(self.heap) > 64 and len(self.heap) > 2 * len(self._live):
             live = self._live
             self.heap = [e for e in self.heap if live.get((e[2], e[3])) == e[1]]
             heapq.heapify(self.heap)
-
-    def clear(self, kind: TimerKind, key: TimerKey) -> None:
-        self._live.pop((kind, key), None)
 
     def next_deadline(self) -> float | None:
         heap, live = self.heap, self._live
@@ -68,6 +78,8 @@ class Timers:
             if live.get((kind, key)) == seq:
                 del live[kind, key]
                 due.append((kind, key))
+        if due:
+            shrink(live)
         return due
 
 

@@ -340,3 +340,37 @@ def test_list_dispatch_tells_why_a_job_waits(start_server: Callable[..., ServerT
         assert "every worker for agent 'busy' is full" in job.state.error
 
     run(main())
+
+
+def test_deleted_rooms_leave_nothing_in_the_server(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """Memory comes back: rooms created (each with a dispatch) and deleted
+    through RoomService leave no record, job or rendered message behind."""
+    from edgedispatch.wire import convert
+
+    srv = start_server()
+    sids: list[str] = []
+
+    async def main() -> None:
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            for i in range(100):
+                room = await lk.room.create_room(
+                    api.CreateRoomRequest(
+                        name=f"churn-{i}", agents=[api.RoomAgentDispatch(agent_name="a")]
+                    )
+                )
+                sids.append(room.sid)
+            for i in range(100):
+                await lk.room.delete_room(api.DeleteRoomRequest(room=f"churn-{i}"))
+
+    run(main())
+    kept = srv.call(
+        lambda: (
+            len(srv.domain.rooms.rooms),
+            len(srv.domain.rooms.dispatches),
+            len(srv.domain.jobs.jobs),
+            [sid for sid in sids if sid in convert._ROOMS],
+        )
+    )
+    assert kept == (0, 0, 0, [])
