@@ -171,9 +171,14 @@ class WorkerDesk:
         rec = self._jobs.get(job_id)
         if rec is None or status == JobStatus.PENDING:
             return
-        if error:
-            rec.error = error
+        before = self._core.job_state(job_id)
         self._core.job_status(job_id, link.worker_id, status, now)
+        # The core ignores a report on a job this worker does not hold (a
+        # stale one, or a job id it guessed): its error must not reach the
+        # job's record either, which another worker's job or tenant shows.
+        after = self._core.job_state(job_id)
+        if error and after != before and after[1] == link.worker_id:
+            rec.error = error
 
     def claim(self, link: WorkerLink, job_ids: list[str], now: float) -> None:
         """MigrateJob: a reconnected worker claims back jobs it runs."""
