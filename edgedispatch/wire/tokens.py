@@ -158,7 +158,9 @@ class Verifier:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A time in seconds: a JSON number that a float holds (the checks add
+    LEEWAY to it; an integer of 400 digits would raise OverflowError)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and -1e300 < value < 1e300
 
 
 def _b64url(segment: str, what: str) -> bytes:
@@ -172,7 +174,10 @@ def _b64url(segment: str, what: str) -> bytes:
 def _json_segment(segment: str, what: str) -> dict[str, Any]:
     try:
         value = _json_object.decode(_b64url(segment, what))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # msgspec raises the other two for a string that is not UTF-8 and
+        # for objects nested past the recursion limit: an unsigned token's
+        # bytes are anyone's to choose.
         raise AuthError(f"invalid token: its {what} is not a JSON object") from None
     return value
 

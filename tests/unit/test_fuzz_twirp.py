@@ -5,7 +5,9 @@ untouched; a well-formed call works afterwards."""
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import time
 from typing import Any
 
@@ -13,7 +15,7 @@ import jwt
 import msgspec
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from livekit.protocol import agent_dispatch as ad
 from livekit.protocol import models, rtc
@@ -32,7 +34,15 @@ from edgedispatch.wire import twirp
 from edgedispatch.wire.http import Request, Response
 from edgedispatch.wire.signal import Grant, JoinParams
 from edgedispatch.wire.tokens import Verifier
-from tests.fuzzing import aim, deep_json, fuzz_settings, json_values, messages, mutated
+from tests.fuzzing import (
+    aim,
+    deep_json,
+    fuzz_settings,
+    json_values,
+    messages,
+    mutated,
+    text,
+)
 from tests.unit.rtc.test_rooms import FakeMedia
 
 #: (service, method) -> request type, of every Twirp route the app serves.
@@ -215,4 +225,48 @@ def test_fuzzed_bodies_get_a_client_error_and_touch_no_one_else(
             body = data.draw(json_body(msg), label="body")
         answer = world.post(route, body, encoding, room_of(msg))
         check_answer(answer, encoding)
+    check_world(world)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@st.composite
+def tokens(draw: st.DrawFn) -> str:
+    """Not a token; segments that are not JSON, not UTF-8 or nested deep;
+    or a token signed with the right key whose claims have odd types."""
+    kind = draw(st.sampled_from(["text", "segments", "signed"]))
+    if kind == "text":
+        return draw(text())
+    if kind == "segments":
+        segment = draw(
+            st.one_of(
+                st.binary(max_size=40),
+                st.sampled_from([b'{"alg":"\xff"}', deep_json(100_000, "{"), b"[]", b"null"]),
+            )
+        )
+        header = b64(segment) if draw(st.booleans()) else b64(b'{"alg":"HS256"}')
+        return f"{header}.{b64(segment)}.{b64(draw(st.binary(max_size=32)))}"
+    fields = st.sampled_from(["sub", "nbf", "exp", "video", "x"])
+    claims: dict[str, Any] = draw(st.dictionaries(fields, json_values))
+    claims["iss"] = "devkey"
+    if draw(st.booleans()):
+        claims["video"] = {"roomAdmin": True, "roomCreate": True, "roomList": True, "room": "r1"}
+        claims["video"].update(draw(st.dictionaries(st.sampled_from(["room"]), json_values)))
+    odd_times = st.sampled_from([10**400, -(10**400), 1e308, math.inf, math.nan, "soon", True])
+    claims.update(draw(st.dictionaries(st.sampled_from(["nbf", "exp"]), odd_times)))
+    return jwt.encode(claims, "secret", algorithm="HS256")
+
+
+@given(tokens(), st.sampled_from(ROUTE_KEYS))
+@example("eyJhbGciOiJIUzI1NiJ9." + b64(b'{"iss":"\xff"}') + ".c2ln", ROUTE_KEYS[0])
+@fuzz_settings(40)
+def test_fuzzed_tokens_get_a_client_error(tok: str, route: tuple[str, str]) -> None:
+    world = World()
+    path = f"/twirp/{route[0]}/{route[1]}"
+    headers = {"content-type": twirp.JSON, "authorization": f"Bearer {tok}"}
+    answer = world.app.handle_http(Request("POST", path, path, "", headers, b"{}", "x", 1.5))
+    assert isinstance(answer, Response)
+    check_answer(answer, twirp.JSON)
     check_world(world)
