@@ -49,7 +49,9 @@ class Claims:
         self.tenant = tenant
         self.program = program
         self.raw = raw
-        self.identity: str = raw.get("sub") or ""
+        sub = raw.get("sub")
+        # Not a string (a list, say): no identity, which a join refuses.
+        self.identity: str = sub if isinstance(sub, str) else ""
         video = raw.get("video")
         self.video: dict[str, Any] = video if isinstance(video, dict) else {}
         exp = raw.get("exp")
