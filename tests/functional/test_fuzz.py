@@ -162,7 +162,7 @@ def test_a_burst_of_fuzzed_twirp_calls_spares_the_other_clients(
     clients.run(bystander.start())
 
     @given(st.lists(twirp_calls(), min_size=30, max_size=30))
-    @fuzz_settings(3)
+    @fuzz_settings(5)
     def burst(calls: list[tuple[str, str, bytes, str]]) -> None:
         for method, ctype, body, tok in calls:
             check_error(*post(srv, method, body, tok, ctype))
@@ -209,7 +209,7 @@ def test_a_fuzzed_worker_is_closed_with_a_reason_and_the_other_keeps_its_jobs(
     enders: list[bytes | str] = ["not protobuf", b"\x00" * (MAX_MESSAGE + 1), b"\xff\xff"]
 
     @given(st.data(), st.sampled_from(enders))
-    @fuzz_settings(4)
+    @fuzz_settings(8)
     def session(data: st.DataObject, ender: bytes | str) -> None:
         # Aimed at the bystander's running job too (frames() takes job ids
         # from pool[3:5]).

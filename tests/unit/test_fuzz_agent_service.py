@@ -93,7 +93,7 @@ async def call_all(cfg: config.Config, calls: list[tuple[str, bytes]]) -> list[R
 @given(st.lists(st.tuples(st.sampled_from(METHODS), bodies()), min_size=1, max_size=3))
 @example([("AddAgent", deep_json(100_000, "["))])  # msgspec's RecursionError was a 500
 @example([("AddAgent", deep_json(100_000, "{"))])
-@fuzz_settings(40)
+@fuzz_settings(80)
 def test_fuzzed_agent_service_bodies_get_a_client_error(
     cfg: config.Config, calls: list[tuple[str, bytes]]
 ) -> None:

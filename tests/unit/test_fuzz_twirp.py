@@ -206,7 +206,7 @@ def json_body(draw: st.DrawFn, msg: Message) -> bytes:
     st.sampled_from(ENCODINGS),
     st.sampled_from(["random", "mutated", "valid"]),
 )
-@fuzz_settings(60)
+@fuzz_settings(200)
 def test_fuzzed_bodies_get_a_client_error_and_touch_no_one_else(
     data: st.DataObject, route: tuple[str, str], encoding: str, kind: str
 ) -> None:
@@ -261,7 +261,7 @@ def tokens(draw: st.DrawFn) -> str:
 
 @given(tokens(), st.sampled_from(ROUTE_KEYS))
 @example("eyJhbGciOiJIUzI1NiJ9." + b64(b'{"iss":"\xff"}') + ".c2ln", ROUTE_KEYS[0])
-@fuzz_settings(40)
+@fuzz_settings(100)
 def test_fuzzed_tokens_get_a_client_error(tok: str, route: tuple[str, str]) -> None:
     world = World()
     path = f"/twirp/{route[0]}/{route[1]}"

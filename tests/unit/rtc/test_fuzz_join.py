@@ -82,7 +82,7 @@ def join(world: World, path: str, token: str, query: dict[str, str]) -> Response
     {},
     "/rtc",
 )
-@fuzz_settings(40)
+@fuzz_settings(100)
 def test_fuzzed_joins_are_refused_with_a_reason(
     token: str, query: dict[str, str], path: str
 ) -> None:
