@@ -99,7 +99,7 @@ def frames(draw: st.DrawFn, pool: list[str]) -> bytes:
 
 
 @given(st.data(), st.booleans())
-@fuzz_settings(150)
+@fuzz_settings(100)
 def test_fuzzed_frames_close_one_worker_with_a_reason_and_spare_the_other(
     data: st.DataObject, registered: bool
 ) -> None:
