@@ -109,8 +109,13 @@ async def handle(manager: AgentAdmin, method: str, claims: Claims, body: bytes) 
     _require_admin(claims)
     try:
         req = msgspec.json.decode(body or b"{}")
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # (msgspec raises UnicodeDecodeError for a string that is not UTF-8.)
         raise Malformed(f"the request body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        # msgspec raises this, not DecodeError, for arrays or objects nested
+        # deeper than the interpreter's recursion limit (a few KB of "[").
+        raise Malformed("the request body is not JSON: nested too deeply") from exc
     if not isinstance(req, dict):
         raise Malformed("the request body must be a JSON object")
     run = METHODS.get(method)

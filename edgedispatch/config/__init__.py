@@ -392,13 +392,18 @@ def validate(cfg: Config) -> Config:
 def _decode_error(exc: msgspec.ValidationError) -> ConfigError:
     # msgspec says e.g. "Object contains unknown field `prot` - at `$.server`".
     text = str(exc)
-    where = text.rsplit(" - at `$", 1)
-    key = where[1].rstrip("`").lstrip(".") if len(where) == 2 else ""
-    if "unknown field" in text:
-        field = text.split("`")[1]
+    head, sep, tail = text.rpartition(" - at `$")
+    if not sep:
+        head, tail = text, ""
+    key = tail.rstrip("`").lstrip(".")
+    unknown = "Object contains unknown field `"
+    if head.startswith(unknown):
+        # The name is all between the quotes: it may hold a backquote, or
+        # be empty (`"" = 1` in the file), and is then shown as "".
+        field = head[len(unknown) : -1] or '""'
         key = f"{key}.{field}" if key else field
         return ConfigError("unknown setting", key)
-    return ConfigError(where[0], key)
+    return ConfigError(head, key)
 
 
 def load(

@@ -171,9 +171,16 @@ class WorkerDesk:
         rec = self._jobs.get(job_id)
         if rec is None or status == JobStatus.PENDING:
             return
-        if error:
-            rec.error = error
+        before = self._core.job_state(job_id) if error else None
         self._core.job_status(job_id, link.worker_id, status, now)
+        if before is not None:
+            # The core ignores a report on a job this worker does not hold
+            # (a stale one, or a job id it guessed): its error must not
+            # reach the job's record either, which its owner's ListDispatch
+            # shows.
+            after = self._core.job_state(job_id)
+            if after != before and after[1] == link.worker_id:
+                rec.error = error
 
     def claim(self, link: WorkerLink, job_ids: list[str], now: float) -> None:
         """MigrateJob: a reconnected worker claims back jobs it runs."""

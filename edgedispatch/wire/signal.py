@@ -178,7 +178,9 @@ def join_grant(raw: dict[str, Any], video: dict[str, Any], identity: str) -> Gra
     if not identity:
         raise PermissionDenied("token has no identity (sub)")
     kind = KINDS.get(str(raw.get("kind") or ""), 0)
-    sources = video.get("canPublishSources") or []
+    sources = video.get("canPublishSources")
+    if not isinstance(sources, list):
+        sources = []  # (a number here raised TypeError: the join got a 500)
     attributes = raw.get("attributes") or {}
     config = raw.get("roomConfig")
     room_config = None

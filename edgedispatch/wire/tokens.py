@@ -49,7 +49,9 @@ class Claims:
         self.tenant = tenant
         self.program = program
         self.raw = raw
-        self.identity: str = raw.get("sub") or ""
+        sub = raw.get("sub")
+        # Not a string (a list, say): no identity, which a join refuses.
+        self.identity: str = sub if isinstance(sub, str) else ""
         video = raw.get("video")
         self.video: dict[str, Any] = video if isinstance(video, dict) else {}
         exp = raw.get("exp")
@@ -158,7 +160,9 @@ class Verifier:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A time in seconds: a JSON number that a float holds (the checks add
+    LEEWAY to it; an integer of 400 digits would raise OverflowError)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and -1e300 < value < 1e300
 
 
 def _b64url(segment: str, what: str) -> bytes:
@@ -172,7 +176,10 @@ def _b64url(segment: str, what: str) -> bytes:
 def _json_segment(segment: str, what: str) -> dict[str, Any]:
     try:
         value = _json_object.decode(_b64url(segment, what))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # msgspec raises the other two for a string that is not UTF-8 and
+        # for objects nested past the recursion limit: an unsigned token's
+        # bytes are anyone's to choose.
         raise AuthError(f"invalid token: its {what} is not a JSON object") from None
     return value
 
