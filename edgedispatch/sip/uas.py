@@ -41,6 +41,7 @@ from edgedispatch.sip.uac import UserAgentClient
 log = logging.getLogger("edgedispatch.sip")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+MAX_TRANSACTIONS = 100_000
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 407:
@@ -118,6 +119,9 @@ class UserAgentServer:
         self._out: list[tuple[bytes, Address]] = []
         #: The calls we place (``outbound.dial``), on the same transport.
         self.outbound = UserAgentClient(contact, new_tag)
+        #: Transactions kept at most (each lives up to 64*T1 = 32 s): past
+        #: it, a new request gets a stateless 503 (2,000 calls/s fit).
+        self.max_transactions = MAX_TRANSACTIONS
 
     # -- input -----------------------------------------------------------
 
@@ -146,6 +150,13 @@ class UserAgentServer:
             self._response(msg)
             return
         try:
+            if len(self.transactions) >= self.max_transactions and msg.method != "ACK":
+                if self.transactions.state(msg, source) is None:
+                    # A flood: answered without keeping anything (no Timer G
+                    # repeats to an address that may be forged, no memory).
+                    head = [("retry-after", "5")]
+                    self._out.append((response_to(msg, 503, "Service Unavailable", head), source))
+                    return
             if self.transactions.receive(msg, source, reliable=reliable, now=now):
                 self._request(msg, source, now)
         except EdgeDispatchError as exc:  # e.g. a bad Via: no one to answer to

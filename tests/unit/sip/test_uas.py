@@ -212,3 +212,17 @@ def test_a_request_that_cannot_be_parsed_gets_400_with_the_reason() -> None:
     ua.receive_datagram(b"\xff\xfe garbage", CALLER, 0.0)
     ua.receive_datagram(b"\r\n\r\n", CALLER, 0.0)  # a keep-alive
     assert out(ua) == [] and ua.take_events() == []
+
+
+def test_a_flood_past_the_transaction_bound_gets_a_stateless_503() -> None:
+    ua = uas()
+    ua.max_transactions = 2
+    for i in range(3):
+        ua.receive_datagram(req("OPTIONS", branch=f"z9hG4bK-{i}", call_id=f"c{i}"), CALLER, 0.0)
+    answers = out(ua)
+    assert statuses(answers) == [200, 200, 503]
+    assert answers[2].headers.get("retry-after") == "5"
+    assert len(ua.transactions) == 2  # the third left nothing behind
+    ua.on_timer(64 * T1)  # the first two end: room again
+    ua.receive_datagram(req("OPTIONS", branch="z9hG4bK-9", call_id="c9"), CALLER, 40.0)
+    assert statuses(out(ua)) == [200]
