@@ -5,7 +5,8 @@ decides each call with ``ring``, ``answer``, ``reject`` and ``hang_up``.
 
 Datagrams in with ``now``; datagrams out (``take_outgoing``); one deadline
 (``next_deadline``/``on_timer``).  What a call does over time:
-- INVITE: 100 Trying at once, then the application's answers.  A 2xx is
+- INVITE: 100 Trying at once (unless the application answers in the
+  same pass), then the application's answers.  A 2xx is
   sent again (T1 doubling to T2) until its ACK; with no ACK by 64·T1 the
   call is hung up (§13.3.1.4).
 - CANCEL of a pending INVITE: 200, then 487 to the INVITE; of an answered
@@ -34,7 +35,7 @@ from edgedispatch.sip.message import (
     render,
     response_to,
 )
-from edgedispatch.sip.transaction import T1, T2, Address, ServerTransactions, key_of
+from edgedispatch.sip.transaction import T1, T2, Address, ServerTransactions, State, key_of
 from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uac import UserAgentClient
 
@@ -95,6 +96,7 @@ class Call:
     state: CallState = CallState.OFFERED
     answer: bytes = b""  #: the 2xx, sent again until ACK
     answer_sdp: bytes = b""  #: our session, offered again to a re-INVITE
+    rang: bool = False  #: a provisional answer went out
     resend_at: float | None = None
     interval: float = T1
     give_up: float = 0.0
@@ -117,6 +119,7 @@ class UserAgentServer:
         self.calls: dict[str, Call] = {}
         self._events: list[Event] = []
         self._out: list[tuple[bytes, Address]] = []
+        self._trying: list[tuple[Call, float]] = []  # INVITEs that may need a 100
         #: The calls we place (``outbound.dial``), on the same transport.
         self.outbound = UserAgentClient(contact, new_tag)
         #: Transactions kept at most (each lives up to 64*T1 = 32 s): past
@@ -217,7 +220,10 @@ class UserAgentServer:
             return
         call = Call(req.call_id, req, source, self._new_tag())
         self.calls[req.call_id] = call
-        self._reply(req, source, 100, now)
+        # 100 Trying goes out with this pass's datagrams only if nothing
+        # else answers the INVITE in the pass (a call refused or rung at
+        # once needs none: one packet less, to an address that may be forged).
+        self._trying.append((call, now))
         self._events.append(IncomingCall(req.call_id, req, source))
 
     def _ack(self, req: Request, now: float) -> None:
@@ -264,6 +270,7 @@ class UserAgentServer:
 
     def ring(self, call_id: str, now: float) -> None:
         call = self._offered(call_id)
+        call.rang = True
         self._reply(call.invite, call.source, 180, now, to_tag=call.local_tag)
 
     def answer(self, call_id: str, sdp: bytes, now: float) -> None:
@@ -334,6 +341,11 @@ class UserAgentServer:
             call.resend_at = min(now + call.interval, call.give_up)
 
     def take_outgoing(self) -> list[tuple[bytes, Address]]:
+        for call, at in self._trying:
+            state = self.transactions.state(call.invite, call.source)
+            if call.state is CallState.OFFERED and state is State.PROCEEDING and not call.rang:
+                self._reply(call.invite, call.source, 100, at)
+        self._trying.clear()
         out = self.transactions.take_outgoing() + self._out + self.outbound.take_outgoing()
         self._out = []
         return out

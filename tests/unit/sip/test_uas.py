@@ -62,7 +62,7 @@ def answered_call(ua: UserAgentServer) -> str:
     ua.ring("call-1", 0.01)
     ua.answer("call-1", SDP, 0.02)
     msgs = out(ua)
-    assert statuses(msgs) == [100, 180, 200]
+    assert statuses(msgs) == [180, 200]  # decided at once: no 100 needed
     tag = parse_name_addr(msgs[-1].headers.get("to")).tag
     ua.receive_datagram(req("ACK", branch="z9hG4bK-ack", to_tag=tag), CALLER, 0.05)
     return tag
@@ -181,7 +181,7 @@ def test_the_application_hangs_up_and_rejects() -> None:
     ua = uas()
     ua.receive_datagram(req("INVITE", call_id="call-2", branch="z9hG4bK-2"), CALLER, 3.0)
     ua.reject("call-2", 486, 3.1)
-    assert statuses(out(ua)) == [100, 486]
+    assert statuses(out(ua)) == [486]  # refused at once: no 100 before it
     ua.receive_datagram(req("INVITE", call_id="call-2", branch="z9hG4bK-2"), CALLER, 3.2)
     assert statuses(out(ua)) == [486]  # a late copy: the answer again
     ua.on_timer(3.1 + T1)
