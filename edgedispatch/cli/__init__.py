@@ -108,6 +108,14 @@ def _bench_faults(args: argparse.Namespace) -> int:
     return 0 if report["lost"] == 0 and report["run_twice_at_once"] == 0 else 1
 
 
+def _bench_sip(args: argparse.Namespace) -> int:
+    from edgedispatch.cli.bench import sip
+
+    report = sip.run(args.rate, args.seconds)
+    print(json.dumps(report) if args.json else sip.render(report))
+    return 0
+
+
 def _bench_rooms(args: argparse.Namespace) -> int:
     try:
         from edgedispatch.cli.bench import rooms
@@ -252,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--seed", type=int, help="the faults' random seed (default: a new one)")
     fault.add_argument("--json", action="store_true", help="print one JSON object")
     fault.set_defaults(func=_bench_faults)
+    sip = bench_sub.add_parser("sip", help="SIP signalling with sipp: calls per second, latency")
+    sip.add_argument(
+        "--rate", type=int, nargs="+", default=[100, 500, 1000, 2000], metavar="R",
+        help="calls per second to try, in order (default: 100 500 1000 2000)",
+    )  # fmt: skip
+    sip.add_argument("--seconds", type=float, default=5, help="seconds of calls per rate")
+    sip.add_argument("--json", action="store_true", help="print one JSON object")
+    sip.set_defaults(func=_bench_sip)
     rooms = bench_sub.add_parser(
         "rooms", help="rooms with livekit rtc clients: join, data, audio rooms"
     )

@@ -1,0 +1,32 @@
+"""``edgedispatch bench sip`` runs sipp against the server and reports each
+rate's completed and failed calls and the INVITE's answer time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.once,
+    pytest.mark.skipif(not shutil.which("sipp"), reason="sipp (sip-tester) missing"),
+]
+
+
+def test_bench_sip_reports_calls_and_latency(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edgedispatch", "bench", "sip", "--rate", "50", "200",
+         "--seconds", "1", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert [r["rate"] for r in report["rows"]] == [50, 200]
+    for row in report["rows"]:
+        assert row["successful"] == row["calls"] and row["failed"] == 0
+        assert 0 <= row["invite_ms"]["p50"] <= row["invite_ms"]["p99"] < 1000
+    assert report["max_rate_with_0_failed"] == 200
