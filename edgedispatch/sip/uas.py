@@ -48,7 +48,8 @@ REASONS = {
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 407:
     "Proxy Authentication Required", 408: "Request Timeout", 413: "Request Entity Too Large",
     480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 486: "Busy Here",
-    487: "Request Terminated", 488: "Not Acceptable Here", 491: "Request Pending",
+    482: "Loop Detected", 487: "Request Terminated", 488: "Not Acceptable Here",
+    491: "Request Pending",
     500: "Server Internal Error", 503: "Service Unavailable", 513: "Message Too Large",
 }  # fmt: skip
 
@@ -212,6 +213,11 @@ class UserAgentServer:
 
     def _invite(self, req: Request, source: Address, now: float) -> None:
         call = self.calls.get(req.call_id)
+        if call is not None and req.cseq == call.invite.cseq:
+            # The same INVITE by another path (a new branch: forked by a
+            # proxy upstream), §8.2.2.2: refused, the first copy goes on.
+            self._reply(req, source, 482, now)
+            return
         if call is not None:  # a re-INVITE in the call: the same session again
             if call.state is CallState.CONFIRMED and call.answer:
                 self._reply(req, source, 200, now, self._session_headers(), call.answer_sdp)

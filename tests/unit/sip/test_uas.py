@@ -226,3 +226,14 @@ def test_a_flood_past_the_transaction_bound_gets_a_stateless_503() -> None:
     ua.on_timer(64 * T1)  # the first two end: room again
     ua.receive_datagram(req("OPTIONS", branch="z9hG4bK-9", call_id="c9"), CALLER, 40.0)
     assert statuses(out(ua)) == [200]
+
+
+def test_a_merged_invite_by_another_path_is_refused_482_and_the_first_goes_on() -> None:
+    ua = uas()
+    ua.receive_datagram(req("INVITE"), CALLER, 0.0)
+    out(ua)
+    ua.receive_datagram(req("INVITE", branch="z9hG4bK-fork"), CALLER, 0.1)  # same CSeq
+    assert statuses(out(ua)) == [482]
+    assert [type(e) for e in ua.take_events()] == [IncomingCall]  # reported once
+    ua.answer("call-1", SDP, 0.2)
+    assert statuses(out(ua)) == [200]
