@@ -18,6 +18,13 @@ What survives what (``synchronous``, from config):
   survives a process crash (kill -9), and a power loss may lose the last
   commits (never the database's consistency).
 
+A commit that fails (a full disk) is not dropped: its batch is kept in
+memory and tried again every ``RETRY_INTERVAL``, ahead of later writes,
+until it commits.  Meanwhile ``failure`` says why, the API refuses new
+work, and answers that waited fail with ``StoreUnavailable``; their writes
+land with the batch.  Only a crash (or a stop) while it fails loses the
+writes not yet committed, and those were never answered as done.
+
 The schema is versioned (``PRAGMA user_version``) and migrated forward at
 open; a database from a newer edgedispatch is refused, with the versions.
 """
@@ -30,6 +37,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,6 +63,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+#: Seconds between attempts to commit a batch that failed (a full disk).
+RETRY_INTERVAL = 0.5
 
 _Op = tuple[str, tuple[Any, ...]]
 
@@ -110,6 +120,7 @@ class SqliteStore:
         self.failure: str = ""  #: why the last commit failed ("" when none)
         self.commits = 0
         self.pending = 0  #: statements queued and not yet committed
+        self.written = 0  #: statements queued since start (a caller's "did I write?")
         self._closed = False
         self._barrier: asyncio.Future[None] | None = None
         self._migrate_json()
@@ -144,18 +155,25 @@ class SqliteStore:
             self._db.execute(sql, params)
             return
         self.pending += 1
+        self.written += 1
         self._queue.put((sql, params))
 
     def flushed(self) -> asyncio.Future[None]:
         """Resolves once everything queued before it is committed (or with
         ``StoreUnavailable`` if the commit failed: a full disk, say).  The
         calls of one pass of the event loop share one future: one wake-up
-        of the loop for all the answers of a burst."""
+        of the loop for all the answers of a burst.
+
+        While the store is failing it fails at once: what was queued stays
+        queued behind the failed batch, and commits when that one does."""
         barrier = self._barrier
         if barrier is not None:
             return barrier
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        if self.failure:
+            fut.set_exception(self.unavailable())
+            return fut
         if self._thread is None or self._closed:
             fut.set_result(None)
             return fut
@@ -163,6 +181,13 @@ class SqliteStore:
         self._barrier = fut
         loop.call_soon(self._close_barrier)
         return fut
+
+    def unavailable(self) -> StoreUnavailable:
+        """The error of a call refused or failed while the store is failing."""
+        return StoreUnavailable(
+            f"the store could not commit: {self.failure}; the server takes no new work"
+            " until it can (what it already took is kept, and retried)"
+        )
 
     def _close_barrier(self) -> None:
         self._barrier = None
@@ -186,26 +211,51 @@ class SqliteStore:
 
     def _run(self) -> None:
         db = self._db
+        # A batch that failed is kept and tried again, ahead of what came
+        # after it and in order, until it commits: its writes were applied
+        # in memory (a job's end, say), and dropping them would make the
+        # disk disagree with what clients were told (the job would run
+        # again after a restart).
+        kept: list[_Op] = []
         stop = False
         while not stop:
-            batch: list[_Op] = []
-            waiters: list[asyncio.Future[None]] = []
-            item = self._queue.get()
-            while True:
-                if item is None:
-                    stop = True
-                elif isinstance(item, asyncio.Future):
-                    waiters.append(item)
-                else:
-                    batch.append(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            error = self._commit(db, batch) if batch else ""
-            self._resolve(waiters, error, len(batch))
+            batch, waiters, stop = self._take(RETRY_INTERVAL if kept else None)
+            if kept:
+                batch = kept + batch
+            error = self._commit(db, batch, quiet=bool(kept)) if batch else ""
+            if error:
+                kept = batch
+                if stop:
+                    log.error("store closed with %d writes it could not commit", len(batch))
+            elif kept:
+                log.warning("store commits again: %d kept writes committed", len(batch))
+                kept = []
+            self._resolve(waiters, error, 0 if error else len(batch))
 
-    def _commit(self, db: sqlite3.Connection, batch: list[_Op]) -> str:
+    def _take(self, retry: float | None) -> tuple[list[_Op], list[asyncio.Future[None]], bool]:
+        """What is queued: at least one item, else (while a failed batch
+        waits) whatever comes within ``retry`` seconds."""
+        batch: list[_Op] = []
+        waiters: list[asyncio.Future[None]] = []
+        deadline = None if retry is None else time.monotonic() + retry
+        while True:
+            try:
+                if deadline is None:
+                    item = (
+                        self._queue.get() if not batch and not waiters else self._queue.get_nowait()
+                    )
+                else:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return batch, waiters, False
+            if item is None:
+                return batch, waiters, True
+            if isinstance(item, asyncio.Future):
+                waiters.append(item)
+            else:
+                batch.append(item)
+
+    def _commit(self, db: sqlite3.Connection, batch: list[_Op], quiet: bool = False) -> str:
         try:
             db.execute("BEGIN")
             # Runs of the same statement go as one executemany: far fewer
@@ -223,12 +273,13 @@ class SqliteStore:
                 start = end
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            log.error("store commit of %d writes failed: %s", len(batch), exc)
+            if not quiet:  # once per failure, not at each retry
+                log.error("store commit of %d writes failed (kept, retried): %s", len(batch), exc)
             try:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            return str(exc)
+            return str(exc) or type(exc).__name__
         return ""
 
     def _resolve(self, waiters: list[asyncio.Future[None]], error: str, n: int) -> None:
@@ -244,7 +295,7 @@ class SqliteStore:
                 if fut.done():
                     continue
                 if error:
-                    fut.set_exception(StoreUnavailable(f"the store could not commit: {error}"))
+                    fut.set_exception(self.unavailable())
                 else:
                     fut.set_result(None)
 

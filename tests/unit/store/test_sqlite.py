@@ -7,10 +7,12 @@ import asyncio
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgedispatch.errors import StoreUnavailable
+from edgedispatch.store import sqlite
 from edgedispatch.store.sqlite import FILENAME, SCHEMA_VERSION, SqliteStore
 
 
@@ -70,18 +72,86 @@ def test_writes_commit_in_batches_and_answers_wait_for_them(tmp_path: Path) -> N
     assert commits < 200  # grouped: one transaction takes many writes
 
 
-def test_a_failed_commit_fails_the_answers_waiting_for_it(tmp_path: Path) -> None:
+class _FullDisk:
+    """The store's connection, with every COMMIT failing as on a full disk
+    while ``full`` is set."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.full = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        return self.db.executemany(sql, rows)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _committed(path: Path) -> dict[str, str]:
+    db = sqlite3.connect(path / FILENAME)
+    try:
+        return dict(db.execute("SELECT key, value FROM kv"))
+    finally:
+        db.close()
+
+
+def test_a_failed_batch_is_kept_and_commits_in_order_when_the_disk_has_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "RETRY_INTERVAL", 0.02)
+
     async def main() -> None:
         store = SqliteStore(tmp_path)
+        disk = _FullDisk(store._db)
+        store._db = disk  # type: ignore[assignment]
         store.start(asyncio.get_running_loop())
-        store.write("INSERT INTO no_such_table VALUES (?)", (1,))
-        with pytest.raises(StoreUnavailable, match="could not commit"):
+        store.put("ns", "a", 1)
+        store.put("ns", "b", 1)
+        with pytest.raises(StoreUnavailable, match="disk is full"):
             await store.flushed()
-        assert store.failure
-        store.put("ns", "k", 1)  # the next batch commits again
+        assert "disk is full" in store.failure
+        # Written while failing: queued behind the failed batch, and the
+        # answer waiting for it fails at once.
+        store.put("ns", "a", 2)
+        with pytest.raises(StoreUnavailable, match="no new work"):
+            await store.flushed()
+        await asyncio.sleep(0.1)  # several retries, all failing
+        assert _committed(tmp_path) == {}
+        assert store.pending == 3
+        disk.full = False
+        for _ in range(200):
+            if not store.failure:
+                break
+            await asyncio.sleep(0.01)
+        assert not store.failure and store.pending == 0
+        # Nothing dropped, and in order: the later "a" won.
+        assert _committed(tmp_path) == {"a": "2", "b": "1"}
+        store.put("ns", "c", 3)
         await store.flushed()
-        assert not store.failure
         store.close()
+        assert _committed(tmp_path) == {"a": "2", "b": "1", "c": "3"}
+
+    asyncio.run(main())
+
+
+def test_a_store_closed_while_failing_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "RETRY_INTERVAL", 0.02)
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path)
+        store._db = _FullDisk(store._db)  # type: ignore[assignment]
+        store.start(asyncio.get_running_loop())
+        store.put("ns", "a", 1)
+        with pytest.raises(StoreUnavailable):
+            await store.flushed()
+        store.close()  # one last try, then it gives up (logged)
 
     asyncio.run(main())
 
