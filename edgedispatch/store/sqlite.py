@@ -38,7 +38,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,10 @@ SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 #: Seconds between attempts to commit a batch that failed (a full disk).
 RETRY_INTERVAL = 0.5
 
-_Op = tuple[str, tuple[Any, ...]]
+_Op = tuple[str, Sequence[Any]]
+#: What one pass of the event loop hands the writer: its writes, in order,
+#: and the barrier its answers wait on (if any asked).
+_Pass = tuple[list[_Op], "asyncio.Future[None] | None"]
 
 
 def open_database(path: Path, synchronous: str = "full") -> sqlite3.Connection:
@@ -114,7 +117,16 @@ class SqliteStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / FILENAME
         self._db = open_database(self.path, synchronous)
-        self._queue: queue.SimpleQueue[_Op | asyncio.Future[None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pass | None] = queue.SimpleQueue()
+        # This pass's writes, handed to the writer in one piece at its end:
+        # one wake-up of the writer thread (and one GIL hand-off) per pass,
+        # not per statement (each wake-up was a context switch and a fight
+        # for the GIL with the loop).
+        self._outbox: list[_Op] = []
+        self._handing_over = False
+        #: Passes handed to the writer so far: a write made since the last
+        #: one is still in the outbox, and its parameters may still change.
+        self.handovers = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.failure: str = ""  #: why the last commit failed ("" when none)
@@ -145,7 +157,12 @@ class SqliteStore:
     def delete(self, namespace: str, key: str) -> None:
         self.write("DELETE FROM kv WHERE namespace = ? AND key = ?", (namespace, key))
 
-    def write(self, sql: str, params: tuple[Any, ...]) -> None:
+    @property
+    def deferred(self) -> bool:
+        """Writes wait in the outbox until the pass ends (the writer runs)."""
+        return self._thread is not None and not self._closed
+
+    def write(self, sql: str, params: Sequence[Any]) -> None:
         """Queue a statement; it commits with the writer's next batch.
         Before the writer runs (start-up), it runs at once; after ``close``
         it is dropped (the shutdown's own changes are not kept)."""
@@ -156,7 +173,9 @@ class SqliteStore:
             return
         self.pending += 1
         self.written += 1
-        self._queue.put((sql, params))
+        self._outbox.append((sql, params))
+        if not self._handing_over:
+            self._hand_over_soon()
 
     def flushed(self) -> asyncio.Future[None]:
         """Resolves once everything queued before it is committed (or with
@@ -177,9 +196,9 @@ class SqliteStore:
         if self._thread is None or self._closed:
             fut.set_result(None)
             return fut
-        self._queue.put(fut)
         self._barrier = fut
-        loop.call_soon(self._close_barrier)
+        if not self._handing_over:
+            self._hand_over_soon()
         return fut
 
     def unavailable(self) -> StoreUnavailable:
@@ -189,8 +208,24 @@ class SqliteStore:
             " until it can (what it already took is kept, and retried)"
         )
 
-    def _close_barrier(self) -> None:
-        self._barrier = None
+    def _hand_over_soon(self) -> None:
+        assert self._loop is not None
+        self._handing_over = True
+        self._loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """At the end of a pass: its writes go to the writer, with the
+        barrier after all of them (a write made after ``flushed()`` in the
+        same pass is one its answer must wait for too)."""
+        self._handing_over = False
+        #: Passes handed to the writer so far: a write made since the last
+        #: one is still in the outbox, and its parameters may still change.
+        self.handovers = 0
+        ops, barrier = self._outbox, self._barrier
+        if ops or barrier is not None:
+            self.handovers += 1
+            self._outbox, self._barrier = [], None
+            self._queue.put((ops, barrier))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand writes to the writer thread from now on."""
@@ -204,6 +239,7 @@ class SqliteStore:
             return
         self._closed = True
         if self._thread is not None:
+            self._hand_over()
             self._queue.put(None)
             self._thread.join()
             self._thread = None
@@ -250,10 +286,10 @@ class SqliteStore:
                 return batch, waiters, False
             if item is None:
                 return batch, waiters, True
-            if isinstance(item, asyncio.Future):
-                waiters.append(item)
-            else:
-                batch.append(item)
+            ops, barrier = item
+            batch += ops
+            if barrier is not None:
+                waiters.append(barrier)
 
     def _commit(self, db: sqlite3.Connection, batch: list[_Op], quiet: bool = False) -> str:
         try:
