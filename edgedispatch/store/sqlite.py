@@ -262,14 +262,14 @@ class SqliteStore:
         stop = False
         last = 0.0
         while not stop:
-            batch, waiters, stop = self._take(RETRY_INTERVAL if kept else None)
+            # Busy: let more of the burst join the next commit.  Sleeping
+            # before taking (not after a wake-up) keeps the loop's hand-overs
+            # from waking this thread meanwhile: under load it never blocks
+            # on the queue, so no hand-over switches the core over to it.
             wait = last + GROUP_WINDOW - time.monotonic()
-            if wait > 0 and not stop:
-                # Busy: let more of the burst join this commit.
+            if wait > 0:
                 time.sleep(wait)
-                more, also, stop = self._take(0.0)
-                batch += more
-                waiters += also
+            batch, waiters, stop = self._take(RETRY_INTERVAL if kept else None)
             last = time.monotonic()
             if kept:
                 batch = kept + batch
