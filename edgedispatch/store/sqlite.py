@@ -224,9 +224,6 @@ class SqliteStore:
         barrier after all of them (a write made after ``flushed()`` in the
         same pass is one its answer must wait for too)."""
         self._handing_over = False
-        #: Passes handed to the writer so far: a write made since the last
-        #: one is still in the outbox, and its parameters may still change.
-        self.handovers = 0
         ops, barrier = self._outbox, self._barrier
         if ops or barrier is not None:
             self.handovers += 1

@@ -127,6 +127,10 @@ def test_a_job_assigned_in_the_pass_that_made_it_is_written_once_as_held(
         store = SqliteStore(tmp_path)
         domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
         store.start(asyncio.get_running_loop())
+        # Passes go by first (each hands its writes over)...
+        for i in range(3):
+            create(domain, f"other-{i}", "nobody", now=0.0)
+            await store.flushed()
         link = RecordingLink(tenant="t1")
         domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
         job = domain.rooms.dispatches[create(domain, "r1", "support", now=0.0)].job_ids[0]
@@ -135,7 +139,11 @@ def test_a_job_assigned_in_the_pass_that_made_it_is_written_once_as_held(
         domain.step(0.0)
         folded = store.written - made  # the job's row, still in the outbox, took it
         await store.flushed()
-        domain.job_status(link, job, JobStatus.SUCCESS, now=1.0)  # a later pass: an UPDATE
+        create(domain, "other-3", "nobody", now=0.5)  # ...and after
+        await store.flushed()
+        made = store.written
+        # Its row is with the writer now: a change is an UPDATE.
+        domain.job_status(link, job, JobStatus.SUCCESS, now=1.0)
         domain.step(1.0)
         await store.flushed()
         ended = store.written - made
@@ -144,7 +152,9 @@ def test_a_job_assigned_in_the_pass_that_made_it_is_written_once_as_held(
 
     assert asyncio.run(main()) == (0, 1)
     second = boot(tmp_path, now=0.0, wall=1002.0)
-    assert [j.state for j in second.jobs.jobs.values()] == [JobState.SUCCESS]
+    states = {j.state for j in second.jobs.jobs.values()}
+    assert states == {JobState.SUCCESS, JobState.QUEUED}
+    assert len(second.jobs.jobs) == 5
 
 
 def test_a_job_held_in_the_pass_that_made_it_comes_back_held(tmp_path: Path) -> None:
