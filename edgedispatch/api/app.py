@@ -247,21 +247,15 @@ class App:
             return Response(status, body, twirp.JSON)
 
     def _twirp(self, req: Request) -> Response | Awaitable[Response]:
-        _, _, service, method = (req.path.split("/") + ["", ""])[:4]
-        try:
-            # Only these write to the store (live-room calls change no
-            # stored state).
-            written = self._refuse_writes(method if (service, method) in livekit.ROUTES else "")
-        except EdgeDispatchError as exc:
-            status, body = twirp.error_body(exc)
-            return Response(status, body, twirp.JSON)
+        written = self.store.written if self.store is not None else 0
         return self._durable(self._twirp_call(req), written)
 
     def _refuse_writes(self, method: str) -> int:
         """While the store cannot commit, a call that would write to it is
-        refused before it changes anything (``unavailable``, with the
-        cause); reads go on.  Returns the store's write count, to tell
-        afterwards whether the call wrote."""
+        refused (after its credentials are checked) before it changes
+        anything: ``unavailable``, with the cause; reads go on.  Returns
+        the store's write count, to tell afterwards whether the call
+        wrote."""
         store = self.store
         if store is None:
             return 0
@@ -302,6 +296,9 @@ class App:
                 raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
             encoding = twirp.encoding_of(req.headers.get("content-type", ""))
             claims = self._claims(req)
+            # Only these write to the store (live-room calls change no
+            # stored state).
+            self._refuse_writes(method if route is not None else "")
             msg = twirp.decode(req.body, encoding, request_type)
             try:
                 if route is not None:
