@@ -182,3 +182,28 @@ def test_writes_after_close_are_dropped(tmp_path: Path) -> None:
     again = SqliteStore(tmp_path)
     assert again.load("ns") == {}
     again.close()
+
+
+def test_a_batch_keeps_each_tables_order_across_interleaved_tables(tmp_path: Path) -> None:
+    room = "INSERT OR REPLACE INTO rooms (tenant, name, record) VALUES (?, ?, ?)"
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        # One pass, one batch: a key set, deleted and set again, between
+        # writes to another table (the writer groups statements by table).
+        store.put("ns", "a", 1)
+        store.write(room, ("t", "r1", b"{}"))
+        store.delete("ns", "a")
+        store.write("DELETE FROM rooms WHERE tenant = ? AND name = ?", ("t", "r1"))
+        store.put("ns", "a", 2)
+        store.write(room, ("t", "r1", b"{}"))
+        store.delete("ns", "b")
+        await store.flushed()
+        store.close()
+
+    asyncio.run(main())
+    assert _committed(tmp_path) == {"a": "2"}
+    db = sqlite3.connect(tmp_path / FILENAME)
+    assert db.execute("SELECT name FROM rooms").fetchall() == [("r1",)]
+    db.close()
