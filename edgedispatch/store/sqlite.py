@@ -117,6 +117,11 @@ def migrate(db: sqlite3.Connection) -> int:
 
 _TABLE = re.compile(r"\b(?:INTO|FROM|UPDATE)\s+(\w+)")
 _tables: dict[str, str] = {}
+#: Tables whose rows are made once under a fresh id (random dispatch and job
+#: ids) and never made again: a row's insert comes before its updates and
+#: its delete, whatever else, so a batch may run them verb by verb.
+_MADE_ONCE = frozenset({"dispatches", "jobs"})
+_VERB_ORDER = {"INSERT": 0, "UPDATE": 1, "DELETE": 2}
 
 
 def _by_table(batch: list[_Op]) -> Iterable[list[_Op]]:
@@ -124,7 +129,8 @@ def _by_table(batch: list[_Op]) -> Iterable[list[_Op]]:
     The tables are independent (no triggers, no foreign keys) and the batch
     commits as one transaction, so only each table's own order matters; and
     grouped, a burst's room, dispatch and job inserts (which alternate as
-    they come) form three runs instead of one statement each."""
+    they come) form three runs instead of one statement each, and its job
+    inserts and updates two."""
     tables: dict[str, list[_Op]] = {}
     for op in batch:
         sql = op[0]
@@ -137,7 +143,14 @@ def _by_table(batch: list[_Op]) -> Iterable[list[_Op]]:
             tables[table] = [op]
         else:
             ops.append(op)
+    for table in _MADE_ONCE.intersection(tables):
+        # Stable: each verb's statements keep their order.
+        tables[table].sort(key=_verb_order)
     return tables.values()
+
+
+def _verb_order(op: _Op) -> int:
+    return _VERB_ORDER.get(op[0].split(None, 1)[0], 3)
 
 
 class SqliteStore:

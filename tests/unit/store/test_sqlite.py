@@ -13,6 +13,7 @@ import pytest
 
 from edgedispatch.errors import StoreUnavailable
 from edgedispatch.store import sqlite
+from edgedispatch.store.journal import _INSERT_JOB, _UPDATE_JOB
 from edgedispatch.store.sqlite import FILENAME, SCHEMA_VERSION, SqliteStore
 
 
@@ -207,3 +208,27 @@ def test_a_batch_keeps_each_tables_order_across_interleaved_tables(tmp_path: Pat
     db = sqlite3.connect(tmp_path / FILENAME)
     assert db.execute("SELECT name FROM rooms").fetchall() == [("r1",)]
     db.close()
+
+
+def test_a_batch_runs_jobs_verb_by_verb_and_each_job_ends_as_written(tmp_path: Path) -> None:
+    def job(i: int) -> tuple[object, ...]:
+        return (f"AJ_{i}", i, b"{}", 0, 0, "", 0, 0)
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        store.write(_INSERT_JOB, job(1))
+        store.write(_UPDATE_JOB, (2, "w1", 0, 1, "AJ_1"))
+        store.write(_INSERT_JOB, job(2))
+        store.write("DELETE FROM jobs WHERE id = ?", ("AJ_1",))
+        store.write(_INSERT_JOB, job(3))
+        store.write(_UPDATE_JOB, (2, "w3", 0, 1, "AJ_3"))
+        store.write(_UPDATE_JOB, (4, "w3", 0, 2, "AJ_3"))
+        await store.flushed()
+        store.close()
+
+    asyncio.run(main())
+    db = sqlite3.connect(tmp_path / FILENAME)
+    rows = db.execute("SELECT id, state, worker_id FROM jobs ORDER BY seq").fetchall()
+    db.close()
+    assert rows == [("AJ_2", 0, ""), ("AJ_3", 4, "w3")]
