@@ -60,6 +60,8 @@ Accept = Callable[[WebSocket], MessageHandler]
 HttpHandler = Callable[[Request], "Response | Awaitable[Response]"]
 
 AGENT_SERVICE_PREFIX = f"/twirp/{agents_api.SERVICE}/"
+#: The Twirp methods that only read (go on while the store cannot commit).
+_READS = ("List", "Get")
 
 
 def twirp_methods() -> set[tuple[str, str]]:
@@ -77,6 +79,20 @@ class Durable(Protocol):
     @property
     def pending(self) -> int:
         """Writes queued and not yet committed."""
+        ...
+
+    @property
+    def written(self) -> int:
+        """Writes queued since start (a call compares it before and after)."""
+        ...
+
+    @property
+    def failure(self) -> str:
+        """Why commits fail now ("" while they do not)."""
+        ...
+
+    def unavailable(self) -> EdgeDispatchError:
+        """The refusal of new work while commits fail."""
         ...
 
     def flushed(self) -> Awaitable[None]:
@@ -250,21 +266,40 @@ class App:
                 raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
             claims = self._claims(req)
             method = req.path.rsplit("/", 1)[1]
+            written = self._refuse_writes(method)
             body = await agents_api.handle(self.agents, method, claims, req.body)
-            answer = self._durable(Response(200, body, twirp.JSON))
+            answer = self._durable(Response(200, body, twirp.JSON), written)
             return answer if isinstance(answer, Response) else await answer
         except EdgeDispatchError as exc:
             status, body = twirp.error_body(exc)
             return Response(status, body, twirp.JSON)
 
     def _twirp(self, req: Request) -> Response | Awaitable[Response]:
-        return self._durable(self._twirp_call(req))
+        written = self.store.written if self.store is not None else 0
+        return self._durable(self._twirp_call(req), written)
 
-    def _durable(self, answer: Response) -> Response | Awaitable[Response]:
+    def _refuse_writes(self, method: str) -> int:
+        """While the store cannot commit, a call that would write to it is
+        refused (after its credentials are checked) before it changes
+        anything: ``unavailable``, with the cause; reads go on.  Returns
+        the store's write count, to tell afterwards whether the call
+        wrote."""
+        store = self.store
+        if store is None:
+            return 0
+        if store.failure and method and not method.startswith(_READS):
+            raise store.unavailable()
+        return store.written
+
+    def _durable(self, answer: Response, written: int) -> Response | Awaitable[Response]:
         """``answer`` now, or once the store has committed what its call
-        wrote (a failed commit answers ``unavailable`` instead)."""
+        wrote (a failed commit answers ``unavailable`` instead).  A call
+        that wrote nothing waits too while others' writes are pending (it
+        may show them), except while the store fails: reads go on then."""
         store = self.store
         if store is None or not store.pending or answer.status != 200:
+            return answer
+        if store.failure and store.written == written:
             return answer
         return self._when_durable(store, answer)
 
@@ -292,6 +327,9 @@ class App:
                 raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
             encoding = twirp.encoding_of(req.headers.get("content-type", ""))
             claims = self._claims(req)
+            # Only these write to the store (live-room calls change no
+            # stored state).
+            self._refuse_writes(method if route is not None else "")
             msg = twirp.decode(req.body, encoding, request_type)
             try:
                 if sip_route is not None:

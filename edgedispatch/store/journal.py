@@ -16,7 +16,7 @@ a restart; it is rebuilt from the wall clock).
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -62,6 +62,11 @@ class Journal:
         last = store.rows("SELECT MAX(seq) FROM (SELECT seq FROM dispatches UNION ALL "
                           "SELECT seq FROM jobs)")  # fmt: skip
         self._seq = int(last[0][0] or 0)
+        # The rows of jobs recorded in this pass of the loop, still in the
+        # store's outbox: a change in the same pass (a new job assigned at
+        # once, as under load) goes into the row, not into an UPDATE.
+        self._fresh: dict[str, list[Any]] = {}
+        self._fresh_pass = -1
 
     def recover(self) -> Recovered:
         rooms = [
@@ -89,16 +94,20 @@ class Journal:
             job, before = event.job, event.before
             if before is None:
                 self._seq += 1
-                write(
-                    _INSERT_JOB,
-                    (job.id, self._seq, _encode(job), job.updated_ns + self._queue_ns,
-                     int(job.state), job.worker_id, int(job.reason), job.updated_ns),
-                )  # fmt: skip
+                row: list[Any] = [job.id, self._seq, _encode(job), job.updated_ns + self._queue_ns,
+                       int(job.state), job.worker_id, int(job.reason), job.updated_ns]  # fmt: skip
+                write(_INSERT_JOB, row)
+                if self._store.deferred:
+                    self._fresh_rows()[job.id] = row
             elif _worth_writing(job.state, before):
-                write(
-                    _UPDATE_JOB,
-                    (int(job.state), job.worker_id, int(job.reason), job.updated_ns, job.id),
-                )
+                fresh = self._fresh_rows().get(job.id)
+                if fresh is not None:
+                    fresh[4:] = (int(job.state), job.worker_id, int(job.reason), job.updated_ns)
+                else:
+                    write(
+                        _UPDATE_JOB,
+                        (int(job.state), job.worker_id, int(job.reason), job.updated_ns, job.id),
+                    )
         elif isinstance(event, JobForgotten):
             write("DELETE FROM jobs WHERE id = ?", (event.job.id,))
         elif isinstance(event, DispatchCreated):
@@ -121,6 +130,14 @@ class Journal:
                 "DELETE FROM rooms WHERE tenant = ? AND name = ?",
                 (event.room.tenant, event.room.name),
             )
+
+    def _fresh_rows(self) -> dict[str, list[Any]]:
+        """The jobs recorded in this pass (those of an earlier pass are
+        with the writer: they are let go)."""
+        if self._fresh_pass != self._store.handovers:
+            self._fresh.clear()
+            self._fresh_pass = self._store.handovers
+        return self._fresh
 
 
 # One string object each: the writer groups runs of the same statement.

@@ -4,6 +4,7 @@ clock; the "crash" leaves the first store unclosed, as kill -9 would."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from edgedispatch._core.codes import JobState, JobStatus
@@ -133,3 +134,56 @@ def test_ended_and_deleted_work_does_not_come_back(tmp_path: Path) -> None:
     second = boot(tmp_path, now=0.0, wall=1003.0)
     assert second.rooms.dispatches == {} and second.jobs.jobs == {}
     assert second.rooms.find("t1", "r1") is None
+
+
+def test_a_job_assigned_in_the_pass_that_made_it_is_written_once_as_held(
+    tmp_path: Path,
+) -> None:
+    async def main() -> tuple[int, int]:
+        domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())
+        domain.wall.offset = 1000.0
+        store = SqliteStore(tmp_path)
+        domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
+        store.start(asyncio.get_running_loop())
+        # Passes go by first (each hands its writes over)...
+        for i in range(3):
+            create(domain, f"other-{i}", "nobody", now=0.0)
+            await store.flushed()
+        link = RecordingLink(tenant="t1")
+        domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+        job = domain.rooms.dispatches[create(domain, "r1", "support", now=0.0)].job_ids[0]
+        made = store.written
+        domain.accept(link, job, Acceptance("agent-1"), now=0.0)
+        domain.step(0.0)
+        folded = store.written - made  # the job's row, still in the outbox, took it
+        await store.flushed()
+        create(domain, "other-3", "nobody", now=0.5)  # ...and after
+        await store.flushed()
+        made = store.written
+        # Its row is with the writer now: a change is an UPDATE.
+        domain.job_status(link, job, JobStatus.SUCCESS, now=1.0)
+        domain.step(1.0)
+        await store.flushed()
+        ended = store.written - made
+        store.close()
+        return folded, ended
+
+    assert asyncio.run(main()) == (0, 1)
+    second = boot(tmp_path, now=0.0, wall=1002.0)
+    states = {j.state for j in second.jobs.jobs.values()}
+    assert states == {JobState.SUCCESS, JobState.QUEUED}
+    assert len(second.jobs.jobs) == 5
+
+
+def test_a_job_held_in_the_pass_that_made_it_comes_back_held(tmp_path: Path) -> None:
+    async def main() -> None:
+        domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())
+        store = SqliteStore(tmp_path)
+        domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
+        store.start(asyncio.get_running_loop())
+        worker_takes_a_job(domain)
+        await store.flushed()  # and then kill -9: nothing closed
+
+    asyncio.run(main())
+    second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
+    assert [j.state for j in second.jobs.jobs.values()] == [JobState.ORPHANED]

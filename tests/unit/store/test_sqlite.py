@@ -8,10 +8,13 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgedispatch.errors import StoreUnavailable
+from edgedispatch.store import sqlite
+from edgedispatch.store.journal import _INSERT_JOB, _UPDATE_JOB
 from edgedispatch.store.sqlite import FILENAME, SCHEMA_VERSION, SqliteStore
 
 
@@ -71,18 +74,86 @@ def test_writes_commit_in_batches_and_answers_wait_for_them(tmp_path: Path) -> N
     assert commits < 200  # grouped: one transaction takes many writes
 
 
-def test_a_failed_commit_fails_the_answers_waiting_for_it(tmp_path: Path) -> None:
+class _FullDisk:
+    """The store's connection, with every COMMIT failing as on a full disk
+    while ``full`` is set."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.full = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        return self.db.executemany(sql, rows)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _committed(path: Path) -> dict[str, str]:
+    db = sqlite3.connect(path / FILENAME)
+    try:
+        return dict(db.execute("SELECT key, value FROM kv"))
+    finally:
+        db.close()
+
+
+def test_a_failed_batch_is_kept_and_commits_in_order_when_the_disk_has_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "RETRY_INTERVAL", 0.02)
+
     async def main() -> None:
         store = SqliteStore(tmp_path)
+        disk = _FullDisk(store._db)
+        store._db = disk  # type: ignore[assignment]
         store.start(asyncio.get_running_loop())
-        store.write("INSERT INTO no_such_table VALUES (?)", (1,))
-        with pytest.raises(StoreUnavailable, match="could not commit"):
+        store.put("ns", "a", 1)
+        store.put("ns", "b", 1)
+        with pytest.raises(StoreUnavailable, match="disk is full"):
             await store.flushed()
-        assert store.failure
-        store.put("ns", "k", 1)  # the next batch commits again
+        assert "disk is full" in store.failure
+        # Written while failing: queued behind the failed batch, and the
+        # answer waiting for it fails at once.
+        store.put("ns", "a", 2)
+        with pytest.raises(StoreUnavailable, match="no new work"):
+            await store.flushed()
+        await asyncio.sleep(0.1)  # several retries, all failing
+        assert _committed(tmp_path) == {}
+        assert store.pending == 3
+        disk.full = False
+        for _ in range(200):
+            if not store.failure:
+                break
+            await asyncio.sleep(0.01)
+        assert not store.failure and store.pending == 0
+        # Nothing dropped, and in order: the later "a" won.
+        assert _committed(tmp_path) == {"a": "2", "b": "1"}
+        store.put("ns", "c", 3)
         await store.flushed()
-        assert not store.failure
         store.close()
+        assert _committed(tmp_path) == {"a": "2", "b": "1", "c": "3"}
+
+    asyncio.run(main())
+
+
+def test_a_store_closed_while_failing_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "RETRY_INTERVAL", 0.02)
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path)
+        store._db = _FullDisk(store._db)  # type: ignore[assignment]
+        store.start(asyncio.get_running_loop())
+        store.put("ns", "a", 1)
+        with pytest.raises(StoreUnavailable):
+            await store.flushed()
+        store.close()  # one last try, then it gives up (logged)
 
     asyncio.run(main())
 
@@ -159,3 +230,52 @@ def test_after_commit_runs_once_the_writes_before_it_are_committed(tmp_path: Pat
         return seen
 
     assert asyncio.run(main()) == [1, -1]
+
+
+def test_a_batch_keeps_each_tables_order_across_interleaved_tables(tmp_path: Path) -> None:
+    room = "INSERT OR REPLACE INTO rooms (tenant, name, record) VALUES (?, ?, ?)"
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        # One pass, one batch: a key set, deleted and set again, between
+        # writes to another table (the writer groups statements by table).
+        store.put("ns", "a", 1)
+        store.write(room, ("t", "r1", b"{}"))
+        store.delete("ns", "a")
+        store.write("DELETE FROM rooms WHERE tenant = ? AND name = ?", ("t", "r1"))
+        store.put("ns", "a", 2)
+        store.write(room, ("t", "r1", b"{}"))
+        store.delete("ns", "b")
+        await store.flushed()
+        store.close()
+
+    asyncio.run(main())
+    assert _committed(tmp_path) == {"a": "2"}
+    db = sqlite3.connect(tmp_path / FILENAME)
+    assert db.execute("SELECT name FROM rooms").fetchall() == [("r1",)]
+    db.close()
+
+
+def test_a_batch_runs_jobs_verb_by_verb_and_each_job_ends_as_written(tmp_path: Path) -> None:
+    def job(i: int) -> tuple[object, ...]:
+        return (f"AJ_{i}", i, b"{}", 0, 0, "", 0, 0)
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        store.write(_INSERT_JOB, job(1))
+        store.write(_UPDATE_JOB, (2, "w1", 0, 1, "AJ_1"))
+        store.write(_INSERT_JOB, job(2))
+        store.write("DELETE FROM jobs WHERE id = ?", ("AJ_1",))
+        store.write(_INSERT_JOB, job(3))
+        store.write(_UPDATE_JOB, (2, "w3", 0, 1, "AJ_3"))
+        store.write(_UPDATE_JOB, (4, "w3", 0, 2, "AJ_3"))
+        await store.flushed()
+        store.close()
+
+    asyncio.run(main())
+    db = sqlite3.connect(tmp_path / FILENAME)
+    rows = db.execute("SELECT id, state, worker_id FROM jobs ORDER BY seq").fetchall()
+    db.close()
+    assert rows == [("AJ_2", 0, ""), ("AJ_3", 4, "w3")]
