@@ -30,7 +30,7 @@ from edgedispatch.errors import (
 from edgedispatch.rtc.room import RoomHub, resume_refused
 from edgedispatch.sip.directory import Directory
 from edgedispatch.wire import signal, twirp
-from edgedispatch.wire.http import Request, Response
+from edgedispatch.wire.http import Later, Request, Response
 from edgedispatch.wire.tokens import Claims, Verifier, bearer
 from edgedispatch.worker.session import MessageSink, WorkerSession
 
@@ -57,7 +57,7 @@ class MessageHandler(Protocol):
 
 #: An accepted upgrade: called with the open connection, returns its handler.
 Accept = Callable[[WebSocket], MessageHandler]
-HttpHandler = Callable[[Request], "Response | Awaitable[Response]"]
+HttpHandler = Callable[[Request], "Response | Later | Awaitable[Response | Later]"]
 
 AGENT_SERVICE_PREFIX = f"/twirp/{agents_api.SERVICE}/"
 #: The Twirp methods that only read (go on while the store cannot commit).
@@ -103,6 +103,11 @@ class Durable(Protocol):
         """Calls ``fn`` once what is queued now is committed (or failed)."""
         ...
 
+    def when_committed(self, fn: Callable[[EdgeDispatchError | None], None]) -> None:
+        """Calls ``fn`` with None once what is queued now is committed, or
+        with the error if that failed."""
+        ...
+
 
 class App:
     """:param agents: the agent definitions' manager, once it is up."""
@@ -138,7 +143,7 @@ class App:
 
     # The HTTP layer's Application ----------------------------------------
 
-    def handle_http(self, req: Request) -> Response | Awaitable[Response]:
+    def handle_http(self, req: Request) -> Response | Later | Awaitable[Response | Later]:
         handler = self._exact.get((req.method, req.path))
         if handler is not None:
             return handler(req)
@@ -260,7 +265,7 @@ class App:
 
         return accept
 
-    async def _agent_service(self, req: Request) -> Response:
+    async def _agent_service(self, req: Request) -> Response | Later:
         try:
             if req.method != "POST" or self.agents is None:
                 raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
@@ -268,13 +273,12 @@ class App:
             method = req.path.rsplit("/", 1)[1]
             written = self._refuse_writes(method)
             body = await agents_api.handle(self.agents, method, claims, req.body)
-            answer = self._durable(Response(200, body, twirp.JSON), written)
-            return answer if isinstance(answer, Response) else await answer
+            return self._durable(Response(200, body, twirp.JSON), written)
         except EdgeDispatchError as exc:
             status, body = twirp.error_body(exc)
             return Response(status, body, twirp.JSON)
 
-    def _twirp(self, req: Request) -> Response | Awaitable[Response]:
+    def _twirp(self, req: Request) -> Response | Later:
         written = self.store.written if self.store is not None else 0
         return self._durable(self._twirp_call(req), written)
 
@@ -291,27 +295,29 @@ class App:
             raise store.unavailable()
         return store.written
 
-    def _durable(self, answer: Response, written: int) -> Response | Awaitable[Response]:
+    def _durable(self, answer: Response, written: int) -> Response | Later:
         """``answer`` now, or once the store has committed what its call
         wrote (a failed commit answers ``unavailable`` instead).  A call
         that wrote nothing waits too while others' writes are pending (it
-        may show them), except while the store fails: reads go on then."""
+        may show them), except while the store fails: reads go on then.
+        The calls of one loop pass share one commit, and each waits with a
+        callback (``Later``), not a task."""
         store = self.store
         if store is None or not store.pending or answer.status != 200:
             return answer
         if store.failure and store.written == written:
             return answer
-        return self._when_durable(store, answer)
+        later = Later()
 
-    async def _when_durable(self, store: Durable, answer: Response) -> Response:
-        """The answer, once the writes of its call are committed (with those
-        of every call before it: one commit for a burst)."""
-        try:
-            await store.flushed()
-        except EdgeDispatchError as exc:
-            status, body = twirp.error_body(exc)
-            return Response(status, body, twirp.JSON)
-        return answer
+        def settle(error: EdgeDispatchError | None) -> None:
+            if error is None:
+                later.settle(answer)
+            else:
+                status, body = twirp.error_body(error)
+                later.settle(Response(status, body, twirp.JSON))
+
+        store.when_committed(settle)
+        return later
 
     def _twirp_call(self, req: Request) -> Response:
         encoding = twirp.JSON

@@ -27,10 +27,13 @@ import httptools
 
 from edgedispatch.errors import TooLarge
 from edgedispatch.net.ws import MessageHandler, WebSocketConnection
-from edgedispatch.wire.http import Request, Response
+from edgedispatch.wire.http import Later, Request, Response
 
 MAX_BODY = 2 * 1024 * 1024
 MAX_HEAD = 64 * 1024
+#: Answers waiting for the store a connection may have in line before it
+#: is read no more (a client that pipelines must not queue without end).
+PIPELINE = 16
 #: File descriptors kept for everything but client connections (the store,
 #: local job processes' pipes, media workers) when the limit is derived.
 FD_RESERVE = 256
@@ -78,7 +81,7 @@ def expire(connections: Iterable[HttpProtocol], now: float) -> None:
 class Application(Protocol):
     """What the HTTP layer serves (``api.app.App``)."""
 
-    def handle_http(self, request: Request) -> Response | Awaitable[Response]: ...
+    def handle_http(self, request: Request) -> Response | Later | Awaitable[Response | Later]: ...
 
     def handle_upgrade(
         self, request: Request
@@ -122,6 +125,7 @@ class HttpProtocol(asyncio.Protocol):
         self._peer = ""
         self._ws: WebSocketConnection | None = None
         self._line: deque[_Slot] = deque()  # responses waiting for one before them
+        self._paused = False  # reading paused until the line is answered
         self._reset()
 
     def _reset(self) -> None:
@@ -242,22 +246,42 @@ class HttpProtocol(asyncio.Protocol):
         self._line.append(slot)
         if isinstance(response, Response):
             slot.response = response
+        elif isinstance(response, Later):
+            # An answer that waits for the store's commit (a few ms): go on
+            # reading, unless a client pipelines more than PIPELINE of them.
+            if len(self._line) > PIPELINE:
+                self._pause()
+            response.then(lambda r: self._settled(slot, r))
         else:
             # A slow operation (starting agent processes): read nothing more
             # from this connection until it is answered.
-            self._transport.pause_reading()
+            self._pause()
             task = self._loop.create_task(_answer(response))
             task.add_done_callback(lambda t: self._answered(slot, t))
         self._write_ready()
 
     # responses in order -------------------------------------------------
 
-    def _answered(self, slot: _Slot, task: asyncio.Task[Response]) -> None:
-        slot.response = task.result()
+    def _answered(self, slot: _Slot, task: asyncio.Task[Response | Later]) -> None:
+        result = task.result()
+        if isinstance(result, Later):
+            result.then(lambda r: self._settled(slot, r))
+        else:
+            self._settled(slot, result)
+
+    def _settled(self, slot: _Slot, response: Response) -> None:
+        slot.response = response
         self.deadline = self._loop.time() + self._limits.idle_timeout
         self._write_ready()
-        if not self._line and self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        transport = self._transport
+        if self._paused and not self._line and transport is not None and not transport.is_closing():
+            self._paused = False
+            transport.resume_reading()
+
+    def _pause(self) -> None:
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
 
     def _write_ready(self) -> None:
         """Write every answered response at the head of the line."""
@@ -322,7 +346,7 @@ class HttpProtocol(asyncio.Protocol):
         self._ws.open(request, answer, rest)
 
 
-async def _answer(response: Awaitable[Response]) -> Response:
+async def _answer(response: Awaitable[Response | Later]) -> Response | Later:
     try:
         return await response
     except Exception:  # the application must answer; never drop the connection

@@ -236,10 +236,15 @@ class SqliteStore:
             return barrier
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        if self._closed:
+            # Closed (the server is stopping): what is written now is not
+            # kept, so nothing may be answered as durable.
+            fut.cancel()
+            return fut
         if self.failure:
             fut.set_exception(self.unavailable())
             return fut
-        if self._thread is None or self._closed:
+        if self._thread is None:
             fut.set_result(None)
             return fut
         self._barrier = fut
@@ -247,15 +252,32 @@ class SqliteStore:
             self._hand_over_soon()
         return fut
 
+    def when_committed(self, fn: Callable[[StoreUnavailable | None], None]) -> None:
+        """Call ``fn`` on the loop once what is queued by the end of this
+        pass is committed (with None), or its commit failed (with the
+        error): a callback rather than a coroutine, so that an answer that
+        waits for its commit costs no task."""
+
+        def done(fut: asyncio.Future[None]) -> None:
+            error = None if fut.cancelled() else fut.exception()
+            if fut.cancelled() or (error is not None and not isinstance(error, StoreUnavailable)):
+                error = self.unavailable()
+            fn(error)
+
+        self.flushed().add_done_callback(done)
+
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` on the loop once what is queued by the end of this
         pass is committed, or its commit failed (what waits on it must not
-        wait for ever; ``failure`` says why)."""
+        wait for ever; ``failure`` says why, and the writes are retried).
+        Never once the store is closed: those writes are not kept (a job
+        assigned during the shutdown must not start, since after the
+        restart it is still queued)."""
 
         def done(fut: asyncio.Future[None]) -> None:
             if not fut.cancelled():
                 fut.exception()  # seen: not logged as never retrieved
-            fn()
+                fn()
 
         self.flushed().add_done_callback(done)
 

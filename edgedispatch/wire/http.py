@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 REASONS = {
@@ -82,6 +83,31 @@ class Response:
             head.append("Connection: close")
         head += [f"{k}: {v}" for k, v in self.headers.items()]
         return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+class Later:
+    """A response that is not ready yet (one that waits for the store's
+    commit): ``settle`` it once it is.  The HTTP layer waits for it with a
+    callback, without a task or a coroutine."""
+
+    __slots__ = ("response", "_then")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self._then: Callable[[Response], None] | None = None
+
+    def settle(self, response: Response) -> None:
+        self.response = response
+        if self._then is not None:
+            then, self._then = self._then, None
+            then(response)
+
+    def then(self, fn: Callable[[Response], None]) -> None:
+        """Call ``fn`` with the response once settled (at once if it is)."""
+        if self.response is not None:
+            fn(self.response)
+        else:
+            self._then = fn
 
 
 class CloseCode:

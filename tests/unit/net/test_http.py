@@ -8,8 +8,8 @@ import asyncio
 from typing import Any
 
 from edgedispatch._testbase.mock_transport import MockTransport
-from edgedispatch.net.http import MAX_BODY, HttpProtocol
-from edgedispatch.wire.http import Request, Response
+from edgedispatch.net.http import MAX_BODY, PIPELINE, HttpProtocol
+from edgedispatch.wire.http import Later, Request, Response
 
 from .conftest import Runner
 
@@ -20,11 +20,15 @@ class App:
     def __init__(self) -> None:
         self.requests: list[Request] = []
         self.gate: asyncio.Future[None] | None = None
+        self.later: list[Later] = []  #: answers of /later, settled by the test
 
     def handle_http(self, request: Request) -> Any:
         self.requests.append(request)
         if request.path == "/slow":
             return self._slow(request)
+        if request.path == "/later":
+            self.later.append(Later())
+            return self.later[-1]
         if request.path == "/boom":
             raise RuntimeError("a bug in the application")
         return Response(200, request.path.encode())
@@ -174,5 +178,26 @@ def test_a_refused_upgrade_gets_the_applications_answer(run: Runner[None]) -> No
         )
         assert transport.take().startswith(b"HTTP/1.1 401 ")
         assert transport.closed and app.requests[0].path == "/agent"
+
+    run(main())
+
+
+def test_an_answer_that_waits_for_the_store_keeps_its_place_without_a_task(
+    run: Runner[None],
+) -> None:
+    async def main() -> None:
+        app = App()
+        protocol, transport = connect(app)
+        protocol.data_received(get("/later") + get("/fast"))
+        assert transport.take() == b"" and transport.reading  # still reading
+        app.later[0].settle(Response(200, b"/later"))  # the commit came
+        assert bodies(transport.take()) == [b"/later", b"/fast"]
+        # A client that pipelines more than PIPELINE of them is read no more
+        # until they are answered.
+        protocol.data_received(b"".join(get("/later") for _ in range(PIPELINE + 1)))
+        assert not transport.reading
+        for later in app.later[1:]:
+            later.settle(Response(200, b"ok"))
+        assert len(bodies(transport.take())) == PIPELINE + 1 and transport.reading
 
     run(main())

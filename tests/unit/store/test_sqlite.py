@@ -279,3 +279,27 @@ def test_a_batch_runs_jobs_verb_by_verb_and_each_job_ends_as_written(tmp_path: P
     rows = db.execute("SELECT id, state, worker_id FROM jobs ORDER BY seq").fetchall()
     db.close()
     assert rows == [("AJ_2", 0, ""), ("AJ_3", 4, "w3")]
+
+
+def test_nothing_is_answered_as_durable_once_the_store_is_closed(tmp_path: Path) -> None:
+    """The server stops: a job assigned now (its write dropped) must not be
+    sent to its worker, or it would run again after the restart."""
+
+    async def main() -> tuple[list[str], object]:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        called: list[str] = []
+        store.put("ns", "before", 1)
+        store.after_commit(lambda: called.append("before"))  # committed by close
+        store.close()
+        store.put("ns", "after", 2)  # dropped
+        store.after_commit(lambda: called.append("after"))
+        errors: list[object] = []
+        store.when_committed(errors.append)
+        await asyncio.sleep(0.1)
+        return called, errors[0]
+
+    called, error = asyncio.run(main())
+    assert called == ["before"]
+    assert isinstance(error, StoreUnavailable)  # an answer waiting now says so
+    assert _committed(tmp_path) == {"before": "1"}
