@@ -16,9 +16,9 @@ workers are not affected.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import agent, models
@@ -75,9 +75,10 @@ class WorkerSession:
     ) -> None:
         self._sink = sink
         self._after_commit = after_commit
-        # Frames held back until the store has committed an assignment
-        # (``_send_when_durable``), in order; None when nothing is held.
-        self._outbox: list[bytes] | None = None
+        # Frames held back while an assignment waits for the store's commit
+        # (``_send_when_durable``), in order, each [frame, ready]: a frame
+        # goes once it and every frame before it are ready.
+        self._outbox: deque[list[Any]] = deque()
         self._domain = domain
         self._secret = secret
         self._public_url = public_url
@@ -152,21 +153,27 @@ class WorkerSession:
         leave the job queued in the store, to be offered again after the
         restart while this worker runs it: twice at once.  Frames that
         follow wait behind it, so none overtakes it."""
-        if self._outbox is not None:
-            self._outbox.append(msg.SerializeToString())
-            return
         assert self._after_commit is not None
-        self._outbox = [msg.SerializeToString()]
-        self._after_commit(self._release)
+        entry: list[Any] = [msg.SerializeToString(), False]
+        self._outbox.append(entry)
+
+        def committed() -> None:
+            # Its own commit: an assignment queued behind an earlier one is
+            # not released with it (its write may not be in that commit;
+            # bench faults saw one made during a shutdown ride along).
+            entry[1] = True
+            self._release()
+
+        self._after_commit(committed)
 
     def _release(self) -> None:
-        frames, self._outbox = self._outbox or [], None
-        for frame in frames:
-            self._sink.send(frame)
+        outbox = self._outbox
+        while outbox and outbox[0][1]:
+            self._sink.send(outbox.popleft()[0])
 
     def _send(self, msg: agent.ServerMessage) -> None:
-        if self._outbox is not None:
-            self._outbox.append(msg.SerializeToString())
+        if self._outbox:
+            self._outbox.append([msg.SerializeToString(), True])
         else:
             self._sink.send(msg.SerializeToString())
 

@@ -179,3 +179,31 @@ def test_an_assignment_waits_for_the_store_and_nothing_overtakes_it() -> None:
     kinds = [m.WhichOneof("message") for m in sent(sink)]
     assert kinds == ["register", "availability", "assignment", "pong"]  # in order
     assert sent(sink)[2].assignment.job.id == job_id
+
+
+def test_a_second_assignment_waits_for_its_own_commit_not_the_first_ones() -> None:
+    """Found by bench faults: an assignment made while the first still
+    waited went out with it, though its own write was never committed (the
+    store had closed for a shutdown), and the job ran again elsewhere after
+    the restart."""
+    commits: list[Any] = []
+    domain = Domain(DispatchConfig(), RoomConfig())
+    sink = RecordingSink()
+    session = WorkerSession(
+        sink, domain, api_key="devkey", secret=SECRET, tenant="", public_url="", now=0.0,
+        after_commit=commits.append,
+    )  # fmt: skip
+    register(session, agent_name="a")
+    jobs = []
+    for i, room in enumerate(("r1", "r2")):
+        rec = domain.create_dispatch("", DispatchSpec(room, AgentSpec("a")), now=1.0 + i)
+        domain.step(1.0 + i)
+        jobs.append(rec.job_ids[0])
+        answer = agent.AvailabilityResponse(
+            job_id=jobs[-1], available=True, participant_identity=room
+        )
+        session.on_message(frame(availability=answer), 1.5 + i)
+    first, _second = commits
+    first()  # the first's commit came; the second's never will
+    assigned = [m.assignment.job.id for m in sent(sink) if m.WhichOneof("message") == "assignment"]
+    assert assigned == [jobs[0]]
