@@ -44,6 +44,8 @@ TRUNK_PREFIX = "ST_"
 RULE_PREFIX = "SDR_"
 
 M = TypeVar("M", bound=Message)
+#: A trunk of either direction (the code both share).
+T = TypeVar("T", pb.SIPInboundTrunkInfo, pb.SIPOutboundTrunkInfo)
 
 
 class KeyValue(Protocol):
@@ -100,6 +102,16 @@ def _copy(msg: M) -> M:
     return new
 
 
+def _trunk(trunks: list[T], trunk_id: str) -> T:
+    """The trunk ``trunk_id`` of these (a tenant's, one direction)."""
+    if not trunk_id:
+        raise InvalidArgument("trunk ID is required")
+    for trunk in trunks:
+        if trunk.sip_trunk_id == trunk_id:
+            return trunk
+    raise NotFound(f"SIP trunk {trunk_id!r} not found")
+
+
 def _page(items: list[M], page: models.Pagination, key: Callable[[M], str]) -> list[M]:
     """LiveKit's pagination: ids after ``after_id``, at most ``limit``."""
     if page.after_id:
@@ -120,20 +132,21 @@ class Directory:
     def _inbound_rows(self) -> list[tuple[str, pb.SIPInboundTrunkInfo]]:
         """Every tenant's inbound trunks (the legacy ones as LiveKit reads
         them as inbound), in id order: (tenant, trunk)."""
-        rows = [(key, t, msg) for key, (t, msg) in self._inbound.rows.items()]
-        rows += [
-            (key, t, _inbound_of_legacy(msg))
-            for key, (t, msg) in self._legacy.rows.items()
-            if msg.kind != pb.SIPTrunkInfo.TRUNK_OUTBOUND
-        ]
-        return [(t, msg) for _, t, msg in sorted(rows, key=lambda row: row[0])]
+        return self._rows(self._inbound, _inbound_of_legacy, pb.SIPTrunkInfo.TRUNK_OUTBOUND)
 
     def _outbound_rows(self) -> list[tuple[str, pb.SIPOutboundTrunkInfo]]:
-        rows = [(key, t, msg) for key, (t, msg) in self._outbound.rows.items()]
+        return self._rows(self._outbound, _outbound_of_legacy, pb.SIPTrunkInfo.TRUNK_INBOUND)
+
+    def _rows(
+        self, table: _Table, of_legacy: Callable[[pb.SIPTrunkInfo], T], other_kind: int
+    ) -> list[tuple[str, T]]:
+        """One direction's trunks and the legacy trunks not of the other
+        kind, read as that direction, in id order: (tenant, trunk)."""
+        rows = [(key, t, msg) for key, (t, msg) in table.rows.items()]
         rows += [
-            (key, t, _outbound_of_legacy(msg))
+            (key, t, of_legacy(msg))
             for key, (t, msg) in self._legacy.rows.items()
-            if msg.kind != pb.SIPTrunkInfo.TRUNK_INBOUND
+            if msg.kind != other_kind
         ]
         return [(t, msg) for _, t, msg in sorted(rows, key=lambda row: row[0])]
 
@@ -150,12 +163,7 @@ class Directory:
         return [msg for t, msg in self._inbound_rows() if t == tenant]
 
     def inbound_trunk(self, tenant: str, trunk_id: str) -> pb.SIPInboundTrunkInfo:
-        if not trunk_id:
-            raise InvalidArgument("trunk ID is required")
-        for trunk in self.inbound_trunks(tenant):
-            if trunk.sip_trunk_id == trunk_id:
-                return trunk
-        raise NotFound(f"SIP trunk {trunk_id!r} not found")
+        return _trunk(self.inbound_trunks(tenant), trunk_id)
 
     def _check_inbound_conflicts(self, tenant: str, trunk: pb.SIPInboundTrunkInfo) -> None:
         rows = self._inbound_rows()
@@ -172,37 +180,17 @@ class Directory:
     def create_inbound(
         self, tenant: str, trunk: pb.SIPInboundTrunkInfo, wall: float
     ) -> pb.SIPInboundTrunkInfo:
-        if trunk.sip_trunk_id:
-            raise InvalidArgument("trunk id must not be set")
-        records.check_inbound(trunk)
-        trunk = _copy(trunk)
-        self._check_inbound_conflicts(tenant, trunk)
-        trunk.sip_trunk_id = self._new_id(TRUNK_PREFIX)
-        _stamp(trunk, wall, created=True)
-        self._inbound.put(tenant, trunk.sip_trunk_id, trunk)
-        return trunk
+        return self._create_trunk(
+            tenant, self._inbound, trunk, records.check_inbound, wall, self._check_inbound_conflicts
+        )
 
     def update_inbound(
         self, tenant: str, req: pb.UpdateSIPInboundTrunkRequest, wall: float
     ) -> pb.SIPInboundTrunkInfo:
-        action = _action(req, req.sip_trunk_id, "trunk")
-        if action == "replace" and req.replace.sip_trunk_id not in ("", req.sip_trunk_id):
-            raise InvalidArgument(
-                "trunk id in the info must be empty or match the id in the update"
-            )
-        old = self.inbound_trunk(tenant, req.sip_trunk_id)
-        self._not_legacy(tenant, req.sip_trunk_id)
-        if action == "replace":
-            new = _copy(req.replace)
-            records.check_inbound(new)
-            new.created_at.CopyFrom(old.created_at)
-        else:
-            new = records.apply_inbound_update(old, req.update)
-        new.sip_trunk_id = old.sip_trunk_id
-        self._check_inbound_conflicts(tenant, new)
-        _stamp(new, wall, created=False)
-        self._inbound.put(tenant, new.sip_trunk_id, new)
-        return new
+        return self._update_trunk(
+            tenant, self._inbound, req, self.inbound_trunk, records.check_inbound,
+            records.apply_inbound_update, wall, self._check_inbound_conflicts,
+        )  # fmt: skip
 
     def list_inbound(
         self, tenant: str, req: pb.ListSIPInboundTrunkRequest
@@ -227,44 +215,75 @@ class Directory:
         return [msg for t, msg in self._outbound_rows() if t == tenant]
 
     def outbound_trunk(self, tenant: str, trunk_id: str) -> pb.SIPOutboundTrunkInfo:
-        if not trunk_id:
-            raise InvalidArgument("trunk ID is required")
-        for trunk in self.outbound_trunks(tenant):
-            if trunk.sip_trunk_id == trunk_id:
-                return trunk
-        raise NotFound(f"SIP trunk {trunk_id!r} not found")
+        return _trunk(self.outbound_trunks(tenant), trunk_id)
 
     def create_outbound(
         self, tenant: str, trunk: pb.SIPOutboundTrunkInfo, wall: float
     ) -> pb.SIPOutboundTrunkInfo:
-        if trunk.sip_trunk_id:
-            raise InvalidArgument("trunk id must not be set")
-        records.check_outbound(trunk)
-        trunk = _copy(trunk)
-        trunk.sip_trunk_id = self._new_id(TRUNK_PREFIX)
-        _stamp(trunk, wall, created=True)
-        self._outbound.put(tenant, trunk.sip_trunk_id, trunk)
-        return trunk
+        return self._create_trunk(tenant, self._outbound, trunk, records.check_outbound, wall)
 
     def update_outbound(
         self, tenant: str, req: pb.UpdateSIPOutboundTrunkRequest, wall: float
     ) -> pb.SIPOutboundTrunkInfo:
+        return self._update_trunk(
+            tenant, self._outbound, req, self.outbound_trunk, records.check_outbound,
+            records.apply_outbound_update, wall,
+        )  # fmt: skip
+
+    # Either direction -------------------------------------------------------
+
+    def _create_trunk(
+        self,
+        tenant: str,
+        table: _Table,
+        trunk: T,
+        check: Callable[[T], None],
+        wall: float,
+        conflicts: Callable[[str, T], None] | None = None,
+    ) -> T:
+        if trunk.sip_trunk_id:
+            raise InvalidArgument("trunk id must not be set")
+        check(trunk)
+        trunk = _copy(trunk)
+        if conflicts is not None:
+            conflicts(tenant, trunk)
+        trunk.sip_trunk_id = self._new_id(TRUNK_PREFIX)
+        _stamp(trunk, wall, created=True)
+        table.put(tenant, trunk.sip_trunk_id, trunk)
+        return trunk
+
+    def _update_trunk(
+        self,
+        tenant: str,
+        table: _Table,
+        req: Any,
+        find: Callable[[str, str], T],
+        check: Callable[[T], None],
+        apply: Callable[[T, Any], T],
+        wall: float,
+        conflicts: Callable[[str, T], None] | None = None,
+    ) -> T:
+        """UpdateSIPInboundTrunk/UpdateSIPOutboundTrunk: a whole ``replace``
+        or field ``update``s, of the tenant's trunk ``req.sip_trunk_id``."""
         action = _action(req, req.sip_trunk_id, "trunk")
         if action == "replace" and req.replace.sip_trunk_id not in ("", req.sip_trunk_id):
             raise InvalidArgument(
                 "trunk id in the info must be empty or match the id in the update"
             )
-        old = self.outbound_trunk(tenant, req.sip_trunk_id)
+        old = find(tenant, req.sip_trunk_id)
         self._not_legacy(tenant, req.sip_trunk_id)
+        new: T
         if action == "replace":
             new = _copy(req.replace)
-            records.check_outbound(new)
+            check(new)
             new.created_at.CopyFrom(old.created_at)
         else:
-            new = records.apply_outbound_update(old, req.update)
+            new = apply(old, req.update)
         new.sip_trunk_id = old.sip_trunk_id
+        if conflicts is not None:
+            conflicts(tenant, new)
         _stamp(new, wall, created=False)
-        self._outbound.put(tenant, new.sip_trunk_id, new)
+        table.put(tenant, new.sip_trunk_id, new)
         return new
 
     def list_outbound(
