@@ -92,36 +92,34 @@ class Headers:
         return any(key == name for key, _ in self.items)
 
 
+class _Headed:
+    """What requests and responses both read from their headers."""
+
+    headers: Headers
+
+    @property
+    def call_id(self) -> str:
+        return self.headers.get("call-id")
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        return parse_cseq(self.headers.get("cseq"))
+
+
 @dataclass
-class Request:
+class Request(_Headed):
     method: str
     uri: str
     headers: Headers
     body: bytes = b""
 
-    @property
-    def call_id(self) -> str:
-        return self.headers.get("call-id")
-
-    @property
-    def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.headers.get("cseq"))
-
 
 @dataclass
-class Response:
+class Response(_Headed):
     status: int
     reason: str
     headers: Headers
     body: bytes = b""
-
-    @property
-    def call_id(self) -> str:
-        return self.headers.get("call-id")
-
-    @property
-    def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.headers.get("cseq"))
 
 
 Message = Request | Response

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from edgedispatch.errors import EdgeDispatchError, Malformed, TooLarge
 from edgedispatch.sip.message import (
+    COMPACT,
     Request,
     Response,
     parse_datagram,
@@ -42,6 +43,8 @@ from edgedispatch.sip.uac import UserAgentClient
 log = logging.getLogger("edgedispatch.sip")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+#: What a response copies from its request to find its way back (§8.2.6.2).
+ROUTES = frozenset({"via", "from", "to", "call-id", "cseq"})
 MAX_TRANSACTIONS = 100_000
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
@@ -174,17 +177,18 @@ class UserAgentServer:
         lines = head.replace("\r\n", "\n").split("\n")
         if not lines or lines[0].startswith("SIP/") or len(lines[0].split(" ")) != 3:
             return
-        keep = {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"}
-        fields = [
-            (name.strip().lower(), value.strip())
-            for name, colon, value in (line.partition(":") for line in lines[1:])
-            if colon and name.strip().lower() in keep
-        ]
+        fields = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            name = name.strip().lower()
+            name = COMPACT.get(name, name)
+            if colon and name in ROUTES:
+                fields.append((name, value.strip()))
         if not fields or lines[0].split(" ")[0] == "ACK":
             return
         status = 513 if isinstance(exc, TooLarge) else 400
         first = f"SIP/2.0 {status} {exc.msg[:100]}"
-        self._out.append((render(first, [(_LONG.get(n, n), v) for n, v in fields]), source))
+        self._out.append((render(first, fields), source))
 
     def _response(self, msg: Response) -> None:
         """An answer to a BYE we sent: it stops the repeats."""
@@ -452,9 +456,6 @@ class UserAgentServer:
     def _forget(self, call: Call) -> None:
         if call.state is CallState.ENDED and not call.bye:
             self.calls.pop(call.call_id, None)
-
-
-_LONG = {"v": "via", "f": "from", "t": "to", "i": "call-id"}
 
 
 def _dtmf_digit(body: bytes) -> str:
