@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from livekit import api
 from livekit.protocol import sip as pb
 
 from edgedispatch._testbase.fake_worker import FakeWorker
+from edgedispatch.cli.bench.common import free_port
 
 from .conftest import ServerThread
 from .test_worker_protocol import run
@@ -24,27 +24,14 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "sip"
 pytestmark = pytest.mark.skipif(not shutil.which("sipp"), reason="sipp (sip-tester) missing")
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP (sipp binds its -p in both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-
-
 def sipp(
-    srv: ServerThread, scenario: str, calls: int = 1, transport: str = "u1"
+    srv: ServerThread, scenario: Path, *args: str, calls: int = 1, transport: str = "u1"
 ) -> subprocess.CompletedProcess[str]:
-    """sipp's run of ``scenario``; ``transport``: u1 (UDP) or t1 (TCP)."""
+    """sipp's run of ``scenario`` with ``args``; ``transport``: u1 (UDP)
+    or t1 (TCP)."""
     return subprocess.run(
-        ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(SCENARIOS / scenario),
-         "-m", str(calls), "-i", "127.0.0.1", "-p", str(free_port()), "-nostdin",
+        ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(scenario), *args,
+         "-m", str(calls), "-i", "127.0.0.1", "-p", str(free_port(udp_too=True)), "-nostdin",
          "-t", transport, "-timeout", "15s", "-timeout_error", "-max_recv_loops", "1000",
          "-r", "50"],
         capture_output=True, text=True, timeout=60,
@@ -56,7 +43,7 @@ def test_options_is_answered_200_with_allow(
     start_server: Callable[..., ServerThread], transport: str
 ) -> None:
     srv = start_server(sip={"enabled": True, "port": 0})
-    done = sipp(srv, "options.xml", calls=5, transport=transport)
+    done = sipp(srv, SCENARIOS / "options.xml", calls=5, transport=transport)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 
@@ -65,7 +52,7 @@ def test_a_call_no_trunk_takes_is_refused_404_and_acked(
     start_server: Callable[..., ServerThread], transport: str
 ) -> None:
     srv = start_server(sip={"enabled": True, "port": 0})
-    done = sipp(srv, "invite_refused.xml", calls=10, transport=transport)
+    done = sipp(srv, SCENARIOS / "invite_refused.xml", calls=10, transport=transport)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     # A refused call keeps no record (its transaction absorbs late copies).
     endpoint = srv.server.sip_endpoint
@@ -83,12 +70,7 @@ def sipp_expecting(
     must end with ``status``."""
     scenario = tmp / f"auth_{status}.xml"
     scenario.write_text((SCENARIOS / "invite_auth.xml").read_text().replace("STATUS", str(status)))
-    return subprocess.run(
-        ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(scenario), "-s", number,
-         "-au", "acme", "-ap", password, "-m", "1", "-i", "127.0.0.1", "-p", str(free_port()),
-         "-nostdin", "-timeout", "15s", "-timeout_error"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return sipp(srv, scenario, "-s", number, "-au", "acme", "-ap", password)
 
 
 def sipp_plain(
@@ -98,12 +80,7 @@ def sipp_plain(
     scenario = tmp / f"plain_{status}.xml"
     text = (SCENARIOS / "invite_refused.xml").read_text()
     scenario.write_text(text.replace('response="404"', f'response="{status}"'))
-    return subprocess.run(
-        ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(scenario), "-s", number,
-         "-m", "1", "-i", "127.0.0.1", "-p", str(free_port()), "-nostdin", "-timeout", "15s",
-         "-timeout_error"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return sipp(srv, scenario, "-s", number)
 
 
 def test_a_call_is_routed_by_its_tenants_trunk_and_rule(

@@ -8,6 +8,7 @@ import asyncio
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,23 @@ def start_server(
         stop(server)
         raise RuntimeError(f"the server did not start: {line!r}")
     return server, match.group(1)
+
+
+def free_port(udp_too: bool = False) -> int:
+    """A loopback TCP port free now; with ``udp_too``, free for UDP as well
+    (a SIP port, or sipp's own, which it binds in both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port: int = tcp.getsockname()[1]
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
 
 
 def stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:

@@ -47,7 +47,7 @@ from typing import Any
 
 from livekit.protocol import agent_dispatch
 
-from edgedispatch.cli.bench.common import admin_token, percentile, read_response
+from edgedispatch.cli.bench.common import admin_token, free_port, percentile, read_response
 from edgedispatch.cli.bench.tmpfs import SmallDisk
 from edgedispatch.server import raise_fd_limit
 
@@ -81,13 +81,6 @@ enabled = false
 [logging]
 format = "json"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Server:

@@ -14,7 +14,6 @@ sipp shares the machine's cores.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgedispatch.cli.bench.common import percentile, start_server, stop
+from edgedispatch.cli.bench.common import free_port, percentile, start_server, stop
 
 TARGETS = {"cps_with_0_failed": 500, "invite_p99_ms_at_100_cps": 50.0}
 
@@ -70,19 +69,6 @@ INVITE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
-def _free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-
-
 def _sipp(port: int, workdir: Path, rate: int, calls: int) -> dict[str, Any]:
     for old in workdir.glob("invite_*_rtt.csv"):
         old.unlink()
@@ -90,7 +76,7 @@ def _sipp(port: int, workdir: Path, rate: int, calls: int) -> dict[str, Any]:
     done = subprocess.run(
         ["sipp", f"127.0.0.1:{port}", "-sf", str(workdir / "invite.xml"), "-m", str(calls),
          "-r", str(rate), "-l", str(max(rate * 2, 100)), "-i", "127.0.0.1",
-         "-p", str(_free_port()), "-nostdin", "-timeout", f"{calls / rate + 60:.0f}s",
+         "-p", str(free_port(udp_too=True)), "-nostdin", "-timeout", f"{calls / rate + 60:.0f}s",
          "-trace_rtt", "-rtt_freq", "1", "-trace_stat", "-fd", "1"],
         capture_output=True, text=True, cwd=workdir, timeout=calls / rate + 120,
     )  # fmt: skip
@@ -122,7 +108,7 @@ def run(rates: list[int], seconds: float) -> dict[str, Any]:
         raise RuntimeError("bench sip needs sipp (Debian: apt-get install sip-tester)")
     workdir = Path(tempfile.mkdtemp(prefix="edgedispatch-bench-sip-"))
     (workdir / "invite.xml").write_text(INVITE)
-    sip_port = _free_port()
+    sip_port = free_port(udp_too=True)
     config = workdir / "edgedispatch.toml"
     config.write_text(
         f"[sip]\nenabled = true\nport = {sip_port}\n[rtc]\nenabled = false\n"
