@@ -3,6 +3,7 @@ through an in-memory sink, a real domain in between.  No sockets."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -21,14 +22,18 @@ SECRET = "secret"
 
 
 def make(
-    public_url: str = "", wall: float = 1_800_000_000.0, **cfg: Any
+    public_url: str = "",
+    wall: float = 1_800_000_000.0,
+    after_commit: Callable[[Callable[[], None]], None] | None = None,
+    **cfg: Any,
 ) -> tuple[Domain, RecordingSink, WorkerSession]:
     domain = Domain(DispatchConfig(**cfg), RoomConfig())
     domain.wall.offset = wall
     sink = RecordingSink()
     session = WorkerSession(
-        sink, domain, api_key="devkey", secret=SECRET, tenant="", public_url=public_url, now=0.0
-    )
+        sink, domain, api_key="devkey", secret=SECRET, tenant="", public_url=public_url, now=0.0,
+        after_commit=after_commit,
+    )  # fmt: skip
     return domain, sink, session
 
 
@@ -158,13 +163,8 @@ def test_a_closed_worker_leaves_the_domain_and_its_offer_goes_back() -> None:
 def test_an_assignment_waits_for_the_store_and_nothing_overtakes_it() -> None:
     """The worker starts a job only once the store says it is this
     worker's: a crash in between must not leave it queued in the store."""
-    commits: list[Any] = []
-    domain = Domain(DispatchConfig(), RoomConfig())
-    sink = RecordingSink()
-    session = WorkerSession(
-        sink, domain, api_key="devkey", secret=SECRET, tenant="", public_url="", now=0.0,
-        after_commit=commits.append,
-    )  # fmt: skip
+    commits: list[Callable[[], None]] = []
+    domain, sink, session = make(after_commit=commits.append)
     register(session, agent_name="a")
     rec = domain.create_dispatch("", DispatchSpec("r1", AgentSpec("a")), now=1.0)
     domain.step(1.0)
@@ -186,13 +186,8 @@ def test_a_second_assignment_waits_for_its_own_commit_not_the_first_ones() -> No
     waited went out with it, though its own write was never committed (the
     store had closed for a shutdown), and the job ran again elsewhere after
     the restart."""
-    commits: list[Any] = []
-    domain = Domain(DispatchConfig(), RoomConfig())
-    sink = RecordingSink()
-    session = WorkerSession(
-        sink, domain, api_key="devkey", secret=SECRET, tenant="", public_url="", now=0.0,
-        after_commit=commits.append,
-    )  # fmt: skip
+    commits: list[Callable[[], None]] = []
+    domain, sink, session = make(after_commit=commits.append)
     register(session, agent_name="a")
     jobs = []
     for i, room in enumerate(("r1", "r2")):
