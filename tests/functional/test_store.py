@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,32 +25,43 @@ from edgedispatch.store.sqlite import FILENAME, SCHEMA_VERSION
 from .conftest import serve_once
 from .test_serve import ServeProcess, served  # noqa: F401 (a fixture)
 
-PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
+SERVICE = "/twirp/livekit.AgentDispatchService/"
+
+
+def call(
+    url: str, method: str, room: str, request_id: str = "", **fields: str
+) -> tuple[int, dict[str, Any]]:
+    """An AgentDispatchService call on ``room`` (JSON), with the dev key's
+    token: (HTTP status, JSON answer)."""
+    headers = {"Authorization": f"Bearer {admin_token(room)}", "Content-Type": "application/json"}
+    if request_id:
+        headers["X-Livekit-Request-Id"] = request_id
+    body = json.dumps({"room": room, **fields}).encode()
+    req = urllib.request.Request(url + SERVICE + method, body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def create_dispatch(url: str, room: str, agent: str, request_id: str = "") -> str:
-    headers = {
-        "Authorization": f"Bearer {admin_token(room)}",
-        "Content-Type": "application/json",
-    }
-    if request_id:
-        headers["X-Livekit-Request-Id"] = request_id
-    body = json.dumps({"room": room, "agent_name": agent, "metadata": room}).encode()
-    req = urllib.request.Request(url + PATH, body, headers, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return str(json.loads(resp.read())["id"])
+    status, answer = call(url, "CreateDispatch", room, request_id, agent_name=agent, metadata=room)
+    assert status == 200, answer
+    return str(answer["id"])
+
+
+def listed(url: str, room: str) -> list[dict[str, Any]]:
+    """The room's dispatches, as ListDispatch shows them."""
+    status, answer = call(url, "ListDispatch", room)
+    assert status == 200, answer
+    dispatches: list[dict[str, Any]] = answer.get("agentDispatches", [])
+    return dispatches
 
 
 def list_jobs(url: str, room: str) -> list[dict[str, Any]]:
     """The jobs of the room's dispatches, as ListDispatch shows them."""
-    headers = {"Authorization": f"Bearer {admin_token(room)}", "Content-Type": "application/json"}
-    req = urllib.request.Request(
-        url + PATH.replace("CreateDispatch", "ListDispatch"),
-        json.dumps({"room": room}).encode(), headers, method="POST",
-    )  # fmt: skip
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        dispatches = json.loads(resp.read())["agentDispatches"]
-    return [job for d in dispatches for job in d["state"]["jobs"]]
+    return [job for d in listed(url, room) for job in d["state"]["jobs"]]
 
 
 def test_queued_dispatches_survive_sigkill_and_run_in_order(
