@@ -2,21 +2,14 @@
 // Prints one JSON object with what each call returned.
 import { AgentDispatchClient, RoomServiceClient } from 'livekit-server-sdk';
 
+import { errorOf } from './twirp_errors.mjs';
+
 const url = process.env.LIVEKIT_URL;
 const key = process.env.LIVEKIT_API_KEY;
 const secret = process.env.LIVEKIT_API_SECRET;
 const dispatches = new AgentDispatchClient(url, key, secret);
 const rooms = new RoomServiceClient(url, key, secret);
 const out = {};
-
-async function errorOf(promise) {
-  try {
-    await promise;
-    return null;
-  } catch (e) {
-    return { code: e.code ?? null, status: e.status ?? null, message: e.message };
-  }
-}
 
 const room = await rooms.createRoom({ name: 'node-room', emptyTimeout: 120, metadata: 'rm' });
 out.room = { sid: room.sid, name: room.name, emptyTimeout: room.emptyTimeout };

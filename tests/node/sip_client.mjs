@@ -2,21 +2,14 @@
 // Prints one JSON object with what each call returned.
 import { RoomAgentDispatch, RoomConfiguration, SipClient } from 'livekit-server-sdk';
 
+import { errorOf } from './twirp_errors.mjs';
+
 const sip = new SipClient(
   process.env.LIVEKIT_URL,
   process.env.LIVEKIT_API_KEY,
   process.env.LIVEKIT_API_SECRET,
 );
 const out = {};
-
-async function errorOf(promise) {
-  try {
-    await promise;
-    return null;
-  } catch (e) {
-    return { code: e.code ?? null, status: e.status ?? null, message: e.message };
-  }
-}
 
 const inbound = await sip.createSipInboundTrunk('node in', ['+15550300'], {
   allowedAddresses: ['127.0.0.1'],
