@@ -234,29 +234,21 @@ def check_trunk_conflicts(trunks: Iterable[SIPInboundTrunkInfo]) -> None:
     by_called: dict[str, dict[str, SIPInboundTrunkInfo]] = {}
     for trunk in trunks:
         called_keys = dict.fromkeys(normalize_number(n) for n in trunk.numbers) or {"": None}
+        # (the key, and how LiveKit words the clash) for each caller it takes
+        callers = [
+            (normalize_number(caller), f'and AllowedNumber "{caller}"')
+            for caller in dict.fromkeys(trunk.allowed_numbers)
+        ] or [("", "without AllowedNumbers set")]
         for called in called_keys:
             by_caller = by_called.setdefault(called, {})
-            callers = list(trunk.allowed_numbers)
-            if not callers:
-                other = by_caller.get("")
-                if other is not None and other.sip_trunk_id != trunk.sip_trunk_id:
-                    raise InvalidArgument(
-                        "Conflicting inbound SIP Trunks: "
-                        f"{_quoted(trunk.sip_trunk_id, '<new>')} and "
-                        f"{_quoted(other.sip_trunk_id, '<new>')}, using the same number(s) "
-                        f"{_shown(trunk.numbers)} without AllowedNumbers set"
-                    )
-                by_caller[""] = trunk
-                continue
-            for caller in dict.fromkeys(callers):
-                key = normalize_number(caller)
+            for key, clash in callers:
                 other = by_caller.get(key)
                 if other is not None and other.sip_trunk_id != trunk.sip_trunk_id:
                     raise InvalidArgument(
                         "Conflicting inbound SIP Trunks: "
                         f"{_quoted(trunk.sip_trunk_id, '<new>')} and "
                         f"{_quoted(other.sip_trunk_id, '<new>')}, using the same number(s) "
-                        f'{_shown(trunk.numbers)} and AllowedNumber "{caller}"'
+                        f"{_shown(trunk.numbers)} {clash}"
                     )
                 by_caller[key] = trunk
 
