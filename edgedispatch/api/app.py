@@ -95,10 +95,6 @@ class Durable(Protocol):
         """The refusal of new work while commits fail."""
         ...
 
-    def flushed(self) -> Awaitable[None]:
-        """Resolves once what is queued now is committed."""
-        ...
-
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Calls ``fn`` once what is queued now is committed (or failed)."""
         ...
