@@ -149,8 +149,9 @@ class Workers:
         )  # fmt: skip
         self.procs.append(proc)
 
-    def wait_ready(self) -> None:
-        for proc in self.procs:
+    def wait_ready(self, procs: list[subprocess.Popen[str]] | None = None) -> None:
+        """Until each (by default every) worker says it is registered."""
+        for proc in self.procs if procs is None else procs:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError("a worker did not start")
@@ -165,12 +166,7 @@ class Workers:
         victim.wait()
         self.killed[victim.pid] = time.monotonic()
         self.spawn()
-        self.wait_ready_last()
-
-    def wait_ready_last(self) -> None:
-        out = self.procs[-1].stdout
-        assert out is not None
-        out.readline()
+        self.wait_ready(self.procs[-1:])
 
     def signal_one(self, sig: int) -> None:
         random.choice(self.general()).send_signal(sig)
