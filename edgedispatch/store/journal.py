@@ -10,7 +10,9 @@ Rows hold the records as JSON (msgspec), with what recovery orders or
 filters by in columns of their own: a sequence number (creation order, so
 that pending jobs are offered again in their original order) and a job's
 queue deadline, in wall-clock nanoseconds (monotonic time does not survive
-a restart; it is rebuilt from the wall clock).
+a restart; it is rebuilt from the wall clock).  The sequence number is also
+the row's key: the journal keeps each live dispatch's and job's number, so
+that its later changes find the row without an index on the text ids.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from edgedispatch._core.codes import FailReason, JobState
+from edgedispatch.dispatch.compact import shrink
 from edgedispatch.dispatch.events import (
     DispatchCreated,
     DispatchDeleted,
@@ -62,6 +65,9 @@ class Journal:
         last = store.rows("SELECT MAX(seq) FROM (SELECT seq FROM dispatches UNION ALL "
                           "SELECT seq FROM jobs)")  # fmt: skip
         self._seq = int(last[0][0] or 0)
+        # id -> row (sequence number) of each dispatch and job in the store.
+        self._dispatch_rows: dict[str, int] = {}
+        self._job_rows: dict[str, int] = {}
         # The rows of jobs recorded in this pass of the loop, still in the
         # store's outbox: a change in the same pass (a new job assigned at
         # once, as under load) goes into the row, not into an UPDATE.
@@ -73,16 +79,18 @@ class Journal:
             msgspec.json.decode(r, type=RoomRec)
             for (r,) in self._store.rows("SELECT record FROM rooms ORDER BY rowid")
         ]
-        dispatches = [
-            msgspec.json.decode(r, type=DispatchRec)
-            for (r,) in self._store.rows("SELECT record FROM dispatches ORDER BY seq")
-        ]
+        dispatches = []
+        for seq, r in self._store.rows("SELECT seq, record FROM dispatches ORDER BY seq"):
+            dispatch = msgspec.json.decode(r, type=DispatchRec)
+            self._dispatch_rows[dispatch.id] = seq
+            dispatches.append(dispatch)
         jobs = []
-        for r, deadline, state, worker_id, reason, updated_ns in self._store.rows(
-            "SELECT record, deadline_ns, state, worker_id, reason, updated_ns FROM jobs"
+        for seq, r, deadline, state, worker_id, reason, updated_ns in self._store.rows(
+            "SELECT seq, record, deadline_ns, state, worker_id, reason, updated_ns FROM jobs"
             " ORDER BY seq"
         ):
             job = msgspec.json.decode(r, type=JobRec)
+            self._job_rows[job.id] = seq
             job.state, job.worker_id = JobState(state), worker_id
             job.reason, job.updated_ns = FailReason(reason), updated_ns
             jobs.append((job, int(deadline)))
@@ -94,7 +102,8 @@ class Journal:
             job, before = event.job, event.before
             if before is None:
                 self._seq += 1
-                row: list[Any] = [job.id, self._seq, _encode(job), job.updated_ns + self._queue_ns,
+                self._job_rows[job.id] = self._seq
+                row: list[Any] = [self._seq, job.id, _encode(job), job.updated_ns + self._queue_ns,
                        int(job.state), job.worker_id, int(job.reason), job.updated_ns]  # fmt: skip
                 write(_INSERT_JOB, row)
                 if self._store.deferred:
@@ -104,21 +113,36 @@ class Journal:
                 if fresh is not None:
                     fresh[4:] = (int(job.state), job.worker_id, int(job.reason), job.updated_ns)
                 else:
-                    write(
-                        _UPDATE_JOB,
-                        (int(job.state), job.worker_id, int(job.reason), job.updated_ns, job.id),
-                    )
+                    change = (int(job.state), job.worker_id, int(job.reason), job.updated_ns)
+                    seq = self._job_rows.get(job.id)
+                    if seq is not None:
+                        write(_UPDATE_JOB, (*change, seq))
+                    else:  # not expected: every job's row is known (slower, still right)
+                        write(_UPDATE_JOB_BY_ID, (*change, job.id))
         elif isinstance(event, JobForgotten):
-            write("DELETE FROM jobs WHERE id = ?", (event.job.id,))
+            seq = self._job_rows.pop(event.job.id, None)
+            shrink(self._job_rows)
+            if seq is not None:
+                write("DELETE FROM jobs WHERE seq = ?", (seq,))
+            else:
+                write("DELETE FROM jobs WHERE id = ?", (event.job.id,))
         elif isinstance(event, DispatchCreated):
-            self._seq += 1
             rec = event.dispatch
+            seq = self._dispatch_rows.get(rec.id)
+            if seq is None:
+                self._seq += 1
+                seq = self._dispatch_rows[rec.id] = self._seq
             write(
-                "INSERT OR REPLACE INTO dispatches (id, seq, record) VALUES (?, ?, ?)",
-                (rec.id, self._seq, _encode(rec)),
+                "INSERT OR REPLACE INTO dispatches (seq, id, record) VALUES (?, ?, ?)",
+                (seq, rec.id, _encode(rec)),
             )
         elif isinstance(event, DispatchDeleted):
-            write("DELETE FROM dispatches WHERE id = ?", (event.dispatch.id,))
+            seq = self._dispatch_rows.pop(event.dispatch.id, None)
+            shrink(self._dispatch_rows)
+            if seq is not None:
+                write("DELETE FROM dispatches WHERE seq = ?", (seq,))
+            else:
+                write("DELETE FROM dispatches WHERE id = ?", (event.dispatch.id,))
         elif isinstance(event, RoomOpened):
             room = msgspec.structs.replace(event.room, participants={})
             write(
@@ -142,10 +166,14 @@ class Journal:
 
 # One string object each: the writer groups runs of the same statement.
 _INSERT_JOB = (
-    "INSERT OR REPLACE INTO jobs (id, seq, record, deadline_ns, state, worker_id, reason,"
+    "INSERT OR REPLACE INTO jobs (seq, id, record, deadline_ns, state, worker_id, reason,"
     " updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_UPDATE_JOB = "UPDATE jobs SET state = ?, worker_id = ?, reason = ?, updated_ns = ? WHERE id = ?"
+_UPDATE_JOB = "UPDATE jobs SET state = ?, worker_id = ?, reason = ?, updated_ns = ? WHERE seq = ?"
+
+_UPDATE_JOB_BY_ID = (
+    "UPDATE jobs SET state = ?, worker_id = ?, reason = ?, updated_ns = ? WHERE id = ?"
+)
 
 
 def _worth_writing(state: JobState, before: JobState) -> bool:

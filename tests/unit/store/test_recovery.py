@@ -5,7 +5,10 @@ clock; the "crash" leaves the first store unclosed, as kill -9 would."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
+
+import msgspec
 
 from edgedispatch._core.codes import JobState, JobStatus
 from edgedispatch._testbase.links import RecordingLink
@@ -14,7 +17,7 @@ from edgedispatch.dispatch.domain import Domain
 from edgedispatch.dispatch.records import Acceptance
 from edgedispatch.dispatch.specs import AgentSpec, DispatchSpec, WorkerSpec
 from edgedispatch.store.journal import KINDS, Journal
-from edgedispatch.store.sqlite import SqliteStore
+from edgedispatch.store.sqlite import FILENAME, MIGRATIONS, SqliteStore
 
 
 def boot(path: Path, now: float, wall: float, **cfg: float) -> Domain:
@@ -187,3 +190,50 @@ def test_a_job_held_in_the_pass_that_made_it_comes_back_held(tmp_path: Path) -> 
     asyncio.run(main())
     second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
     assert [j.state for j in second.jobs.jobs.values()] == [JobState.ORPHANED]
+
+
+def test_a_store_of_schema_1_is_migrated_and_its_work_comes_back(tmp_path: Path) -> None:
+    """A store written by an edgedispatch of schema 1 (rows keyed by their
+    text ids): its queued job comes back, and what happens to it after the
+    upgrade is written to its migrated row."""
+    old = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    for statement in MIGRATIONS[1]:
+        old.execute(statement)
+    old.execute("PRAGMA user_version=1")
+    # The rows schema 1's journal wrote for one queued dispatch.
+    made = Domain(DispatchConfig(), RoomConfig())
+    dispatch = made.rooms.dispatches[create(made, "r1", "support", now=0.0)]
+    job = made.jobs.jobs[dispatch.job_ids[0]]
+    encode = msgspec.json.encode
+    room = made.rooms.find("t1", "r1")
+    assert room is not None
+    old.execute(
+        "INSERT INTO rooms (tenant, name, record) VALUES (?, ?, ?)", ("t1", "r1", encode(room))
+    )
+    old.execute(
+        "INSERT INTO dispatches (id, seq, record) VALUES (?, ?, ?)",
+        (dispatch.id, 1, encode(dispatch)),
+    )
+    old.execute(
+        "INSERT INTO jobs (id, seq, record, deadline_ns, state, worker_id, reason, updated_ns)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.id, 2, encode(job), 2**62, int(JobState.QUEUED), "", 0, job.updated_ns),
+    )
+    old.close()
+
+    second = boot(tmp_path, now=0.0, wall=1000.0)
+    assert second.jobs.jobs[job.id].state == JobState.QUEUED
+    link = RecordingLink(tenant="t1")
+    second.register_worker(link, WorkerSpec(agent_name="support", slots=1), 1.0)
+    second.step(1.0)
+    second.accept(link, job.id, Acceptance("agent-1"), now=1.1)
+    second.job_status(link, job.id, JobStatus.SUCCESS, now=2.0)
+    second.step(2.0)
+
+    third = boot(tmp_path, now=0.0, wall=1010.0)
+    assert third.jobs.jobs[job.id].state == JobState.SUCCESS  # ended: not run again
+    assert [d.id for d in third.list_dispatch("t1", "r1", now=0.0)] == [dispatch.id]
+    again = RecordingLink(tenant="t1")
+    third.register_worker(again, WorkerSpec(agent_name="support", slots=1), 1.0)
+    third.step(1.0)
+    assert again.offers == []

@@ -259,18 +259,18 @@ def test_a_batch_keeps_each_tables_order_across_interleaved_tables(tmp_path: Pat
 
 def test_a_batch_runs_jobs_verb_by_verb_and_each_job_ends_as_written(tmp_path: Path) -> None:
     def job(i: int) -> tuple[object, ...]:
-        return (f"AJ_{i}", i, b"{}", 0, 0, "", 0, 0)
+        return (i, f"AJ_{i}", b"{}", 0, 0, "", 0, 0)
 
     async def main() -> None:
         store = SqliteStore(tmp_path)
         store.start(asyncio.get_running_loop())
         store.write(_INSERT_JOB, job(1))
-        store.write(_UPDATE_JOB, (2, "w1", 0, 1, "AJ_1"))
+        store.write(_UPDATE_JOB, (2, "w1", 0, 1, 1))
         store.write(_INSERT_JOB, job(2))
-        store.write("DELETE FROM jobs WHERE id = ?", ("AJ_1",))
+        store.write("DELETE FROM jobs WHERE seq = ?", (1,))
         store.write(_INSERT_JOB, job(3))
-        store.write(_UPDATE_JOB, (2, "w3", 0, 1, "AJ_3"))
-        store.write(_UPDATE_JOB, (4, "w3", 0, 2, "AJ_3"))
+        store.write(_UPDATE_JOB, (2, "w3", 0, 1, 3))
+        store.write(_UPDATE_JOB, (4, "w3", 0, 2, 3))
         await store.flushed()
         store.close()
 
