@@ -37,6 +37,7 @@ from edgedispatch.net.http import HttpProtocol, Limits, expire
 from edgedispatch.net.media_pool import MediaPool
 from edgedispatch.net.reclaim import Reclaimer
 from edgedispatch.net.sip import SipEndpoint
+from edgedispatch.net.systemd import NOTHING_INHERITED, Inherited, Notifier, Watchdog
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
 from edgedispatch.obs import logs
@@ -63,8 +64,14 @@ RECLAIM_INTERVAL = 1.0
 
 
 class Server:
-    def __init__(self, cfg: Config) -> None:
+    """:param inherited: listening sockets passed by systemd (socket
+    activation) or ``serve --fd``; the others are bound from the config."""
+
+    def __init__(self, cfg: Config, inherited: Inherited = NOTHING_INHERITED) -> None:
         self.cfg = cfg
+        self._inherited = inherited
+        self._notifier = Notifier()
+        self._watchdog = Watchdog(self._notifier)
         self.domain: Domain | None = None
         self._timer: DeadlineTimer | None = None
         self.port = 0
@@ -124,6 +131,7 @@ class Server:
         def factory() -> HttpProtocol:
             return HttpProtocol(app, max_size, self.connections, limits)
 
+        sock = sock or self._inherited.http
         if sock is not None:
             self._server = await loop.create_server(factory, sock=sock, backlog=4096)
         else:
@@ -137,6 +145,11 @@ class Server:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.cfg.sip.enabled:
             await self._listen_sip(loop)
+        else:
+            for unused in (self._inherited.sip_udp, self._inherited.sip_tcp):
+                if unused is not None:
+                    log.warning("a SIP socket was passed, but [sip] enabled is false: not served")
+                    unused.close()
         loop.call_later(1.0, self._expire_connections)
         url = self.cfg.server.public_url or f"ws://127.0.0.1:{self.port}"
         self.agents = AgentManager(domain, self.cfg, url, store, verifier, self.containment)
@@ -165,21 +178,26 @@ class Server:
         on_event = calls.on_event
 
         host = bind if bind != "0.0.0.0" else "127.0.0.1"
+        given_udp, given_tcp = self._inherited.sip_udp, self._inherited.sip_tcp
         # TCP on the same port number as UDP (as trunks expect).  With port
         # 0, the number UDP got may be taken for TCP: try another.
         for attempt in range(20):
             transport, endpoint = await loop.create_datagram_endpoint(
-                lambda: SipEndpoint(loop, on_event, host), local_addr=(bind, sip.port)
+                lambda: SipEndpoint(loop, on_event, host),
+                **({"sock": given_udp} if given_udp else {"local_addr": (bind, sip.port)}),
             )
             port = transport.get_extra_info("sockname")[1]
             try:
-                self._sip_tcp = await loop.create_server(
-                    endpoint.stream, bind, port, reuse_address=True
-                )
+                if given_tcp is not None:
+                    self._sip_tcp = await loop.create_server(endpoint.stream, sock=given_tcp)
+                else:
+                    self._sip_tcp = await loop.create_server(
+                        endpoint.stream, bind, port, reuse_address=True
+                    )
                 break
             except OSError:
                 transport.close()
-                if sip.port or attempt == 19:
+                if sip.port or given_udp is not None or attempt == 19:
                     raise
         self._sip = transport
         self.sip_endpoint = endpoint
@@ -228,6 +246,7 @@ class Server:
         self._signals += 1
         if self._signals == 1:
             log.info("draining: no new work; waiting for running jobs")
+            self._notifier.stopping("draining: no new work; waiting for running jobs")
             assert self.domain is not None
             now = asyncio.get_running_loop().time()
             self.domain.begin_drain(now)
@@ -298,7 +317,10 @@ class Server:
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
+        self._watchdog.stop()
+        self._notifier.stopping("stopping")
         await self.close()
+        self._notifier.close()
 
     async def close(self) -> None:
         """Stop listening, stop local agents, and drop every connection."""
@@ -350,6 +372,11 @@ class Server:
                 f"LIVEKIT_API_KEY={key} LIVEKIT_API_SECRET={secret}"
             )
         log.info("serving (compiled core: %s)", _core.COMPILED)
+        # Every listener is bound and the store's state recovered (start()):
+        # systemd may now start what comes after us, and kick the watchdog.
+        sip = f", SIP on port {self.sip_port}" if self.sip_port else ""
+        self._notifier.ready(f"serving on port {self.port}{sip}")
+        self._watchdog.start(loop)
         # Everything allocated so far (modules, protobuf descriptors) lives
         # as long as the process: keep the cyclic GC from walking it again
         # in every full collection, which otherwise pauses the loop ~30 ms.
@@ -374,11 +401,11 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(cfg: Config, use_uvloop: bool = True) -> None:
+def serve(cfg: Config, use_uvloop: bool = True, inherited: Inherited = NOTHING_INHERITED) -> None:
     raise_fd_limit()
     if use_uvloop:
         import uvloop
 
-        uvloop.run(Server(cfg).run())
+        uvloop.run(Server(cfg, inherited).run())
     else:
-        asyncio.run(Server(cfg).run())
+        asyncio.run(Server(cfg, inherited).run())

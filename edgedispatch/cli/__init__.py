@@ -50,8 +50,20 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from edgedispatch.net import systemd
+
+    inherited = systemd.inherited_sockets()
+    if args.fd is not None:
+        import socket
+
+        try:
+            given = socket.socket(fileno=args.fd)
+        except OSError as exc:
+            print(f"edgedispatch: --fd {args.fd}: {exc}", file=sys.stderr)
+            return 2
+        inherited = inherited._replace(http=given)
     try:
-        server.serve(cfg, use_uvloop=args.loop == "uvloop")
+        server.serve(cfg, use_uvloop=args.loop == "uvloop", inherited=inherited)
     except ConfigError as exc:
         print(f"edgedispatch: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -165,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, metavar="N", help="port to listen on (0: any free)")
     serve.add_argument(
         "--data-dir", metavar="DIR", help="keep state here (SQLite), across restarts"
+    )
+    serve.add_argument(
+        "--fd",
+        type=int,
+        metavar="N",
+        help="serve HTTP on this inherited listening socket instead of binding one "
+        "(systemd's socket activation, LISTEN_FDS, is taken without it)",
     )
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
