@@ -12,6 +12,7 @@ exits at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -40,7 +41,7 @@ from edgedispatch.net.sip import SipEndpoint
 from edgedispatch.net.systemd import NOTHING_INHERITED, Inherited, Notifier, Watchdog
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
-from edgedispatch.obs import logs
+from edgedispatch.obs import logs, metrics
 from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.webhooks import WebhookNotifier
 from edgedispatch.runtime.contain import Containment
@@ -48,6 +49,7 @@ from edgedispatch.runtime.manager import AgentManager
 from edgedispatch.sip.digest import DigestAuth
 from edgedispatch.sip.directory import Directory
 from edgedispatch.store import MemoryStore, Store
+from edgedispatch.store import sqlite as sqlite_store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
 from edgedispatch.store.journal import Journal
 from edgedispatch.store.sqlite import SqliteStore
@@ -109,6 +111,9 @@ class Server:
         app.sip = self.sip_directory = Directory(store, ids.new)
         if self.cfg.rtc.enabled:
             app.rooms = self.rooms = self._rooms(domain)
+        if self.cfg.metrics.enabled:
+            app.metrics = functools.partial(metrics.render, self._metrics_sources(domain))
+            app.metrics_token = self.cfg.metrics.token
         targets = self.cfg.webhooks()
         if targets:
             hook = self.cfg.webhook
@@ -203,6 +208,23 @@ class Server:
         self.sip_endpoint = endpoint
         self.sip_port = port
         log.info("SIP on udp and tcp %s:%d", bind, self.sip_port)
+
+    def _metrics_sources(self, domain: Domain) -> metrics.Sources:
+        """What /metrics reads: the parts this server has (the agents'
+        manager is made after the listener, so it is looked up per scrape)."""
+        sources = metrics.Sources(domain)
+        sources.agents = lambda: [
+            metrics.AgentRow(*row) for row in (self.agents.metric_rows() if self.agents else [])
+        ]
+        if self.rooms is not None:
+            sources.tracks = self.rooms.track_counts
+        store = self.store
+        if store is not None:
+            sources.store_commits = lambda: metrics.Histogram(
+                sqlite_store.COMMIT_BOUNDS, list(store.commit_counts), store.commit_seconds
+            )
+            sources.store_pending = lambda: store.pending
+        return sources
 
     def _rooms(self, domain: Domain) -> RoomHub | None:
         """The live rooms, with aiortc for their media (in media worker

@@ -11,6 +11,8 @@ step the domain once, render, encode.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -105,6 +107,17 @@ class Durable(Protocol):
         ...
 
 
+#: Prometheus' text exposition format, version 0.0.4.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _loopback(peer: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return peer == "" or peer.startswith("/")  # a Unix socket is local
+
+
 class App:
     """:param agents: the agent definitions' manager, once it is up."""
 
@@ -119,10 +132,15 @@ class App:
         self.store: Durable | None = None
         #: The tenants' SIP trunks and dispatch rules (``livekit.SIP``).
         self.sip: Directory | None = None
+        #: ``/metrics``: renders the page (``obs.metrics``), and the token a
+        #: scraper must send ("": loopback clients only).
+        self.metrics: Callable[[], bytes] | None = None
+        self.metrics_token = ""
         self._exact: dict[tuple[str, str], HttpHandler] = {
             ("GET", "/"): self._healthy,
             ("GET", "/healthz"): self._healthy,
             ("GET", "/readyz"): self._ready,
+            ("GET", "/metrics"): self._metrics,
             ("GET", "/rtc/validate"): self._rtc_validate,
             ("GET", "/rtc/v1/validate"): self._rtc_validate,
         }
@@ -165,6 +183,19 @@ class App:
     def _ready(self, req: Request) -> Response:
         ok = not self.domain.draining
         return Response(200 if ok else 503, b"ready" if ok else b"draining")
+
+    def _metrics(self, req: Request) -> Response:
+        if self.metrics is None:
+            return Response(404, b"metrics are off ([metrics] enabled = false)\n")
+        if self.metrics_token:
+            given = (req.headers.get("authorization") or "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), self.metrics_token.encode()):
+                return Response(401, b"metrics need the bearer token of [metrics] token\n")
+        elif not _loopback(req.peer):
+            return Response(
+                403, b"metrics are served to loopback clients only (or set [metrics] token)\n"
+            )
+        return Response(200, self.metrics(), METRICS_CONTENT_TYPE)
 
     def _claims(self, req: Request, query_token: bool = False) -> Claims:
         token = bearer(

@@ -213,8 +213,18 @@ class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 5060  #: UDP and TCP; 0: any free port
 
 
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``/metrics`` in Prometheus' text format (README: "Observability")."""
+
+    enabled: bool = True
+    #: The bearer token a scraper must send.  Empty: only clients on the
+    #: loopback may read (the metrics name tenants, rooms and agents).
+    token: str = ""
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     room: RoomConfig = msgspec.field(default_factory=RoomConfig)
     sip: SipConfig = msgspec.field(default_factory=SipConfig)

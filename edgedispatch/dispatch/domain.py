@@ -299,6 +299,7 @@ class Domain:
 
     def decline(self, link: WorkerLink, job_id: str, now: float, terminate: bool = False) -> None:
         self.workers.decline(link, job_id, terminate, now)
+        self.jobs.tally.declines += 1
 
     def job_status(
         self, link: WorkerLink, job_id: str, status: JobStatus, now: float, error: str = ""

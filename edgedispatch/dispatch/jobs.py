@@ -19,6 +19,7 @@ from edgedispatch.dispatch.compact import shrink
 from edgedispatch.dispatch.core import AgentKey, DispatchCore, JobSpec
 from edgedispatch.dispatch.events import EventBus, JobChanged, JobForgotten, JobWaiting
 from edgedispatch.dispatch.records import Acceptance, DispatchRec, JobRec
+from edgedispatch.dispatch.tally import Tally
 from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
 
 log = logging.getLogger("edgedispatch.dispatch")
@@ -47,6 +48,7 @@ class JobLedger:
         self._held = 0
         # What a worker said when it accepted, until the assignment goes out.
         self._accepted: dict[str, Acceptance] = {}
+        self.tally = Tally()
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -66,9 +68,9 @@ class JobLedger:
             room=dispatch.room,
             metadata=dispatch.metadata,
             attributes=dispatch.attributes,
-            updated_ns=self._wall.ns(now),
             participant=dispatch.participant,
         )
+        rec.created_ns = rec.updated_ns = self._wall.ns(now)
         self.jobs[rec.id] = rec
         agent = (key.tenant, key.agent_name)
         self._live[agent] += 1
@@ -135,8 +137,12 @@ class JobLedger:
             if state == JobState.QUEUED
             else WaitReason.NOT_WAITING
         )
+        waited_ns = -1
         if state in (JobState.ASSIGNED, JobState.RUNNING) and not rec.started_ns:
             rec.started_ns = now_ns
+            waited_ns = now_ns - rec.created_ns if rec.created_ns else -1
+        if state != before:
+            self.tally.transition(rec.key.tenant, before, state, rec.reason, waited_ns)
         ended = state in _ENDED
         if ended:
             rec.ended_ns = now_ns

@@ -95,6 +95,7 @@ class JobRec(msgspec.Struct, kw_only=True):
     identity: str = ""  #: the agent's participant identity, once accepted
     #: JT_PARTICIPANT / JT_PUBLISHER: the participant the job is for.
     participant: ParticipantRec | None = None
+    created_ns: int = 0
     started_ns: int = 0
     ended_ns: int = 0
     updated_ns: int = 0

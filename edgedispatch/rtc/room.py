@@ -13,6 +13,7 @@ closed.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from livekit.protocol import models, rtc
@@ -291,6 +292,13 @@ class RoomHub:
         #: Told of each track published (True) or gone (False): webhooks.
         self.track_listeners: list[TrackListener] = []
         domain.subscribe(self._on_event, RoomClosed)
+
+    def track_counts(self) -> Counter[str]:
+        """Tracks published in the live rooms, per tenant (``/metrics``)."""
+        counts: Counter[str] = Counter()
+        for (tenant, _), live in self.rooms.items():
+            counts[tenant] += sum(len(s.info.tracks) for s in live.sessions.values())
+        return counts
 
     def find(self, tenant: str, name: str) -> LiveRoom | None:
         return self.rooms.get((tenant, name))

@@ -51,6 +51,11 @@ class _Active:
         self.stopped = False
 
 
+#: (tenant, agent name, kind, processes, memory bytes, running jobs) of each
+#: local agent (``AgentManager.metric_rows``).
+MetricRows = list[tuple[str, str, str, int, int, int]]
+
+
 class AgentManager:
     """:param url: this server's WebSocket URL, for agents it starts.
     :param keys: where the agent servers' own API keys are made known
@@ -219,6 +224,22 @@ class AgentManager:
                 item["pool_uss_kb"] = a.pool.unique_memory_kb()
             out.append(item)
         return out
+
+    def metric_rows(self) -> MetricRows:
+        """Each local agent's (tenant, name, kind, processes, unique memory in
+        bytes of its pool's processes, running jobs), for /metrics."""
+        rows: MetricRows = []
+        for (tenant, name), a in sorted(self._agents.items()):
+            processes, memory_kb = 0, 0
+            if a.pool is not None:
+                uss = a.pool.unique_memory_kb()
+                processes, memory_kb = len(uss), sum(uss)
+            if a.supervisor is not None:
+                processes += sum(1 for i in a.supervisor.status() if i.get("pid"))
+            running = len(a.worker.running) if a.worker is not None else 0
+            kind = a.definition.kind
+            rows.append((tenant, name, kind, processes, memory_kb * 1024, running))
+        return rows
 
     async def add(self, tenant: str, raw: dict[str, Any]) -> dict[str, Any]:
         if raw.get("tenant", tenant) != tenant:

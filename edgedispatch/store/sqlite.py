@@ -32,6 +32,7 @@ open; a database from a newer edgedispatch is refused, with the versions.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import json
 import logging
@@ -91,6 +92,8 @@ RETRY_INTERVAL = 0.5
 #: flush, a wake-up of the loop); an answer waits at most this much longer.
 #: Idle, the first write commits at once.
 GROUP_WINDOW = 0.003
+#: Upper bounds (seconds) of the commit time buckets (``/metrics``).
+COMMIT_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 _Op = tuple[str, Sequence[Any]]
 #: What one pass of the event loop hands the writer: its writes, in order,
@@ -202,6 +205,12 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self.failure: str = ""  #: why the last commit failed ("" when none)
         self.commits = 0
+        #: How long commits took: counts per bucket of COMMIT_BOUNDS (the last
+        #: is longer), and their sum in seconds.  Written by the writer
+        #: thread, read by /metrics (a count a scrape reads one commit
+        #: early is fine).
+        self.commit_counts = [0] * (len(COMMIT_BOUNDS) + 1)
+        self.commit_seconds = 0.0
         self.pending = 0  #: statements queued and not yet committed
         self.written = 0  #: statements queued since start (a caller's "did I write?")
         self._closed = False
@@ -371,6 +380,10 @@ class SqliteStore:
             if kept:
                 batch = kept + batch
             error = self._commit(db, batch, quiet=bool(kept)) if batch else ""
+            if batch:
+                took = time.monotonic() - last
+                self.commit_counts[bisect.bisect_left(COMMIT_BOUNDS, took)] += 1
+                self.commit_seconds += took
             if error:
                 kept = batch
                 if stop:
