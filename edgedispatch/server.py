@@ -41,7 +41,7 @@ from edgedispatch.net.sip import SipEndpoint
 from edgedispatch.net.systemd import NOTHING_INHERITED, Inherited, Notifier, Watchdog
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
-from edgedispatch.obs import logs, metrics
+from edgedispatch.obs import logs, metrics, status
 from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.webhooks import WebhookNotifier
 from edgedispatch.runtime.contain import Containment
@@ -111,9 +111,12 @@ class Server:
         app.sip = self.sip_directory = Directory(store, ids.new)
         if self.cfg.rtc.enabled:
             app.rooms = self.rooms = self._rooms(domain)
+        sources = self._metrics_sources(domain)
         if self.cfg.metrics.enabled:
-            app.metrics = functools.partial(metrics.render, self._metrics_sources(domain))
+            app.metrics = functools.partial(metrics.render, sources)
             app.metrics_token = self.cfg.metrics.token
+        app.status_page = status.page
+        app.state = functools.partial(status.snapshot, sources)
         targets = self.cfg.webhooks()
         if targets:
             hook = self.cfg.webhook
@@ -218,8 +221,16 @@ class Server:
         ]
         if self.rooms is not None:
             sources.tracks = self.rooms.track_counts
+        sources.agent_details = lambda t: self.agents.list_scoped(t) if self.agents else []
         store = self.store
         if store is not None:
+            sources.store_info = lambda: {
+                "path": str(store.path),
+                "schema_version": sqlite_store.SCHEMA_VERSION,
+                "pending_writes": store.pending,
+                "commits": store.commits,
+                "failure": store.failure,
+            }
             sources.store_commits = lambda: metrics.Histogram(
                 sqlite_store.COMMIT_BOUNDS, list(store.commit_counts), store.commit_seconds
             )

@@ -15,7 +15,9 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
+
+import msgspec
 
 from edgedispatch.api import agents as agents_api
 from edgedispatch.api import live_rooms, livekit
@@ -136,11 +138,17 @@ class App:
         #: scraper must send ("": loopback clients only).
         self.metrics: Callable[[], bytes] | None = None
         self.metrics_token = ""
+        #: ``/status`` (the page) and ``/debug/state`` (its data: the state
+        #: of one tenant, or of all with None, at a wall-clock time in ns).
+        self.status_page: Callable[[], bytes] | None = None
+        self.state: Callable[[str | None, int], dict[str, Any]] | None = None
         self._exact: dict[tuple[str, str], HttpHandler] = {
             ("GET", "/"): self._healthy,
             ("GET", "/healthz"): self._healthy,
             ("GET", "/readyz"): self._ready,
             ("GET", "/metrics"): self._metrics,
+            ("GET", "/status"): self._status_page,
+            ("GET", "/debug/state"): self._state,
             ("GET", "/rtc/validate"): self._rtc_validate,
             ("GET", "/rtc/v1/validate"): self._rtc_validate,
         }
@@ -196,6 +204,28 @@ class App:
                 403, b"metrics are served to loopback clients only (or set [metrics] token)\n"
             )
         return Response(200, self.metrics(), METRICS_CONTENT_TYPE)
+
+    def _status_page(self, req: Request) -> Response:
+        """The page holds no data (it fetches /debug/state with the token
+        the viewer gives it), so anyone may load it."""
+        if self.status_page is None:
+            return Response(404, b"not found\n")
+        return Response(200, self.status_page(), "text/html; charset=utf-8")
+
+    def _state(self, req: Request) -> Response:
+        """A token with roomList (as ``lk room list`` needs): a key of the
+        default tenant (the operator's) sees every tenant, a tenant's key
+        only its own."""
+        if self.state is None:
+            return Response(404, b"not found\n")
+        try:
+            claims = self._claims(req)
+            claims.require("roomList")
+        except EdgeDispatchError as exc:
+            return self._rtc_refusal(req, exc)
+        scope = None if claims.tenant == "" and not claims.program else claims.tenant
+        body = msgspec.json.encode(self.state(scope, self.domain.wall.ns(req.now)))
+        return Response(200, body, "application/json")
 
     def _claims(self, req: Request, query_token: bool = False) -> Claims:
         token = bearer(

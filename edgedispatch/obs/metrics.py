@@ -66,6 +66,13 @@ class Sources:
         self.store_commits: Callable[[], Histogram] | None = None
         self.store_pending: Callable[[], int] | None = None
         self.sip_responses: Callable[[], Counter[int]] | None = None
+        # For /debug/state (``obs.status``), scoped to a tenant (None: all):
+        #: the local agents and their instances;
+        self.agent_details: Callable[[str | None], list[dict[str, Any]]] | None = None
+        #: the SIP calls in progress;
+        self.sip_calls: Callable[[str | None], list[dict[str, Any]]] | None = None
+        #: the store (operators only).
+        self.store_info: Callable[[], dict[str, Any]] | None = None
 
 
 def render(sources: Sources) -> bytes:

@@ -54,6 +54,7 @@ class _Active:
 #: (tenant, agent name, kind, processes, memory bytes, running jobs) of each
 #: local agent (``AgentManager.metric_rows``).
 MetricRows = list[tuple[str, str, str, int, int, int]]
+Items = list[dict[str, Any]]
 
 
 class AgentManager:
@@ -224,6 +225,12 @@ class AgentManager:
                 item["pool_uss_kb"] = a.pool.unique_memory_kb()
             out.append(item)
         return out
+
+    def list_scoped(self, tenant: str | None) -> Items:
+        """``list`` of one tenant, or of every tenant (None), for the status
+        page; each item names its tenant."""
+        tenants = sorted({t for t, _ in self._agents}) if tenant is None else [tenant]
+        return [{**item, "tenant": t} for t in tenants for item in self.list(t)]
 
     def metric_rows(self) -> MetricRows:
         """Each local agent's (tenant, name, kind, processes, unique memory in

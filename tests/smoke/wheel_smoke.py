@@ -21,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from pathlib import Path
 
 import edgedispatch
@@ -123,6 +124,11 @@ def check_serve_and_dispatch() -> None:
         assert (created[0]["room"], created[0]["agentName"]) == ("smoke", "smoke-agent")
         listed = json.loads(run("dispatch", "list", "--room", "smoke", *conn))
         assert [d["id"] for d in listed] == [created[0]["id"]], listed
+        # Package data: the status page ships in the wheel; and /metrics.
+        with urllib.request.urlopen(f"{url}/status", timeout=10) as resp:
+            assert b"<title>edgedispatch status</title>" in resp.read()
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+            assert b"edgedispatch_dispatch_latency_seconds_count 0.0" in resp.read()
     finally:
         server.send_signal(signal.SIGTERM)
         try:
