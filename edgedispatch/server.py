@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from edgedispatch import _core
 from edgedispatch.api.app import App
+from edgedispatch.calls.admission import Admission
 from edgedispatch.calls.inbound import InboundCalls
 from edgedispatch.config import Config
 from edgedispatch.dispatch import ids
@@ -182,6 +183,7 @@ class Server:
             self.domain,
             DigestAuth(secrets.token_bytes(32)),
             lambda: secrets.token_hex(6),
+            Admission.from_config(sip),
         )
         on_event = calls.on_event
 
@@ -284,6 +286,8 @@ class Server:
             now = asyncio.get_running_loop().time()
             self.domain.begin_drain(now)
             self.domain.step(now)
+            if self.sip_endpoint is not None and self.sip_endpoint.uas is not None:
+                self.sip_endpoint.uas.drain()  # new calls and probes: 503
             asyncio.get_running_loop().create_task(self._drain())
         else:
             log.warning("second signal: exiting now")
@@ -293,11 +297,13 @@ class Server:
         assert self.domain is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.server.drain_timeout
-        while self._running_jobs() and loop.time() < deadline:
+        while (self._running_jobs() or self._live_calls()) and loop.time() < deadline:
             await asyncio.sleep(0.2)
         left = self._running_jobs()
         if left:
             log.warning("drain timeout: exiting with %d jobs still running", left)
+        if self._live_calls():
+            log.warning("drain timeout: exiting with %d calls still up", self._live_calls())
         self._stop.set()
 
     def _expire_connections(self) -> None:
@@ -319,6 +325,13 @@ class Server:
                     "exiting with %d queued jobs, which are dropped: no data_dir to keep them",
                     queued,
                 )
+
+    def _live_calls(self) -> int:
+        """The SIP calls a drain waits for: offered or up, not each
+        transaction (a refused call's lasts 32 s for late copies, and the
+        drain's own 503s would keep it going)."""
+        endpoint = self.sip_endpoint
+        return 0 if endpoint is None or endpoint.uas is None else endpoint.uas.live_calls()
 
     def _running_jobs(self) -> int:
         """What the drain waits for: every running job; with a store, only

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from edgedispatch.calls.admission import Admission, Refusal
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.errors import EdgeDispatchError, Unauthenticated
 from edgedispatch.sip.digest import DigestAuth, Verdict
@@ -27,7 +28,7 @@ from edgedispatch.sip.message import parse_name_addr, parse_uri
 from edgedispatch.sip.outcome import NeedPin, evaluate
 from edgedispatch.sip.routing import Call
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer
+from edgedispatch.sip.uas import CallEnded, Event, IncomingCall, UserAgentServer
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -39,11 +40,14 @@ class InboundCalls:
         domain: Domain,
         auth: DigestAuth,
         new_suffix: Callable[[], str],
+        admission: Admission | None = None,
     ) -> None:
         self._directory = directory
         self._domain = domain
         self._auth = auth
         self._new_suffix = new_suffix
+        #: Calls per source, tenant and in all (``calls.admission``).
+        self.admission = admission or Admission()
 
     def on_event(self, ua: UserAgentServer, event: Event | OutboundEvent, now: float) -> None:
         if isinstance(event, IncomingCall):
@@ -52,8 +56,14 @@ class InboundCalls:
             except EdgeDispatchError as exc:
                 log.info("call %s refused: %s", event.call_id, exc.msg)
                 ua.reject(event.call_id, exc.sip_status, now, exc.msg)
+        elif isinstance(event, CallEnded):  # however it ended: its count ends
+            self.admission.ended(event.call_id)
 
     def _admit(self, ua: UserAgentServer, event: IncomingCall, now: float) -> None:
+        refusal = self.admission.arrived(event.source[0], now)  # before any lookup
+        if refusal is not None:
+            self._refuse_admission(ua, event, refusal, now)
+            return
         invite = event.invite
         caller = parse_uri(parse_name_addr(invite.headers.get("from")).uri)
         called = parse_uri(parse_name_addr(invite.headers.get("to")).uri)
@@ -62,6 +72,10 @@ class InboundCalls:
             from_host=caller.host,
         )  # fmt: skip
         tenant, trunk, rule = self._directory.route(call)
+        refusal = self.admission.admit(tenant, event.call_id)  # counted until CallEnded
+        if refusal is not None:
+            self._refuse_admission(ua, event, refusal, now)
+            return
         if trunk.auth_username or trunk.auth_password:
             verdict = self._auth.check(invite, trunk.auth_username, trunk.auth_password, now)
             if verdict is Verdict.WRONG:
@@ -84,6 +98,16 @@ class InboundCalls:
             outcome.room, tenant or "-", outcome.trunk_id, outcome.rule_id,
         )  # fmt: skip
         self._refuse(ua, event, 480, "calls are not bridged into rooms yet", now)
+
+    def _refuse_admission(
+        self, ua: UserAgentServer, event: IncomingCall, refusal: Refusal, now: float
+    ) -> None:
+        if refusal.drop:  # a flood: one line per dropped INVITE would be a second one
+            log.debug("call %s from %s dropped: %s", event.call_id, event.source[0], refusal.reason)
+            ua.drop(event.call_id, now)
+        else:
+            log.info("call %s from %s refused: %s", event.call_id, event.source[0], refusal.reason)
+            ua.reject(event.call_id, refusal.status, now, refusal.reason, refusal.headers())
 
     def _refuse(
         self, ua: UserAgentServer, event: IncomingCall, status: int, why: str, now: float

@@ -211,6 +211,20 @@ class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = False
     bind: str = ""  #: empty: the server's bind address
     port: int = 5060  #: UDP and TCP; 0: any free port
+    #: Concurrent calls in all; past it a call gets 503 with Retry-After
+    #: (0: no limit).  A bridged call costs a share of a core (see the README's
+    #: benchmark); the default leaves room for signalling and rooms.
+    max_calls: int = 200
+    #: Concurrent calls of one tenant; past it its calls get 486 Busy Here,
+    #: and the other tenants' calls go on (0: no limit).
+    max_calls_per_tenant: int = 100
+    #: INVITEs per second one source address may send, sustained; past it
+    #: 503 with Retry-After, and a source that keeps on is dropped (UDP).  A
+    #: trunk sends all its calls from few addresses: raise it for a busy
+    #: trunk (0: no limit).
+    invite_rate: float = 20.0
+    #: INVITEs one source may send at once (its bucket's size).
+    invite_burst: int = 40
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -300,6 +314,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("must be a port number (0-65535)", "server.port")
     if not 0 <= cfg.sip.port <= 65535:
         raise ConfigError("must be a port number (0-65535)", "sip.port")
+    for name in ("max_calls", "max_calls_per_tenant", "invite_rate", "invite_burst"):
+        _positive(getattr(cfg.sip, name), f"sip.{name}", allow_zero=True)
     if s.public_url and not s.public_url.startswith(("ws://", "wss://", "http://", "https://")):
         raise ConfigError("must be a ws://, wss://, http:// or https:// URL", "server.public_url")
     if s.max_message_size < 1024:

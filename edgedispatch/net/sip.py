@@ -65,11 +65,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
         transport = self._transport
         if uas is None or transport is None:
             return
-        for event in uas.take_events():
-            try:
-                self._on_event(uas, event, now)
-            except Exception:
-                log.exception("a SIP event's handler failed")
+        # A handler's decision may make events of its own (a refusal ends
+        # the call): they are handed on in the same pass.
+        while events := uas.take_events():
+            for event in events:
+                try:
+                    self._on_event(uas, event, now)
+                except Exception:
+                    log.exception("a SIP event's handler failed")
         for data, addr in uas.take_outgoing():
             stream = self.streams.get(addr)
             if stream is not None:

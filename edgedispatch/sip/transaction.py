@@ -88,6 +88,7 @@ class ServerTransaction:
     interval: float = T1  #: Timer G's current interval
     give_up: float = 0.0  #: Timer H: no ACK by then
     acked: bool = False
+    origin: tuple[str, str, int] | None = None  #: an INVITE's, see ``_origin``
 
     def move(self, to: State) -> None:
         if to not in MOVES.get((self.invite, self.state), frozenset()):
@@ -104,6 +105,10 @@ class ServerTransactions:
 
     def __init__(self) -> None:
         self._by_key: dict[Key, ServerTransaction] = {}
+        # (Call-ID, From tag, CSeq number) -> the key of the INVITE
+        # transaction that came first with them: a copy by another path
+        # (a new branch) is a merged request (§8.2.2.2), not a new call.
+        self._invites: dict[tuple[str, str, int], Key] = {}
         self._out: list[tuple[bytes, Address]] = []
         # (when, order, key): a transaction's timer is the entry that still
         # matches its ``timer``; the others are stale and skipped.
@@ -131,10 +136,30 @@ class ServerTransactions:
                 self._out.append((txn.last, txn.peer))  # the answer again
             return False
         invite = req.method == "INVITE"
-        self._by_key[key] = ServerTransaction(
-            key, invite, reliable, source, S.PROCEEDING if invite else S.TRYING
-        )
+        txn = ServerTransaction(key, invite, reliable, source, S.PROCEEDING if invite else S.TRYING)
+        self._by_key[key] = txn
+        if invite:
+            txn.origin = _origin(req)
+            self._invites.setdefault(txn.origin, key)
         return True
+
+    def merged(self, req: Request, source: Address) -> bool:
+        """Whether the INVITE ``req`` is a copy, by another path, of one
+        whose transaction is still going (answered or not)."""
+        first = self._invites.get(_origin(req))
+        return first is not None and first != key_of(req, source)
+
+    def reliable(self, req: Request, source: Address) -> bool:
+        txn = self._by_key.get(key_of(req, source))
+        return txn is not None and txn.reliable
+
+    def forget(self, req: Request, source: Address) -> None:
+        """End ``req``'s transaction without an answer (a dropped request:
+        a copy of it is a new request again)."""
+        txn = self._by_key.get(key_of(req, source))
+        if txn is not None:
+            txn.state = S.TERMINATED
+            self._remove(txn)
 
     def respond(self, req: Request, source: Address, status: int, data: bytes, now: float) -> None:
         """Send an answer to ``req`` through its transaction."""
@@ -200,5 +225,16 @@ class ServerTransactions:
 
     def _end(self, txn: ServerTransaction) -> None:
         txn.move(S.TERMINATED)
+        self._remove(txn)
+
+    def _remove(self, txn: ServerTransaction) -> None:
         txn.timer = None
         del self._by_key[txn.key]
+        if txn.origin is not None and self._invites.get(txn.origin) == txn.key:
+            del self._invites[txn.origin]
+
+
+def _origin(req: Request) -> tuple[str, str, int]:
+    """What an INVITE and its merged copies share (§8.2.2.2)."""
+    tag = req.headers.get("from").rpartition("tag=")[2].split(";", 1)[0].strip()
+    return (req.call_id, tag, req.cseq[0])

@@ -46,6 +46,10 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
 #: What a response copies from its request to find its way back (§8.2.6.2).
 ROUTES = frozenset({"via", "from", "to", "call-id", "cseq"})
 MAX_TRANSACTIONS = 100_000
+#: Seconds a caller is told to wait while the server drains: about a
+#: restart's time, not the drain's (which may be hours, and would keep a
+#: proxy that honours it away from the restarted server).
+DRAIN_RETRY_AFTER = 30
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 407:
@@ -74,7 +78,8 @@ class IncomingCall:
 @dataclass
 class CallEnded:
     call_id: str
-    why: str  #: "bye" (the caller hung up), "cancel", "no ack", "hung up", "rejected"
+    #: "bye" (the caller hung up), "cancel", "no ack", "hung up", "rejected", "dropped"
+    why: str
 
 
 @dataclass
@@ -129,6 +134,22 @@ class UserAgentServer:
         #: Transactions kept at most (each lives up to 64*T1 = 32 s): past
         #: it, a new request gets a stateless 503 (2,000 calls/s fit).
         self.max_transactions = MAX_TRANSACTIONS
+        #: Set by ``drain``: the Retry-After of the 503 that new calls and
+        #: probes get (0: not draining).
+        self.draining_retry_after = 0
+
+    def drain(self, retry_after: int = DRAIN_RETRY_AFTER) -> None:
+        """Take no new calls: a new INVITE gets 503 with Retry-After, and so
+        does OPTIONS (RFC 3261 §11.2: a probe is answered as an INVITE would
+        be, and Kamailio's dispatcher counts only a 200 as up, so probers
+        take the server out of rotation).  Calls already offered or up go on
+        to their end: their ACK, BYE, CANCEL, INFO and re-INVITEs are served."""
+        self.draining_retry_after = max(1, retry_after)
+
+    def live_calls(self) -> int:
+        """Calls not ended yet, incoming and placed (what a drain waits for)."""
+        incoming = sum(1 for c in self.calls.values() if c.state is not CallState.ENDED)
+        return incoming + len(self.outbound.calls)
 
     # -- input -----------------------------------------------------------
 
@@ -209,6 +230,10 @@ class UserAgentServer:
             self._bye(req, source, now)
         elif method == "OPTIONS":
             headers = [("allow", ALLOW), ("accept", "application/sdp"), ("supported", "")]
+            if self.draining_retry_after:
+                headers.append(("retry-after", str(self.draining_retry_after)))
+                self._reply(req, source, 503, now, headers, to_tag=self._new_tag())
+                return
             self._reply(req, source, 200, now, headers, to_tag=self._new_tag())
         elif method == "INFO":
             self._info(req, source, now)
@@ -217,10 +242,17 @@ class UserAgentServer:
 
     def _invite(self, req: Request, source: Address, now: float) -> None:
         call = self.calls.get(req.call_id)
-        if call is not None and req.cseq == call.invite.cseq:
+        if self.transactions.merged(req, source) or (
+            call is not None and req.cseq == call.invite.cseq
+        ):
             # The same INVITE by another path (a new branch: forked by a
-            # proxy upstream), §8.2.2.2: refused, the first copy goes on.
+            # proxy upstream), §8.2.2.2: refused, the first copy goes on,
+            # or has been answered (its transaction still remembers it).
             self._reply(req, source, 482, now)
+            return
+        if call is None and self.draining_retry_after:
+            head = [("retry-after", str(self.draining_retry_after))]
+            self._reply(req, source, 503, now, head, to_tag=self._new_tag())
             return
         if call is not None:  # a re-INVITE in the call: the same session again
             if call.state is CallState.CONFIRMED and call.answer:
@@ -307,6 +339,18 @@ class UserAgentServer:
         call = self._offered(call_id)
         self._final(call, status, now, reason, headers)
         self._end(call, "rejected")
+
+    def drop(self, call_id: str, now: float) -> None:
+        """Refuse an offered call without a word (a flood over UDP, whose
+        source may be forged: no answer is reflected at it).  Over TCP the
+        peer's address is proven, so it gets a 503 instead (else it would
+        wait out its Timer B)."""
+        call = self._offered(call_id)
+        if self.transactions.reliable(call.invite, call.source):
+            self.reject(call_id, 503, now, "too many calls from this address")
+            return
+        self.transactions.forget(call.invite, call.source)
+        self._end(call, "dropped")
 
     def hang_up(self, call_id: str, now: float) -> None:
         """End a call from our side: BYE if it was answered, else 480."""

@@ -111,7 +111,8 @@ def run(rates: list[int], seconds: float) -> dict[str, Any]:
     sip_port = free_port(udp_too=True)
     config = workdir / "edgedispatch.toml"
     config.write_text(
-        f"[sip]\nenabled = true\nport = {sip_port}\n[rtc]\nenabled = false\n"
+        # sipp sends every call from one address: no per-source limit.
+        f"[sip]\nenabled = true\nport = {sip_port}\ninvite_rate = 0\n[rtc]\nenabled = false\n"
         '[logging]\nlevel = "warning"\n'
     )
     server, _ = start_server("--config", str(config), stderr=sys.stderr)

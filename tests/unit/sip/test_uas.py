@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
+from edgedispatch.errors import Malformed
 from edgedispatch.sip.message import Request, Response, parse_datagram, parse_name_addr
 from edgedispatch.sip.transaction import T1, T2
 from edgedispatch.sip.uas import (
@@ -237,3 +240,91 @@ def test_a_merged_invite_by_another_path_is_refused_482_and_the_first_goes_on() 
     assert [type(e) for e in ua.take_events()] == [IncomingCall]  # reported once
     ua.answer("call-1", SDP, 0.2)
     assert statuses(out(ua)) == [200]
+
+
+def test_while_draining_new_calls_and_probes_get_503_and_calls_up_go_on() -> None:
+    ua = uas()
+    tag = answered_call(ua)
+    ua.take_events()
+    ua.drain(retry_after=30)
+    assert ua.live_calls() == 1
+    ua.receive_datagram(req("INVITE", call_id="new", branch="z9hG4bK-new"), CALLER, 1.0)
+    ua.receive_datagram(req("OPTIONS", branch="z9hG4bK-o"), CALLER, 1.0)
+    new, probe = out(ua)
+    assert isinstance(new, Response) and isinstance(probe, Response)
+    assert (new.status, probe.status) == (503, 503)
+    assert new.headers.get("retry-after") == probe.headers.get("retry-after") == "30"
+    assert ua.take_events() == [] and "new" not in ua.calls  # never offered
+    ua.receive_datagram(req("ACK", call_id="new", branch="z9hG4bK-new"), CALLER, 1.1)
+    assert out(ua) == []  # the 503's ACK: swallowed
+    # The call that was up goes on: a re-INVITE, then its BYE.
+    reinvite = req("INVITE", branch="z9hG4bK-re", cseq=2, to_tag=tag)
+    ua.receive_datagram(reinvite, CALLER, 2.0)
+    assert statuses(out(ua)) == [200]
+    ua.receive_datagram(req("BYE", branch="z9hG4bK-bye", cseq=3, to_tag=tag), CALLER, 3.0)
+    assert statuses(out(ua)) == [200]
+    assert ua.take_events() == [CallEnded("call-1", "bye")] and ua.live_calls() == 0
+
+
+def test_a_merged_invite_after_the_first_was_answered_is_still_refused_482() -> None:
+    """The first copy was refused at once (its call record is gone), but its
+    transaction remembers it: the copy by another path is not a new call."""
+    ua = uas()
+    ua.receive_datagram(req("INVITE"), CALLER, 0.0)
+    (incoming,) = ua.take_events()
+    ua.reject("call-1", 404, 0.0)
+    assert statuses(out(ua)) == [404]
+    ua.receive_datagram(req("INVITE", branch="z9hG4bK-fork"), CALLER, 0.1)
+    assert statuses(out(ua)) == [482]
+    assert ua.take_events() == [CallEnded("call-1", "rejected")]  # and no second call
+    ua.receive_datagram(req("INVITE"), CALLER, 0.2)  # a plain retransmission
+    assert statuses(out(ua)) == [404] and ua.take_events() == []
+    # Once the first transaction is over, the same Call-ID may call anew
+    # (e.g. after a 407, with credentials and a new CSeq).
+    ua.on_timer(100.0)
+    ua.receive_datagram(req("INVITE", branch="z9hG4bK-again", cseq=2), CALLER, 100.0)
+    assert [type(e) for e in ua.take_events()] == [IncomingCall]
+
+
+def test_a_cancel_racing_the_200_before_its_ack_changes_nothing() -> None:
+    """The 200 went out, the caller's CANCEL crossed it: CANCEL gets 200, the
+    INVITE keeps its 200 (no 487), and the call waits for its ACK."""
+    ua = uas()
+    ua.receive_datagram(req("INVITE"), CALLER, 0.0)
+    ua.answer("call-1", SDP, 0.0)
+    (ok,) = out(ua)
+    ua.take_events()
+    ua.receive_datagram(req("CANCEL"), CALLER, 0.05)
+    answers = out(ua)
+    assert [(m.status, m.cseq[1]) for m in answers if isinstance(m, Response)] == [(200, "CANCEL")]
+    assert ua.take_events() == []
+    tag = parse_name_addr(ok.headers.get("to")).tag
+    ua.receive_datagram(req("ACK", branch="z9hG4bK-ack", to_tag=tag), CALLER, 0.1)
+    assert ua.take_events() == [CallConfirmed("call-1")]
+
+
+def test_an_answer_that_loses_the_race_to_a_cancel_is_never_sent() -> None:
+    """The CANCEL came first: 487 went out, and the application's late
+    answer is refused (an error to it), never a 200 after the 487."""
+    ua = uas()
+    ua.receive_datagram(req("INVITE"), CALLER, 0.0)
+    out(ua), ua.take_events()
+    ua.receive_datagram(req("CANCEL"), CALLER, 0.5)
+    assert statuses(out(ua)) == [200, 487]
+    with pytest.raises(Malformed, match="not waiting for an answer"):
+        ua.answer("call-1", SDP, 0.6)
+    with pytest.raises(Malformed):
+        ua.ring("call-1", 0.6)
+    ua.hang_up("call-1", 0.6)  # harmless
+    assert out(ua) == []
+    ua.receive_datagram(req("CANCEL"), CALLER, 0.7)  # a copy of the CANCEL
+    assert statuses(out(ua)) == [200]
+
+
+def test_a_flooded_invite_can_be_dropped_without_a_word() -> None:
+    ua = uas()
+    ua.receive_datagram(req("INVITE"), CALLER, 0.0)
+    ua.take_events()
+    ua.drop("call-1", 0.0)
+    assert out(ua) == [] and ua.calls == {} and len(ua.transactions) == 0
+    assert ua.take_events() == [CallEnded("call-1", "dropped")]
