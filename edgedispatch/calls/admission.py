@@ -104,7 +104,7 @@ class Admission:
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return None
-        if bucket.tokens <= -self.burst:
+        if bucket.tokens - 1.0 < -self.burst:  # its debt would pass the burst
             return Refusal(503, "too many calls from this address", drop=True)
         bucket.tokens -= 1.0
         wait = math.ceil((1.0 - bucket.tokens) / self.rate)

@@ -16,11 +16,11 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from edgedispatch.errors import EdgeDispatchError
+from edgedispatch.errors import EdgeDispatchError, TooLarge
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.sip.message import StreamParser
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import Event, UserAgentServer
+from edgedispatch.sip.uas import Event, UserAgentServer, refusal_of
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -122,14 +122,24 @@ class SipStream(asyncio.Protocol):
         try:
             messages = self._parser.feed(data)
         except EdgeDispatchError as exc:
-            log.info("SIP stream from %s:%d closed: %s", *self._peer, exc.msg)
-            self.write(f"SIP/2.0 400 {exc.msg[:100]}\r\nContent-Length: 0\r\n\r\n".encode())
-            if self._transport is not None:
-                self._transport.close()
+            self._refuse(exc)
             return
         for msg in messages:
             uas.receive(msg, self._peer, now, reliable=True)
         endpoint.flush(now)
+        if self._parser.error is not None:  # after the messages framed before it
+            self._refuse(self._parser.error)
+
+    def _refuse(self, exc: EdgeDispatchError) -> None:
+        """A stream that cannot be framed any further: answered, closed."""
+        log.info("SIP stream from %s:%d closed: %s", *self._peer, exc.msg)
+        # The answer a datagram would get, if it names where to go; else
+        # a bare status line, so that the peer reads why it is closed.
+        status = 513 if isinstance(exc, TooLarge) else 400
+        bare = f"SIP/2.0 {status} {exc.msg[:100]}\r\nContent-Length: 0\r\n\r\n"
+        self.write(refusal_of(self._parser.pending(), exc) or bare.encode())
+        if self._transport is not None:
+            self._transport.close()
 
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():

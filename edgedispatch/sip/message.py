@@ -148,14 +148,33 @@ def parse_datagram(data: bytes) -> Message:
 
 class StreamParser:
     """Messages from a byte stream (TCP, TLS), framed by Content-Length.
-    After an error the stream cannot be resynchronised: close it."""
+    After an error the stream cannot be resynchronised: close it.  The
+    messages framed before the error in the same ``feed`` are returned, and
+    the error is kept in ``error`` (raised by ``feed`` from then on)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self.error: Malformed | TooLarge | None = None
+
+    def pending(self) -> bytes:
+        """The start of what is not framed yet (after an error: the
+        message that caused it, for ``uas.refusal_of``)."""
+        return bytes(self._buf[:8192])
 
     def feed(self, data: bytes) -> list[Message]:
-        self._buf += data
+        if self.error is not None:
+            raise self.error
         out: list[Message] = []
+        try:
+            self._frame(data, out)
+        except (Malformed, TooLarge) as exc:
+            self.error = exc
+            if not out:
+                raise
+        return out
+
+    def _frame(self, data: bytes, out: list[Message]) -> None:
+        self._buf += data
         while True:
             # CRLF keep-alives between messages (RFC 5626 §3.5.1) are skipped.
             while self._buf[:2] == b"\r\n" or self._buf[:1] == b"\n":
@@ -164,7 +183,7 @@ class StreamParser:
             if end < 0:
                 if len(self._buf) > MAX_MESSAGE:
                     raise TooLarge(f"header over {MAX_MESSAGE} bytes")
-                return out
+                return
             msg = _parse_head(bytes(self._buf[:end]))
             length = _content_length(msg.headers, required=True)
             assert length is not None
@@ -172,7 +191,7 @@ class StreamParser:
             if total > MAX_MESSAGE:
                 raise TooLarge(f"message of {total} bytes is over {MAX_MESSAGE}")
             if len(self._buf) < total:
-                return out
+                return
             msg.body = bytes(self._buf[end + skip : total])
             del self._buf[:total]
             out.append(msg)

@@ -38,7 +38,7 @@ from edgedispatch.sip.message import (
 )
 from edgedispatch.sip.transaction import T1, T2, Address, ServerTransactions, State, key_of
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uac import UserAgentClient
+from edgedispatch.sip.uac import Phase, UserAgentClient
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -149,7 +149,7 @@ class UserAgentServer:
     def live_calls(self) -> int:
         """Calls not ended yet, incoming and placed (what a drain waits for)."""
         incoming = sum(1 for c in self.calls.values() if c.state is not CallState.ENDED)
-        return incoming + len(self.outbound.calls)
+        return incoming + sum(1 for c in self.outbound.calls.values() if c.phase is not Phase.ENDED)
 
     # -- input -----------------------------------------------------------
 
@@ -191,25 +191,10 @@ class UserAgentServer:
             log.info("SIP %s from %s:%d refused: %s", msg.method, *source, exc.msg)
 
     def _refuse_unparsed(self, data: bytes, source: Address, exc: EdgeDispatchError) -> None:
-        """A request we could not parse gets 400 (or 513) if we can tell
-        where to send it: only what routes a response is needed."""
         log.info("SIP message from %s:%d refused: %s", *source, exc.msg)
-        head = data.split(b"\r\n\r\n", 1)[0][:8192].decode("utf-8", "replace")
-        lines = head.replace("\r\n", "\n").split("\n")
-        if not lines or lines[0].startswith("SIP/") or len(lines[0].split(" ")) != 3:
-            return
-        fields = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            name = name.strip().lower()
-            name = COMPACT.get(name, name)
-            if colon and name in ROUTES:
-                fields.append((name, value.strip()))
-        if not fields or lines[0].split(" ")[0] == "ACK":
-            return
-        status = 513 if isinstance(exc, TooLarge) else 400
-        first = f"SIP/2.0 {status} {exc.msg[:100]}"
-        self._out.append((render(first, fields), source))
+        answer = refusal_of(data, exc)
+        if answer:
+            self._out.append((answer, source))
 
     def _response(self, msg: Response) -> None:
         """An answer to a BYE we sent: it stops the repeats."""
@@ -500,6 +485,28 @@ class UserAgentServer:
     def _forget(self, call: Call) -> None:
         if call.state is CallState.ENDED and not call.bye:
             self.calls.pop(call.call_id, None)
+
+
+def refusal_of(data: bytes, exc: EdgeDispatchError) -> bytes:
+    """The answer to a request we could not parse: 400 (513 if too large)
+    with the reason, if it names where to send it (only what routes a
+    response is read); b"" for a response, an ACK or bytes with no Via."""
+    head = data.split(b"\r\n\r\n", 1)[0][:8192].decode("utf-8", "replace")
+    lines = head.replace("\r\n", "\n").split("\n")
+    if not lines or lines[0].startswith("SIP/") or len(lines[0].split(" ")) != 3:
+        return b""
+    fields = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name = name.strip().lower()
+        name = COMPACT.get(name, name)
+        if colon and name in ROUTES:
+            fields.append((name, value.strip()))
+    if not any(name == "via" for name, _ in fields) or lines[0].split(" ")[0] == "ACK":
+        return b""
+    status = 513 if isinstance(exc, TooLarge) else 400
+    reason = "".join(c if c.isprintable() else " " for c in exc.msg[:100])
+    return render(f"SIP/2.0 {status} {reason}", fields)
 
 
 def _dtmf_digit(body: bytes) -> str:
