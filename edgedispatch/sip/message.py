@@ -70,6 +70,7 @@ SPELLING = {
 }
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
 _TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_SCHEME = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 
 
 @dataclass
@@ -241,23 +242,60 @@ def _parse_head(head: bytes) -> Message:
             headers.items.extend((name, item) for item in split_list(value) if item)
         else:
             headers.items.append((name, value))
-    if isinstance(msg, Request):
-        for name in REQUIRED:
-            if name not in headers:
-                raise Malformed(f"missing {spell(name)} header")
-        _, cseq_method = parse_cseq(headers.get("cseq"))
-        if cseq_method != msg.method:
-            raise Malformed(f"CSeq method {cseq_method} is not the request's {msg.method}")
+    _check(msg)
     return msg
+
+
+def _check(msg: Message) -> None:
+    """What every layer above reads is read once here, so that a bad value
+    is refused with the message, not met later by a layer that cannot
+    answer: each Via; From, To, Call-ID and CSeq once each (RFC 4475
+    multi01), From and To well formed; a request's CSeq method its own."""
+    headers = msg.headers
+    for name in REQUIRED[1:]:
+        values = headers.get_all(name)
+        if len(values) > 1:
+            raise Malformed(f"{spell(name)} more than once")
+        if not values and isinstance(msg, Request):
+            raise Malformed(f"missing {spell(name)} header")
+    if isinstance(msg, Request) and "via" not in headers:
+        raise Malformed("missing Via header")
+    for via in headers.get_all("via"):
+        parse_via(via)
+    for name in ("from", "to"):
+        if name in headers:
+            parse_name_addr(headers.get(name))
+    if "cseq" in headers:
+        _, cseq_method = parse_cseq(headers.get("cseq"))
+        if isinstance(msg, Request) and cseq_method != msg.method:
+            raise Malformed(f"CSeq method {cseq_method} is not the request's {msg.method}")
+
+
+class UnsupportedVersion(Malformed):
+    """A request of another SIP version: 505 (§8.2.2.1... §21.5.7)."""
+
+    sip_status = 505
 
 
 def _request_line(start: str) -> Request:
     parts = start.split(" ")
+    if len(parts) == 3 and parts[2].startswith("SIP/") and parts[2] != "SIP/2.0":
+        raise UnsupportedVersion(f"SIP version {parts[2][4:20]!r} is not supported")
     if len(parts) != 3 or parts[2] != "SIP/2.0":
         raise Malformed(f"bad request line {start[:80]!r}")
     method, uri, _ = parts
-    if not method or any(c not in _TOKEN for c in method.encode()) or ":" not in uri:
+    scheme, colon, _ = uri.partition(":")
+    if (
+        not method
+        or any(c not in _TOKEN for c in method.encode())
+        or not colon
+        or not scheme[:1].isalpha()
+        or any(c not in _SCHEME for c in scheme.encode())
+    ):
         raise Malformed(f"bad request line {start[:80]!r}")
+    # §19.1.1: no headers in a Request-URI ("?" may be in the user part).
+    if scheme.lower() in ("sip", "sips") and "?" in uri.rpartition("@")[2]:
+        raise Malformed(f"headers in the Request-URI {uri[:60]!r}")
     return Request(method, uri, Headers())
 
 
@@ -334,13 +372,23 @@ class Via:
 
 def parse_via(value: str) -> Via:
     """One Via value: ``SIP/2.0/UDP host[:port][;param[=value]]...``."""
-    sent, _, rest = value.strip().partition(" ")
-    protocol = [p.strip() for p in sent.split("/")]
-    if len(protocol) != 3 or protocol[0] != "SIP" or protocol[1] != "2.0" or not protocol[2]:
+    # White space may surround the slashes (§25.1 SLASH): "SIP / 2.0 / UDP host".
+    protocol = value.split("/", 2)
+    if len(protocol) != 3:
         raise Malformed(f"bad Via {value[:60]!r}")
-    hostport, params = _params(rest.strip())
+    transport, _, rest = protocol[2].strip().partition(" ")
+    rest = rest.strip()
+    if (
+        protocol[0].strip() != "SIP"
+        or protocol[1].strip() != "2.0"
+        or not transport
+        or any(c not in _TOKEN for c in transport.encode())
+        or not rest
+    ):
+        raise Malformed(f"bad Via {value[:60]!r}")
+    hostport, params = _params(rest)
     host, port = _hostport(hostport.strip(), value)
-    return Via(protocol[2].upper(), host, port, params)
+    return Via(transport.upper(), host, port, params)
 
 
 @dataclass
@@ -357,13 +405,21 @@ class NameAddr:
 def parse_name_addr(value: str) -> NameAddr:
     """From, To, Contact: ``"Name" <uri>;params`` or ``uri;params``."""
     value = value.strip()
-    lt = value.find("<")
+    quoted = value.startswith('"')
+    end = _quote_end(value) if quoted else 0
+    lt = value.find("<", end)
     if lt >= 0:
         gt = value.find(">", lt)
         if gt < 0:
             raise Malformed(f"unclosed <> in {value[:60]!r}")
-        display = value[:lt].strip().strip('"')
-        uri = value[lt + 1 : gt].strip()
+        display = value[1 : end - 1] if quoted else value[:lt].strip()
+        if quoted and value[end:lt].strip():
+            raise Malformed(f"bad display name in {value[:60]!r}")
+        if not quoted and any(c not in _TOKEN for c in display.replace(" ", "").encode()):
+            raise Malformed(f"bad display name in {value[:60]!r}")  # RFC 4475 baddn
+        uri = value[lt + 1 : gt]
+        if uri != uri.strip() or " " in uri or "\t" in uri:
+            raise Malformed(f"white space in the URI of {value[:60]!r}")  # RFC 4475 badaspec
         _, params = _params(value[gt + 1 :])
     else:  # addr-spec: its parameters are the header's (§20.10)
         display = ""
@@ -371,6 +427,20 @@ def parse_name_addr(value: str) -> NameAddr:
     if ":" not in uri:
         raise Malformed(f"no URI in {value[:60]!r}")
     return NameAddr(display, uri.strip(), params)
+
+
+def _quote_end(value: str) -> int:
+    """Where the quoted string at the start of ``value`` ends (after its
+    closing quote); a string never closed is refused (RFC 4475 quotbal)."""
+    i = 1
+    while i < len(value):
+        if value[i] == "\\":
+            i += 2
+            continue
+        if value[i] == '"':
+            return i + 1
+        i += 1
+    raise Malformed(f"unterminated quoted string in {value[:60]!r}")
 
 
 @dataclass
@@ -388,12 +458,12 @@ def parse_uri(value: str) -> SipUri:
     scheme = scheme.lower()
     if not colon or scheme not in ("sip", "sips", "tel"):
         raise Malformed(f"not a SIP URI: {value[:60]!r}")
-    rest = rest.split("?", 1)[0]
     if scheme == "tel":
+        rest = rest.split("?", 1)[0]
         number, params = _params(rest)
         return SipUri(scheme, number, "", 0, params)
     userinfo, at, hostpart = rest.rpartition("@")
-    hostport, params = _params(hostpart)
+    hostport, params = _params(hostpart.split("?", 1)[0])  # "?" in a user part is a user's
     host, port = _hostport(hostport, value)
     user = userinfo.split(":", 1)[0] if at else ""
     return SipUri(scheme, user, host, port, params)

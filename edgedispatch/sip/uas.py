@@ -30,6 +30,7 @@ from edgedispatch.sip.message import (
     COMPACT,
     Request,
     Response,
+    UnsupportedVersion,
     parse_datagram,
     parse_name_addr,
     parse_via,
@@ -52,7 +53,8 @@ MAX_TRANSACTIONS = 100_000
 DRAIN_RETRY_AFTER = 30
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 407:
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 416:
+    "Unsupported URI Scheme", 505: "Version Not Supported", 407:
     "Proxy Authentication Required", 408: "Request Timeout", 413: "Request Entity Too Large",
     480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 486: "Busy Here",
     482: "Loop Detected", 487: "Request Terminated", 488: "Not Acceptable Here",
@@ -205,7 +207,10 @@ class UserAgentServer:
 
     def _request(self, req: Request, source: Address, now: float) -> None:
         method = req.method
-        if method == "INVITE":
+        scheme = req.uri.partition(":")[0].lower()
+        if scheme not in ("sip", "sips", "tel") and method != "ACK":  # §8.2.2.1
+            self._reply(req, source, 416, now)
+        elif method == "INVITE":
             self._invite(req, source, now)
         elif method == "ACK":
             self._ack(req, now)
@@ -493,8 +498,9 @@ def refusal_of(data: bytes, exc: EdgeDispatchError) -> bytes:
     response is read); b"" for a response, an ACK or bytes with no Via."""
     head = data.split(b"\r\n\r\n", 1)[0][:8192].decode("utf-8", "replace")
     lines = head.replace("\r\n", "\n").split("\n")
-    if not lines or lines[0].startswith("SIP/") or len(lines[0].split(" ")) != 3:
-        return b""
+    method = lines[0].split(" ", 1)[0]
+    if lines[0].startswith("SIP/") or not method.isalpha() or method == "ACK":
+        return b""  # a response, or not even a request line
     fields = []
     for line in lines[1:]:
         name, colon, value = line.partition(":")
@@ -502,9 +508,11 @@ def refusal_of(data: bytes, exc: EdgeDispatchError) -> bytes:
         name = COMPACT.get(name, name)
         if colon and name in ROUTES:
             fields.append((name, value.strip()))
-    if not any(name == "via" for name, _ in fields) or lines[0].split(" ")[0] == "ACK":
+    if not any(name == "via" for name, _ in fields):
         return b""
-    status = 513 if isinstance(exc, TooLarge) else 400
+    status = 400
+    if isinstance(exc, (TooLarge, UnsupportedVersion)):
+        status = 513 if isinstance(exc, TooLarge) else 505
     reason = "".join(c if c.isprintable() else " " for c in exc.msg[:100])
     return render(f"SIP/2.0 {status} {reason}", fields)
 

@@ -107,7 +107,7 @@ def test_a_datagram_body_is_cut_to_its_length_and_never_read_past_it() -> None:
 @pytest.mark.parametrize(
     ("data", "error", "reason"),
     [
-        (b"INVITE sip:a@b SIP/3.0\r\n\r\n", Malformed, "bad request line"),
+        (b"INVITE sip:a@b SIP/3.0\r\n\r\n", Malformed, "SIP version .3.0. is not supported"),
         (b"INVITE  SIP/2.0\r\n\r\n", Malformed, "bad request line"),
         (b"SIP/2.0 99 Odd\r\n\r\n", Malformed, "bad status code"),
         (b"SIP/2.0 2000 OK\r\n\r\n", Malformed, "bad status code"),
