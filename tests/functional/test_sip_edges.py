@@ -11,6 +11,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,18 +41,34 @@ def request(method: str, call_id: str, extra: str = "", body: str = "", via: str
     ).encode()
 
 
-def udp_exchange(port: int, data: bytes, wait: float = 1.0) -> list[Response]:
+@dataclass
+class Answer:
+    """A response, read leniently: a 400 echoes the bad value it refuses,
+    which our own parser would refuse too."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+
+    @classmethod
+    def of(cls, data: bytes) -> Answer:
+        lines = data.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+        version, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        assert version == "SIP/2.0"
+        pairs = [line.partition(":") for line in lines[1:]]
+        return cls(int(status), reason, {k.strip().lower(): v.strip() for k, _, v in pairs})
+
+
+def udp_exchange(port: int, data: bytes, wait: float = 1.0) -> list[Answer]:
     """What the server answers to one datagram (within ``wait``)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(wait)
         sock.sendto(data, ("127.0.0.1", port))
-        answers: list[Response] = []
+        answers: list[Answer] = []
         try:
             while True:
-                msg = parse_datagram(sock.recv(70_000))
-                assert isinstance(msg, Response)
-                answers.append(msg)
+                answers.append(Answer.of(sock.recv(70_000)))
                 sock.settimeout(0.2)
         except TimeoutError:
             return answers
@@ -172,7 +189,7 @@ def test_bad_datagrams_get_400_or_513_or_nothing_and_the_server_stays_up(
     port = srv.server.sip_port
     with caplog.at_level(logging.INFO, logger="edgedispatch.sip"):
         (bad,) = udp_exchange(port, request("INVITE", "b1").replace(b"CSeq: 1 INVITE", b"CSeq: x"))
-        assert bad.status == 400 and "bad CSeq" in bad.reason and bad.call_id == "b1"
+        assert bad.status == 400 and "bad CSeq" in bad.reason and bad.headers["call-id"] == "b1"
         flood = "".join(f"X-H{i}: {i}\r\n" for i in range(MAX_HEADERS + 1))
         (big,) = udp_exchange(port, request("OPTIONS", "b2", extra=flood))
         assert big.status == 513
