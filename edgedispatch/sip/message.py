@@ -69,6 +69,7 @@ SPELLING = {
     "rseq": "RSeq",
 }
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
+_ONCE = frozenset(REQUIRED[1:])  #: at most once in a message
 _TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _SCHEME = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 
@@ -229,12 +230,7 @@ def _parse_head(head: bytes) -> Message:
     for line in fields:
         name, colon, value = line.partition(":")
         name = name.strip().lower()
-        if (
-            not colon
-            or not name
-            or not name.isascii()
-            or any(c not in _TOKEN for c in name.encode())
-        ):
+        if not colon or not name or not name.isascii() or not _TOKEN.issuperset(name.encode()):
             raise Malformed(f"bad header line {line[:60]!r}")
         name = COMPACT.get(name, name)
         value = value.strip()
@@ -251,28 +247,30 @@ def _check(msg: Message) -> None:
     is refused with the message, not met later by a layer that cannot
     answer: each Via; From, To, Call-ID and CSeq once each (RFC 4475
     multi01), From and To well formed; a request's CSeq method its own."""
-    headers = msg.headers
-    for name in REQUIRED[1:]:
-        values = headers.get_all(name)
-        if len(values) > 1:
-            raise Malformed(f"{spell(name)} more than once")
-        if not values and isinstance(msg, Request):
-            raise Malformed(f"missing {spell(name)} header")
-    if isinstance(msg, Request) and "via" not in headers:
-        raise Malformed("missing Via header")
-    for via in headers.get_all("via"):
-        parse_via(via)
+    seen: dict[str, str] = {}
+    for name, value in msg.headers.items:
+        if name == "via":
+            parse_via(value)
+            seen.setdefault("via", value)
+        elif name in _ONCE:
+            if name in seen:
+                raise Malformed(f"{spell(name)} more than once")
+            seen[name] = value
+    if isinstance(msg, Request):
+        for name in REQUIRED:
+            if name not in seen:
+                raise Malformed(f"missing {spell(name)} header")
     for name in ("from", "to"):
-        if name in headers:
-            parse_name_addr(headers.get(name))
-    if "cseq" in headers:
-        _, cseq_method = parse_cseq(headers.get("cseq"))
+        if name in seen:
+            parse_name_addr(seen[name])
+    if "cseq" in seen:
+        _, cseq_method = parse_cseq(seen["cseq"])
         if isinstance(msg, Request) and cseq_method != msg.method:
             raise Malformed(f"CSeq method {cseq_method} is not the request's {msg.method}")
 
 
 class UnsupportedVersion(Malformed):
-    """A request of another SIP version: 505 (§8.2.2.1... §21.5.7)."""
+    """A request of another SIP version: 505 Version Not Supported (§21.5.7)."""
 
     sip_status = 505
 
@@ -287,10 +285,10 @@ def _request_line(start: str) -> Request:
     scheme, colon, _ = uri.partition(":")
     if (
         not method
-        or any(c not in _TOKEN for c in method.encode())
+        or not _TOKEN.issuperset(method.encode())
         or not colon
         or not scheme[:1].isalpha()
-        or any(c not in _SCHEME for c in scheme.encode())
+        or not _SCHEME.issuperset(scheme.encode())
     ):
         raise Malformed(f"bad request line {start[:80]!r}")
     # §19.1.1: no headers in a Request-URI ("?" may be in the user part).
@@ -382,7 +380,7 @@ def parse_via(value: str) -> Via:
         protocol[0].strip() != "SIP"
         or protocol[1].strip() != "2.0"
         or not transport
-        or any(c not in _TOKEN for c in transport.encode())
+        or not _TOKEN.issuperset(transport.encode())
         or not rest
     ):
         raise Malformed(f"bad Via {value[:60]!r}")
@@ -415,7 +413,7 @@ def parse_name_addr(value: str) -> NameAddr:
         display = value[1 : end - 1] if quoted else value[:lt].strip()
         if quoted and value[end:lt].strip():
             raise Malformed(f"bad display name in {value[:60]!r}")
-        if not quoted and any(c not in _TOKEN for c in display.replace(" ", "").encode()):
+        if not quoted and not _TOKEN.issuperset(display.replace(" ", "").encode()):
             raise Malformed(f"bad display name in {value[:60]!r}")  # RFC 4475 baddn
         uri = value[lt + 1 : gt]
         if uri != uri.strip() or " " in uri or "\t" in uri:
