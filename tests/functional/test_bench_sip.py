@@ -30,3 +30,17 @@ def test_bench_sip_reports_calls_and_latency(tmp_path: Path) -> None:
         assert row["successful"] == row["calls"] and row["failed"] == 0
         assert 0 <= row["invite_ms"]["p50"] <= row["invite_ms"]["p99"] < 1000
     assert report["max_rate_with_0_failed"] == 200
+    assert report["met"] == {"cps_with_0_failed": False, "invite_p99_ms_at_100_cps": None}
+
+
+def test_the_report_gives_each_figure_next_to_its_target() -> None:
+    from edgedispatch.cli.bench import sip
+
+    row = {"rate": 100, "calls": 500, "successful": 500, "failed": 0, "achieved_cps": 99.8,
+           "invite_ms": {"p50": 0.0, "p99": 3.0}}  # fmt: skip
+    text = sip.render(
+        {"rows": [row], "max_rate_with_0_failed": 100, "targets": sip.TARGETS,
+         "met": {"cps_with_0_failed": False, "invite_p99_ms_at_100_cps": True}}
+    )  # fmt: skip
+    assert "calls/s with 0 failed: 100/s (target >= 500: NOT met)" in text
+    assert "INVITE -> final p99 at 100 calls/s: 3 ms (target <= 50 ms: met)" in text
