@@ -20,7 +20,7 @@ from edgedispatch.errors import EdgeDispatchError, TooLarge
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.sip.message import StreamParser
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import Event, UserAgentServer, refusal_of
+from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer, refusal_of
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -73,6 +73,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     self._on_event(uas, event, now)
                 except Exception:
                     log.exception("a SIP event's handler failed")
+                    # A call left undecided would wait forever (and hold its
+                    # place in the call limits): refused instead.
+                    if isinstance(event, IncomingCall) and uas.is_offered(event.call_id):
+                        uas.reject(event.call_id, 500, now, "the call could not be handled")
         for data, addr in uas.take_outgoing():
             stream = self.streams.get(addr)
             if stream is not None:

@@ -148,6 +148,11 @@ class UserAgentServer:
         to their end: their ACK, BYE, CANCEL, INFO and re-INVITEs are served."""
         self.draining_retry_after = max(1, retry_after)
 
+    def is_offered(self, call_id: str) -> bool:
+        """Whether the call waits for the application's answer."""
+        call = self.calls.get(call_id)
+        return call is not None and call.state is CallState.OFFERED
+
     def live_calls(self) -> int:
         """Calls not ended yet, incoming and placed (what a drain waits for)."""
         incoming = sum(1 for c in self.calls.values() if c.state is not CallState.ENDED)

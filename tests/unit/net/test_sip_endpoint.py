@@ -1,0 +1,54 @@
+"""The SIP adapter (``net.sip``) on real loopback sockets: a call whose
+handler fails is refused with 500 rather than left waiting forever (and
+counted against the call limits), and the server goes on serving."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from edgedispatch.net.sip import SipEndpoint
+from edgedispatch.sip.uac import Event as OutboundEvent
+from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer
+
+from .conftest import Runner
+
+
+def invite(call_id: str) -> bytes:
+    return (
+        "INVITE sip:+15550100@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-{call_id}\r\n"
+        "From: <sip:+15550199@127.0.0.1>;tag=a\r\nTo: <sip:+15550100@127.0.0.1>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_a_call_whose_handler_fails_is_refused_500(run: Runner[Any]) -> None:
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+
+        def broken(ua: UserAgentServer, event: Event | OutboundEvent, now: float) -> None:
+            if isinstance(event, IncomingCall) and event.call_id == "boom":
+                raise RuntimeError("a bug in the call handler")
+            if isinstance(event, IncomingCall):
+                ua.reject(event.call_id, 404, now)
+
+        transport, endpoint = await loop.create_datagram_endpoint(
+            lambda: SipEndpoint(loop, broken, "127.0.0.1"), local_addr=("127.0.0.1", 0)
+        )
+        port = transport.get_extra_info("sockname")[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.setblocking(False)
+            got = []
+            for call_id in ("boom", "fine"):
+                peer.sendto(invite(call_id), ("127.0.0.1", port))
+                got.append(await asyncio.wait_for(loop.sock_recv(peer, 65536), 5))
+        assert endpoint.uas is not None and endpoint.uas.calls == {}
+        transport.close()
+        return got
+
+    boom, fine = run(main())
+    assert boom.startswith(b"SIP/2.0 500 ") and b"Call-ID: boom" in boom
+    assert fine.startswith(b"SIP/2.0 404 ")
