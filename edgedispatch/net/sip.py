@@ -19,10 +19,12 @@ from collections.abc import Callable
 from edgedispatch.errors import EdgeDispatchError, TooLarge
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.sip.message import StreamParser
+from edgedispatch.sip.transaction import T1
 from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer, refusal_of
 
 log = logging.getLogger("edgedispatch.sip")
+PARTIAL_TIMEOUT = 64 * T1
 
 
 class SipEndpoint(asyncio.DatagramProtocol):
@@ -42,6 +44,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._timer = DeadlineTimer(loop, self._on_timer)
         self.streams: dict[tuple[str, int], SipStream] = {}  # peer -> its TCP connection
+        #: Seconds a TCP message may take from its first byte to its last
+        #: (64*T1, the longest a transaction waits): a peer that trickles
+        #: bytes or stops mid-message is cut off, instead of holding its
+        #: buffer (up to 64 KiB) for ever.
+        self.partial_timeout = PARTIAL_TIMEOUT
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's UDP transport is no subclass
@@ -110,6 +117,8 @@ class SipStream(asyncio.Protocol):
         self._parser = StreamParser()
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] = ("", 0)
+        self._partial_since: float | None = None  # when the unframed bytes began
+        self._expiry: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -133,6 +142,25 @@ class SipStream(asyncio.Protocol):
         endpoint.flush(now)
         if self._parser.error is not None:  # after the messages framed before it
             self._refuse(self._parser.error)
+        elif not self._parser.buffered:
+            self._partial_since = None
+        elif self._partial_since is None or messages:  # a new message began
+            self._partial_since = now
+            if self._expiry is None:
+                self._expiry = endpoint.loop.call_later(endpoint.partial_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self._partial_since is None or self._transport is None:
+            return
+        loop = self._endpoint.loop
+        left = self._partial_since + self._endpoint.partial_timeout - loop.time()
+        if left > 0:  # the message in progress began later: wait for its own time
+            self._expiry = loop.call_later(left, self._expire)
+            return
+        log.info("SIP stream from %s:%d closed: a message unfinished for %g s",
+                 *self._peer, self._endpoint.partial_timeout)  # fmt: skip
+        self._transport.close()
 
     def _refuse(self, exc: EdgeDispatchError) -> None:
         """A stream that cannot be framed any further: answered, closed."""
@@ -150,6 +178,9 @@ class SipStream(asyncio.Protocol):
             self._transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self._endpoint.streams.get(self._peer) is self:
             del self._endpoint.streams[self._peer]
         self._transport = None

@@ -158,6 +158,11 @@ class StreamParser:
         self._buf = bytearray()
         self.error: Malformed | TooLarge | None = None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not framed into a message yet."""
+        return len(self._buf)
+
     def pending(self) -> bytes:
         """The start of what is not framed yet (after an error: the
         message that caused it, for ``uas.refusal_of``)."""

@@ -52,3 +52,38 @@ def test_a_call_whose_handler_fails_is_refused_500(run: Runner[Any]) -> None:
     boom, fine = run(main())
     assert boom.startswith(b"SIP/2.0 500 ") and b"Call-ID: boom" in boom
     assert fine.startswith(b"SIP/2.0 404 ")
+
+
+def test_a_tcp_peer_that_stops_mid_message_is_cut_off(run: Runner[Any]) -> None:
+    """A message must arrive whole within ``partial_timeout``; whole
+    messages, and a connection idle between them, are left alone."""
+
+    async def main() -> tuple[bytes, bytes, float]:
+        loop = asyncio.get_running_loop()
+
+        def refuse(ua: UserAgentServer, event: Event | OutboundEvent, now: float) -> None:
+            if isinstance(event, IncomingCall):
+                ua.reject(event.call_id, 404, now)
+
+        transport, endpoint = await loop.create_datagram_endpoint(
+            lambda: SipEndpoint(loop, refuse, "127.0.0.1"), local_addr=("127.0.0.1", 0)
+        )
+        endpoint.partial_timeout = 0.3
+        server = await loop.create_server(endpoint.stream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(invite("whole").replace(b"/UDP", b"/TCP"))
+        answer = await asyncio.wait_for(reader.read(65536), 5)
+        await asyncio.sleep(0.5)  # idle between messages: kept
+        writer.write(invite("half")[:60])
+        began = loop.time()
+        rest = await asyncio.wait_for(reader.read(65536), 5)  # b"": closed by the server
+        waited = loop.time() - began
+        writer.close()
+        server.close()
+        transport.close()
+        return answer, rest, waited
+
+    answer, rest, waited = run(main())
+    assert answer.startswith(b"SIP/2.0 404 ") and rest == b""
+    assert 0.25 <= waited < 2  # its own time from its first byte, not the idle before
