@@ -53,13 +53,14 @@ MAX_TRANSACTIONS = 100_000
 DRAIN_RETRY_AFTER = 30
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 416:
-    "Unsupported URI Scheme", 505: "Version Not Supported", 407:
-    "Proxy Authentication Required", 408: "Request Timeout", 413: "Request Entity Too Large",
-    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 486: "Busy Here",
-    482: "Loop Detected", 487: "Request Terminated", 488: "Not Acceptable Here",
-    491: "Request Pending",
-    500: "Server Internal Error", 503: "Service Unavailable", 513: "Message Too Large",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    407: "Proxy Authentication Required", 408: "Request Timeout",
+    413: "Request Entity Too Large", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 486: "Busy Here",
+    487: "Request Terminated", 488: "Not Acceptable Here", 491: "Request Pending",
+    500: "Server Internal Error", 503: "Service Unavailable", 505: "Version Not Supported",
+    513: "Message Too Large",
 }  # fmt: skip
 
 
@@ -212,10 +213,9 @@ class UserAgentServer:
 
     def _request(self, req: Request, source: Address, now: float) -> None:
         method = req.method
-        scheme = req.uri.partition(":")[0].lower()
-        if scheme not in ("sip", "sips", "tel") and method != "ACK":  # §8.2.2.1
-            self._reply(req, source, 416, now)
-        elif method == "INVITE":
+        if method not in ("ACK", "CANCEL") and self._refused_before_the_method(req, source, now):
+            return
+        if method == "INVITE":
             self._invite(req, source, now)
         elif method == "ACK":
             self._ack(req, now)
@@ -234,6 +234,25 @@ class UserAgentServer:
             self._info(req, source, now)
         else:
             self._reply(req, source, 405, now, [("allow", ALLOW)])
+
+    def _refused_before_the_method(self, req: Request, source: Address, now: float) -> bool:
+        """§8.2.2 and §8.2.3: what is refused whatever the method: a
+        Request-URI we cannot read (416), an extension required of us (420,
+        we support none), a body of a type we cannot read (415; an INVITE
+        carries SDP, or a multipart body with SDP in it, as carriers send)."""
+        if req.uri.partition(":")[0].lower() not in ("sip", "sips", "tel"):
+            self._reply(req, source, 416, now)
+            return True
+        required = [option for option in req.headers.get_all("require") if option]
+        if required:
+            self._reply(req, source, 420, now, [("unsupported", ", ".join(required))])
+            return True
+        kind = req.headers.get("content-type").split(";", 1)[0].strip().lower()
+        if req.method == "INVITE" and req.body and kind != "application/sdp":
+            if not kind.startswith("multipart/"):
+                self._reply(req, source, 415, now, [("accept", "application/sdp")])
+                return True
+        return False
 
     def _invite(self, req: Request, source: Address, now: float) -> None:
         call = self.calls.get(req.call_id)

@@ -783,6 +783,44 @@ CASES: dict[str, tuple[str, bytes, Expect]] = {
         ),
         Answered(405),  # parsed (any scheme in To/From); we take no REGISTER
     ),
+    "bext01": (
+        "3.3.5",
+        msg(
+            [
+                "OPTIONS sip:user@example.com SIP/2.0",
+                "To: sip:j_user@example.com",
+                "From: sip:caller@example.net;tag=242etr",
+                "Max-Forwards: 6",
+                "Call-ID: bext01.0ha0isndaksdj",
+                "Require: nothingSupportedHere",
+                "Proxy-Require: noProxiesSupportThis, nothingSupportedHere",
+                "Proxy-Require: LowPriority",
+                "CSeq: 8 OPTIONS",
+                "Via: SIP/2.0/TLS fold-and-staple.example.com;branch=z9hG4bKkdjuw",
+                "Content-Length: 0",
+            ]
+        ),
+        Answered(420),  # Proxy-Require is a proxy's to read, Require ours
+    ),
+    "invut": (
+        "3.3.6",
+        msg(
+            [
+                "INVITE sip:user@example.com SIP/2.0",
+                "Contact: <sip:caller@host5.example.net>",
+                "To: sip:j.user@example.com",
+                "From: sip:caller@example.net;tag=8392034",
+                "Max-Forwards: 70",
+                "Call-ID: invut.0ha0isndaksdjadsfij34n23d",
+                "CSeq: 235448 INVITE",
+                "Via: SIP/2.0/UDP somehost.example.com;branch=z9hG4bKkdjuw",
+                "Content-Type: application/unknownformat",
+                "Content-Length: {len}",
+            ],
+            '<audio> <pcmu port="443"/> </audio>\r\n',
+        ),
+        Answered(415),
+    ),
     "mcl01": (
         "3.3.9",
         msg(

@@ -328,3 +328,21 @@ def test_a_flooded_invite_can_be_dropped_without_a_word() -> None:
     ua.drop("call-1", 0.0)
     assert out(ua) == [] and ua.calls == {} and len(ua.transactions) == 0
     assert ua.take_events() == [CallEnded("call-1", "dropped")]
+
+
+def test_a_required_extension_gets_420_and_a_body_we_cannot_read_415() -> None:
+    ua = uas()
+    ua.receive_datagram(req("OPTIONS", branch="z9hG4bK-r", extra="Require: 100rel\r\n"), CALLER, 0)
+    (bad_ext,) = out(ua)
+    assert isinstance(bad_ext, Response) and bad_ext.status == 420
+    assert bad_ext.headers.get_all("unsupported") == ["100rel"]
+    xml = req("INVITE", body=b"<x/>", extra="Content-Type: application/xml\r\n")
+    ua.receive_datagram(xml, CALLER, 0.0)
+    (media,) = out(ua)
+    assert isinstance(media, Response) and media.status == 415
+    assert media.headers.get("accept") == "application/sdp" and ua.take_events() == []
+    # SDP inside a multipart body (as carriers send it with ISUP) is offered.
+    mixed = req("INVITE", branch="z9hG4bK-m", call_id="c2", body=SDP,
+                extra="Content-Type: multipart/mixed;boundary=b\r\n")  # fmt: skip
+    ua.receive_datagram(mixed, CALLER, 0.0)
+    assert [type(e) for e in ua.take_events()] == [IncomingCall]
