@@ -183,7 +183,7 @@ class Server:
             self.domain,
             DigestAuth(secrets.token_bytes(32)),
             lambda: secrets.token_hex(6),
-            Admission.from_config(sip),
+            Admission.from_config(self.cfg),
         )
         on_event = calls.on_event
 

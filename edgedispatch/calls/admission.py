@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from edgedispatch.config import SipConfig
+from edgedispatch.config import Config, SipConfig
 
 #: Source addresses tracked at most.  An address untouched for
 #: ``burst / rate`` seconds has a full bucket, the same as none, so the
@@ -62,7 +62,9 @@ class Admission:
     :param max_calls_per_tenant: concurrent calls of one tenant (0: no limit).
     :param rate: INVITEs per second one source address may send (0: no limit).
     :param burst: INVITEs it may send at once; also the debt past which
-        it is dropped."""
+        it is dropped.
+    :param tenant_max_calls: tenant -> its own limit, in place of
+        ``max_calls_per_tenant`` (0: no limit)."""
 
     def __init__(
         self,
@@ -71,9 +73,11 @@ class Admission:
         rate: float = _DEFAULTS.invite_rate,
         burst: int = _DEFAULTS.invite_burst,
         max_sources: int = MAX_SOURCES,
+        tenant_max_calls: dict[str, int] | None = None,
     ) -> None:
         self.max_calls = max_calls
         self.max_calls_per_tenant = max_calls_per_tenant
+        self.tenant_max_calls = dict(tenant_max_calls or {})
         self.rate = rate
         self.burst = max(burst, 1)
         self.max_sources = max_sources
@@ -82,8 +86,13 @@ class Admission:
         self._per_tenant: dict[str, int] = {}
 
     @classmethod
-    def from_config(cls, sip: SipConfig) -> Admission:
-        return cls(sip.max_calls, sip.max_calls_per_tenant, sip.invite_rate, sip.invite_burst)
+    def from_config(cls, cfg: Config) -> Admission:
+        sip = cfg.sip
+        own = {t.name: t.max_calls for t in cfg.tenants if t.max_calls is not None}
+        return cls(
+            sip.max_calls, sip.max_calls_per_tenant, sip.invite_rate, sip.invite_burst,
+            tenant_max_calls=own,
+        )  # fmt: skip
 
     # -- per source --------------------------------------------------------
 
@@ -119,7 +128,8 @@ class Admission:
         if self.max_calls and len(self._calls) >= self.max_calls:
             return Refusal(503, "the server takes no more calls now", BUSY_RETRY_AFTER)
         count = self._per_tenant.get(tenant, 0)
-        if self.max_calls_per_tenant and count >= self.max_calls_per_tenant:
+        limit = self.tenant_max_calls.get(tenant, self.max_calls_per_tenant)
+        if limit and count >= limit:
             return Refusal(486, "the tenant's calls are all in use")
         self._calls[call_id] = tenant
         self._per_tenant[tenant] = count + 1

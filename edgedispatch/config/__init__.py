@@ -190,6 +190,9 @@ class TenantConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_queued: int = 0
     max_rooms: int = 0
     max_dispatch_rate: float = 0.0
+    #: Phone calls at once (past it 486 Busy Here); unset: ``[sip]
+    #: max_calls_per_tenant``.
+    max_calls: int | None = None
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -366,8 +369,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("must be within 1..20", "webhook.attempts")
     _positive(cfg.webhook.timeout, "webhook.timeout")
     for tenant in cfg.tenants:
-        for quota in ("max_jobs", "max_queued", "max_rooms", "max_dispatch_rate"):
-            if not getattr(tenant, quota) >= 0:
+        for quota in ("max_jobs", "max_queued", "max_rooms", "max_dispatch_rate", "max_calls"):
+            if getattr(tenant, quota) is not None and not getattr(tenant, quota) >= 0:
                 raise ConfigError("must be 0 (no limit) or more", f"tenants.{tenant.name}.{quota}")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("must be debug, info, warning or error", "logging.level")

@@ -11,7 +11,7 @@ from livekit.protocol import sip as pb
 
 from edgedispatch.calls.admission import Admission, Refusal
 from edgedispatch.calls.inbound import InboundCalls
-from edgedispatch.config import DispatchConfig, RoomConfig, SipConfig
+from edgedispatch.config import Config, DispatchConfig, RoomConfig, SipConfig, TenantConfig
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.sip.digest import DigestAuth
 from edgedispatch.sip.directory import Directory
@@ -77,10 +77,19 @@ def test_a_tenant_over_its_calls_gets_486_and_the_server_over_its_own_503() -> N
     assert adm.calls("acme") == 2
 
 
-def test_defaults_are_finite() -> None:
-    sip = SipConfig()
-    adm = Admission.from_config(sip)
+def test_defaults_are_finite_and_a_tenant_may_have_its_own_limit() -> None:
+    adm = Admission.from_config(Config())
     assert adm.max_calls > 0 and adm.max_calls_per_tenant > 0 and adm.rate > 0
+    cfg = Config(
+        sip=SipConfig(max_calls_per_tenant=1),
+        tenants=[TenantConfig("big", max_calls=3), TenantConfig("open", max_calls=0)],
+    )
+    adm = Admission.from_config(cfg)
+    assert [adm.admit("big", f"b{i}") for i in range(4)][-1] == Refusal(
+        486, "the tenant's calls are all in use"
+    )
+    assert all(adm.admit("open", f"o{i}") is None for i in range(50))
+    assert adm.admit("small", "s1") is None and adm.admit("small", "s2") is not None
 
 
 # -- through the UAS core and calls.inbound -------------------------------
