@@ -188,7 +188,10 @@ class Containment:
         full_env = self.sandbox.env(tenant, env)
         sandboxed = self.sandbox.fs_view
         if self.reaper:
-            argv = [sys.executable, "-I", "-S", REAPER, *argv]
+            if getattr(sys, "frozen", False):  # the binary runs modules (packaging/entry.py)
+                argv = [sys.executable, "-m", "edgedispatch.runtime.reaper", *argv]
+            else:
+                argv = [sys.executable, "-I", "-S", REAPER, *argv]
         return Launch(argv, full_env, "" if sandboxed else cwd, cell, sandboxed, self.reaper)
 
     def env(self, tenant: str, extra: Mapping[str, str]) -> dict[str, str]:
