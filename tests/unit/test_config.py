@@ -156,4 +156,5 @@ def test_the_example_config_loads_as_documented() -> None:
     example = Path(__file__).parents[2] / "edgedispatch.example.toml"
     cfg = config.load(str(example), env={"EDGEDISPATCH_KEYS": "k: s"})  # its keys are commented out
     assert cfg.sandbox == config.SandboxConfig()  # it shows the defaults
+    assert cfg.metrics == config.MetricsConfig()
     assert cfg.server == config.ServerConfig(bind="0.0.0.0")
