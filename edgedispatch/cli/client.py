@@ -12,6 +12,8 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from edgedispatch.cli.tables import format_table
+
 DEFAULT_URL = "http://127.0.0.1:7880"
 
 
@@ -98,7 +100,13 @@ def add_commands(sub: Any) -> None:
         p.set_defaults(func=run_room)
 
 
-def _run(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]) -> int:
+def _run(
+    args: argparse.Namespace,
+    call: Callable[[Any], Awaitable[Any]],
+    show: Callable[[Any], str],
+) -> int:
+    """Runs ``call`` with a ``LiveKitAPI``; prints its answer as JSON with
+    ``--json``, else ``show(answer)``."""
     from google.protobuf import json_format
     from livekit import api
 
@@ -121,33 +129,72 @@ def _run(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]) -> int
         print(f"edgedispatch: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        items = result if isinstance(result, list) else [result]
+        answer = result[0] if isinstance(result, tuple) else result
+        items = answer if isinstance(answer, list) else [answer]
         print(json.dumps([json_format.MessageToDict(m) for m in items], indent=2))
     else:
-        _print_table(result)
+        print(show(result), end="")
     return 0
 
 
-def _print_table(result: Any) -> None:
-    from livekit.protocol import agent_dispatch, models
+async def job_waits(lk: Any, url: str, key: str, secret: str, room: str) -> dict[str, str]:
+    """Why each waiting job of ``room`` waits, by job id: edgedispatch's own
+    ``DispatchService/ListJobWaits`` (LiveKit's JobState has no field for
+    it).  Empty from a server without it (LiveKit itself)."""
+    from google.protobuf import struct_pb2
+    from livekit import api
+    from livekit.api.twirp_client import TwirpClient
 
-    items = result if isinstance(result, list) else [result]
-    for item in items:
-        if isinstance(item, agent_dispatch.AgentDispatch):
-            jobs = ", ".join(
-                f"{j.id} {agent_status(j.state.status)}"
-                + (f" ({j.state.error})" if j.state.error else "")
-                for j in item.state.jobs
-            )
-            print(
-                f"{item.id}\troom={item.room}\tagent={item.agent_name}\t"
-                f"metadata={item.metadata!r}\tjobs=[{jobs}]"
-            )
-        elif isinstance(item, models.Room):
-            print(
-                f"{item.sid}\t{item.name}\tempty_timeout={item.empty_timeout}\t"
-                f"metadata={item.metadata!r}"
-            )
+    from edgedispatch.api.livekit import DISPATCH_SERVICE
+
+    token = (
+        api.AccessToken(key, secret)
+        .with_grants(api.VideoGrants(room_admin=True, room=room))
+        .to_jwt()
+    )
+    pkg, service = DISPATCH_SERVICE.split(".")
+    client = TwirpClient(lk._session, url, pkg, failover=False)  # the LiveKitAPI's session
+    try:
+        answer = await client.request(
+            service,
+            "ListJobWaits",
+            api.ListAgentDispatchRequest(room=room),
+            {"Authorization": f"Bearer {token}"},
+            struct_pb2.Struct,
+        )
+    except api.TwirpError:
+        return {}
+    from google.protobuf import json_format
+
+    jobs = json_format.MessageToDict(answer).get("jobs", [])
+    return {str(j["jobId"]): str(j["waiting"]) for j in jobs}
+
+
+def format_dispatches(dispatches: list[Any], waits: dict[str, str], room: str) -> str:
+    """``dispatch list``'s table: a waiting job shows why it waits."""
+
+    def job(j: Any) -> str:
+        if j.id in waits:
+            return f"{j.id} {waits[j.id]}"
+        return f"{j.id} {agent_status(j.state.status)}" + (
+            f" ({j.state.error})" if j.state.error else ""
+        )
+
+    rows = [
+        (d.id, d.room, d.agent_name, repr(d.metadata), ", ".join(job(j) for j in d.state.jobs))
+        for d in dispatches
+    ]
+    header = ("ID", "ROOM", "AGENT", "METADATA", "JOBS")
+    return format_table(header, rows, f"no dispatches in room {room!r}")
+
+
+def format_rooms(rooms: list[Any]) -> str:
+    rows = [
+        (r.sid, r.name, str(r.num_participants), str(r.empty_timeout), repr(r.metadata))
+        for r in rooms
+    ]
+    header = ("SID", "NAME", "PARTICIPANTS", "EMPTY TIMEOUT", "METADATA")
+    return format_table(header, rows, "no rooms")
 
 
 def agent_status(status: int) -> str:
@@ -167,10 +214,28 @@ def run_dispatch(args: argparse.Namespace) -> int:
                     agent_name=args.agent_name, room=args.room, metadata=args.metadata
                 )
             ),
+            lambda d: format_dispatches([d], {}, args.room),
         )
     if args.action == "list":
-        return _run(args, lambda lk: lk.agent_dispatch.list_dispatch(args.room))
-    return _run(args, lambda lk: lk.agent_dispatch.delete_dispatch(args.id, args.room))
+        from livekit.protocol import agent
+
+        async def listed(lk: Any) -> tuple[list[Any], dict[str, str]]:
+            dispatches = await lk.agent_dispatch.list_dispatch(args.room)
+            jobs = [j for d in dispatches for j in d.state.jobs]
+            waiting = any(j.state.status == agent.JS_PENDING for j in jobs)
+            waits = (
+                await job_waits(lk, args.url, args.api_key, args.api_secret, args.room)
+                if waiting
+                else {}
+            )
+            return dispatches, waits
+
+        return _run(args, listed, lambda got: format_dispatches(got[0], got[1], args.room))
+    return _run(
+        args,
+        lambda lk: lk.agent_dispatch.delete_dispatch(args.id, args.room),
+        lambda d: format_dispatches([d], {}, args.room),
+    )
 
 
 def run_room(args: argparse.Namespace) -> int:
@@ -188,16 +253,17 @@ def run_room(args: argparse.Namespace) -> int:
                     agents=agents,
                 )
             ),
+            lambda room: format_rooms([room]),
         )
     if args.action == "list":
 
         async def rooms(lk: Any) -> list[Any]:
             return list((await lk.room.list_rooms(api.ListRoomsRequest(names=args.names))).rooms)
 
-        return _run(args, rooms)
+        return _run(args, rooms, format_rooms)
 
     async def delete(lk: Any) -> list[Any]:
         await lk.room.delete_room(api.DeleteRoomRequest(room=args.name))
         return []
 
-    return _run(args, delete)
+    return _run(args, delete, lambda _: f"deleted room {args.name!r}\n")
