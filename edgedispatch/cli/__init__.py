@@ -186,7 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(systemd's socket activation, LISTEN_FDS, is taken without it)",
     )
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
-    serve.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    serve.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the event loop (default uvloop)",
+    )
     serve.add_argument(
         "--allow-pure-python",
         action="store_true",
@@ -220,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=20_000,
         help="decisions per run for the slower pure-Python core",
     )
-    core.add_argument("--impl", choices=["both", "compiled", "python"], default="both")
+    core.add_argument(
+        "--impl",
+        choices=["both", "compiled", "python"],
+        default="both",
+        help="which scheduling core to measure (default both)",
+    )
     core.add_argument("--json", action="store_true", help="print one JSON object")
     core.set_defaults(func=_bench_core)
     disp = bench_sub.add_parser("dispatch", help="the server end to end, with simulated workers")
@@ -254,7 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     disp.set_defaults(func=_bench_dispatch)
     jobs = bench_sub.add_parser("jobs", help="dispatch to entrypoint start, native and others")
-    jobs.add_argument("--burst", type=int, nargs="+", default=[1, 10, 50], metavar="N")
+    jobs.add_argument(
+        "--burst",
+        type=int,
+        nargs="+",
+        default=[1, 10, 50],
+        metavar="N",
+        help="dispatches sent at once, one run each (default: 1 10 50)",
+    )
     jobs.add_argument(
         "--no-livekit-agents", action="store_true", help="skip the livekit-agents comparison"
     )
@@ -291,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rooms", help="rooms with livekit rtc clients: join, data, audio rooms"
     )
     rooms.add_argument("--url", help="a LiveKit-compatible server (default: start our own)")
-    rooms.add_argument("--api-key", default="devkey")
-    rooms.add_argument("--api-secret", default="secret")
+    rooms.add_argument("--api-key", default="devkey", help="--url's API key (default devkey)")
+    rooms.add_argument("--api-secret", default="secret", help="--url's API secret (default secret)")
     rooms.add_argument("--joins", type=int, default=20, help="joins to time (default 20)")
     rooms.add_argument(
         "--rooms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 60], metavar="K",

@@ -171,7 +171,7 @@ def add_agent_commands(sub: Any) -> None:
         "stop", help="take no jobs; every agent-server instance is stopped (until start)"
     )
     for p in (remove, start, stop):
-        p.add_argument("name")
+        p.add_argument("name", help="the agent's name")
     for p in (add, list_, remove, start, stop):
         add_connection_flags(p)
         p.set_defaults(func=run_agent)

@@ -67,13 +67,13 @@ def add_commands(sub: Any) -> None:
     dispatch = sub.add_parser("dispatch", help="create, list and delete agent dispatches")
     dsub = dispatch.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = dsub.add_parser("create", help="dispatch an agent to a room")
-    create.add_argument("--room", required=True)
-    create.add_argument("--agent-name", required=True)
-    create.add_argument("--metadata", default="")
+    create.add_argument("--room", required=True, help="the room (created if it does not exist)")
+    create.add_argument("--agent-name", required=True, help="the agent to dispatch")
+    create.add_argument("--metadata", default="", help="the job's metadata, given to the agent")
     list_ = dsub.add_parser("list", help="the dispatches of a room, with their jobs")
-    list_.add_argument("--room", required=True)
+    list_.add_argument("--room", required=True, help="the room whose dispatches to list")
     delete = dsub.add_parser("delete", help="delete a dispatch (its jobs are terminated)")
-    delete.add_argument("--room", required=True)
+    delete.add_argument("--room", required=True, help="the room of the dispatch")
     delete.add_argument("--id", required=True, help="the dispatch id (AD_...)")
     for p in (create, list_, delete):
         add_connection_flags(p)
@@ -82,9 +82,15 @@ def add_commands(sub: Any) -> None:
     room = sub.add_parser("room", help="create, list and delete rooms")
     rsub = room.add_subparsers(dest="action", required=True, metavar="ACTION")
     rcreate = rsub.add_parser("create", help="create a room")
-    rcreate.add_argument("name")
-    rcreate.add_argument("--empty-timeout", type=int, default=0)
-    rcreate.add_argument("--metadata", default="")
+    rcreate.add_argument("name", help="the room's name")
+    rcreate.add_argument(
+        "--empty-timeout",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="close the room after this long without participants (default 0: the server's)",
+    )
+    rcreate.add_argument("--metadata", default="", help="the room's metadata")
     rcreate.add_argument(
         "--agent-name",
         action="append",
@@ -92,9 +98,9 @@ def add_commands(sub: Any) -> None:
         help="dispatch this agent to the room (repeatable)",
     )
     rlist = rsub.add_parser("list", help="list rooms")
-    rlist.add_argument("names", nargs="*")
+    rlist.add_argument("names", nargs="*", metavar="NAME", help="only these rooms (default: all)")
     rdelete = rsub.add_parser("delete", help="delete a room (its jobs are terminated)")
-    rdelete.add_argument("name")
+    rdelete.add_argument("name", help="the room to delete")
     for p in (rcreate, rlist, rdelete):
         add_connection_flags(p)
         p.set_defaults(func=run_room)
