@@ -196,3 +196,5 @@ def test_every_flag_and_argument_has_help() -> None:
         if not action.help and not isinstance(action, argparse._SubParsersAction)
     ]
     assert missing == []
+    commands = {path for path, _ in _parsers(build_parser(), "edgedispatch")}
+    assert "edgedispatch token create" in commands  # the walk reaches the leaves
