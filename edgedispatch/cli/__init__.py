@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    from edgedispatch.cli import agent_commands, store_commands, token_commands
+    from edgedispatch.cli import agent_commands, doctor, store_commands, token_commands
     from edgedispatch.cli import client as cli_client
 
     store_commands.add_commands(sub)
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_client.add_commands(sub)
     agent_commands.add_agent_commands(sub)
     token_commands.add_commands(sub)
+    doctor.add_command(sub)
 
     bench = sub.add_parser("bench", help="measure edgedispatch")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
