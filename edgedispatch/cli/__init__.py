@@ -73,9 +73,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_missing(args: argparse.Namespace) -> bool:
+    """--plot was asked for without matplotlib: said before the run, not after."""
+    from edgedispatch.cli.bench import plot
+
+    if args.plot and not plot.available():
+        print(f"edgedispatch: {plot.MISSING}", file=sys.stderr)
+        return True
+    return False
+
+
 def _bench_dispatch(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import dispatch
 
+    if _plot_missing(args):
+        return 1
     data_dir = None
     if args.store:
         import tempfile
@@ -98,6 +110,12 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(data_dir, ignore_errors=True)
+    samples = report.pop("latency_samples_ms")
+    if args.plot:
+        from edgedispatch.cli.bench import plot
+
+        title = f"bench dispatch: CreateDispatch -> JS_RUNNING, {args.rate:g}/s"
+        plot.latency_plot(args.plot, title, {f"{args.workers} workers": samples})
     print(json.dumps(report) if args.json else dispatch.render(report))
     return 0
 
@@ -105,9 +123,16 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
 def _bench_jobs(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import jobs
 
+    if _plot_missing(args):
+        return 1
     report = jobs.run(
         args.burst, lk_agent=not args.no_livekit_agents, loop=args.loop, sandbox=args.sandbox
     )
+    series = {f"{r['runtime']}, burst {r['burst']}": r.pop("samples_ms") for r in report["rows"]}
+    if args.plot:
+        from edgedispatch.cli.bench import plot
+
+        plot.latency_plot(args.plot, "bench jobs: dispatch -> entrypoint start", series)
     print(json.dumps(report) if args.json else jobs.render(report))
     return 0
 
@@ -264,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     disp.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop"
     )
+    disp.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the latency distribution into this file (matplotlib: the bench extra)",
+    )
     disp.set_defaults(func=_bench_dispatch)
     jobs = bench_sub.add_parser("jobs", help="dispatch to entrypoint start, native and others")
     jobs.add_argument(
@@ -286,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "off"],
         default="auto",
         help="contain the agents as the host allows (auto), or not (off: to measure its cost)",
+    )
+    jobs.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw each row's latency distribution into this file (matplotlib: the bench extra)",
     )
     jobs.set_defaults(func=_bench_jobs)
     fault = bench_sub.add_parser(

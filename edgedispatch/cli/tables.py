@@ -19,3 +19,27 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], empty: st
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table (the benches print one, to be
+    pasted into a note as it is); numbers are right-aligned."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            text = f"{value:,.3f}".rstrip("0").rstrip(".")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text = f"{value:,}"
+        else:
+            text = str(value)
+        return text.replace("|", "\\|")
+
+    numeric = [
+        bool(rows) and all(isinstance(r[c], int | float) for r in rows) for c in range(len(header))
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

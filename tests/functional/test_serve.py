@@ -175,6 +175,33 @@ def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess], loop_
     asyncio.run(hold_a_job())
 
 
+def test_bench_dispatch_prints_a_markdown_table_and_plots(loop_kind: str, tmp_path: Path) -> None:
+    png = tmp_path / "dispatch.png"
+    argv = ["--workers", "4", "--rate", "100", "--duration", "1", "--hold", "0.1"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgedispatch",
+            "bench",
+            "dispatch",
+            *argv,
+            "--loop",
+            loop_kind,
+            "--plot",
+            str(png),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    header, rule, row = out.stdout.splitlines()[:3]
+    assert header.startswith("| workers | rate/s | sent |") and rule.startswith("|---:|")
+    assert row.startswith("| 4 | 100 | 100 | 100 | 0 |")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
     out = subprocess.run(
         [

@@ -177,6 +177,8 @@ def test_bench_jobs_without_livekit_agents_skips_its_rows_and_says_why() -> None
 
     text = jobs.render(report)
     assert "skipped: livekit-agents is not installed" in text and "nan" not in text
+    assert "| runtime | burst | p50 | p99 | req p50 | req p99 | n |" in text
+    assert "| edgedispatch | 1 |" in text
 
 
 def _parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
