@@ -143,35 +143,32 @@ def _run(
     return 0
 
 
-async def job_waits(lk: Any, url: str, key: str, secret: str, room: str) -> dict[str, str]:
+async def job_waits(url: str, key: str, secret: str, room: str) -> dict[str, str]:
     """Why each waiting job of ``room`` waits, by job id: edgedispatch's own
     ``DispatchService/ListJobWaits`` (LiveKit's JobState has no field for
     it).  Empty from a server without it (LiveKit itself)."""
-    from google.protobuf import struct_pb2
+    import aiohttp
+    from google.protobuf import json_format, struct_pb2
     from livekit import api
     from livekit.api.twirp_client import TwirpClient
 
     from edgedispatch.api.livekit import DISPATCH_SERVICE
 
-    token = (
-        api.AccessToken(key, secret)
-        .with_grants(api.VideoGrants(room_admin=True, room=room))
-        .to_jwt()
-    )
+    grants = api.VideoGrants(room_admin=True, room=room)
+    token = api.AccessToken(key, secret).with_grants(grants).to_jwt()
     pkg, service = DISPATCH_SERVICE.split(".")
-    client = TwirpClient(lk._session, url, pkg, failover=False)  # the LiveKitAPI's session
-    try:
-        answer = await client.request(
-            service,
-            "ListJobWaits",
-            api.ListAgentDispatchRequest(room=room),
-            {"Authorization": f"Bearer {token}"},
-            struct_pb2.Struct,
-        )
-    except api.TwirpError:
-        return {}
-    from google.protobuf import json_format
-
+    async with aiohttp.ClientSession() as session:
+        client = TwirpClient(session, url, pkg, failover=False)
+        try:
+            answer = await client.request(
+                service,
+                "ListJobWaits",
+                api.ListAgentDispatchRequest(room=room),
+                {"Authorization": f"Bearer {token}"},
+                struct_pb2.Struct,
+            )
+        except api.TwirpError:
+            return {}
     jobs = json_format.MessageToDict(answer).get("jobs", [])
     return {str(j["jobId"]): str(j["waiting"]) for j in jobs}
 
@@ -230,7 +227,7 @@ def run_dispatch(args: argparse.Namespace) -> int:
             jobs = [j for d in dispatches for j in d.state.jobs]
             waiting = any(j.state.status == agent.JS_PENDING for j in jobs)
             waits = (
-                await job_waits(lk, args.url, args.api_key, args.api_secret, args.room)
+                await job_waits(args.url, args.api_key, args.api_secret, args.room)
                 if waiting
                 else {}
             )

@@ -336,7 +336,7 @@ def test_list_dispatch_tells_why_a_job_waits(start_server: Callable[..., ServerT
                 api.CreateAgentDispatchRequest(agent_name="busy", room="r1")
             )
             (d,) = await lk.agent_dispatch.list_dispatch("r1")
-            waits = await job_waits(lk, srv.url, "devkey", "secret", "r1")
+            waits = await job_waits(srv.url, "devkey", "secret", "r1")
         (job,) = d.state.jobs
         # LiveKit's JobState has no wait field: pending, and no error, which
         # a client would read as a failure.  edgedispatch's own call says why.
