@@ -5,6 +5,11 @@ for the request's room; CreateRoom and DeleteRoom need ``roomCreate``;
 ListRooms needs ``roomList``; per-room calls need ``roomAdmin`` + ``room``.
 The calls on a room's participants are ``api.live_rooms``'.
 
+``edgedispatch.DispatchService/ListJobWaits`` is edgedispatch's own: the
+request and grants of ListDispatch, answering why each queued job of the
+room waits (LiveKit's ``JobState`` has no field for it; ``dispatch list``
+shows it).
+
 Each route has a ``call`` (check the grants, turn the request into a spec,
 ask the domain) and, where the answer shows what the domain's step decided
 (a job's state), a ``render`` that runs after the step.
@@ -15,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from livekit.protocol import agent_dispatch as ad
 from livekit.protocol import room as rm
@@ -25,6 +31,9 @@ from edgedispatch.errors import InvalidArgument
 from edgedispatch.wire import convert
 from edgedispatch.wire.http import Request
 from edgedispatch.wire.tokens import Claims
+
+#: edgedispatch's own dispatch calls, beside LiveKit's.
+DISPATCH_SERVICE = "edgedispatch.DispatchService"
 
 
 class Route(NamedTuple):
@@ -53,6 +62,23 @@ def _list_dispatch(d: Domain, c: Claims, req: Any, r: Request) -> list[DispatchR
 
 def _render_list(d: Domain, recs: list[DispatchRec]) -> Message:
     return ad.ListAgentDispatchResponse(agent_dispatches=[_dispatch(d, rec) for rec in recs])
+
+
+def _render_waits(d: Domain, recs: list[DispatchRec]) -> Message:
+    """``{"jobs": [{"jobId", "dispatchId", "agentName", "waiting"}]}``: the
+    room's waiting jobs, with why each waits."""
+    waiting: list[dict[str, str]] = []
+    for rec in recs:
+        for job in d.jobs.of(rec):
+            text = convert.wait_text(job)
+            if text:
+                waiting.append(
+                    {"jobId": job.id, "dispatchId": rec.id, "agentName": rec.agent_name,
+                     "waiting": text}
+                )  # fmt: skip
+    answer = struct_pb2.Struct()
+    answer.update({"jobs": waiting})
+    return answer
 
 
 def _delete_dispatch(d: Domain, c: Claims, req: Any, r: Request) -> DispatchRec:
@@ -93,6 +119,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ),
     ("livekit.AgentDispatchService", "ListDispatch"): Route(
         ad.ListAgentDispatchRequest, _list_dispatch, _render_list
+    ),
+    (DISPATCH_SERVICE, "ListJobWaits"): Route(
+        ad.ListAgentDispatchRequest, _list_dispatch, _render_waits
     ),
     ("livekit.AgentDispatchService", "DeleteDispatch"): Route(
         ad.DeleteAgentDispatchRequest, _delete_dispatch, _dispatch

@@ -73,9 +73,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_missing(args: argparse.Namespace) -> bool:
+    """--plot was asked for without matplotlib: said before the run, not after."""
+    from edgedispatch.cli.bench import plot
+
+    if args.plot and not plot.available():
+        print(f"edgedispatch: {plot.MISSING}", file=sys.stderr)
+        return True
+    return False
+
+
 def _bench_dispatch(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import dispatch
 
+    if _plot_missing(args):
+        return 1
     data_dir = None
     if args.store:
         import tempfile
@@ -98,6 +110,12 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(data_dir, ignore_errors=True)
+    samples = report.pop("latency_samples_ms")
+    if args.plot:
+        from edgedispatch.cli.bench import plot
+
+        title = f"bench dispatch: CreateDispatch -> JS_RUNNING, {args.rate:g}/s"
+        plot.latency_plot(args.plot, title, {f"{args.workers} workers": samples})
     print(json.dumps(report) if args.json else dispatch.render(report))
     return 0
 
@@ -105,9 +123,16 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
 def _bench_jobs(args: argparse.Namespace) -> int:
     from edgedispatch.cli.bench import jobs
 
+    if _plot_missing(args):
+        return 1
     report = jobs.run(
         args.burst, lk_agent=not args.no_livekit_agents, loop=args.loop, sandbox=args.sandbox
     )
+    series = {f"{r['runtime']}, burst {r['burst']}": r.pop("samples_ms") for r in report["rows"]}
+    if args.plot:
+        from edgedispatch.cli.bench import plot
+
+        plot.latency_plot(args.plot, "bench jobs: dispatch -> entrypoint start", series)
     print(json.dumps(report) if args.json else jobs.render(report))
     return 0
 
@@ -186,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(systemd's socket activation, LISTEN_FDS, is taken without it)",
     )
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
-    serve.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    serve.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the event loop (default uvloop)",
+    )
     serve.add_argument(
         "--allow-pure-python",
         action="store_true",
@@ -194,13 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    from edgedispatch.cli import agent_commands, store_commands
+    from edgedispatch.cli import agent_commands, doctor, store_commands, token_commands
     from edgedispatch.cli import client as cli_client
 
     store_commands.add_commands(sub)
 
     cli_client.add_commands(sub)
     agent_commands.add_agent_commands(sub)
+    token_commands.add_commands(sub)
+    doctor.add_command(sub)
 
     bench = sub.add_parser("bench", help="measure edgedispatch")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -220,7 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=20_000,
         help="decisions per run for the slower pure-Python core",
     )
-    core.add_argument("--impl", choices=["both", "compiled", "python"], default="both")
+    core.add_argument(
+        "--impl",
+        choices=["both", "compiled", "python"],
+        default="both",
+        help="which scheduling core to measure (default both)",
+    )
     core.add_argument("--json", action="store_true", help="print one JSON object")
     core.set_defaults(func=_bench_core)
     disp = bench_sub.add_parser("dispatch", help="the server end to end, with simulated workers")
@@ -252,9 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     disp.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop"
     )
+    disp.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the latency distribution into this file (matplotlib: the bench extra)",
+    )
     disp.set_defaults(func=_bench_dispatch)
     jobs = bench_sub.add_parser("jobs", help="dispatch to entrypoint start, native and others")
-    jobs.add_argument("--burst", type=int, nargs="+", default=[1, 10, 50], metavar="N")
+    jobs.add_argument(
+        "--burst",
+        type=int,
+        nargs="+",
+        default=[1, 10, 50],
+        metavar="N",
+        help="dispatches sent at once, one run each (default: 1 10 50)",
+    )
     jobs.add_argument(
         "--no-livekit-agents", action="store_true", help="skip the livekit-agents comparison"
     )
@@ -267,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "off"],
         default="auto",
         help="contain the agents as the host allows (auto), or not (off: to measure its cost)",
+    )
+    jobs.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw each row's latency distribution into this file (matplotlib: the bench extra)",
     )
     jobs.set_defaults(func=_bench_jobs)
     fault = bench_sub.add_parser(
@@ -291,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rooms", help="rooms with livekit rtc clients: join, data, audio rooms"
     )
     rooms.add_argument("--url", help="a LiveKit-compatible server (default: start our own)")
-    rooms.add_argument("--api-key", default="devkey")
-    rooms.add_argument("--api-secret", default="secret")
+    rooms.add_argument("--api-key", default="devkey", help="--url's API key (default devkey)")
+    rooms.add_argument("--api-secret", default="secret", help="--url's API secret (default secret)")
     rooms.add_argument("--joins", type=int, default=20, help="joins to time (default 20)")
     rooms.add_argument(
         "--rooms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 60], metavar="K",

@@ -1,9 +1,11 @@
 """``edgedispatch agent ...``: manage the agents edgedispatch runs itself,
 through ``edgedispatch.AgentService`` (see the README's "AgentService").
 
-``--command`` and ``--worker`` take the program and its arguments as one
-string, split as a POSIX shell would (``shlex``), so that arguments that
-look like options stay the program's: ``--command "sh -c 'echo hi'"``.
+``--command`` and ``--worker`` take the program and its arguments either
+as one string, split as a POSIX shell would (``shlex``): ``--command "sh -c
+'echo hi'"``, or as the rest of the command line, so that arguments that look
+like options stay the program's: ``--command sh -c 'echo hi'`` or
+``--command -- sh -c 'echo hi'``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,35 @@ def _argv(text: str) -> list[str]:
     return argv
 
 
+#: The flags whose value is a program with its arguments.
+_PROGRAM_FLAGS = ("--command", "--worker")
+
+
+class AgentParser(argparse.ArgumentParser):
+    """``agent``'s subcommands' parser: after ``--command``/``--worker``,
+    ``-- PROGRAM ARGS...`` or ``PROGRAM ARGS...`` (a first word without a
+    space) is the rest of the command line, joined into the one word the
+    flag takes (and ``_argv`` splits back), so that the program's own
+    ``-c`` is not taken for an option of ours.  A first word with a space
+    is the quoted form: other flags may follow it."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(sys.argv[1:] if args is None else args)
+        for n, word in enumerate(words[:-1]):
+            if word not in _PROGRAM_FLAGS:
+                continue
+            rest = words[n + 1 :]
+            if rest[0] == "--":
+                rest = rest[1:]
+            elif not rest[0] or any(c.isspace() for c in rest[0]):
+                break
+            words[n + 1 :] = [shlex.join(rest)] if rest else []
+            break
+        return super().parse_known_args(words, namespace)
+
+
 def _env_pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -65,14 +96,18 @@ _FIELDS: list[tuple[str, str, Any, str, str]] = [
 
 def add_agent_commands(sub: Any) -> None:
     agent = sub.add_parser("agent", help="agents edgedispatch runs itself (definitions)")
-    asub = agent.add_subparsers(dest="action", required=True, metavar="ACTION")
+    asub = agent.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=AgentParser
+    )
     add = asub.add_parser(
         "add",
         help="add a definition (kept across restarts)",
         description=(
             "Add an agent definition.  --command and --worker take the program and its "
-            "arguments as one string, split as a shell would: "
-            "--command \"sh -c 'echo hi'\"."
+            "arguments as the rest of the command line (put other flags before them): "
+            "--command sh -c 'echo hi', or --command -- sh -c 'echo hi'; or as one "
+            "string, split as a shell would, which other flags may follow: "
+            "--command \"sh -c 'echo hi'\" --slots 2."
         ),
     )
     add.add_argument("name", help="the agent name dispatches ask for")
@@ -85,15 +120,17 @@ def add_agent_commands(sub: Any) -> None:
     kind.add_argument(
         "--command",
         type=_argv,
-        metavar='"PROGRAM ARGS"',
-        help="command: a program started once per job (LIVEKIT_TOKEN and the job in its env)",
+        metavar="PROGRAM ARGS",
+        help="command: a program started once per job (LIVEKIT_TOKEN and the job in its env); "
+        "the rest of the command line (after --, or not), or one quoted string",
     )
     kind.add_argument(
         "--worker",
         type=_argv,
-        metavar='"PROGRAM ARGS"',
+        metavar="PROGRAM ARGS",
         help="agent server: a LiveKit agent server program started on demand "
-        "(LIVEKIT_URL, its own LIVEKIT_API_KEY/SECRET and PORT in its env)",
+        "(LIVEKIT_URL, its own LIVEKIT_API_KEY/SECRET and PORT in its env); "
+        "the rest of the command line (after --, or not), or one quoted string",
     )
     for flag, field, type_, metavar, text in _FIELDS:
         default = _DEFAULTS[field]
@@ -134,7 +171,7 @@ def add_agent_commands(sub: Any) -> None:
         "stop", help="take no jobs; every agent-server instance is stopped (until start)"
     )
     for p in (remove, start, stop):
-        p.add_argument("name")
+        p.add_argument("name", help="the agent's name")
     for p in (add, list_, remove, start, stop):
         add_connection_flags(p)
         p.set_defaults(func=run_agent)

@@ -90,10 +90,19 @@ def _render_room(room: RoomRec) -> models.Room:
     )
 
 
-def job_state_proto(job: JobRec) -> agent.JobState:
-    error = job.error or REASON_TEXT.get(job.reason, "")
+def wait_text(job: JobRec) -> str:
+    """Why a queued job waits, in words ("" if it does not wait).  Not put
+    in LiveKit's ``JobState.error``, which clients read as a failure: a
+    waiting job is JS_PENDING there, and edgedispatch's own
+    ``DispatchService/ListJobWaits`` says why."""
     if job.state == JobState.QUEUED and job.wait in WAIT_TEXT:
-        error = WAIT_TEXT[job.wait].format(agent=job.key.agent_name)
+        return WAIT_TEXT[job.wait].format(agent=job.key.agent_name)
+    return ""
+
+
+def job_state_proto(job: JobRec) -> agent.JobState:
+    # A retried job keeps why its last attempt ended (with JSR_RETRYING).
+    error = job.error or REASON_TEXT.get(job.reason, "")
     reason = _REASON.get(job.reason, agent.JSR_UNSPECIFIED)
     if job.state == JobState.QUEUED and job.reason != FailReason.NONE:
         reason = agent.JSR_RETRYING

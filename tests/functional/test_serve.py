@@ -78,15 +78,28 @@ def test_cli_against_the_server_and_json_logs(served: list[ServeProcess], loop_k
     served.append(srv)
     out = srv.cli("dispatch", "create", "--room", "r1", "--agent-name", "bot", "--metadata", "m1")
     assert out.returncode == 0, out.stderr
-    dispatch_id = out.stdout.split()[0]
-    assert dispatch_id.startswith("AD_") and "agent=bot" in out.stdout
+    header, row = out.stdout.splitlines()
+    assert header.split() == ["ID", "ROOM", "AGENT", "METADATA", "JOBS"]
+    dispatch_id, room, agent_name = row.split()[:3]
+    assert dispatch_id.startswith("AD_") and (room, agent_name) == ("r1", "bot")
     listed = srv.cli("dispatch", "list", "--room", "r1", "--json")
     (d,) = json.loads(listed.stdout)
     assert d["id"] == dispatch_id and d["metadata"] == "m1"
-    assert "no worker is registered for agent 'bot'" in d["state"]["jobs"][0]["state"]["error"]
+    # A waiting job is pending to a LiveKit client, not failed; our table says why.
+    assert "error" not in d["state"]["jobs"][0]["state"]
+    table = srv.cli("dispatch", "list", "--room", "r1").stdout.splitlines()
+    assert table[0].split() == ["ID", "ROOM", "AGENT", "METADATA", "JOBS"]
+    assert table[1].startswith(dispatch_id)
+    assert table[1].endswith("waiting: no worker is registered for agent 'bot'")
+    none = srv.cli("dispatch", "list", "--room", "nowhere")
+    assert (none.returncode, none.stdout) == (0, "no dispatches in room 'nowhere'\n")
+    assert srv.cli("room", "list").stdout.split()[:5] == [
+        "SID", "NAME", "PARTICIPANTS", "EMPTY", "TIMEOUT"
+    ]  # fmt: skip
     assert srv.cli("room", "create", "r2", "--agent-name", "bot").returncode == 0
     rooms = json.loads(srv.cli("room", "list", "--json").stdout)
     assert sorted(r["name"] for r in rooms) == ["r1", "r2"]
+    assert srv.cli("room", "list", "nowhere").stdout == "no rooms\n"
     assert srv.cli("dispatch", "delete", "--room", "r1", "--id", dispatch_id).returncode == 0
     missing = srv.cli("dispatch", "delete", "--room", "r1", "--id", dispatch_id)
     assert missing.returncode == 1 and "not_found" in missing.stderr
@@ -160,6 +173,33 @@ def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess], loop_
         await FakeWorker.close_all()
 
     asyncio.run(hold_a_job())
+
+
+def test_bench_dispatch_prints_a_markdown_table_and_plots(loop_kind: str, tmp_path: Path) -> None:
+    png = tmp_path / "dispatch.png"
+    argv = ["--workers", "4", "--rate", "100", "--duration", "1", "--hold", "0.1"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgedispatch",
+            "bench",
+            "dispatch",
+            *argv,
+            "--loop",
+            loop_kind,
+            "--plot",
+            str(png),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    header, rule, row = out.stdout.splitlines()[:3]
+    assert header.startswith("| workers | rate/s | sent |") and rule.startswith("|---:|")
+    assert row.startswith("| 4 | 100 | 100 | 100 | 0 |")
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:

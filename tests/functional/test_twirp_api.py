@@ -17,6 +17,7 @@ from livekit import api
 from livekit.protocol import agent
 
 from edgedispatch._testbase.fake_worker import FakeWorker
+from edgedispatch.cli.client import job_waits
 
 from .conftest import ServerThread
 from .test_worker_protocol import run
@@ -335,9 +336,13 @@ def test_list_dispatch_tells_why_a_job_waits(start_server: Callable[..., ServerT
                 api.CreateAgentDispatchRequest(agent_name="busy", room="r1")
             )
             (d,) = await lk.agent_dispatch.list_dispatch("r1")
+            waits = await job_waits(srv.url, "devkey", "secret", "r1")
         (job,) = d.state.jobs
-        assert job.state.status == agent.JS_PENDING
-        assert "every worker for agent 'busy' is full" in job.state.error
+        # LiveKit's JobState has no wait field: pending, and no error, which
+        # a client would read as a failure.  edgedispatch's own call says why.
+        assert (job.state.status, job.state.error) == (agent.JS_PENDING, "")
+        assert job.state.reason == agent.JSR_UNSPECIFIED
+        assert "every worker for agent 'busy' is full" in waits[job.id]
 
     run(main())
 

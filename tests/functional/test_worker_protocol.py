@@ -159,8 +159,7 @@ def test_a_dispatch_waits_for_its_first_worker(start_server: Callable[..., Serve
     async def main() -> None:
         await dispatch(srv, "late-agent")
         (job,) = await list_jobs(srv)
-        assert job.state.status == agent.JS_PENDING
-        assert "no worker is registered for agent 'late-agent'" in job.state.error
+        assert (job.state.status, job.state.error) == (agent.JS_PENDING, "")
         w = FakeWorker(srv.url, agent_name="late-agent")
         await w.connect()
         await w.wait_for(lambda: len(w.assigned) == 1)

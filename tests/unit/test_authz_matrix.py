@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pytest
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from livekit.protocol import agent_dispatch as ad
 from livekit.protocol import models
@@ -27,6 +28,7 @@ from livekit.protocol import room as rm
 from livekit.protocol import sip as sp
 
 from edgedispatch.api import agents as agents_api
+from edgedispatch.api import livekit as livekit_api
 from edgedispatch.api.app import twirp_methods
 from edgedispatch.rtc.session import SignalSession
 from edgedispatch.wire import twirp
@@ -89,6 +91,11 @@ def _dispatch_created(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
 def _dispatches_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
     listed = [x.id for x in _pb(ad.ListAgentDispatchResponse, body).agent_dispatches]
     assert listed == ([mine.dispatch_id] if _named(mine, t) else [])
+
+
+def _waits_listed(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
+    listed = _pb(struct_pb2.Struct, body)["jobs"]
+    assert {x["dispatchId"] for x in listed} <= ({mine.dispatch_id} if _named(mine, t) else set())
 
 
 def _room_created(w: World, mine: Seeded, t: Seeded, body: bytes) -> None:
@@ -353,6 +360,9 @@ ROWS: dict[tuple[str, str], Row] = {
     ),
     (D, "ListDispatch"): Row(
         ADMIN, OK, OK, OK, lambda t: ad.ListAgentDispatchRequest(room=t.room), _dispatches_listed
+    ),
+    (livekit_api.DISPATCH_SERVICE, "ListJobWaits"): Row(
+        ADMIN, OK, OK, OK, lambda t: ad.ListAgentDispatchRequest(room=t.room), _waits_listed
     ),
     (D, "DeleteDispatch"): Row(
         ADMIN,

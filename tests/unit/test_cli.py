@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -174,3 +177,26 @@ def test_bench_jobs_without_livekit_agents_skips_its_rows_and_says_why() -> None
 
     text = jobs.render(report)
     assert "skipped: livekit-agents is not installed" in text and "nan" not in text
+    assert "| runtime | burst | p50 | p99 | req p50 | req p99 | n |" in text
+    assert "| edgedispatch | 1 |" in text
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+    """Every parser of the command tree, with its command line."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_flag_and_argument_has_help() -> None:
+    missing = [
+        f"{path}: {'/'.join(action.option_strings) or action.dest}"
+        for path, parser in _parsers(build_parser(), "edgedispatch")
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._SubParsersAction)
+    ]
+    assert missing == []
+    commands = {path for path, _ in _parsers(build_parser(), "edgedispatch")}
+    assert {"edgedispatch token create", "edgedispatch doctor"} <= commands  # reaches the leaves

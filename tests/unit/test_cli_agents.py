@@ -25,6 +25,26 @@ def test_a_command_keeps_its_own_arguments() -> None:
     assert b["agent"]["worker"] == ["python", "agent.py", "start", "--log-level", "debug"]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--command", "sh", "-c", "echo hi; exit 3"],
+        ["--command", "--", "sh", "-c", "echo hi; exit 3"],
+        ["--command", "sh -c 'echo hi; exit 3'"],
+        ["--slots", "2", "--command", "sh", "-c", "echo hi; exit 3"],
+    ],
+)
+def test_a_command_is_the_rest_of_the_line_or_one_quoted_string(argv: list[str]) -> None:
+    # Before: `--command sh -c 'echo hi'` failed, argparse taking -c for an option.
+    _, b = body("add", "hi", *argv)
+    assert b["agent"]["command"] == ["sh", "-c", "echo hi; exit 3"]
+
+
+def test_a_program_keeps_arguments_that_look_like_our_flags() -> None:
+    _, b = body("add", "voice", "--slots", "2", "--worker", "--", "agent", "--slots", "9", "--")
+    assert b["agent"] == {"name": "voice", "worker": ["agent", "--slots", "9", "--"], "slots": 2}
+
+
 def test_every_definition_field_has_a_flag() -> None:
     method, b = body(
         "add", "voice", "--worker", "python agent.py start",
@@ -54,8 +74,9 @@ def test_every_definition_field_has_a_flag() -> None:
     [
         ["add", "x", "--command", "sh -c 'unterminated"],
         ["add", "x", "--command", ""],
-        ["add", "x", "--command", "true", "--env", "NOEQUALS"],
-        ["add", "x", "--command", "true", "--worker", "true"],
+        ["add", "x", "--env", "NOEQUALS", "--command", "true"],
+        ["add", "x", "--worker", "python a.py", "--command", "true"],
+        ["add", "x", "--command", "--"],
     ],
 )
 def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,8 @@ NEEDS_EXTRA = {
     # bench rooms drives the rtc SDK (livekit-agents brings it, and numpy).
     "edgedispatch/cli/bench/rooms.py": "bench",
     "edgedispatch/cli/bench/rooms_clients.py": "bench",
+    # bench --plot: matplotlib, checked for before the run (plot.available).
+    "edgedispatch/cli/bench/plot.py": "bench",
     # Imported only when rooms are served, and then only if installed
     # (server.Server._rooms logs that rooms are off otherwise).
     "edgedispatch/net/media.py": "rtc",

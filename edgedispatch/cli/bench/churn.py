@@ -167,10 +167,18 @@ def run(
 
 
 def render(r: dict[str, Any]) -> str:
+    from edgedispatch.cli.tables import markdown_table
+
     rss = r["rss_mb"]
     what = "rooms, each with a dispatch," if r["dispatch"] else "rooms"
+    header = ("rooms", "alive at once", "rooms/s", "errors", "RSS baseline MB", "peak MB",
+              "after MB", "after / baseline")  # fmt: skip
+    row = [r["rooms"], r["batch"], r["rooms_per_s"], r["errors"], rss["baseline"], rss["peak"],
+           rss["after"], r["ratio"]]  # fmt: skip
     return "\n".join(
         [
+            markdown_table(header, [row]),
+            "",
             f"{r['rooms']:,} {what} created and deleted, {r['batch']:,} alive at once: "
             f"{r['churn_s']} s ({r['rooms_per_s']:,} rooms/s), {r['errors']} errors",
             f"server RSS: baseline {rss['baseline']} MB (after start-up and a warm-up of "

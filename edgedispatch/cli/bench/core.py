@@ -151,14 +151,12 @@ def run(workers: list[int], jobs: int, python_jobs: int, impls: list[str]) -> di
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"{'impl':<9} {'workers':>7} {'decisions/s':>13} {'p50 ns':>8} {'p99 ns':>8}"]
-    by: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in report["results"]:
-        by[(r["impl"], r["workers"])] = r
-        lines.append(
-            f"{r['impl']:<9} {r['workers']:>7} {r['decisions_per_s']:>13,} "
-            f"{r['p50_ns']:>8,} {r['p99_ns']:>8,}"
-        )
+    from edgedispatch.cli.tables import markdown_table
+
+    by = {(r["impl"], r["workers"]): r for r in report["results"]}
+    header = ("impl", "workers", "decisions/s", "p50 ns", "p99 ns")
+    keys = ("impl", "workers", "decisions_per_s", "p50_ns", "p99_ns")
+    lines = [markdown_table(header, [[r[k] for k in keys] for r in report["results"]]), ""]
     for (impl, n), r in sorted(by.items()):
         py = by.get(("python", n))
         if impl == "compiled" and py:

@@ -225,6 +225,8 @@ def run(
             "p99": round(percentile(latencies, 0.99), 3),
             "max": round(latencies[-1], 3) if latencies else math.nan,
         },
+        #: Every CreateDispatch -> JS_RUNNING, for --plot (not printed).
+        "latency_samples_ms": latencies,
         "store": bool(data_dir),
         "rss_per_worker_kb": round((rss_idle - rss_before) / max(workers, 1), 2),
         "server_rss_idle_mb": round(rss_idle / 1024, 1),
@@ -234,9 +236,17 @@ def run(
 
 
 def render(r: dict[str, Any]) -> str:
+    from edgedispatch.cli.tables import markdown_table
+
     lat = r["latency_ms"]
+    header = ("workers", "rate/s", "sent", "reached JS_RUNNING", "errors", "dispatches/s",
+              "p50 ms", "p90 ms", "p99 ms", "max ms")  # fmt: skip
+    row = [r["workers"], r["rate"], r["sent"], r["completed"], r["errors"],
+           r["dispatches_per_s"], lat["p50"], lat["p90"], lat["p99"], lat["max"]]  # fmt: skip
     return "\n".join(
         [
+            markdown_table(header, [row]),
+            "",
             f"workers {r['workers']}, target rate {r['rate']:g}/s for {r['duration_s']:g} s: "
             f"{r['completed']}/{r['sent']} dispatches reached JS_RUNNING, {r['errors']} errors, "
             f"{r['declines']} declines ({r['declines_per_assignment']} per assignment)",

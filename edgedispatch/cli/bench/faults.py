@@ -392,7 +392,15 @@ def run(
 def render(r: dict[str, Any]) -> str:
     rec = r["recovery_s"]
     faults = ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items()))
+    from edgedispatch.cli.tables import markdown_table
+
+    header = ("accepted", "lost", "run twice at once", "never answered", "client error rate",
+              "recovery p50 s", "recovery max s", "longest outage s")  # fmt: skip
+    row = [r["accepted"], r["lost"], r["run_twice_at_once"], r["gave_up"],
+           f"{r['client_error_rate']:.2%}", rec["p50"], rec["max"], r["outage_s_max"]]  # fmt: skip
     lines = [
+        markdown_table(header, [row]),
+        "",
         f"{r['accepted']} dispatches accepted in {r['duration_s']:g} s at {r['rate']:g}/s "
         f"(seed {r['seed']}); faults: {faults}",
         f"lost: {r['lost']}; run twice at once: {r['run_twice_at_once']}; "

@@ -210,6 +210,8 @@ async def _measure(
             "p99_ms": _pct(from_dispatch, 0.99),
             "request_p50_ms": _pct(from_request, 0.5),
             "request_p99_ms": _pct(from_request, 0.99),
+            #: dispatch -> entrypoint start, each, for --plot (not printed).
+            "samples_ms": list(from_dispatch),
         }
 
     try:
@@ -286,17 +288,32 @@ def run(
 
 
 def render(report: dict[str, Any]) -> str:
+    from edgedispatch.cli.tables import markdown_table
+
     lines = [
         "dispatch -> entrypoint start (ms): from the dispatch's creation in the server, and "
         "from the request's sending",
-        f"{'runtime':<26} {'burst':>5} {'p50':>8} {'p99':>8} {'req p50':>8} {'req p99':>8} "
-        f"{'n':>4}",
+        "",
+        markdown_table(
+            ("runtime", "burst", "p50", "p99", "req p50", "req p99", "n"),
+            [
+                [
+                    r[k]
+                    for k in (
+                        "runtime",
+                        "burst",
+                        "p50_ms",
+                        "p99_ms",
+                        "request_p50_ms",
+                        "request_p99_ms",
+                        "samples",
+                    )
+                ]  # fmt: skip
+                for r in report["rows"]
+            ],
+        ),
+        "",
     ]
-    for r in report["rows"]:
-        lines.append(
-            f"{r['runtime']:<26} {r['burst']:>5} {r['p50_ms']:>8} {r['p99_ms']:>8} "
-            f"{r['request_p50_ms']:>8} {r['request_p99_ms']:>8} {r['samples']:>4}"
-        )
     lines.extend(f"skipped: {why}" for why in report.get("skipped", []))
     uss = report["pool_uss_kb"]
     if uss:

@@ -426,6 +426,26 @@ def render(r: dict[str, Any]) -> str:
                 f"             no track: {step['sides_without_track']} sides; no RTP "
                 f"(publisher>listener): {' '.join(step['sides_without_rtp']) or '-'}"
             )
+    from edgedispatch.cli.tables import markdown_table
+
+    measured = [step for step in r["audio"] if "error" not in step]
+    lines += [
+        "",
+        markdown_table(
+            ("rooms", "frame loss %", "jitter p50 ms", "jitter p99 ms", "load CPU %"),
+            [
+                [
+                    step["rooms"],
+                    round(100 * step["frame_loss"], 3),
+                    step["jitter_p50_ms"],
+                    step["jitter_p99_ms"],
+                    step["load_cpu_pct"],
+                ]  # fmt: skip
+                for step in measured
+            ],
+        ),
+        "",
+    ]
     lines.append(
         f"rooms under {100 * LOSS_LIMIT:.1f}% loss and {JITTER_LIMIT_MS:.0f} ms p99 jitter: "
         f"{r['audio_rooms']} (target >= {t['audio_rooms']})"

@@ -149,14 +149,28 @@ def _ms(value: float) -> str:
 
 
 def render(r: dict[str, Any]) -> str:
-    lines = ["INVITE -> 404 (no trunk) -> ACK, sipp on loopback:"]
-    for row in r["rows"]:
-        ms = row["invite_ms"]
-        lines.append(
-            f"  {row['rate']:>5} calls/s asked: {row['successful']}/{row['calls']} completed, "
-            f"{row['failed']} failed, {row['achieved_cps']}/s; INVITE -> final p50 "
-            f"{_ms(ms['p50'])}, p99 {_ms(ms['p99'])}"
-        )
+    from edgedispatch.cli.tables import markdown_table
+
+    header = ("calls/s asked", "calls", "completed", "failed", "achieved/s",
+              "INVITE -> final p50", "p99")  # fmt: skip
+    rows = [
+        [
+            row["rate"],
+            row["calls"],
+            row["successful"],
+            row["failed"],
+            row["achieved_cps"],
+            _ms(row["invite_ms"]["p50"]),
+            _ms(row["invite_ms"]["p99"]),
+        ]  # fmt: skip
+        for row in r["rows"]
+    ]
+    lines = [
+        "INVITE -> 404 (no trunk) -> ACK, sipp on loopback:",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
     met = r.get("met", {})
 
     def verdict(key: str) -> str:
