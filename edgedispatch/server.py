@@ -23,10 +23,11 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgedispatch import _core
 from edgedispatch.api.app import App
+from edgedispatch.calls.bridge import CallEvents, CallServices
 from edgedispatch.calls.inbound import InboundCalls
 from edgedispatch.config import Config
 from edgedispatch.dispatch import ids
@@ -35,7 +36,7 @@ from edgedispatch.dispatch.events import DomainEvent, RoomClosed
 from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol, Limits, expire
-from edgedispatch.net.media_pool import MediaPool
+from edgedispatch.net.media_pool import CallProxy, MediaPool
 from edgedispatch.net.reclaim import Reclaimer
 from edgedispatch.net.sip import SipEndpoint
 from edgedispatch.net.systemd import NOTHING_INHERITED, Inherited, Notifier, Watchdog
@@ -177,15 +178,15 @@ class Server:
         sip = self.cfg.sip
         bind = sip.bind or self.cfg.server.bind
         assert self.domain is not None and self.sip_directory is not None
+        host = bind if bind != "0.0.0.0" else "127.0.0.1"
         calls = InboundCalls(
             self.sip_directory,
             self.domain,
             DigestAuth(secrets.token_bytes(32)),
             lambda: secrets.token_hex(6),
+            self._call_services(loop, bind, host),
         )
         on_event = calls.on_event
-
-        host = bind if bind != "0.0.0.0" else "127.0.0.1"
         given_udp, given_tcp = self._inherited.sip_udp, self._inherited.sip_tcp
         # TCP on the same port number as UDP (as trunks expect).  With port
         # 0, the number UDP got may be taken for TCP: try another.
@@ -236,6 +237,36 @@ class Server:
             )
             sources.store_pending = lambda: store.pending
         return sources
+
+    def _call_services(
+        self, loop: asyncio.AbstractEventLoop, bind: str, host: str
+    ) -> CallServices | None:
+        """How calls are bridged into rooms: in the media workers (none
+        without rooms, or with the media in this process)."""
+        pool, rooms, sip = self._media, self.rooms, self.cfg.sip
+        if rooms is None or not isinstance(pool, MediaPool):
+            log.warning("SIP calls cannot be answered: they need rooms in media workers")
+            return None
+
+        def flush(now: float) -> None:
+            if self.sip_endpoint is not None:
+                self.sip_endpoint.flush(now)
+
+        def open_media(
+            room: tuple[str, str], spec: dict[str, Any], events: CallEvents
+        ) -> CallProxy:
+            return pool.open_call(room, spec, bind, events)
+
+        return CallServices(
+            rooms=rooms,
+            open_media=open_media,
+            clock=loop.time,
+            flush=flush,
+            media_address=sip.media_address or host,
+            rtp_ports=(sip.rtp_port_min, sip.rtp_port_max),
+            media_timeout=sip.media_timeout,
+            max_duration=sip.max_call_duration,
+        )
 
     def _rooms(self, domain: Domain) -> RoomHub | None:
         """The live rooms, with aiortc for their media (in media worker

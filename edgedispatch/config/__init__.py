@@ -211,6 +211,18 @@ class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = False
     bind: str = ""  #: empty: the server's bind address
     port: int = 5060  #: UDP and TCP; 0: any free port
+    #: The UDP ports calls' RTP takes (one per call), for firewalls
+    #: (livekit/sip's default range).
+    rtp_port_min: int = 10000
+    rtp_port_max: int = 20000
+    #: Seconds without RTP from the caller before the call is hung up
+    #: (LiveKit's default); 0: never.
+    media_timeout: float = 15.0
+    #: Seconds a call may last before it is hung up; 0: no limit.
+    max_call_duration: float = 3 * 3600.0
+    #: The address our SDP answers name for media; empty: the SIP address
+    #: (127.0.0.1 when SIP listens on every address).
+    media_address: str = ""
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -300,6 +312,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("must be a port number (0-65535)", "server.port")
     if not 0 <= cfg.sip.port <= 65535:
         raise ConfigError("must be a port number (0-65535)", "sip.port")
+    sip = cfg.sip
+    if not 1 <= sip.rtp_port_min <= sip.rtp_port_max <= 65535:
+        raise ConfigError("must be ports with rtp_port_min <= rtp_port_max", "sip.rtp_port_min")
+    if sip.media_timeout < 0 or sip.max_call_duration < 0:
+        raise ConfigError("must not be negative", "sip.media_timeout")
     if s.public_url and not s.public_url.startswith(("ws://", "wss://", "http://", "https://")):
         raise ConfigError("must be a ws://, wss://, http:// or https:// URL", "server.public_url")
     if s.max_message_size < 1024:

@@ -1,0 +1,278 @@
+"""Phone calls answered and bridged into rooms, driven by sipp (Debian's
+sip-tester) as a trunk would place them, and heard by the rtc SDK as an
+agent would hear them."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from livekit import api, rtc
+from livekit.protocol import sip as pb
+
+from edgedispatch._testbase.fake_worker import FakeWorker
+from edgedispatch.cli.bench.common import free_port
+from edgedispatch.sip.rtp import encode
+
+from .conftest import ServerThread
+from .test_rooms import joined, run, token
+from .tones import listen, publish_tone
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "sip"
+NUMBER = "+15550100"
+CALLER = "+15550199"
+ROOM = "phone-room"
+pytestmark = [
+    pytest.mark.skipif(not shutil.which("sipp"), reason="sipp (sip-tester) missing"),
+    pytest.mark.media,
+]
+
+
+def serve(start_server: Callable[..., ServerThread], **sip: object) -> ServerThread:
+    return start_server(
+        sip={"enabled": True, "port": 0, "rtp_port_min": 30000, "rtp_port_max": 39999, **sip},
+        rtc={"media_workers": 1},
+    )
+
+
+def add_rule(srv: ServerThread, *, pin: str = "", agent: str = "") -> None:
+    """A trunk for NUMBER and a direct rule into ROOM (with ``pin``,
+    dispatching ``agent``)."""
+
+    async def setup() -> None:
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            trunk = await lk.sip.create_inbound_trunk(
+                pb.CreateSIPInboundTrunkRequest(
+                    trunk=pb.SIPInboundTrunkInfo(name="line", numbers=[NUMBER])
+                )
+            )
+            config = api.RoomConfiguration(
+                agents=[api.RoomAgentDispatch(agent_name=agent)] if agent else []
+            )
+            await lk.sip.create_dispatch_rule(
+                pb.CreateSIPDispatchRuleRequest(
+                    dispatch_rule=pb.SIPDispatchRuleInfo(
+                        rule=pb.SIPDispatchRule(
+                            dispatch_rule_direct=pb.SIPDispatchRuleDirect(room_name=ROOM, pin=pin)
+                        ),
+                        trunk_ids=[trunk.sip_trunk_id],
+                        metadata="from the rule",
+                        attributes={"team": "support"},
+                        room_config=config,
+                    )
+                )
+            )
+
+    asyncio.run(setup())
+
+
+def sipp_call(
+    srv: ServerThread,
+    tmp: Path,
+    scenario: str,
+    *args: str,
+    media: str = "",
+    hold_ms: int = 1000,
+) -> subprocess.CompletedProcess[str]:
+    """One call to NUMBER from CALLER; ``media``: sipp actions after the ACK."""
+    path = tmp / f"{scenario}_{hold_ms}.xml"
+    text = (SCENARIOS / f"{scenario}.xml").read_text()
+    path.write_text(text.replace("MEDIA", media).replace("HOLD_MS", str(hold_ms)))
+    return subprocess.run(
+        ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(path), *args, "-s", NUMBER,
+         "-m", "1", "-i", "127.0.0.1", "-p", str(free_port(udp_too=True)),
+         "-mi", "127.0.0.1", "-mp", str(free_port(udp_too=True)), "-nostdin",
+         "-timeout", "40s", "-timeout_error", "-max_recv_loops", "1000"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def tone_file(tmp: Path, freq: float, seconds: float) -> Path:
+    """Headerless μ-law (sipp's rtp_stream plays the bytes as they are)."""
+    n = np.arange(int(8000 * seconds))
+    samples = (12000 * np.sin(2 * np.pi * freq * n / 8000)).astype(np.int16)
+    path = tmp / f"tone{int(freq)}.ulaw"
+    path.write_bytes(encode("PCMU", array("h", samples.tobytes())))
+    return path
+
+
+async def wait_for_phone(lk: api.LiveKitAPI) -> api.ParticipantInfo:
+    """The call's participant, once it is in ROOM and the call is up."""
+    for _ in range(100):
+        try:
+            people = await lk.room.list_participants(api.ListParticipantsRequest(room=ROOM))
+        except (api.TwirpError, api.ServerError):
+            people = api.ListParticipantsResponse()  # no room yet
+        up = [p for p in people.participants if p.attributes["sip.callStatus"] == "active"]
+        if up:
+            return up[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError("the call never joined its room")
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_a_call_is_answered_and_the_caller_hangs_up(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv = serve(start_server)
+    add_rule(srv)
+    ok(sipp_call(srv, tmp_path, "call_caller_hangs_up", hold_ms=500))
+    # The caller's BYE ended it: no call, no participant left.
+    endpoint = srv.server.sip_endpoint
+    assert endpoint is not None and endpoint.uas is not None
+    assert srv.call(lambda: len(endpoint.uas.calls)) == 0  # type: ignore[union-attr]
+
+
+def test_deleting_the_room_hangs_the_call_up(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv = serve(start_server)
+    add_rule(srv)
+
+    async def main() -> subprocess.CompletedProcess[str]:
+        call = asyncio.create_task(
+            asyncio.to_thread(sipp_call, srv, tmp_path, "call_server_hangs_up")
+        )
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            phone = await wait_for_phone(lk)
+            assert phone.kind == api.ParticipantInfo.Kind.SIP  # type: ignore[attr-defined]
+            await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
+        return await call
+
+    ok(run(main))
+
+
+def test_the_room_hears_the_caller_and_sees_its_participant(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The SIP participant joins as LiveKit's (identity, name, kind,
+    attributes), and its track carries the caller's 440 Hz tone."""
+    srv = serve(start_server)
+    add_rule(srv)
+    tone = tone_file(tmp_path, 440.0, 4.0)
+
+    async def main() -> tuple[rtc.RemoteParticipant, dict[str, str], float, float]:
+        room, _ = await joined(srv, token("agent-like", ROOM), True)
+        heard: asyncio.Queue[tuple[rtc.Track, rtc.RemoteParticipant]] = asyncio.Queue()
+        room.on("track_subscribed", lambda t, pub, who: heard.put_nowait((t, who)))
+        media = f'<exec rtp_stream="{tone},1,0" />'
+        call = asyncio.create_task(
+            asyncio.to_thread(
+                sipp_call, srv, tmp_path, "call_caller_hangs_up", media=media, hold_ms=4000
+            )
+        )
+        try:
+            track, who = await asyncio.wait_for(heard.get(), 10)
+            rms, pitch, _ = await listen(track, seconds=1.5)
+            during = dict(who.attributes)
+            ok(await call)
+            return who, during, rms, pitch
+        finally:
+            await room.disconnect()
+
+    who, attrs, rms, pitch = run(main)
+    assert abs(pitch - 440.0) < 5, pitch
+    assert rms > 3000, rms
+    assert who.identity == f"sip_{CALLER}" and who.name == f"Phone {CALLER}"
+    assert who.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+    assert who.metadata == "from the rule"
+    assert attrs["team"] == "support" and attrs["sip.phoneNumber"] == CALLER
+    assert attrs["sip.callStatus"] == "active"
+    assert who.attributes["sip.callStatus"] == "hangup"  # as it left
+    assert attrs["sip.callID"] and attrs["sip.trunkID"] and attrs["sip.ruleID"]
+
+
+def test_the_caller_hears_the_room(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """A participant's 660 Hz goes to the caller as G.711 on the shared
+    clock; sipp echoes it back (-rtp_echo), and it returns into the room."""
+    srv = serve(start_server)
+    add_rule(srv)
+
+    async def main() -> tuple[float, float]:
+        room, _ = await joined(srv, token("speaker", ROOM), True)
+        heard: asyncio.Queue[rtc.Track] = asyncio.Queue()
+        room.on("track_subscribed", lambda t, pub, who: heard.put_nowait(t))
+        player = await publish_tone(room, 660.0)
+        call = asyncio.create_task(
+            asyncio.to_thread(
+                sipp_call, srv, tmp_path, "call_caller_hangs_up", "-rtp_echo", hold_ms=4000
+            )
+        )
+        try:
+            track = await asyncio.wait_for(heard.get(), 10)
+            rms, pitch, _ = await listen(track, seconds=1.5)
+            ok(await call)
+            return rms, pitch
+        finally:
+            player.cancel()
+            await room.disconnect()
+
+    rms, pitch = run(main)
+    assert abs(pitch - 660.0) < 5, pitch
+    assert rms > 2000, rms
+
+
+def test_a_digit_pressed_reaches_the_room_as_sip_dtmf(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv = serve(start_server)
+    add_rule(srv)
+
+    async def main() -> list[tuple[int, str, str]]:
+        room, _ = await joined(srv, token("listener", ROOM), True)
+        got: list[tuple[int, str, str]] = []
+        room.on(
+            "sip_dtmf_received",
+            lambda d: got.append((d.code, d.digit, d.participant.identity)),
+        )
+        try:
+            ok(
+                await asyncio.to_thread(
+                    sipp_call,
+                    srv,
+                    tmp_path,
+                    "call_caller_hangs_up",
+                    media='<exec play_dtmf="5" />',
+                    hold_ms=1500,
+                )  # fmt: skip
+            )
+            await asyncio.sleep(0.3)
+            return got
+        finally:
+            await room.disconnect()
+
+    assert run(main) == [(5, "5", f"sip_{CALLER}")]
+
+
+def test_the_rules_agent_is_dispatched_into_the_calls_room(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv = serve(start_server)
+    add_rule(srv, agent="phone-bot")
+
+    async def main() -> str:
+        worker = FakeWorker(srv.url, "devkey", "secret", agent_name="phone-bot")
+        await worker.connect()
+        try:
+            call = asyncio.create_task(
+                asyncio.to_thread(sipp_call, srv, tmp_path, "call_caller_hangs_up", hold_ms=1500)
+            )
+            await worker.wait_for(lambda: bool(worker.assigned), timeout=10)
+            ok(await call)
+            (assignment,) = worker.assigned.values()
+            return str(assignment.job.room.name)
+        finally:
+            await FakeWorker.close_all()
+
+    assert run(main) == ROOM
