@@ -276,3 +276,72 @@ def test_the_rules_agent_is_dispatched_into_the_calls_room(
             await FakeWorker.close_all()
 
     assert run(main) == ROOM
+
+
+def test_a_pin_rule_lets_the_right_pin_in_and_hangs_up_on_a_wrong_one(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv = serve(start_server)
+    add_rule(srv, pin="4321")
+    # A wrong PIN: the call was answered, and is hung up (BYE from us).
+    ok(sipp_call(srv, tmp_path, "call_server_hangs_up", media='<exec play_dtmf="1234#" />'))
+
+    async def main() -> api.ParticipantInfo:
+        call = asyncio.create_task(
+            asyncio.to_thread(
+                sipp_call,
+                srv,
+                tmp_path,
+                "call_caller_hangs_up",
+                media='<exec play_dtmf="4321#" />',
+                hold_ms=4000,
+            )  # fmt: skip
+        )
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            phone = await wait_for_phone(lk)
+        ok(await call)
+        return phone
+
+    phone = run(main)
+    assert phone.identity == f"sip_{CALLER}"
+
+
+def test_a_participants_dtmf_is_played_to_the_caller(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """SipDTMF from a participant goes to the caller as RFC 4733 events;
+    sipp echoes them (-rtp_echo) and they come back as sip_dtmf."""
+    srv = serve(start_server)
+    add_rule(srv)
+
+    async def main() -> list[tuple[int, str]]:
+        room, _ = await joined(srv, token("keypad", ROOM), True)
+        got: list[tuple[int, str]] = []
+        room.on("sip_dtmf_received", lambda d: got.append((d.code, d.digit)))
+        call = asyncio.create_task(
+            asyncio.to_thread(
+                sipp_call, srv, tmp_path, "call_caller_hangs_up", "-rtp_echo", hold_ms=3000
+            )
+        )
+        try:
+            async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+                await wait_for_phone(lk)
+            await room.local_participant.publish_dtmf(code=7, digit="7")
+            ok(await call)
+            return got
+        finally:
+            await room.disconnect()
+
+    assert run(main) == [(7, "7")]
+
+
+def test_a_silent_call_and_a_long_call_are_hung_up(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    silent = serve(start_server, media_timeout=1.0)
+    add_rule(silent)
+    ok(sipp_call(silent, tmp_path, "call_server_hangs_up"))  # sipp sends no RTP
+    long = serve(start_server, max_call_duration=1.5)
+    add_rule(long)
+    # Media flows (sipp echoes what we send), and the call still ends.
+    ok(sipp_call(long, tmp_path, "call_server_hangs_up", "-rtp_echo"))
