@@ -255,6 +255,26 @@ def test_a_digit_pressed_reaches_the_room_as_sip_dtmf(
     assert run(main) == [(5, "5", f"sip_{CALLER}")]
 
 
+def test_a_digit_sent_by_sip_info_reaches_the_room(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv = serve(start_server)
+    add_rule(srv)
+
+    async def main() -> list[tuple[int, str]]:
+        room, _ = await joined(srv, token("listener", ROOM), True)
+        got: list[tuple[int, str]] = []
+        room.on("sip_dtmf_received", lambda d: got.append((d.code, d.digit)))
+        try:
+            ok(await asyncio.to_thread(sipp_call, srv, tmp_path, "call_info_dtmf", hold_ms=500))
+            await asyncio.sleep(0.3)
+            return got
+        finally:
+            await room.disconnect()
+
+    assert run(main) == [(9, "9")]
+
+
 def test_the_rules_agent_is_dispatched_into_the_calls_room(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
