@@ -5,10 +5,11 @@ agent would hear them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ from edgedispatch._testbase.fake_worker import FakeWorker
 from edgedispatch.cli.bench.common import free_port
 from edgedispatch.sip.rtp import encode
 
+from .clients import WorkerProcess, py_worker
 from .conftest import ServerThread
-from .test_rooms import joined, run, token
+from .test_rooms import joined, record_data, run, token, until
 from .tones import listen, publish_tone
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "sip"
@@ -32,6 +34,14 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("sipp"), reason="sipp (sip-tester) missing"),
     pytest.mark.media,
 ]
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        w.close()
 
 
 def serve(start_server: Callable[..., ServerThread], **sip: object) -> ServerThread:
@@ -365,3 +375,45 @@ def test_a_silent_call_and_a_long_call_are_hung_up(
     add_rule(long)
     # Media flows (sipp echoes what we send), and the call still ends.
     ok(sipp_call(long, tmp_path, "call_server_hangs_up", "-rtp_echo"))
+
+
+@pytest.mark.slow
+def test_a_livekit_agents_agent_dispatched_by_the_rule_hears_the_caller(
+    start_server: Callable[..., ServerThread], tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """The user story: a phone call to the number reaches the rule's agent
+    (an unmodified livekit-agents worker), which joins the call's room and
+    hears the caller's 440 Hz tone (and says what it heard, over data)."""
+    srv = serve(start_server)
+    worker = py_worker(srv, tmp_path, "phone-agent", EDT_MODE="connect")
+    workers.append(worker)
+    worker.wait_registered()
+    add_rule(srv, agent="phone-agent")
+    tone = tone_file(tmp_path, 440.0, 12.0)
+
+    async def main() -> dict[str, float]:
+        watcher, _ = await joined(srv, token("watcher", ROOM), True)
+        heard = record_data(watcher)
+        media = f'<exec rtp_stream="{tone},1,0" />'
+        call = asyncio.create_task(
+            asyncio.to_thread(
+                sipp_call, srv, tmp_path, "call_caller_hangs_up", media=media, hold_ms=12000
+            )
+        )
+        try:
+            await until(lambda: any(t == "heard" for _, _, t in heard), "the agent heard", 30)
+            ok(await call)
+        finally:
+            await watcher.disconnect()
+        (said,) = [json.loads(d) for _, d, t in heard if t == "heard"]
+        return dict(said)
+
+    try:
+        said = run(main)
+    except Exception:
+        print(worker.tail())
+        raise
+    assert abs(said["peak"] - 440.0) < 5, said
+    assert said["rms"] > 5000, said
+    (record,) = worker.records()
+    assert record["room"] == ROOM and record["agent_name"] == "phone-agent"
