@@ -130,6 +130,7 @@ def ok(done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 
+@pytest.mark.all_loops
 def test_a_call_is_answered_and_the_caller_hangs_up(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
@@ -142,6 +143,7 @@ def test_a_call_is_answered_and_the_caller_hangs_up(
     assert srv.call(lambda: len(endpoint.uas.calls)) == 0  # type: ignore[union-attr]
 
 
+@pytest.mark.all_loops
 def test_deleting_the_room_hangs_the_call_up(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
