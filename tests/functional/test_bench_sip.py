@@ -30,3 +30,17 @@ def test_bench_sip_reports_calls_and_latency(tmp_path: Path) -> None:
         assert row["successful"] == row["calls"] and row["failed"] == 0
         assert 0 <= row["invite_ms"]["p50"] <= row["invite_ms"]["p99"] < 1000
     assert report["max_rate_with_0_failed"] == 200
+
+
+def test_bench_sip_media_bridges_calls_and_measures_them_at_the_caller(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edgedispatch", "bench", "sip", "--media", "--calls", "3",
+         "--seconds", "6", "--json"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads(out.stdout)["rows"]
+    assert row["calls"] == row["successful"] == row["answered_with_media"] == 3
+    assert row["failed"] == 0
+    assert 0 <= row["packet_loss"] <= row["frame_loss"] <= 1
+    assert row["send_gap_p99_ms"] >= 15  # the server's 20 ms clock, seen by the phones
