@@ -391,14 +391,15 @@ class Server:
         # First: what is pending stays written as it is now (queued jobs
         # queued, running ones running), not as the shutdown ends them.
         self._close_store()
+        # Rooms before SIP: their calls' BYEs go out while SIP still can.
+        if self.rooms is not None:
+            self.rooms.close_all(asyncio.get_running_loop().time())
         if self._sip is not None:
             self._sip.close()
             self._sip = None
         if self._sip_tcp is not None:
             self._sip_tcp.close()
             self._sip_tcp = None
-        if self.rooms is not None:
-            self.rooms.close_all(asyncio.get_running_loop().time())
         if self._media is not None:
             await self._media.close()
             self._media = None
