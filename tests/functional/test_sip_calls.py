@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
+import time
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from livekit.protocol import sip as pb
 
 from edgedispatch._testbase.fake_worker import FakeWorker
 from edgedispatch.cli.bench.common import free_port
-from edgedispatch.sip.rtp import encode
+from edgedispatch.sip.rtp import RtpPacket, decode, encode, parse_rtp
 
 from .clients import WorkerProcess, py_worker
 from .conftest import ServerThread
@@ -89,10 +91,14 @@ def sipp_call(
     *args: str,
     media: str = "",
     hold_ms: int = 1000,
+    rtp_port: int = 0,
 ) -> subprocess.CompletedProcess[str]:
-    """One call to NUMBER from CALLER; ``media``: sipp actions after the ACK."""
+    """One call to NUMBER from CALLER; ``media``: sipp actions after the
+    ACK; ``rtp_port``: the caller's SDP names this port, not sipp's."""
     path = tmp / f"{scenario}_{hold_ms}.xml"
     text = (SCENARIOS / f"{scenario}.xml").read_text()
+    if rtp_port:
+        text = text.replace("m=audio [media_port]", f"m=audio {rtp_port}")
     path.write_text(text.replace("MEDIA", media).replace("HOLD_MS", str(hold_ms)))
     return subprocess.run(
         ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(path), *args, "-s", NUMBER,
@@ -233,6 +239,54 @@ def test_the_caller_hears_the_room(
     rms, pitch = run(main)
     assert abs(pitch - 660.0) < 5, pitch
     assert rms > 2000, rms
+
+
+def test_the_caller_receives_the_rooms_audio_as_g711(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The caller's SDP points at a socket of the test: what arrives there
+    is PCMU every 20 ms carrying a participant's 660 Hz."""
+    srv = serve(start_server)
+    add_rule(srv)
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.settimeout(5)
+    port = phone.getsockname()[1]
+
+    def receive(seconds: float) -> list[RtpPacket]:
+        got: list[RtpPacket] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            got.append(parse_rtp(phone.recv(2048)))
+        return got
+
+    async def main() -> list[RtpPacket]:
+        room, _ = await joined(srv, token("speaker", ROOM), True)
+        player = await publish_tone(room, 660.0)
+        call = asyncio.create_task(
+            asyncio.to_thread(
+                sipp_call, srv, tmp_path, "call_caller_hangs_up", hold_ms=4000, rtp_port=port
+            )
+        )
+        try:
+            packets = await asyncio.to_thread(receive, 3.5)
+            ok(await call)
+            return packets
+        finally:
+            player.cancel()
+            await room.disconnect()
+            phone.close()
+
+    packets = run(main)
+    assert {p.payload_type for p in packets} == {0}
+    assert all(len(p.payload) == 160 for p in packets)
+    assert len(packets) >= 150  # 3.5 s at 50 a second, from the answer on
+    last = packets[-50:]  # the last second
+    assert [p.sequence - last[0].sequence for p in last] == list(range(50))
+    samples = np.frombuffer(decode("PCMU", b"".join(p.payload for p in last)), dtype=np.int16)
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
+    assert abs(np.argmax(spectrum) * 8000 / len(samples) - 660.0) < 5
+    assert np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 3000
 
 
 def test_a_digit_pressed_reaches_the_room_as_sip_dtmf(
