@@ -473,3 +473,36 @@ def test_a_livekit_agents_agent_dispatched_by_the_rule_hears_the_caller(
     assert said["rms"] > 5000, said
     (record,) = worker.records()
     assert record["room"] == ROOM and record["agent_name"] == "phone-agent"
+
+
+def test_a_call_to_a_full_room_is_refused_busy_and_leaves_nothing_behind(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv = serve(start_server)
+    add_rule(srv)
+    refused = tmp_path / "busy.xml"
+    text = (SCENARIOS / "invite_refused.xml").read_text()
+    refused.write_text(
+        text.replace('<recv response="404" />', '<recv response="180" optional="true" />\n'
+                     '  <recv response="486" />')
+    )  # fmt: skip
+
+    async def main() -> subprocess.CompletedProcess[str]:
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            await lk.room.create_room(api.CreateRoomRequest(name=ROOM, max_participants=1))
+        room, _ = await joined(srv, token("only-one", ROOM), True)
+        try:
+            return await asyncio.to_thread(
+                subprocess.run,
+                ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(refused), "-s", NUMBER,
+                 "-m", "1", "-i", "127.0.0.1", "-p", str(free_port(udp_too=True)), "-nostdin",
+                 "-timeout", "15s", "-timeout_error"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        finally:
+            await room.disconnect()
+
+    ok(run(main))
+    endpoint = srv.server.sip_endpoint
+    assert endpoint is not None and endpoint.uas is not None
+    assert srv.call(lambda: len(endpoint.uas.calls)) == 0  # type: ignore[union-attr]
