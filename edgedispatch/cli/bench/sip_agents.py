@@ -3,8 +3,9 @@ one ``livekit`` rtc participant per call's room, each publishing a tone
 (what the caller should hear), all fed from one 20 ms loop.
 
 ``python -m edgedispatch.cli.bench.sip_agents URL KEY SECRET FREQ ROOM...``
-prints "ready" once every participant is connected and publishing, and
-runs until its standard input closes.
+prints "ready" once every participant is connected and publishing, runs
+until its standard input closes, then prints "kept_up R": the share of
+real time its tones were produced in.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ async def main(url: str, key: str, secret: str, freq: float, rooms: list[str]) -
     loop = asyncio.get_running_loop()
     done = loop.run_in_executor(None, sys.stdin.read)
     t = 0
-    next_at = loop.time()
+    started = next_at = loop.time()
     while not done.done():
         n = np.arange(t, t + FRAME)
         frame = rtc.AudioFrame(
@@ -56,6 +57,10 @@ async def main(url: str, key: str, secret: str, freq: float, rooms: list[str]) -
         await asyncio.gather(*(s.capture_frame(frame) for s in sources))
         next_at += FRAME / RATE
         await asyncio.sleep(max(0.0, next_at - loop.time()))
+    # How much of real time the tones kept up with (a load process that
+    # falls behind starves the callers of audio: not the server's loss).
+    elapsed = loop.time() - started
+    print(f"kept_up {t / RATE / elapsed if elapsed else 0.0:.3f}", flush=True)
     for room in joined:
         await room.disconnect()
 

@@ -225,9 +225,13 @@ async def _step(
     out, _ = await sipp.communicate()
     speaking.cancel()
     agents.stdin.close()
+    kept_up = 0.0
     try:
+        line = await asyncio.wait_for(agents.stdout.readline(), 20)
+        if line.startswith(b"kept_up "):
+            kept_up = float(line.split()[1])
         await asyncio.wait_for(agents.wait(), 20)
-    except TimeoutError:
+    except (TimeoutError, ValueError):
         agents.kill()
     ok = failed = 0
     for line in out.decode(errors="replace").splitlines():
@@ -255,6 +259,7 @@ async def _step(
         "frame_loss": (missing + silent) / expected if expected else 1.0,
         "send_gap_p99_ms": round(max((c["gap_p99"] for c in per_call), default=0.0), 1),
         "send_gap_max_ms": round(max((c["gap_max"] for c in per_call), default=0.0), 1),
+        "agents_kept_up": kept_up,
     }
 
 
@@ -302,7 +307,8 @@ def render(r: dict[str, Any]) -> str:
             f"  {row['calls']:>3} calls: {row['successful']} completed, {row['failed']} failed, "
             f"{row['answered_with_media']} with media; loss {100 * row['packet_loss']:.3f}% "
             f"packets, {100 * row['frame_loss']:.3f}% frames (missing or silent); send gap "
-            f"p99 {row['send_gap_p99_ms']} ms, max {row['send_gap_max_ms']} ms"
+            f"p99 {row['send_gap_p99_ms']} ms, max {row['send_gap_max_ms']} ms; the agents' "
+            f"load process produced {100 * row['agents_kept_up']:.0f}% of real time"
         )
     lines.append(
         f"most calls under 0.1% loss: {r['max_calls_under_0.1%_loss']} "
