@@ -91,7 +91,7 @@ class CallMedia(asyncio.DatagramProtocol):
         self.limits = CallLimits(
             loop.time(), float(spec["media_timeout"]), float(spec["max_duration"])
         )
-        self._encoder = CallerEncoder()
+        self._encoder = CallerEncoder(self.codec)
         self.fanouts: dict[str, Fanout] = {}
         self._track: Fanout | None = None
         self._seq = 0

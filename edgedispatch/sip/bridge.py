@@ -5,8 +5,8 @@ Time is always passed in; the codecs (``sip.transcode``) and the socket
 (``net.sip_media``) are elsewhere.
 
 Caller to room (media-bridge.md §2.5): no buffering.  Each G.711 packet
-is decoded at once; its samples are cut into 20 ms frames (ptimes other
-than 20 ms are regrouped) stamped on one output timeline, so that a
+is passed on at once, cut into 20 ms frames (ptimes other than 20 ms are
+regrouped; G.711 is a byte a sample) stamped on one output timeline, so that a
 sequence gap becomes a timestamp gap the subscribers' jitter buffers
 conceal.  Late and duplicate packets are dropped; a new SSRC (sipp sends
 its DTMF on one) starts a new stream on the same timeline; payload types
@@ -21,11 +21,10 @@ sent as RFC 4733 events in place of audio.
 
 from __future__ import annotations
 
-from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
-from edgedispatch.sip.rtp import DIGITS, DtmfReceiver, RtpPacket, decode
+from edgedispatch.sip.rtp import DIGITS, DtmfReceiver, RtpPacket
 
 #: Samples of one 20 ms frame at 8 kHz.
 FRAME = 160
@@ -42,10 +41,10 @@ SILENCE = {"PCMU": b"\xff" * FRAME, "PCMA": b"\xd5" * FRAME}
 
 @dataclass
 class CallerAudio:
-    """What one caller packet gave: 20 ms frames of 8 kHz samples with
+    """What one caller packet gave: 20 ms frames of G.711 (160 bytes) with
     their place on the output timeline (in samples), and a digit pressed."""
 
-    frames: list[tuple[int, array[int]]] = field(default_factory=list)
+    frames: list[tuple[int, bytes]] = field(default_factory=list)
     digit: str = ""
 
 
@@ -61,7 +60,7 @@ class Uplink:
         self._seq = 0
         self._next_ts = 0  #: the RTP timestamp the next packet should have
         self._out = 0  #: the output timeline's next sample
-        self._pending = array("h")  #: samples short of a whole frame
+        self._pending = b""  #: samples short of a whole frame
         self.received = 0
         self.dropped = 0
 
@@ -74,7 +73,7 @@ class Uplink:
             return got  # sipp's PT 97 no-ops, comfort noise, anything not ours
         if packet.ssrc != self._ssrc:
             self._ssrc = packet.ssrc
-            self._pending = array("h")
+            self._pending = b""
         else:
             ahead = (packet.sequence - self._seq) & 0xFFFF
             if ahead == 0 or ahead >= 0x8000:
@@ -83,16 +82,15 @@ class Uplink:
             gap = (packet.timestamp - self._next_ts) & 0xFFFFFFFF
             if 0 < gap <= MAX_GAP:
                 # Lost packets: a hole on the timeline, for the far end to conceal.
-                self._pending = array("h")
+                self._pending = b""
                 self._out += gap
         self._seq = packet.sequence
-        samples = decode(self.codec, packet.payload)
+        samples = packet.payload  # G.711: one byte a sample
         self._next_ts = (packet.timestamp + len(samples)) & 0xFFFFFFFF
         self.received += 1
-        pending = self._pending
-        pending.extend(samples)
+        start = self._out - len(self._pending)
+        pending = self._pending + samples if self._pending else samples
         whole = len(pending) - len(pending) % FRAME
-        start = self._out - (len(pending) - len(samples))
         for at in range(0, whole, FRAME):
             got.frames.append((start + at, pending[at : at + FRAME]))
         self._pending = pending[whole:]

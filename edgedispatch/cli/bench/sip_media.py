@@ -227,9 +227,9 @@ async def _step(
     agents.stdin.close()
     kept_up = 0.0
     try:
-        line = await asyncio.wait_for(agents.stdout.readline(), 20)
-        if line.startswith(b"kept_up "):
-            kept_up = float(line.split()[1])
+        said = await asyncio.wait_for(agents.stdout.readline(), 20)
+        if said.startswith(b"kept_up "):
+            kept_up = float(said.split()[1])
         await asyncio.wait_for(agents.wait(), 20)
     except (TimeoutError, ValueError):
         agents.kill()
