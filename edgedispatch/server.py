@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from edgedispatch import _core
 from edgedispatch.api.app import App
 from edgedispatch.calls.bridge import CallEvents, CallServices
+from edgedispatch.calls.bridge import listing as call_listing
 from edgedispatch.calls.inbound import InboundCalls
 from edgedispatch.config import Config
 from edgedispatch.dispatch import ids
@@ -93,6 +94,7 @@ class Server:
         self._sip_tcp: asyncio.Server | None = None
         self.sip_port = 0
         self.sip_directory: Directory | None = None
+        self._sources: metrics.Sources | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -112,7 +114,7 @@ class Server:
         app.sip = self.sip_directory = Directory(store, ids.new)
         if self.cfg.rtc.enabled:
             app.rooms = self.rooms = self._rooms(domain)
-        sources = self._metrics_sources(domain)
+        sources = self._sources = self._metrics_sources(domain)
         if self.cfg.metrics.enabled:
             app.metrics = functools.partial(metrics.render, sources)
             app.metrics_token = self.cfg.metrics.token
@@ -179,13 +181,16 @@ class Server:
         bind = sip.bind or self.cfg.server.bind
         assert self.domain is not None and self.sip_directory is not None
         host = bind if bind != "0.0.0.0" else "127.0.0.1"
+        services = self._call_services(loop, bind, host)
         calls = InboundCalls(
             self.sip_directory,
             self.domain,
             DigestAuth(secrets.token_bytes(32)),
             lambda: secrets.token_hex(6),
-            self._call_services(loop, bind, host),
+            services,
         )
+        if services is not None and self._sources is not None:
+            self._sources.sip_calls = functools.partial(call_listing, services)
         on_event = calls.on_event
         given_udp, given_tcp = self._inherited.sip_udp, self._inherited.sip_tcp
         # TCP on the same port number as UDP (as trunks expect).  With port

@@ -88,6 +88,22 @@ class CallServices:
     calls: dict[str, BridgedCall] = field(default_factory=dict)
 
 
+def listing(services: CallServices, tenant: str | None) -> list[dict[str, Any]]:
+    """The calls up now (of ``tenant``; None: all), for the status page."""
+    return [
+        {
+            "id": call.call_id,
+            "tenant": call.tenant,
+            "from": call.shown[0],
+            "to": call.shown[1],
+            "room": call.room,
+            "state": call.state,
+        }
+        for call in services.calls.values()
+        if tenant is None or call.tenant == tenant
+    ]
+
+
 class CallSink:
     """The SIP participant's signal connection: a phone hears no
     signalling; the server closing it (room closed, removed) hangs up."""
@@ -118,6 +134,7 @@ class BridgedCall:
         *,
         admit: Admit | None = None,
         on_pin: Callable[[BridgedCall, str, float], Admit | None] | None = None,
+        shown: tuple[str, str] = ("", ""),
     ) -> None:
         self.services = services
         self._ua = ua
@@ -133,6 +150,8 @@ class BridgedCall:
         self.confirmed = False  #: the caller ACKed our answer
         self.ended = False
         self.answer: sdp.Answer | None = None
+        #: (from, to) as the status page shows them (a hidden number masked).
+        self.shown = shown
         chosen = sdp.answer(offer, services.media_address, 0, 0)  # the codecs, not the port
         spec = {
             "remote": list(chosen.remote),
@@ -172,6 +191,14 @@ class BridgedCall:
         log.info(
             "call %s joined room %s as %s", self.call_id, admit.room, admit.identity,
         )  # fmt: skip
+
+    @property
+    def state(self) -> str:
+        if self.ended:
+            return "ended"
+        if self.session is not None:
+            return "active" if self.confirmed else "ringing"
+        return "entering PIN" if self.answered else "answering"
 
     # -- the media worker's news ------------------------------------------
 

@@ -27,7 +27,7 @@ from edgedispatch.sip import sdp
 from edgedispatch.sip.digest import DigestAuth, Verdict
 from edgedispatch.sip.directory import Directory
 from edgedispatch.sip.message import parse_name_addr, parse_uri
-from edgedispatch.sip.outcome import Admit, NeedPin, evaluate
+from edgedispatch.sip.outcome import Admit, NeedPin, evaluate, shown_number
 from edgedispatch.sip.routing import Call, pin_and_room
 from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import (
@@ -119,15 +119,19 @@ class InboundCalls:
         offer = sdp.parse_offer(invite.body)
         sdp.answer(offer, bridge.media_address, 0, 0)  # 488 now if nothing fits
         ua.ring(event.call_id, now)
+        shown = (shown_number(call.calling, rule.hide_phone_number), call.called)
         if isinstance(outcome, NeedPin):
             # The media goes where the rule's room will be (a direct rule's
             # room; for the others, their prefix: see the README).
             room = pin_and_room(rule)[1]
             BridgedCall(
-                bridge, ua, event.call_id, tenant, offer, room, on_pin=self._pin_entered(call)
-            )
+                bridge, ua, event.call_id, tenant, offer, room, on_pin=self._pin_entered(call),
+                shown=shown,
+            )  # fmt: skip
             return
-        bridged = BridgedCall(bridge, ua, event.call_id, tenant, offer, outcome.room, admit=outcome)
+        bridged = BridgedCall(
+            bridge, ua, event.call_id, tenant, offer, outcome.room, admit=outcome, shown=shown
+        )
         bridged.join(outcome, now)
 
     def _agents_can_run(

@@ -10,9 +10,11 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,6 +120,22 @@ def tone_file(tmp: Path, freq: float, seconds: float) -> Path:
     return path
 
 
+def debug_state(srv: ServerThread) -> dict[str, Any]:
+    """/debug/state as an operator sees it."""
+    jwt = (
+        api.AccessToken("devkey", "secret")
+        .with_identity("operator")
+        .with_grants(api.VideoGrants(room_list=True))
+        .to_jwt()
+    )
+    req = urllib.request.Request(
+        f"{srv.url}/debug/state", headers={"authorization": f"Bearer {jwt}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        state: dict[str, Any] = json.loads(resp.read())
+    return state
+
+
 async def wait_for_phone(lk: api.LiveKitAPI) -> api.ParticipantInfo:
     """The call's participant, once it is in ROOM and the call is up."""
     for _ in range(100):
@@ -163,6 +181,11 @@ def test_deleting_the_room_hangs_the_call_up(
         async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
             phone = await wait_for_phone(lk)
             assert phone.kind == api.ParticipantInfo.Kind.SIP  # type: ignore[attr-defined]
+            # The status page's state lists the call.
+            (listed,) = (await asyncio.to_thread(debug_state, srv))["sip_calls"]
+            assert (listed["from"], listed["to"], listed["room"], listed["state"]) == (
+                CALLER, NUMBER, ROOM, "active",
+            )  # fmt: skip
             await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
         return await call
 
