@@ -180,6 +180,7 @@ class BridgedCall:
             room_config=admit.room_config,
         )
         params = JoinParams(single_pc=True, sdk="sip")
+        self.room = admit.room
         rooms = self.services.rooms
         self.session = session = rooms.join(
             CallSink(self), self.tenant, grant, params, now, media=self.media.attach
