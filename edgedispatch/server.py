@@ -23,11 +23,13 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgedispatch import _core
 from edgedispatch.api.app import App
 from edgedispatch.calls.admission import Admission
+from edgedispatch.calls.bridge import CallEvents, CallServices
+from edgedispatch.calls.bridge import listing as call_listing
 from edgedispatch.calls.inbound import InboundCalls
 from edgedispatch.config import Config
 from edgedispatch.dispatch import ids
@@ -36,7 +38,7 @@ from edgedispatch.dispatch.events import DomainEvent, RoomClosed
 from edgedispatch.dispatch.quotas import QuotaDesk
 from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol, Limits, expire
-from edgedispatch.net.media_pool import MediaPool
+from edgedispatch.net.media_pool import CallProxy, MediaPool
 from edgedispatch.net.reclaim import Reclaimer
 from edgedispatch.net.sip import SipEndpoint
 from edgedispatch.net.systemd import NOTHING_INHERITED, Inherited, Notifier, Watchdog
@@ -93,6 +95,7 @@ class Server:
         self._sip_tcp: asyncio.Server | None = None
         self.sip_port = 0
         self.sip_directory: Directory | None = None
+        self._sources: metrics.Sources | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -112,7 +115,7 @@ class Server:
         app.sip = self.sip_directory = Directory(store, ids.new)
         if self.cfg.rtc.enabled:
             app.rooms = self.rooms = self._rooms(domain)
-        sources = self._metrics_sources(domain)
+        sources = self._sources = self._metrics_sources(domain)
         if self.cfg.metrics.enabled:
             app.metrics = functools.partial(metrics.render, sources)
             app.metrics_token = self.cfg.metrics.token
@@ -178,16 +181,19 @@ class Server:
         sip = self.cfg.sip
         bind = sip.bind or self.cfg.server.bind
         assert self.domain is not None and self.sip_directory is not None
+        host = bind if bind != "0.0.0.0" else "127.0.0.1"
+        services = self._call_services(loop, bind, host)
         calls = InboundCalls(
             self.sip_directory,
             self.domain,
             DigestAuth(secrets.token_bytes(32)),
             lambda: secrets.token_hex(6),
+            services,
             Admission.from_config(self.cfg),
         )
+        if services is not None and self._sources is not None:
+            self._sources.sip_calls = functools.partial(call_listing, services)
         on_event = calls.on_event
-
-        host = bind if bind != "0.0.0.0" else "127.0.0.1"
         given_udp, given_tcp = self._inherited.sip_udp, self._inherited.sip_tcp
         # TCP on the same port number as UDP (as trunks expect).  With port
         # 0, the number UDP got may be taken for TCP: try another.
@@ -238,6 +244,36 @@ class Server:
             )
             sources.store_pending = lambda: store.pending
         return sources
+
+    def _call_services(
+        self, loop: asyncio.AbstractEventLoop, bind: str, host: str
+    ) -> CallServices | None:
+        """How calls are bridged into rooms: in the media workers (none
+        without rooms, or with the media in this process)."""
+        pool, rooms, sip = self._media, self.rooms, self.cfg.sip
+        if rooms is None or not isinstance(pool, MediaPool):
+            log.warning("SIP calls cannot be answered: they need rooms in media workers")
+            return None
+
+        def flush(now: float) -> None:
+            if self.sip_endpoint is not None:
+                self.sip_endpoint.flush(now)
+
+        def open_media(
+            room: tuple[str, str], spec: dict[str, Any], events: CallEvents
+        ) -> CallProxy:
+            return pool.open_call(room, spec, bind, events)
+
+        return CallServices(
+            rooms=rooms,
+            open_media=open_media,
+            clock=loop.time,
+            flush=flush,
+            media_address=sip.media_address or host,
+            rtp_ports=(sip.rtp_port_min, sip.rtp_port_max),
+            media_timeout=sip.media_timeout,
+            max_duration=sip.max_call_duration,
+        )
 
     def _rooms(self, domain: Domain) -> RoomHub | None:
         """The live rooms, with aiortc for their media (in media worker
@@ -373,14 +409,15 @@ class Server:
         # First: what is pending stays written as it is now (queued jobs
         # queued, running ones running), not as the shutdown ends them.
         self._close_store()
+        # Rooms before SIP: their calls' BYEs go out while SIP still can.
+        if self.rooms is not None:
+            self.rooms.close_all(asyncio.get_running_loop().time())
         if self._sip is not None:
             self._sip.close()
             self._sip = None
         if self._sip_tcp is not None:
             self._sip_tcp.close()
             self._sip_tcp = None
-        if self.rooms is not None:
-            self.rooms.close_all(asyncio.get_running_loop().time())
         if self._media is not None:
             await self._media.close()
             self._media = None

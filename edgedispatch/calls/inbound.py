@@ -3,15 +3,17 @@ caller proves the trunk's credentials, which rule routes it, and whether
 the agents it names can run.  Sans-IO (``now`` and the random suffix maker
 are given).
 
-Each step refuses as livekit/sip does:
+First the limits (``calls.admission``): INVITEs per source address, calls
+per tenant and in all.  Then each step refuses as livekit/sip does:
 - no trunk or no rule: 404 "Does not match any SIP Trunks" (or the rule's
   reason); trunks or rules that are ambiguous: 500, with LiveKit's message;
 - a trunk with credentials: 407 with a challenge (``sip.digest``), 401 for
   a wrong answer;
 - a rule whose agent has no worker now: 480, never a silent room (LiveKit
   starts the room and nobody comes).
-What is not built yet is said: a PIN rule, and a routed call (the media
-bridge into rooms is to come) get 480 with the reason.
+A routed call is answered and bridged into its room (``calls.bridge``);
+without rooms (``rtc.enabled`` off, or media in the server's process) it
+gets 480 with the reason.
 """
 
 from __future__ import annotations
@@ -20,15 +22,24 @@ import logging
 from collections.abc import Callable
 
 from edgedispatch.calls.admission import Admission, Refusal
+from edgedispatch.calls.bridge import BridgedCall, CallServices
 from edgedispatch.dispatch.domain import Domain
-from edgedispatch.errors import EdgeDispatchError, Unauthenticated
+from edgedispatch.errors import EdgeDispatchError, PermissionDenied, Unauthenticated
+from edgedispatch.sip import sdp
 from edgedispatch.sip.digest import DigestAuth, Verdict
 from edgedispatch.sip.directory import Directory
 from edgedispatch.sip.message import parse_name_addr, parse_uri
-from edgedispatch.sip.outcome import NeedPin, evaluate
-from edgedispatch.sip.routing import Call
+from edgedispatch.sip.outcome import Admit, NeedPin, evaluate, shown_number
+from edgedispatch.sip.routing import Call, pin_and_room
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import CallEnded, Event, IncomingCall, UserAgentServer
+from edgedispatch.sip.uas import (
+    CallConfirmed,
+    CallEnded,
+    Dtmf,
+    Event,
+    IncomingCall,
+    UserAgentServer,
+)
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -40,12 +51,15 @@ class InboundCalls:
         domain: Domain,
         auth: DigestAuth,
         new_suffix: Callable[[], str],
+        bridge: CallServices | None = None,
         admission: Admission | None = None,
     ) -> None:
         self._directory = directory
         self._domain = domain
         self._auth = auth
         self._new_suffix = new_suffix
+        #: None: calls cannot be bridged here (no rooms, or no media workers).
+        self.bridge = bridge
         #: Calls per source, tenant and in all (``calls.admission``).
         self.admission = admission or Admission()
 
@@ -55,9 +69,28 @@ class InboundCalls:
                 self._admit(ua, event, now)
             except EdgeDispatchError as exc:
                 log.info("call %s refused: %s", event.call_id, exc.msg)
-                ua.reject(event.call_id, exc.sip_status, now, exc.msg)
-        elif isinstance(event, CallEnded):  # however it ended: its count ends
+                self._drop(event.call_id)
+                if ua.calls.get(event.call_id) is not None:
+                    ua.reject(event.call_id, exc.sip_status, now, exc.msg)
+            return
+        if isinstance(event, CallEnded):  # however it ended: its count ends
             self.admission.ended(event.call_id)
+        call = self.bridge.calls.get(event.call_id) if self.bridge is not None else None
+        if call is None:
+            return
+        if isinstance(event, CallEnded):
+            log.info("call %s ended: %s", event.call_id, event.why)
+            call.end(now)
+        elif isinstance(event, CallConfirmed):
+            call.on_confirmed(now)
+        elif isinstance(event, Dtmf):
+            call.on_digit(event.digit, now)
+
+    def _drop(self, call_id: str) -> None:
+        """A call refused while being set up: its media and participant go."""
+        call = self.bridge.calls.get(call_id) if self.bridge is not None else None
+        if call is not None and self.bridge is not None:
+            call.end(self.bridge.clock())
 
     def _admit(self, ua: UserAgentServer, event: IncomingCall, now: float) -> None:
         refusal = self.admission.arrived(event.source[0], now)  # before any lookup
@@ -85,19 +118,68 @@ class InboundCalls:
                 ua.reject(event.call_id, 407, now, headers=[("proxy-authenticate", challenge)])
                 return
         outcome = evaluate(trunk, rule, call, call_id=event.call_id, suffix=self._new_suffix())
-        if isinstance(outcome, NeedPin):
-            self._refuse(ua, event, 480, "PIN rules are not served yet", now)
+        if isinstance(outcome, Admit) and not self._agents_can_run(ua, event, tenant, outcome, now):
             return
-        agents = outcome.room_config.agents if outcome.room_config is not None else []
-        for wanted in agents:
-            if not self._domain.workers.connected(tenant, wanted.agent_name):
-                self._refuse(ua, event, 480, f"agent {wanted.agent_name!r} cannot run now", now)
-                return
-        log.info(
-            "call routed to room %s (tenant %s, trunk %s, rule %s)",
-            outcome.room, tenant or "-", outcome.trunk_id, outcome.rule_id,
-        )  # fmt: skip
-        self._refuse(ua, event, 480, "calls are not bridged into rooms yet", now)
+        if isinstance(outcome, Admit):
+            log.info(
+                "call routed to room %s (tenant %s, trunk %s, rule %s)",
+                outcome.room, tenant or "-", outcome.trunk_id, outcome.rule_id,
+            )  # fmt: skip
+        bridge = self.bridge
+        if bridge is None:
+            self._refuse(ua, event, 480, "calls are not bridged here: rooms are off", now)
+            return
+        if not invite.body.strip():
+            raise sdp.NotAcceptable("an INVITE without an SDP offer is not served")
+        offer = sdp.parse_offer(invite.body)
+        sdp.answer(offer, bridge.media_address, 0, 0)  # 488 now if nothing fits
+        ua.ring(event.call_id, now)
+        shown = (shown_number(call.calling, rule.hide_phone_number), call.called)
+        if isinstance(outcome, NeedPin):
+            # The media goes where the rule's room will be (a direct rule's
+            # room; for the others, their prefix: see the README).
+            room = pin_and_room(rule)[1]
+            BridgedCall(
+                bridge, ua, event.call_id, tenant, offer, room, on_pin=self._pin_entered(call),
+                shown=shown,
+            )  # fmt: skip
+            return
+        bridged = BridgedCall(
+            bridge, ua, event.call_id, tenant, offer, outcome.room, admit=outcome, shown=shown
+        )
+        bridged.join(outcome, now)
+
+    def _agents_can_run(
+        self, ua: UserAgentServer, event: IncomingCall, tenant: str, outcome: Admit, now: float
+    ) -> bool:
+        for name in outcome.agents:
+            if not self._domain.workers.connected(tenant, name):
+                self._refuse(ua, event, 480, f"agent {name!r} cannot run now", now)
+                return False
+        return True
+
+    def _pin_entered(self, call: Call) -> Callable[[BridgedCall, str, float], Admit | None]:
+        """The call's PIN check: routed again with the digits entered;
+        None for a wrong PIN (or a rule whose agent cannot run now)."""
+
+        def check(bridged: BridgedCall, pin: str, now: float) -> Admit | None:
+            try:
+                tenant, trunk, rule = self._directory.route(call._replace(pin=pin))
+                outcome = evaluate(
+                    trunk, rule, call._replace(pin=pin), call_id=bridged.call_id,
+                    suffix=self._new_suffix(),
+                )  # fmt: skip
+            except (PermissionDenied, EdgeDispatchError) as exc:
+                log.info("call %s: PIN refused: %s", bridged.call_id, exc.msg)
+                return None
+            if not isinstance(outcome, Admit) or tenant != bridged.tenant:
+                return None
+            if any(not self._domain.workers.connected(tenant, a) for a in outcome.agents):
+                log.info("call %s: the PIN rule's agent cannot run now", bridged.call_id)
+                return None
+            return outcome
+
+        return check
 
     def _refuse_admission(
         self, ua: UserAgentServer, event: IncomingCall, refusal: Refusal, now: float

@@ -146,9 +146,15 @@ def _bench_faults(args: argparse.Namespace) -> int:
 
 
 def _bench_sip(args: argparse.Namespace) -> int:
+    if args.media:
+        from edgedispatch.cli.bench import sip_media
+
+        media = sip_media.run(args.calls, args.seconds or 12.0)
+        print(json.dumps(media) if args.json else sip_media.render(media))
+        return 0
     from edgedispatch.cli.bench import sip
 
-    report = sip.run(args.rate, args.seconds)
+    report = sip.run(args.rate, args.seconds or 5.0)
     print(json.dumps(report) if args.json else sip.render(report))
     return 0
 
@@ -338,7 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=int, nargs="+", default=[100, 500, 1000, 2000], metavar="R",
         help="calls per second to try, in order (default: 100 500 1000 2000)",
     )  # fmt: skip
-    sip.add_argument("--seconds", type=float, default=5, help="seconds of calls per rate")
+    sip.add_argument(
+        "--seconds", type=float, default=None,
+        help="seconds of calls per rate (default 5), or each call's length with --media (12)",
+    )  # fmt: skip
+    sip.add_argument(
+        "--media", action="store_true",
+        help="bridged calls with an agent publishing back: loss and send-clock gaps",
+    )  # fmt: skip
+    sip.add_argument(
+        "--calls", type=int, nargs="+", default=[10, 20, 30, 40, 60], metavar="N",
+        help="with --media: concurrent calls per step (default: 10 20 30 40 60)",
+    )  # fmt: skip
     sip.add_argument("--json", action="store_true", help="print one JSON object")
     sip.set_defaults(func=_bench_sip)
     rooms = bench_sub.add_parser(

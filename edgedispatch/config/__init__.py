@@ -228,6 +228,18 @@ class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     invite_rate: float = 20.0
     #: INVITEs one source may send at once (its bucket's size).
     invite_burst: int = 40
+    #: The UDP ports calls' RTP takes (one per call), for firewalls
+    #: (livekit/sip's default range).
+    rtp_port_min: int = 10000
+    rtp_port_max: int = 20000
+    #: Seconds without RTP from the caller before the call is hung up
+    #: (LiveKit's default); 0: never.
+    media_timeout: float = 15.0
+    #: Seconds a call may last before it is hung up; 0: no limit.
+    max_call_duration: float = 3 * 3600.0
+    #: The address our SDP answers name for media; empty: the SIP address
+    #: (127.0.0.1 when SIP listens on every address).
+    media_address: str = ""
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -319,6 +331,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("must be a port number (0-65535)", "sip.port")
     for name in ("max_calls", "max_calls_per_tenant", "invite_rate", "invite_burst"):
         _positive(getattr(cfg.sip, name), f"sip.{name}", allow_zero=True)
+    sip = cfg.sip
+    if not 1 <= sip.rtp_port_min <= sip.rtp_port_max <= 65535:
+        raise ConfigError("must be ports with rtp_port_min <= rtp_port_max", "sip.rtp_port_min")
+    if sip.media_timeout < 0 or sip.max_call_duration < 0:
+        raise ConfigError("must not be negative", "sip.media_timeout")
     if s.public_url and not s.public_url.startswith(("ws://", "wss://", "http://", "https://")):
         raise ConfigError("must be a ws://, wss://, http:// or https:// URL", "server.public_url")
     if s.max_message_size < 1024:

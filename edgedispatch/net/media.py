@@ -329,9 +329,12 @@ class PeerMedia:
     def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
         """Send ``publisher``'s track to this participant: on a free
         transceiver at its next offer (which is asked for now)."""
-        if not isinstance(publisher, PeerMedia) or track_sid in self._wanted:
+        # Any participant of the worker with fan-outs: a peer, or a phone
+        # call (``net.sip_media``), which this module need not know.
+        fanouts = getattr(publisher, "fanouts", None)
+        if not isinstance(fanouts, dict) or track_sid in self._wanted:
             return
-        fanout = publisher.fanouts.get(track_sid)
+        fanout = fanouts.get(track_sid)
         if fanout is None or self.closed is not None:
             return
         self._wanted[track_sid] = (ForwardTrack(fanout), stream_id)

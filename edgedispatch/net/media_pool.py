@@ -22,6 +22,8 @@ import sys
 from typing import Any, Protocol
 
 import msgspec
+from google.protobuf.message import DecodeError
+from livekit.protocol import models
 
 from edgedispatch.config import RtcConfig
 from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, MediaLink
@@ -53,6 +55,16 @@ class Session(Protocol):
     def on_media_failed(self, why: str, now: float) -> None: ...
 
     def on_offer_refused(self, offer_id: int, why: str) -> None: ...
+
+
+class CallEvents(Protocol):
+    """A phone call's side (``calls.bridge``): its media's news."""
+
+    def on_rtp_ready(self, port: int, now: float) -> None: ...
+
+    def on_digit(self, digit: str, now: float) -> None: ...
+
+    def on_media_end(self, why: str, now: float) -> None: ...
 
 
 class WorkerProcess:
@@ -94,7 +106,11 @@ class WorkerProcess:
         proxy = self.proxies.get(args[0])
         if proxy is None or proxy.closed:
             return
+        if isinstance(proxy, CallProxy) and proxy.on_call_frame(op, args):
+            return
         session, now = proxy.session, asyncio.get_running_loop().time()
+        if session is None:
+            return
         if op == "answer":
             session.on_answer(args[1], args[2], args[3])
         elif op == "data":
@@ -121,7 +137,9 @@ class WorkerProcess:
         self.pool.lost(self)
         now = asyncio.get_running_loop().time()
         for proxy in list(self.proxies.values()):
-            if not proxy.closed:
+            if isinstance(proxy, CallProxy):
+                proxy.on_call_frame("sip_end", [proxy.peer, "the media worker exited"])
+            elif not proxy.closed and proxy.session is not None:
                 proxy.session.on_media_failed("the media worker exited", now)
 
     async def stats(self, request: int) -> dict[str, Any]:
@@ -144,7 +162,7 @@ class MediaProxy:
     """A participant's media, in a worker (``rtc.session.Media``)."""
 
     def __init__(
-        self, worker: WorkerProcess, peer: int, session: Session, room: tuple[str, str]
+        self, worker: WorkerProcess, peer: int, session: Session | None, room: tuple[str, str]
     ) -> None:
         self.worker = worker
         self.peer = peer
@@ -152,7 +170,8 @@ class MediaProxy:
         self.room = room
         self.closed = False
         worker.proxies[peer] = self
-        worker.link.send("open", peer, session.single_pc)
+        if session is not None:
+            worker.link.send("open", peer, session.single_pc)
 
     def _send(self, *frame: Any) -> None:
         if not self.closed and self.worker.alive:
@@ -188,6 +207,59 @@ class MediaProxy:
             self.worker.pool.released(self)
 
 
+class CallProxy(MediaProxy):
+    """A phone call's media, in the worker of its room (``net.sip_media``):
+    its RTP socket opens at once; its participant (``attach``) once the
+    call joins the room."""
+
+    def __init__(
+        self,
+        worker: WorkerProcess,
+        peer: int,
+        room: tuple[str, str],
+        spec: dict[str, Any],
+        bind: str,
+        events: CallEvents,
+    ) -> None:
+        super().__init__(worker, peer, None, room)
+        self.events = events
+        worker.link.send("sip_open", peer, spec, bind)
+
+    def attach(self, session: Session) -> MediaProxy:
+        """The media of the call's participant (``rtc.room`` MediaFactory)."""
+        self.session = session
+        return self
+
+    def on_call_frame(self, op: str, args: list[Any]) -> bool:
+        """A call's own event; False for a participant's (``track``...)."""
+        now = asyncio.get_running_loop().time()
+        if op == "sip_ready":
+            self.events.on_rtp_ready(int(args[1]), now)
+        elif op == "sip_digit":
+            self.events.on_digit(str(args[1]), now)
+        elif op == "sip_end":
+            self.events.on_media_end(str(args[1]), now)
+        else:
+            return False
+        return True
+
+    def send_data(self, packet: bytes, kind: int) -> None:
+        """A participant's SipDTMF packet is played to the caller as
+        RFC 4733 events; other data has nowhere to go on a phone line."""
+        try:
+            data = models.DataPacket.FromString(packet)
+        except DecodeError:
+            return
+        if data.HasField("sip_dtmf"):
+            digit = data.sip_dtmf.digit or DTMF_CODES.get(data.sip_dtmf.code, "")
+            for key in digit:
+                self._send("sip_digit", self.peer, key)
+
+
+#: SipDTMF.code -> its key (RFC 4733 §3.2), for a packet without ``digit``.
+DTMF_CODES = dict(enumerate("0123456789*#ABCD"))
+
+
 class MediaPool:
     """:param workers: processes to run; 0 or less: one per CPU."""
 
@@ -208,6 +280,17 @@ class MediaPool:
         self._room_peers[key] = self._room_peers.get(key, 0) + 1
         self._next_peer += 1
         return MediaProxy(worker, self._next_peer, session, key)
+
+    def open_call(
+        self, room: tuple[str, str], spec: dict[str, Any], bind: str, events: CallEvents
+    ) -> CallProxy:
+        """A phone call's media, in the worker that holds ``room`` (or will)."""
+        worker = self._rooms.get(room)
+        if worker is None or not worker.alive:
+            worker = self._rooms[room] = self._least_busy()
+        self._room_peers[room] = self._room_peers.get(room, 0) + 1
+        self._next_peer += 1
+        return CallProxy(worker, self._next_peer, room, spec, bind, events)
 
     def _least_busy(self) -> WorkerProcess:
         for i, worker in enumerate(self.workers):

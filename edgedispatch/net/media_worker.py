@@ -10,8 +10,11 @@ the server goes (the link ends).
 
 Commands in: ``open`` (peer, single_pc), ``negotiate``, ``candidate``,
 ``data``, ``expect``, ``subscribe``, ``unsubscribe``, ``answer``, ``close``,
-``stats``.  Events out: ``ready``, ``answer``, ``data``, ``track``, ``need``,
-``offer``, ``failed``, ``refused``, ``gone``, ``stats``.
+``stats``; for phone calls (``net.sip_media``) ``sip_open`` (peer, spec,
+bind) and ``sip_digit`` (peer, digit).  Events out: ``ready``, ``answer``,
+``data``, ``track``, ``need``, ``offer``, ``failed``, ``refused``, ``gone``,
+``stats``; for calls ``sip_ready`` (peer, port), ``sip_digit`` (peer,
+digit) and ``sip_end`` (peer, why).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import uvloop
 from edgedispatch.config import RtcConfig
 from edgedispatch.net.media import MediaFactory, PeerMedia
 from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, MediaLink
+from edgedispatch.net.sip_media import CallClock, CallMedia, bind_call
 
 
 class PeerEvents:
@@ -72,15 +76,25 @@ class PeerEvents:
 class Worker:
     def __init__(self, cfg: RtcConfig) -> None:
         self.factory = MediaFactory(cfg)
-        self.peers: dict[int, PeerMedia] = {}
+        self.peers: dict[int, PeerMedia | CallMedia] = {}
         self.link = MediaLink(self.on_frame, self.on_lost)
         self.done = asyncio.get_running_loop().create_future()
+        self.clock = CallClock()
+        self._opening: set[asyncio.Task[None]] = set()
 
     def on_frame(self, frame: list[Any]) -> None:
         op, *args = frame
         if op == "open":
             peer, single_pc = args
             self.peers[peer] = self.factory(PeerEvents(self.link, peer, single_pc))
+            return
+        if op == "sip_open":
+            peer, spec, bind = args
+            call = self.peers[peer] = CallMedia(peer, spec, self.link.send, self.clock)
+            self.clock.add(call)
+            task = asyncio.get_running_loop().create_task(self._bind_call(call, spec, bind))
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
             return
         if op == "stats":
             stats = {str(p): m.stats() for p, m in self.peers.items()}
@@ -89,7 +103,9 @@ class Worker:
         media = self.peers.get(args[0])
         if media is None:
             return  # closed meanwhile
-        if op == "negotiate":
+        if isinstance(media, CallMedia):
+            self._call_command(media, op, args)
+        elif op == "negotiate":
             media.negotiate(args[1], args[2], args[3])
         elif op == "candidate":
             media.add_candidate(args[1], args[2])
@@ -106,6 +122,31 @@ class Worker:
         elif op == "close":
             del self.peers[args[0]]
             media.close()
+
+    async def _bind_call(self, call: CallMedia, spec: dict[str, Any], bind: str) -> None:
+        ports = (int(spec["ports"][0]), int(spec["ports"][1]))
+        try:
+            port = await bind_call(call, ports, bind)
+        except OSError as exc:
+            self.link.send("sip_end", call.peer, f"no RTP port: {exc}")
+            return
+        if call.closed:
+            call.close_socket()  # the call ended while its socket opened
+            return
+        self.link.send("sip_ready", call.peer, port)
+
+    def _call_command(self, call: CallMedia, op: str, args: list[Any]) -> None:
+        if op == "expect":
+            call.expect_track(args[1], args[2], args[3])
+        elif op == "subscribe":
+            call.subscribe(args[1], self.peers.get(args[2]), args[3])
+        elif op == "unsubscribe":
+            call.unsubscribe(args[1])
+        elif op == "sip_digit":
+            call.send_digit(args[1])
+        elif op == "close":
+            del self.peers[args[0]]
+            call.close()
 
     def on_lost(self) -> None:
         if not self.done.done():

@@ -311,12 +311,19 @@ class RoomHub:
             del self.rooms[room.tenant, room.name]
 
     def join(
-        self, sink: SignalSink, tenant: str, grant: Grant, params: JoinParams, now: float
+        self,
+        sink: SignalSink,
+        tenant: str,
+        grant: Grant,
+        params: JoinParams,
+        now: float,
+        media: MediaFactory | None = None,
     ) -> SignalSession:
         """Admit a verified participant into its room: through the domain
         (which may create the room and dispatch its agents), then the
         JoinResponse, and the others are told.  Raises the domain's error
-        (a full room, a draining server)."""
+        (a full room, a draining server).  ``media``: the participant's own
+        media, instead of a new peer connection (a phone call's bridge)."""
         rec = ParticipantRec(
             sid=ids.new(ids.PARTICIPANT),
             identity=grant.identity,
@@ -343,8 +350,9 @@ class RoomHub:
         live.sessions[grant.identity] = session
         session.send(rtc.SignalResponse(join=self.join_response(live, session)))
         live.announce(session)
-        if self._media is not None:
-            session.media = self._media(session)
+        factory = media or self._media
+        if factory is not None:
+            session.media = factory(session)
             live.subscribe_all(session)
             if params.offer_sdp:
                 session.media.negotiate(params.offer_sdp, params.offer_id, rtc.PUBLISHER)

@@ -44,3 +44,17 @@ def test_the_report_gives_each_figure_next_to_its_target() -> None:
     )  # fmt: skip
     assert "calls/s with 0 failed: 100/s (target >= 500: NOT met)" in text
     assert "INVITE -> final p99 at 100 calls/s: 3 ms (target <= 50 ms: met)" in text
+
+
+def test_bench_sip_media_bridges_calls_and_measures_them_at_the_caller(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edgedispatch", "bench", "sip", "--media", "--calls", "3",
+         "--seconds", "6", "--json"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads(out.stdout)["rows"]
+    assert row["calls"] == row["successful"] == row["answered_with_media"] == 3
+    assert row["failed"] == 0
+    assert 0 <= row["packet_loss"] <= row["frame_loss"] <= 1
+    assert row["send_gap_p99_ms"] >= 15  # the server's 20 ms clock, seen by the phones

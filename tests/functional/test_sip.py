@@ -142,7 +142,8 @@ def test_a_call_is_routed_by_its_tenants_trunk_and_rule(
         async def with_worker() -> None:
             worker = FakeWorker(srv.url, "acme-key", "acme-secret", agent_name="acme-bot")
             await worker.connect()
-            done = await asyncio.to_thread(sipp_expecting, srv, tmp_path, 480, "+15550100", "pw")
+            # Routed now; this scenario's INVITE has no SDP offer: 488.
+            done = await asyncio.to_thread(sipp_expecting, srv, tmp_path, 488, "+15550100", "pw")
             assert done.returncode == 0, done.stdout[-3000:]
             await FakeWorker.close_all()
 
@@ -151,7 +152,11 @@ def test_a_call_is_routed_by_its_tenants_trunk_and_rule(
         assert "(tenant acme," in caplog.text
         # Another tenant's number goes to that tenant's rule; no trunk's, 404.
         caplog.clear()
-        assert sipp_plain(srv, tmp_path, 480, "+15550200").returncode == 0
+        answered = tmp_path / "answered.xml"
+        text = (SCENARIOS / "call_caller_hangs_up.xml").read_text()
+        answered.write_text(text.replace("MEDIA", "").replace("HOLD_MS", "200"))
+        done = sipp(srv, answered, "-s", "+15550200")  # answered, then hung up
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
         assert (
             "call routed to room g_+15550199_" in caplog.text and "(tenant globex," in caplog.text
         )

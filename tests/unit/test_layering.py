@@ -26,8 +26,10 @@ ALLOW: dict[str, set[str]] = {
     "config": {"errors"},
     "sip": {"errors"},  # sans-IO SIP: messages, transactions, dialogs
     # What the server does with a call: the SIP stack's events, the
-    # tenants' trunks and rules, and the domain.
-    "calls": {"_core", "config", "dispatch", "errors", "sip"},
+    # tenants' trunks and rules, and the domain; an answered call's
+    # participant joins its live room as a WebRTC one does (rtc, with the
+    # wire's Grant), so calls sits just above the rtc sessions.
+    "calls": {"_core", "config", "dispatch", "errors", "rtc", "sip", "wire"},
     "dispatch": {"_core", "config", "errors"},
     # The store follows the domain's events and writes its records.
     "store": {"_core", "dispatch", "errors"},

@@ -31,10 +31,15 @@ NEEDS_EXTRA = {
     "edgedispatch/cli/bench/rooms_clients.py": "bench",
     # bench --plot: matplotlib, checked for before the run (plot.available).
     "edgedispatch/cli/bench/plot.py": "bench",
+    "edgedispatch/cli/bench/sip_agents.py": "bench",
+    "edgedispatch/cli/bench/sip_media.py": "bench",
     # Imported only when rooms are served, and then only if installed
     # (server.Server._rooms logs that rooms are off otherwise).
     "edgedispatch/net/media.py": "rtc",
     "edgedispatch/net/media_fanout.py": "rtc",  # PyAV's Packet, which aiortc brings
+    # Phone calls' media, in the media workers: PyAV (libopus, swresample).
+    "edgedispatch/net/sip_media.py": "rtc",
+    "edgedispatch/sip/transcode.py": "rtc",
     # JobContext.connect() imports the rtc SDK when it is called.
     "edgedispatch/agent.py": "agents",
 }

@@ -125,7 +125,9 @@ class Edge:
                 0,
             )
         domain = Domain(DispatchConfig(), RoomConfig())
-        self.calls = InboundCalls(directory, domain, DigestAuth(b"k" * 32), lambda: "x", admission)
+        self.calls = InboundCalls(
+            directory, domain, DigestAuth(b"k" * 32), lambda: "x", admission=admission
+        )
 
     def send(self, data: bytes, now: float, source: tuple[str, int] = CALLER) -> list[Response]:
         self.ua.receive_datagram(data, source, now)

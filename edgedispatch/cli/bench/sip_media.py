@@ -1,0 +1,317 @@
+"""``edgedispatch bench sip --media``: concurrent bridged calls, each with
+an agent-side participant publishing audio back, measured at the caller.
+
+sipp places the calls (signalling only: sipp 3.6.1 shares one media
+socket between its calls and cannot check what it receives), and each
+call's SDP points at an RTP socket of this process (sipp's ``-inf``
+gives every call its own number and port).  Each call's number is routed
+by an individual rule to a room of its own, where a load process
+(``sip_agents``, at nice 10: a load generator yielding the CPU to the
+server, as ``bench rooms`` runs its clients) has a participant publishing
+a 660 Hz tone.  Once the
+server's RTP reaches a socket, that socket sends the server a 440 Hz
+PCMU stream on one 20 ms clock (the caller's voice, so that the call is
+not hung up as silent).
+
+Over the calls' steady window (after 2 s, before the last 0.5 s), per
+call: packets not received (sequence gaps and missing packets: loss),
+20 ms frames without the agent's tone (silence the server filled because
+the agent's audio was late or lost), and the spacing of the server's
+packets (its send clock as the phone sees it: p99 and max of the gaps).
+Steps of more calls run until a step loses more than 0.1% of its frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from array import array
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedispatch.cli.bench.common import free_port, percentile, start_server, stop
+from edgedispatch.config import DEV_KEY, DEV_SECRET
+from edgedispatch.sip.rtp import RtpPacket, decode, encode, parse_rtp
+
+TARGETS = {"calls_under_0.1%_loss": 30, "send_gap_p99_ms": 30.0}
+WARMUP = 2.0
+AGENT_TONE = 660.0
+
+SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="bench bridged call">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[field0]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP4 127.0.0.1
+      s=-
+      c=IN IP4 127.0.0.1
+      t=0 0
+      m=audio [field1] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv response="100" optional="true" />
+  <recv response="180" optional="true" />
+  <recv response="200" rrs="true" />
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-5]
+      From: <sip:[field0]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="HOLD_MS" />
+  <send retrans="500">
+    <![CDATA[
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-7]
+      From: <sip:[field0]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" />
+</scenario>
+"""
+
+
+class Phone(asyncio.DatagramProtocol):
+    """One call's caller side: what the server sends, timed, and a tone back."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.server: tuple[str, int] | None = None
+        self.arrivals: list[tuple[float, int, bytes]] = []  # (time, seq, payload)
+        self._loop = asyncio.get_running_loop()
+        self._seq = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        try:
+            packet = parse_rtp(data)
+        except Exception:  # noqa: BLE001 - not RTP: not counted
+            return
+        if self.server is None:
+            self.server = (str(addr[0]), int(addr[1]))
+        if packet.payload_type == 0:
+            self.arrivals.append((self._loop.time(), packet.sequence, packet.payload))
+
+    def send(self, payload: bytes) -> None:
+        if self.transport is not None and self.server is not None:
+            self._seq += 1
+            packet = RtpPacket(0, self._seq, self._seq * 160, 0x5EED, payload)
+            self.transport.sendto(packet.pack(), self.server)
+
+
+def measure(phone: Phone, start: float, end: float) -> dict[str, Any]:
+    window = [a for a in phone.arrivals if start <= a[0] <= end]
+    expected = max(1, round((end - start) / 0.020))
+    silent = 0
+    for _, _, payload in window:
+        samples = np.frombuffer(decode("PCMU", payload), dtype=np.int16).astype(np.float64)
+        silent += bool(np.sqrt(np.mean(samples**2)) < 1500)  # the agent's tone: ~5600 RMS
+    gaps = [(b[0] - a[0]) * 1000 for a, b in zip(window, window[1:], strict=False)]
+    return {
+        "expected": expected,
+        "received": len(window),
+        "silent": silent,
+        "gap_p99": percentile(gaps, 0.99) if gaps else 0.0,
+        "gap_max": max(gaps, default=0.0),
+    }
+
+
+async def _setup_rule(url: str) -> None:
+    from livekit import api
+    from livekit.protocol import sip as pb
+
+    async with api.LiveKitAPI(url, DEV_KEY, DEV_SECRET) as lk:
+        trunk = await lk.sip.create_inbound_trunk(
+            pb.CreateSIPInboundTrunkRequest(
+                trunk=pb.SIPInboundTrunkInfo(name="bench", numbers=["+15550100"])
+            )
+        )
+        individual = pb.SIPDispatchRuleIndividual(room_prefix="call", no_randomness=True)
+        await lk.sip.create_dispatch_rule(
+            pb.CreateSIPDispatchRuleRequest(
+                dispatch_rule=pb.SIPDispatchRuleInfo(
+                    rule=pb.SIPDispatchRule(dispatch_rule_individual=individual),
+                    trunk_ids=[trunk.sip_trunk_id],
+                )
+            )
+        )
+
+
+async def _step(
+    sip_port: int, url: str, workdir: Path, calls: int, seconds: float
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    numbers = [f"+1666{calls:03d}{i:04d}" for i in range(calls)]
+    agents = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgedispatch.cli.bench.sip_agents",
+        url.replace("http://", "ws://"), DEV_KEY, DEV_SECRET, str(AGENT_TONE),
+        *[f"call_{n}" for n in numbers],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: os.nice(10),
+    )  # fmt: skip
+    assert agents.stdout is not None and agents.stdin is not None
+    ready = await asyncio.wait_for(agents.stdout.readline(), 60 + calls)
+    if not ready.startswith(b"ready"):
+        raise RuntimeError("the agents' load process did not start")
+    phones: list[Phone] = []
+    for _ in range(calls):
+        _, phone = await loop.create_datagram_endpoint(Phone, local_addr=("127.0.0.1", 0))
+        phones.append(phone)
+    rows = ["SEQUENTIAL"] + [
+        f"{n};{p.transport.get_extra_info('sockname')[1]}"  # type: ignore[union-attr]
+        for n, p in zip(numbers, phones, strict=True)
+    ]
+    (workdir / "calls.csv").write_text("\n".join(rows) + "\n")
+    (workdir / "call.xml").write_text(SCENARIO.replace("HOLD_MS", str(int(seconds * 1000))))
+    n = array("h", [int(8000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(8000)])
+    tone = encode("PCMU", n)
+
+    async def voice() -> None:
+        at, i = loop.time(), 0
+        while True:
+            chunk = tone[(i % 50) * 160 : (i % 50) * 160 + 160]
+            for phone in phones:
+                phone.send(chunk)
+            i += 1
+            at += 0.020
+            await asyncio.sleep(max(0.0, at - loop.time()))
+
+    speaking = loop.create_task(voice())
+    started = loop.time()
+    sipp = await asyncio.create_subprocess_exec(
+        "sipp", f"127.0.0.1:{sip_port}", "-sf", str(workdir / "call.xml"),
+        "-inf", str(workdir / "calls.csv"), "-s", "+15550100", "-m", str(calls),
+        "-l", str(calls), "-r", "50", "-i", "127.0.0.1", "-p", str(free_port(udp_too=True)),
+        "-mp", str(free_port(udp_too=True)), "-nostdin", "-timeout", f"{seconds + 60:.0f}s",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+    )  # fmt: skip
+    out, _ = await sipp.communicate()
+    speaking.cancel()
+    agents.stdin.close()
+    kept_up = 0.0
+    try:
+        said = await asyncio.wait_for(agents.stdout.readline(), 20)
+        if said.startswith(b"kept_up "):
+            kept_up = float(said.split()[1])
+        await asyncio.wait_for(agents.wait(), 20)
+    except (TimeoutError, ValueError):
+        agents.kill()
+    ok = failed = 0
+    for line in out.decode(errors="replace").splitlines():
+        if "Successful call" in line:
+            ok = int(line.split("|")[2].split()[0])
+        elif "Failed call" in line:
+            failed = int(line.split("|")[2].split()[0])
+    # The steady window: the last call answered (sipp at 50 calls/s) plus
+    # the warm-up, to the first BYE.
+    start = started + calls / 50 + WARMUP
+    end = started + seconds - 0.5
+    per_call = [measure(p, start, end) for p in phones]
+    for p in phones:
+        if p.transport is not None:
+            p.transport.close()
+    expected = sum(c["expected"] for c in per_call)
+    missing = sum(max(0, c["expected"] - c["received"]) for c in per_call)
+    silent = sum(c["silent"] for c in per_call)
+    return {
+        "calls": calls,
+        "successful": ok,
+        "failed": failed + (calls - ok - failed),
+        "answered_with_media": sum(1 for p in phones if p.server is not None),
+        "packet_loss": missing / expected if expected else 1.0,
+        "frame_loss": (missing + silent) / expected if expected else 1.0,
+        "send_gap_p99_ms": round(max((c["gap_p99"] for c in per_call), default=0.0), 1),
+        "send_gap_max_ms": round(max((c["gap_max"] for c in per_call), default=0.0), 1),
+        "agents_kept_up": kept_up,
+    }
+
+
+def run(steps: list[int], seconds: float) -> dict[str, Any]:
+    if not shutil.which("sipp"):
+        raise RuntimeError("bench sip needs sipp (Debian: apt-get install sip-tester)")
+    workdir = Path(tempfile.mkdtemp(prefix="edgedispatch-bench-sipmedia-"))
+    sip_port = free_port(udp_too=True)
+    config = workdir / "edgedispatch.toml"
+    config.write_text(
+        f"[sip]\nenabled = true\nport = {sip_port}\nmedia_timeout = 0.0\n"
+        '[logging]\nlevel = "warning"\n'
+    )
+    server, url = start_server("--config", str(config), stderr=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    try:
+        _wait_ready(url)
+        asyncio.run(_setup_rule(url))
+        for calls in steps:
+            row = asyncio.run(_step(sip_port, url, workdir, calls, seconds))
+            rows.append(row)
+            if row["frame_loss"] > 0.001 or row["failed"]:
+                break
+    finally:
+        stop(server)
+        shutil.rmtree(workdir, ignore_errors=True)
+    clean = [r["calls"] for r in rows if r["frame_loss"] <= 0.001 and not r["failed"]]
+    return {"rows": rows, "max_calls_under_0.1%_loss": max(clean, default=0), "targets": TARGETS}
+
+
+def _wait_ready(url: str) -> None:
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = ["bridged calls (sipp signalling; RTP measured at each caller; an agent-side"]
+    lines.append("participant per room publishing a tone back):")
+    for row in r["rows"]:
+        lines.append(
+            f"  {row['calls']:>3} calls: {row['successful']} completed, {row['failed']} failed, "
+            f"{row['answered_with_media']} with media; loss {100 * row['packet_loss']:.3f}% "
+            f"packets, {100 * row['frame_loss']:.3f}% frames (missing or silent); send gap "
+            f"p99 {row['send_gap_p99_ms']} ms, max {row['send_gap_max_ms']} ms; the agents' "
+            f"load process produced {100 * row['agents_kept_up']:.0f}% of real time"
+        )
+    lines.append(
+        f"most calls under 0.1% loss: {r['max_calls_under_0.1%_loss']} "
+        f"(target >= {TARGETS['calls_under_0.1%_loss']})"
+    )
+    return "\n".join(lines)

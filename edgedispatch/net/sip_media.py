@@ -1,0 +1,230 @@
+"""Phone calls' media in a media worker process: each call's RTP socket,
+and its bridge into the room's forwarding (``sip.bridge`` decides,
+``sip.transcode`` converts; this module owns the sockets and the clock).
+
+A call is a participant of its room like a WebRTC one, seen from the
+worker: it publishes one audio track (``fanouts``, the same fan-out as a
+published WebRTC track, fed with the Opus we encode), and subscribes to
+the others' audio (a ``RoomListener`` in their fan-outs decodes what they
+send).  Symmetric RTP: we send to the address the SDP gave until the
+caller's first packet, then to where its packets come from.
+
+One ``CallClock`` per process sends every call's 20 ms frame on the same
+tick, and checks each call's limits (media timeout, maximum duration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from av.packet import Packet
+
+from edgedispatch.net.media_fanout import Fanout, make_fanout
+from edgedispatch.sip.bridge import CallLimits, Playout, RtpSender, SendClock, Uplink
+from edgedispatch.sip.rtp import parse_rtp
+from edgedispatch.sip.transcode import CallerEncoder, RoomDecoder
+
+log = logging.getLogger("edgedispatch.sip")
+
+#: Opus timestamps run at 48 kHz: six per 8 kHz sample.
+OPUS_PER_SAMPLE = 6
+
+Send = Callable[..., None]  #: the link's send: an op and its arguments
+
+
+class _OpusPacket:
+    """What a fan-out reads of an RTP packet (``media_fanout.RtpLike``)."""
+
+    __slots__ = ("sequence_number", "timestamp", "marker", "payload")
+
+    def __init__(self, sequence_number: int, timestamp: int, payload: bytes) -> None:
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+        self.marker = 0
+        self.payload = payload
+
+
+class RoomListener:
+    """A subscriber in another participant's fan-out: its Opus, decoded,
+    into the call's playout FIFO (``media_fanout.Subscriber``)."""
+
+    def __init__(self, call: CallMedia, fanout: Fanout) -> None:
+        self._call = call
+        self._fanout = fanout
+        self._decoder = RoomDecoder(call.codec)
+        fanout.tracks.add(self)
+
+    def push(self, packet: Packet[Any], key: bool) -> bool:
+        self._call.playout.push(self._decoder.decode(bytes(packet)))
+        return True
+
+    def stop(self) -> None:
+        self._fanout.tracks.discard(self)
+
+
+class CallMedia(asyncio.DatagramProtocol):
+    """One call's RTP socket and bridge.
+
+    :param spec: from the server: ``remote`` [host, port], ``codec``,
+        ``pt``, ``dtmf_pt`` (or None), ``media_timeout``, ``max_duration``.
+    """
+
+    def __init__(self, peer: int, spec: dict[str, Any], send: Send, clock: CallClock) -> None:
+        # Made at once, its socket opened after (``bind_call``): the
+        # commands that follow the open (its track, subscriptions) find it.
+        self.peer = peer
+        self._send = send
+        self._clock = clock
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.codec = str(spec["codec"])
+        dtmf = spec.get("dtmf_pt")
+        self.remote: tuple[str, int] = (str(spec["remote"][0]), int(spec["remote"][1]))
+        self.latched = False
+        self.uplink = Uplink(self.codec, int(spec["pt"]), dtmf)
+        self.playout = Playout(self.codec)
+        self.sender = RtpSender(int(spec["pt"]), dtmf, secrets.randbits(32))
+        self.limits = CallLimits(
+            loop.time(), float(spec["media_timeout"]), float(spec["max_duration"])
+        )
+        self._encoder = CallerEncoder(self.codec)
+        self.fanouts: dict[str, Fanout] = {}
+        self._track: Fanout | None = None
+        self._seq = 0
+        self._listening: dict[str, RoomListener] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+        self.closed = False
+
+    # -- the socket ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.port = int(transport.get_extra_info("sockname")[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        try:
+            packet = parse_rtp(data)
+        except Exception:  # noqa: BLE001 - anything at a media port: not ours to crash on
+            return
+        if not self.latched:
+            self.latched = True
+            self.remote = (str(addr[0]), int(addr[1]))
+        elif (str(addr[0]), int(addr[1])) != self.remote:
+            return  # not the caller we latched on
+        self.limits.heard(self._loop.time())
+        got = self.uplink.receive(packet)
+        if got.digit:
+            self._send("sip_digit", self.peer, got.digit)
+        track = self._track
+        for at, samples in got.frames:
+            for opus in self._encoder.encode(samples):
+                if track is not None:
+                    self._seq += 1
+                    track.add(_OpusPacket(self._seq, at * OPUS_PER_SAMPLE, opus))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("RTP socket error: %s", exc)
+
+    def tick(self, now: float) -> None:
+        """The clock's 20 ms: one packet to the caller, and the limits."""
+        transport = self._transport
+        if transport is None or self.closed:
+            return  # not bound yet
+        transport.sendto(self.sender.next_packet(self.playout.take()), self.remote)
+        why = self.limits.expired(now)
+        if why:
+            self._send("sip_end", self.peer, why)
+            self.limits.max_duration = self.limits.media_timeout = 0  # said once
+
+    # -- as a participant (the commands ``media_worker`` routes) ----------
+
+    def expect_track(self, cid: str, track_sid: str, kind: str) -> None:
+        """The call's own audio track: announced by the server, live at once."""
+        self._track = self.fanouts[track_sid] = make_fanout("audio", track_sid, self._loop.time)
+        self._send("track", self.peer, track_sid, "")
+
+    def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
+        fanouts = getattr(publisher, "fanouts", None)
+        fanout = fanouts.get(track_sid) if isinstance(fanouts, dict) else None
+        if fanout is None or fanout.kind != "audio" or track_sid in self._listening:
+            return
+        self._listening[track_sid] = RoomListener(self, fanout)
+
+    def unsubscribe(self, track_sid: str) -> None:
+        listener = self._listening.pop(track_sid, None)
+        if listener is not None:
+            listener.stop()
+
+    def send_digit(self, digit: str) -> None:
+        if not self.sender.queue_digit(digit):
+            log.info("DTMF %r not sent: not a key, or no telephone-event", digit)
+
+    def send_data(self, packet: bytes, kind: int) -> None:
+        """Data packets for a phone have nowhere to go (DTMF comes as ``digit``)."""
+
+    def stats(self) -> dict[str, tuple[int, int]]:
+        return {sid: (f.received, f.lost) for sid, f in self.fanouts.items()}
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._clock.calls.discard(self)
+        for listener in self._listening.values():
+            listener.stop()
+        self._listening.clear()
+        for fanout in self.fanouts.values():
+            fanout.close()
+        self.close_socket()
+
+    def close_socket(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+class CallClock:
+    """The process's shared 20 ms send clock (``sip.bridge.SendClock``)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.calls: set[CallMedia] = set()
+        self.schedule = SendClock(self._loop.time())
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, call: CallMedia) -> None:
+        self.calls.add(call)
+        if self._handle is None:
+            self.schedule = SendClock(self._loop.time())
+            self._handle = self._loop.call_at(self.schedule.next_at, self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if self.schedule.tick(now):
+            for call in list(self.calls):
+                try:
+                    call.tick(now)
+                except Exception:
+                    log.exception("a call's media tick failed")
+        self._handle = self._loop.call_at(self.schedule.next_at, self._tick) if self.calls else None
+
+
+async def bind_call(call: CallMedia, ports: tuple[int, int], bind: str) -> int:
+    """Open ``call``'s socket on a free port of ``ports`` (first, last)."""
+    loop = asyncio.get_running_loop()
+    first, last = ports
+    count = last - first + 1
+    start = secrets.randbelow(count)
+    for i in range(count):
+        port = first + (start + i) % count
+        try:
+            await loop.create_datagram_endpoint(lambda: call, local_addr=(bind, port))
+        except OSError:
+            continue
+        return port
+    raise OSError(f"no free RTP port in {first}-{last}")

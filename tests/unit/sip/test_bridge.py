@@ -1,0 +1,148 @@
+"""A call's media logic on a fake clock: what the caller's packets become,
+what the caller is sent each 20 ms tick, and when a call must end."""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+import pytest
+
+from edgedispatch.sip.bridge import (
+    CAPACITY,
+    FRAME,
+    SILENCE,
+    CallLimits,
+    Playout,
+    RtpSender,
+    SendClock,
+    Uplink,
+)
+from edgedispatch.sip.rtp import DtmfReceiver, RtpPacket, decode, encode, parse_rtp
+from edgedispatch.sip.transcode import CallerEncoder, RoomDecoder
+
+
+def pcmu(value: int, samples: int = FRAME) -> bytes:
+    return encode("PCMU", array("h", [value] * samples))
+
+
+def audio(seq: int, ts: int, payload: bytes, ssrc: int = 1, pt: int = 0) -> RtpPacket:
+    return RtpPacket(pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc, payload)
+
+
+def test_each_caller_packet_becomes_one_frame_on_the_timeline() -> None:
+    up = Uplink("PCMU", 0, 101)
+    got = [up.receive(audio(65534 + i, 2**32 - 320 + i * FRAME, pcmu(1000))) for i in range(4)]
+    # Sequence and timestamp wraps are in order.
+    assert [f[0][0] for f in (g.frames for g in got)] == [0, 160, 320, 480]
+    assert all(len(g.frames[0][1]) == FRAME for g in got)
+
+
+def test_late_and_duplicate_packets_are_dropped_and_a_gap_stays_a_gap() -> None:
+    up = Uplink("PCMU", 0, None)
+    assert up.receive(audio(10, 0, pcmu(0))).frames[0][0] == 0
+    assert up.receive(audio(10, 0, pcmu(0))).frames == []  # a duplicate
+    # Packets 11 and 12 were lost: the next frame starts 60 ms on, not 20.
+    assert up.receive(audio(13, 3 * FRAME, pcmu(0))).frames[0][0] == 3 * FRAME
+    assert up.receive(audio(12, 2 * FRAME, pcmu(0))).frames == []  # too late
+    assert up.dropped == 2
+
+
+def test_a_new_ssrc_continues_the_timeline() -> None:
+    up = Uplink("PCMU", 0, None)
+    up.receive(audio(1, 0, pcmu(0)))
+    got = up.receive(audio(900, 123456, pcmu(0), ssrc=2))
+    assert got.frames[0][0] == FRAME
+
+
+def test_30_ms_packets_are_regrouped_into_20_ms_frames() -> None:
+    up = Uplink("PCMA", 8, None)
+    payload = encode("PCMA", array("h", [500] * 240))
+    starts = []
+    for i in range(4):
+        starts += [at for at, _ in up.receive(audio(i, i * 240, payload, pt=8)).frames]
+    assert starts == [0, 160, 320, 480, 640, 800]  # 4 x 30 ms = 6 x 20 ms
+
+
+def test_digits_are_reported_once_and_unknown_payload_types_ignored() -> None:
+    up = Uplink("PCMU", 0, 96)
+    event = bytes([5, 10, 0, 160])
+    first = up.receive(audio(1, 8000, event, ssrc=7, pt=96))
+    again = up.receive(audio(2, 8000, bytes([5, 0x80 | 10, 1, 0]), ssrc=7, pt=96))
+    noop = up.receive(audio(3, 8000, b"\x00" * 4, ssrc=7, pt=97))  # sipp's PT 97 no-ops
+    assert (first.digit, again.digit, noop.digit, noop.frames) == ("5", "", "", [])
+
+
+def test_playout_waits_for_40_ms_then_plays_and_fills_silence() -> None:
+    out = Playout("PCMU")
+    out.push(pcmu(1000))
+    assert out.take() == SILENCE["PCMU"]  # 20 ms buffered: still prefetching
+    out.push(pcmu(2000))
+    assert out.take() == pcmu(1000) and out.take() == pcmu(2000)
+    assert out.take() == SILENCE["PCMU"] and out.underruns == 1
+    out.push(pcmu(3000))
+    assert out.take() == SILENCE["PCMU"]  # prefetching again after the underrun
+
+
+def test_playout_drops_the_oldest_beyond_its_capacity() -> None:
+    out = Playout("PCMA")
+    for value in range(CAPACITY // FRAME + 3):
+        out.push(encode("PCMA", array("h", [value * 100] * FRAME)))
+    assert len(out) == CAPACITY and out.overflows == 3
+    assert out.take() == encode("PCMA", array("h", [300] * FRAME))
+
+
+def test_the_sender_numbers_packets_and_sends_digits_as_rfc4733() -> None:
+    send = RtpSender(0, 101, ssrc=0x1234)
+    first = parse_rtp(send.next_packet(pcmu(0)))
+    assert first.marker and first.payload_type == 0 and len(first.payload) == FRAME
+    assert send.queue_digit("#") and not send.queue_digit("x")
+    events = [parse_rtp(send.next_packet(pcmu(0))) for _ in range(11)]
+    assert {e.payload_type for e in events} == {101}
+    assert {e.timestamp for e in events} == {first.timestamp + FRAME}  # one event, one start
+    assert events[0].marker and not events[1].marker
+    assert [e.payload[1] >> 7 for e in events] == [0] * 8 + [1] * 3  # the end, three times
+    assert int.from_bytes(events[-1].payload[2:], "big") == 8 * FRAME
+    receiver = DtmfReceiver()
+    assert [receiver.receive(e) for e in events].count("#") == 1
+    after = parse_rtp(send.next_packet(pcmu(0)))
+    assert after.payload_type == 0 and after.timestamp == first.timestamp + 12 * FRAME
+    assert [p.sequence - first.sequence for p in [*events, after]] == list(range(1, 13))
+    assert not RtpSender(0, None, 1).queue_digit("1")  # no telephone-event negotiated
+
+
+def test_limits_end_a_silent_call_and_a_long_one() -> None:
+    limits = CallLimits(100.0, media_timeout=15, max_duration=60)
+    limits.heard(110.0)
+    assert limits.expired(124.9) == ""
+    assert "no media" in limits.expired(125.0)
+    for t in range(125, 161, 5):
+        limits.heard(float(t))
+    assert "maximum duration" in limits.expired(160.0)
+    assert CallLimits(0.0, 0, 0).expired(1e9) == ""
+
+
+def test_the_send_clock_keeps_its_schedule_and_resyncs_when_far_behind() -> None:
+    clock = SendClock(0.0)
+    assert not clock.tick(0.010)
+    assert clock.tick(0.021) and abs(clock.next_at - 0.040) < 1e-9  # a late tick: no drift
+    assert clock.tick(0.040)
+    assert clock.tick(0.500) and abs(clock.next_at - 0.520) < 1e-9  # far behind: no burst
+    assert abs(clock.max_late - 0.440) < 1e-9 and clock.ticks == 3
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_the_codecs_carry_a_tone_both_ways(codec: str) -> None:
+    """G.711 -> Opus -> G.711, with its pitch and level."""
+    n = np.arange(8000)
+    tone = (12000 * np.sin(2 * np.pi * 440 * n / 8000)).astype(np.int16)
+    enc, dec = CallerEncoder(codec), RoomDecoder(codec)
+    back = bytearray()
+    for i in range(0, len(tone), FRAME):
+        for packet in enc.encode(encode(codec, array("h", tone[i : i + FRAME].tobytes()))):
+            back += dec.decode(packet)
+    samples = np.array(decode(codec, bytes(back)), dtype=np.float64)[1600:]
+    spectrum = np.abs(np.fft.rfft(samples))
+    assert abs(np.argmax(spectrum) * 8000 / len(samples) - 440) < 5
+    assert 6000 < np.sqrt(np.mean(samples**2)) < 10000  # 12000 / sqrt(2), give or take
+    dec.decode(b"\xff\xfe garbage")  # a bad packet from the room never raises
