@@ -104,6 +104,7 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
             gate=args.gate,
             report_interval=args.report_interval,
             data_dir=data_dir,
+            scrape=args.scrape,
         )
     finally:
         if data_dir:
@@ -285,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     disp.add_argument(
         "--report-interval", type=float, default=2.5, help="seconds between load reports"
+    )
+    disp.add_argument(
+        "--scrape",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="GET /metrics this often while sending, as Prometheus would (default 0: never); "
+        "compare with a run without it for what metrics cost",
     )
     disp.add_argument(
         "--store",

@@ -220,6 +220,8 @@ def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
             "0.1",
             "--loop",
             loop_kind,
+            "--scrape",
+            "0.2",
             "--json",
         ],
         capture_output=True,
@@ -229,6 +231,8 @@ def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["completed"] == report["sent"] == 200 and report["errors"] == 0
+    # /metrics was scraped while the load ran, as Prometheus would.
+    assert report["metrics_scrapes"] >= 2 and report["metrics_scrape_ms_mean"] > 0
     assert report["dispatches_per_s"] > 0
     lat = report["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] < 5000
