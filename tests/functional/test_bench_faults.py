@@ -32,6 +32,9 @@ def test_no_dispatch_is_lost_or_run_twice_under_faults(tmp_path: Path) -> None:
     assert report["lost"] == 0, report["lost_ids"]
     assert report["run_twice_at_once"] == 0, report["twice"]
     assert report["gave_up"] == 0
-    assert report["recovery_s"]["count"] == 2
+    # One recovery per restart injected (a second round of faults may start
+    # within the run, so there may be more than one of each).
+    restarts = report["faults"]["server_kill"] + report["faults"]["server_drain"]
+    assert report["recovery_s"]["count"] == restarts >= 2
     assert report["recovery_s"]["max"] < 5.0  # the target is 2 s; CI machines are slower
     assert out.returncode == 0
