@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]  # a benchmark run, not about the loop
 
 
 def test_bench_jobs_json(loop_kind: str, tmp_path: Path) -> None:

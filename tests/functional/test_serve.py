@@ -175,6 +175,7 @@ def test_sigterm_drains_and_a_second_one_exits(served: list[ServeProcess], loop_
     asyncio.run(hold_a_job())
 
 
+@pytest.mark.once  # a benchmark's report, not about the loop
 def test_bench_dispatch_prints_a_markdown_table_and_plots(loop_kind: str, tmp_path: Path) -> None:
     png = tmp_path / "dispatch.png"
     argv = ["--workers", "4", "--rate", "100", "--duration", "1", "--hold", "0.1"]
