@@ -209,8 +209,8 @@ class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Phone calls (README: "SIP")."""
 
-    #: Listen for SIP over UDP and TCP.  Off by default while calls cannot yet be
-    #: routed to rooms: an INVITE is refused with 404.
+    #: Listen for SIP over UDP and TCP.  Off by default: a box opens port 5060
+    #: to the network only when its operator asks.
     enabled: bool = False
     bind: str = ""  #: empty: the server's bind address
     port: int = 5060  #: UDP and TCP; 0: any free port
