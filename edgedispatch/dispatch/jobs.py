@@ -72,6 +72,7 @@ class JobLedger:
         )
         rec.created_ns = rec.updated_ns = self._wall.ns(now)
         self.jobs[rec.id] = rec
+        self.tally.added(rec)
         agent = (key.tenant, key.agent_name)
         self._live[agent] += 1
         self._queued[agent] += 1  # (a new record is QUEUED)
@@ -93,12 +94,14 @@ class JobLedger:
         self.jobs[rec.id] = rec
         dispatch.job_ids.append(rec.id)
         if rec.state.terminal:
+            self.tally.added(rec)
             return
         held = rec.state in _HELD
         agent = (rec.key.tenant, rec.key.agent_name)
         self._live[agent] += 1
         self._queued[agent] += 1
         rec.state = JobState.QUEUED  # the core's first action moves it on
+        self.tally.added(rec)
         if held:
             deadline = now + self._cfg.queue_timeout
         else:
@@ -142,7 +145,7 @@ class JobLedger:
             rec.started_ns = now_ns
             waited_ns = now_ns - rec.created_ns if rec.created_ns else -1
         if state != before:
-            self.tally.transition(rec.key.tenant, before, state, rec.reason, waited_ns)
+            self.tally.transition(rec, before, state, rec.reason, waited_ns)
         ended = state in _ENDED
         if ended:
             rec.ended_ns = now_ns
@@ -184,6 +187,7 @@ class JobLedger:
     def forget(self, rec: JobRec) -> None:
         self._core.forget(rec.id)
         del self.jobs[rec.id]
+        self.tally.removed(rec)
         shrink(self.jobs)  # in place: ``self.get`` is its bound method
         if JobForgotten in self._bus.wanted:
             self._bus.emit(JobForgotten(rec))

@@ -31,7 +31,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from edgedispatch._core.codes import JobState
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.dispatch.tally import LATENCY_BOUNDS
 
@@ -125,15 +124,13 @@ class _Collector(Collector):
 
     def _now(self) -> Iterator[Any]:
         domain = self._s.domain
-        states: Counter[tuple[str, str]] = Counter()
+        tally = domain.jobs.tally
         queued: Counter[tuple[str, str, str]] = Counter()
-        for rec in domain.jobs.jobs.values():
-            states[rec.key.tenant, rec.state.name] += 1
-            if rec.state == JobState.QUEUED:
-                queued[rec.key.tenant, rec.key.agent_name, rec.wait.name] += 1
+        for rec in tally.queued.values():  # the queued ones only, not every record
+            queued[rec.key.tenant, rec.key.agent_name, rec.wait.name] += 1
         jobs = GaugeMetricFamily("edgedispatch_jobs", "Jobs by state", labels=["tenant", "state"])
-        for (tenant, state), n in sorted(states.items()):
-            jobs.add_metric([tenant, state], n)
+        for (tenant, state), n in sorted(tally.states.items()):
+            jobs.add_metric([tenant, state.name], n)
         yield jobs
         depth = GaugeMetricFamily(
             "edgedispatch_queue_depth",

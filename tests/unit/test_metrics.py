@@ -3,6 +3,8 @@ Prometheus parses it, and who may read it."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgedispatch._core.codes import JobStatus
@@ -48,6 +50,13 @@ def test_the_page_counts_offers_assignments_declines_and_ended_jobs() -> None:
     dispatch(domain, "r3", "nobody", 3.0)  # no worker for it: it waits
 
     got = samples(domain)
+    # The counts kept as jobs change agree with the records themselves.
+    tally = domain.jobs.tally
+    held = Counter((rec.key.tenant, rec.state) for rec in domain.jobs.jobs.values())
+    assert +tally.states == held
+    assert set(tally.queued) == {
+        j for j, rec in domain.jobs.jobs.items() if rec.state.name == "QUEUED"
+    }
     assert got["edgedispatch_offers_total", ()] >= 2
     assert got["edgedispatch_assignments_total", ()] == 1
     assert got["edgedispatch_declines_total", ()] == 1
