@@ -45,18 +45,25 @@ class Tally:
 
     def added(self, rec: JobRec) -> None:
         """A record is held (a new job, or one recovered after a restart)."""
-        self.states[rec.key.tenant, rec.state] += 1
-        if rec.state == JobState.QUEUED:
-            self.queued[rec.id] = rec
+        self._held(rec, rec.state, 1)
 
     def removed(self, rec: JobRec) -> None:
         """A record is dropped."""
-        key = (rec.key.tenant, rec.state)
-        self.states[key] -= 1
-        if not self.states[key]:
+        self._held(rec, rec.state, -1)
+
+    def _held(self, rec: JobRec, state: JobState, delta: int) -> None:
+        """``rec`` counts (1) or no longer counts (-1) as held in ``state``."""
+        key = (rec.key.tenant, state)
+        n = self.states[key] + delta
+        if n:
+            self.states[key] = n
+        else:
             del self.states[key]
-        if self.queued.pop(rec.id, None) is not None:
-            shrink(self.queued)  # after a burst, not sized for its peak
+        if state == JobState.QUEUED:
+            if delta > 0:
+                self.queued[rec.id] = rec
+            elif self.queued.pop(rec.id, None) is not None:
+                shrink(self.queued)  # after a burst, not sized for its peak
 
     def transition(
         self, rec: JobRec, before: JobState, state: JobState, reason: FailReason, waited_ns: int
@@ -77,14 +84,8 @@ class Tally:
         tenant = rec.key.tenant
         if state.terminal and not before.terminal:
             self.ended[tenant, state, reason] += 1
-        self.states[tenant, before] -= 1
-        if not self.states[tenant, before]:
-            del self.states[tenant, before]
-        self.states[tenant, state] += 1
-        if state == JobState.QUEUED:
-            self.queued[rec.id] = rec
-        elif before == JobState.QUEUED and self.queued.pop(rec.id, None) is not None:
-            shrink(self.queued)  # after a burst, not sized for its peak
+        self._held(rec, before, -1)
+        self._held(rec, state, 1)
 
     @property
     def offer_timeouts(self) -> int:
