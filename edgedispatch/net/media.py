@@ -326,6 +326,23 @@ class PeerMedia:
         self._events.request_offer(0, 0)
         self._loop.call_later(TRACK_NUDGE, self._nudge, cid, left - 1)
 
+    def _nudge_sending(self, track_sid: str, left: int) -> None:
+        """v1: a subscribed track still on no transceiver.  The rtc SDK
+        can drop the offer we asked for when it crosses a negotiation of
+        its own (seen under load: the room then never gets the track), so
+        ask again."""
+        if (
+            track_sid not in self._wanted
+            or track_sid in self._sending
+            or self.closed is not None
+            or left <= 0
+        ):
+            return
+        if not self._answering:
+            log.info("a subscribed track has no section yet: asking the client for an offer")
+            self._events.request_offer(*self._missing())
+        self._loop.call_later(TRACK_NUDGE, self._nudge_sending, track_sid, left - 1)
+
     def subscribe(self, track_sid: str, publisher: object, stream_id: str) -> None:
         """Send ``publisher``'s track to this participant: on a free
         transceiver at its next offer (which is asked for now)."""
@@ -343,6 +360,7 @@ class PeerMedia:
             # (asking now would make the SDK add sections it may not need).
             if not self._answering:
                 self._events.request_offer(*self._missing())
+            self._loop.call_later(TRACK_NUDGE, self._nudge_sending, track_sid, TRACK_NUDGES)
         else:
             self._renegotiate()
 

@@ -14,7 +14,7 @@ import urllib.request
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -34,6 +34,7 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "sip"
 NUMBER = "+15550100"
 CALLER = "+15550199"
 ROOM = "phone-room"
+T = TypeVar("T")
 pytestmark = [
     pytest.mark.skipif(not shutil.which("sipp"), reason="sipp (sip-tester) missing"),
     pytest.mark.media,
@@ -150,6 +151,20 @@ async def wait_for_phone(lk: api.LiveKitAPI) -> api.ParticipantInfo:
     raise AssertionError("the call never joined its room")
 
 
+async def heard_during(heard: asyncio.Queue[T], call: asyncio.Task[Any]) -> T:
+    """The first track the room gets while ``call`` (sipp) is up; a call
+    that ends first fails with sipp's output."""
+    got = asyncio.ensure_future(heard.get())
+    await asyncio.wait([got, call], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    if got.done():
+        return got.result()
+    got.cancel()
+    if call.done():
+        ok(call.result())
+        raise AssertionError("the call ended before the room got its track")
+    raise AssertionError("no track from the call within 15 s")
+
+
 def ok(done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
@@ -212,7 +227,7 @@ def test_the_room_hears_the_caller_and_sees_its_participant(
             )
         )
         try:
-            track, who = await asyncio.wait_for(heard.get(), 10)
+            track, who = await heard_during(heard, call)
             rms, pitch, _ = await listen(track, seconds=1.5)
             during = dict(who.attributes)
             ok(await call)
@@ -251,7 +266,7 @@ def test_the_caller_hears_the_room(
             )
         )
         try:
-            track = await asyncio.wait_for(heard.get(), 10)
+            track = await heard_during(heard, call)
             rms, pitch, _ = await listen(track, seconds=1.5)
             ok(await call)
             return rms, pitch
