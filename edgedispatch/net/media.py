@@ -327,16 +327,10 @@ class PeerMedia:
         self._loop.call_later(TRACK_NUDGE, self._nudge, cid, left - 1)
 
     def _nudge_sending(self, track_sid: str, left: int) -> None:
-        """v1: a subscribed track still on no transceiver.  The rtc SDK
-        can drop the offer we asked for when it crosses a negotiation of
-        its own (seen under load: the room then never gets the track), so
-        ask again."""
-        if (
-            track_sid not in self._wanted
-            or track_sid in self._sending
-            or self.closed is not None
-            or left <= 0
-        ):
+        """v1: a subscribed track still on no transceiver: the offer asked
+        for was lost as in ``_nudge`` (the room never got the track)."""
+        wanted = track_sid in self._wanted and track_sid not in self._sending
+        if not wanted or self.closed is not None or left <= 0:
             return
         if not self._answering:
             log.info("a subscribed track has no section yet: asking the client for an offer")

@@ -4,12 +4,15 @@ Why SQLite: embedded, transactional, crash-safe in WAL mode, in the
 standard library, with an online backup API and an integrity check; a
 server on one box needs nothing more (ecosystem.md).
 
-SQLite blocks, so every write goes through one writer thread: the event
-loop queues statements (``write``) and, where a client must not get its
-answer before the write is durable, waits for ``flushed()``.  The writer
-takes everything queued so far as one transaction (group commit): one
-fsync for all the requests of a burst.  Reads happen once, at start-up,
-before the server listens (``load``, ``rows``).
+SQLite blocks, so every write goes through one writer process
+(``store.writer``; a process rather than a thread, since a thread shares
+the GIL with the event loop and SQLite hands it back and forth at every
+row): the event loop queues statements (``write``), sends each pass's as
+one frame and, where a client must not get its answer before the write is
+durable, waits for ``flushed()``.  The writer takes everything that has
+come as one transaction (group commit): one fsync for all the requests of
+a burst.  Reads happen once, at start-up, before the server listens
+(``load``, ``rows``), on the server's own connection.
 
 What survives what (``synchronous``, from config):
 - ``full`` (the default): the WAL is fsynced at each commit, so an answered
@@ -19,11 +22,14 @@ What survives what (``synchronous``, from config):
   commits (never the database's consistency).
 
 A commit that fails (a full disk) is not dropped: its batch is kept in
-memory and tried again every ``RETRY_INTERVAL``, ahead of later writes,
-until it commits.  Meanwhile ``failure`` says why, the API refuses new
-work, and answers that waited fail with ``StoreUnavailable``; their writes
-land with the batch.  Only a crash (or a stop) while it fails loses the
-writes not yet committed, and those were never answered as done.
+the writer and tried again every ``RETRY_INTERVAL``, ahead of later
+writes, until it commits.  Meanwhile ``failure`` says why, the API
+refuses new work, and answers that waited fail with ``StoreUnavailable``;
+their writes land with the batch.  Only a crash (or a stop) while it fails
+loses the writes not yet committed, and those were never answered as done.
+If the writer process dies, the server starts another and sends it again
+what was not committed (every statement is idempotent: an
+insert-or-replace, an update to given values, a delete).
 
 The schema is versioned (``PRAGMA user_version``) and migrated forward at
 open; a database from a newer edgedispatch is refused, with the versions.
@@ -33,19 +39,20 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import functools
+import collections
 import json
 import logging
-import queue
-import re
+import os
+import socket
 import sqlite3
-import threading
-import time
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgedispatch.errors import StoreUnavailable
+from edgedispatch.store.commit import STOP, FrameReader, frame
 
 log = logging.getLogger("edgedispatch.store")
 
@@ -95,10 +102,10 @@ GROUP_WINDOW = 0.003
 #: Upper bounds (seconds) of the commit time buckets (``/metrics``).
 COMMIT_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
+#: Seconds ``close`` waits for the writer to commit the last writes and end.
+CLOSE_TIMEOUT = 30.0
+
 _Op = tuple[str, Sequence[Any]]
-#: What one pass of the event loop hands the writer: its writes, in order,
-#: and the barrier its answers wait on (if any asked).
-_Pass = tuple[list[_Op], "asyncio.Future[None] | None"]
 
 
 def open_database(path: Path, synchronous: str = "full") -> sqlite3.Connection:
@@ -137,78 +144,38 @@ def migrate(db: sqlite3.Connection) -> int:
     return found
 
 
-_TABLE = re.compile(r"\b(?:INTO|FROM|UPDATE)\s+(\w+)")
-_tables: dict[str, str] = {}
-#: Tables whose rows are made once under a fresh id (random dispatch and job
-#: ids) and never made again: a row's insert comes before its updates and
-#: its delete, whatever else, so a batch may run them verb by verb.
-_MADE_ONCE = frozenset({"dispatches", "jobs"})
-_VERB_ORDER = {"INSERT": 0, "UPDATE": 1, "DELETE": 2}
-
-
-def _by_table(batch: list[_Op]) -> Iterable[list[_Op]]:
-    """The batch's statements, table by table, each table's in their order.
-    The tables are independent (no triggers, no foreign keys) and the batch
-    commits as one transaction, so only each table's own order matters; and
-    grouped, a burst's room, dispatch and job inserts (which alternate as
-    they come) form three runs instead of one statement each, and its job
-    inserts and updates two."""
-    tables: dict[str, list[_Op]] = {}
-    for op in batch:
-        sql = op[0]
-        table = _tables.get(sql)
-        if table is None:
-            found = _TABLE.search(sql)
-            table = _tables[sql] = found.group(1) if found else ""
-        ops = tables.get(table)
-        if ops is None:
-            tables[table] = [op]
-        else:
-            ops.append(op)
-    for table in _MADE_ONCE.intersection(tables):
-        # Stable: each verb's statements keep their order.
-        tables[table].sort(key=_verb_order)
-    return tables.values()
-
-
-def _verb_order(op: _Op) -> int:
-    return _verb_rank(op[0])
-
-
-@functools.cache
-def _verb_rank(sql: str) -> int:
-    """Where a statement's verb runs in a batch (the statements are a few
-    constant strings: read once each, not once per row)."""
-    return _VERB_ORDER.get(sql.split(None, 1)[0], 3)
-
-
 class SqliteStore:
     """The server's store (``store.Store`` for key-value namespaces, plus
-    the domain's tables), with its writer thread."""
+    the domain's tables), with its writer process (``store.writer``)."""
 
     def __init__(self, directory: str | Path, synchronous: str = "full") -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / FILENAME
+        self.synchronous = synchronous
         self._db = open_database(self.path, synchronous)
-        self._queue: queue.SimpleQueue[_Pass | None] = queue.SimpleQueue()
-        # This pass's writes, handed to the writer in one piece at its end:
-        # one wake-up of the writer thread (and one GIL hand-off) per pass,
-        # not per statement (each wake-up was a context switch and a fight
-        # for the GIL with the loop).
+        # This pass's writes, sent to the writer in one frame at its end.
         self._outbox: list[_Op] = []
         self._handing_over = False
         #: Passes handed to the writer so far: a write made since the last
         #: one is still in the outbox, and its parameters may still change.
         self.handovers = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._reader = FrameReader()
+        self._unsent = bytearray()  # what the socket did not take yet
+        #: Each statement's index in the writer's table (sent once).
+        self._index: dict[str, int] = {}
+        #: Frames sent and not yet committed: sent again, in order, to a
+        #: writer started after one died (every statement is idempotent).
+        self._unacked: collections.deque[tuple[int, bytes]] = collections.deque()
+        #: The barriers answers wait on, by the pass that ends with them.
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self.failure: str = ""  #: why the last commit failed ("" when none)
         self.commits = 0
         #: How long commits took: counts per bucket of COMMIT_BOUNDS (the last
-        #: is longer), and their sum in seconds.  Written by the writer
-        #: thread, read by /metrics (a count a scrape reads one commit
-        #: early is fine).
+        #: is longer), and their sum in seconds (``/metrics``).
         self.commit_counts = [0] * (len(COMMIT_BOUNDS) + 1)
         self.commit_seconds = 0.0
         self.pending = 0  #: statements queued and not yet committed
@@ -240,7 +207,12 @@ class SqliteStore:
     @property
     def deferred(self) -> bool:
         """Writes wait in the outbox until the pass ends (the writer runs)."""
-        return self._thread is not None and not self._closed
+        return self._loop is not None and not self._closed
+
+    @property
+    def writer_pid(self) -> int:
+        """The writer process's pid (0 when none runs)."""
+        return self._proc.pid if self._proc is not None and self._sock is not None else 0
 
     def write(self, sql: str, params: Sequence[Any]) -> None:
         """Queue a statement; it commits with the writer's next batch.
@@ -248,7 +220,7 @@ class SqliteStore:
         it is dropped (the shutdown's own changes are not kept)."""
         if self._closed:
             return
-        if self._thread is None:
+        if self._loop is None:
             self._db.execute(sql, params)
             return
         self.pending += 1
@@ -279,7 +251,7 @@ class SqliteStore:
         if self.failure:
             fut.set_exception(self.unavailable())
             return fut
-        if self._thread is None:
+        if self._loop is None:
             fut.set_result(None)
             return fut
         self._barrier = fut
@@ -329,141 +301,203 @@ class SqliteStore:
         self._loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
-        """At the end of a pass: its writes go to the writer, with the
-        barrier after all of them (a write made after ``flushed()`` in the
-        same pass is one its answer must wait for too)."""
+        """At the end of a pass: its writes go to the writer as one frame,
+        with the barrier after all of them (a write made after
+        ``flushed()`` in the same pass is one its answer must wait for too)."""
         self._handing_over = False
         ops, barrier = self._outbox, self._barrier
-        if ops or barrier is not None:
-            self.handovers += 1
-            self._outbox, self._barrier = [], None
-            self._queue.put((ops, barrier))
+        if not ops and barrier is None:
+            return
+        self.handovers += 1
+        self._outbox, self._barrier = [], None
+        index = self._index
+        new: list[list[Any]] = []
+        named: list[list[Any]] = []
+        for sql, params in ops:
+            i = index.get(sql)
+            if i is None:
+                i = index[sql] = len(index)
+                new.append([i, sql])
+            named.append([i, params])
+        data = frame([self.handovers, new, named])
+        self._unacked.append((self.handovers, data))
+        if barrier is not None:
+            self._waiting.append((self.handovers, barrier))
+        self._send(data)
+
+    # The writer process -----------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Hand writes to the writer thread from now on."""
+        """Hand writes to a writer process from now on."""
         self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "edgedispatch.store.writer", str(self.path), self.synchronous],
+            pass_fds=(child.fileno(),),
+            env={**os.environ, "EDGEDISPATCH_STORE_FD": str(child.fileno())},
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        parent.setblocking(False)
+        self._sock = parent
+        self._reader = FrameReader()
+        self._unsent.clear()
+        self._loop.add_reader(parent, self._on_readable)
+        # A writer started after one died learns every statement first, then
+        # gets what was not committed, in order.
+        if self._index:
+            self._send(frame([0, [[i, sql] for sql, i in self._index.items()], []]))
+        for _, data in self._unacked:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            return  # no writer now: sent when the next one starts
+        if self._unsent:
+            self._unsent += data
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lost()
+            return
+        if sent < len(data):
+            self._unsent += data[sent:]
+            assert self._loop is not None
+            self._loop.add_writer(sock, self._on_writable)
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self._unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._lost()
+            return
+        del self._unsent[:sent]
+        if not self._unsent and self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost()
+            return
+        for ack in self._reader.feed(data):
+            self._on_ack(int(ack[0]), str(ack[1]), float(ack[2]), int(ack[3]))
+
+    def _on_ack(self, through: int, error: str, took: float, done: int) -> None:
+        """The writer committed (or failed to commit) every pass up to
+        ``through``."""
+        self.commit_counts[bisect.bisect_left(COMMIT_BOUNDS, took)] += 1
+        self.commit_seconds += took
+        self.pending -= done
+        self.commits += 1 if done else 0
+        self.failure = error
+        unacked = self._unacked
+        if not error:
+            while unacked and unacked[0][0] <= through:
+                unacked.popleft()
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= through:
+            fut = waiting.popleft()[1]
+            if fut.done():
+                continue
+            if error:
+                fut.set_exception(self.unavailable())
+            else:
+                fut.set_result(None)
+
+    def _lost(self) -> None:
+        """The writer process ended: answers waiting fail, and a new one
+        starts (after RETRY_INTERVAL) with what was not committed."""
+        self._detach()
+        code = self._proc.wait() if self._proc is not None else None
+        self._proc = None
+        if self._closed:
+            return
+        self.failure = f"the store's writer process exited (status {code})"
+        log.error("%s; starting another, which commits the %d writes pending",
+                  self.failure, self.pending)  # fmt: skip
+        while self._waiting:
+            fut = self._waiting.popleft()[1]
+            if not fut.done():
+                fut.set_exception(self.unavailable())
+        assert self._loop is not None
+        self._loop.call_later(RETRY_INTERVAL, self._respawn)
+
+    def _respawn(self) -> None:
+        if self._closed or self._proc is not None:
+            return
+        self._spawn()
+        if not self._unacked:
+            self.failure = ""  # nothing to wait for: taking work again
+
+    def _detach(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
+        sock.close()
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the database."""
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
+        sock = self._sock
+        if sock is not None:
             self._hand_over()
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(sock)
+                loop.remove_writer(sock)
+            try:
+                sock.setblocking(True)
+                sock.sendall(bytes(self._unsent) + frame([STOP]))
+                self._unsent.clear()
+                sock.settimeout(CLOSE_TIMEOUT)
+                while data := sock.recv(1 << 16):
+                    for ack in self._reader.feed(data):
+                        self._closing_ack(ack)
+            except OSError as exc:
+                log.error("store writer did not finish cleanly: %s", exc)
+            self._detach()
+        if self._proc is not None:
+            try:
+                self._proc.wait(CLOSE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.error("store writer still running after %.0f s: killed", CLOSE_TIMEOUT)
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
         self._db.close()
 
-    def _run(self) -> None:
-        db = self._db
-        # A batch that failed is kept and tried again, ahead of what came
-        # after it and in order, until it commits: its writes were applied
-        # in memory (a job's end, say), and dropping them would make the
-        # disk disagree with what clients were told (the job would run
-        # again after a restart).
-        kept: list[_Op] = []
-        stop = False
-        last = 0.0
-        while not stop:
-            # Busy: let more of the burst join the next commit.  Sleeping
-            # before taking (not after a wake-up) keeps the loop's hand-overs
-            # from waking this thread meanwhile: under load it never blocks
-            # on the queue, so no hand-over switches the core over to it.
-            wait = last + GROUP_WINDOW - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            batch, waiters, stop = self._take(RETRY_INTERVAL if kept else None)
-            last = time.monotonic()
-            if kept:
-                batch = kept + batch
-            error = self._commit(db, batch, quiet=bool(kept)) if batch else ""
-            if batch:
-                took = time.monotonic() - last
-                self.commit_counts[bisect.bisect_left(COMMIT_BOUNDS, took)] += 1
-                self.commit_seconds += took
-            if error:
-                kept = batch
-                if stop:
-                    log.error("store closed with %d writes it could not commit", len(batch))
-            elif kept:
-                log.warning("store commits again: %d kept writes committed", len(batch))
-                kept = []
-            self._resolve(waiters, error, 0 if error else len(batch))
-
-    def _take(self, retry: float | None) -> tuple[list[_Op], list[asyncio.Future[None]], bool]:
-        """What is queued: at least one item, else (while a failed batch
-        waits) whatever comes within ``retry`` seconds."""
-        batch: list[_Op] = []
-        waiters: list[asyncio.Future[None]] = []
-        deadline = None if retry is None else time.monotonic() + retry
-        while True:
-            try:
-                if deadline is None:
-                    item = (
-                        self._queue.get() if not batch and not waiters else self._queue.get_nowait()
-                    )
-                else:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return batch, waiters, False
-            if item is None:
-                return batch, waiters, True
-            ops, barrier = item
-            batch += ops
-            if barrier is not None:
-                waiters.append(barrier)
-
-    def _commit(self, db: sqlite3.Connection, batch: list[_Op], quiet: bool = False) -> str:
+    def _closing_ack(self, ack: list[Any]) -> None:
         try:
-            db.execute("BEGIN")
-            for ops in _by_table(batch):
-                # Runs of the same statement go as one executemany: far
-                # fewer round trips through Python (and the GIL) per row.
-                start = 0
-                while start < len(ops):
-                    sql = ops[start][0]
-                    end = start + 1
-                    while end < len(ops) and ops[end][0] is sql:
-                        end += 1
-                    if end - start == 1:
-                        db.execute(sql, ops[start][1])
-                    else:
-                        db.executemany(sql, [params for _, params in ops[start:end]])
-                    start = end
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if not quiet:  # once per failure, not at each retry
-                log.error("store commit of %d writes failed (kept, retried): %s", len(batch), exc)
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            return str(exc) or type(exc).__name__
-        return ""
-
-    def _resolve(self, waiters: list[asyncio.Future[None]], error: str, n: int) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-
-        def done() -> None:
-            self.pending -= n
-            self.commits += 1 if n else 0
-            self.failure = error
-            for fut in waiters:
-                if fut.done():
-                    continue
-                if error:
-                    fut.set_exception(self.unavailable())
-                else:
-                    fut.set_result(None)
-
-        try:
-            loop.call_soon_threadsafe(done)
-        except RuntimeError:  # the loop closed meanwhile
+            self._on_ack(int(ack[0]), str(ack[1]), float(ack[2]), int(ack[3]))
+        except RuntimeError:  # the loop is closed: nobody waits for answers
             pass
 
     # Operations -------------------------------------------------------------

@@ -47,17 +47,50 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (the media workers, the store's writer)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
 def pin(pid: int, cpus: set[int]) -> None:
-    """Keep the server and the load on separate cores, so that the numbers
-    measure the server rather than the scheduler's mixing of them."""
+    """Keep the server (with the processes it started: the store's writer)
+    and the load on separate cores, so that the numbers measure the server
+    rather than the scheduler's mixing of them."""
     if len(os.sched_getaffinity(0)) > 1:
-        os.sched_setaffinity(pid, cpus)
+        for each in [pid, *children(pid)]:
+            try:
+                os.sched_setaffinity(each, cpus)
+            except OSError:
+                pass  # ended meanwhile
 
 
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the server and its children (the media workers, the
+    store's writer); children that ended meanwhile are not counted."""
+    total = cpu_seconds(pid)
+    for child in children(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            pass
+    return total
 
 
 class Driver:
@@ -211,11 +244,11 @@ def run(
         time.sleep(1.0)
         rss_idle = rss_kb(server_pid) if server_pid else 0
         driver = Driver(host, int(port), rate, duration, scrape)
-        started, cpu0 = time.monotonic(), cpu_seconds(server_pid) if server_pid else 0.0
+        started, cpu0 = time.monotonic(), tree_cpu_seconds(server_pid) if server_pid else 0.0
         if rate > 0:
             uvloop.run(driver.run())
         sent_for = time.monotonic() - started
-        server_cpu = (cpu_seconds(server_pid) - cpu0) / sent_for if server_pid else math.nan
+        server_cpu = (tree_cpu_seconds(server_pid) - cpu0) / sent_for if server_pid else math.nan
         # Let the last jobs start (busy workers: the queue drains as jobs end).
         time.sleep(min(2.0, hold + 1.0) if gate <= 0 else hold + 8.0)
         running_at: dict[str, float] = {}

@@ -55,7 +55,7 @@ import time
 from typing import Any
 
 from edgedispatch.cli.bench.common import percentile, start_server, stop
-from edgedispatch.cli.bench.dispatch import cpu_seconds
+from edgedispatch.cli.bench.dispatch import cpu_seconds, tree_cpu_seconds
 from edgedispatch.config import DEV_KEY, DEV_SECRET
 
 TARGETS = {
@@ -270,23 +270,6 @@ def _clients(
         )
         first += count
     return procs
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of the server and its children (the media workers, which
-    forward the audio); children that ended meanwhile are not counted."""
-    total = cpu_seconds(pid)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 async def _until(predicate: Any, timeout: float) -> None:

@@ -5,6 +5,8 @@ clock; the "crash" leaves the first store unclosed, as kill -9 would."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -185,7 +187,10 @@ def test_a_job_held_in_the_pass_that_made_it_comes_back_held(tmp_path: Path) -> 
         domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
         store.start(asyncio.get_running_loop())
         worker_takes_a_job(domain)
-        await store.flushed()  # and then kill -9: nothing closed
+        await store.flushed()
+        # kill -9 of the server and its writer: nothing more is written.
+        os.kill(store.writer_pid, signal.SIGKILL)
+        store.close()
 
     asyncio.run(main())
     second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)

@@ -1,11 +1,15 @@
 """The embedded SQLite store: schema versions, group commit through the
-writer thread, failures, backups, and the move from JSON files."""
+writer process, failures, backups, and the move from JSON files."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,10 @@ import pytest
 
 from edgedispatch.errors import StoreUnavailable
 from edgedispatch.store import sqlite
+from edgedispatch.store.commit import STOP, Committer, FrameReader, frame
 from edgedispatch.store.journal import _INSERT_JOB, _UPDATE_JOB
 from edgedispatch.store.sqlite import FILENAME, SCHEMA_VERSION, SqliteStore
+from edgedispatch.store.writer import Writer
 
 
 def test_a_new_store_is_at_the_current_schema_and_reopens(tmp_path: Path) -> None:
@@ -75,8 +81,8 @@ def test_writes_commit_in_batches_and_answers_wait_for_them(tmp_path: Path) -> N
 
 
 class _FullDisk:
-    """The store's connection, with every COMMIT failing as on a full disk
-    while ``full`` is set."""
+    """A connection with every COMMIT failing as on a full disk while
+    ``full`` is set."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -102,58 +108,96 @@ def _committed(path: Path) -> dict[str, str]:
         db.close()
 
 
+_PUT = "INSERT OR REPLACE INTO kv (namespace, key, value) VALUES (?, ?, ?)"
+
+
 def test_a_failed_batch_is_kept_and_commits_in_order_when_the_disk_has_room(
+    tmp_path: Path,
+) -> None:
+    disk = _FullDisk(sqlite.open_database(tmp_path / FILENAME))
+    committer = Committer(disk)  # type: ignore[arg-type]
+    error, done = committer.commit([(_PUT, ("ns", "a", "1")), (_PUT, ("ns", "b", "1"))])
+    assert "disk is full" in error and done == 0
+    # Written while failing: kept behind the failed batch.
+    assert committer.commit([(_PUT, ("ns", "a", "2"))]) == (error, 0)
+    assert committer.commit([])[1] == 0  # a retry, still failing
+    assert _committed(tmp_path) == {}
+    disk.full = False
+    assert committer.commit([]) == ("", 3)
+    # Nothing dropped, and in order: the later "a" won.
+    assert _committed(tmp_path) == {"a": "2", "b": "1"}
+    assert committer.commit([(_PUT, ("ns", "c", "3"))]) == ("", 1)
+    disk.close()
+
+
+def test_the_writer_says_which_passes_failed_and_which_committed(tmp_path: Path) -> None:
+    """The writer process's loop, run here on a thread, with the test as
+    the server at the other end of its socket pair."""
+    disk = _FullDisk(sqlite.open_database(tmp_path / FILENAME))
+    server, end = socket.socketpair()
+    writer = Writer(end, Committer(disk))  # type: ignore[arg-type]
+    thread = threading.Thread(target=writer.run, daemon=True)
+    thread.start()
+    acks = FrameReader()
+    got: list[list[Any]] = []
+    server.settimeout(10)
+
+    def ack() -> list[Any]:
+        while not got:
+            got.extend(acks.feed(server.recv(4096)))
+        return got.pop(0)
+
+    server.sendall(frame([1, [[0, _PUT]], [[0, ["ns", "a", "1"]]]]))
+    through, error, _, done = ack()
+    assert (through, done) == (1, 0) and "disk is full" in error
+    server.sendall(frame([2, [], [[0, ["ns", "b", "1"]]]]))
+    while ack()[0] != 2:  # retries of pass 1 may come first
+        pass
+    disk.full = False
+    while True:  # the next retry commits both passes
+        through, error, _, done = ack()
+        if not error:
+            break
+    assert (through, done) == (2, 2)
+    assert _committed(tmp_path) == {"a": "1", "b": "1"}
+    server.sendall(frame([STOP]))
+    thread.join(5)
+    assert not thread.is_alive()  # it stops when told to
+    end.close()
+    server.close()
+    disk.close()
+
+
+def test_a_writer_that_dies_is_replaced_and_commits_what_was_sent_to_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite, "RETRY_INTERVAL", 0.02)
+    monkeypatch.setattr(sqlite, "RETRY_INTERVAL", 0.05)
 
     async def main() -> None:
         store = SqliteStore(tmp_path)
-        disk = _FullDisk(store._db)
-        store._db = disk  # type: ignore[assignment]
         store.start(asyncio.get_running_loop())
         store.put("ns", "a", 1)
-        store.put("ns", "b", 1)
-        with pytest.raises(StoreUnavailable, match="disk is full"):
-            await store.flushed()
-        assert "disk is full" in store.failure
-        # Written while failing: queued behind the failed batch, and the
-        # answer waiting for it fails at once.
-        store.put("ns", "a", 2)
-        with pytest.raises(StoreUnavailable, match="no new work"):
-            await store.flushed()
-        await asyncio.sleep(0.1)  # several retries, all failing
-        assert _committed(tmp_path) == {}
-        assert store.pending == 3
-        disk.full = False
+        await store.flushed()
+        first = store.writer_pid
+        os.kill(first, signal.SIGSTOP)  # it takes nothing more...
+        store.put("ns", "b", 2)
+        waiting = store.flushed()
+        await asyncio.sleep(0.05)  # ...but "b" was sent to it
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(StoreUnavailable, match="writer process exited"):
+            await waiting
+        assert store.failure  # new work is refused meanwhile
         for _ in range(200):
             if not store.failure:
                 break
             await asyncio.sleep(0.01)
         assert not store.failure and store.pending == 0
-        # Nothing dropped, and in order: the later "a" won.
-        assert _committed(tmp_path) == {"a": "2", "b": "1"}
+        assert store.writer_pid not in (0, first)
+        assert _committed(tmp_path) == {"a": "1", "b": "2"}
         store.put("ns", "c", 3)
         await store.flushed()
         store.close()
-        assert _committed(tmp_path) == {"a": "2", "b": "1", "c": "3"}
-
-    asyncio.run(main())
-
-
-def test_a_store_closed_while_failing_stops(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite, "RETRY_INTERVAL", 0.02)
-
-    async def main() -> None:
-        store = SqliteStore(tmp_path)
-        store._db = _FullDisk(store._db)  # type: ignore[assignment]
-        store.start(asyncio.get_running_loop())
-        store.put("ns", "a", 1)
-        with pytest.raises(StoreUnavailable):
-            await store.flushed()
-        store.close()  # one last try, then it gives up (logged)
+        assert _committed(tmp_path) == {"a": "1", "b": "2", "c": "3"}
 
     asyncio.run(main())
 
