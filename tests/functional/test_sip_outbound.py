@@ -235,3 +235,37 @@ def test_bad_requests_get_clear_twirp_errors(
     # The server is fine: the next call is placed (answered at once).
     status, answer = _twirp(srv, good, call=True)
     assert status == 200 and answer["participantIdentity"] == f"sip_{CALLEE}", answer
+
+
+@pytest.mark.media
+def test_the_callee_hangs_up_and_its_participant_leaves(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The callee answers (PCMA) and sends BYE: we answer 200, and the
+    participant leaves the room."""
+    srv = serve(start_server)
+    callee = Callee(tmp_path, "uas_hangs_up")
+
+    async def main() -> tuple[str, int]:
+        trunk_id = await add_trunk(srv, callee.port)
+        try:
+            async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+                info = await lk.sip.create_sip_participant(
+                    dial_request(trunk_id, wait_until_answered=True)
+                )
+                ok(await callee.done())  # our 200 to its BYE
+                left = -1
+                for _ in range(50):
+                    try:
+                        req = api.ListParticipantsRequest(room=ROOM)
+                        left = len((await lk.room.list_participants(req)).participants)
+                    except api.TwirpError:
+                        left = 0  # the room closed with it
+                    if not left:
+                        break
+                    await asyncio.sleep(0.1)
+                return info.participant_identity, left
+        finally:
+            callee.kill()
+
+    assert run(main) == (f"sip_{CALLEE}", 0)
