@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import urllib.error
@@ -20,6 +21,7 @@ from livekit.protocol import sip as pb
 
 from edgedispatch.cli.bench.common import free_port
 
+from .clients import NODE_DIR
 from .conftest import ServerThread
 from .test_rooms import joined, run, token
 from .test_sip_calls import SCENARIOS, ok, serve, tone_file
@@ -269,3 +271,31 @@ def test_the_callee_hangs_up_and_its_participant_leaves(
             callee.kill()
 
     assert run(main) == (f"sip_{CALLEE}", 0)
+
+
+@pytest.mark.media
+@pytest.mark.skipif(
+    not (NODE_DIR / "node_modules" / "livekit-server-sdk").exists(),
+    reason="the Node SDK is not installed (cd tests/node && npm ci)",
+)
+def test_the_node_sdk_places_a_call_and_hears_busy(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    srv = serve(start_server)
+    callee = Callee(tmp_path, "uas_busy")
+    env = {
+        "LIVEKIT_URL": srv.url, "LIVEKIT_API_KEY": "devkey", "LIVEKIT_API_SECRET": "secret",
+        "CALLEE_PORT": str(callee.port),
+    }  # fmt: skip
+    try:
+        result = subprocess.run(
+            ["node", "sip_call.mjs"], cwd=NODE_DIR, env={**os.environ, **env},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        ok(run(callee.done))
+    finally:
+        callee.kill()
+    assert result.returncode == 0, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert (error["code"], error["status"]) == ("unavailable", 503), error
+    assert error["metadata"]["sip_status_code"] == "486", error
