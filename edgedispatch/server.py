@@ -31,6 +31,7 @@ from edgedispatch.calls.admission import Admission
 from edgedispatch.calls.bridge import CallEvents, CallServices
 from edgedispatch.calls.bridge import listing as call_listing
 from edgedispatch.calls.inbound import InboundCalls
+from edgedispatch.calls.outbound import OutboundCalls
 from edgedispatch.config import Config
 from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.domain import Domain
@@ -40,7 +41,7 @@ from edgedispatch.net import media_link
 from edgedispatch.net.http import HttpProtocol, Limits, expire
 from edgedispatch.net.media_pool import CallProxy, MediaPool
 from edgedispatch.net.reclaim import Reclaimer
-from edgedispatch.net.sip import SipEndpoint
+from edgedispatch.net.sip import SipEndpoint, resolve_host
 from edgedispatch.net.systemd import NOTHING_INHERITED, Inherited, Notifier, Watchdog
 from edgedispatch.net.timer import DeadlineTimer
 from edgedispatch.net.webhooks import WebhookSender
@@ -51,6 +52,9 @@ from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
 from edgedispatch.sip.digest import DigestAuth
 from edgedispatch.sip.directory import Directory
+from edgedispatch.sip.uac import OUTBOUND_EVENTS, UserAgentClient
+from edgedispatch.sip.uac import Event as OutboundEvent
+from edgedispatch.sip.uas import Event, UserAgentServer
 from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store import sqlite as sqlite_store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
@@ -156,7 +160,7 @@ class Server:
             )
         self.port = self._server.sockets[0].getsockname()[1]
         if self.cfg.sip.enabled:
-            await self._listen_sip(loop)
+            await self._listen_sip(loop, app)
         else:
             for unused in (self._inherited.sip_udp, self._inherited.sip_tcp):
                 if unused is not None:
@@ -176,24 +180,43 @@ class Server:
         # (the room_finished webhook renders the room) have run.
         domain.subscribe(_room_closed, RoomClosed)
 
-    async def _listen_sip(self, loop: asyncio.AbstractEventLoop) -> None:
-        """SIP over UDP and TCP; calls are decided by ``calls.inbound``."""
+    async def _listen_sip(self, loop: asyncio.AbstractEventLoop, app: App) -> None:
+        """SIP over UDP and TCP; calls are decided by ``calls.inbound``, and
+        placed by ``calls.outbound`` (CreateSIPParticipant)."""
         sip = self.cfg.sip
         bind = sip.bind or self.cfg.server.bind
         assert self.domain is not None and self.sip_directory is not None
         host = bind if bind != "0.0.0.0" else "127.0.0.1"
         services = self._call_services(loop, bind, host)
+        admission = Admission.from_config(self.cfg)
         calls = InboundCalls(
             self.sip_directory,
             self.domain,
             DigestAuth(secrets.token_bytes(32)),
             lambda: secrets.token_hex(6),
             services,
-            Admission.from_config(self.cfg),
+            admission,
         )
         if services is not None and self._sources is not None:
             self._sources.sip_calls = functools.partial(call_listing, services)
-        on_event = calls.on_event
+        placed: OutboundCalls | None = None
+        if services is not None:
+
+            def uac() -> UserAgentClient | None:
+                uas = self.sip_endpoint.uas if self.sip_endpoint is not None else None
+                return uas.outbound if uas is not None else None
+
+            placed = OutboundCalls(
+                services, uac, resolve_host, lambda: secrets.token_hex(8), admission
+            )
+            app.dialer = placed
+
+        def on_event(ua: UserAgentServer, event: Event | OutboundEvent, now: float) -> None:
+            if placed is not None and isinstance(event, OUTBOUND_EVENTS):
+                placed.on_event(event, now)
+            else:
+                calls.on_event(ua, event, now)
+
         given_udp, given_tcp = self._inherited.sip_udp, self._inherited.sip_tcp
         # TCP on the same port number as UDP (as trunks expect).  With port
         # 0, the number UDP got may be taken for TCP: try another.

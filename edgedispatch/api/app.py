@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
+from google.protobuf.message import Message
 
 from edgedispatch.api import agents as agents_api
 from edgedispatch.api import live_rooms, livekit
@@ -73,7 +74,7 @@ def twirp_methods() -> set[tuple[str, str]]:
     authorisation matrix (tests/unit/test_authz_matrix.py) must have a row
     for, so that no RPC is added without its expected answers."""
     agent_methods = {(agents_api.SERVICE, method) for method in agents_api.METHODS}
-    sip_methods = {(sip_api.SERVICE, method) for method in sip_api.ROUTES}
+    sip_methods = {(sip_api.SERVICE, method) for method in (*sip_api.ROUTES, *sip_api.CALLS)}
     return set(livekit.ROUTES) | set(live_rooms.ROUTES) | agent_methods | sip_methods
 
 
@@ -134,6 +135,8 @@ class App:
         self.store: Durable | None = None
         #: The tenants' SIP trunks and dispatch rules (``livekit.SIP``).
         self.sip: Directory | None = None
+        #: Places outbound calls (``CreateSIPParticipant``), when SIP and rooms are up.
+        self.dialer: sip_api.Dialer | None = None
         #: ``/metrics``: renders the page (``obs.metrics``), and the token a
         #: scraper must send ("": loopback clients only).
         self.metrics: Callable[[], bytes] | None = None
@@ -337,7 +340,10 @@ class App:
 
     def _twirp(self, req: Request) -> Response | Later:
         written = self.store.written if self.store is not None else 0
-        return self._durable(self._twirp_call(req), written)
+        answer = self._twirp_call(req)
+        if isinstance(answer, Later):
+            return answer  # a call waiting for its callee: it wrote nothing
+        return self._durable(answer, written)
 
     def _refuse_writes(self, method: str) -> int:
         """While the store cannot commit, a call that would write to it is
@@ -376,7 +382,7 @@ class App:
         store.when_committed(settle)
         return later
 
-    def _twirp_call(self, req: Request) -> Response:
+    def _twirp_call(self, req: Request) -> Response | Later:
         encoding = twirp.JSON
         try:
             _, _, service, method = (req.path.split("/") + ["", ""])[:4]
@@ -386,6 +392,9 @@ class App:
             sip_route = sip_api.ROUTES.get(method) if service == sip_api.SERVICE else None
             if sip_route is not None:
                 request_type = sip_route.request
+            placing = sip_api.CALLS.get(method) if service == sip_api.SERVICE else None
+            if placing is not None:
+                request_type = placing
             if request_type is None or req.method != "POST":
                 raise TwirpError("bad_route", f"no such method: {req.method} {req.path}")
             encoding = twirp.encoding_of(req.headers.get("content-type", ""))
@@ -395,7 +404,12 @@ class App:
             self._refuse_writes(method if route is not None else "")
             msg = twirp.decode(req.body, encoding, request_type)
             try:
-                if sip_route is not None:
+                if placing is not None:
+                    placed = sip_api.place_call(self.sip, self.dialer, claims, msg, req.now)
+                    if isinstance(placed, sip_api.Waiting):
+                        return _when_answered(placed, encoding)
+                    result = placed
+                elif sip_route is not None:
                     wall = self.domain.wall(req.now)
                     result = sip_api.handle(self.sip, method, claims, msg, wall)
                 elif route is not None:
@@ -416,6 +430,22 @@ class App:
             log.exception("twirp %s failed", req.path)
             status, body = twirp.error_body(TwirpError("internal", str(exc)))
             return Response(status, body, twirp.JSON)
+
+
+def _when_answered(waiting: sip_api.Waiting, encoding: str) -> Later:
+    """The answer of a call placed with ``wait_until_answered``."""
+    later = Later()
+
+    def settle(result: Message | EdgeDispatchError) -> None:
+        if isinstance(result, EdgeDispatchError):
+            status, body = twirp.error_body(result)
+            later.settle(Response(status, body, twirp.JSON))
+            return
+        content_type = twirp.PROTOBUF if encoding == twirp.PROTOBUF else twirp.JSON
+        later.settle(Response(200, twirp.encode(result, encoding), content_type))
+
+    waiting.then(settle)
+    return later
 
 
 def _check_room(asked: str, grant: signal.Grant) -> None:

@@ -4,20 +4,20 @@ dispatch rules, as ``livekit-api``'s ``lkapi.sip`` and the Node SDK's
 
 Grants as LiveKit checks them (livekit ``EnsureSIPAdminPermission``): every
 trunk and rule call needs ``"sip": {"admin": true}`` in the token; placing
-calls (``CreateSIPParticipant``, not served yet) needs ``sip.call``.  A
+calls (``CreateSIPParticipant``, ``place_call``) needs ``sip.call``.  A
 caller works on its key's tenant's trunks and rules only
-(``sip.directory``).
+(``sip.directory``), and places calls through its own tenant's trunks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from google.protobuf.message import Message
 from livekit.protocol import sip as pb
 
-from edgedispatch.errors import InvalidArgument, PermissionDenied, Unavailable
+from edgedispatch.errors import EdgeDispatchError, InvalidArgument, PermissionDenied, Unavailable
 from edgedispatch.sip.directory import Directory
 from edgedispatch.wire.tokens import Claims
 
@@ -29,6 +29,79 @@ class Route(NamedTuple):
     #: (directory, tenant, request, wall clock) -> the answer
     call: Callable[[Directory, str, Any, float], Message]
     grant: str = "admin"
+
+
+Settle = Callable[[Message | EdgeDispatchError], None]
+
+
+class Dialer(Protocol):
+    """Places calls (``calls.outbound.OutboundCalls``)."""
+
+    def place(
+        self,
+        tenant: str,
+        req: pb.CreateSIPParticipantRequest,
+        trunk: pb.SIPOutboundTrunkInfo | None,
+        now: float,
+        done: Settle | None = None,
+    ) -> Any:
+        """Starts the call (raises what refuses it); ``done`` gets the
+        answer once the callee answers, or the error once the call fails.
+        Returns an object whose ``info()`` is the ``SIPParticipantInfo``."""
+        ...
+
+
+class Waiting:
+    """An answer that comes once the call is answered or failed."""
+
+    def __init__(self) -> None:
+        self.result: Message | EdgeDispatchError | None = None
+        self._then: Settle | None = None
+
+    def settle(self, result: Message | EdgeDispatchError) -> None:
+        if self.result is not None:
+            return
+        self.result = result
+        if self._then is not None:
+            self._then(result)
+
+    def then(self, fn: Settle) -> None:
+        if self.result is not None:
+            fn(self.result)
+        else:
+            self._then = fn
+
+
+#: The methods that place calls: method -> request type (``place_call``).
+CALLS: dict[str, type[Message]] = {"CreateSIPParticipant": pb.CreateSIPParticipantRequest}
+
+
+def place_call(
+    directory: Directory | None, dialer: Dialer | None, claims: Claims, req: Any, now: float
+) -> Message | Waiting:
+    """CreateSIPParticipant, checked as LiveKit checks it (its ``Validate``),
+    then placed; with ``wait_until_answered``, answered once the callee is."""
+    require_sip(claims, "call")
+    if directory is None or dialer is None:
+        raise Unavailable("outbound calls need SIP and rooms on this server")
+    if not req.sip_trunk_id and not req.HasField("trunk"):
+        raise InvalidArgument("missing sip trunk id")
+    if not req.sip_call_to:
+        raise InvalidArgument("missing sip callee number")
+    if "@" in req.sip_call_to:
+        raise InvalidArgument("SipCallTo should be a phone number or SIP user, not a full SIP URI")
+    if not req.room_name:
+        raise InvalidArgument("missing room name")
+    trunk = None
+    if req.sip_trunk_id:
+        trunk = directory.outbound_trunk(claims.tenant, req.sip_trunk_id)
+    elif not req.trunk.hostname:
+        raise InvalidArgument("no outbound hostname specified")
+    if not req.wait_until_answered:
+        return dialer.place(claims.tenant, req, trunk, now).info()  # type: ignore[no-any-return]
+    waiting = Waiting()
+    dialer.place(claims.tenant, req, trunk, now, waiting.settle)
+    return waiting
 
 
 def require_sip(claims: Claims, grant: str) -> None:

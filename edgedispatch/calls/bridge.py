@@ -50,6 +50,10 @@ class CallMedia(Protocol):
 
     def attach(self, session: SignalSession) -> Media: ...
 
+    def set_remote(self, spec: dict[str, Any]) -> None: ...
+
+    def send_data(self, packet: bytes, kind: int) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -104,6 +108,26 @@ def listing(services: CallServices, tenant: str | None) -> list[dict[str, Any]]:
     ]
 
 
+def media_spec(services: CallServices, chosen: sdp.Answer | None) -> dict[str, Any]:
+    """The spec of a call's media (``net.sip_media.CallMedia``); without
+    ``chosen``, a call we place, whose callee has not answered yet."""
+    spec: dict[str, Any] = {
+        "remote": None,
+        "codec": "PCMU",
+        "pt": 0,
+        "dtmf_pt": None,
+        "ports": list(services.rtp_ports),
+        "media_timeout": services.media_timeout,
+        "max_duration": services.max_duration,
+    }
+    if chosen is not None:
+        spec.update(
+            remote=list(chosen.remote), codec=chosen.codec, pt=chosen.payload_type,
+            dtmf_pt=chosen.dtmf_payload_type,
+        )  # fmt: skip
+    return spec
+
+
 class CallSink:
     """The SIP participant's signal connection: a phone hears no
     signalling; the server closing it (room closed, removed) hangs up."""
@@ -129,7 +153,7 @@ class BridgedCall:
         ua: CallControl,
         call_id: str,
         tenant: str,
-        offer: sdp.Offer,
+        offer: sdp.Offer | None,
         room: str,
         *,
         admit: Admit | None = None,
@@ -152,24 +176,22 @@ class BridgedCall:
         self.answer: sdp.Answer | None = None
         #: (from, to) as the status page shows them (a hidden number masked).
         self.shown = shown
-        chosen = sdp.answer(offer, services.media_address, 0, 0)  # the codecs, not the port
-        spec = {
-            "remote": list(chosen.remote),
-            "codec": chosen.codec,
-            "pt": chosen.payload_type,
-            "dtmf_pt": chosen.dtmf_payload_type,
-            "ports": list(services.rtp_ports),
-            "media_timeout": services.media_timeout,
-            "max_duration": services.max_duration,
-        }
+        spec = self._media_spec()
         services.calls[call_id] = self
         self.media = services.open_media((tenant, room), spec, self)
+
+    def _media_spec(self) -> dict[str, Any]:
+        """What the media worker needs to open the call's RTP."""
+        if self._offer is None:  # a call we place: the callee's answer tells
+            return media_spec(self.services, None)
+        chosen = sdp.answer(self._offer, self.services.media_address, 0, 0)  # not the port
+        return media_spec(self.services, chosen)
 
     def join(self, admit: Admit, now: float) -> None:
         """The caller's participant joins ``admit.room``; raises the
         domain's refusal (a full room, a draining server)."""
         attributes = dict(admit.attributes)
-        attributes[CALL_STATUS] = "active" if self.confirmed else "ringing"
+        attributes[CALL_STATUS] = self.status
         grant = Grant(
             room=admit.room,
             identity=admit.identity,
@@ -194,6 +216,11 @@ class BridgedCall:
         )  # fmt: skip
 
     @property
+    def status(self) -> str:
+        """Its participant's ``sip.callStatus`` while it is in the room."""
+        return "active" if self.confirmed else "ringing"
+
+    @property
     def state(self) -> str:
         if self.ended:
             return "ended"
@@ -204,7 +231,7 @@ class BridgedCall:
     # -- the media worker's news ------------------------------------------
 
     def on_rtp_ready(self, port: int, now: float) -> None:
-        if self.ended or self.answered:
+        if self.ended or self.answered or self._offer is None:
             return
         self.answer = sdp.answer(self._offer, self.services.media_address, port, port)
         self.answered = True

@@ -230,6 +230,11 @@ class CallProxy(MediaProxy):
         self.session = session
         return self
 
+    def set_remote(self, spec: dict[str, Any]) -> None:
+        """A placed call's answer: where the callee wants its audio, and in
+        which codec (``remote``, ``codec``, ``pt``, ``dtmf_pt``)."""
+        self._send("sip_remote", self.peer, spec)
+
     def on_call_frame(self, op: str, args: list[Any]) -> bool:
         """A call's own event; False for a participant's (``track``...)."""
         now = asyncio.get_running_loop().time()

@@ -11,7 +11,8 @@ the server goes (the link ends).
 Commands in: ``open`` (peer, single_pc), ``negotiate``, ``candidate``,
 ``data``, ``expect``, ``subscribe``, ``unsubscribe``, ``answer``, ``close``,
 ``stats``; for phone calls (``net.sip_media``) ``sip_open`` (peer, spec,
-bind) and ``sip_digit`` (peer, digit).  Events out: ``ready``, ``answer``,
+bind), ``sip_remote`` (peer, spec: a placed call's answer) and
+``sip_digit`` (peer, digit).  Events out: ``ready``, ``answer``,
 ``data``, ``track``, ``need``, ``offer``, ``failed``, ``refused``, ``gone``,
 ``stats``; for calls ``sip_ready`` (peer, port), ``sip_digit`` (peer,
 digit) and ``sip_end`` (peer, why).
@@ -144,6 +145,8 @@ class Worker:
             call.unsubscribe(args[1])
         elif op == "sip_digit":
             call.send_digit(args[1])
+        elif op == "sip_remote":
+            call.set_remote(args[1])
         elif op == "close":
             del self.peers[args[0]]
             call.close()

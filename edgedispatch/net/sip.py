@@ -12,8 +12,10 @@ that cannot be framed (a bad header, no Content-Length) is closed after a
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 
 from edgedispatch.errors import EdgeDispatchError, TooLarge
@@ -25,6 +27,40 @@ from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer, refusal_o
 
 log = logging.getLogger("edgedispatch.sip")
 PARTIAL_TIMEOUT = 64 * T1
+
+
+_LOOKUPS: set[asyncio.Task[None]] = set()
+
+
+def resolve_host(host: str, then: Callable[[str | None], None]) -> None:
+    """Calls ``then`` with ``host``'s IPv4 address (at once for an IP
+    address, else after a lookup off the loop's thread), or None."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        then(host)
+        return
+    loop = asyncio.get_running_loop()
+
+    async def look_up() -> None:
+        try:
+            infos = await loop.getaddrinfo(
+                host, None, family=socket.AF_INET, type=socket.SOCK_DGRAM
+            )
+            address: str | None = str(infos[0][4][0]) if infos else None
+        except OSError as exc:
+            log.info("SIP: cannot resolve %s: %s", host, exc)
+            address = None
+        try:
+            then(address)
+        except Exception:
+            log.exception("a resolved call could not go on")
+
+    task = loop.create_task(look_up())
+    _LOOKUPS.add(task)
+    task.add_done_callback(_LOOKUPS.discard)
 
 
 class SipEndpoint(asyncio.DatagramProtocol):

@@ -58,6 +58,9 @@ class RoomListener:
         self._decoder = RoomDecoder(call.codec)
         fanout.tracks.add(self)
 
+    def recode(self, codec: str) -> None:
+        self._decoder = RoomDecoder(codec)
+
     def push(self, packet: Packet[Any], key: bool) -> bool:
         self._call.playout.push(self._decoder.decode(bytes(packet)))
         return True
@@ -71,6 +74,8 @@ class CallMedia(asyncio.DatagramProtocol):
 
     :param spec: from the server: ``remote`` [host, port], ``codec``,
         ``pt``, ``dtmf_pt`` (or None), ``media_timeout``, ``max_duration``.
+        A call we place has no ``remote`` (None) until the callee answers
+        (``set_remote``): until then nothing is sent and its limits wait.
     """
 
     def __init__(self, peer: int, spec: dict[str, Any], send: Send, clock: CallClock) -> None:
@@ -81,24 +86,36 @@ class CallMedia(asyncio.DatagramProtocol):
         self._clock = clock
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self.codec = str(spec["codec"])
-        dtmf = spec.get("dtmf_pt")
-        self.remote: tuple[str, int] = (str(spec["remote"][0]), int(spec["remote"][1]))
-        self.latched = False
-        self.uplink = Uplink(self.codec, int(spec["pt"]), dtmf)
-        self.playout = Playout(self.codec)
-        self.sender = RtpSender(int(spec["pt"]), dtmf, secrets.randbits(32))
-        self.limits = CallLimits(
-            loop.time(), float(spec["media_timeout"]), float(spec["max_duration"])
-        )
-        self._encoder = CallerEncoder(self.codec)
         self.fanouts: dict[str, Fanout] = {}
         self._track: Fanout | None = None
         self._seq = 0
         self._listening: dict[str, RoomListener] = {}
+        self.remote: tuple[str, int] | None = None
+        self._limits = (float(spec["media_timeout"]), float(spec["max_duration"]))
+        self._set_codec(spec)
         self._transport: asyncio.DatagramTransport | None = None
         self.port = 0
         self.closed = False
+
+    def _set_codec(self, spec: dict[str, Any]) -> None:
+        self.codec = str(spec["codec"])
+        dtmf = spec.get("dtmf_pt")
+        remote = spec.get("remote")
+        if remote is not None:
+            self.remote = (str(remote[0]), int(remote[1]))
+        self.latched = False
+        self.uplink = Uplink(self.codec, int(spec["pt"]), dtmf)
+        self.playout = Playout(self.codec)
+        self.sender = RtpSender(int(spec["pt"]), dtmf, secrets.randbits(32))
+        # Counted from the answer: a call still ringing hears nothing.
+        self.limits = CallLimits(self._loop.time(), *self._limits)
+        self._encoder = CallerEncoder(self.codec)
+        for listener in self._listening.values():
+            listener.recode(self.codec)
+
+    def set_remote(self, spec: dict[str, Any]) -> None:
+        """The callee's answer: its address, and the codec it took."""
+        self._set_codec(spec)
 
     # -- the socket ------------------------------------------------------
 
@@ -111,6 +128,8 @@ class CallMedia(asyncio.DatagramProtocol):
             packet = parse_rtp(data)
         except Exception:  # noqa: BLE001 - anything at a media port: not ours to crash on
             return
+        if self.remote is None:
+            return  # not answered yet: nobody to hear
         if not self.latched:
             self.latched = True
             self.remote = (str(addr[0]), int(addr[1]))
@@ -133,8 +152,8 @@ class CallMedia(asyncio.DatagramProtocol):
     def tick(self, now: float) -> None:
         """The clock's 20 ms: one packet to the caller, and the limits."""
         transport = self._transport
-        if transport is None or self.closed:
-            return  # not bound yet
+        if transport is None or self.closed or self.remote is None:
+            return  # not bound, or not answered, yet
         transport.sendto(self.sender.next_packet(self.playout.take()), self.remote)
         why = self.limits.expired(now)
         if why:

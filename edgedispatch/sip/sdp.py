@@ -1,5 +1,6 @@
 """SDP offer/answer for phone calls (RFC 3264, RFC 4566): the caller's
-offer read, an answer chosen for G.711 and rendered, sans-IO.
+offer read, an answer chosen for G.711 and rendered; for the calls we
+place, our offer and the callee's answer read.  Sans-IO.
 
 We take PCMU or PCMA (the caller's first that we have: G.711 is what every
 trunk offers and costs nothing to decode) and RFC 4733 telephone-event if
@@ -113,6 +114,39 @@ def _attribute(m: MediaLine, value: str) -> None:
 
 
 _MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly"}
+
+
+#: The payload type we offer telephone-event on (a dynamic one, as livekit/sip's).
+OUR_DTMF_PT = 101
+
+
+def make_offer(address: str, port: int, session_id: int) -> bytes:
+    """Our offer for a call we place: PCMU, PCMA and telephone-event, at
+    ``address``:``port``."""
+    lines = [
+        "v=0",
+        f"o=edgedispatch {session_id} {session_id} IN IP4 {address}",
+        "s=edgedispatch",
+        f"c=IN IP4 {address}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP 0 8 {OUR_DTMF_PT}",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        f"a=rtpmap:{OUR_DTMF_PT} telephone-event/8000",
+        f"a=fmtp:{OUR_DTMF_PT} 0-16",
+        "a=ptime:20",
+        "a=sendrecv",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def read_answer(body: bytes) -> Answer:
+    """The callee's answer to ``make_offer``: the codec it took (its first
+    G.711 format), its telephone-event type and where it wants its audio.
+    ``NotAcceptable`` if it took nothing we offered."""
+    got = answer(parse_offer(body), "0.0.0.0", 0, 0)
+    return Answer(b"", got.remote, got.payload_type, got.codec, got.dtmf_payload_type,
+                  got.direction, got.ptime)  # fmt: skip
 
 
 def answer(offer: Offer, address: str, port: int, session_id: int) -> Answer:

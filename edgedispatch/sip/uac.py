@@ -56,6 +56,8 @@ class Ended:
 
 
 Event = Progress | Answered | Failed | Ended
+#: The event classes, for ``isinstance`` (the application's dispatch).
+OUTBOUND_EVENTS = (Progress, Answered, Failed, Ended)
 
 
 @dataclass
@@ -107,9 +109,10 @@ class UserAgentClient:
         username: str = "",
         password: str = "",
         ringing_timeout: float = 180.0,
+        call_id: str = "",
     ) -> str:
-        """Place a call; returns its Call-ID."""
-        call_id = f"{self._new_tag()}@edgedispatch"
+        """Place a call; returns its Call-ID (``call_id``, or a new one)."""
+        call_id = call_id or f"{self._new_tag()}@edgedispatch"
         call = OutboundCall(
             call_id, target, peer, from_uri, self._new_tag(), sdp, username, password,
             ringing_timeout=ringing_timeout,

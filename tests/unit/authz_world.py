@@ -74,6 +74,18 @@ def token(key: str, secret: str, **claims: Any) -> str:
     return sign_hs256({"iss": key, "nbf": int(WALL) - 10, "exp": int(WALL) + 600, **claims}, secret)
 
 
+class FakeDialer:
+    """Places no call: records (tenant, trunk id, room) of each it is asked for."""
+
+    def __init__(self) -> None:
+        self.placed: list[tuple[str, str, str]] = []
+
+    def place(self, tenant: str, req: Any, trunk: Any, now: float, done: Any = None) -> Any:
+        self.placed.append((tenant, trunk.sip_trunk_id, req.room_name))
+        info = sip_pb.SIPParticipantInfo(room_name=req.room_name, sip_call_id="fake")
+        return type("Placed", (), {"info": staticmethod(lambda: info)})()
+
+
 class World:
     """Build with ``await World.make()`` (the agent manager needs a loop)."""
 
@@ -98,6 +110,8 @@ class World:
         )
         self.app.agents = self.manager
         self.sip = self.app.sip = Directory(MemoryStore(), ids.new)
+        self.dialer = FakeDialer()
+        self.app.dialer = self.dialer
         #: (tenant, names) -> what it was given: by names of its own
         #: (``UNIQUE``: "room-acme", "user-acme", "helper-acme") and by
         #: names every tenant has (``SHARED``: "lobby", "guest", "helper").

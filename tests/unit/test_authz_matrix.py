@@ -54,6 +54,7 @@ S = "livekit.SIP"
 # What an RPC needs (``Row.needs``) and what a grant set holds (``Grants.holds``).
 CREATE, LIST, ADMIN, AGENTS = "roomCreate", "roomList", "roomAdmin+room", "agent.admin"
 SIP = "sip.admin"
+SIP_CALL = "sip.call"
 OK, DENIED, UNAUTH, NOT_FOUND = "ok", "permission_denied", "unauthenticated", "not_found"
 
 #: A row's check, given the world, the caller's own things by the names the
@@ -320,6 +321,19 @@ SIP_ROWS: dict[tuple[str, str], Row] = {
         lambda t: sp.ListSIPDispatchRuleRequest(dispatch_rule_ids=[t.rule_id]),
         _sip_listed("rule"),
     ),
+    # Placing a call needs sip.call (not sip.admin), and the caller's own trunk.
+    (S, "CreateSIPParticipant"): Row(
+        SIP_CALL,
+        OK,
+        NOT_FOUND,
+        NOT_FOUND,
+        lambda t: sp.CreateSIPParticipantRequest(
+            sip_trunk_id=t.outbound_id, sip_call_to="+15550123", room_name=t.room
+        ),
+        _mine(
+            lambda w, mine: [c[:2] for c in w.dialer.placed] == [(mine.tenant, mine.outbound_id)]
+        ),
+    ),
     (S, "DeleteSIPDispatchRule"): Row(
         SIP,
         OK,
@@ -541,9 +555,9 @@ GRANTS: dict[str, Grants] = {
     "roomRecord, ingressAdmin": Grants(ACME, _video(roomRecord=True, ingressAdmin=True), NONE),
     "video.agent (a worker's)": Grants(ACME, _video(agent=True, roomJoin=True), NONE),
     "sip admin and call": Grants(
-        ACME, lambda room: {"sip": {"admin": True, "call": True}}, frozenset({SIP})
+        ACME, lambda room: {"sip": {"admin": True, "call": True}}, frozenset({SIP, SIP_CALL})
     ),
-    "sip call": Grants(ACME, lambda room: {"sip": {"call": True}}, NONE),
+    "sip call": Grants(ACME, lambda room: {"sip": {"call": True}}, frozenset({SIP_CALL})),
     "agent admin": Grants(ACME, lambda room: ADMIN_GRANT, frozenset({AGENTS})),
     # Truthy is not true.  LiveKit cannot parse such a token into its
     # claims and answers unauthenticated; edgedispatch verifies it and
@@ -657,11 +671,10 @@ def test_an_rpc_not_routed_is_bad_route_whatever_the_token() -> None:
     async def main() -> None:
         w = await World.make()
         try:
-            # Calls are not placed yet: the SIP service's call RPCs are not routed.
+            # Transfers (REFER) are not served: not routed.
             unrouted = (
                 f"/twirp/{R}/ForwardParticipant",
                 f"/twirp/{A}/DeleteEverything",
-                f"/twirp/{S}/CreateSIPParticipant",
                 f"/twirp/{S}/TransferSIPParticipant",
             )
             for path in unrouted:
