@@ -23,7 +23,7 @@ from livekit.protocol import sip as pb
 
 from edgedispatch.calls.bridge import CallServices
 from edgedispatch.calls.outbound import twirp_error_of
-from edgedispatch.errors import EdgeDispatchError, FailedPrecondition, NotFound, TwirpError
+from edgedispatch.errors import EdgeDispatchError, InvalidArgument, NotFound, TwirpError
 from edgedispatch.sip.refer import Event, TransferAccepted, TransferEnded
 from edgedispatch.sip.uas import UserAgentServer
 
@@ -96,7 +96,7 @@ class Transfers:
         pending = self._pending.get(call_id)
         if pending is not None:  # asked again (a retried RPC): the same answer
             if pending.refer_to != refer_to:
-                raise FailedPrecondition("call already being transferred elsewhere")
+                raise InvalidArgument("call already being transferred elsewhere")
             pending.done.append(done)
             return
         ua = self._ua()
