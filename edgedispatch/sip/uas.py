@@ -178,9 +178,14 @@ class UserAgentServer:
     ) -> None:
         """A parsed message (from a stream: ``reliable``, so that nothing
         is repeated or kept for copies)."""
-        if isinstance(msg, Response) and msg.cseq[1] == "REFER":
-            self.referrals.receive_response(msg, now)
-            return
+        if isinstance(msg, Response):
+            try:
+                refer = msg.cseq[1] == "REFER"
+            except Malformed:
+                return  # no transaction of ours can match it: dropped
+            if refer:
+                self.referrals.receive_response(msg, now)
+                return
         notify = isinstance(msg, Request) and msg.method == "NOTIFY"
         if self.outbound.handles(msg.call_id) and not notify:  # a call we placed
             if isinstance(msg, Response):
