@@ -190,6 +190,10 @@ class Server:
             lambda: secrets.token_hex(6),
             services,
             Admission.from_config(self.cfg),
+            # The agents' manager is made after the listeners: looked up per call.
+            on_demand=lambda tenant, name: (
+                self.agents is not None and self.agents.on_demand(tenant, name)
+            ),
         )
         if services is not None and self._sources is not None:
             self._sources.sip_calls = functools.partial(call_listing, services)
