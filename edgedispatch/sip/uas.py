@@ -21,6 +21,8 @@ which the shell gives (random, without a clock or ``os`` here).
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,6 +131,11 @@ class UserAgentServer:
         self._new_tag = new_tag
         self.transactions = ServerTransactions()
         self.calls: dict[str, Call] = {}
+        #: (resend_at, n, call id): the calls' timers, a heap checked lazily
+        #: (an entry whose call is gone or re-armed is dropped when it comes
+        #: up), so that the next deadline costs no walk of every call.
+        self._timers: list[tuple[float, int, str]] = []
+        self._timer_seq = itertools.count()
         self._events: list[Event] = []
         self._out: list[tuple[bytes, Address]] = []
         self._trying: list[tuple[Call, float]] = []  # INVITEs that may need a 100
@@ -338,7 +345,7 @@ class UserAgentServer:
         )
         call.state = CallState.ANSWERED
         call.interval = T1
-        call.resend_at = now + T1
+        self._arm(call, now + T1)
         call.give_up = now + 64 * T1
 
     def reject(
@@ -379,8 +386,20 @@ class UserAgentServer:
 
     # -- time ----------------------------------------------------------------
 
+    def _arm(self, call: Call, at: float) -> None:
+        call.resend_at = at
+        heapq.heappush(self._timers, (at, next(self._timer_seq), call.call_id))
+
+    def _due(self, entry: tuple[float, int, str]) -> Call | None:
+        """The call a timer entry is still for, or None if it is stale."""
+        call = self.calls.get(entry[2])
+        return call if call is not None and call.resend_at == entry[0] else None
+
     def next_deadline(self) -> float | None:
-        times = [c.resend_at for c in self.calls.values() if c.resend_at is not None]
+        heap = self._timers
+        while heap and self._due(heap[0]) is None:
+            heapq.heappop(heap)
+        times = [heap[0][0]] if heap else []
         times += [
             t for t in (self.transactions.next_deadline(), self.outbound.next_deadline()) if t
         ]
@@ -389,7 +408,12 @@ class UserAgentServer:
     def on_timer(self, now: float) -> None:
         self.transactions.on_timer(now)
         self.outbound.on_timer(now)
-        for call in [c for c in self.calls.values() if c.resend_at and c.resend_at <= now]:
+        heap, due = self._timers, {}  # a call armed twice for one time: once
+        while heap and heap[0][0] <= now:
+            call = self._due(heapq.heappop(heap))
+            if call is not None:
+                due[call.call_id] = call
+        for call in due.values():
             if call.state is CallState.ANSWERED:
                 if now >= call.give_up:  # no ACK: hang up (§13.3.1.4)
                     self._send_bye(call, now)
@@ -406,7 +430,7 @@ class UserAgentServer:
                 call.resend_at = None
                 continue
             call.interval = min(2 * call.interval, T2)
-            call.resend_at = min(now + call.interval, call.give_up)
+            self._arm(call, min(now + call.interval, call.give_up))
 
     def take_outgoing(self) -> list[tuple[bytes, Address]]:
         for call, at in self._trying:
@@ -493,7 +517,7 @@ class UserAgentServer:
         )
         self._out.append((call.bye, call.source))
         call.interval = T1
-        call.resend_at = now + T1
+        self._arm(call, now + T1)
         call.give_up = now + 64 * T1
 
     def _sent_by(self) -> str:
