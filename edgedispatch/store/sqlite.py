@@ -310,6 +310,11 @@ class SqliteStore:
             return
         self.handovers += 1
         self._outbox, self._barrier = [], None
+        if not ops and not self._unacked:
+            assert barrier is not None
+            if not barrier.done():
+                barrier.set_result(None)  # nothing written is waiting
+            return
         index = self._index
         new: list[list[Any]] = []
         named: list[list[Any]] = []

@@ -63,12 +63,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def pin(pid: int, cpus: set[int]) -> None:
-    """Keep the server (with the processes it started: the store's writer)
-    and the load on separate cores, so that the numbers measure the server
-    rather than the scheduler's mixing of them."""
+def pin(pid: int, cpus: set[int], *, tree: bool = False) -> None:
+    """Keep the server (``tree``: with the processes it started, such as
+    the store's writer) and the load on separate cores, so that the numbers
+    measure the server rather than the scheduler's mixing of them."""
     if len(os.sched_getaffinity(0)) > 1:
-        for each in [pid, *children(pid)]:
+        for each in [pid, *(children(pid) if tree else ())]:
             try:
                 os.sched_setaffinity(each, cpus)
             except OSError:
@@ -205,8 +205,8 @@ def run(
         if server is not None:
             cpus = sorted(os.sched_getaffinity(0))
             server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
-            pin(server.pid, server_cpus)
-            pin(os.getpid(), load_cpus)
+            pin(server.pid, server_cpus, tree=True)
+            pin(os.getpid(), load_cpus)  # only this process: the server is its child
         time.sleep(0.5)
         rss_before = rss_kb(server_pid) if server_pid else 0
         per_proc = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]

@@ -160,6 +160,10 @@ def test_the_writer_says_which_passes_failed_and_which_committed(tmp_path: Path)
             break
     assert (through, done) == (2, 2)
     assert _committed(tmp_path) == {"a": "1", "b": "1"}
+    # A pass with no writes (an answer waiting for earlier ones) is answered
+    # too: an answer waiting on it would otherwise wait for ever.
+    server.sendall(frame([3, [], []]))
+    assert ack()[::3] == [3, 0]
     server.sendall(frame([STOP]))
     thread.join(5)
     assert not thread.is_alive()  # it stops when told to
@@ -196,6 +200,8 @@ def test_a_writer_that_dies_is_replaced_and_commits_what_was_sent_to_it(
         assert _committed(tmp_path) == {"a": "1", "b": "2"}
         store.put("ns", "c", 3)
         await store.flushed()
+        # Nothing written in this pass, nothing waiting: answered at once.
+        await asyncio.wait_for(store.flushed(), 1)
         store.close()
         assert _committed(tmp_path) == {"a": "1", "b": "2", "c": "3"}
 
