@@ -32,6 +32,7 @@ from edgedispatch.calls.bridge import CallEvents, CallServices
 from edgedispatch.calls.bridge import listing as call_listing
 from edgedispatch.calls.inbound import InboundCalls
 from edgedispatch.calls.outbound import OutboundCalls
+from edgedispatch.calls.transfer import Transfers
 from edgedispatch.config import Config
 from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.domain import Domain
@@ -52,9 +53,11 @@ from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.manager import AgentManager
 from edgedispatch.sip.digest import DigestAuth
 from edgedispatch.sip.directory import Directory
-from edgedispatch.sip.uac import OUTBOUND_EVENTS, UserAgentClient
+from edgedispatch.sip.refer import Event as TransferEvent
+from edgedispatch.sip.refer import TransferAccepted, TransferEnded
+from edgedispatch.sip.uac import OUTBOUND_EVENTS, Ended, Failed, UserAgentClient
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import Event, UserAgentServer
+from edgedispatch.sip.uas import CallEnded, Event, UserAgentServer
 from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store import sqlite as sqlite_store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
@@ -200,6 +203,7 @@ class Server:
         if services is not None and self._sources is not None:
             self._sources.sip_calls = functools.partial(call_listing, services)
         placed: OutboundCalls | None = None
+        transfers: Transfers | None = None
         if services is not None:
 
             def uac() -> UserAgentClient | None:
@@ -210,8 +214,22 @@ class Server:
                 services, uac, resolve_host, lambda: secrets.token_hex(8), admission
             )
             app.dialer = placed
+            transfers = Transfers(
+                services,
+                lambda: self.sip_endpoint.uas if self.sip_endpoint is not None else None,
+                lambda: secrets.token_hex(8),
+            )
+            app.transfers = transfers
 
-        def on_event(ua: UserAgentServer, event: Event | OutboundEvent, now: float) -> None:
+        def on_event(
+            ua: UserAgentServer, event: Event | OutboundEvent | TransferEvent, now: float
+        ) -> None:
+            if isinstance(event, (TransferAccepted, TransferEnded)):
+                if transfers is not None:
+                    transfers.on_event(event, now)
+                return
+            if transfers is not None and isinstance(event, (CallEnded, Ended, Failed)):
+                transfers.call_ended(event.call_id)
             if placed is not None and isinstance(event, OUTBOUND_EVENTS):
                 placed.on_event(event, now)
             else:

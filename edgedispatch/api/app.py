@@ -137,6 +137,8 @@ class App:
         self.sip: Directory | None = None
         #: Places outbound calls (``CreateSIPParticipant``), when SIP and rooms are up.
         self.dialer: sip_api.Dialer | None = None
+        #: Transfers calls (``TransferSIPParticipant``), when SIP and rooms are up.
+        self.transfers: sip_api.Transferer | None = None
         #: ``/metrics``: renders the page (``obs.metrics``), and the token a
         #: scraper must send ("": loopback clients only).
         self.metrics: Callable[[], bytes] | None = None
@@ -406,7 +408,12 @@ class App:
             self._refuse_writes(method if route is not None else "")
             msg = twirp.decode(req.body, encoding, request_type)
             try:
-                if placing is not None:
+                if method == "TransferSIPParticipant" and placing is not None:
+                    placed = sip_api.transfer_call(self.rooms, self.transfers, claims, msg, req.now)
+                    if isinstance(placed, sip_api.Waiting):
+                        return _when_answered(placed, encoding)
+                    result = placed
+                elif placing is not None:
                     placed = sip_api.place_call(self.sip, self.dialer, claims, msg, req.now)
                     if isinstance(placed, sip_api.Waiting):
                         return _when_answered(placed, encoding)

@@ -17,8 +17,16 @@ from typing import Any, NamedTuple, Protocol
 from google.protobuf.message import Message
 from livekit.protocol import sip as pb
 
-from edgedispatch.errors import EdgeDispatchError, InvalidArgument, PermissionDenied, Unavailable
+from edgedispatch.errors import (
+    EdgeDispatchError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from edgedispatch.rtc.room import RoomHub
 from edgedispatch.sip.directory import Directory
+from edgedispatch.sip.refer import TRANSFER_TIMEOUT, refer_target
 from edgedispatch.wire.tokens import Claims
 
 SERVICE = "livekit.SIP"
@@ -51,6 +59,24 @@ class Dialer(Protocol):
         ...
 
 
+class Transferer(Protocol):
+    """Transfers calls (``calls.transfer.Transfers``)."""
+
+    def transfer(
+        self,
+        tenant: str,
+        session: object,
+        call_id: str,
+        refer_to: str,
+        timeout: float,
+        now: float,
+        done: Settle,
+    ) -> None:
+        """REFERs the participant's call (raises what refuses it at once);
+        ``done`` gets the answer or the error once the outcome is known."""
+        ...
+
+
 class Waiting:
     """An answer that comes once the call is answered or failed."""
 
@@ -72,8 +98,12 @@ class Waiting:
             self._then = fn
 
 
-#: The methods that place calls: method -> request type (``place_call``).
-CALLS: dict[str, type[Message]] = {"CreateSIPParticipant": pb.CreateSIPParticipantRequest}
+#: The methods that act on calls: method -> request type (``place_call``,
+#: ``transfer_call``).
+CALLS: dict[str, type[Message]] = {
+    "CreateSIPParticipant": pb.CreateSIPParticipantRequest,
+    "TransferSIPParticipant": pb.TransferSIPParticipantRequest,
+}
 
 
 def place_call(
@@ -102,6 +132,46 @@ def place_call(
     waiting = Waiting()
     dialer.place(claims.tenant, req, trunk, now, waiting.settle)
     return waiting
+
+
+def transfer_call(
+    rooms: RoomHub | None,
+    transfers: Transferer | None,
+    claims: Claims,
+    req: Any,
+    now: float,
+) -> Message | Waiting:
+    """TransferSIPParticipant, checked in LiveKit's order (livekit
+    ``transferSIPParticipantRequest``): the room and identity named, the
+    grants ``sip.call`` and ``roomAdmin`` for the room, ``transfer_to`` a
+    sip:, sips: or tel: URI; then the participant, which must be the SIP
+    participant of a call that is up here.  Answered once the transfer's
+    outcome is known."""
+    if not req.room_name:
+        raise InvalidArgument("missing room name")
+    if not req.participant_identity:
+        raise InvalidArgument("missing participant identity")
+    require_sip(claims, "call")
+    claims.require("roomAdmin", room=req.room_name)
+    refer_to = refer_target(req.transfer_to)
+    live = rooms.find(claims.tenant, req.room_name) if rooms is not None else None
+    session = live.sessions.get(req.participant_identity) if live is not None else None
+    if session is None:
+        raise NotFound(f"participant {req.participant_identity!r} is not in the room")
+    call_id = session.info.attributes.get("sip.callID", "")
+    if not call_id:
+        raise InvalidArgument("no SIP session associated with participant")
+    if transfers is None:
+        raise Unavailable("transfers need SIP and rooms on this server")
+    timeout = req.ringing_timeout.ToSeconds() if req.HasField("ringing_timeout") else 0
+    waiting = Waiting()
+    transfers.transfer(
+        claims.tenant, session, call_id, refer_to, float(timeout or TRANSFER_TIMEOUT), now,
+        waiting.settle,
+    )  # fmt: skip
+    if isinstance(waiting.result, EdgeDispatchError):
+        raise waiting.result
+    return waiting.result if waiting.result is not None else waiting
 
 
 def require_sip(claims: Claims, grant: str) -> None:

@@ -20,10 +20,11 @@ from collections.abc import Callable
 
 from edgedispatch.errors import EdgeDispatchError, TooLarge
 from edgedispatch.net.timer import DeadlineTimer
-from edgedispatch.sip.message import StreamParser
+from edgedispatch.sip.message import StreamParser, refusal_of
+from edgedispatch.sip.refer import Event as TransferEvent
 from edgedispatch.sip.transaction import T1
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer, refusal_of
+from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer
 
 log = logging.getLogger("edgedispatch.sip")
 PARTIAL_TIMEOUT = 64 * T1
@@ -70,7 +71,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        on_event: Callable[[UserAgentServer, Event | OutboundEvent, float], None],
+        on_event: Callable[[UserAgentServer, Event | OutboundEvent | TransferEvent, float], None],
         host: str,
     ) -> None:
         self.loop = loop

@@ -74,6 +74,26 @@ def response(
     return _md5(f"{ha1}:{nonce}:{ha2}")
 
 
+def authorization(
+    challenge: str, username: str, password: str, method: str, uri: str, cnonce: str
+) -> str:
+    """The ``Authorization``/``Proxy-Authorization`` value that answers a
+    401/407's ``challenge`` for a request of ours (MD5; qop=auth when offered)."""
+    c = parse_auth(challenge)
+    realm, nonce = c.get("realm", ""), c.get("nonce", "")
+    qop = "auth" if "auth" in c.get("qop", "").split(",") else ""
+    nc = "00000001"
+    digest = response(username, password, realm, method, uri, nonce,
+                      qop, nc if qop else "", cnonce if qop else "")  # fmt: skip
+    value = (
+        f'Digest username="{username}", realm="{realm}", nonce="{nonce}", '
+        f'uri="{uri}", response="{digest}", algorithm=MD5'
+    )
+    if c.get("opaque"):
+        value += f', opaque="{c["opaque"]}"'
+    return value + (f', qop=auth, nc={nc}, cnonce="{cnonce}"' if qop else "")
+
+
 class DigestAuth:
     def __init__(
         self, secret: bytes, realm: str = REALM, window: float = 30.0, max_used: int = 50_000

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgedispatch.errors import Malformed, TooLarge
+from edgedispatch.errors import EdgeDispatchError, Malformed, TooLarge
 
 MAX_MESSAGE = 64 * 1024  #: bytes per message, start line to end of body
 MAX_HEADERS = 128  #: header lines per message
@@ -69,6 +69,8 @@ SPELLING = {
     "rseq": "RSeq",
 }
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
+#: What a response copies from its request to find its way back (§8.2.6.2).
+ROUTES = frozenset({"via", "from", "to", "call-id", "cseq"})
 _ONCE = frozenset(REQUIRED[1:])  #: at most once in a message
 _TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _SCHEME = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
@@ -165,7 +167,7 @@ class StreamParser:
 
     def pending(self) -> bytes:
         """The start of what is not framed yet (after an error: the
-        message that caused it, for ``uas.refusal_of``)."""
+        message that caused it, for ``refusal_of``)."""
         return bytes(self._buf[:8192])
 
     def feed(self, data: bytes) -> list[Message]:
@@ -531,3 +533,28 @@ def response_to(
         ("cseq", req.headers.get("cseq")),
     ]
     return render(f"SIP/2.0 {status} {reason}", copied + list(headers or ()), body)
+
+
+def refusal_of(data: bytes, exc: EdgeDispatchError) -> bytes:
+    """The answer to a request we could not parse: 400 (513 if too large)
+    with the reason, if it names where to send it (only what routes a
+    response is read); b"" for a response, an ACK or bytes with no Via."""
+    head = data.split(b"\r\n\r\n", 1)[0][:8192].decode("utf-8", "replace")
+    lines = head.replace("\r\n", "\n").split("\n")
+    method = lines[0].split(" ", 1)[0]
+    if lines[0].startswith("SIP/") or not method.isalpha() or method == "ACK":
+        return b""  # a response, or not even a request line
+    fields = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name = name.strip().lower()
+        name = COMPACT.get(name, name)
+        if colon and name in ROUTES:
+            fields.append((name, value.strip()))
+    if not any(name == "via" for name, _ in fields):
+        return b""
+    status = 400
+    if isinstance(exc, (TooLarge, UnsupportedVersion)):
+        status = 513 if isinstance(exc, TooLarge) else 505
+    reason = "".join(c if c.isprintable() else " " for c in exc.msg[:100])
+    return render(f"SIP/2.0 {status} {reason}", fields)

@@ -18,8 +18,9 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgedispatch.sip.digest import parse_auth, response
+from edgedispatch.sip.digest import authorization
 from edgedispatch.sip.message import Request, Response, parse_name_addr, render, response_to
+from edgedispatch.sip.refer import Dialog
 from edgedispatch.sip.transaction import T1, T2, Address
 
 
@@ -199,6 +200,22 @@ class UserAgentClient:
         self._send_bye(call, now)
         self._events.append(Ended(call.call_id, "hung up"))
 
+    def dialog(self, call_id: str) -> Dialog | None:
+        """An answered call's dialog, for a request of ours in it (REFER)."""
+        call = self.calls.get(call_id)
+        if call is None or call.phase is not Phase.ACTIVE:
+            return None
+        tag = f";tag={call.remote_tag}" if call.remote_tag else ""
+        return Dialog(
+            call_id, call.remote_target, f"<{call.from_uri}>;tag={call.local_tag}",
+            f"<{call.target}>{tag}", call.peer,
+        )  # fmt: skip
+
+    def next_cseq(self, call_id: str) -> int:
+        call = self.calls[call_id]
+        call.cseq += 1
+        return call.cseq
+
     # -- time ----------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
@@ -265,19 +282,9 @@ class UserAgentClient:
         call.give_up = now + 64 * T1  # Timer B
 
     def _credentials(self, call: OutboundCall, challenge: str) -> str:
-        c = parse_auth(challenge)
-        realm, nonce = c.get("realm", ""), c.get("nonce", "")
-        qop = "auth" if "auth" in c.get("qop", "").split(",") else ""
-        cnonce, nc = self._new_tag(), "00000001"
-        digest = response(call.username, call.password, realm, "INVITE", call.target, nonce,
-                          qop, nc if qop else "", cnonce if qop else "")  # fmt: skip
-        value = (
-            f'Digest username="{call.username}", realm="{realm}", nonce="{nonce}", '
-            f'uri="{call.target}", response="{digest}", algorithm=MD5'
+        return authorization(
+            challenge, call.username, call.password, "INVITE", call.target, self._new_tag()
         )
-        if c.get("opaque"):
-            value += f', opaque="{c["opaque"]}"'
-        return value + (f', qop=auth, nc={nc}, cnonce="{cnonce}"' if qop else "")
 
     def _answered(self, call: OutboundCall, msg: Response, now: float) -> None:
         first = not call.ack

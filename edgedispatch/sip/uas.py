@@ -25,27 +25,26 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgedispatch.errors import EdgeDispatchError, Malformed, TooLarge
+from edgedispatch.errors import EdgeDispatchError, FailedPrecondition, Malformed, TooLarge
 from edgedispatch.sip.message import (
-    COMPACT,
     Request,
     Response,
-    UnsupportedVersion,
     parse_datagram,
     parse_name_addr,
     parse_via,
+    refusal_of,
     render,
     response_to,
 )
+from edgedispatch.sip.refer import Dialog, Referrals
+from edgedispatch.sip.refer import Event as TransferEvent
 from edgedispatch.sip.transaction import T1, T2, Address, ServerTransactions, State, key_of
+from edgedispatch.sip.uac import Ended, Failed, Phase, UserAgentClient
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uac import Phase, UserAgentClient
 
 log = logging.getLogger("edgedispatch.sip")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
-#: What a response copies from its request to find its way back (§8.2.6.2).
-ROUTES = frozenset({"via", "from", "to", "call-id", "cseq"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY"
 MAX_TRANSACTIONS = 100_000
 #: Seconds a caller is told to wait while the server drains: about a
 #: restart's time, not the drain's (which may be hours, and would keep a
@@ -114,6 +113,7 @@ class Call:
     give_up: float = 0.0
     bye: bytes = b""  #: a BYE we sent, repeated until answered
     bye_cseq: int = 0
+    local_cseq: int = 0  #: the CSeq of our last request in the dialog (REFER, BYE)
     remote_cseq: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -134,6 +134,8 @@ class UserAgentServer:
         self._trying: list[tuple[Call, float]] = []  # INVITEs that may need a 100
         #: The calls we place (``outbound.dial``), on the same transport.
         self.outbound = UserAgentClient(contact, new_tag)
+        #: Transfers (REFER) of the calls, incoming and placed (``transfer``).
+        self.referrals = Referrals(self._sent_by(), contact, new_tag)
         #: Transactions kept at most (each lives up to 64*T1 = 32 s): past
         #: it, a new request gets a stateless 503 (2,000 calls/s fit).
         self.max_transactions = MAX_TRANSACTIONS
@@ -176,7 +178,16 @@ class UserAgentServer:
     ) -> None:
         """A parsed message (from a stream: ``reliable``, so that nothing
         is repeated or kept for copies)."""
-        if self.outbound.handles(msg.call_id):  # a call we placed
+        if isinstance(msg, Response):
+            try:
+                refer = msg.cseq[1] == "REFER"
+            except Malformed:
+                return  # no transaction of ours can match it: dropped
+            if refer:
+                self.referrals.receive_response(msg, now)
+                return
+        notify = isinstance(msg, Request) and msg.method == "NOTIFY"
+        if self.outbound.handles(msg.call_id) and not notify:  # a call we placed
             if isinstance(msg, Response):
                 self.outbound.receive_response(msg, now)
             else:
@@ -232,6 +243,9 @@ class UserAgentServer:
             self._reply(req, source, 200, now, headers, to_tag=self._new_tag())
         elif method == "INFO":
             self._info(req, source, now)
+        elif method == "NOTIFY":  # how a transfer of ours goes (RFC 3515)
+            status, reason = self.referrals.receive_notify(req, now)
+            self._reply(req, source, status, now, reason=reason)
         else:
             self._reply(req, source, 405, now, [("allow", ALLOW)])
 
@@ -377,18 +391,60 @@ class UserAgentServer:
         self._send_bye(call, now)
         self._end(call, "hung up")
 
+    def transfer(self, call_id: str, refer_to: str, now: float, timeout: float = 0.0) -> None:
+        """REFER the call (up: ACKed, or answered if we placed it) to
+        ``refer_to`` (a Refer-To value); a placed call answers a challenge
+        with its trunk's credentials.  Raises FailedPrecondition."""
+        if self.referrals.pending(call_id):
+            raise FailedPrecondition("the call is being transferred already")
+        call = self.calls.get(call_id)
+        if call is not None and call.state is CallState.CONFIRMED:
+            inv = call.invite.headers
+            ours = parse_name_addr(inv.get("to")).uri
+            remote = parse_name_addr(inv.get("contact") or inv.get("from")).uri
+            transport = parse_via(inv.get("via")).transport
+            dialog = Dialog(call_id, remote, f"<{ours}>;tag={call.local_tag}", inv.get("from"),
+                            call.source, transport)  # fmt: skip
+
+            def next_cseq() -> int:
+                assert call is not None
+                call.local_cseq += 1
+                return call.local_cseq
+
+            self.referrals.start(dialog, refer_to, next_cseq, now, timeout)
+            return
+        placed = self.outbound.dialog(call_id)
+        if placed is None:
+            raise FailedPrecondition("can't transfer a call that is not up")
+        out = self.outbound.calls[call_id]
+        self.referrals.start(
+            placed, refer_to, lambda: self.outbound.next_cseq(call_id), now, timeout,
+            out.username, out.password,
+        )  # fmt: skip
+
     # -- time ----------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
         times = [c.resend_at for c in self.calls.values() if c.resend_at is not None]
         times += [
-            t for t in (self.transactions.next_deadline(), self.outbound.next_deadline()) if t
+            t
+            for t in (
+                self.transactions.next_deadline(),
+                self.outbound.next_deadline(),
+                self.referrals.next_deadline(),
+            )
+            if t
         ]
         return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
         self.transactions.on_timer(now)
         self.outbound.on_timer(now)
+        for call_id in self.referrals.on_timer(now):  # transferred: the far side stayed
+            if call_id in self.calls:
+                self.hang_up(call_id, now)
+            else:
+                self.outbound.hang_up(call_id, now)
         for call in [c for c in self.calls.values() if c.resend_at and c.resend_at <= now]:
             if call.state is CallState.ANSWERED:
                 if now >= call.give_up:  # no ACK: hang up (§13.3.1.4)
@@ -416,12 +472,18 @@ class UserAgentServer:
         self._trying.clear()
         out = self.transactions.take_outgoing() + self._out + self.outbound.take_outgoing()
         self._out = []
-        return out
+        return out + self.referrals.take_outgoing()
 
-    def take_events(self) -> list[Event | OutboundEvent]:
-        """What happened to calls, incoming and ``outbound``."""
-        events: list[Event | OutboundEvent] = [*self._events, *self.outbound.take_events()]
+    def take_events(self) -> list[Event | OutboundEvent | TransferEvent]:
+        """What happened to calls, incoming and ``outbound``, and to their
+        transfers."""
+        events: list[Event | OutboundEvent | TransferEvent] = [
+            *self._events, *self.outbound.take_events(), *self.referrals.take_events(),
+        ]  # fmt: skip
         self._events = []
+        for event in events:
+            if isinstance(event, (CallEnded, Ended, Failed)):
+                self.referrals.forget(event.call_id)
         return events
 
     # -- helpers -------------------------------------------------------------
@@ -448,11 +510,13 @@ class UserAgentServer:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         to_tag: str = "",
+        reason: str = "",
     ) -> bytes:
         if not to_tag and status > 100:
             call = self.calls.get(req.call_id)
             to_tag = call.local_tag if call is not None else self._new_tag()
-        data = response_to(req, status, REASONS.get(status, "Unknown"), headers, body, to_tag)
+        reason = reason or REASONS.get(status, "Unknown")
+        data = response_to(req, status, reason, headers, body, to_tag)
         self.transactions.respond(req, source, status, data, now)
         return data
 
@@ -476,7 +540,8 @@ class UserAgentServer:
         via = parse_via(inv.get("via"))
         ours = parse_name_addr(inv.get("to"))
         remote = parse_name_addr(inv.get("contact") or inv.get("from"))
-        call.bye_cseq = 1
+        call.local_cseq += 1
+        call.bye_cseq = call.local_cseq
         call.bye = render(
             f"BYE {remote.uri} SIP/2.0",
             [
@@ -514,31 +579,6 @@ class UserAgentServer:
     def _forget(self, call: Call) -> None:
         if call.state is CallState.ENDED and not call.bye:
             self.calls.pop(call.call_id, None)
-
-
-def refusal_of(data: bytes, exc: EdgeDispatchError) -> bytes:
-    """The answer to a request we could not parse: 400 (513 if too large)
-    with the reason, if it names where to send it (only what routes a
-    response is read); b"" for a response, an ACK or bytes with no Via."""
-    head = data.split(b"\r\n\r\n", 1)[0][:8192].decode("utf-8", "replace")
-    lines = head.replace("\r\n", "\n").split("\n")
-    method = lines[0].split(" ", 1)[0]
-    if lines[0].startswith("SIP/") or not method.isalpha() or method == "ACK":
-        return b""  # a response, or not even a request line
-    fields = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        name = name.strip().lower()
-        name = COMPACT.get(name, name)
-        if colon and name in ROUTES:
-            fields.append((name, value.strip()))
-    if not any(name == "via" for name, _ in fields):
-        return b""
-    status = 400
-    if isinstance(exc, (TooLarge, UnsupportedVersion)):
-        status = 513 if isinstance(exc, TooLarge) else 505
-    reason = "".join(c if c.isprintable() else " " for c in exc.msg[:100])
-    return render(f"SIP/2.0 {status} {reason}", fields)
 
 
 def _dtmf_digit(body: bytes) -> str:

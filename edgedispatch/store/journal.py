@@ -3,7 +3,7 @@ after a restart.
 
 The journal follows the domain events (``dispatch.events``); the domain
 never calls the store.  Each event becomes one queued statement, which the
-store's writer thread commits with the others of its batch; a client's
+store's writer process commits with the others of its batch; a client's
 answer waits for that commit where it must (``App``).
 
 Rows hold the records as JSON (msgspec), with what recovery orders or

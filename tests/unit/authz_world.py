@@ -75,10 +75,19 @@ def token(key: str, secret: str, **claims: Any) -> str:
 
 
 class FakeDialer:
-    """Places no call: records (tenant, trunk id, room) of each it is asked for."""
+    """Places no call: records (tenant, trunk id, room) of each it is asked
+    for; transfers none: records (tenant, call id, Refer-To) and succeeds."""
 
     def __init__(self) -> None:
         self.placed: list[tuple[str, str, str]] = []
+        self.transferred: list[tuple[str, str, str]] = []
+
+    def transfer(
+        self, tenant: str, session: Any, call_id: str, refer_to: str, timeout: float,
+        now: float, done: Any,
+    ) -> None:  # fmt: skip
+        self.transferred.append((tenant, call_id, refer_to))
+        done(sip_pb.TransferSIPParticipantResponse(transfer_id="STR_fake"))
 
     def place(self, tenant: str, req: Any, trunk: Any, now: float, done: Any = None) -> Any:
         self.placed.append((tenant, trunk.sip_trunk_id, req.room_name))
@@ -112,6 +121,7 @@ class World:
         self.sip = self.app.sip = Directory(MemoryStore(), ids.new)
         self.dialer = FakeDialer()
         self.app.dialer = self.dialer
+        self.app.transfers = self.dialer
         #: (tenant, names) -> what it was given: by names of its own
         #: (``UNIQUE``: "room-acme", "user-acme", "helper-acme") and by
         #: names every tenant has (``SHARED``: "lobby", "guest", "helper").
@@ -140,7 +150,12 @@ class World:
         dispatch = d.create_dispatch(tenant, spec, now)
         d.step(now)
         sink = self.sinks[tenant, names] = RecordingSink()
-        grant = Grant(room=room, identity=who, metadata=f"user-meta-{tag}")
+        # Each participant says it is a phone call's (TransferSIPParticipant
+        # finds the call by it).
+        grant = Grant(
+            room=room, identity=who, metadata=f"user-meta-{tag}",
+            attributes={"sip.callID": f"call-{tag}"},
+        )  # fmt: skip
         session = self.hub.join(sink, tenant, grant, JoinParams(single_pc=True), now)
         add = rtc.AddTrackRequest(cid="mic", name=f"mic-{tag}", type=models.AUDIO)
         session.on_message(rtc.SignalRequest(add_track=add).SerializeToString(), now)
