@@ -304,7 +304,8 @@ class RoomDirectory:
         room.dispatch_ids.append(rec.id)
         if log.isEnabledFor(logging.DEBUG):  # one per dispatch: no dict at INFO
             extra = {"dispatch": rec.id, "room": room.name, "agent": agent.agent_name}
-            log.debug("dispatch created", extra={**extra, "tenant": room.tenant})
+            extra["tenant"] = room.tenant
+            log.debug("dispatch created", extra=extra)
         if DispatchCreated in self._bus.wanted:
             self._bus.emit(DispatchCreated(rec))
         self._jobs.new_job(rec, now)
