@@ -57,7 +57,8 @@ from edgedispatch.sip.refer import Event as TransferEvent
 from edgedispatch.sip.refer import TransferAccepted, TransferEnded
 from edgedispatch.sip.uac import OUTBOUND_EVENTS, Ended, Failed, UserAgentClient
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import CallEnded, Event, UserAgentServer
+from edgedispatch.sip.uas import UserAgentServer
+from edgedispatch.sip.uas_calls import CallEnded, Event
 from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store import sqlite as sqlite_store
 from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
@@ -199,6 +200,10 @@ class Server:
             lambda: secrets.token_hex(6),
             services,
             admission,
+            # The agents' manager is made after the listeners: looked up per call.
+            on_demand=lambda tenant, name: (
+                self.agents is not None and self.agents.on_demand(tenant, name)
+            ),
         )
         if services is not None and self._sources is not None:
             self._sources.sip_calls = functools.partial(call_listing, services)

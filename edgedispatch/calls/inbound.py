@@ -9,8 +9,9 @@ per tenant and in all.  Then each step refuses as livekit/sip does:
   reason); trunks or rules that are ambiguous: 500, with LiveKit's message;
 - a trunk with credentials: 407 with a challenge (``sip.digest``), 401 for
   a wrong answer;
-- a rule whose agent has no worker now: 480, never a silent room (LiveKit
-  starts the room and nobody comes).
+- a rule whose agent has no worker now, and no agent server to start on
+  demand: 480, never a silent room (LiveKit starts the room and nobody
+  comes).
 A routed call is answered and bridged into its room (``calls.bridge``);
 without rooms (``rtc.enabled`` off, or media in the server's process) it
 gets 480 with the reason.
@@ -32,14 +33,8 @@ from edgedispatch.sip.message import parse_name_addr, parse_uri
 from edgedispatch.sip.outcome import Admit, NeedPin, evaluate, shown_number
 from edgedispatch.sip.routing import Call, pin_and_room
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import (
-    CallConfirmed,
-    CallEnded,
-    Dtmf,
-    Event,
-    IncomingCall,
-    UserAgentServer,
-)
+from edgedispatch.sip.uas import UserAgentServer
+from edgedispatch.sip.uas_calls import CallConfirmed, CallEnded, Dtmf, Event, IncomingCall
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -53,6 +48,7 @@ class InboundCalls:
         new_suffix: Callable[[], str],
         bridge: CallServices | None = None,
         admission: Admission | None = None,
+        on_demand: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._directory = directory
         self._domain = domain
@@ -62,6 +58,9 @@ class InboundCalls:
         self.bridge = bridge
         #: Calls per source, tenant and in all (``calls.admission``).
         self.admission = admission or Admission()
+        #: (tenant, agent name) -> whether an agent server of it would be
+        #: started for a job (one that is idle now can still take the call).
+        self._on_demand = on_demand
 
     def on_event(self, ua: UserAgentServer, event: Event | OutboundEvent, now: float) -> None:
         if isinstance(event, IncomingCall):
@@ -154,10 +153,16 @@ class InboundCalls:
         self, ua: UserAgentServer, event: IncomingCall, tenant: str, outcome: Admit, now: float
     ) -> bool:
         for name in outcome.agents:
-            if not self._domain.workers.connected(tenant, name):
+            if not self._can_run(tenant, name):
                 self._refuse(ua, event, 480, f"agent {name!r} cannot run now", now)
                 return False
         return True
+
+    def _can_run(self, tenant: str, name: str) -> bool:
+        """A worker of the agent is connected, or one will be started."""
+        if self._domain.workers.connected(tenant, name):
+            return True
+        return self._on_demand is not None and self._on_demand(tenant, name)
 
     def _pin_entered(self, call: Call) -> Callable[[BridgedCall, str, float], Admit | None]:
         """The call's PIN check: routed again with the digits entered;
@@ -177,7 +182,7 @@ class InboundCalls:
                 return None
             if not isinstance(outcome, Admit) or tenant != bridged.tenant:
                 return None
-            if any(not self._domain.workers.connected(tenant, a) for a in outcome.agents):
+            if any(not self._can_run(tenant, a) for a in outcome.agents):
                 log.info(
                     "call %s: the PIN rule's agent cannot run now", bridged.call_id,
                     extra=bridged.fields(),

@@ -150,12 +150,14 @@ def _bench_sip(args: argparse.Namespace) -> int:
     if args.media:
         from edgedispatch.cli.bench import sip_media
 
-        media = sip_media.run(args.calls, args.seconds or 12.0)
+        media = sip_media.run(args.calls, args.seconds or 12.0, args.dispatch_rate)
         print(json.dumps(media) if args.json else sip_media.render(media))
         return 0
     from edgedispatch.cli.bench import sip
 
-    report = sip.run(args.rate, args.seconds or 5.0)
+    report = sip.run(
+        args.rate, args.seconds or 5.0, refused=args.refused, rule=args.rule, hold_ms=args.hold_ms
+    )
     print(json.dumps(report) if args.json else sip.render(report))
     return 0
 
@@ -348,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--seed", type=int, help="the faults' random seed (default: a new one)")
     fault.add_argument("--json", action="store_true", help="print one JSON object")
     fault.set_defaults(func=_bench_faults)
-    sip = bench_sub.add_parser("sip", help="SIP signalling with sipp: calls per second, latency")
+    sip = bench_sub.add_parser(
+        "sip", help="SIP with sipp: answered calls per second, INVITE -> 200 latency"
+    )
     sip.add_argument(
         "--rate", type=int, nargs="+", default=[100, 500, 1000, 2000], metavar="R",
         help="calls per second to try, in order (default: 100 500 1000 2000)",
@@ -358,12 +362,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of calls per rate (default 5), or each call's length with --media (12)",
     )  # fmt: skip
     sip.add_argument(
+        "--refused", action="store_true",
+        help="INVITE -> 404 (no trunk takes the number) instead of answered calls",
+    )  # fmt: skip
+    sip.add_argument(
+        "--rule", choices=["individual", "direct"], default="individual",
+        help="answered calls go through an individual rule (a room per call, the default) "
+        "or a direct one (one room)",
+    )  # fmt: skip
+    sip.add_argument(
+        "--hold-ms", type=int, default=0, metavar="MS",
+        help="how long each answered call stays up before its BYE (default 0)",
+    )  # fmt: skip
+    sip.add_argument(
         "--media", action="store_true",
         help="bridged calls with an agent publishing back: loss and send-clock gaps",
     )  # fmt: skip
     sip.add_argument(
         "--calls", type=int, nargs="+", default=[10, 20, 30, 40, 60], metavar="N",
         help="with --media: concurrent calls per step (default: 10 20 30 40 60)",
+    )  # fmt: skip
+    sip.add_argument(
+        "--dispatch-rate", type=float, default=0.0, metavar="R",
+        help="with --media: CreateDispatch at R/s (bench dispatch) while each step's calls run, "
+        "and its p99 (the target is for 1000)",
     )  # fmt: skip
     sip.add_argument("--json", action="store_true", help="print one JSON object")
     sip.set_defaults(func=_bench_sip)

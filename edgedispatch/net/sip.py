@@ -24,7 +24,8 @@ from edgedispatch.sip.message import StreamParser, refusal_of
 from edgedispatch.sip.refer import Event as TransferEvent
 from edgedispatch.sip.transaction import T1
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer
+from edgedispatch.sip.uas import UserAgentServer
+from edgedispatch.sip.uas_calls import Event, IncomingCall
 
 log = logging.getLogger("edgedispatch.sip")
 PARTIAL_TIMEOUT = 64 * T1

@@ -347,6 +347,13 @@ class AgentManager:
         if active.command is not None:
             await active.command.close()
 
+    def on_demand(self, tenant: str, name: str) -> bool:
+        """Whether a job of this agent would start an agent server of it
+        (defined, and not stopped with ``agent stop``), even with no
+        instance running now."""
+        active = self._agents.get((tenant, name))
+        return active is not None and active.supervisor is not None and active.supervisor.enabled
+
     def running_jobs(self) -> int:
         return sum(len(a.worker.running) for a in self._agents.values() if a.worker)
 

@@ -20,10 +20,10 @@ which the shell gives (random, without a clock or ``os`` here).
 
 from __future__ import annotations
 
-import enum
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from edgedispatch.errors import EdgeDispatchError, FailedPrecondition, Malformed, TooLarge
 from edgedispatch.sip.message import (
@@ -41,6 +41,16 @@ from edgedispatch.sip.refer import Event as TransferEvent
 from edgedispatch.sip.transaction import T1, T2, Address, ServerTransactions, State, key_of
 from edgedispatch.sip.uac import Ended, Failed, Phase, UserAgentClient
 from edgedispatch.sip.uac import Event as OutboundEvent
+from edgedispatch.sip.uas_calls import (
+    REASONS,
+    Call,
+    CallConfirmed,
+    CallEnded,
+    CallState,
+    Dtmf,
+    Event,
+    IncomingCall,
+)
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -50,72 +60,6 @@ MAX_TRANSACTIONS = 100_000
 #: restart's time, not the drain's (which may be hours, and would keep a
 #: proxy that honours it away from the restarted server).
 DRAIN_RETRY_AFTER = 30
-REASONS = {
-    100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    407: "Proxy Authentication Required", 408: "Request Timeout",
-    413: "Request Entity Too Large", 415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme", 420: "Bad Extension", 480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 486: "Busy Here",
-    487: "Request Terminated", 488: "Not Acceptable Here", 491: "Request Pending",
-    500: "Server Internal Error", 503: "Service Unavailable", 505: "Version Not Supported",
-    513: "Message Too Large",
-}  # fmt: skip
-
-
-class CallState(enum.Enum):
-    OFFERED = "offered"  # INVITE received, no final answer yet
-    ANSWERED = "answered"  # 2xx sent, waiting for the ACK
-    CONFIRMED = "confirmed"  # ACK received: the call is up
-    ENDED = "ended"
-
-
-@dataclass
-class IncomingCall:
-    call_id: str
-    invite: Request
-    source: Address
-
-
-@dataclass
-class CallEnded:
-    call_id: str
-    #: "bye" (the caller hung up), "cancel", "no ack", "hung up", "rejected", "dropped"
-    why: str
-
-
-@dataclass
-class CallConfirmed:
-    call_id: str
-
-
-@dataclass
-class Dtmf:
-    call_id: str
-    digit: str
-
-
-Event = IncomingCall | CallEnded | CallConfirmed | Dtmf
-
-
-@dataclass
-class Call:
-    call_id: str
-    invite: Request
-    source: Address
-    local_tag: str
-    state: CallState = CallState.OFFERED
-    answer: bytes = b""  #: the 2xx, sent again until ACK
-    answer_sdp: bytes = b""  #: our session, offered again to a re-INVITE
-    rang: bool = False  #: a provisional answer went out
-    resend_at: float | None = None
-    interval: float = T1
-    give_up: float = 0.0
-    bye: bytes = b""  #: a BYE we sent, repeated until answered
-    bye_cseq: int = 0
-    local_cseq: int = 0  #: the CSeq of our last request in the dialog (REFER, BYE)
-    remote_cseq: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class UserAgentServer:
@@ -129,6 +73,11 @@ class UserAgentServer:
         self._new_tag = new_tag
         self.transactions = ServerTransactions()
         self.calls: dict[str, Call] = {}
+        #: (resend_at, n, call id): the calls' timers, a heap checked lazily
+        #: (an entry whose call is gone or re-armed is dropped when it comes
+        #: up), so that the next deadline costs no walk of every call.
+        self._timers: list[tuple[float, int, str]] = []
+        self._timer_seq = itertools.count()
         self._events: list[Event] = []
         self._out: list[tuple[bytes, Address]] = []
         self._trying: list[tuple[Call, float]] = []  # INVITEs that may need a 100
@@ -352,7 +301,7 @@ class UserAgentServer:
         )
         call.state = CallState.ANSWERED
         call.interval = T1
-        call.resend_at = now + T1
+        self._arm(call, now + T1)
         call.give_up = now + 64 * T1
 
     def reject(
@@ -424,8 +373,20 @@ class UserAgentServer:
 
     # -- time ----------------------------------------------------------------
 
+    def _arm(self, call: Call, at: float) -> None:
+        call.resend_at = at
+        heapq.heappush(self._timers, (at, next(self._timer_seq), call.call_id))
+
+    def _due(self, entry: tuple[float, int, str]) -> Call | None:
+        """The call a timer entry is still for, or None if it is stale."""
+        call = self.calls.get(entry[2])
+        return call if call is not None and call.resend_at == entry[0] else None
+
     def next_deadline(self) -> float | None:
-        times = [c.resend_at for c in self.calls.values() if c.resend_at is not None]
+        heap = self._timers
+        while heap and self._due(heap[0]) is None:
+            heapq.heappop(heap)
+        times = [heap[0][0]] if heap else []
         times += [
             t
             for t in (
@@ -445,7 +406,12 @@ class UserAgentServer:
                 self.hang_up(call_id, now)
             else:
                 self.outbound.hang_up(call_id, now)
-        for call in [c for c in self.calls.values() if c.resend_at and c.resend_at <= now]:
+        heap, due = self._timers, {}  # a call armed twice for one time: once
+        while heap and heap[0][0] <= now:
+            call = self._due(heapq.heappop(heap))
+            if call is not None:
+                due[call.call_id] = call
+        for call in due.values():
             if call.state is CallState.ANSWERED:
                 if now >= call.give_up:  # no ACK: hang up (§13.3.1.4)
                     self._send_bye(call, now)
@@ -462,7 +428,7 @@ class UserAgentServer:
                 call.resend_at = None
                 continue
             call.interval = min(2 * call.interval, T2)
-            call.resend_at = min(now + call.interval, call.give_up)
+            self._arm(call, min(now + call.interval, call.give_up))
 
     def take_outgoing(self) -> list[tuple[bytes, Address]]:
         for call, at in self._trying:
@@ -558,7 +524,7 @@ class UserAgentServer:
         )
         self._out.append((call.bye, call.source))
         call.interval = T1
-        call.resend_at = now + T1
+        self._arm(call, now + T1)
         call.give_up = now + 64 * T1
 
     def _sent_by(self) -> str:

@@ -95,8 +95,9 @@ def sipp_call(
     media: str = "",
     hold_ms: int = 1000,
     rtp_port: int = 0,
+    number: str = NUMBER,
 ) -> subprocess.CompletedProcess[str]:
-    """One call to NUMBER from CALLER; ``media``: sipp actions after the
+    """One call to ``number`` from CALLER; ``media``: sipp actions after the
     ACK; ``rtp_port``: the caller's SDP names this port, not sipp's."""
     path = tmp / f"{scenario}_{hold_ms}.xml"
     text = (SCENARIOS / f"{scenario}.xml").read_text()
@@ -104,7 +105,7 @@ def sipp_call(
         text = text.replace("m=audio [media_port]", f"m=audio {rtp_port}")
     path.write_text(text.replace("MEDIA", media).replace("HOLD_MS", str(hold_ms)))
     return subprocess.run(
-        ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(path), *args, "-s", NUMBER,
+        ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(path), *args, "-s", number,
          "-m", "1", "-i", "127.0.0.1", "-p", str(free_port(udp_too=True)),
          "-mi", "127.0.0.1", "-mp", str(free_port(udp_too=True)), "-nostdin",
          "-timeout", "40s", "-timeout_error", "-max_recv_loops", "1000"],

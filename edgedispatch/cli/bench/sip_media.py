@@ -19,11 +19,18 @@ call: packets not received (sequence gaps and missing packets: loss),
 the agent's audio was late or lost), and the spacing of the server's
 packets (its send clock as the phone sees it: p99 and max of the gaps).
 Steps of more calls run until a step loses more than 0.1% of its frames.
+
+With ``dispatch_rate``, once a step's calls are answered and warmed up,
+``bench dispatch`` (its driver and 50 simulated workers, in a process of
+its own) sends CreateDispatch at that rate to the same server until the
+calls' last half second, and the step reports its CreateDispatch ->
+JS_RUNNING latency: the scheduler's loop beside the calls' media.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import shutil
@@ -42,7 +49,7 @@ from edgedispatch.cli.bench.common import free_port, percentile, start_server, s
 from edgedispatch.config import DEV_KEY, DEV_SECRET
 from edgedispatch.sip.rtp import RtpPacket, decode, encode, parse_rtp
 
-TARGETS = {"calls_under_0.1%_loss": 30, "send_gap_p99_ms": 30.0}
+TARGETS = {"calls_under_0.1%_loss": 30, "send_gap_p99_ms": 30.0, "dispatch_p99_ms": 10.0}
 WARMUP = 2.0
 AGENT_TONE = 660.0
 
@@ -174,8 +181,40 @@ async def _setup_rule(url: str) -> None:
         )
 
 
+#: ``bench dispatch`` against a running server, in a process of its own
+#: (argv: url, rate, seconds, server pid); prints its report as JSON.
+DISPATCH = """
+import json, sys
+from edgedispatch.cli.bench import dispatch
+r = dispatch.run(50, float(sys.argv[2]), float(sys.argv[3]), url=sys.argv[1],
+                 server_pid=int(sys.argv[4]))
+r.pop("latency_samples_ms")
+print(json.dumps(r))
+"""
+
+
+async def _dispatch_beside(url: str, rate: float, delay: float, seconds: float, pid: int) -> Any:
+    """``bench dispatch`` at ``rate`` for ``seconds``, after ``delay``."""
+    await asyncio.sleep(delay)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DISPATCH, url, str(rate), str(seconds), str(pid),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    try:
+        return json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
 async def _step(
-    sip_port: int, url: str, workdir: Path, calls: int, seconds: float
+    sip_port: int,
+    url: str,
+    workdir: Path,
+    calls: int,
+    seconds: float,
+    dispatch_rate: float = 0.0,
+    server_pid: int = 0,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     numbers = [f"+1666{calls:03d}{i:04d}" for i in range(calls)]
@@ -215,6 +254,16 @@ async def _step(
 
     speaking = loop.create_task(voice())
     started = loop.time()
+    # The dispatch load runs over the calls' steady window (see ``start`` below).
+    steady = calls / 50 + WARMUP
+    dispatching = (
+        loop.create_task(
+            _dispatch_beside(url, dispatch_rate, steady, max(2.0, seconds - steady - 1.5),
+                             server_pid)
+        )
+        if dispatch_rate > 0
+        else None
+    )  # fmt: skip
     sipp = await asyncio.create_subprocess_exec(
         "sipp", f"127.0.0.1:{sip_port}", "-sf", str(workdir / "call.xml"),
         "-inf", str(workdir / "calls.csv"), "-s", "+15550100", "-m", str(calls),
@@ -224,6 +273,7 @@ async def _step(
     )  # fmt: skip
     out, _ = await sipp.communicate()
     speaking.cancel()
+    beside = await dispatching if dispatching is not None else None
     agents.stdin.close()
     kept_up = 0.0
     try:
@@ -260,10 +310,26 @@ async def _step(
         "send_gap_p99_ms": round(max((c["gap_p99"] for c in per_call), default=0.0), 1),
         "send_gap_max_ms": round(max((c["gap_max"] for c in per_call), default=0.0), 1),
         "agents_kept_up": kept_up,
+        **(_dispatch_fields(beside, dispatch_rate) if dispatch_rate > 0 else {}),
     }
 
 
-def run(steps: list[int], seconds: float) -> dict[str, Any]:
+def _dispatch_fields(r: dict[str, Any] | None, rate: float) -> dict[str, Any]:
+    if r is None:
+        return {"dispatch": {"rate": rate, "error": "bench dispatch did not report"}}
+    return {
+        "dispatch": {
+            "rate": rate,
+            "sent": r["sent"],
+            "completed": r["completed"],
+            "errors": r["errors"],
+            "p50_ms": r["latency_ms"]["p50"],
+            "p99_ms": r["latency_ms"]["p99"],
+        }
+    }
+
+
+def run(steps: list[int], seconds: float, dispatch_rate: float = 0.0) -> dict[str, Any]:
     if not shutil.which("sipp"):
         raise RuntimeError("bench sip needs sipp (Debian: apt-get install sip-tester)")
     workdir = Path(tempfile.mkdtemp(prefix="edgedispatch-bench-sipmedia-"))
@@ -279,7 +345,9 @@ def run(steps: list[int], seconds: float) -> dict[str, Any]:
         _wait_ready(url)
         asyncio.run(_setup_rule(url))
         for calls in steps:
-            row = asyncio.run(_step(sip_port, url, workdir, calls, seconds))
+            row = asyncio.run(
+                _step(sip_port, url, workdir, calls, seconds, dispatch_rate, server.pid)
+            )
             rows.append(row)
             if row["frame_loss"] > 0.001 or row["failed"]:
                 break
@@ -310,6 +378,19 @@ def render(r: dict[str, Any]) -> str:
             f"p99 {row['send_gap_p99_ms']} ms, max {row['send_gap_max_ms']} ms; the agents' "
             f"load process produced {100 * row['agents_kept_up']:.0f}% of real time"
         )
+        d = row.get("dispatch")
+        if d is not None:
+            lines.append(
+                f"        beside them, CreateDispatch at {d['rate']:g}/s: "
+                + (
+                    d["error"]
+                    if "error" in d
+                    else f"{d['completed']}/{d['sent']} reached JS_RUNNING, {d['errors']} errors, "
+                    f"p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms (target <= "
+                    f"{TARGETS['dispatch_p99_ms']:g} ms: "
+                    f"{'met' if d['p99_ms'] <= TARGETS['dispatch_p99_ms'] else 'NOT met'})"
+                )
+            )
     lines.append(
         f"most calls under 0.1% loss: {r['max_calls_under_0.1%_loss']} "
         f"(target >= {TARGETS['calls_under_0.1%_loss']})"

@@ -10,7 +10,8 @@ from typing import Any
 
 from edgedispatch.net.sip import SipEndpoint
 from edgedispatch.sip.uac import Event as OutboundEvent
-from edgedispatch.sip.uas import Event, IncomingCall, UserAgentServer
+from edgedispatch.sip.uas import UserAgentServer
+from edgedispatch.sip.uas_calls import Event, IncomingCall
 
 from .conftest import Runner
 

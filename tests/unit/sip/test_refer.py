@@ -14,7 +14,8 @@ from edgedispatch.errors import FailedPrecondition, InvalidArgument
 from edgedispatch.sip.message import Request, Response, parse_datagram, render
 from edgedispatch.sip.refer import TransferAccepted, TransferEnded, refer_target
 from edgedispatch.sip.uac import Answered
-from edgedispatch.sip.uas import CallConfirmed, CallEnded, IncomingCall, UserAgentServer
+from edgedispatch.sip.uas import UserAgentServer
+from edgedispatch.sip.uas_calls import CallConfirmed, CallEnded, IncomingCall
 
 CALLER = ("192.0.2.7", 5070)
 CALL = "refer-call@192.0.2.7"

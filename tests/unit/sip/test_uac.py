@@ -10,7 +10,8 @@ from edgedispatch.sip.digest import DigestAuth, Verdict
 from edgedispatch.sip.message import Request, Response, parse_datagram
 from edgedispatch.sip.transaction import T1
 from edgedispatch.sip.uac import Answered, Ended, Failed, Progress, UserAgentClient
-from edgedispatch.sip.uas import CallConfirmed, CallEnded, IncomingCall, UserAgentServer
+from edgedispatch.sip.uas import UserAgentServer
+from edgedispatch.sip.uas_calls import CallConfirmed, CallEnded, IncomingCall
 
 US = ("127.0.0.1", 5060)
 CALLEE = ("127.0.0.1", 5070)

@@ -10,13 +10,8 @@ import pytest
 from edgedispatch.errors import Malformed
 from edgedispatch.sip.message import Request, Response, parse_datagram, parse_name_addr
 from edgedispatch.sip.transaction import T1, T2
-from edgedispatch.sip.uas import (
-    CallConfirmed,
-    CallEnded,
-    Dtmf,
-    IncomingCall,
-    UserAgentServer,
-)
+from edgedispatch.sip.uas import UserAgentServer
+from edgedispatch.sip.uas_calls import CallConfirmed, CallEnded, Dtmf, IncomingCall
 
 CALLER = ("127.0.0.1", 5061)
 SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -346,3 +341,35 @@ def test_a_required_extension_gets_420_and_a_body_we_cannot_read_415() -> None:
                 extra="Content-Type: multipart/mixed;boundary=b\r\n")  # fmt: skip
     ua.receive_datagram(mixed, CALLER, 0.0)
     assert [type(e) for e in ua.take_events()] == [IncomingCall]
+
+
+def test_a_call_answered_and_hung_up_at_once_repeats_its_bye_once_per_timer() -> None:
+    # The calls' timers are a heap: the 200's timer and the BYE's, armed
+    # for the same instant, fire once.
+    ua = uas()
+    ua.receive_datagram(
+        req("INVITE", body=SDP, extra="Content-Type: application/sdp\r\n"), CALLER, 0.0
+    )
+    ua.answer("call-1", SDP, 0.0)
+    ua.hang_up("call-1", 0.0)
+    assert statuses(out(ua)) == [200, "BYE"]
+    assert ua.next_deadline() == T1
+    ua.on_timer(T1)
+    assert statuses(out(ua)) == ["BYE"]
+    assert ua.next_deadline() == 3 * T1  # doubled
+
+
+def test_the_next_deadline_is_the_earliest_live_calls() -> None:
+    ua = uas()
+    for n in range(3):
+        ua.receive_datagram(
+            req("INVITE", branch=f"z9hG4bK-{n}", body=SDP, call_id=f"c{n}",
+                extra="Content-Type: application/sdp\r\n"),
+            CALLER, n * 0.1,
+        )  # fmt: skip
+        ua.answer(f"c{n}", SDP, n * 0.1)
+    out(ua)
+    assert ua.next_deadline() == pytest.approx(T1)
+    tag = parse_name_addr(parse_datagram(ua.calls["c0"].answer).headers.get("to")).tag
+    ua.receive_datagram(req("ACK", branch="z9hG4bK-a", to_tag=tag, call_id="c0"), CALLER, 0.2)
+    assert ua.next_deadline() == pytest.approx(0.1 + T1)  # c0's timer is gone
