@@ -311,17 +311,19 @@ class App:
         except EdgeDispatchError as exc:
             return self._rtc_refusal(req, exc)
 
+        who = {"room": grant.room, "participant": grant.identity, "tenant": claims.tenant}
+
         def accept(conn: WebSocket) -> MessageHandler:
             if params.reconnect:
                 # aiortc cannot restart ICE: the client is told to rejoin.
-                log.info("a resume was answered with leave(RECONNECT)", extra={"room": grant.room})
+                log.info("a resume was answered with leave(RECONNECT)", extra=who)
                 conn.send(resume_refused())
                 conn.close(1000, "resume is not supported: rejoin")
                 return _Ended()
             try:
                 return hub.join(conn, claims.tenant, grant, params, req.now)
             except EdgeDispatchError as exc:
-                log.info("join refused: %s", exc.msg, extra={"room": grant.room})
+                log.info("join refused: %s", exc.msg, extra=who)
                 conn.close(1008, exc.msg)
                 return _Ended()
 

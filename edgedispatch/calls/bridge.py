@@ -213,7 +213,13 @@ class BridgedCall:
         session.room.add_track(session, track, now)
         log.info(
             "call %s joined room %s as %s", self.call_id, admit.room, admit.identity,
+            extra={**self.fields(), "participant": admit.identity},
         )  # fmt: skip
+
+    def fields(self) -> dict[str, object]:
+        """The ``extra`` of a log line about this call (``obs.logs``): its
+        SIP Call-ID, its tenant and, once it has one, its room."""
+        return {"call": self.call_id, "room": self.room or None, "tenant": self.tenant}
 
     @property
     def status(self) -> str:
@@ -283,7 +289,7 @@ class BridgedCall:
         """End the call from our side: BYE (or 480 before the answer)."""
         if self.ended:
             return
-        log.info("call %s hung up: %s", self.call_id, why)
+        log.info("call %s hung up: %s", self.call_id, why, extra=self.fields())
         self._ua.hang_up(self.call_id, now)
         self.services.flush(now)  # its CallEnded comes back through ``ended_by_sip``
         self.end(now)

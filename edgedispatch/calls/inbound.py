@@ -67,7 +67,7 @@ class InboundCalls:
             try:
                 self._admit(ua, event, now)
             except EdgeDispatchError as exc:
-                log.info("call %s refused: %s", event.call_id, exc.msg)
+                log.info("call %s refused: %s", event.call_id, exc.msg, extra=_fields(event))
                 self._drop(event.call_id)
                 if ua.calls.get(event.call_id) is not None:
                     ua.reject(event.call_id, exc.sip_status, now, exc.msg)
@@ -78,7 +78,7 @@ class InboundCalls:
         if call is None:
             return
         if isinstance(event, CallEnded):
-            log.info("call %s ended: %s", event.call_id, event.why)
+            log.info("call %s ended: %s", event.call_id, event.why, extra=call.fields())
             call.end(now)
         elif isinstance(event, CallConfirmed):
             call.on_confirmed(now)
@@ -123,6 +123,7 @@ class InboundCalls:
             log.info(
                 "call routed to room %s (tenant %s, trunk %s, rule %s)",
                 outcome.room, tenant or "-", outcome.trunk_id, outcome.rule_id,
+                extra={**_fields(event), "room": outcome.room, "tenant": tenant},
             )  # fmt: skip
         bridge = self.bridge
         if bridge is None:
@@ -175,12 +176,17 @@ class InboundCalls:
                     suffix=self._new_suffix(),
                 )  # fmt: skip
             except (PermissionDenied, EdgeDispatchError) as exc:
-                log.info("call %s: PIN refused: %s", bridged.call_id, exc.msg)
+                log.info(
+                    "call %s: PIN refused: %s", bridged.call_id, exc.msg, extra=bridged.fields()
+                )
                 return None
             if not isinstance(outcome, Admit) or tenant != bridged.tenant:
                 return None
             if any(not self._can_run(tenant, a) for a in outcome.agents):
-                log.info("call %s: the PIN rule's agent cannot run now", bridged.call_id)
+                log.info(
+                    "call %s: the PIN rule's agent cannot run now", bridged.call_id,
+                    extra=bridged.fields(),
+                )  # fmt: skip
                 return None
             return outcome
 
@@ -190,14 +196,25 @@ class InboundCalls:
         self, ua: UserAgentServer, event: IncomingCall, refusal: Refusal, now: float
     ) -> None:
         if refusal.drop:  # a flood: one line per dropped INVITE would be a second one
-            log.debug("call %s from %s dropped: %s", event.call_id, event.source[0], refusal.reason)
+            log.debug(
+                "call %s from %s dropped: %s", event.call_id, event.source[0], refusal.reason,
+                extra=_fields(event),
+            )  # fmt: skip
             ua.drop(event.call_id, now)
         else:
-            log.info("call %s from %s refused: %s", event.call_id, event.source[0], refusal.reason)
+            log.info(
+                "call %s from %s refused: %s", event.call_id, event.source[0], refusal.reason,
+                extra=_fields(event),
+            )  # fmt: skip
             ua.reject(event.call_id, refusal.status, now, refusal.reason, refusal.headers())
 
     def _refuse(
         self, ua: UserAgentServer, event: IncomingCall, status: int, why: str, now: float
     ) -> None:
-        log.info("call %s refused: %s", event.call_id, why)
+        log.info("call %s refused: %s", event.call_id, why, extra=_fields(event))
         ua.reject(event.call_id, status, now, why)
+
+
+def _fields(event: IncomingCall) -> dict[str, object]:
+    """The ``extra`` of a log line about a call not yet routed to a tenant."""
+    return {"call": event.call_id, "peer": event.source[0]}

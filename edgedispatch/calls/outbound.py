@@ -189,7 +189,10 @@ class PlacedCall(BridgedCall):
             uri, (ip, self._target[1]), from_uri, offer, now, username, password, ringing,
             call_id=self.call_id,
         )  # fmt: skip
-        log.info("call %s: dialling %s via %s:%d", self.call_id, uri, ip, self._target[1])
+        log.info(
+            "call %s: dialling %s via %s:%d", self.call_id, uri, ip, self._target[1],
+            extra=self.fields(),
+        )  # fmt: skip
         self.services.flush(now)
 
     # -- the UAC's news -----------------------------------------------------
@@ -204,20 +207,23 @@ class PlacedCall(BridgedCall):
         try:
             chosen = sdp.read_answer(body)
         except EdgeDispatchError as exc:
-            log.info("call %s: the callee's answer is not usable: %s", self.call_id, exc.msg)
+            log.info(
+                "call %s: the callee's answer is not usable: %s", self.call_id, exc.msg,
+                extra=self.fields(),
+            )  # fmt: skip
             self._settle(twirp_error_of(488, f"the callee's SDP answer: {exc.msg}"))
             self.hang_up("no usable media in the answer", now)
             return
         self.media.set_remote(media_spec(self.services, chosen))
         self.answered = self.confirmed = True
         self._set_phase("active")
-        log.info("call %s answered (%s)", self.call_id, chosen.codec)
+        log.info("call %s answered (%s)", self.call_id, chosen.codec, extra=self.fields())
         if self._dtmf:
             self._send_digits(self._dtmf)
         self._settle(self.info())
 
     def on_failed(self, status: int, reason: str, now: float) -> None:
-        log.info("call %s failed: %d %s", self.call_id, status, reason)
+        log.info("call %s failed: %d %s", self.call_id, status, reason, extra=self.fields())
         self.fail(twirp_error_of(status, reason), now)
 
     def fail(self, error: EdgeDispatchError, now: float | None = None) -> None:
@@ -336,7 +342,10 @@ class OutboundCalls:
         except EdgeDispatchError:
             call.abandon(now)
             raise
-        log.info("call %s to %s placed for room %s", call_id, call_to, req.room_name)
+        log.info(
+            "call %s to %s placed for room %s", call_id, call_to, req.room_name,
+            extra=call.fields(),
+        )  # fmt: skip
         return call
 
     def on_event(self, event: Event, now: float) -> None:
@@ -350,7 +359,7 @@ class OutboundCalls:
         elif isinstance(event, Failed):
             call.on_failed(event.status, event.reason, now)
         elif isinstance(event, Ended):
-            log.info("call %s ended: %s", event.call_id, event.why)
+            log.info("call %s ended: %s", event.call_id, event.why, extra=call.fields())
             call.end(now)
 
 

@@ -105,7 +105,7 @@ class Transfers:
         ua.transfer(call_id, refer_to, now, timeout)  # raises if the call is not up
         transfer_id = f"STR_{self._new_id()}"
         self._pending[call_id] = _Pending(transfer_id, refer_to, done)
-        log.info("call %s: transfer %s to %s", call_id, transfer_id, refer_to)
+        log.info("call %s: transfer %s to %s", call_id, transfer_id, refer_to, extra=call.fields())
         self.services.flush(now)
 
     def on_event(self, event: Event, now: float) -> None:
@@ -117,11 +117,16 @@ class Transfers:
             return
         assert isinstance(event, TransferEnded)
         del self._pending[event.call_id]
+        call = self.services.calls.get(event.call_id)
+        extra = call.fields() if call is not None else {"call": event.call_id}
         if 200 <= event.status < 300:
-            log.info("call %s transferred", event.call_id)
+            log.info("call %s transferred", event.call_id, extra=extra)
             pending.settle(self._success(pending, event.status, event.reason))
             return
-        log.info("call %s: transfer failed: %d %s", event.call_id, event.status, event.reason)
+        log.info(
+            "call %s: transfer failed: %d %s", event.call_id, event.status, event.reason,
+            extra=extra,
+        )  # fmt: skip
         pending.settle(transfer_error(event, pending.transfer_id))
 
     def call_ended(self, call_id: str) -> None:

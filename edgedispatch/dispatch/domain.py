@@ -36,6 +36,7 @@ from edgedispatch.dispatch.records import (
     JobRec,
     ParticipantRec,
     RoomRec,
+    job_fields,
 )
 from edgedispatch.dispatch.rooms import RoomDirectory
 from edgedispatch.dispatch.specs import DispatchSpec, RoomSpec, WorkerSpec
@@ -150,9 +151,9 @@ class Domain:
                     try:
                         self._apply(action)
                     except Exception:  # one bad action must not stop the others
-                        log.exception(
-                            "applying %s failed", action.kind.name, extra={"job": action.job_id}
-                        )
+                        rec = self.jobs.get(action.job_id)
+                        extra = job_fields(rec) if rec is not None else {"job": action.job_id}
+                        log.exception("applying %s failed", action.kind.name, extra=extra)
                 if not self._after or not outer:
                     break  # the outermost step runs the calls: no recursion
                 fn, args = self._after.popleft()
@@ -190,33 +191,31 @@ class Domain:
             if before == JobState.ORPHANED:
                 self.workers.job_moved(rec.id, before, a.state)
             return
-        extra = {
-            "job": a.job_id,
-            "worker": a.worker_id,
-            "room": rec.room,
-            "dispatch": rec.dispatch_id,
-        }
+        # Each line's ids are built only for a line that is printed (an
+        # offer's is DEBUG): one dict per dispatch at INFO, no more.
         if a.kind == ActionKind.OFFER:
             self.workers.links[a.worker_id or ""].offer(rec, self._room_of(rec), a.now)
-            log.debug("offered job (attempt %d)", a.attempt, extra=extra)
+            if log.isEnabledFor(logging.DEBUG):
+                extra = job_fields(rec, a.worker_id)
+                log.debug("offered job (attempt %d)", a.attempt, extra=extra)
         elif a.kind == ActionKind.ASSIGN:
             link = self.workers.links[a.worker_id or ""]
             link.assign(rec, self._room_of(rec), self.jobs.take_acceptance(rec.id), a.now)
             limit = self.cfg.max_job_duration
             if limit > 0:
                 self._timers.set(a.now + limit, TimerKind.JOB_DURATION, (rec.id,))
-            log.info("assigned job", extra={**extra, "agent": rec.key.agent_name})
+            log.info("assigned job", extra=job_fields(rec, a.worker_id))
         elif a.kind == ActionKind.TERMINATE:
             link_or_none = self.workers.links.get(a.worker_id or "")
             if link_or_none is not None:
                 link_or_none.terminate(rec, a.reason, a.now)
-            log.info("terminating job", extra={**extra, "reason": a.reason.name})
+            extra = job_fields(rec, a.worker_id)
+            extra["reason"] = a.reason.name
+            log.info("terminating job", extra=extra)
         elif a.kind == ActionKind.JOB_FAILED:
-            log.warning(
-                "job failed: %s",
-                REASON_TEXT.get(a.reason, a.reason.name),
-                extra={**extra, "reason": a.reason.name},
-            )
+            extra = job_fields(rec, a.worker_id)
+            extra["reason"] = a.reason.name
+            log.warning("job failed: %s", REASON_TEXT.get(a.reason, a.reason.name), extra=extra)
 
     # ------------------------------------------------------------------
     # What the API asks (each takes the caller's tenant).

@@ -18,7 +18,7 @@ from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.compact import shrink
 from edgedispatch.dispatch.core import AgentKey, DispatchCore, JobSpec
 from edgedispatch.dispatch.events import EventBus, JobChanged, JobForgotten, JobWaiting
-from edgedispatch.dispatch.records import Acceptance, DispatchRec, JobRec
+from edgedispatch.dispatch.records import Acceptance, DispatchRec, JobRec, job_fields
 from edgedispatch.dispatch.tally import Tally
 from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
 
@@ -151,18 +151,11 @@ class JobLedger:
             rec.ended_ns = now_ns
             self._timers.clear(TimerKind.JOB_DURATION, (rec.id,))
             self._accepted.pop(rec.id, None)
-            log.log(
-                logging.INFO if state != JobState.SUCCESS else logging.DEBUG,
-                "job ended %s",
-                state.name,
-                extra={
-                    "job": rec.id,
-                    "room": rec.room,
-                    "dispatch": rec.dispatch_id,
-                    "reason": rec.reason.name,
-                    "tenant": rec.key.tenant or None,
-                },
-            )
+            level = logging.INFO if state != JobState.SUCCESS else logging.DEBUG
+            if log.isEnabledFor(level):  # a success is DEBUG: no dict for it at INFO
+                extra = job_fields(rec)
+                extra["reason"] = rec.reason.name
+                log.log(level, "job ended %s", state.name, extra=extra)
         if JobChanged in self._bus.wanted:
             self._bus.emit(JobChanged(rec, before))
         if rec.wait in _WANTS_CAPACITY and JobWaiting in self._bus.wanted:

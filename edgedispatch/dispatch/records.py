@@ -111,6 +111,21 @@ class JobRec(msgspec.Struct, kw_only=True):
         return self.key.agent_name
 
 
+def job_fields(rec: JobRec, worker: str | None = None) -> dict[str, object]:
+    """The ``extra`` of a log line about a job: its tenant ("" for the
+    default one), room, dispatch, job, agent and its worker (``worker``, or
+    the record's once it has one); ``obs.logs`` prints them as fields.
+    Add to the dict what the line adds (``reason``...)."""
+    return {
+        "tenant": rec.key.tenant,
+        "room": rec.room,
+        "dispatch": rec.dispatch_id,
+        "job": rec.id,
+        "agent": rec.key.agent_name,
+        "worker": worker or rec.worker_id or None,
+    }
+
+
 class Acceptance(msgspec.Struct, frozen=True):
     """Who the agent will be in the room, as the worker said when it accepted
     the job (LiveKit's AvailabilityResponse)."""

@@ -118,7 +118,7 @@ class RoomDirectory:
         # A room nobody joins lives for its empty timeout, as in LiveKit.
         if room.empty_timeout > 0:
             self._timers.set(now + room.empty_timeout, TimerKind.ROOM_EMPTY, (tenant, spec.name))
-        log.info("room created", extra={"room": spec.name, "tenant": tenant or None})
+        log.info("room created", extra={"room": spec.name, "tenant": tenant})
         if RoomOpened in self._bus.wanted:
             self._bus.emit(RoomOpened(room))
         return room
@@ -217,7 +217,7 @@ class RoomDirectory:
             self._timers.clear(TimerKind.ROOM_DEPARTURE, key)
         log.info(
             "participant joined",
-            extra={"room": room.name, "tenant": tenant or None, "participant": who.identity},
+            extra={"room": room.name, "tenant": tenant, "participant": who.identity},
         )
         if ParticipantJoined in self._bus.wanted:
             self._bus.emit(ParticipantJoined(room, who, replaced))
@@ -247,7 +247,7 @@ class RoomDirectory:
         del room.participants[identity]
         log.info(
             "participant left",
-            extra={"room": name, "tenant": tenant or None, "participant": identity},
+            extra={"room": name, "tenant": tenant, "participant": identity},
         )
         if ParticipantLeft in self._bus.wanted:
             self._bus.emit(ParticipantLeft(room, who))
@@ -268,7 +268,7 @@ class RoomDirectory:
         else:
             del self._by_tenant[room.tenant]
         message = "room deleted" if why == "deleted" else f"room closed ({why})"
-        log.info(message, extra={"room": room.name, "tenant": room.tenant or None})
+        log.info(message, extra={"room": room.name, "tenant": room.tenant})
         if RoomClosed in self._bus.wanted:
             self._bus.emit(RoomClosed(room, why))
 
@@ -302,15 +302,10 @@ class RoomDirectory:
         )
         self.dispatches[rec.id] = rec
         room.dispatch_ids.append(rec.id)
-        log.debug(
-            "dispatch created",
-            extra={
-                "dispatch": rec.id,
-                "room": room.name,
-                "agent": agent.agent_name,
-                "tenant": room.tenant or None,
-            },
-        )
+        if log.isEnabledFor(logging.DEBUG):  # one per dispatch: no dict at INFO
+            extra = {"dispatch": rec.id, "room": room.name, "agent": agent.agent_name}
+            extra["tenant"] = room.tenant
+            log.debug("dispatch created", extra=extra)
         if DispatchCreated in self._bus.wanted:
             self._bus.emit(DispatchCreated(rec))
         self._jobs.new_job(rec, now)

@@ -21,7 +21,7 @@ from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.core import AgentKey, DispatchCore
 from edgedispatch.dispatch.events import EventBus, WorkerLost, WorkerRegistered
 from edgedispatch.dispatch.jobs import JobLedger
-from edgedispatch.dispatch.records import Acceptance, JobRec, RoomRec
+from edgedispatch.dispatch.records import Acceptance, JobRec, RoomRec, job_fields
 from edgedispatch.dispatch.specs import WorkerSpec
 from edgedispatch.errors import EdgeDispatchError, InvalidArgument
 
@@ -107,7 +107,7 @@ class WorkerDesk:
             extra={
                 "worker": link.worker_id,
                 "agent": spec.agent_name,
-                "tenant": link.tenant or None,
+                "tenant": link.tenant,
             },
         )
         if WorkerRegistered in self._bus.wanted:
@@ -142,9 +142,7 @@ class WorkerDesk:
             return None
         state, worker_id = self._core.job_state(job_id)
         if state != JobState.OFFERED or worker_id != link.worker_id:
-            log.info(
-                "late availability answer ignored", extra={"job": job_id, "worker": link.worker_id}
-            )
+            log.info("late availability answer ignored", extra=job_fields(rec, link.worker_id))
             return None
         return rec
 
@@ -192,9 +190,10 @@ class WorkerDesk:
         try:
             self._core.migrate(job_id, link.worker_id, now)
         except EdgeDispatchError as exc:
-            log.warning(
-                "cannot claim job back: %s", exc, extra={"job": job_id, "worker": link.worker_id}
-            )
+            rec = self._jobs.get(job_id)
+            extra = job_fields(rec, link.worker_id) if rec is not None else {"job": job_id}
+            extra["tenant"] = link.tenant
+            log.warning("cannot claim job back: %s", exc, extra=extra)
 
     def closed(self, link: WorkerLink, now: float) -> None:
         """The worker's connection ended (or a local worker stopped)."""
@@ -216,7 +215,11 @@ class WorkerDesk:
             self._orphans.setdefault(fingerprint, set()).update(held)
             self._orphan_of.update(dict.fromkeys(held, fingerprint))
         self._core.disconnect_worker(worker_id, now)
-        log.info("worker disconnected (%d running jobs)", len(held), extra={"worker": worker_id})
+        log.info(
+            "worker disconnected (%d running jobs)",
+            len(held),
+            extra={"worker": worker_id, "agent": key.agent_name, "tenant": link.tenant},
+        )
         if WorkerLost in self._bus.wanted:
             self._bus.emit(WorkerLost(worker_id, key, len(held), link.api_key))
 

@@ -1,10 +1,12 @@
 """Logging set-up: text for people, or one JSON object per line.
 
-Log calls pass ids as ``extra`` (``room``, ``dispatch``, ``job``,
-``worker``, ``agent``, ``tenant``, ``instance``...); both formats print
-them as fields.  The default tenant is named "": a line of it says
-``tenant=""`` (text) or ``"tenant": ""`` (JSON), so that every line of an
-agent names its tenant.
+Log calls pass ids as ``extra`` (``room``, ``participant``, ``call``,
+``dispatch``, ``job``, ``worker``, ``agent``, ``instance``, ``tenant``...);
+both formats print them as fields, named as in FIELDS.  A line about a
+tenant's room, job, dispatch, worker, participant, call or agent names the
+tenant too: the default tenant is named "", and a line of it says
+``tenant=""`` (text) or ``"tenant": ""`` (JSON).  Records have helpers that
+build the ``extra`` of a line about them (``dispatch.records.job_fields``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,19 @@ from typing import Any
 
 import msgspec
 
-FIELDS = ("room", "dispatch", "job", "worker", "agent", "instance", "reason", "tenant")
+FIELDS = (
+    "room",
+    "participant",
+    "call",
+    "dispatch",
+    "job",
+    "worker",
+    "agent",
+    "instance",
+    "reason",
+    "peer",
+    "tenant",
+)
 
 
 class DeferredStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -412,7 +412,7 @@ class SignalSession:
     def _log_extra(self) -> dict[str, str | None]:
         return {
             "room": self.room.name,
-            "tenant": self.room.tenant or None,
+            "tenant": self.room.tenant,
             "participant": self.identity,
         }
 

@@ -15,6 +15,7 @@ from edgedispatch.config import Config
 from edgedispatch.config.agents import AgentDefinition, authorize, check_unique, validate
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.dispatch.events import DomainEvent, JobWaiting, WorkerLost, WorkerRegistered
+from edgedispatch.dispatch.records import job_fields
 from edgedispatch.errors import (
     AlreadyExists,
     ConfigError,
@@ -175,7 +176,10 @@ class AgentManager:
 
     def _output(self, d: AgentDefinition) -> Any:
         def on_output(job_id: str, line: str) -> None:
-            log.info("%s", line, extra={"job": job_id, "agent": d.name, "tenant": d.tenant})
+            rec = self._d.jobs.get(job_id)
+            extra = job_fields(rec) if rec is not None else {"job": job_id}
+            extra.update(agent=d.name, tenant=d.tenant)
+            log.info("%s", line, extra=extra)
 
         return on_output
 

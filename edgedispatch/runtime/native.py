@@ -126,6 +126,7 @@ class NativePool:
         self.python = python
         self.start_timeout = start_timeout
         self.tenant = tenant
+        self._fields: dict[str, object] = {"agent": name, "tenant": tenant}  # log lines' extra
         self._cells = PoolCells(
             containment,
             name=name,
@@ -296,6 +297,7 @@ class NativePool:
                 f"native agent {self.name!r}",
                 self.entrypoint,
                 threads - 1,
+                extra=self._fields,
             )
 
     def _on_zygote_lost(self) -> None:
@@ -304,7 +306,7 @@ class NativePool:
         self._zygote_proc.lost()
         if self._state is not _RUNNING:
             return
-        log.error("native agent %r: the zygote exited; restarting it", self.name)
+        log.error("native agent %r: zygote exited; restarting it", self.name, extra=self._fields)
         self._set_state(_RESTARTING)
         self._policy.zygote_lost()
         for child in list(self._children.values()):
@@ -325,7 +327,7 @@ class NativePool:
         try:
             await self._spawn()
         except ConfigError as exc:
-            log.error("%s", exc)
+            log.error("%s", exc, extra=self._fields)
             self._set_state(PoolState.BROKEN)
             self._fail_waiting(str(exc))
             return
@@ -395,7 +397,10 @@ class NativePool:
             try:
                 child.cell = self._cells.child(child.os_pid)
             except OSError as exc:  # gone meanwhile; its exit is on the way
-                log.warning("native agent %r: cannot contain a pool process: %s", self.name, exc)
+                log.warning(
+                    "native agent %r: cannot contain a pool process: %s", self.name, exc,
+                    extra=self._fields,
+                )  # fmt: skip
                 return
         conn.send(m.Go())
 
@@ -513,7 +518,7 @@ class NativePool:
 
     def _child_failed(self, error: str) -> None:
         give_up = self._policy.child_failed()
-        log.error("native agent %r: %s", self.name, error)
+        log.error("native agent %r: %s", self.name, error, extra=self._fields)
         if give_up:
             self._fail_waiting(f"pool processes fail before taking a job: {error}")
 
@@ -611,9 +616,9 @@ class NativePool:
 
     def _emit(self, job_id: str, line: str) -> None:
         if self.on_output is None:
-            log.info("[%s %s] %s", self.name, job_id, line)
+            log.info("[%s %s] %s", self.name, job_id, line, extra={**self._fields, "job": job_id})
             return
         try:
             self.on_output(job_id, line)
         except Exception:
-            log.exception("on_output of native agent %r failed", self.name)
+            log.exception("on_output of native agent %r failed", self.name, extra=self._fields)

@@ -42,6 +42,7 @@ class ConnOwner(Protocol):
     child's, from its connection's ``Hello``."""
 
     name: str
+    tenant: str
 
     def accepting(self) -> bool: ...  # False: refuse new connections
 
@@ -124,7 +125,10 @@ class PoolConn(asyncio.Protocol):
             for msg in self.reader.feed(data):
                 route(msg)
         except (ValueError, msgspec.DecodeError, Malformed) as exc:
-            log.error("native pool %s: bad message from pid %d: %s", self.owner.name, self.pid, exc)
+            log.error(
+                "native pool %s: bad message from pid %d: %s", self.owner.name, self.pid, exc,
+                extra={"agent": self.owner.name, "tenant": self.owner.tenant},
+            )  # fmt: skip
             self.close()
 
     def _hello(self, hello: m.Message) -> bool:

@@ -191,7 +191,9 @@ class Sandbox:
             "--new-session",
             "--unshare-pid",
             "--unshare-ipc",
-            "--unshare-uts",
+            # No UTS namespace: the sandbox sets no hostname, and a tenant
+            # without capabilities cannot change the host's (the systemd
+            # unit forbids making one).
             "--unshare-cgroup-try",
         ]
         bound: list[str] = ["/usr"]  # mount points, whose insides exist

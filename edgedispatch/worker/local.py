@@ -17,7 +17,7 @@ import logging
 from edgedispatch._core.codes import FailReason, JobStatus
 from edgedispatch.config.agents import AgentDefinition
 from edgedispatch.dispatch.domain import Domain
-from edgedispatch.dispatch.records import Acceptance, JobRec, RoomRec
+from edgedispatch.dispatch.records import Acceptance, JobRec, RoomRec, job_fields
 from edgedispatch.dispatch.specs import JT_ROOM, WorkerSpec
 from edgedispatch.wire import tokens
 from edgedispatch.worker.runner import JobInfo, JobRunner, RunningJob
@@ -115,11 +115,10 @@ class LocalWorker:
         # the same runner).
         self.running.pop(job_id, None)
         if code != 0:
-            log.warning(
-                "local job failed: %s",
-                error,
-                extra={"job": job_id, "agent": self.definition.name, "tenant": self.tenant},
-            )
+            rec = self._domain.jobs.get(job_id)
+            extra = job_fields(rec) if rec is not None else {"job": job_id}
+            extra.update(agent=self.definition.name, tenant=self.tenant)
+            log.warning("local job failed: %s", error, extra=extra)
         status = JobStatus.SUCCESS if code == 0 else JobStatus.FAILED
         self._domain.after_step(self._report, job_id, status, error)
 

@@ -192,7 +192,7 @@ class WorkerSession:
         except EdgeDispatchError as exc:
             self._close(CloseCode.POLICY_VIOLATION, f"bad {kind}: {exc.msg or exc}")
         except Exception:
-            log.exception("worker message failed", extra={"worker": self.worker_id or None})
+            log.exception("worker message failed", extra=self._fields())
             self._close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._domain.step(now)
@@ -243,7 +243,7 @@ class WorkerSession:
         elif kind == "register":
             self._close(CloseCode.POLICY_VIOLATION, "already registered")
         else:
-            log.debug("ignored worker message %s", kind, extra={"worker": self.worker_id})
+            log.debug("ignored worker message %s", kind, extra=self._fields())
 
     def _register(self, req: agent.RegisterWorkerRequest, now: float) -> None:
         spec = convert.worker_spec(req)
@@ -293,7 +293,9 @@ class WorkerSession:
         self._send(agent.ServerMessage(availability=agent.AvailabilityRequest(job=job)))
 
     def _close(self, code: int, reason: str) -> None:
-        log.warning(
-            "closing worker connection: %s", reason, extra={"worker": self.worker_id or None}
-        )
+        log.warning("closing worker connection: %s", reason, extra=self._fields())
         self._sink.close(code, reason)
+
+    def _fields(self) -> dict[str, object]:
+        """The ``extra`` of a log line about this worker (``obs.logs``)."""
+        return {"worker": self.worker_id or None, "tenant": self.tenant}

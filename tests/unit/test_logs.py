@@ -1,11 +1,17 @@
 """Both log formats print the ids passed as ``extra``: an agent's lines
-name its tenant, the default tenant ("") too."""
+name its tenant, the default tenant ("") too; a job's lines name its
+room, dispatch, worker, agent and tenant; and log calls about tenants'
+things pass their ids."""
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+from pathlib import Path
 
+from edgedispatch.dispatch.core import AgentKey
+from edgedispatch.dispatch.records import JobRec, job_fields
 from edgedispatch.obs.logs import JsonFormatter, TextFormatter
 
 
@@ -40,3 +46,54 @@ def test_text_lines_cannot_be_forged_by_names() -> None:
     assert line.endswith("tenant=acme\\u2028x")
     assert 'room="r1\\n12:00:00.000 ERROR   forged line  tenant=globex"' in line
     assert "room r1\\n12:00:00.000 ERROR" in line  # the message is escaped too
+
+
+def test_a_job_line_names_the_job_its_room_dispatch_worker_agent_and_tenant() -> None:
+    rec = JobRec(id="AJ_1", dispatch_id="AD_1", key=AgentKey("", "bot"), room="r\nx")
+    line = json.loads(JsonFormatter().format(record(**job_fields(rec, "AW_1"))))
+    assert {k: line[k] for k in ("job", "dispatch", "room", "worker", "agent", "tenant")} == {
+        "job": "AJ_1", "dispatch": "AD_1", "room": "r\nx", "worker": "AW_1", "agent": "bot",
+        "tenant": "",
+    }  # fmt: skip
+    text = TextFormatter().format(record(**job_fields(rec), participant="p", call="c1"))
+    assert "\n" not in text and "worker" not in text  # none yet: not printed
+    fields = 'room=r\\nx participant=p call=c1 dispatch=AD_1 job=AJ_1 agent=bot tenant=""'
+    assert text.endswith(fields)
+
+
+#: Log calls in the packages that handle tenants' rooms, jobs, workers and
+#: calls that name no ids, and why: each other one passes ``extra=``.
+NO_IDS = {
+    ("dispatch/domain.py", "a call after a dispatch step failed"),  # any step's
+    ("dispatch/events.py", "a subscriber failed on %s"),  # any event's
+    ("runtime/cgroups.py", "cgroup %s still has processes %s; left in place"),  # the path says
+    ("runtime/contain.py", "killed %d processes left by an earlier run of this server"),
+    ("runtime/listener.py", "%s: connection set-up failed: %s"),  # before any hello
+    ("runtime/listener.py", "%s: accept failed: %s"),
+    ("runtime/pool_jobs.py", "on_exit of native job %s failed"),  # a bug; the traceback says
+    ("api/app.py", "worker refused: %s"),  # an unauthenticated peer: no tenant yet
+    ("api/app.py", "twirp %s failed"),  # a bug; the traceback says
+}
+
+
+def test_log_calls_about_tenants_things_pass_their_ids() -> None:
+    """A new log line in these packages names what it is about (the
+    ``extra`` FIELDS), or says here why it cannot."""
+    root = Path(__file__).resolve().parents[2] / "edgedispatch"
+    bare = set()
+    for pkg in ("dispatch", "worker", "calls", "rtc", "runtime", "api"):
+        for path in sorted((root / pkg).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                target = node.func.value
+                if not (isinstance(target, ast.Name) and target.id == "log"):
+                    continue
+                if node.func.attr not in ("debug", "info", "warning", "error", "exception", "log"):
+                    continue
+                if any(k.arg == "extra" for k in node.keywords):
+                    continue
+                first = node.args[0] if node.args else None
+                message = first.value if isinstance(first, ast.Constant) else ast.dump(node)
+                bare.add((str(path.relative_to(root)), message))
+    assert bare == NO_IDS
