@@ -123,7 +123,18 @@ def _escape(text: str) -> str:
     return text.translate(_CONTROLS) if not text.isprintable() else text
 
 
+_settings = ("info", "text")
+
+
+def settings() -> tuple[str, str]:
+    """The level and format ``setup`` was given (the server's helper
+    processes log as it does)."""
+    return _settings
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
+    global _settings
+    _settings = (level, fmt)
     # Neither format prints the caller, thread or process, so do not collect
     # them: each costs a stack walk or a system call per record.  (Setting
     # _srcfile to None is the logging docs' own advice for this.)

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedispatch.errors import StoreUnavailable
+from edgedispatch.obs import logs
 from edgedispatch.store.commit import STOP, FrameReader, frame
 
 log = logging.getLogger("edgedispatch.store")
@@ -343,7 +344,11 @@ class SqliteStore:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "edgedispatch.store.writer", str(self.path), self.synchronous],
             pass_fds=(child.fileno(),),
-            env={**os.environ, "EDGEDISPATCH_STORE_FD": str(child.fileno())},
+            env={
+                **os.environ,
+                "EDGEDISPATCH_STORE_FD": str(child.fileno()),
+                "EDGEDISPATCH_STORE_LOG": ",".join(logs.settings()),
+            },
             stdin=subprocess.DEVNULL,
         )
         child.close()

@@ -25,12 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgedispatch.obs import logs
 from edgedispatch.store.commit import STOP, Committer, FrameReader, Statements, frame
 from edgedispatch.store.sqlite import GROUP_WINDOW, RETRY_INTERVAL, open_database
 
 log = logging.getLogger("edgedispatch.store")
 
 FD_ENV = "EDGEDISPATCH_STORE_FD"
+#: The server's log level and format ("info,json").
+LOG_ENV = "EDGEDISPATCH_STORE_LOG"
 
 
 class Writer:
@@ -98,9 +101,8 @@ class Writer:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: store writer: %(message)s"
-    )
+    level, fmt = os.environ.get(LOG_ENV, "info,text").split(",", 1)
+    logs.setup(level, fmt)  # as the server logs
     path, synchronous = sys.argv[1], sys.argv[2]
     sock = socket.socket(fileno=int(os.environ[FD_ENV]))
     db = open_database(Path(path), synchronous)

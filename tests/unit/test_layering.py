@@ -31,8 +31,9 @@ ALLOW: dict[str, set[str]] = {
     # wire's Grant), so calls sits just above the rtc sessions.
     "calls": {"_core", "config", "dispatch", "errors", "rtc", "sip", "wire"},
     "dispatch": {"_core", "config", "errors"},
-    # The store follows the domain's events and writes its records.
-    "store": {"_core", "dispatch", "errors"},
+    # The store follows the domain's events and writes its records; its
+    # writer process logs as the server does (obs.logs).
+    "store": {"_core", "dispatch", "errors", "obs"},
     "wire": {"_core", "dispatch", "errors"},
     "worker": {"_core", "_version", "config", "dispatch", "errors", "wire"},
     "rtc": {"_core", "_version", "config", "dispatch", "errors", "wire"},
