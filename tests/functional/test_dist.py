@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import sqlite3
 import subprocess
 import tarfile
 import urllib.request
@@ -37,7 +38,7 @@ def test_the_unpacked_binary_serves_dispatch_rooms_and_sip(tmp_path: Path, loop_
     (tmp_path / "sip.toml").write_text("[sip]\nenabled = true\nport = 0\n")
     server = subprocess.Popen(
         [str(binary), "serve", "--dev", "--port", "0", "--loop", loop_kind,
-         "--config", str(tmp_path / "sip.toml")],
+         "--config", str(tmp_path / "sip.toml"), "--data-dir", str(tmp_path / "data")],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -57,6 +58,11 @@ def test_the_unpacked_binary_serves_dispatch_rooms_and_sip(tmp_path: Path, loop_
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert made.returncode == 0 and '"AD_' in made.stdout, made.stderr
+        # Answered once committed, by the store's writer process (which the
+        # binary starts as ``-m edgedispatch.store.writer``).
+        db = sqlite3.connect(tmp_path / "data" / "edgedispatch.db")
+        assert db.execute("SELECT COUNT(*) FROM dispatches").fetchone() == (1,)
+        db.close()
 
         async def join() -> list[str]:
             room = rtc.Room()
