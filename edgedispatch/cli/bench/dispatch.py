@@ -14,6 +14,7 @@ per worker is the server's growth when the N workers connect and idle.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import os
@@ -246,7 +247,15 @@ def run(
         driver = Driver(host, int(port), rate, duration, scrape)
         started, cpu0 = time.monotonic(), tree_cpu_seconds(server_pid) if server_pid else 0.0
         if rate > 0:
-            uvloop.run(driver.run())
+            # The driver's own collections would delay sends, which count
+            # as latency (due time to JS_RUNNING): none while it sends.
+            gc.freeze()
+            gc.disable()
+            try:
+                uvloop.run(driver.run())
+            finally:
+                gc.enable()
+                gc.unfreeze()
         sent_for = time.monotonic() - started
         server_cpu = (tree_cpu_seconds(server_pid) - cpu0) / sent_for if server_pid else math.nan
         # Let the last jobs start (busy workers: the queue drains as jobs end).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import json
 import random
 import signal
@@ -86,6 +87,12 @@ async def main(args: argparse.Namespace) -> None:
             await w.update(load=0.0)
             if args.load_per_job > 0:
                 reporters.append(loop.create_task(report(w)))
+    # No garbage collection while the load runs: a full collection here
+    # stalled all of this process's workers for 40-60 ms, which the bench
+    # then counted as the server's latency (the same instant in every run,
+    # with the store and without).  A run is seconds long; its cycles wait.
+    gc.freeze()
+    gc.disable()
     print("ready", flush=True)
     await stop.wait()
     print(json.dumps({"running_at": running_at, "declines": declines}), flush=True)
