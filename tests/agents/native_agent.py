@@ -44,7 +44,9 @@ async def converse(ctx: JobContext, out: Path) -> None:
     async def ended(reason: str) -> None:
         # The room's close ends the job: the runtime cancels this entrypoint
         # and runs the shutdown callbacks.
-        (out / f"{ctx.job_id}.left").write_text(reason or "room closed")
+        tmp = out / f".{ctx.job_id}.left.tmp"  # whole at once: a test reads it when it appears
+        tmp.write_text(reason or "room closed")
+        tmp.rename(out / f"{ctx.job_id}.left")
 
     ctx.add_shutdown_callback(ended)
     room = await ctx.connect()

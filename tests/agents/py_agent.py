@@ -24,6 +24,16 @@ from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobRequest, cli
 
 OUT = Path(os.environ.get("EDT_OUT", "."))
+
+
+def publish(name: str, text: str) -> None:
+    """Write ``name`` whole at once (a test waiting for the file reads it
+    as soon as it appears: write_text makes it empty first)."""
+    tmp = OUT / f".{name}.tmp"
+    tmp.write_text(text)
+    tmp.rename(OUT / name)
+
+
 MODE = os.environ.get("EDT_MODE", "record")
 
 # The default load gate reads whole-machine CPU; a busy test box would make
@@ -73,7 +83,7 @@ async def entrypoint(ctx: JobContext) -> None:
     if MODE == "sleep":
 
         async def on_shutdown(reason: str) -> None:
-            (OUT / f"{job.id}.terminated").write_text(reason)
+            publish(f"{job.id}.terminated", reason)
 
         ctx.add_shutdown_callback(on_shutdown)
         await asyncio.sleep(3600)
@@ -103,7 +113,7 @@ async def converse(ctx: JobContext) -> None:
     room.on("disconnected", lambda reason: left.done() or left.set_result(str(reason)))
     await room.local_participant.publish_data(b"hello", topic="greeting")
     reason = await left
-    (OUT / f"{ctx.job.id}.left").write_text(reason)
+    publish(f"{ctx.job.id}.left", reason)
 
 
 async def hear(room: rtc.Room, track: rtc.Track) -> None:
