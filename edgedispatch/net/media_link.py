@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
-import struct
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-import msgspec
+from edgedispatch.wire.frames import FrameReader, frame
 
 log = logging.getLogger("edgedispatch.media")
 
@@ -25,9 +24,6 @@ FD_ENV = "EDGEDISPATCH_MEDIA_FD"
 CONFIG_ENV = "EDGEDISPATCH_MEDIA_CONFIG"
 #: A frame larger than this ends the link: the peer is broken.
 MAX_FRAME = 4 * 1024 * 1024
-_LEN = struct.Struct(">I")
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list[Any]).decode
 
 
 def aiortc_problem() -> str:
@@ -50,7 +46,7 @@ class MediaLink(asyncio.Protocol):
         self._on_frame = on_frame
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._reader = FrameReader(MAX_FRAME)
         self._pending: list[bytes] = []  # written before the connection was made
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,34 +56,20 @@ class MediaLink(asyncio.Protocol):
             self._transport.write(data)
         self._pending.clear()
 
-    def send(self, *frame: Any) -> None:
-        body = _encode(list(frame))
-        data = _LEN.pack(len(body)) + body
+    def send(self, *item: Any) -> None:
+        data = frame(list(item))
         if self._transport is None:
             self._pending.append(data)
         elif not self._transport.is_closing():
             self._transport.write(data)
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
-        while len(buf) >= 4:
-            (size,) = _LEN.unpack_from(buf)
-            if size > MAX_FRAME:
-                log.error("media link frame of %d bytes: closing the link", size)
-                self.close()
-                return
-            if len(buf) < 4 + size:
-                break
-            body = bytes(buf[4 : 4 + size])
-            del buf[: 4 + size]
-            try:
-                frame = _decode(body)
-            except msgspec.DecodeError:
-                log.error("media link frame is not msgpack: closing the link")
-                self.close()
-                return
-            self._on_frame(frame)
+        try:
+            for item in self._reader.feed(data):
+                self._on_frame(item)
+        except ValueError as exc:  # too large, or not msgpack
+            log.error("media link frame is broken (%s): closing the link", exc)
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -6,7 +6,7 @@ Nothing here reads a clock or touches a socket: the writer process owns the
 timing and the pipe, and the tests drive ``Committer`` with a database that
 fails on demand.
 
-Frames are a 4-byte length and a msgpack list:
+Frames (``wire.frames``: a 4-byte length and a msgpack list):
 - server -> writer, one per pass of the event loop: ``[pass, new, ops]``,
   where ``new`` defines statements seen for the first time (``[index,
   sql]``) and ``ops`` are ``[index, params]``; ``[-1]`` asks it to stop.
@@ -21,11 +21,8 @@ import functools
 import logging
 import re
 import sqlite3
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-import msgspec
 
 log = logging.getLogger("edgedispatch.store")
 
@@ -33,39 +30,8 @@ log = logging.getLogger("edgedispatch.store")
 #: hundred bytes each; the largest bursts make a few megabytes).
 MAX_FRAME = 256 * 1024 * 1024
 STOP = -1
-_LEN = struct.Struct(">I")
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list[Any]).decode
 
 _Op = tuple[str, Sequence[Any]]
-
-
-def frame(item: list[Any]) -> bytes:
-    body = _encode(item)
-    return _LEN.pack(len(body)) + body
-
-
-class FrameReader:
-    """Bytes in, whole frames out."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[list[Any]]:
-        buffer = self._buffer
-        buffer += data
-        frames = []
-        at = 0
-        while len(buffer) - at >= 4:
-            (size,) = _LEN.unpack_from(buffer, at)
-            if size > MAX_FRAME:
-                raise ValueError(f"a frame of {size} bytes")
-            if len(buffer) - at - 4 < size:
-                break
-            frames.append(_decode(bytes(buffer[at + 4 : at + 4 + size])))
-            at += 4 + size
-        del buffer[:at]
-        return frames
 
 
 _TABLE = re.compile(r"\b(?:INTO|FROM|UPDATE)\s+(\w+)")

@@ -53,7 +53,8 @@ from typing import Any
 
 from edgedispatch.errors import StoreUnavailable
 from edgedispatch.obs import logs
-from edgedispatch.store.commit import STOP, FrameReader, frame
+from edgedispatch.store.commit import MAX_FRAME, STOP
+from edgedispatch.wire.frames import FrameReader, frame
 
 log = logging.getLogger("edgedispatch.store")
 
@@ -164,7 +165,7 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        self._reader = FrameReader()
+        self._reader = FrameReader(MAX_FRAME)
         self._unsent = bytearray()  # what the socket did not take yet
         #: Each statement's index in the writer's table (sent once).
         self._index: dict[str, int] = {}
@@ -354,7 +355,7 @@ class SqliteStore:
         child.close()
         parent.setblocking(False)
         self._sock = parent
-        self._reader = FrameReader()
+        self._reader = FrameReader(MAX_FRAME)
         self._unsent.clear()
         self._loop.add_reader(parent, self._on_readable)
         # A writer started after one died learns every statement first, then

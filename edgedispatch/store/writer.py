@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from edgedispatch.obs import logs
-from edgedispatch.store.commit import STOP, Committer, FrameReader, Statements, frame
+from edgedispatch.store.commit import MAX_FRAME, STOP, Committer, Statements
 from edgedispatch.store.sqlite import GROUP_WINDOW, RETRY_INTERVAL, open_database
+from edgedispatch.wire.frames import FrameReader, frame
 
 log = logging.getLogger("edgedispatch.store")
 
@@ -41,7 +42,7 @@ class Writer:
         self._sock = sock
         self._committer = committer
         self._statements = Statements()
-        self._reader = FrameReader()
+        self._reader = FrameReader(MAX_FRAME)
         self._through = 0  # the last pass received
         self.stopping = False
 

@@ -32,8 +32,9 @@ ALLOW: dict[str, set[str]] = {
     "calls": {"_core", "config", "dispatch", "errors", "rtc", "sip", "wire"},
     "dispatch": {"_core", "config", "errors"},
     # The store follows the domain's events and writes its records; its
-    # writer process logs as the server does (obs.logs).
-    "store": {"_core", "dispatch", "errors", "obs"},
+    # writer process logs as the server does (obs.logs) and talks to it in
+    # the helper processes' frames (wire.frames).
+    "store": {"_core", "dispatch", "errors", "obs", "wire"},
     "wire": {"_core", "dispatch", "errors"},
     "worker": {"_core", "_version", "config", "dispatch", "errors", "wire"},
     "rtc": {"_core", "_version", "config", "dispatch", "errors", "wire"},

@@ -18,10 +18,11 @@ import pytest
 
 from edgedispatch.errors import StoreUnavailable
 from edgedispatch.store import sqlite
-from edgedispatch.store.commit import STOP, Committer, FrameReader, frame
+from edgedispatch.store.commit import MAX_FRAME, STOP, Committer
 from edgedispatch.store.journal import _INSERT_JOB, _UPDATE_JOB
 from edgedispatch.store.sqlite import FILENAME, SCHEMA_VERSION, SqliteStore
 from edgedispatch.store.writer import Writer
+from edgedispatch.wire.frames import FrameReader, frame
 
 
 def test_a_new_store_is_at_the_current_schema_and_reopens(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_the_writer_says_which_passes_failed_and_which_committed(tmp_path: Path)
     writer = Writer(end, Committer(disk))  # type: ignore[arg-type]
     thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
-    acks = FrameReader()
+    acks = FrameReader(MAX_FRAME)
     got: list[list[Any]] = []
     server.settimeout(10)
 
