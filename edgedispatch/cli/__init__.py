@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from edgedispatch._version import __version__
 
@@ -88,13 +89,43 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
 
     if _plot_missing(args):
         return 1
+    if args.paired:
+        if args.store == bool(args.scrape):
+            print(
+                "edgedispatch: --paired compares one variant: --store or --scrape",
+                file=sys.stderr,
+            )
+            return 2
+        variant = "store" if args.store else "scrape"
+        result = dispatch.paired(
+            args.paired,
+            variant,
+            run_variant=lambda: _dispatch_run(args, args.store, args.scrape),
+            run_plain=lambda: _dispatch_run(args, False, 0.0),
+        )
+        print(json.dumps(result) if args.json else dispatch.render_paired(result))
+        return 0
+    report = _dispatch_run(args, args.store, args.scrape)
+    samples = report.pop("latency_samples_ms")
+    if args.plot:
+        from edgedispatch.cli.bench import plot
+
+        title = f"bench dispatch: CreateDispatch -> JS_RUNNING, {args.rate:g}/s"
+        plot.latency_plot(args.plot, title, {f"{args.workers} workers": samples})
+    print(json.dumps(report) if args.json else dispatch.render(report))
+    return 0
+
+
+def _dispatch_run(args: argparse.Namespace, store: bool, scrape: float) -> dict[str, Any]:
+    from edgedispatch.cli.bench import dispatch
+
     data_dir = None
-    if args.store:
+    if store:
         import tempfile
 
         data_dir = tempfile.mkdtemp(prefix="edgedispatch-bench-")
     try:
-        report = dispatch.run(
+        return dispatch.run(
             args.workers,
             args.rate,
             args.duration,
@@ -104,21 +135,13 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
             gate=args.gate,
             report_interval=args.report_interval,
             data_dir=data_dir,
-            scrape=args.scrape,
+            scrape=scrape,
         )
     finally:
         if data_dir:
             import shutil
 
             shutil.rmtree(data_dir, ignore_errors=True)
-    samples = report.pop("latency_samples_ms")
-    if args.plot:
-        from edgedispatch.cli.bench import plot
-
-        title = f"bench dispatch: CreateDispatch -> JS_RUNNING, {args.rate:g}/s"
-        plot.latency_plot(args.plot, title, {f"{args.workers} workers": samples})
-    print(json.dumps(report) if args.json else dispatch.render(report))
-    return 0
 
 
 def _bench_jobs(args: argparse.Namespace) -> int:
@@ -301,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         action="store_true",
         help="the server keeps its state in a SQLite store (in a temporary directory)",
+    )
+    disp.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N pairs, alternating the plain server and one with --store (or --scrape), "
+        "and compare their median throughput (one run varies by 15%% on a busy machine)",
     )
     disp.add_argument("--json", action="store_true", help="print one JSON object")
     disp.add_argument(

@@ -71,6 +71,37 @@ def test_bench_core_rejects_bad_numbers() -> None:
     assert out.returncode == 2 and "--workers" in out.stderr
 
 
+def test_bench_dispatch_paired_compares_medians_of_alternating_runs() -> None:
+    from edgedispatch.cli.bench import dispatch
+
+    order: list[str] = []
+
+    def report(kind: str, rate: float, p99: float) -> dict[str, Any]:
+        order.append(kind)
+        return {"dispatches_per_s": rate, "latency_ms": {"p99": p99}, "errors": 0}
+
+    plain = iter([3000.0, 3600.0, 3300.0])
+    stored = iter([2400.0, 3000.0, 2900.0])
+    result = dispatch.paired(
+        3,
+        "store",
+        run_variant=lambda: report("store", next(stored), 8.0),
+        run_plain=lambda: report("plain", next(plain), 5.0),
+    )
+    # Alternating, so that a slow spell of the machine hits both sides.
+    assert order == ["plain", "store"] * 3
+    assert (result["plain_median"], result["variant_median"]) == (3300.0, 2900.0)
+    assert result["ratio"] == round(2900 / 3300, 3) and result["target_ratio"] == 0.8
+    table = dispatch.render_paired(result)
+    assert "| median | 3,300 | 2,900 | 0.879 |" in table
+    assert "88% of the plain server's throughput (median of 3 alternating pairs" in table
+
+
+def test_bench_dispatch_paired_needs_one_variant() -> None:
+    out = run_cli("bench", "dispatch", "--paired", "2")
+    assert out.returncode == 2 and "--store or --scrape" in out.stderr
+
+
 def test_no_extensions_switch_selects_the_python_core() -> None:
     code = "import edgedispatch._core as c; print(c.COMPILED, c.Scheduler.__module__)"
     out = subprocess.run(

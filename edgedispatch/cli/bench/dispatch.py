@@ -342,3 +342,65 @@ def render(r: dict[str, Any]) -> str:
             f"{TARGETS['rss_mb_for_5000_idle_workers']} MB for 5,000 idle workers",
         ]
     )
+
+
+#: What a variant may cost, as a share of the plain server's throughput:
+#: the store (issue: within 20%) and Prometheus scrapes (under 5%).
+PAIRED_TARGETS = {"store": 0.80, "scrape": 0.95}
+
+
+def paired(repeat: int, variant: str, run_variant: Any, run_plain: Any) -> dict[str, Any]:
+    """Runs the plain server and ``variant`` alternately, ``repeat`` times
+    each, and compares their medians: on this shared machine one run's
+    throughput varies by 15% either way, so a single pair says little.
+
+    :param run_variant: / :param run_plain: each starts one ``run`` and
+        returns its report."""
+    plain: list[dict[str, Any]] = []
+    other: list[dict[str, Any]] = []
+    for _ in range(repeat):
+        plain.append(run_plain())
+        other.append(run_variant())
+
+    def median(reports: list[dict[str, Any]], key: str) -> float:
+        values = sorted(r[key] if key != "p99" else r["latency_ms"]["p99"] for r in reports)
+        mid = len(values) // 2
+        return float(values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2)
+
+    plain_rate, other_rate = median(plain, "dispatches_per_s"), median(other, "dispatches_per_s")
+    return {
+        "variant": variant,
+        "pairs": repeat,
+        "plain_dispatches_per_s": [r["dispatches_per_s"] for r in plain],
+        "variant_dispatches_per_s": [r["dispatches_per_s"] for r in other],
+        "plain_median": plain_rate,
+        "variant_median": other_rate,
+        "ratio": round(other_rate / plain_rate, 3) if plain_rate else math.nan,
+        "plain_p99_ms_median": median(plain, "p99"),
+        "variant_p99_ms_median": median(other, "p99"),
+        "errors": sum(r["errors"] for r in plain + other),
+        "target_ratio": PAIRED_TARGETS[variant],
+    }
+
+
+def render_paired(r: dict[str, Any]) -> str:
+    from edgedispatch.cli.tables import markdown_table
+
+    header = ("run", "plain dispatches/s", f"with {r['variant']} dispatches/s", "ratio")
+    rows = [
+        [i + 1, a, b, round(b / a, 3) if a else "-"]
+        for i, (a, b) in enumerate(
+            zip(r["plain_dispatches_per_s"], r["variant_dispatches_per_s"], strict=True)
+        )
+    ]
+    rows.append(["median", r["plain_median"], r["variant_median"], r["ratio"]])
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            f"with {r['variant']}: {r['ratio']:.0%} of the plain server's throughput "
+            f"(median of {r['pairs']} alternating pairs; target >= {r['target_ratio']:.0%}); "
+            f"p99 {r['plain_p99_ms_median']} ms plain, {r['variant_p99_ms_median']} ms with it; "
+            f"{r['errors']} errors",
+        ]
+    )
