@@ -22,7 +22,7 @@ from livekit.protocol import sip as pb
 from websockets.sync.client import connect as ws_connect
 
 from edgedispatch._testbase.fake_worker import FakeWorker
-from edgedispatch.cli.bench.common import free_port
+from edgedispatch.cli.bench.common import free_media_port, free_port
 
 from .test_serve import ServeProcess
 
@@ -136,7 +136,7 @@ def sipp_call(sip_port: int, tmp: Path) -> str:
     done = subprocess.run(
         ["sipp", f"127.0.0.1:{sip_port}", "-sf", str(scenario), "-s", NUMBER, "-m", "1",
          "-i", "127.0.0.1", "-p", str(free_port(udp_too=True)), "-mi", "127.0.0.1",
-         "-mp", str(free_port(udp_too=True)), "-nostdin", "-timeout", "20s",
+         "-mp", str(free_media_port()), "-nostdin", "-timeout", "20s",
          "-timeout_error", "-cid_str", call_id],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip

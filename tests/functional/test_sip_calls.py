@@ -22,7 +22,7 @@ from livekit import api, rtc
 from livekit.protocol import sip as pb
 
 from edgedispatch._testbase.fake_worker import FakeWorker
-from edgedispatch.cli.bench.common import free_port
+from edgedispatch.cli.bench.common import free_media_port, free_port
 from edgedispatch.sip.rtp import RtpPacket, decode, encode, parse_rtp
 
 from .clients import WorkerProcess, py_worker
@@ -107,7 +107,7 @@ def sipp_call(
     return subprocess.run(
         ["sipp", f"127.0.0.1:{srv.server.sip_port}", "-sf", str(path), *args, "-s", number,
          "-m", "1", "-i", "127.0.0.1", "-p", str(free_port(udp_too=True)),
-         "-mi", "127.0.0.1", "-mp", str(free_port(udp_too=True)), "-nostdin",
+         "-mi", "127.0.0.1", "-mp", str(free_media_port()), "-nostdin",
          "-timeout", "40s", "-timeout_error", "-max_recv_loops", "1000"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -19,7 +19,7 @@ import pytest
 from livekit import api, rtc
 from livekit.protocol import sip as pb
 
-from edgedispatch.cli.bench.common import free_port
+from edgedispatch.cli.bench.common import free_media_port, free_port
 
 from .clients import NODE_DIR
 from .conftest import ServerThread
@@ -43,7 +43,7 @@ class Callee:
         path.write_text(text.replace("MEDIA", media).replace("RING_MS", str(ring_ms)))
         self.proc = subprocess.Popen(
             ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(self.port), "-m", "1",
-             "-mi", "127.0.0.1", "-mp", str(free_port(udp_too=True)), "-nostdin",
+             "-mi", "127.0.0.1", "-mp", str(free_media_port()), "-nostdin",
              "-timeout", "25s", "-timeout_error"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

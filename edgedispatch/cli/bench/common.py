@@ -65,6 +65,20 @@ def free_port(udp_too: bool = False) -> int:
                 return port
 
 
+def free_media_port() -> int:
+    """A loopback UDP port for sipp's media (``-mp``), free now with the one
+    two above it: sipp binds that one too, for video, and fails the call if
+    it is taken (as it was by another server's RTP, once in a test run)."""
+    while True:
+        port = free_port(udp_too=True)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as video:
+            try:
+                video.bind(("127.0.0.1", port + 2))
+            except OSError:
+                continue
+            return port
+
+
 def stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
     """SIGTERM, and SIGKILL if it has not exited within ``timeout``."""
     proc.terminate()

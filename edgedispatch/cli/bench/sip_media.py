@@ -45,7 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from edgedispatch.cli.bench.common import free_port, percentile, start_server, stop
+from edgedispatch.cli.bench.common import (
+    free_media_port,
+    free_port,
+    percentile,
+    start_server,
+    stop,
+)
 from edgedispatch.config import DEV_KEY, DEV_SECRET
 from edgedispatch.sip.rtp import RtpPacket, decode, encode, parse_rtp
 
@@ -268,7 +274,7 @@ async def _step(
         "sipp", f"127.0.0.1:{sip_port}", "-sf", str(workdir / "call.xml"),
         "-inf", str(workdir / "calls.csv"), "-s", "+15550100", "-m", str(calls),
         "-l", str(calls), "-r", "50", "-i", "127.0.0.1", "-p", str(free_port(udp_too=True)),
-        "-mp", str(free_port(udp_too=True)), "-nostdin", "-timeout", f"{seconds + 60:.0f}s",
+        "-mp", str(free_media_port()), "-nostdin", "-timeout", f"{seconds + 60:.0f}s",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
     )  # fmt: skip
     out, _ = await sipp.communicate()
