@@ -50,6 +50,9 @@ SIP_PORT = 5060
 Done = Callable[[Message | EdgeDispatchError], None]
 #: (host, then): calls ``then`` with the host's IP address, or None.
 Resolve = Callable[[str, Callable[[str | None], None]], None]
+#: ((ip, port), then): opens a TCP connection to the address (or finds one
+#: open), then calls ``then`` with None, or with why it could not.
+Connect = Callable[[tuple[str, int], Callable[[str | None], None]], None]
 
 
 def twirp_error_of(status: int, reason: str) -> TwirpError:
@@ -123,12 +126,13 @@ class PlacedCall(BridgedCall):
         call_id: str,
         tenant: str,
         admit: Admit,
-        dial: tuple[str, str, str, str, float],
+        dial: tuple[str, str, str, str, float, str],
         target: tuple[str, int],
         done: Done | None,
         dtmf: str,
     ) -> None:
-        #: (Request-URI, From URI, auth username, password, ringing timeout)
+        #: (Request-URI, From URI, auth username, password, ringing timeout,
+        #: transport: "UDP" or "TCP")
         self._dial = dial
         self._target = target
         self._done = done
@@ -173,21 +177,33 @@ class PlacedCall(BridgedCall):
         self._calls.resolve(host, lambda ip: self._dial_to(ip, port))
 
     def _dial_to(self, ip: str | None, port: int) -> None:
-        now = self.services.clock()
         if self.ended:
             return
         if ip is None:
             self.fail(InvalidArgument(f"cannot resolve the trunk's address {self._target[0]!r}"))
             return
+        if self._dial[5] == "TCP":  # the connection first: the INVITE goes over it
+            address = (ip, self._target[1])
+            self._calls.connect(address, lambda error: self._dial_over(ip, port, error))
+            return
+        self._dial_over(ip, port, None)
+
+    def _dial_over(self, ip: str, port: int, error: str | None) -> None:
+        now = self.services.clock()
+        if self.ended:
+            return
+        if error is not None:
+            self.fail(TwirpError("unavailable", f"cannot reach the trunk over TCP: {error}"))
+            return
         uac = self._calls.uac()
         if uac is None:
             self.fail(TwirpError("unavailable", "SIP is not listening"))
             return
-        uri, from_uri, username, password, ringing = self._dial
+        uri, from_uri, username, password, ringing, transport = self._dial
         offer = sdp.make_offer(self.services.media_address, port, port)
         uac.dial(
             uri, (ip, self._target[1]), from_uri, offer, now, username, password, ringing,
-            call_id=self.call_id,
+            call_id=self.call_id, transport=transport,
         )  # fmt: skip
         log.info(
             "call %s: dialling %s via %s:%d", self.call_id, uri, ip, self._target[1],
@@ -267,7 +283,9 @@ class PlacedCall(BridgedCall):
 class OutboundCalls:
     """:param uac: the SIP listener's UAC (None while SIP is not up).
     :param resolve: the trunk's host to an IP address (the shell's DNS).
-    :param new_id: a fresh random token (Call-IDs)."""
+    :param new_id: a fresh random token (Call-IDs).
+    :param connect: opens the TCP connection of a trunk whose transport is
+        TCP (the shell's sockets)."""
 
     def __init__(
         self,
@@ -276,10 +294,12 @@ class OutboundCalls:
         resolve: Resolve,
         new_id: Callable[[], str],
         admission: Admission | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self.services = services
         self.uac = uac
         self.resolve = resolve
+        self.connect: Connect = connect or (lambda _address, then: then("no TCP transport"))
         self._new_id = new_id
         self.admission = admission or Admission()
 
@@ -305,8 +325,10 @@ class OutboundCalls:
             username, password = inline.auth_username, inline.auth_password
             transport, from_host = inline.transport, inline.from_host
             trunk_id = ""
-        if transport not in (pb.SIP_TRANSPORT_AUTO, pb.SIP_TRANSPORT_UDP):
-            raise TwirpError("unimplemented", "outbound calls go over UDP only (trunk transport)")
+        if transport == pb.SIP_TRANSPORT_TLS:
+            raise TwirpError("unimplemented", "outbound calls go over UDP or TCP, not TLS")
+        # AUTO is UDP, as livekit/sip's default.
+        wire = "TCP" if transport == pb.SIP_TRANSPORT_TCP else "UDP"
         target = _address(address)
         number = req.sip_number or (numbers[0] if numbers else "")
         if not number:
@@ -318,6 +340,8 @@ class OutboundCalls:
         own_host = uac.contact.split("@", 1)[-1]
         host = f"[{target[0]}]" if ":" in target[0] else target[0]
         uri = f"sip:{call_to}@{host}" + (f":{target[1]}" if target[1] != SIP_PORT else "")
+        if wire == "TCP":
+            uri += ";transport=tcp"
         from_uri = f"sip:{number}@{from_host or own_host}"
         call_id = f"{self._new_id()}@edgedispatch"
         attributes = dict(req.participant_attributes)
@@ -335,7 +359,7 @@ class OutboundCalls:
         if refusal is not None:
             raise ResourceExhausted(refusal.reason)
         ringing = req.ringing_timeout.ToSeconds() if req.HasField("ringing_timeout") else 0
-        dial = (uri, from_uri, username, password, float(ringing or RINGING_TIMEOUT))
+        dial = (uri, from_uri, username, password, float(ringing or RINGING_TIMEOUT), wire)
         call = PlacedCall(self, call_id, tenant, admit, dial, target, done, req.dtmf)
         try:
             call.join(admit, now)

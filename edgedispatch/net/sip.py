@@ -5,7 +5,9 @@ call means (which room, which agent) is the application's, given as
 ``on_event``.
 
 A message for an address with a live TCP connection goes over it (the
-answers to what came in over TCP); anything else goes by UDP.  A stream
+answers to what came in over TCP, and the calls we place through a trunk
+whose transport is TCP: ``connect`` opens its connection first); anything
+else goes by UDP.  A stream
 that cannot be framed (a bad header, no Content-Length) is closed after a
 400: it cannot be resynchronised."""
 
@@ -29,8 +31,11 @@ from edgedispatch.sip.uas_calls import Event, IncomingCall
 
 log = logging.getLogger("edgedispatch.sip")
 PARTIAL_TIMEOUT = 64 * T1
+#: Seconds a trunk's TCP connection may take to open.
+CONNECT_TIMEOUT = 5.0
 
 
+#: The lookups and connections under way (a task needs a reference).
 _LOOKUPS: set[asyncio.Task[None]] = set()
 
 
@@ -87,6 +92,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         #: bytes or stops mid-message is cut off, instead of holding its
         #: buffer (up to 64 KiB) for ever.
         self.partial_timeout = PARTIAL_TIMEOUT
+        #: address -> who waits for the TCP connection being opened to it
+        self._connecting: dict[tuple[str, int], list[Callable[[str | None], None]]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's UDP transport is no subclass
@@ -131,8 +138,40 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timer.arm(uas.next_deadline())
 
     def stream(self) -> SipStream:
-        """A protocol for one incoming TCP connection."""
+        """A protocol for one TCP connection (incoming, or one we opened)."""
         return SipStream(self)
+
+    def connect(self, address: tuple[str, int], then: Callable[[str | None], None]) -> None:
+        """Open a TCP connection to ``address`` (an IP address and port),
+        or find it open, then call ``then`` with None or why it could not.
+        It stays open for the calls that follow (its peer may close it)."""
+        if address in self.streams:
+            then(None)
+            return
+        waiting = self._connecting.get(address)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        self._connecting[address] = [then]
+
+        async def open_connection() -> None:
+            error: str | None = None
+            try:
+                await asyncio.wait_for(
+                    self.loop.create_connection(self.stream, *address), CONNECT_TIMEOUT
+                )
+            except (TimeoutError, OSError) as exc:
+                error = str(exc) or type(exc).__name__
+                log.info("SIP: no TCP connection to %s:%d: %s", *address, error)
+            for each in self._connecting.pop(address, []):
+                try:
+                    each(error)
+                except Exception:
+                    log.exception("a call waiting for its TCP connection could not go on")
+
+        task = self.loop.create_task(open_connection())
+        _LOOKUPS.add(task)
+        task.add_done_callback(_LOOKUPS.discard)
 
     def _on_timer(self, now: float) -> None:
         if self.uas is not None:

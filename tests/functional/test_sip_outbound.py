@@ -36,7 +36,9 @@ pytestmark = pytest.mark.skipif(not shutil.which("sipp"), reason="sipp (sip-test
 class Callee:
     """A sipp UAS on a port of its own: the trunk's far end."""
 
-    def __init__(self, tmp: Path, scenario: str, media: str = "", ring_ms: int = 200) -> None:
+    def __init__(
+        self, tmp: Path, scenario: str, media: str = "", ring_ms: int = 200, tcp: bool = False
+    ) -> None:
         self.port = free_port(udp_too=True)
         path = tmp / f"{scenario}.xml"
         text = (SCENARIOS / f"{scenario}.xml").read_text()
@@ -44,7 +46,7 @@ class Callee:
         self.proc = subprocess.Popen(
             ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(self.port), "-m", "1",
              "-mi", "127.0.0.1", "-mp", str(free_port(udp_too=True)), "-nostdin",
-             "-timeout", "25s", "-timeout_error"],
+             "-timeout", "25s", "-timeout_error", *(["-t", "t1"] if tcp else [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -58,7 +60,7 @@ class Callee:
             self.proc.communicate()
 
 
-async def add_trunk(srv: ServerThread, port: int, **auth: str) -> str:
+async def add_trunk(srv: ServerThread, port: int, **auth: Any) -> str:
     async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
         trunk = await lk.sip.create_outbound_trunk(
             pb.CreateSIPOutboundTrunkRequest(
@@ -71,9 +73,8 @@ async def add_trunk(srv: ServerThread, port: int, **auth: str) -> str:
 
 
 def dial_request(trunk_id: str, **kw: Any) -> pb.CreateSIPParticipantRequest:
-    return pb.CreateSIPParticipantRequest(
-        sip_trunk_id=trunk_id, sip_call_to=CALLEE, room_name=ROOM, **kw
-    )
+    kw.setdefault("room_name", ROOM)
+    return pb.CreateSIPParticipantRequest(sip_trunk_id=trunk_id, sip_call_to=CALLEE, **kw)
 
 
 def statuses(room: rtc.Room) -> list[str]:
@@ -135,6 +136,52 @@ def test_a_call_is_placed_with_auth_answered_heard_and_hung_up_by_deleting_the_r
     assert who.attributes["sip.callID"] == info.sip_call_id and who.attributes["sip.trunkID"]
     assert abs(pitch - 440.0) < 5, pitch
     assert rms > 3000, rms
+
+
+@pytest.mark.media
+def test_a_trunk_whose_transport_is_tcp_carries_the_call_over_tcp(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """A carrier that takes SIP over TCP only (sipp ``-t t1`` listens on
+    no UDP port): the call is challenged, answered and hung up over one
+    connection that the server opened; an unreachable TCP trunk fails
+    the call as ``unavailable``, saying why."""
+    srv = serve(start_server)
+    callee = Callee(tmp_path, "uas_answer", tcp=True)
+    closed = free_port()  # nothing listens there
+
+    async def main() -> tuple[pb.SIPParticipantInfo, list[str], api.TwirpError]:
+        tcp = pb.SIP_TRANSPORT_TCP
+        trunk_id = await add_trunk(
+            srv, callee.port, auth_username="trunk-user", auth_password="trunk-pass", transport=tcp
+        )
+        nowhere = await add_trunk(srv, closed, transport=tcp)
+        room, _ = await joined(srv, token("agent-like", ROOM), True)
+        seen = statuses(room)
+        try:
+            async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+                info = await lk.sip.create_sip_participant(
+                    dial_request(trunk_id, wait_until_answered=True)
+                )
+                # sipp goes from the ACK to waiting for BYE through a step
+                # of its own (the scenario's MEDIA): a BYE in the same read
+                # as the ACK finds it between the two and aborts the call.
+                await asyncio.sleep(0.3)
+                await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
+                ok(await callee.done())  # it got our BYE, over TCP
+                with pytest.raises(api.TwirpError) as unreachable:
+                    await lk.sip.create_sip_participant(
+                        dial_request(nowhere, wait_until_answered=True, room_name="other")
+                    )
+            return info, seen, unreachable.value
+        finally:
+            callee.kill()
+            await room.disconnect()
+
+    info, seen, error = run(main)
+    assert info.participant_identity == f"sip_{CALLEE}" and info.sip_call_id
+    assert seen[:3] == ["dialing", "ringing", "active"], seen
+    assert error.code == "unavailable" and "cannot reach the trunk over TCP" in error.message
 
 
 @pytest.mark.media
