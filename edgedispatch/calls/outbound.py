@@ -130,6 +130,7 @@ class PlacedCall(BridgedCall):
         target: tuple[str, int],
         done: Done | None,
         dtmf: str,
+        max_duration: float = 0.0,
     ) -> None:
         #: (Request-URI, From URI, auth username, password, ringing timeout,
         #: transport: "UDP" or "TCP")
@@ -143,11 +144,11 @@ class PlacedCall(BridgedCall):
         number = admit.attributes.get("sip.phoneNumber", "")
         super().__init__(
             calls.services, _Client(calls), call_id, tenant, None, admit.room, admit=admit,
-            shown=(dial[1], number),
+            shown=(dial[1], number), max_duration=max_duration,
         )  # fmt: skip
 
     def _media_spec(self) -> dict[str, object]:
-        return media_spec(self.services, None)
+        return media_spec(self.services, None, self.max_duration)
 
     @property
     def status(self) -> str:
@@ -230,7 +231,7 @@ class PlacedCall(BridgedCall):
             self._settle(twirp_error_of(488, f"the callee's SDP answer: {exc.msg}"))
             self.hang_up("no usable media in the answer", now)
             return
-        self.media.set_remote(media_spec(self.services, chosen))
+        self.media.set_remote(media_spec(self.services, chosen, self.max_duration))
         self.answered = self.confirmed = True
         self._set_phase("active")
         log.info("call %s answered (%s)", self.call_id, chosen.codec, extra=self.fields())
@@ -360,7 +361,10 @@ class OutboundCalls:
             raise ResourceExhausted(refusal.reason)
         ringing = req.ringing_timeout.ToSeconds() if req.HasField("ringing_timeout") else 0
         dial = (uri, from_uri, username, password, float(ringing or RINGING_TIMEOUT), wire)
-        call = PlacedCall(self, call_id, tenant, admit, dial, target, done, req.dtmf)
+        longest = req.max_call_duration.ToSeconds() if req.HasField("max_call_duration") else 0
+        call = PlacedCall(
+            self, call_id, tenant, admit, dial, target, done, req.dtmf, float(max(longest, 0))
+        )
         try:
             call.join(admit, now)
         except EdgeDispatchError:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 from livekit.protocol import sip as pb
 
@@ -143,14 +145,15 @@ def test_a_trunk_whose_transport_is_tcp_carries_the_call_over_tcp(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
     """A carrier that takes SIP over TCP only (sipp ``-t t1`` listens on
-    no UDP port): the call is challenged, answered and hung up over one
-    connection that the server opened; an unreachable TCP trunk fails
-    the call as ``unavailable``, saying why."""
+    no UDP port): the call is challenged, answered, and hung up by the
+    server when its ``max_call_duration`` (1 s) has passed, over one
+    connection that the server opened; an unreachable TCP trunk fails the
+    call as ``unavailable``, saying why."""
     srv = serve(start_server)
     callee = Callee(tmp_path, "uas_answer", tcp=True)
     closed = free_port()  # nothing listens there
 
-    async def main() -> tuple[pb.SIPParticipantInfo, list[str], api.TwirpError]:
+    async def main() -> tuple[pb.SIPParticipantInfo, list[str], float, api.TwirpError]:
         tcp = pb.SIP_TRANSPORT_TCP
         trunk_id = await add_trunk(
             srv, callee.port, auth_username="trunk-user", auth_password="trunk-pass", transport=tcp
@@ -161,26 +164,26 @@ def test_a_trunk_whose_transport_is_tcp_carries_the_call_over_tcp(
         try:
             async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
                 info = await lk.sip.create_sip_participant(
-                    dial_request(trunk_id, wait_until_answered=True)
+                    dial_request(
+                        trunk_id, wait_until_answered=True, max_call_duration=Duration(seconds=1)
+                    )
                 )
-                # sipp goes from the ACK to waiting for BYE through a step
-                # of its own (the scenario's MEDIA): a BYE in the same read
-                # as the ACK finds it between the two and aborts the call.
-                await asyncio.sleep(0.3)
-                await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
+                answered = time.monotonic()
                 ok(await callee.done())  # it got our BYE, over TCP
+                lasted = time.monotonic() - answered
                 with pytest.raises(api.TwirpError) as unreachable:
                     await lk.sip.create_sip_participant(
                         dial_request(nowhere, wait_until_answered=True, room_name="other")
                     )
-            return info, seen, unreachable.value
+            return info, seen, lasted, unreachable.value
         finally:
             callee.kill()
             await room.disconnect()
 
-    info, seen, error = run(main)
+    info, seen, lasted, error = run(main)
     assert info.participant_identity == f"sip_{CALLEE}" and info.sip_call_id
     assert seen[:3] == ["dialing", "ringing", "active"], seen
+    assert 0.8 < lasted < 4.0, lasted  # the call's own limit, not the server's (3 h)
     assert error.code == "unavailable" and "cannot reach the trunk over TCP" in error.message
 
 
