@@ -78,7 +78,11 @@ def test_bench_dispatch_paired_compares_medians_of_alternating_runs() -> None:
 
     def report(kind: str, rate: float, p99: float) -> dict[str, Any]:
         order.append(kind)
-        return {"dispatches_per_s": rate, "latency_ms": {"p99": p99}, "errors": 0}
+        cpu = 1e6 / rate  # a saturated core
+        return {
+            "dispatches_per_s": rate, "server_cpu_us_per_dispatch": cpu,
+            "latency_ms": {"p99": p99}, "errors": 0,
+        }  # fmt: skip
 
     plain = iter([3000.0, 3600.0, 3300.0])
     stored = iter([2400.0, 3000.0, 2900.0])
@@ -95,6 +99,8 @@ def test_bench_dispatch_paired_compares_medians_of_alternating_runs() -> None:
     table = dispatch.render_paired(result)
     assert "| median | 3,300 | 2,900 | 0.879 |" in table
     assert "88% of the plain server's throughput (median of 3 alternating pairs" in table
+    assert result["cpu_ratio"] == round((1e6 / 3300) / (1e6 / 2900), 3)
+    assert "88% of the plain throughput if only its core limited it" in table
 
 
 def test_bench_dispatch_paired_needs_one_variant() -> None:
