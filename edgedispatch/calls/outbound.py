@@ -55,24 +55,33 @@ Resolve = Callable[[str, Callable[[str | None], None]], None]
 Connect = Callable[[tuple[str, int], Callable[[str | None], None]], None]
 
 
+#: A callee's final SIP status -> the RPC's Twirp code, as LiveKit maps it
+#: since protocol 1.46 (``SIPStatus.GRPCStatus``: busy is
+#: ``resource_exhausted``, a 5xx from the far end ``failed_precondition``).
+_CODE_OF_STATUS: dict[int, str] = {
+    status: code
+    for code, statuses in {
+        "aborted": (487, 491),
+        "deadline_exceeded": (408, 504),
+        "failed_precondition": (409, 412, 482, 483, 500, 501, 502, 503),
+        "not_found": (301, 302, 404, 410, 481, 604),
+        "out_of_range": (416,),
+        "permission_denied": (401, 402, 403, 433, 470, 603, 607, 608),
+        "resource_exhausted": (440, 480, 486, 600),
+        "unauthenticated": (407, 428, 436, 437, 438, 494),
+    }.items()
+    for status in statuses
+}
+
+
 def twirp_error_of(status: int, reason: str) -> TwirpError:
     """A failed INVITE's final status as the RPC's error, as LiveKit maps
-    it (protocol ``SIPStatus.GRPCStatus``): busy and declined are
-    ``unavailable``, a timeout ``deadline_exceeded``, a refused
-    authentication ``permission_denied``, a bad number ``invalid_argument``;
-    the meta carries the SIP status (livekit-api's ``SipCallError``)."""
-    if status == 487:
-        code = "aborted"
-    elif status in (400, 404, 484, 485, 420, 421):
-        code = "invalid_argument"
-    elif status in (408, 504):
-        code = "deadline_exceeded"
-    elif status in (480, 486, 501, 503, 600, 603):
-        code = "unavailable"
-    elif status in (401, 403, 407):
-        code = "permission_denied"
-    else:
-        code = "internal"
+    it (``_CODE_OF_STATUS``; any other 3xx, 4xx or 6xx is
+    ``invalid_argument``, any other 5xx ``failed_precondition``); the meta
+    carries the SIP status (livekit-api's ``SipCallError``)."""
+    code = _CODE_OF_STATUS.get(status)
+    if code is None:
+        code = "failed_precondition" if 500 <= status < 600 else "invalid_argument"
     return TwirpError(
         code, f"sip status {status}: {reason}", sip_status_code=str(status), sip_status=reason
     )
