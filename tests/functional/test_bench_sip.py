@@ -42,12 +42,16 @@ def test_bench_sip_answers_calls_through_a_trunk_and_rule_and_times_them(tmp_pat
 
 
 def test_bench_sip_refused_reports_calls_and_latency(tmp_path: Path) -> None:
-    report = bench_sip(tmp_path, "--refused", "--rate", "50", "200", "--seconds", "1")
+    report = bench_sip(
+        tmp_path, "--refused", "--rate", "50", "200", "--seconds", "1", "--plot", "sip.png"
+    )
     assert report["path"] == "refused"
+    assert (tmp_path / "sip.png").read_bytes()[:4] == b"\x89PNG"  # each rate's latencies
     assert [r["rate"] for r in report["rows"]] == [50, 200]
     for row in report["rows"]:
         assert row["successful"] == row["calls"] and row["failed"] == 0
         assert 0 <= row["invite_ms"]["p50"] <= row["invite_ms"]["p99"] < 1000
+        assert "latency_samples_ms" not in row  # plotted, not printed
     assert report["max_rate_with_0_failed"] == 200
 
 

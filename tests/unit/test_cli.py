@@ -62,8 +62,17 @@ def test_bench_core_json_reports_every_row(capsys: pytest.CaptureFixture[str]) -
     for r in report["results"]:
         assert set(r) >= {"impl", "workers", "decisions_per_s", "p50_ns", "p99_ns"}
         assert r["decisions_per_s"] > 0 and 0 < r["p50_ns"] <= r["p99_ns"]
+        assert "latency_samples_ms" not in r  # for --plot, not printed
     for m in report["memory"]:
         assert 0 < m["bytes_per_worker"] < 1000 and 0 < m["bytes_per_pending_job"] < 1000
+
+
+def test_bench_core_plots_each_rows_decision_times(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "core.png"
+    argv = ["bench", "core", "--workers", "4", "--jobs", "2000", "--python-jobs", "200"]
+    assert main([*argv, "--impl", "python", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_core_rejects_bad_numbers() -> None:
