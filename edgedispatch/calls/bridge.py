@@ -52,6 +52,8 @@ class CallMedia(Protocol):
 
     def set_remote(self, spec: dict[str, Any]) -> None: ...
 
+    def ring_caller(self, on: bool) -> None: ...
+
     def send_data(self, packet: bytes, kind: int) -> None: ...
 
     def close(self) -> None: ...
@@ -109,12 +111,17 @@ def listing(services: CallServices, tenant: str | None) -> list[dict[str, Any]]:
 
 
 def media_spec(
-    services: CallServices, chosen: sdp.Answer | None, max_duration: float = 0.0
+    services: CallServices,
+    chosen: sdp.Answer | None,
+    max_duration: float = 0.0,
+    ring_room: bool = False,
 ) -> dict[str, Any]:
     """The spec of a call's media (``net.sip_media.CallMedia``); without
     ``chosen``, a call we place, whose callee has not answered yet.
     :param max_duration: the call's own limit in seconds (its trunk's or
-        its request's ``max_call_duration``; 0: none), within the server's."""
+        its request's ``max_call_duration``; 0: none), within the server's.
+    :param ring_room: the room hears the ringing tone until the answer
+        (``play_dialtone``)."""
     limits = [each for each in (services.max_duration, max_duration) if each > 0]
     spec: dict[str, Any] = {
         "remote": None,
@@ -124,6 +131,7 @@ def media_spec(
         "ports": list(services.rtp_ports),
         "media_timeout": services.media_timeout,
         "max_duration": min(limits) if limits else 0.0,
+        "ring_room": ring_room,
     }
     if chosen is not None:
         spec.update(

@@ -140,6 +140,7 @@ class PlacedCall(BridgedCall):
         done: Done | None,
         dtmf: str,
         max_duration: float = 0.0,
+        dialtone: bool = False,
     ) -> None:
         #: (Request-URI, From URI, auth username, password, ringing timeout,
         #: transport: "UDP" or "TCP")
@@ -147,6 +148,7 @@ class PlacedCall(BridgedCall):
         self._target = target
         self._done = done
         self._dtmf = dtmf
+        self._dialtone = dialtone
         self._calls = calls
         self.phase = "dialing"
         self.dialled = False
@@ -157,7 +159,7 @@ class PlacedCall(BridgedCall):
         )  # fmt: skip
 
     def _media_spec(self) -> dict[str, object]:
-        return media_spec(self.services, None, self.max_duration)
+        return media_spec(self.services, None, self.max_duration, self._dialtone)
 
     @property
     def status(self) -> str:
@@ -372,8 +374,9 @@ class OutboundCalls:
         dial = (uri, from_uri, username, password, float(ringing or RINGING_TIMEOUT), wire)
         longest = req.max_call_duration.ToSeconds() if req.HasField("max_call_duration") else 0
         call = PlacedCall(
-            self, call_id, tenant, admit, dial, target, done, req.dtmf, float(max(longest, 0))
-        )
+            self, call_id, tenant, admit, dial, target, done, req.dtmf, float(max(longest, 0)),
+            req.play_dialtone or req.play_ringtone,
+        )  # fmt: skip
         try:
             call.join(admit, now)
         except EdgeDispatchError:

@@ -147,6 +147,8 @@ class Worker:
             call.send_digit(args[1])
         elif op == "sip_remote":
             call.set_remote(args[1])
+        elif op == "sip_ring":
+            call.ring_caller(bool(args[1]))
         elif op == "close":
             del self.peers[args[0]]
             call.close()

@@ -17,14 +17,21 @@ starts playing once 40 ms are buffered and holds at most 200 ms (the
 oldest go); every tick takes one 20 ms frame, or silence when the FIFO
 ran dry (then it waits for 40 ms again).  DTMF digits for the caller are
 sent as RFC 4733 events in place of audio.
+
+Ringing (``RingTone``): the ETSI ringing tone (425 Hz, 1 s on, 4 s off),
+at half of full scale as livekit/sip plays it: into the room while a
+call we place rings (``play_dialtone``), to the caller while a transfer
+is under way.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
-from edgedispatch.sip.rtp import DIGITS, DtmfReceiver, RtpPacket
+from edgedispatch.sip.rtp import DIGITS, DtmfReceiver, RtpPacket, encode
 
 #: Samples of one 20 ms frame at 8 kHz.
 FRAME = 160
@@ -96,6 +103,49 @@ class Uplink:
         self._pending = pending[whole:]
         self._out += len(samples)
         return got
+
+
+#: ETSI's ringing tone (ETS 300 512): 425 Hz, 1 s on, 4 s off.
+RING_HZ = 425
+RING_ON, RING_PERIOD = 50, 250  # frames: 1 s of tone in every 5 s
+RING_LEVEL = 32767 // 2
+
+
+class RingTone:
+    """The ringing tone, 20 ms of G.711 per ``next_frame``, cadence and
+    phase carried from one frame to the next (made once per codec)."""
+
+    def __init__(self, codec: str) -> None:
+        frames = _RING_CYCLES.get(codec)
+        if frames is None:
+            frames = _RING_CYCLES[codec] = _ring_cycle(codec)
+        self._frames = frames
+        self._i = 0
+
+    def next_frame(self) -> bytes:
+        frame = self._frames[self._i]
+        self._i = (self._i + 1) % RING_PERIOD
+        return frame
+
+
+_RING_CYCLES: dict[str, list[bytes]] = {}  #: codec -> its 5 s cycle, made once
+
+
+def _ring_cycle(codec: str) -> list[bytes]:
+    """One 5 s cycle, the sine's phase running on from frame to frame."""
+    silence = SILENCE.get(codec, SILENCE["PCMU"])
+    step = 2 * math.pi * RING_HZ / 8000
+    frames = []
+    for i in range(RING_PERIOD):
+        if i >= RING_ON:
+            frames.append(silence)
+            continue
+        start = i * FRAME
+        samples = array(
+            "h", (round(RING_LEVEL * math.sin(step * (start + n))) for n in range(FRAME))
+        )
+        frames.append(encode(codec, samples))
+    return frames
 
 
 class Playout:

@@ -99,14 +99,15 @@ def test_a_call_is_placed_with_auth_answered_heard_and_hung_up_by_deleting_the_r
 ) -> None:
     """wait_until_answered: the RPC answers after the 200 (the trunk's
     challenge answered with its credentials); the callee's participant
-    went dialing -> ringing -> active, and its track carries the callee's
-    tone; deleting the room sends the callee a BYE."""
+    went dialing -> ringing -> active, and its track carries the ringing
+    tone while the callee rings (``play_dialtone``: ETSI's 425 Hz), then
+    the callee's tone; deleting the room sends the callee a BYE."""
     srv = serve(start_server)
     tone = tone_file(tmp_path, 440.0, 4.0)
-    callee = Callee(tmp_path, "uas_answer", media=f'<exec rtp_stream="{tone},1,0" />')
+    callee = Callee(tmp_path, "uas_answer", media=f'<exec rtp_stream="{tone},1,0" />', ring_ms=2500)
 
     async def main() -> tuple[
-        pb.SIPParticipantInfo, list[str], rtc.RemoteParticipant, float, float
+        pb.SIPParticipantInfo, list[str], rtc.RemoteParticipant, float, float, float
     ]:
         trunk_id = await add_trunk(
             srv, callee.port, auth_username="trunk-user", auth_password="trunk-pass"
@@ -117,19 +118,29 @@ def test_a_call_is_placed_with_auth_answered_heard_and_hung_up_by_deleting_the_r
         room.on("track_subscribed", lambda t, pub, who: heard.put_nowait((t, who)))
         try:
             async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
-                info = await lk.sip.create_sip_participant(
-                    dial_request(trunk_id, wait_until_answered=True, participant_name="Bob")
+                placing = asyncio.create_task(
+                    lk.sip.create_sip_participant(
+                        dial_request(
+                            trunk_id,
+                            wait_until_answered=True,
+                            participant_name="Bob",
+                            play_dialtone=True,
+                        )  # fmt: skip
+                    )
                 )
                 track, who = await asyncio.wait_for(heard.get(), 10)
+                _, ringing, _ = await listen(track, seconds=0.6)  # within the 1 s of tone
+                info = await placing
                 rms, pitch, _ = await listen(track, seconds=1.0)
                 await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
             ok(await callee.done())  # it got our BYE
-            return info, seen, who, rms, pitch
+            return info, seen, who, ringing, rms, pitch
         finally:
             callee.kill()
             await room.disconnect()
 
-    info, seen, who, rms, pitch = run(main)
+    info, seen, who, ringing, rms, pitch = run(main)
+    assert abs(ringing - 425.0) < 5, ringing  # before the answer
     assert info.participant_identity == f"sip_{CALLEE}" and info.room_name == ROOM
     assert info.participant_id.startswith("PA_") and info.sip_call_id
     assert seen[:3] == ["dialing", "ringing", "active"], seen

@@ -65,6 +65,9 @@ class WorkerMedia:
     def send_data(self, packet: bytes, kind: int) -> None:
         pass
 
+    def ring_caller(self, on: bool) -> None:
+        self.ringing = on
+
     def close(self) -> None:
         self.closed = True
 

@@ -14,6 +14,7 @@ from edgedispatch.sip.bridge import (
     SILENCE,
     CallLimits,
     Playout,
+    RingTone,
     RtpSender,
     SendClock,
     Uplink,
@@ -146,3 +147,20 @@ def test_the_codecs_carry_a_tone_both_ways(codec: str) -> None:
     assert abs(np.argmax(spectrum) * 8000 / len(samples) - 440) < 5
     assert 6000 < np.sqrt(np.mean(samples**2)) < 10000  # 12000 / sqrt(2), give or take
     dec.decode(b"\xff\xfe garbage")  # a bad packet from the room never raises
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_the_ringing_tone_is_etsis_425_hz_one_second_in_five(codec: str) -> None:
+    ring = RingTone(codec)
+    frames = [ring.next_frame() for _ in range(2 * 250)]
+    assert all(len(f) == FRAME for f in frames)
+    on = [max(map(abs, decode(codec, f))) > 1000 for f in frames]
+    assert on == ([True] * 50 + [False] * 200) * 2  # 1 s of tone, 4 s of silence, again
+    tone = np.array(decode(codec, b"".join(frames[:50])), dtype=np.float64)
+    spectrum = np.abs(np.fft.rfft(tone))
+    assert abs(np.argmax(spectrum) * 8000 / len(tone) - 425) < 2
+    # Half of full scale (livekit/sip's level), in one piece across frames.
+    assert 15000 < np.max(np.abs(tone)) < 17000
+    # A sine's steepest step is 2 pi 425 / 8000 of its peak (~5,500): no
+    # click where frames join.
+    assert np.max(np.abs(np.diff(tone))) < 6000
