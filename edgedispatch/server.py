@@ -467,6 +467,8 @@ class Server:
         if self._sip is not None:
             self._sip.close()
             self._sip = None
+        if self.sip_endpoint is not None:
+            self.sip_endpoint.close_streams()  # inbound, and our trunks
         if self._sip_tcp is not None:
             self._sip_tcp.close()
             self._sip_tcp = None

@@ -14,6 +14,7 @@ that cannot be framed (a bad header, no Content-Length) is closed after a
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import secrets
@@ -94,6 +95,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.partial_timeout = PARTIAL_TIMEOUT
         #: address -> who waits for the TCP connection being opened to it
         self._connecting: dict[tuple[str, int], list[Callable[[str | None], None]]] = {}
+        #: The trunks we call over TCP: what goes there after their
+        #: connection closed opens it again (never a datagram).
+        self._tcp_peers: set[tuple[str, int]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's UDP transport is no subclass
@@ -133,6 +137,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             stream = self.streams.get(addr)
             if stream is not None:
                 stream.write(data)
+            elif addr in self._tcp_peers:
+                self.connect(addr, functools.partial(self._resend, addr, data))
             else:
                 transport.sendto(data, addr)
         self._timer.arm(uas.next_deadline())
@@ -145,6 +151,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         """Open a TCP connection to ``address`` (an IP address and port),
         or find it open, then call ``then`` with None or why it could not.
         It stays open for the calls that follow (its peer may close it)."""
+        self._tcp_peers.add(address)
         if address in self.streams:
             then(None)
             return
@@ -172,6 +179,17 @@ class SipEndpoint(asyncio.DatagramProtocol):
         task = self.loop.create_task(open_connection())
         _LOOKUPS.add(task)
         task.add_done_callback(_LOOKUPS.discard)
+
+    def close_streams(self) -> None:
+        """Close every TCP connection (the server stops)."""
+        for stream in list(self.streams.values()):
+            stream.close()
+
+    def _resend(self, address: tuple[str, int], data: bytes, error: str | None) -> None:
+        stream = self.streams.get(address)
+        if stream is not None:
+            stream.write(data)
+        # else: lost, as a datagram can be; the transaction's timer gives up
 
     def _on_timer(self, now: float) -> None:
         if self.uas is not None:
@@ -253,6 +271,10 @@ class SipStream(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._expiry is not None:
