@@ -66,6 +66,10 @@ class CallEvents(Protocol):
 
     def on_media_end(self, why: str, now: float) -> None: ...
 
+    def fields(self) -> dict[str, object]:
+        """The ``extra`` of the media's log lines (``obs.logs``)."""
+        ...
+
 
 OpenMedia = Callable[[tuple[str, str], dict[str, Any], CallEvents], CallMedia]
 

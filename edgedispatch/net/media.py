@@ -242,6 +242,8 @@ class PeerMedia:
         self, events: MediaEvents, config: RTCConfiguration, registry: set[PeerMedia]
     ) -> None:
         self._events = events
+        #: The ``extra`` of its log lines: its room, identity and tenant.
+        self.fields = events.fields()
         self._loop = asyncio.get_running_loop()
         self._registry = registry
         # An explicit (maybe empty) server list: aiortc would otherwise ask
@@ -287,14 +289,14 @@ class PeerMedia:
             init = json.loads(candidate_init)
             line = str(init.get("candidate") or "")
         except (ValueError, AttributeError):
-            log.info("ignored a trickle candidate that is not JSON")
+            log.info("ignored a trickle candidate that is not JSON", extra=self.fields)
             return
         if not line:
             return  # end of candidates
         try:
             candidate = candidate_from_sdp(line.split(":", 1)[1] if ":" in line else line)
         except (ValueError, IndexError):
-            log.info("ignored a malformed trickle candidate")
+            log.info("ignored a malformed trickle candidate", extra=self.fields)
             return
         candidate.sdpMid = init.get("sdpMid")
         candidate.sdpMLineIndex = init.get("sdpMLineIndex")
@@ -322,7 +324,10 @@ class PeerMedia:
         asking for an offer again brings it."""
         if cid not in self._expected or self.closed is not None or left <= 0:
             return
-        log.info("an announced track has not arrived: asking the client for an offer")
+        log.info(
+            "an announced track has not arrived: asking the client for an offer",
+            extra=self.fields,
+        )
         self._events.request_offer(0, 0)
         self._loop.call_later(TRACK_NUDGE, self._nudge, cid, left - 1)
 
@@ -333,7 +338,10 @@ class PeerMedia:
         if not wanted or self.closed is not None or left <= 0:
             return
         if not self._answering:
-            log.info("a subscribed track has no section yet: asking the client for an offer")
+            log.info(
+                "a subscribed track has no section yet: asking the client for an offer",
+                extra=self.fields,
+            )
             self._events.request_offer(*self._missing())
         self._loop.call_later(TRACK_NUDGE, self._nudge_sending, track_sid, left - 1)
 
@@ -416,7 +424,7 @@ class PeerMedia:
             try:
                 await work
             except Exception as exc:  # aiortc raises plain errors on bad SDP
-                log.info("negotiation failed: %s", exc)
+                log.info("negotiation failed: %s", exc, extra=self.fields)
                 if self.closed is not None:
                     return
                 if offer_id is not None:
@@ -559,11 +567,16 @@ class PeerMedia:
         cid = self._offer_tracks.get(mid or "", "")
         fanout = self._expected.pop(cid, None)
         if fanout is None:
-            log.info("a track nobody announced with AddTrack: not forwarded")
+            log.info("a track nobody announced with AddTrack: not forwarded", extra=self.fields)
             return
         assert transceiver is not None
         if track.kind != fanout.kind:
-            log.info("a %s track announced as %s: not forwarded", track.kind, fanout.kind)
+            log.info(
+                "a %s track announced as %s: not forwarded",
+                track.kind,
+                fanout.kind,
+                extra=self.fields,
+            )
             return
         setattr(transceiver.receiver, JITTER_BUFFER, fanout)
         if mid:
@@ -595,6 +608,6 @@ class PeerMedia:
                 await self._sub.close()
             await self._pc.close()
         except Exception:
-            log.exception("closing a peer connection failed")
+            log.exception("closing a peer connection failed", extra=self.fields)
         finally:
             self._registry.discard(self)

@@ -19,9 +19,11 @@ log = logging.getLogger("edgedispatch.media")
 
 #: The aiortc release net/media.py's private attributes were verified on.
 AIORTC_VERSION = "1.16.0"
-#: The worker's environment: its end of the socket pair, and the rtc config.
+#: The worker's environment: its end of the socket pair, the rtc config, and
+#: the level and format of the server's logs ("info,json"), which it logs in.
 FD_ENV = "EDGEDISPATCH_MEDIA_FD"
 CONFIG_ENV = "EDGEDISPATCH_MEDIA_CONFIG"
+LOG_ENV = "EDGEDISPATCH_MEDIA_LOG"
 #: A frame larger than this ends the link: the peer is broken.
 MAX_FRAME = 4 * 1024 * 1024
 
@@ -82,6 +84,11 @@ class MediaLink(asyncio.Protocol):
 
 class MediaEvents(Protocol):
     """What a participant's signal session takes back (``rtc.session``)."""
+
+    def fields(self) -> dict[str, object]:
+        """The ``extra`` of a log line about this participant (``obs.logs``):
+        its room, identity and tenant."""
+        ...
 
     def on_answer(self, sdp: str, offer_id: int, mid_to_track: dict[str, str]) -> None: ...
 

@@ -26,7 +26,8 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models
 
 from edgedispatch.config import RtcConfig
-from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, MediaLink
+from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, LOG_ENV, MediaLink
+from edgedispatch.obs import logs
 
 log = logging.getLogger("edgedispatch.media")
 
@@ -39,6 +40,8 @@ class Session(Protocol):
 
     @property
     def room_key(self) -> tuple[str, str]: ...
+
+    def fields(self) -> dict[str, object]: ...
 
     def on_answer(self, sdp: str, offer_id: int, mid_to_track: dict[str, str]) -> None: ...
 
@@ -66,6 +69,10 @@ class CallEvents(Protocol):
 
     def on_media_end(self, why: str, now: float) -> None: ...
 
+    def fields(self) -> dict[str, object]:
+        """The ``extra`` of a log line about this call (``obs.logs``)."""
+        ...
+
 
 class WorkerProcess:
     def __init__(self, pool: MediaPool, index: int) -> None:
@@ -81,6 +88,7 @@ class WorkerProcess:
             **os.environ,
             FD_ENV: str(child.fileno()),
             CONFIG_ENV: msgspec.json.encode(pool.cfg).decode(),
+            LOG_ENV: ",".join(logs.settings()),
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgedispatch.net.media_worker"],
@@ -171,7 +179,7 @@ class MediaProxy:
         self.closed = False
         worker.proxies[peer] = self
         if session is not None:
-            worker.link.send("open", peer, session.single_pc)
+            worker.link.send("open", peer, session.single_pc, session.fields())
 
     def _send(self, *frame: Any) -> None:
         if not self.closed and self.worker.alive:
@@ -223,7 +231,7 @@ class CallProxy(MediaProxy):
     ) -> None:
         super().__init__(worker, peer, None, room)
         self.events = events
-        worker.link.send("sip_open", peer, spec, bind)
+        worker.link.send("sip_open", peer, spec, bind, events.fields())
 
     def attach(self, session: Session) -> MediaProxy:
         """The media of the call's participant (``rtc.room`` MediaFactory)."""

@@ -2,20 +2,23 @@
 
 Started by the server (``net.media_pool``) as ``python -m
 edgedispatch.net.media_worker`` with its end of a socket pair in
-``EDGEDISPATCH_MEDIA_FD`` and the rtc config in ``EDGEDISPATCH_MEDIA_CONFIG``.
+``EDGEDISPATCH_MEDIA_FD``, the rtc config in ``EDGEDISPATCH_MEDIA_CONFIG``
+and the server's log level and format in ``EDGEDISPATCH_MEDIA_LOG``: its
+lines go to the server's stderr as the server's do, with the ids of the
+participant or call they are about (``open`` and ``sip_open`` bring them).
 It runs ``net.media``'s ``PeerMedia`` for each participant the server opens
 on it, forwards audio between them itself (a room lives wholly in one
 worker), and sends back what the signal sessions wait for.  It exits when
 the server goes (the link ends).
 
-Commands in: ``open`` (peer, single_pc), ``negotiate``, ``candidate``,
-``data``, ``expect``, ``subscribe``, ``unsubscribe``, ``answer``, ``close``,
-``stats``; for phone calls (``net.sip_media``) ``sip_open`` (peer, spec,
-bind), ``sip_remote`` (peer, spec: a placed call's answer) and
-``sip_digit`` (peer, digit).  Events out: ``ready``, ``answer``,
-``data``, ``track``, ``need``, ``offer``, ``failed``, ``refused``, ``gone``,
-``stats``; for calls ``sip_ready`` (peer, port), ``sip_digit`` (peer,
-digit) and ``sip_end`` (peer, why).
+Commands in: ``open`` (peer, single_pc, fields), ``negotiate``,
+``candidate``, ``data``, ``expect``, ``subscribe``, ``unsubscribe``,
+``answer``, ``close``, ``stats``; for phone calls (``net.sip_media``)
+``sip_open`` (peer, spec, bind, fields), ``sip_remote`` (peer, spec: a
+placed call's answer) and ``sip_digit`` (peer, digit).  Events out:
+``ready``, ``answer``, ``data``, ``track``, ``need``, ``offer``, ``failed``,
+``refused``, ``gone``, ``stats``; for calls ``sip_ready`` (peer, port),
+``sip_digit`` (peer, digit) and ``sip_end`` (peer, why).
 """
 
 from __future__ import annotations
@@ -33,17 +36,24 @@ import uvloop
 
 from edgedispatch.config import RtcConfig
 from edgedispatch.net.media import MediaFactory, PeerMedia
-from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, MediaLink
+from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, LOG_ENV, MediaLink
 from edgedispatch.net.sip_media import CallClock, CallMedia, bind_call
+from edgedispatch.obs import logs
 
 
 class PeerEvents:
     """One participant's events, sent to the server (``MediaEvents``)."""
 
-    def __init__(self, link: MediaLink, peer: int, single_pc: bool) -> None:
+    def __init__(
+        self, link: MediaLink, peer: int, single_pc: bool, fields: dict[str, object]
+    ) -> None:
         self._link = link
         self._peer = peer
         self._single_pc = single_pc
+        self._fields = fields
+
+    def fields(self) -> dict[str, object]:
+        return self._fields
 
     @property
     def single_pc(self) -> bool:
@@ -86,12 +96,12 @@ class Worker:
     def on_frame(self, frame: list[Any]) -> None:
         op, *args = frame
         if op == "open":
-            peer, single_pc = args
-            self.peers[peer] = self.factory(PeerEvents(self.link, peer, single_pc))
+            peer, single_pc, fields = args
+            self.peers[peer] = self.factory(PeerEvents(self.link, peer, single_pc, fields))
             return
         if op == "sip_open":
-            peer, spec, bind = args
-            call = self.peers[peer] = CallMedia(peer, spec, self.link.send, self.clock)
+            peer, spec, bind, fields = args
+            call = self.peers[peer] = CallMedia(peer, spec, self.link.send, self.clock, fields)
             self.clock.add(call)
             task = asyncio.get_running_loop().create_task(self._bind_call(call, spec, bind))
             self._opening.add(task)
@@ -198,9 +208,18 @@ def _die_with_parent() -> None:
         pass  # the link's end still stops it
 
 
+def _flush_logs(loop: asyncio.AbstractEventLoop) -> None:
+    """Every FLUSH_INTERVAL, as the server does (a warning goes at once)."""
+    logs.flush()
+    loop.call_later(logs.DeferredStreamHandler.FLUSH_INTERVAL, _flush_logs, loop)
+
+
 async def main() -> None:
     cfg = msgspec.json.decode(os.environ.get(CONFIG_ENV, "{}"), type=RtcConfig)
     loop = asyncio.get_running_loop()
+    level, fmt = os.environ.get(LOG_ENV, "info,text").split(",", 1)
+    logs.setup(level, fmt)  # as the server logs
+    _flush_logs(loop)
     if cfg.udp_ports and isinstance(loop, PortRangeLoop):
         loop.port_range = (cfg.udp_ports[0], cfg.udp_ports[1])
     worker = Worker(cfg)

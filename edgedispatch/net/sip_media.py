@@ -80,6 +80,7 @@ class RoomListener:
 class CallMedia(asyncio.DatagramProtocol):
     """One call's RTP socket and bridge.
 
+    :param fields: from the server: the call's ids, for its log lines.
     :param spec: from the server: ``remote`` [host, port], ``codec``,
         ``pt``, ``dtmf_pt`` (or None), ``media_timeout``, ``max_duration``.
         A call we place has no ``remote`` (None) until the callee answers
@@ -88,10 +89,19 @@ class CallMedia(asyncio.DatagramProtocol):
         the call's track, whose timeline the callee's audio then continues.
     """
 
-    def __init__(self, peer: int, spec: dict[str, Any], send: Send, clock: CallClock) -> None:
+    def __init__(
+        self,
+        peer: int,
+        spec: dict[str, Any],
+        send: Send,
+        clock: CallClock,
+        fields: dict[str, object],
+    ) -> None:
         # Made at once, its socket opened after (``bind_call``): the
         # commands that follow the open (its track, subscriptions) find it.
         self.peer = peer
+        #: The ``extra`` of its log lines: its Call-ID, room and tenant.
+        self.fields = fields
         self._send = send
         self._clock = clock
         loop = asyncio.get_running_loop()
@@ -170,7 +180,7 @@ class CallMedia(asyncio.DatagramProtocol):
                     track.add(_OpusPacket(self._seq, ts & 0xFFFFFFFF, opus))
 
     def error_received(self, exc: Exception) -> None:
-        log.debug("RTP socket error: %s", exc)
+        log.debug("RTP socket error: %s", exc, extra=self.fields)
 
     def tick(self, now: float) -> None:
         """The clock's 20 ms: one packet to the caller, and the limits."""
@@ -218,7 +228,7 @@ class CallMedia(asyncio.DatagramProtocol):
 
     def send_digit(self, digit: str) -> None:
         if not self.sender.queue_digit(digit):
-            log.info("DTMF %r not sent: not a key, or no telephone-event", digit)
+            log.info("DTMF %r not sent: not a key, or no telephone-event", digit, extra=self.fields)
 
     def send_data(self, packet: bytes, kind: int) -> None:
         """Data packets for a phone have nowhere to go (DTMF comes as ``digit``)."""
@@ -266,7 +276,7 @@ class CallClock:
                 try:
                     call.tick(now)
                 except Exception:
-                    log.exception("a call's media tick failed")
+                    log.exception("a call's media tick failed", extra=call.fields)
         self._handle = self._loop.call_at(self.schedule.next_at, self._tick) if self.calls else None
 
 

@@ -207,7 +207,7 @@ class SignalSession:
         if handler is not None:
             handler(self, req, now)
         elif which not in IGNORED:
-            log.debug("ignored signal request %s", which, extra=self._log_extra())
+            log.debug("ignored signal request %s", which, extra=self.fields())
 
     def on_closed(self, code: int, reason: str, now: float) -> None:
         if self._move("closed"):
@@ -243,7 +243,7 @@ class SignalSession:
         try:
             packet = models.DataPacket.FromString(payload)
         except DecodeError:
-            log.info("dropped a data packet that is not a DataPacket", extra=self._log_extra())
+            log.info("dropped a data packet that is not a DataPacket", extra=self.fields())
             return
         self.room.forward_data(self, packet, kind)
 
@@ -284,7 +284,7 @@ class SignalSession:
     def on_media_failed(self, why: str, now: float) -> None:
         """The peer connection failed or could not take an offer."""
         if self.state is State.JOINED:
-            log.info("media failed: %s", why, extra=self._log_extra())
+            log.info("media failed: %s", why, extra=self.fields())
             self.kick(models.DisconnectReason.MEDIA_FAILURE, why, now, reconnect=True)
 
     # ------------------------------------------------------------------
@@ -406,10 +406,12 @@ class SignalSession:
         return True
 
     def _close_bad(self, why: str) -> None:
-        log.info("closing a signal connection: %s", why, extra=self._log_extra())
+        log.info("closing a signal connection: %s", why, extra=self.fields())
         self._sink.close(CloseCode.INVALID_PAYLOAD, why)
 
-    def _log_extra(self) -> dict[str, str | None]:
+    def fields(self) -> dict[str, object]:
+        """The ``extra`` of a log line about this participant (``obs.logs``),
+        here and in the media worker that holds its peer connection."""
         return {
             "room": self.room.name,
             "tenant": self.room.tenant,

@@ -135,20 +135,44 @@ def make_config(**sections: Any) -> config.Config:
 LOOPS = os.environ.get("EDGEDISPATCH_TEST_LOOPS", "uvloop,asyncio").split(",")
 
 
+def sees_the_loop(item: pytest.Item) -> bool:
+    """Whether a test asks for ``loop_kind``, itself or through a fixture it
+    asks for (``start_server`` does).  One that does not has it only as the
+    autouse fixture, and cannot tell the loops apart (a test of the CLI's
+    token command, which starts no server, say)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return True
+    seen: set[str] = set()
+    wanted = list(info.argnames)
+    while wanted:
+        name = wanted.pop()
+        if name == "loop_kind":
+            return True
+        if name not in seen:
+            seen.add(name)
+            for fixturedef in info.name2fixturedefs.get(name, ()):
+                wanted += fixturedef.argnames
+    return False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``media`` drive real WebRTC clients and cost seconds
     each: they run once, on uvloop and the compiled core, which keeps the
     suite within CI's budget.  The few also marked ``all_loops`` check the
     rooms on plain asyncio and the pure-Python core as well.  Tests marked
-    ``once`` (a whole benchmark run, say) run once the same way."""
+    ``once`` (a whole benchmark run, say) run once the same way, and so do
+    tests that cannot see the loop (``sees_the_loop``)."""
     pure = os.environ.get("EDGEDISPATCH_NO_EXTENSIONS") == "1"
     keep, drop = [], []
     for item in items:
-        once = item.get_closest_marker("once") or (
-            item.get_closest_marker("media") and not item.get_closest_marker("all_loops")
-        )
         callspec = getattr(item, "callspec", None)
         loop = callspec.params.get("loop_kind") if callspec is not None else None
+        once = (
+            item.get_closest_marker("once")
+            or (item.get_closest_marker("media") and not item.get_closest_marker("all_loops"))
+            or (loop == "asyncio" and not sees_the_loop(item))
+        )
         (drop if once and (pure or loop == "asyncio") else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

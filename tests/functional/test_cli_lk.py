@@ -97,6 +97,7 @@ def test_a_token_with_an_agent_dispatches_it_when_its_participant_joins(
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+@pytest.mark.once  # the CLI's parsing of a command; the API it calls runs on both loops
 @pytest.mark.parametrize(
     "command",
     [

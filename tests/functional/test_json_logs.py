@@ -1,7 +1,8 @@
 """JSON logs as an operator reads them: a server process with
 ``--log-format json``, a tenant's worker taking a dispatched job, a client
-joining a room and a phone call; every line about that job, room or call
-names its ids, and the tenant's."""
+joining a room, another whose offer is not SDP, and a phone call; every line
+about that job, room or call names its ids, and the tenant's, the media
+worker's as well as the server's."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 from livekit import api, rtc
 from livekit.protocol import agent
+from livekit.protocol import rtc as lk_rtc
 from livekit.protocol import sip as pb
+from websockets.sync.client import connect as ws_connect
 
 from edgedispatch._testbase.fake_worker import FakeWorker
 from edgedispatch.cli.bench.common import free_port
@@ -51,9 +54,30 @@ def config(tmp: Path, sip_port: int) -> Path:
     return path
 
 
+def jwt(identity: str) -> str:
+    grants = api.VideoGrants(room_join=True, room="support-42")
+    return api.AccessToken(KEY, SECRET).with_identity(identity).with_grants(grants).to_jwt()
+
+
+def bad_offer(url: str, identity: str) -> None:
+    """A raw client joins the room and offers what is not SDP: the media
+    worker that holds the room fails to negotiate (and logs it); returns
+    once the client is told."""
+    address = f"{url.replace('http', 'ws')}/rtc?access_token={jwt(identity)}"
+    with ws_connect(address, open_timeout=5) as ws:
+        offer = lk_rtc.SessionDescription(type="offer", sdp="v=0 this is not SDP", id=7)
+        ws.send(lk_rtc.SignalRequest(offer=offer).SerializeToString())
+        while True:
+            msg = lk_rtc.SignalResponse.FromString(ws.recv(timeout=10))
+            if msg.WhichOneof("message") == "request_response":
+                assert msg.request_response.request_id == 7
+                return
+
+
 async def drive(srv: ServeProcess, sip_port: int, tmp: Path) -> tuple[str, str, str]:
-    """A job for the tenant's worker, a client in a room and (with sipp) a
-    call: their job id, the client's identity and the call's SIP Call-ID."""
+    """A job for the tenant's worker, a client in a room, another whose
+    offer is refused, and (with sipp) a call: their job id, the client's
+    identity and the call's SIP Call-ID."""
     worker = FakeWorker(srv.url, KEY, SECRET, agent_name="bot")
     await worker.connect()
     async with api.LiveKitAPI(srv.url, KEY, SECRET) as lk:
@@ -62,15 +86,10 @@ async def drive(srv: ServeProcess, sip_port: int, tmp: Path) -> tuple[str, str, 
         )
         await worker.wait_for(lambda: len(worker.assigned) == 1)
         (job_id,) = worker.assigned
-        jwt = (
-            api.AccessToken(KEY, SECRET)
-            .with_identity("alice")
-            .with_grants(api.VideoGrants(room_join=True, room="support-42"))
-            .to_jwt()
-        )
         room = rtc.Room()
-        await room.connect(srv.url.replace("http", "ws"), jwt)
+        await room.connect(srv.url.replace("http", "ws"), jwt("alice"))
         await room.disconnect()
+        await asyncio.to_thread(bad_offer, srv.url, "mallory")
         call_id = ""
         if shutil.which("sipp"):
             trunk = await lk.sip.create_inbound_trunk(
@@ -160,6 +179,11 @@ def test_every_line_about_a_job_a_room_or_a_call_names_its_ids_and_tenant(
     room = [x for x in lines if "support-42" in x["msg"] or x.get("room") == "support-42"]
     assert any(x["msg"] == "room created" for x in room), room
     assert all(x.get("room") == "support-42" for x in room), room
+    # The media worker's line, in the server's format, about whom it is.
+    (failed,) = [x for x in lines if x["msg"].startswith("negotiation failed")]
+    assert (failed["logger"], failed["room"], failed["participant"]) == (
+        "edgedispatch.media", "support-42", "mallory"
+    ), failed  # fmt: skip
 
     if not call_id:
         pytest.skip("sipp (sip-tester) missing: the call's lines are not checked")

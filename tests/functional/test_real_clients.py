@@ -1,5 +1,13 @@
 """Unmodified official clients against edgedispatch: livekit-agents (Python)
-and @livekit/agents (Node) workers, livekit-api and livekit-server-sdk."""
+and @livekit/agents (Node) workers, livekit-api and livekit-server-sdk.
+
+Once, on uvloop: what these check is the SDKs' side of each exchange (they
+register, run, end and decline jobs as edgedispatch expects).  The server's
+side of the same exchanges runs on both loops in test_worker_protocol and
+test_twirp_api, with the same frames (registration and assignment, decline,
+termination on DeleteDispatch and DeleteRoom, a worker's lost connection,
+automatic dispatch, Twirp in protobuf and JSON); and they cost 40 s a loop,
+15 s of it the SDKs' own grace before they end a running entrypoint."""
 
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from livekit.protocol import agent
 from .clients import NODE_DIR, WorkerProcess, node_server_sdk, node_worker, py_worker
 from .conftest import ServerThread
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 HAVE_NODE = shutil.which("node") is not None and (NODE_DIR / "node_modules").is_dir()
 needs_node = pytest.mark.skipif(not HAVE_NODE, reason="node and tests/node/node_modules needed")
 

@@ -73,6 +73,9 @@ def served() -> Iterator[list[ServeProcess]]:
                 pipe.close()
 
 
+# Once: the CLI is a client, and the lines' format is the logger's; the
+# server's Twirp answers run on both loops in test_twirp_api.
+@pytest.mark.once
 def test_cli_against_the_server_and_json_logs(served: list[ServeProcess], loop_kind: str) -> None:
     srv = ServeProcess(loop_kind, "--log-format", "json")
     served.append(srv)
@@ -241,6 +244,9 @@ def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
     assert 0 < report["server_cpu_us_per_dispatch"] < 100_000
 
 
+# Once: the CLI is a client; the definitions API and the agents it starts and
+# stops run on both loops in test_local_agents and test_agent_servers.
+@pytest.mark.once
 def test_agent_cli_manages_definitions(
     served: list[ServeProcess], tmp_path: Path, loop_kind: str
 ) -> None:

@@ -42,8 +42,10 @@ ALLOW: dict[str, set[str]] = {
     "runtime": {"_core", "agent", "config", "dispatch", "errors", "store", "worker"},
     "obs": {"_core", "config", "dispatch", "errors"},
     # net.media (aiortc) reads the rtc config; the sessions it feeds are
-    # given to it as Protocols, so it imports none of them.
-    "net": {"config", "errors", "sip", "wire"},
+    # given to it as Protocols, so it imports none of them.  Its media
+    # worker processes log as the server does (obs.logs), as the store's
+    # writer does.
+    "net": {"config", "errors", "obs", "sip", "wire"},
     "_testbase": {"_core", "dispatch", "errors", "wire"},
     "server": {
         "_core",

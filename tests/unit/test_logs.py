@@ -1,7 +1,7 @@
 """Both log formats print the ids passed as ``extra``: an agent's lines
 name its tenant, the default tenant ("") too; a job's lines name its
 room, dispatch, worker, agent and tenant; and log calls about tenants'
-things pass their ids."""
+things pass their ids, in the media worker processes too."""
 
 from __future__ import annotations
 
@@ -61,8 +61,16 @@ def test_a_job_line_names_the_job_its_room_dispatch_worker_agent_and_tenant() ->
     assert text.endswith(fields)
 
 
+#: The packages that handle tenants' rooms, jobs, workers and calls.
+PACKAGES = ("dispatch", "worker", "calls", "rtc", "runtime", "api")
+#: The modules of net/ that run in the media worker processes (with the
+#: pool that starts them): a participant's peer connection, a call's RTP.
+MEDIA = ("media.py", "media_fanout.py", "media_link.py", "media_pool.py",
+         "media_worker.py", "sip_media.py")  # fmt: skip
+
 #: Log calls in the packages that handle tenants' rooms, jobs, workers and
-#: calls that name no ids, and why: each other one passes ``extra=``.
+#: calls (and in MEDIA) that name no ids, and why: each other one passes
+#: ``extra=``.
 NO_IDS = {
     ("dispatch/domain.py", "a call after a dispatch step failed"),  # any step's
     ("dispatch/events.py", "a subscriber failed on %s"),  # any event's
@@ -73,6 +81,10 @@ NO_IDS = {
     ("runtime/pool_jobs.py", "on_exit of native job %s failed"),  # a bug; the traceback says
     ("api/app.py", "worker refused: %s"),  # an unauthenticated peer: no tenant yet
     ("api/app.py", "twirp %s failed"),  # a bug; the traceback says
+    # A worker process and its link, which hold rooms of every tenant.
+    ("net/media_link.py", "media link frame is broken (%s): closing the link"),
+    ("net/media_pool.py", "media worker %d ready (pid %d)"),
+    ("net/media_pool.py", "media worker %d (pid %d) exited"),
 }
 
 
@@ -80,20 +92,21 @@ def test_log_calls_about_tenants_things_pass_their_ids() -> None:
     """A new log line in these packages names what it is about (the
     ``extra`` FIELDS), or says here why it cannot."""
     root = Path(__file__).resolve().parents[2] / "edgedispatch"
+    paths = [p for pkg in PACKAGES for p in sorted((root / pkg).glob("*.py"))]
+    paths += [root / "net" / name for name in MEDIA]
     bare = set()
-    for pkg in ("dispatch", "worker", "calls", "rtc", "runtime", "api"):
-        for path in sorted((root / pkg).glob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-                    continue
-                target = node.func.value
-                if not (isinstance(target, ast.Name) and target.id == "log"):
-                    continue
-                if node.func.attr not in ("debug", "info", "warning", "error", "exception", "log"):
-                    continue
-                if any(k.arg == "extra" for k in node.keywords):
-                    continue
-                first = node.args[0] if node.args else None
-                message = first.value if isinstance(first, ast.Constant) else ast.dump(node)
-                bare.add((str(path.relative_to(root)), message))
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            target = node.func.value
+            if not (isinstance(target, ast.Name) and target.id == "log"):
+                continue
+            if node.func.attr not in ("debug", "info", "warning", "error", "exception", "log"):
+                continue
+            if any(k.arg == "extra" for k in node.keywords):
+                continue
+            first = node.args[0] if node.args else None
+            message = first.value if isinstance(first, ast.Constant) else ast.dump(node)
+            bare.add((str(path.relative_to(root)), message))
     assert bare == NO_IDS
