@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import gc
 import os
 import signal
 import socket
@@ -202,6 +203,11 @@ async def main() -> None:
     if cfg.udp_ports and isinstance(loop, PortRangeLoop):
         loop.port_range = (cfg.udp_ports[0], cfg.udp_ports[1])
     worker = Worker(cfg)
+    # Everything loaded so far (aiortc, PyAV, protobuf descriptors) lives as
+    # long as the process: keep the cyclic GC from walking it again in each
+    # full collection, a pause of ~30 ms of every call's media.
+    gc.collect()
+    gc.freeze()
     sock = socket.socket(fileno=int(os.environ[FD_ENV]))
     await loop.connect_accepted_socket(lambda: worker.link, sock)
     worker.link.send("ready", os.getpid())
