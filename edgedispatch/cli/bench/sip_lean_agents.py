@@ -160,8 +160,11 @@ class Ear:
             amp = np.hypot(*(pcm[:FRAME].astype(np.float64) @ basis)) * (2 / FRAME)
             # The caller's tone is 8000 peak in G.711; 30% of it at least.
             off_tone += bool(amp < 0.3 * 8000)
+        times = [at for at, _, _ in self.arrivals if start <= at <= end]
         return {
-            "expected": round((end - start) / 0.020),
+            # A frame every 20 ms from the first packet in the window to the
+            # last (not from its edges: a packet just outside is not lost).
+            "expected": round((times[-1] - times[0]) / 0.020) + 1 if times else 1,
             "received": received,
             "off_tone": off_tone,
         }

@@ -5,20 +5,28 @@ sipp places the calls (signalling only: sipp 3.6.1 shares one media
 socket between its calls and cannot check what it receives), and each
 call's SDP points at an RTP socket of this process (sipp's ``-inf``
 gives every call its own number and port).  Each call's number is routed
-by an individual rule to a room of its own, where a load process
-(``sip_agents``, at nice 10: a load generator yielding the CPU to the
-server, as ``bench rooms`` runs its clients) has a participant publishing
-a 660 Hz tone.  Once the
-server's RTP reaches a socket, that socket sends the server a 440 Hz
-PCMU stream on one 20 ms clock (the caller's voice, so that the call is
-not hung up as silent).
+by an individual rule to a room of its own, where a load process has a
+participant publishing a 660 Hz tone and subscribed to the caller:
+``sip_lean_agents`` (aiortc, pre-encoded Opus, ~0.8% of a core each), at
+nice 0, as a far end on another machine would not be starved by the
+server; or with ``sdk_agents`` the rtc SDK's (``sip_agents``, ~5% each),
+at nice 10 as before.  Once the server's RTP reaches a socket, that
+socket sends the server a 440 Hz PCMU stream on one 20 ms clock (the
+caller's voice, so that the call is not hung up as silent).
 
 Over the calls' steady window (after 2 s, before the last 0.5 s), per
-call: packets not received (sequence gaps and missing packets: loss),
-20 ms frames without the agent's tone (silence the server filled because
-the agent's audio was late or lost), and the spacing of the server's
-packets (its send clock as the phone sees it: p99 and max of the gaps).
-Steps of more calls run until a step loses more than 0.1% of its frames.
+call, as the caller hears it: 20 ms frames due (one every 20 ms from the
+first packet in the window to the last) but not received, received
+without the agent's tone (silence the server filled because the agent's
+audio was late or lost), and received but not continuing the previous
+frame's tone (audio the server dropped or padded); and the spacing of
+the server's packets (its send clock as the phone sees it: p99 and max
+of the gaps).  The lean agents count the same of the callers' 440 Hz.
+Steps of more calls run until a step loses more than 0.1% of its frames
+at either end, or the gaps' p99 passes 30 ms (the send clock's jitter
+over 10 ms).  Each step also gives the CPU of each process (server,
+media workers, agents, phones, sipp) and the kernel's UDP drops, to say
+where loss came from.
 
 With ``dispatch_rate``, once a step's calls are answered and warmed up,
 ``bench dispatch`` (its driver and 50 simulated workers, in a process of
@@ -145,18 +153,46 @@ class Phone(asyncio.DatagramProtocol):
             self.transport.sendto(packet.pack(), self.server)
 
 
+#: The agent's tone over one 20 ms frame at 8 kHz, to read its phase.
+_PHASES = 2 * np.pi * AGENT_TONE * np.arange(160) / 8000
+_BASIS = np.stack([np.cos(_PHASES), np.sin(_PHASES)], axis=1)
+#: How far the tone's phase moves from one frame to the next (13.2 periods).
+_STEP = 2 * np.pi * AGENT_TONE * 160 / 8000
+#: A frame whose phase is further than this from where the previous one's
+#: leads (radians; a frame dropped or 2 ms inserted moves it 1.26 or 2.1).
+_JUMP = 0.5
+
+
 def measure(phone: Phone, start: float, end: float) -> dict[str, Any]:
+    """One caller's window: frames received, silent (the server filled
+    silence), and discontinuous: audible frames whose tone does not continue
+    the previous frame's (audio the server dropped, or a part-frame it
+    padded), each counted as a frame lost."""
     window = [a for a in phone.arrivals if start <= a[0] <= end]
-    expected = max(1, round((end - start) / 0.020))
-    silent = 0
+    # Due: a frame every 20 ms from the window's first packet to its last
+    # (a send clock that stalls leaves fewer; a packet just outside the
+    # window's edges, one of ~450 per call, is not counted lost).
+    expected = round((window[-1][0] - window[0][0]) / 0.020) + 1 if window else 1
+    silent = jumps = 0
+    previous: float | None = None
     for _, _, payload in window:
         samples = np.frombuffer(decode("PCMU", payload), dtype=np.int16).astype(np.float64)
-        silent += bool(np.sqrt(np.mean(samples**2)) < 1500)  # the agent's tone: ~5600 RMS
+        if np.sqrt(np.mean(samples**2)) < 1500:  # the agent's tone: ~5600 RMS
+            silent += 1
+            previous = None
+            continue
+        c, s = samples @ _BASIS
+        phase = float(np.arctan2(c, s))
+        if previous is not None:
+            off = (phase - previous - _STEP + np.pi) % (2 * np.pi) - np.pi
+            jumps += bool(abs(off) > _JUMP)
+        previous = phase
     gaps = [(b[0] - a[0]) * 1000 for a, b in zip(window, window[1:], strict=False)]
     return {
         "expected": expected,
         "received": len(window),
         "silent": silent,
+        "discontinuous": jumps,
         "gap_p99": percentile(gaps, 0.99) if gaps else 0.0,
         "gap_max": max(gaps, default=0.0),
     }
@@ -227,7 +263,7 @@ async def _step(
         url.replace("http://", "ws://"), DEV_KEY, DEV_SECRET, str(AGENT_TONE),
         *[f"call_{n}" for n in numbers],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: os.nice(10),
+        preexec_fn=lambda: os.nice(10 if sdk_agents else 0),
     )  # fmt: skip
     assert agents.stdout is not None and agents.stdin is not None
     ready = await asyncio.wait_for(agents.stdout.readline(), 60 + calls)
@@ -322,6 +358,7 @@ async def _step(
     expected = sum(c["expected"] for c in per_call)
     missing = sum(max(0, c["expected"] - c["received"]) for c in per_call)
     silent = sum(c["silent"] for c in per_call)
+    jumps = sum(c["discontinuous"] for c in per_call)
     # What the agents heard of the callers (the lean agents only).
     agent_expected = int(heard.get("expected", 0))
     agent_lost = agent_expected - int(heard.get("received", 0)) + int(heard.get("off_tone", 0))
@@ -332,7 +369,10 @@ async def _step(
         "failed": failed + (calls - ok - failed),
         "answered_with_media": sum(1 for p in phones if p.server is not None),
         "packet_loss": missing / expected if expected else 1.0,
-        "frame_loss": (missing + silent) / expected if expected else 1.0,
+        # Frames lost as the caller hears them: missing, silent, or audio
+        # that does not continue from the frame before.
+        "frame_loss": (missing + silent + jumps) / expected if expected else 1.0,
+        "discontinuous_frames": jumps,
         "send_gap_p99_ms": round(max((c["gap_p99"] for c in per_call), default=0.0), 1),
         "send_gap_max_ms": round(max((c["gap_max"] for c in per_call), default=0.0), 1),
         "agents_kept_up": float(heard.get("kept_up", 0.0)),
@@ -468,7 +508,8 @@ def render(r: dict[str, Any]) -> str:
             f"  {row['calls']:>3} calls: {row['successful']} completed, {row['failed']} failed, "
             f"{row['answered_with_media']} with media; at the callers: loss "
             f"{100 * row['packet_loss']:.3f}% packets, {100 * row['frame_loss']:.3f}% frames "
-            f"(missing or silent), send gap p99 {row['send_gap_p99_ms']} ms, max "
+            f"(missing, silent or discontinuous: {row.get('discontinuous_frames', '-')}), "
+            f"send gap p99 {row['send_gap_p99_ms']} ms, max "
             f"{row['send_gap_max_ms']} ms; at the agents: "
             + ("-" if heard is None else f"{100 * heard:.3f}% frames missing or off-tone")
             + f"; the agents' load process produced {100 * row['agents_kept_up']:.0f}% of "
