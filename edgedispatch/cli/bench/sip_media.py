@@ -327,9 +327,9 @@ async def _step(
                "sipp": [sipp.pid]}  # fmt: skip
     communicating = loop.create_task(sipp.communicate())
     await asyncio.sleep(max(0.0, start - loop.time()))
-    cpu0, drops0 = _cpu(watched), _udp_drops()
+    cpu0, drops0, busy0 = _cpu(watched), _udp_drops(), _busy()
     await asyncio.sleep(max(0.0, end - loop.time()))
-    cpu1, drops1 = _cpu(watched), _udp_drops()
+    cpu1, drops1, busy1 = _cpu(watched), _udp_drops(), _busy()
     out, _ = await communicating
     speaking.cancel()
     gc.enable()
@@ -395,6 +395,8 @@ async def _step(
         },
         # Each process's CPU over the window, in % of one core.
         "cpu_pct": {k: round(100 * (cpu1[k] - cpu0[k]) / window, 1) for k in cpu0},
+        # The whole machine (of 100% per core): what other sessions' runs took shows here.
+        "machine_busy_pct": round(100 * (busy1 - busy0) / window, 1),
         **(_dispatch_fields(beside, dispatch_rate) if dispatch_rate > 0 else {}),
     }
 
@@ -411,6 +413,13 @@ def _cpu(watched: dict[str, list[int]]) -> dict[str, float]:
                 pass
         found[name] = total
     return found
+
+
+def _busy() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _udp_drops() -> dict[int, int]:
@@ -536,7 +545,9 @@ def render(r: dict[str, Any]) -> str:
         cpu = row.get("cpu_pct")
         if cpu:
             lines.append(
-                "        CPU (% of one core): " + ", ".join(f"{k} {v:g}" for k, v in cpu.items())
+                "        CPU (% of one core): "
+                + ", ".join(f"{k} {v:g}" for k, v in cpu.items())
+                + f"; the machine: {row.get('machine_busy_pct')}"
             )
         d = row.get("dispatch")
         if d is not None:
