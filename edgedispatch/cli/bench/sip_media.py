@@ -327,9 +327,9 @@ async def _step(
                "sipp": [sipp.pid]}  # fmt: skip
     communicating = loop.create_task(sipp.communicate())
     await asyncio.sleep(max(0.0, start - loop.time()))
-    cpu0, drops0, busy0 = _cpu(watched), _udp_drops(), _busy()
+    cpu0, drops0, busy0, wait0 = _cpu(watched), _udp_drops(), _busy(), _waited(watched)
     await asyncio.sleep(max(0.0, end - loop.time()))
-    cpu1, drops1, busy1 = _cpu(watched), _udp_drops(), _busy()
+    cpu1, drops1, busy1, wait1 = _cpu(watched), _udp_drops(), _busy(), _waited(watched)
     out, _ = await communicating
     speaking.cancel()
     gc.enable()
@@ -395,6 +395,11 @@ async def _step(
         },
         # Each process's CPU over the window, in % of one core.
         "cpu_pct": {k: round(100 * (cpu1[k] - cpu0[k]) / window, 1) for k in cpu0},
+        # Time each process was ready to run but waited for a core (ms per
+        # second of the window, its threads added): CPU contention.
+        "runqueue_wait_ms_per_s": {
+            k: round(1000 * (wait1[k] - wait0[k]) / window, 1) for k in wait0
+        },
         # The whole machine (of 100% per core): what other sessions' runs took shows here.
         "machine_busy_pct": round(100 * (busy1 - busy0) / window, 1),
         **(_dispatch_fields(beside, dispatch_rate) if dispatch_rate > 0 else {}),
@@ -412,6 +417,23 @@ def _cpu(watched: dict[str, list[int]]) -> dict[str, float]:
             except OSError:
                 pass
         found[name] = total
+    return found
+
+
+def _waited(watched: dict[str, list[int]]) -> dict[str, float]:
+    """Seconds each group's threads spent waiting on a run queue
+    (``/proc/PID/task/TID/schedstat``, its second field)."""
+    found: dict[str, float] = {}
+    for name, pids in watched.items():
+        total = 0
+        for pid in pids:
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+        found[name] = total / 1e9
     return found
 
 
@@ -548,6 +570,12 @@ def render(r: dict[str, Any]) -> str:
                 "        CPU (% of one core): "
                 + ", ".join(f"{k} {v:g}" for k, v in cpu.items())
                 + f"; the machine: {row.get('machine_busy_pct')}"
+            )
+        waits = row.get("runqueue_wait_ms_per_s")
+        if waits:
+            lines.append(
+                "        waiting for a core (ms per s): "
+                + ", ".join(f"{k} {v:g}" for k, v in waits.items())
             )
         d = row.get("dispatch")
         if d is not None:
