@@ -423,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --media: the agents are livekit rtc SDK participants (about 5%% of a core "
         "each here) instead of lean aiortc ones sending pre-encoded Opus",
     )  # fmt: skip
+    sip.add_argument(
+        "--media-nice", type=int, default=0, metavar="N",
+        help="with --media: the server's rtc.media_nice (the lean agents run at it too)",
+    )  # fmt: skip
     sip.add_argument("--json", action="store_true", help="print one JSON object")
     sip.set_defaults(func=_bench_sip)
     rooms = bench_sub.add_parser(

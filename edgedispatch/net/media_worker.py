@@ -199,6 +199,8 @@ def _die_with_parent() -> None:
 
 async def main() -> None:
     cfg = msgspec.json.decode(os.environ.get(CONFIG_ENV, "{}"), type=RtcConfig)
+    if cfg.media_nice > 0:
+        os.nice(min(cfg.media_nice, 19))  # before aiortc starts threads: they inherit it
     loop = asyncio.get_running_loop()
     if cfg.udp_ports and isinstance(loop, PortRangeLoop):
         loop.port_range = (cfg.udp_ports[0], cfg.udp_ports[1])
