@@ -183,7 +183,7 @@ def _bench_sip(args: argparse.Namespace) -> int:
     if args.media:
         from edgedispatch.cli.bench import sip_media
 
-        media = sip_media.run(args.calls, args.seconds or 12.0, args.dispatch_rate)
+        media = sip_media.run(args.calls, args.seconds or 12.0, args.dispatch_rate, args.sdk_agents)
         print(json.dumps(media) if args.json else sip_media.render(media))
         return 0
     from edgedispatch.cli.bench import sip
@@ -449,6 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--dispatch-rate", type=float, default=0.0, metavar="R",
         help="with --media: CreateDispatch at R/s (bench dispatch) while each step's calls run, "
         "and its p99 (the target is for 1000)",
+    )  # fmt: skip
+    sip.add_argument(
+        "--sdk-agents", action="store_true",
+        help="with --media: the agents are livekit rtc SDK participants (about 5%% of a core "
+        "each here) instead of lean aiortc ones sending pre-encoded Opus",
+    )  # fmt: skip
+    sip.add_argument(
+        "--media-nice", type=int, default=0, metavar="N",
+        help="with --media: the server's rtc.media_nice (the lean agents run at it too)",
     )  # fmt: skip
     sip.add_argument("--json", action="store_true", help="print one JSON object")
     sip.add_argument(

@@ -13,9 +13,10 @@ its DTMF on one) starts a new stream on the same timeline; payload types
 we did not negotiate are ignored.
 
 Room to caller: decoded, re-encoded G.711 goes into a small FIFO that
-starts playing once 40 ms are buffered and holds at most 200 ms (the
-oldest go); every tick takes one 20 ms frame, or silence when the FIFO
-ran dry (then it waits for 40 ms again).  DTMF digits for the caller are
+starts playing once 40 ms are buffered, is kept near 40 ms (a surplus
+that lasted a second goes) and holds at most 200 ms (the oldest go);
+every tick takes one 20 ms frame, or silence when the FIFO ran dry (then
+it waits for 40 ms again).  DTMF digits for the caller are
 sent as RFC 4733 events in place of audio.
 
 Ringing (``RingTone``): the ETSI ringing tone (425 Hz, 1 s on, 4 s off),
@@ -149,20 +150,42 @@ def _ring_cycle(codec: str) -> list[bytes]:
 
 
 class Playout:
-    """G.711 bytes for the caller, 20 ms per ``take``."""
+    """G.711 bytes for the caller, 20 ms per ``take``: a ~40 ms buffer.
+
+    - It starts (and starts again after running dry) once ``PREFETCH`` is
+      buffered, with the first bytes padded to a whole frame (the
+      resampler's first output is short, and a FIFO 16 bytes off its frames
+      ran dry a tick early whenever a packet came late).
+    - A part-frame left when the room's audio runs late is played padded
+      with silence, rather than a whole frame of silence and 40 ms of
+      prefetch again.
+    - It holds ~40 ms, not what bursts left: when for ``TRIM_TICKS`` (1 s)
+      it never held less than a frame more than ``PREFETCH``, the surplus
+      goes (``trimmed`` frames).  Measured before: a burst of the agents'
+      late packets left the FIFO at its 200 ms cap for the rest of the call.
+    - ``CAPACITY`` (200 ms) still bounds it; the oldest bytes go first.
+    """
+
+    #: Ticks over which the lowest level is watched before trimming.
+    TRIM_TICKS = 50
 
     def __init__(self, codec: str) -> None:
         self._silence = SILENCE.get(codec, SILENCE["PCMU"])
         self._fifo = bytearray()
         self._playing = False
+        self._lowest = CAPACITY  #: the lowest level at a tick since the last trim
+        self._ticks = 0
         self.underruns = 0
         self.overflows = 0
+        self.trimmed = 0
 
     def __len__(self) -> int:
         return len(self._fifo)
 
     def push(self, payload: bytes) -> None:
         fifo = self._fifo
+        if not fifo and not self._playing and len(payload) % FRAME:
+            fifo += self._silence[: FRAME - len(payload) % FRAME]
         fifo += payload
         if len(fifo) > CAPACITY:
             self.overflows += 1
@@ -170,14 +193,28 @@ class Playout:
 
     def take(self) -> bytes:
         fifo = self._fifo
-        if not self._playing and len(fifo) >= PREFETCH:
-            self._playing = True
+        level = len(fifo)
         if not self._playing:
-            return self._silence
-        if len(fifo) < FRAME:
+            if level < PREFETCH:
+                return self._silence
+            self._playing = True
+            self._lowest, self._ticks = level, 0
+        if level < FRAME:
+            if level:  # a part-frame: played, padded
+                frame = bytes(fifo) + self._silence[level:]
+                fifo.clear()
+                return frame
             self._playing = False
             self.underruns += 1
             return self._silence
+        self._lowest = min(self._lowest, level)
+        self._ticks += 1
+        if self._ticks >= self.TRIM_TICKS:
+            surplus = (self._lowest - PREFETCH) // FRAME * FRAME
+            if surplus >= FRAME:
+                del fifo[:surplus]
+                self.trimmed += surplus // FRAME
+            self._lowest, self._ticks = CAPACITY, 0
         frame = bytes(fifo[:FRAME])
         del fifo[:FRAME]
         return frame

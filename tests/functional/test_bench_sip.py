@@ -81,6 +81,18 @@ def test_bench_sip_media_bridges_calls_and_measures_them_at_the_caller(tmp_path:
     assert row["failed"] == 0
     assert 0 <= row["packet_loss"] <= row["frame_loss"] <= 1
     assert row["send_gap_p99_ms"] >= 15  # the server's 20 ms clock, seen by the phones
+    # What the (lean) agents heard of the callers, counted as the phones count.
+    assert row["agent_frame_loss"] is not None and 0 <= row["agent_frame_loss"] <= 1
+    assert row["agents_kept_up"] > 0.5 and row["agents_clock_late_ms"]["max"] >= 0
+    assert set(row["udp_drops"]) == {"phones", "server_rtp"}
+    assert set(row["cpu_pct"]) == {
+        "server",
+        "media workers",
+        "agents (load)",
+        "phones (this process)",
+        "sipp",
+    }
+    assert row["cpu_pct"]["media workers"] > 0
     beside = row["dispatch"]
     assert beside["rate"] == 200 and beside["errors"] == 0
     assert beside["sent"] > 200 and beside["completed"] == beside["sent"]
