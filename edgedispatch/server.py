@@ -215,8 +215,14 @@ class Server:
                 uas = self.sip_endpoint.uas if self.sip_endpoint is not None else None
                 return uas.outbound if uas is not None else None
 
+            def connect(address: tuple[str, int], then: Callable[[str | None], None]) -> None:
+                if self.sip_endpoint is None:
+                    then("SIP is not listening")
+                else:
+                    self.sip_endpoint.connect(address, then)
+
             placed = OutboundCalls(
-                services, uac, resolve_host, lambda: secrets.token_hex(8), admission
+                services, uac, resolve_host, lambda: secrets.token_hex(8), admission, connect
             )
             app.dialer = placed
             transfers = Transfers(
@@ -461,6 +467,8 @@ class Server:
         if self._sip is not None:
             self._sip.close()
             self._sip = None
+        if self.sip_endpoint is not None:
+            self.sip_endpoint.close_streams()  # inbound, and our trunks
         if self._sip_tcp is not None:
             self._sip_tcp.close()
             self._sip_tcp = None

@@ -71,9 +71,11 @@ class Transferer(Protocol):
         timeout: float,
         now: float,
         done: Settle,
+        dialtone: bool = False,
     ) -> None:
         """REFERs the participant's call (raises what refuses it at once);
-        ``done`` gets the answer or the error once the outcome is known."""
+        ``done`` gets the answer or the error once the outcome is known;
+        ``dialtone``: the caller hears ringing meanwhile."""
         ...
 
 
@@ -167,7 +169,7 @@ def transfer_call(
     waiting = Waiting()
     transfers.transfer(
         claims.tenant, session, call_id, refer_to, float(timeout or TRANSFER_TIMEOUT), now,
-        waiting.settle,
+        waiting.settle, req.play_dialtone,
     )  # fmt: skip
     if isinstance(waiting.result, EdgeDispatchError):
         raise waiting.result

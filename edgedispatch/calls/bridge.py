@@ -52,6 +52,8 @@ class CallMedia(Protocol):
 
     def set_remote(self, spec: dict[str, Any]) -> None: ...
 
+    def ring_caller(self, on: bool) -> None: ...
+
     def send_data(self, packet: bytes, kind: int) -> None: ...
 
     def close(self) -> None: ...
@@ -112,9 +114,19 @@ def listing(services: CallServices, tenant: str | None) -> list[dict[str, Any]]:
     ]
 
 
-def media_spec(services: CallServices, chosen: sdp.Answer | None) -> dict[str, Any]:
+def media_spec(
+    services: CallServices,
+    chosen: sdp.Answer | None,
+    max_duration: float = 0.0,
+    ring_room: bool = False,
+) -> dict[str, Any]:
     """The spec of a call's media (``net.sip_media.CallMedia``); without
-    ``chosen``, a call we place, whose callee has not answered yet."""
+    ``chosen``, a call we place, whose callee has not answered yet.
+    :param max_duration: the call's own limit in seconds (its trunk's or
+        its request's ``max_call_duration``; 0: none), within the server's.
+    :param ring_room: the room hears the ringing tone until the answer
+        (``play_dialtone``)."""
+    limits = [each for each in (services.max_duration, max_duration) if each > 0]
     spec: dict[str, Any] = {
         "remote": None,
         "codec": "PCMU",
@@ -122,7 +134,8 @@ def media_spec(services: CallServices, chosen: sdp.Answer | None) -> dict[str, A
         "dtmf_pt": None,
         "ports": list(services.rtp_ports),
         "media_timeout": services.media_timeout,
-        "max_duration": services.max_duration,
+        "max_duration": min(limits) if limits else 0.0,
+        "ring_room": ring_room,
     }
     if chosen is not None:
         spec.update(
@@ -163,8 +176,11 @@ class BridgedCall:
         admit: Admit | None = None,
         on_pin: Callable[[BridgedCall, str, float], Admit | None] | None = None,
         shown: tuple[str, str] = ("", ""),
+        max_duration: float = 0.0,
     ) -> None:
         self.services = services
+        #: Seconds the call may last once answered (0: the server's limit).
+        self.max_duration = max_duration
         self._ua = ua
         self.call_id = call_id
         self.tenant = tenant
@@ -187,9 +203,9 @@ class BridgedCall:
     def _media_spec(self) -> dict[str, Any]:
         """What the media worker needs to open the call's RTP."""
         if self._offer is None:  # a call we place: the callee's answer tells
-            return media_spec(self.services, None)
+            return media_spec(self.services, None, self.max_duration)
         chosen = sdp.answer(self._offer, self.services.media_address, 0, 0)  # not the port
-        return media_spec(self.services, chosen)
+        return media_spec(self.services, chosen, self.max_duration)
 
     def join(self, admit: Admit, now: float) -> None:
         """The caller's participant joins ``admit.room``; raises the

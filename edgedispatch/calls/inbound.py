@@ -135,18 +135,21 @@ class InboundCalls:
         sdp.answer(offer, bridge.media_address, 0, 0)  # 488 now if nothing fits
         ua.ring(event.call_id, now)
         shown = (shown_number(call.calling, rule.hide_phone_number), call.called)
+        longest = trunk.max_call_duration.ToSeconds() if trunk.HasField("max_call_duration") else 0
+        longest = max(longest, 0)
         if isinstance(outcome, NeedPin):
             # The media goes where the rule's room will be (a direct rule's
             # room; for the others, their prefix: see the README).
             room = pin_and_room(rule)[1]
             BridgedCall(
                 bridge, ua, event.call_id, tenant, offer, room, on_pin=self._pin_entered(call),
-                shown=shown,
+                shown=shown, max_duration=longest,
             )  # fmt: skip
             return
         bridged = BridgedCall(
-            bridge, ua, event.call_id, tenant, offer, outcome.room, admit=outcome, shown=shown
-        )
+            bridge, ua, event.call_id, tenant, offer, outcome.room, admit=outcome, shown=shown,
+            max_duration=longest,
+        )  # fmt: skip
         bridged.join(outcome, now)
 
     def _agents_can_run(

@@ -50,26 +50,38 @@ SIP_PORT = 5060
 Done = Callable[[Message | EdgeDispatchError], None]
 #: (host, then): calls ``then`` with the host's IP address, or None.
 Resolve = Callable[[str, Callable[[str | None], None]], None]
+#: ((ip, port), then): opens a TCP connection to the address (or finds one
+#: open), then calls ``then`` with None, or with why it could not.
+Connect = Callable[[tuple[str, int], Callable[[str | None], None]], None]
+
+
+#: A callee's final SIP status -> the RPC's Twirp code, as LiveKit maps it
+#: since protocol 1.46 (``SIPStatus.GRPCStatus``: busy is
+#: ``resource_exhausted``, a 5xx from the far end ``failed_precondition``).
+_CODE_OF_STATUS: dict[int, str] = {
+    status: code
+    for code, statuses in {
+        "aborted": (487, 491),
+        "deadline_exceeded": (408, 504),
+        "failed_precondition": (409, 412, 482, 483, 500, 501, 502, 503),
+        "not_found": (301, 302, 404, 410, 481, 604),
+        "out_of_range": (416,),
+        "permission_denied": (401, 402, 403, 433, 470, 603, 607, 608),
+        "resource_exhausted": (440, 480, 486, 600),
+        "unauthenticated": (407, 428, 436, 437, 438, 494),
+    }.items()
+    for status in statuses
+}
 
 
 def twirp_error_of(status: int, reason: str) -> TwirpError:
     """A failed INVITE's final status as the RPC's error, as LiveKit maps
-    it (protocol ``SIPStatus.GRPCStatus``): busy and declined are
-    ``unavailable``, a timeout ``deadline_exceeded``, a refused
-    authentication ``permission_denied``, a bad number ``invalid_argument``;
-    the meta carries the SIP status (livekit-api's ``SipCallError``)."""
-    if status == 487:
-        code = "aborted"
-    elif status in (400, 404, 484, 485, 420, 421):
-        code = "invalid_argument"
-    elif status in (408, 504):
-        code = "deadline_exceeded"
-    elif status in (480, 486, 501, 503, 600, 603):
-        code = "unavailable"
-    elif status in (401, 403, 407):
-        code = "permission_denied"
-    else:
-        code = "internal"
+    it (``_CODE_OF_STATUS``; any other 3xx, 4xx or 6xx is
+    ``invalid_argument``, any other 5xx ``failed_precondition``); the meta
+    carries the SIP status (livekit-api's ``SipCallError``)."""
+    code = _CODE_OF_STATUS.get(status)
+    if code is None:
+        code = "failed_precondition" if 500 <= status < 600 else "invalid_argument"
     return TwirpError(
         code, f"sip status {status}: {reason}", sip_status_code=str(status), sip_status=reason
     )
@@ -123,27 +135,31 @@ class PlacedCall(BridgedCall):
         call_id: str,
         tenant: str,
         admit: Admit,
-        dial: tuple[str, str, str, str, float],
+        dial: tuple[str, str, str, str, float, str],
         target: tuple[str, int],
         done: Done | None,
         dtmf: str,
+        max_duration: float = 0.0,
+        dialtone: bool = False,
     ) -> None:
-        #: (Request-URI, From URI, auth username, password, ringing timeout)
+        #: (Request-URI, From URI, auth username, password, ringing timeout,
+        #: transport: "UDP" or "TCP")
         self._dial = dial
         self._target = target
         self._done = done
         self._dtmf = dtmf
+        self._dialtone = dialtone
         self._calls = calls
         self.phase = "dialing"
         self.dialled = False
         number = admit.attributes.get("sip.phoneNumber", "")
         super().__init__(
             calls.services, _Client(calls), call_id, tenant, None, admit.room, admit=admit,
-            shown=(dial[1], number),
+            shown=(dial[1], number), max_duration=max_duration,
         )  # fmt: skip
 
     def _media_spec(self) -> dict[str, object]:
-        return media_spec(self.services, None)
+        return media_spec(self.services, None, self.max_duration, self._dialtone)
 
     @property
     def status(self) -> str:
@@ -173,21 +189,33 @@ class PlacedCall(BridgedCall):
         self._calls.resolve(host, lambda ip: self._dial_to(ip, port))
 
     def _dial_to(self, ip: str | None, port: int) -> None:
-        now = self.services.clock()
         if self.ended:
             return
         if ip is None:
             self.fail(InvalidArgument(f"cannot resolve the trunk's address {self._target[0]!r}"))
             return
+        if self._dial[5] == "TCP":  # the connection first: the INVITE goes over it
+            address = (ip, self._target[1])
+            self._calls.connect(address, lambda error: self._dial_over(ip, port, error))
+            return
+        self._dial_over(ip, port, None)
+
+    def _dial_over(self, ip: str, port: int, error: str | None) -> None:
+        now = self.services.clock()
+        if self.ended:
+            return
+        if error is not None:
+            self.fail(TwirpError("unavailable", f"cannot reach the trunk over TCP: {error}"))
+            return
         uac = self._calls.uac()
         if uac is None:
             self.fail(TwirpError("unavailable", "SIP is not listening"))
             return
-        uri, from_uri, username, password, ringing = self._dial
+        uri, from_uri, username, password, ringing, transport = self._dial
         offer = sdp.make_offer(self.services.media_address, port, port)
         uac.dial(
             uri, (ip, self._target[1]), from_uri, offer, now, username, password, ringing,
-            call_id=self.call_id,
+            call_id=self.call_id, transport=transport,
         )  # fmt: skip
         log.info(
             "call %s: dialling %s via %s:%d", self.call_id, uri, ip, self._target[1],
@@ -214,7 +242,7 @@ class PlacedCall(BridgedCall):
             self._settle(twirp_error_of(488, f"the callee's SDP answer: {exc.msg}"))
             self.hang_up("no usable media in the answer", now)
             return
-        self.media.set_remote(media_spec(self.services, chosen))
+        self.media.set_remote(media_spec(self.services, chosen, self.max_duration))
         self.answered = self.confirmed = True
         self._set_phase("active")
         log.info("call %s answered (%s)", self.call_id, chosen.codec, extra=self.fields())
@@ -267,7 +295,9 @@ class PlacedCall(BridgedCall):
 class OutboundCalls:
     """:param uac: the SIP listener's UAC (None while SIP is not up).
     :param resolve: the trunk's host to an IP address (the shell's DNS).
-    :param new_id: a fresh random token (Call-IDs)."""
+    :param new_id: a fresh random token (Call-IDs).
+    :param connect: opens the TCP connection of a trunk whose transport is
+        TCP (the shell's sockets)."""
 
     def __init__(
         self,
@@ -276,10 +306,12 @@ class OutboundCalls:
         resolve: Resolve,
         new_id: Callable[[], str],
         admission: Admission | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self.services = services
         self.uac = uac
         self.resolve = resolve
+        self.connect: Connect = connect or (lambda _address, then: then("no TCP transport"))
         self._new_id = new_id
         self.admission = admission or Admission()
 
@@ -305,8 +337,10 @@ class OutboundCalls:
             username, password = inline.auth_username, inline.auth_password
             transport, from_host = inline.transport, inline.from_host
             trunk_id = ""
-        if transport not in (pb.SIP_TRANSPORT_AUTO, pb.SIP_TRANSPORT_UDP):
-            raise TwirpError("unimplemented", "outbound calls go over UDP only (trunk transport)")
+        if transport == pb.SIP_TRANSPORT_TLS:
+            raise TwirpError("unimplemented", "outbound calls go over UDP or TCP, not TLS")
+        # AUTO is UDP, as livekit/sip's default.
+        wire = "TCP" if transport == pb.SIP_TRANSPORT_TCP else "UDP"
         target = _address(address)
         number = req.sip_number or (numbers[0] if numbers else "")
         if not number:
@@ -318,6 +352,8 @@ class OutboundCalls:
         own_host = uac.contact.split("@", 1)[-1]
         host = f"[{target[0]}]" if ":" in target[0] else target[0]
         uri = f"sip:{call_to}@{host}" + (f":{target[1]}" if target[1] != SIP_PORT else "")
+        if wire == "TCP":
+            uri += ";transport=tcp"
         from_uri = f"sip:{number}@{from_host or own_host}"
         call_id = f"{self._new_id()}@edgedispatch"
         attributes = dict(req.participant_attributes)
@@ -335,8 +371,12 @@ class OutboundCalls:
         if refusal is not None:
             raise ResourceExhausted(refusal.reason)
         ringing = req.ringing_timeout.ToSeconds() if req.HasField("ringing_timeout") else 0
-        dial = (uri, from_uri, username, password, float(ringing or RINGING_TIMEOUT))
-        call = PlacedCall(self, call_id, tenant, admit, dial, target, done, req.dtmf)
+        dial = (uri, from_uri, username, password, float(ringing or RINGING_TIMEOUT), wire)
+        longest = req.max_call_duration.ToSeconds() if req.HasField("max_call_duration") else 0
+        call = PlacedCall(
+            self, call_id, tenant, admit, dial, target, done, req.dtmf, float(max(longest, 0)),
+            req.play_dialtone or req.play_ringtone,
+        )  # fmt: skip
         try:
             call.join(admit, now)
         except EdgeDispatchError:

@@ -86,10 +86,13 @@ class Transfers:
         timeout: float,
         now: float,
         done: Done,
+        dialtone: bool = False,
     ) -> None:
         """REFER the call of ``session`` (the SIP participant, whose
         ``sip.callID`` is ``call_id``); ``done`` gets the outcome.  Raises
-        what refuses it at once."""
+        what refuses it at once.  ``dialtone``: until the outcome, the
+        caller hears the ringing tone instead of the room (livekit/sip's
+        ``play_dialtone``); on success, until the call ends."""
         call = self.services.calls.get(call_id)
         if call is None or call.tenant != tenant or call.session is not session:
             raise NotFound("no SIP call of this participant is up here")
@@ -105,6 +108,8 @@ class Transfers:
         ua.transfer(call_id, refer_to, now, timeout)  # raises if the call is not up
         transfer_id = f"STR_{self._new_id()}"
         self._pending[call_id] = _Pending(transfer_id, refer_to, done)
+        if dialtone:
+            call.media.ring_caller(True)
         log.info("call %s: transfer %s to %s", call_id, transfer_id, refer_to, extra=call.fields())
         self.services.flush(now)
 
@@ -127,6 +132,8 @@ class Transfers:
             "call %s: transfer failed: %d %s", event.call_id, event.status, event.reason,
             extra=extra,
         )  # fmt: skip
+        if call is not None:
+            call.media.ring_caller(False)  # back to the room (if it rang)
         pending.settle(transfer_error(event, pending.transfer_id))
 
     def call_ended(self, call_id: str) -> None:

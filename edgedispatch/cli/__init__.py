@@ -21,7 +21,17 @@ def _bench_core(args: argparse.Namespace) -> int:
             "edgedispatch: the compiled core is not built; measuring python only", file=sys.stderr
         )
         impls = ["python"]
+    if _plot_missing(args):
+        return 1
     report = core.run(args.workers, args.jobs, min(args.jobs, args.python_jobs), impls)
+    series = {
+        f"{r['impl']}, {r['workers']} workers": r.pop("latency_samples_ms")
+        for r in report["results"]
+    }
+    if args.plot:
+        from edgedispatch.cli.bench import plot
+
+        plot.latency_plot(args.plot, "bench core: one scheduling decision", series)
     print(json.dumps(report) if args.json else core.render(report))
     return 0
 
@@ -173,14 +183,23 @@ def _bench_sip(args: argparse.Namespace) -> int:
     if args.media:
         from edgedispatch.cli.bench import sip_media
 
-        media = sip_media.run(args.calls, args.seconds or 12.0, args.dispatch_rate)
+        media = sip_media.run(args.calls, args.seconds or 12.0, args.dispatch_rate, args.sdk_agents)
         print(json.dumps(media) if args.json else sip_media.render(media))
         return 0
     from edgedispatch.cli.bench import sip
 
+    if _plot_missing(args):
+        return 1
     report = sip.run(
         args.rate, args.seconds or 5.0, refused=args.refused, rule=args.rule, hold_ms=args.hold_ms
     )
+    series = {
+        f"{row['rate']} calls/s": row.pop("latency_samples_ms") for row in report.get("rows", [])
+    }
+    if args.plot:
+        from edgedispatch.cli.bench import plot
+
+        plot.latency_plot(args.plot, "bench sip: INVITE -> final answer", series)
     print(json.dumps(report) if args.json else sip.render(report))
     return 0
 
@@ -192,6 +211,8 @@ def _bench_rooms(args: argparse.Namespace) -> int:
         print(f"bench rooms needs pip install 'edgedispatch[bench]': {exc}", file=sys.stderr)
         return 1
 
+    if _plot_missing(args):
+        return 1
     report = rooms.run(
         args.url,
         args.api_key,
@@ -201,6 +222,11 @@ def _bench_rooms(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         dispatch_rate=args.dispatch_rate,
     )
+    series = report.pop("latency_samples_ms", {})
+    if args.plot:
+        from edgedispatch.cli.bench import plot
+
+        plot.latency_plot(args.plot, "bench rooms: joins and data", series)
     print(json.dumps(report) if args.json else rooms.render(report))
     return 1 if "error" in report else 0
 
@@ -291,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which scheduling core to measure (default both)",
     )
     core.add_argument("--json", action="store_true", help="print one JSON object")
+    core.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the latency distributions (each decision's time) into this file "
+        "(matplotlib: the bench extra)",
+    )
     core.set_defaults(func=_bench_core)
     disp = bench_sub.add_parser("dispatch", help="the server end to end, with simulated workers")
     disp.add_argument("--workers", type=int, default=100, help="simulated workers (default 100)")
@@ -418,7 +450,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --media: CreateDispatch at R/s (bench dispatch) while each step's calls run, "
         "and its p99 (the target is for 1000)",
     )  # fmt: skip
+    sip.add_argument(
+        "--sdk-agents", action="store_true",
+        help="with --media: the agents are livekit rtc SDK participants (about 5%% of a core "
+        "each here) instead of lean aiortc ones sending pre-encoded Opus",
+    )  # fmt: skip
+    sip.add_argument(
+        "--media-nice", type=int, default=0, metavar="N",
+        help="with --media: the server's rtc.media_nice (the lean agents run at it too)",
+    )  # fmt: skip
     sip.add_argument("--json", action="store_true", help="print one JSON object")
+    sip.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the latency distributions (INVITE -> final answer at each rate; "
+        "signalling only) into this file (matplotlib: the bench extra)",
+    )
     sip.set_defaults(func=_bench_sip)
     rooms = bench_sub.add_parser(
         "rooms", help="rooms with livekit rtc clients: join, data, audio rooms"
@@ -437,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bench dispatch at this rate beside the rooms (0: skip)",
     )  # fmt: skip
     rooms.add_argument("--json", action="store_true", help="print one JSON object")
+    rooms.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the latency distributions (joins, join and leave notices, data round "
+        "trips) into this file (matplotlib: the bench extra)",
+    )
     rooms.set_defaults(func=_bench_rooms)
     churn = bench_sub.add_parser(
         "churn", help="server RSS after many rooms are created and deleted, against its baseline"

@@ -131,6 +131,10 @@ class RtcConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: that it never takes the dispatch loop's time; 0: one per CPU.  They
     #: start with the first room.
     media_workers: int = 0
+    #: How much the media workers yield the CPU to the server's own process
+    #: (a nice increment, 0-19): on a box whose cores are all busy, the
+    #: dispatch loop's answers then wait less and calls' audio more.
+    media_nice: int = 0
     #: true: run the media in the server's own process instead (debugging).
     media_in_process: bool = False
     #: The LiveKit server version clients are told (JoinResponse): the SDKs

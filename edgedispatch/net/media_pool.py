@@ -243,6 +243,10 @@ class CallProxy(MediaProxy):
         which codec (``remote``, ``codec``, ``pt``, ``dtmf_pt``)."""
         self._send("sip_remote", self.peer, spec)
 
+    def ring_caller(self, on: bool) -> None:
+        """The ringing tone to the caller in place of the room (a transfer)."""
+        self._send("sip_ring", self.peer, on)
+
     def on_call_frame(self, op: str, args: list[Any]) -> bool:
         """A call's own event; False for a participant's (``track``...)."""
         now = asyncio.get_running_loop().time()

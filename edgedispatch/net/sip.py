@@ -5,13 +5,16 @@ call means (which room, which agent) is the application's, given as
 ``on_event``.
 
 A message for an address with a live TCP connection goes over it (the
-answers to what came in over TCP); anything else goes by UDP.  A stream
+answers to what came in over TCP, and the calls we place through a trunk
+whose transport is TCP: ``connect`` opens its connection first); anything
+else goes by UDP.  A stream
 that cannot be framed (a bad header, no Content-Length) is closed after a
 400: it cannot be resynchronised."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import secrets
@@ -29,8 +32,11 @@ from edgedispatch.sip.uas_calls import Event, IncomingCall
 
 log = logging.getLogger("edgedispatch.sip")
 PARTIAL_TIMEOUT = 64 * T1
+#: Seconds a trunk's TCP connection may take to open.
+CONNECT_TIMEOUT = 5.0
 
 
+#: The lookups and connections under way (a task needs a reference).
 _LOOKUPS: set[asyncio.Task[None]] = set()
 
 
@@ -87,6 +93,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         #: bytes or stops mid-message is cut off, instead of holding its
         #: buffer (up to 64 KiB) for ever.
         self.partial_timeout = PARTIAL_TIMEOUT
+        #: address -> who waits for the TCP connection being opened to it
+        self._connecting: dict[tuple[str, int], list[Callable[[str | None], None]]] = {}
+        #: The trunks we call over TCP: what goes there after their
+        #: connection closed opens it again (never a datagram).
+        self._tcp_peers: set[tuple[str, int]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's UDP transport is no subclass
@@ -126,13 +137,59 @@ class SipEndpoint(asyncio.DatagramProtocol):
             stream = self.streams.get(addr)
             if stream is not None:
                 stream.write(data)
+            elif addr in self._tcp_peers:
+                self.connect(addr, functools.partial(self._resend, addr, data))
             else:
                 transport.sendto(data, addr)
         self._timer.arm(uas.next_deadline())
 
     def stream(self) -> SipStream:
-        """A protocol for one incoming TCP connection."""
+        """A protocol for one TCP connection (incoming, or one we opened)."""
         return SipStream(self)
+
+    def connect(self, address: tuple[str, int], then: Callable[[str | None], None]) -> None:
+        """Open a TCP connection to ``address`` (an IP address and port),
+        or find it open, then call ``then`` with None or why it could not.
+        It stays open for the calls that follow (its peer may close it)."""
+        self._tcp_peers.add(address)
+        if address in self.streams:
+            then(None)
+            return
+        waiting = self._connecting.get(address)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        self._connecting[address] = [then]
+
+        async def open_connection() -> None:
+            error: str | None = None
+            try:
+                await asyncio.wait_for(
+                    self.loop.create_connection(self.stream, *address), CONNECT_TIMEOUT
+                )
+            except (TimeoutError, OSError) as exc:
+                error = str(exc) or type(exc).__name__
+                log.info("SIP: no TCP connection to %s:%d: %s", *address, error)
+            for each in self._connecting.pop(address, []):
+                try:
+                    each(error)
+                except Exception:
+                    log.exception("a call waiting for its TCP connection could not go on")
+
+        task = self.loop.create_task(open_connection())
+        _LOOKUPS.add(task)
+        task.add_done_callback(_LOOKUPS.discard)
+
+    def close_streams(self) -> None:
+        """Close every TCP connection (the server stops)."""
+        for stream in list(self.streams.values()):
+            stream.close()
+
+    def _resend(self, address: tuple[str, int], data: bytes, error: str | None) -> None:
+        stream = self.streams.get(address)
+        if stream is not None:
+            stream.write(data)
+        # else: lost, as a datagram can be; the transaction's timer gives up
 
     def _on_timer(self, now: float) -> None:
         if self.uas is not None:
@@ -214,6 +271,10 @@ class SipStream(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._expiry is not None:

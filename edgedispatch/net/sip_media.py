@@ -24,7 +24,15 @@ from typing import Any
 from av.packet import Packet
 
 from edgedispatch.net.media_fanout import Fanout, make_fanout
-from edgedispatch.sip.bridge import CallLimits, Playout, RtpSender, SendClock, Uplink
+from edgedispatch.sip.bridge import (
+    FRAME,
+    CallLimits,
+    Playout,
+    RingTone,
+    RtpSender,
+    SendClock,
+    Uplink,
+)
 from edgedispatch.sip.rtp import parse_rtp
 from edgedispatch.sip.transcode import CallerEncoder, RoomDecoder
 
@@ -76,7 +84,9 @@ class CallMedia(asyncio.DatagramProtocol):
     :param spec: from the server: ``remote`` [host, port], ``codec``,
         ``pt``, ``dtmf_pt`` (or None), ``media_timeout``, ``max_duration``.
         A call we place has no ``remote`` (None) until the callee answers
-        (``set_remote``): until then nothing is sent and its limits wait.
+        (``set_remote``): until then nothing is sent and its limits wait;
+        with ``ring_room`` the room hears the ringing tone meanwhile, on
+        the call's track, whose timeline the callee's audio then continues.
     """
 
     def __init__(
@@ -102,6 +112,12 @@ class CallMedia(asyncio.DatagramProtocol):
         self._listening: dict[str, RoomListener] = {}
         self.remote: tuple[str, int] | None = None
         self._limits = (float(spec["media_timeout"]), float(spec["max_duration"]))
+        #: The ringing tone for the room while the callee rings, and for
+        #: the caller during a transfer (in place of the room's audio).
+        self._room_ring = RingTone("PCMU") if spec.get("ring_room") else None
+        self._caller_ring: RingTone | None = None
+        #: Where the caller's timeline starts on the track's (after the ringing).
+        self._ts_base = 0
         self._set_codec(spec)
         self._transport: asyncio.DatagramTransport | None = None
         self.port = 0
@@ -125,7 +141,13 @@ class CallMedia(asyncio.DatagramProtocol):
 
     def set_remote(self, spec: dict[str, Any]) -> None:
         """The callee's answer: its address, and the codec it took."""
+        self._room_ring = None
         self._set_codec(spec)
+
+    def ring_caller(self, on: bool) -> None:
+        """Play the ringing tone to the caller instead of the room (a
+        transfer under way), or stop."""
+        self._caller_ring = RingTone(self.codec) if on else None
 
     # -- the socket ------------------------------------------------------
 
@@ -154,7 +176,8 @@ class CallMedia(asyncio.DatagramProtocol):
             for opus in self._encoder.encode(samples):
                 if track is not None:
                     self._seq += 1
-                    track.add(_OpusPacket(self._seq, at * OPUS_PER_SAMPLE, opus))
+                    ts = self._ts_base + at * OPUS_PER_SAMPLE
+                    track.add(_OpusPacket(self._seq, ts & 0xFFFFFFFF, opus))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("RTP socket error: %s", exc, extra=self.fields)
@@ -162,13 +185,27 @@ class CallMedia(asyncio.DatagramProtocol):
     def tick(self, now: float) -> None:
         """The clock's 20 ms: one packet to the caller, and the limits."""
         transport = self._transport
+        if self.remote is None and self._room_ring is not None and not self.closed:
+            self._ring_the_room(self._room_ring)
         if transport is None or self.closed or self.remote is None:
             return  # not bound, or not answered, yet
-        transport.sendto(self.sender.next_packet(self.playout.take()), self.remote)
+        frame = self.playout.take()
+        if self._caller_ring is not None:
+            frame = self._caller_ring.next_frame()  # the room's audio waits
+        transport.sendto(self.sender.next_packet(frame), self.remote)
         why = self.limits.expired(now)
         if why:
             self._send("sip_end", self.peer, why)
             self.limits.max_duration = self.limits.media_timeout = 0  # said once
+
+    def _ring_the_room(self, ring: RingTone) -> None:
+        track = self._track
+        if track is None:
+            return  # not in the room yet
+        for opus in self._encoder.encode(ring.next_frame()):
+            self._seq += 1
+            track.add(_OpusPacket(self._seq, self._ts_base & 0xFFFFFFFF, opus))
+            self._ts_base += FRAME * OPUS_PER_SAMPLE
 
     # -- as a participant (the commands ``media_worker`` routes) ----------
 

@@ -13,18 +13,26 @@ its DTMF on one) starts a new stream on the same timeline; payload types
 we did not negotiate are ignored.
 
 Room to caller: decoded, re-encoded G.711 goes into a small FIFO that
-starts playing once 40 ms are buffered and holds at most 200 ms (the
-oldest go); every tick takes one 20 ms frame, or silence when the FIFO
-ran dry (then it waits for 40 ms again).  DTMF digits for the caller are
+starts playing once 40 ms are buffered, is kept near 40 ms (a surplus
+that lasted a second goes) and holds at most 200 ms (the oldest go);
+every tick takes one 20 ms frame, or silence when the FIFO ran dry (then
+it waits for 40 ms again).  DTMF digits for the caller are
 sent as RFC 4733 events in place of audio.
+
+Ringing (``RingTone``): the ETSI ringing tone (425 Hz, 1 s on, 4 s off),
+at half of full scale as livekit/sip plays it: into the room while a
+call we place rings (``play_dialtone``), to the caller while a transfer
+is under way.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
-from edgedispatch.sip.rtp import DIGITS, DtmfReceiver, RtpPacket
+from edgedispatch.sip.rtp import DIGITS, DtmfReceiver, RtpPacket, encode
 
 #: Samples of one 20 ms frame at 8 kHz.
 FRAME = 160
@@ -98,21 +106,86 @@ class Uplink:
         return got
 
 
+#: ETSI's ringing tone (ETS 300 512): 425 Hz, 1 s on, 4 s off.
+RING_HZ = 425
+RING_ON, RING_PERIOD = 50, 250  # frames: 1 s of tone in every 5 s
+RING_LEVEL = 32767 // 2
+
+
+class RingTone:
+    """The ringing tone, 20 ms of G.711 per ``next_frame``, cadence and
+    phase carried from one frame to the next (made once per codec)."""
+
+    def __init__(self, codec: str) -> None:
+        frames = _RING_CYCLES.get(codec)
+        if frames is None:
+            frames = _RING_CYCLES[codec] = _ring_cycle(codec)
+        self._frames = frames
+        self._i = 0
+
+    def next_frame(self) -> bytes:
+        frame = self._frames[self._i]
+        self._i = (self._i + 1) % RING_PERIOD
+        return frame
+
+
+_RING_CYCLES: dict[str, list[bytes]] = {}  #: codec -> its 5 s cycle, made once
+
+
+def _ring_cycle(codec: str) -> list[bytes]:
+    """One 5 s cycle, the sine's phase running on from frame to frame."""
+    silence = SILENCE.get(codec, SILENCE["PCMU"])
+    step = 2 * math.pi * RING_HZ / 8000
+    frames = []
+    for i in range(RING_PERIOD):
+        if i >= RING_ON:
+            frames.append(silence)
+            continue
+        start = i * FRAME
+        samples = array(
+            "h", (round(RING_LEVEL * math.sin(step * (start + n))) for n in range(FRAME))
+        )
+        frames.append(encode(codec, samples))
+    return frames
+
+
 class Playout:
-    """G.711 bytes for the caller, 20 ms per ``take``."""
+    """G.711 bytes for the caller, 20 ms per ``take``: a ~40 ms buffer.
+
+    - It starts (and starts again after running dry) once ``PREFETCH`` is
+      buffered, with the first bytes padded to a whole frame (the
+      resampler's first output is short, and a FIFO 16 bytes off its frames
+      ran dry a tick early whenever a packet came late).
+    - A part-frame left when the room's audio runs late is played padded
+      with silence, rather than a whole frame of silence and 40 ms of
+      prefetch again.
+    - It holds ~40 ms, not what bursts left: when for ``TRIM_TICKS`` (1 s)
+      it never held less than a frame more than ``PREFETCH``, the surplus
+      goes (``trimmed`` frames).  Measured before: a burst of the agents'
+      late packets left the FIFO at its 200 ms cap for the rest of the call.
+    - ``CAPACITY`` (200 ms) still bounds it; the oldest bytes go first.
+    """
+
+    #: Ticks over which the lowest level is watched before trimming.
+    TRIM_TICKS = 50
 
     def __init__(self, codec: str) -> None:
         self._silence = SILENCE.get(codec, SILENCE["PCMU"])
         self._fifo = bytearray()
         self._playing = False
+        self._lowest = CAPACITY  #: the lowest level at a tick since the last trim
+        self._ticks = 0
         self.underruns = 0
         self.overflows = 0
+        self.trimmed = 0
 
     def __len__(self) -> int:
         return len(self._fifo)
 
     def push(self, payload: bytes) -> None:
         fifo = self._fifo
+        if not fifo and not self._playing and len(payload) % FRAME:
+            fifo += self._silence[: FRAME - len(payload) % FRAME]
         fifo += payload
         if len(fifo) > CAPACITY:
             self.overflows += 1
@@ -120,14 +193,28 @@ class Playout:
 
     def take(self) -> bytes:
         fifo = self._fifo
-        if not self._playing and len(fifo) >= PREFETCH:
-            self._playing = True
+        level = len(fifo)
         if not self._playing:
-            return self._silence
-        if len(fifo) < FRAME:
+            if level < PREFETCH:
+                return self._silence
+            self._playing = True
+            self._lowest, self._ticks = level, 0
+        if level < FRAME:
+            if level:  # a part-frame: played, padded
+                frame = bytes(fifo) + self._silence[level:]
+                fifo.clear()
+                return frame
             self._playing = False
             self.underruns += 1
             return self._silence
+        self._lowest = min(self._lowest, level)
+        self._ticks += 1
+        if self._ticks >= self.TRIM_TICKS:
+            surplus = (self._lowest - PREFETCH) // FRAME * FRAME
+            if surplus >= FRAME:
+                del fifo[:surplus]
+                self.trimmed += surplus // FRAME
+            self._lowest, self._ticks = CAPACITY, 0
         frame = bytes(fifo[:FRAME])
         del fifo[:FRAME]
         return frame

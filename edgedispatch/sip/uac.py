@@ -10,6 +10,10 @@ ringing call (CANCEL, only once a provisional answer came, §9.1),
 ``hang_up`` ends an answered one (BYE, repeated on Timer E until
 answered).  The callee's BYE ends it too.  Events tell the application
 what happened; Record-Route is not followed (a trunk is one hop away).
+
+Over TCP (``transport="TCP"``: the trunk asks for it; the shell opens the
+connection before ``dial``) nothing is repeated (§17.1.1.2: Timers A and E
+are for unreliable transports), and Timers B, D and F still give up.
 """
 
 from __future__ import annotations
@@ -86,6 +90,11 @@ class OutboundCall:
     cancelling: bool = False
     bye: bool = False
     ringing_timeout: float = 180.0  #: livekit/sip's default
+    transport: str = "UDP"  #: or "TCP"
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "UDP"
 
 
 class UserAgentClient:
@@ -111,12 +120,17 @@ class UserAgentClient:
         password: str = "",
         ringing_timeout: float = 180.0,
         call_id: str = "",
+        transport: str = "UDP",
     ) -> str:
-        """Place a call; returns its Call-ID (``call_id``, or a new one)."""
+        """Place a call; returns its Call-ID (``call_id``, or a new one).
+        :param transport: "UDP", or "TCP" over a connection to ``peer``
+        that the shell has opened."""
+        if transport not in ("UDP", "TCP"):
+            raise ValueError(f"no SIP transport {transport!r}")
         call_id = call_id or f"{self._new_tag()}@edgedispatch"
         call = OutboundCall(
             call_id, target, peer, from_uri, self._new_tag(), sdp, username, password,
-            ringing_timeout=ringing_timeout,
+            ringing_timeout=ringing_timeout, transport=transport,
         )  # fmt: skip
         self.calls[call_id] = call
         self._send_invite(call, now)
@@ -208,7 +222,7 @@ class UserAgentClient:
         tag = f";tag={call.remote_tag}" if call.remote_tag else ""
         return Dialog(
             call_id, call.remote_target, f"<{call.from_uri}>;tag={call.local_tag}",
-            f"<{call.target}>{tag}", call.peer,
+            f"<{call.target}>{tag}", call.peer, call.transport,
         )  # fmt: skip
 
     def next_cseq(self, call_id: str) -> int:
@@ -228,14 +242,16 @@ class UserAgentClient:
                 if now >= call.give_up:  # Timer B: nobody answered at all
                     self._fail(call, 487 if call.cancelling else 408, "no answer", now)
                     continue
-                self._out.append((call.resend, call.peer))  # Timer A: doubling
+                if not call.reliable:  # (over TCP, only Timer B runs)
+                    self._out.append((call.resend, call.peer))  # Timer A: doubling
                 call.interval *= 2
                 call.resend_at = min(now + call.interval, call.give_up)
             elif call.phase is Phase.RINGING:  # rang too long: give up
                 self._send_cancel(call)
                 self._fail(call, 408, "no answer before the ringing timeout", now)
             elif call.bye and now < call.give_up:
-                self._out.append((call.resend, call.peer))  # Timer E
+                if not call.reliable:
+                    self._out.append((call.resend, call.peer))  # Timer E
                 call.interval = min(call.interval * 2, T2)
                 call.resend_at = min(now + call.interval, call.give_up)
             else:  # Timer F (our BYE unanswered) or D (copies of a final answer)
@@ -253,7 +269,11 @@ class UserAgentClient:
 
     def _via(self, call: OutboundCall) -> str:
         call.branch = f"z9hG4bK{self._new_tag()}"
-        return f"SIP/2.0/UDP {self._sent_by};branch={call.branch}"
+        return f"SIP/2.0/{call.transport} {self._sent_by};branch={call.branch}"
+
+    def _contact(self, call: OutboundCall) -> str:
+        """Where the callee sends its requests: over the same transport."""
+        return f"<{self.contact};transport=tcp>" if call.reliable else f"<{self.contact}>"
 
     def _send_invite(
         self, call: OutboundCall, now: float, challenge: tuple[int, str] | None = None
@@ -265,7 +285,7 @@ class UserAgentClient:
             ("to", f"<{call.target}>"),
             ("call-id", call.call_id),
             ("cseq", f"{call.cseq} INVITE"),
-            ("contact", f"<{self.contact}>"),
+            ("contact", self._contact(call)),
             ("allow", "INVITE, ACK, CANCEL, BYE, OPTIONS"),
             ("content-type", "application/sdp"),
         ]
@@ -278,8 +298,8 @@ class UserAgentClient:
         self._out.append((call.invite, call.peer))
         call.phase = Phase.CALLING
         call.interval = T1
-        call.resend_at = now + T1
         call.give_up = now + 64 * T1  # Timer B
+        call.resend_at = call.give_up if call.reliable else now + T1
 
     def _credentials(self, call: OutboundCall, challenge: str) -> str:
         return authorization(
@@ -314,7 +334,7 @@ class UserAgentClient:
         return render(
             f"ACK {call.target} SIP/2.0",
             [
-                ("via", f"SIP/2.0/UDP {self._sent_by};branch={call.branch}"),
+                ("via", f"SIP/2.0/{call.transport} {self._sent_by};branch={call.branch}"),
                 ("max-forwards", "70"),
                 ("from", f"<{call.from_uri}>;tag={call.local_tag}"),
                 ("to", msg.headers.get("to")),
@@ -341,7 +361,7 @@ class UserAgentClient:
         cancel = render(
             f"CANCEL {call.target} SIP/2.0",
             [
-                ("via", f"SIP/2.0/UDP {self._sent_by};branch={call.branch}"),
+                ("via", f"SIP/2.0/{call.transport} {self._sent_by};branch={call.branch}"),
                 ("max-forwards", "70"),
                 ("from", f"<{call.from_uri}>;tag={call.local_tag}"),
                 ("to", f"<{call.target}>"),
@@ -358,8 +378,8 @@ class UserAgentClient:
         call.phase = Phase.ENDED
         self._out.append((call.resend, call.peer))
         call.interval = T1
-        call.resend_at = now + T1
         call.give_up = now + 64 * T1  # Timer F
+        call.resend_at = call.give_up if call.reliable else now + T1
 
     def _fail(self, call: OutboundCall, status: int, reason: str, now: float) -> None:
         if call.phase is not Phase.ENDED:

@@ -80,11 +80,21 @@ def by_table(batch: list[_Op]) -> Iterable[list[_Op]]:
     return tables.values()
 
 
+#: What one statement can never do, however often it is tried (a
+#: constraint, a value SQLite cannot bind): the statement is dropped, with
+#: an error in the log, rather than keep every later write from committing.
+#: Anything else (a full disk, an I/O error) is the database's, and passes.
+_NEVER = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+          sqlite3.DataError)  # fmt: skip
+
+
 class Committer:
     """Commits batches on ``db``.  A batch that fails (a full disk) is kept
     and goes first, in order, with the next one, until it commits: its
     writes were applied in memory (a job's end, say), and dropping them
-    would make the disk disagree with what clients were told."""
+    would make the disk disagree with what clients were told.  A statement
+    that can never commit (``_NEVER``) is the exception: it alone is
+    dropped, so that one bad row cannot stop the server taking work."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -97,16 +107,17 @@ class Committer:
             batch = self.kept + batch
         if not batch:
             return "", 0
-        error = self._run(batch, quiet=retrying)
+        error, dropped = self._run(batch, quiet=retrying)
         if error:
             self.kept = batch
             return error, 0
         if retrying:
             log.warning("store commits again: %d kept writes committed", len(batch))
         self.kept = []
-        return "", len(batch)
+        return "", len(batch) - dropped
 
-    def _run(self, batch: list[_Op], quiet: bool) -> str:
+    def _run(self, batch: list[_Op], quiet: bool) -> tuple[str, int]:
+        """(why the batch failed, or "", statements dropped)."""
         db = self.db
         try:
             db.execute("BEGIN")
@@ -125,15 +136,43 @@ class Committer:
                         db.executemany(sql, [params for _, params in ops[start:end]])
                     start = end
             db.execute("COMMIT")
+        except _NEVER:
+            self._roll_back()
+            return self._run_each(batch, quiet)
         except sqlite3.Error as exc:
             if not quiet:  # once per failure, not at each retry
                 log.error("store commit of %d writes failed (kept, retried): %s", len(batch), exc)
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            return str(exc) or type(exc).__name__
-        return ""
+            self._roll_back()
+            return str(exc) or type(exc).__name__, 0
+        return "", 0
+
+    def _run_each(self, batch: list[_Op], quiet: bool) -> tuple[str, int]:
+        """The batch again, one statement at a time, without those that
+        can never commit (SQLite undoes a failed statement alone)."""
+        db = self.db
+        dropped = 0
+        try:
+            db.execute("BEGIN")
+            for sql, params in batch:
+                try:
+                    db.execute(sql, params)
+                except _NEVER as exc:
+                    dropped += 1
+                    log.error("store dropped a write that can never commit: %s %s: %s",
+                              sql[:80], repr(params)[:200], exc)  # fmt: skip
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if not quiet:
+                log.error("store commit of %d writes failed (kept, retried): %s", len(batch), exc)
+            self._roll_back()
+            return str(exc) or type(exc).__name__, 0
+        return "", dropped
+
+    def _roll_back(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 class Statements:

@@ -17,10 +17,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.media]
 def test_bench_rooms_json(loop_kind: str, tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "edgedispatch", "bench", "rooms",
-         "--joins", "3", "--rooms", "1", "--seconds", "2", "--dispatch-rate", "100", "--json"],
+         "--joins", "3", "--rooms", "1", "--seconds", "2", "--dispatch-rate", "100", "--json",
+         "--plot", str(tmp_path / "rooms.png")],
         capture_output=True, text=True, timeout=180, check=True, cwd=tmp_path,
     )  # fmt: skip
     report = json.loads(out.stdout)
+    assert (tmp_path / "rooms.png").read_bytes()[:4] == b"\x89PNG"
+    assert "latency_samples_ms" not in report  # plotted, not printed
     assert 0 < report["join_p50_ms"] <= report["join_p99_ms"] < 5000
     assert 0 < report["data_rtt_p50_ms"] <= report["data_rtt_p99_ms"] < 1000
     assert 0 < report["data_one_way_p50_ms"] <= report["data_rtt_p50_ms"]

@@ -42,12 +42,16 @@ def test_bench_sip_answers_calls_through_a_trunk_and_rule_and_times_them(tmp_pat
 
 
 def test_bench_sip_refused_reports_calls_and_latency(tmp_path: Path) -> None:
-    report = bench_sip(tmp_path, "--refused", "--rate", "50", "200", "--seconds", "1")
+    report = bench_sip(
+        tmp_path, "--refused", "--rate", "50", "200", "--seconds", "1", "--plot", "sip.png"
+    )
     assert report["path"] == "refused"
+    assert (tmp_path / "sip.png").read_bytes()[:4] == b"\x89PNG"  # each rate's latencies
     assert [r["rate"] for r in report["rows"]] == [50, 200]
     for row in report["rows"]:
         assert row["successful"] == row["calls"] and row["failed"] == 0
         assert 0 <= row["invite_ms"]["p50"] <= row["invite_ms"]["p99"] < 1000
+        assert "latency_samples_ms" not in row  # plotted, not printed
     assert report["max_rate_with_0_failed"] == 200
 
 
@@ -77,6 +81,18 @@ def test_bench_sip_media_bridges_calls_and_measures_them_at_the_caller(tmp_path:
     assert row["failed"] == 0
     assert 0 <= row["packet_loss"] <= row["frame_loss"] <= 1
     assert row["send_gap_p99_ms"] >= 15  # the server's 20 ms clock, seen by the phones
+    # What the (lean) agents heard of the callers, counted as the phones count.
+    assert row["agent_frame_loss"] is not None and 0 <= row["agent_frame_loss"] <= 1
+    assert row["agents_kept_up"] > 0.5 and row["agents_clock_late_ms"]["max"] >= 0
+    assert set(row["udp_drops"]) == {"phones", "server_rtp"}
+    assert set(row["cpu_pct"]) == {
+        "server",
+        "media workers",
+        "agents (load)",
+        "phones (this process)",
+        "sipp",
+    }
+    assert row["cpu_pct"]["media workers"] > 0
     beside = row["dispatch"]
     assert beside["rate"] == 200 and beside["errors"] == 0
     assert beside["sent"] > 200 and beside["completed"] == beside["sent"]

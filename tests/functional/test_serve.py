@@ -241,6 +241,7 @@ def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
     lat = report["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] < 5000
     assert 0 < report["rss_per_worker_kb"] < 1000
+    assert 0 < report["server_cpu_us_per_dispatch"] < 100_000
 
 
 # Once: the CLI is a client; the definitions API and the agents it starts and

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 from livekit.protocol import sip as pb
 
@@ -56,15 +57,15 @@ def serve(start_server: Callable[..., ServerThread], **sip: object) -> ServerThr
     )
 
 
-def add_rule(srv: ServerThread, *, pin: str = "", agent: str = "") -> None:
-    """A trunk for NUMBER and a direct rule into ROOM (with ``pin``,
-    dispatching ``agent``)."""
+def add_rule(srv: ServerThread, *, pin: str = "", agent: str = "", **trunk_kw: Any) -> None:
+    """A trunk for NUMBER (with ``trunk_kw``) and a direct rule into ROOM
+    (with ``pin``, dispatching ``agent``)."""
 
     async def setup() -> None:
         async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
             trunk = await lk.sip.create_inbound_trunk(
                 pb.CreateSIPInboundTrunkRequest(
-                    trunk=pb.SIPInboundTrunkInfo(name="line", numbers=[NUMBER])
+                    trunk=pb.SIPInboundTrunkInfo(name="line", numbers=[NUMBER], **trunk_kw)
                 )
             )
             config = api.RoomConfiguration(
@@ -206,6 +207,19 @@ def test_deleting_the_room_hangs_the_call_up(
         return await call
 
     ok(run(main))
+
+
+@pytest.mark.once  # the trunk's limit, not the loop
+def test_a_trunks_max_call_duration_hangs_its_calls_up(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The inbound trunk's ``max_call_duration`` (1 s): the server sends
+    the caller BYE a second after the answer (its own limit is 3 h)."""
+    srv = serve(start_server)
+    add_rule(srv, max_call_duration=Duration(seconds=1))
+    started = time.monotonic()
+    ok(sipp_call(srv, tmp_path, "call_server_hangs_up"))
+    assert time.monotonic() - started < 5.0
 
 
 def test_the_room_hears_the_caller_and_sees_its_participant(

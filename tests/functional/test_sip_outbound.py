@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 from livekit.protocol import sip as pb
 
@@ -36,7 +38,9 @@ pytestmark = pytest.mark.skipif(not shutil.which("sipp"), reason="sipp (sip-test
 class Callee:
     """A sipp UAS on a port of its own: the trunk's far end."""
 
-    def __init__(self, tmp: Path, scenario: str, media: str = "", ring_ms: int = 200) -> None:
+    def __init__(
+        self, tmp: Path, scenario: str, media: str = "", ring_ms: int = 200, tcp: bool = False
+    ) -> None:
         self.port = free_port(udp_too=True)
         path = tmp / f"{scenario}.xml"
         text = (SCENARIOS / f"{scenario}.xml").read_text()
@@ -44,7 +48,7 @@ class Callee:
         self.proc = subprocess.Popen(
             ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(self.port), "-m", "1",
              "-mi", "127.0.0.1", "-mp", str(free_media_port()), "-nostdin",
-             "-timeout", "25s", "-timeout_error"],
+             "-timeout", "25s", "-timeout_error", *(["-t", "t1"] if tcp else [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -58,7 +62,7 @@ class Callee:
             self.proc.communicate()
 
 
-async def add_trunk(srv: ServerThread, port: int, **auth: str) -> str:
+async def add_trunk(srv: ServerThread, port: int, **auth: Any) -> str:
     async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
         trunk = await lk.sip.create_outbound_trunk(
             pb.CreateSIPOutboundTrunkRequest(
@@ -71,9 +75,8 @@ async def add_trunk(srv: ServerThread, port: int, **auth: str) -> str:
 
 
 def dial_request(trunk_id: str, **kw: Any) -> pb.CreateSIPParticipantRequest:
-    return pb.CreateSIPParticipantRequest(
-        sip_trunk_id=trunk_id, sip_call_to=CALLEE, room_name=ROOM, **kw
-    )
+    kw.setdefault("room_name", ROOM)
+    return pb.CreateSIPParticipantRequest(sip_trunk_id=trunk_id, sip_call_to=CALLEE, **kw)
 
 
 def statuses(room: rtc.Room) -> list[str]:
@@ -96,14 +99,15 @@ def test_a_call_is_placed_with_auth_answered_heard_and_hung_up_by_deleting_the_r
 ) -> None:
     """wait_until_answered: the RPC answers after the 200 (the trunk's
     challenge answered with its credentials); the callee's participant
-    went dialing -> ringing -> active, and its track carries the callee's
-    tone; deleting the room sends the callee a BYE."""
+    went dialing -> ringing -> active, and its track carries the ringing
+    tone while the callee rings (``play_dialtone``: ETSI's 425 Hz), then
+    the callee's tone; deleting the room sends the callee a BYE."""
     srv = serve(start_server)
     tone = tone_file(tmp_path, 440.0, 4.0)
-    callee = Callee(tmp_path, "uas_answer", media=f'<exec rtp_stream="{tone},1,0" />')
+    callee = Callee(tmp_path, "uas_answer", media=f'<exec rtp_stream="{tone},1,0" />', ring_ms=2500)
 
     async def main() -> tuple[
-        pb.SIPParticipantInfo, list[str], rtc.RemoteParticipant, float, float
+        pb.SIPParticipantInfo, list[str], rtc.RemoteParticipant, float, float, float
     ]:
         trunk_id = await add_trunk(
             srv, callee.port, auth_username="trunk-user", auth_password="trunk-pass"
@@ -114,19 +118,29 @@ def test_a_call_is_placed_with_auth_answered_heard_and_hung_up_by_deleting_the_r
         room.on("track_subscribed", lambda t, pub, who: heard.put_nowait((t, who)))
         try:
             async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
-                info = await lk.sip.create_sip_participant(
-                    dial_request(trunk_id, wait_until_answered=True, participant_name="Bob")
+                placing = asyncio.create_task(
+                    lk.sip.create_sip_participant(
+                        dial_request(
+                            trunk_id,
+                            wait_until_answered=True,
+                            participant_name="Bob",
+                            play_dialtone=True,
+                        )  # fmt: skip
+                    )
                 )
                 track, who = await asyncio.wait_for(heard.get(), 10)
+                _, ringing, _ = await listen(track, seconds=0.6)  # within the 1 s of tone
+                info = await placing
                 rms, pitch, _ = await listen(track, seconds=1.0)
                 await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
             ok(await callee.done())  # it got our BYE
-            return info, seen, who, rms, pitch
+            return info, seen, who, ringing, rms, pitch
         finally:
             callee.kill()
             await room.disconnect()
 
-    info, seen, who, rms, pitch = run(main)
+    info, seen, who, ringing, rms, pitch = run(main)
+    assert abs(ringing - 425.0) < 5, ringing  # before the answer
     assert info.participant_identity == f"sip_{CALLEE}" and info.room_name == ROOM
     assert info.participant_id.startswith("PA_") and info.sip_call_id
     assert seen[:3] == ["dialing", "ringing", "active"], seen
@@ -135,6 +149,53 @@ def test_a_call_is_placed_with_auth_answered_heard_and_hung_up_by_deleting_the_r
     assert who.attributes["sip.callID"] == info.sip_call_id and who.attributes["sip.trunkID"]
     assert abs(pitch - 440.0) < 5, pitch
     assert rms > 3000, rms
+
+
+@pytest.mark.media
+def test_a_trunk_whose_transport_is_tcp_carries_the_call_over_tcp(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """A carrier that takes SIP over TCP only (sipp ``-t t1`` listens on
+    no UDP port): the call is challenged, answered, and hung up by the
+    server when its ``max_call_duration`` (1 s) has passed, over one
+    connection that the server opened; an unreachable TCP trunk fails the
+    call as ``unavailable``, saying why."""
+    srv = serve(start_server)
+    callee = Callee(tmp_path, "uas_answer", tcp=True)
+    closed = free_port()  # nothing listens there
+
+    async def main() -> tuple[pb.SIPParticipantInfo, list[str], float, api.TwirpError]:
+        tcp = pb.SIP_TRANSPORT_TCP
+        trunk_id = await add_trunk(
+            srv, callee.port, auth_username="trunk-user", auth_password="trunk-pass", transport=tcp
+        )
+        nowhere = await add_trunk(srv, closed, transport=tcp)
+        room, _ = await joined(srv, token("agent-like", ROOM), True)
+        seen = statuses(room)
+        try:
+            async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+                info = await lk.sip.create_sip_participant(
+                    dial_request(
+                        trunk_id, wait_until_answered=True, max_call_duration=Duration(seconds=1)
+                    )
+                )
+                answered = time.monotonic()
+                ok(await callee.done())  # it got our BYE, over TCP
+                lasted = time.monotonic() - answered
+                with pytest.raises(api.TwirpError) as unreachable:
+                    await lk.sip.create_sip_participant(
+                        dial_request(nowhere, wait_until_answered=True, room_name="other")
+                    )
+            return info, seen, lasted, unreachable.value
+        finally:
+            callee.kill()
+            await room.disconnect()
+
+    info, seen, lasted, error = run(main)
+    assert info.participant_identity == f"sip_{CALLEE}" and info.sip_call_id
+    assert seen[:3] == ["dialing", "ringing", "active"], seen
+    assert 0.8 < lasted < 4.0, lasted  # the call's own limit, not the server's (3 h)
+    assert error.code == "unavailable" and "cannot reach the trunk over TCP" in error.message
 
 
 @pytest.mark.media
@@ -162,7 +223,7 @@ def test_a_busy_callee_fails_wait_until_answered_with_its_sip_status(
             callee.kill()
 
     error, people = run(main)
-    assert error.code == "unavailable", error
+    assert error.code == "resource_exhausted", error  # LiveKit's mapping of 486
     assert error.metadata["sip_status_code"] == "486", error.metadata
     assert people == []  # the callee's participant left with the call
 
@@ -297,5 +358,5 @@ def test_the_node_sdk_places_a_call_and_hears_busy(
         callee.kill()
     assert result.returncode == 0, result.stderr
     error = json.loads(result.stdout)["error"]
-    assert (error["code"], error["status"]) == ("unavailable", 503), error
+    assert (error["code"], error["status"]) == ("resource_exhausted", 429), error
     assert error["metadata"]["sip_status_code"] == "486", error

@@ -65,6 +65,9 @@ class WorkerMedia:
     def send_data(self, packet: bytes, kind: int) -> None:
         pass
 
+    def ring_caller(self, on: bool) -> None:
+        self.ringing = on
+
     def close(self) -> None:
         self.closed = True
 
@@ -149,6 +152,17 @@ def test_a_call_rings_in_the_room_is_answered_when_its_port_opens_and_leaves_at_
     assert media.closed and world.services.calls == {}
     room = world.domain.rooms.find("", "support")
     assert room is not None and set(room.participants) == {"watcher"}
+
+
+def test_a_trunks_max_call_duration_limits_its_call_within_the_servers() -> None:
+    """The call's own limit (its trunk's or its request's
+    ``max_call_duration``) goes to the media worker, which hangs up when it
+    passes; never beyond the server's own (60 s here)."""
+    world = World()
+    world.call(admit())
+    world.call(admit(), max_duration=5.0)
+    world.call(admit(), max_duration=600.0)
+    assert [m.spec["max_duration"] for m in world.media] == [60.0, 5.0, 60.0]
 
 
 def test_the_room_closing_hangs_the_call_up() -> None:

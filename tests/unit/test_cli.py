@@ -62,8 +62,17 @@ def test_bench_core_json_reports_every_row(capsys: pytest.CaptureFixture[str]) -
     for r in report["results"]:
         assert set(r) >= {"impl", "workers", "decisions_per_s", "p50_ns", "p99_ns"}
         assert r["decisions_per_s"] > 0 and 0 < r["p50_ns"] <= r["p99_ns"]
+        assert "latency_samples_ms" not in r  # for --plot, not printed
     for m in report["memory"]:
         assert 0 < m["bytes_per_worker"] < 1000 and 0 < m["bytes_per_pending_job"] < 1000
+
+
+def test_bench_core_plots_each_rows_decision_times(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "core.png"
+    argv = ["bench", "core", "--workers", "4", "--jobs", "2000", "--python-jobs", "200"]
+    assert main([*argv, "--impl", "python", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_core_rejects_bad_numbers() -> None:
@@ -78,7 +87,11 @@ def test_bench_dispatch_paired_compares_medians_of_alternating_runs() -> None:
 
     def report(kind: str, rate: float, p99: float) -> dict[str, Any]:
         order.append(kind)
-        return {"dispatches_per_s": rate, "latency_ms": {"p99": p99}, "errors": 0}
+        cpu = 1e6 / rate  # a saturated core
+        return {
+            "dispatches_per_s": rate, "server_cpu_us_per_dispatch": cpu,
+            "latency_ms": {"p99": p99}, "errors": 0,
+        }  # fmt: skip
 
     plain = iter([3000.0, 3600.0, 3300.0])
     stored = iter([2400.0, 3000.0, 2900.0])
@@ -95,6 +108,8 @@ def test_bench_dispatch_paired_compares_medians_of_alternating_runs() -> None:
     table = dispatch.render_paired(result)
     assert "| median | 3,300 | 2,900 | 0.879 |" in table
     assert "88% of the plain server's throughput (median of 3 alternating pairs" in table
+    assert result["cpu_ratio"] == round((1e6 / 3300) / (1e6 / 2900), 3)
+    assert "88% of the plain throughput if only its core limited it" in table
 
 
 def test_bench_dispatch_paired_needs_one_variant() -> None:

@@ -32,6 +32,8 @@ NEEDS_EXTRA = {
     # bench --plot: matplotlib, checked for before the run (plot.available).
     "edgedispatch/cli/bench/plot.py": "bench",
     "edgedispatch/cli/bench/sip_agents.py": "bench",
+    # bench sip --media's lean agents: aiortc (rtc) and the livekit API (bench).
+    "edgedispatch/cli/bench/sip_lean_agents.py": "bench,rtc",
     "edgedispatch/cli/bench/sip_media.py": "bench",
     # Imported only when rooms are served, and then only if installed
     # (server.Server._rooms logs that rooms are off otherwise).
@@ -136,7 +138,8 @@ def test_third_party_imports_are_runtime_dependencies() -> None:
     assert isinstance(runtime, list) and isinstance(extras, dict)
     owners = _module_owners()
     allowed = {
-        extra: _closure(runtime + extras.get(extra, [])) for extra in ("", "bench", "rtc", "agents")
+        needs: _closure(runtime + [r for extra in needs.split(",") for r in extras.get(extra, [])])
+        for needs in {"", *NEEDS_EXTRA.values()}
     }
     missing = set()
     checked = 0

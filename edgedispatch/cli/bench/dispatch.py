@@ -304,6 +304,12 @@ def run(
         "rss_per_worker_kb": round((rss_idle - rss_before) / max(workers, 1), 2),
         "server_rss_idle_mb": round(rss_idle / 1024, 1),
         "server_cpu_share": round(server_cpu, 2),  # of one core, while sending
+        #: The server's (and its children's) CPU time per dispatch while
+        #: sending: what the store costs, less blurred by other processes
+        #: than throughput is.
+        "server_cpu_us_per_dispatch": (
+            round(server_cpu * sent_for / done * 1e6, 1) if done and server_pid else math.nan
+        ),
         "targets": TARGETS,
     }
 
@@ -368,6 +374,8 @@ def paired(repeat: int, variant: str, run_variant: Any, run_plain: Any) -> dict[
         return float(values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2)
 
     plain_rate, other_rate = median(plain, "dispatches_per_s"), median(other, "dispatches_per_s")
+    plain_cpu = median(plain, "server_cpu_us_per_dispatch")
+    other_cpu = median(other, "server_cpu_us_per_dispatch")
     return {
         "variant": variant,
         "pairs": repeat,
@@ -376,6 +384,10 @@ def paired(repeat: int, variant: str, run_variant: Any, run_plain: Any) -> dict[
         "plain_median": plain_rate,
         "variant_median": other_rate,
         "ratio": round(other_rate / plain_rate, 3) if plain_rate else math.nan,
+        "plain_cpu_us_per_dispatch": plain_cpu,
+        "variant_cpu_us_per_dispatch": other_cpu,
+        #: Throughput if the server's core were the only limit.
+        "cpu_ratio": round(plain_cpu / other_cpu, 3) if other_cpu else math.nan,
         "plain_p99_ms_median": median(plain, "p99"),
         "variant_p99_ms_median": median(other, "p99"),
         "errors": sum(r["errors"] for r in plain + other),
@@ -402,5 +414,8 @@ def render_paired(r: dict[str, Any]) -> str:
             f"(median of {r['pairs']} alternating pairs; target >= {r['target_ratio']:.0%}); "
             f"p99 {r['plain_p99_ms_median']} ms plain, {r['variant_p99_ms_median']} ms with it; "
             f"{r['errors']} errors",
+            f"server CPU per dispatch (with its children): {r['plain_cpu_us_per_dispatch']} us "
+            f"plain, {r['variant_cpu_us_per_dispatch']} us with {r['variant']}: "
+            f"{r['cpu_ratio']:.0%} of the plain throughput if only its core limited it",
         ]
     )

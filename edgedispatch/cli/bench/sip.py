@@ -186,6 +186,8 @@ def _sipp(port: int, workdir: Path, rate: int, calls: int, hold_ms: int) -> dict
         "failed": failed + (calls - ok - failed),  # not completed counts as failed
         "achieved_cps": round(ok / elapsed, 1) if elapsed else 0.0,
         "invite_ms": {"p50": percentile(times, 0.5), "p99": percentile(times, 0.99)},
+        #: Each call's INVITE -> final answer, for --plot (not printed).
+        "latency_samples_ms": times,
     }
 
 

@@ -13,10 +13,13 @@ from edgedispatch.sip import sdp
 @pytest.mark.parametrize(
     ("status", "code"),
     [
-        (486, "unavailable"), (480, "unavailable"), (503, "unavailable"), (603, "unavailable"),
-        (408, "deadline_exceeded"), (404, "invalid_argument"), (484, "invalid_argument"),
-        (401, "permission_denied"), (407, "permission_denied"), (403, "permission_denied"),
-        (487, "aborted"), (500, "internal"), (488, "internal"),
+        (486, "resource_exhausted"), (480, "resource_exhausted"), (600, "resource_exhausted"),
+        (503, "failed_precondition"), (500, "failed_precondition"), (599, "failed_precondition"),
+        (603, "permission_denied"), (401, "permission_denied"), (403, "permission_denied"),
+        (407, "unauthenticated"), (408, "deadline_exceeded"), (504, "deadline_exceeded"),
+        (404, "not_found"), (481, "not_found"), (484, "invalid_argument"),
+        (488, "invalid_argument"), (499, "invalid_argument"), (699, "invalid_argument"),
+        (487, "aborted"), (416, "out_of_range"),
     ],
 )  # fmt: skip
 def test_a_failed_calls_status_is_answered_as_livekit_maps_it(status: int, code: str) -> None:

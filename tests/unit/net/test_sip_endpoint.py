@@ -88,3 +88,61 @@ def test_a_tcp_peer_that_stops_mid_message_is_cut_off(run: Runner[Any]) -> None:
     answer, rest, waited = run(main())
     assert answer.startswith(b"SIP/2.0 404 ") and rest == b""
     assert 0.25 <= waited < 2  # its own time from its first byte, not the idle before
+
+
+def test_a_tcp_trunks_closed_connection_is_opened_again_for_what_follows(
+    run: Runner[Any],
+) -> None:
+    """A trunk we call over TCP closed its connection (an idle timeout):
+    the next INVITE to it opens a new one, rather than going by UDP."""
+
+    async def main() -> tuple[list[bytes], str | None]:
+        loop = asyncio.get_running_loop()
+        received: list[bytes] = []
+        connections: list[asyncio.StreamWriter] = []
+
+        async def trunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(writer)
+            received.append(await reader.read(65536))
+
+        server = await asyncio.start_server(trunk, "127.0.0.1", 0)
+        address = ("127.0.0.1", server.sockets[0].getsockname()[1])
+        transport, endpoint = await loop.create_datagram_endpoint(
+            lambda: SipEndpoint(loop, lambda *_: None, "127.0.0.1"), local_addr=("127.0.0.1", 0)
+        )
+        opened: asyncio.Future[str | None] = loop.create_future()
+        endpoint.connect(address, opened.set_result)
+        error = await asyncio.wait_for(opened, 5)
+        for _ in range(100):  # the trunk's side is up
+            if connections:
+                break
+            await asyncio.sleep(0.01)
+        connections[0].close()  # the trunk closes it
+        for _ in range(100):
+            if address not in endpoint.streams:
+                break
+            await asyncio.sleep(0.01)
+        assert address not in endpoint.streams
+        assert endpoint.uas is not None
+        endpoint.uas.outbound.dial(
+            "sip:+15550100@127.0.0.1;transport=tcp", address, "sip:+15550199@edge", b"",
+            loop.time(), transport="TCP",
+        )  # fmt: skip
+        endpoint.flush(loop.time())
+        for _ in range(200):
+            if received and received[-1].startswith(b"INVITE "):
+                break
+            await asyncio.sleep(0.01)
+        endpoint.close_streams()  # as the server does when it stops
+        for writer in connections:
+            writer.close()
+        transport.close()
+        server.close()
+        await asyncio.sleep(0.05)  # the streams' close callbacks
+        return received, error
+
+    received, error = run(main())
+    assert error is None
+    assert len(received) == 2 and received[0] == b""  # the first: closed, unused
+    assert received[1].startswith(b"INVITE sip:+15550100@127.0.0.1;transport=tcp SIP/2.0")
+    assert b"Via: SIP/2.0/TCP " in received[1]

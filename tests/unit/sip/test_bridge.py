@@ -14,6 +14,7 @@ from edgedispatch.sip.bridge import (
     SILENCE,
     CallLimits,
     Playout,
+    RingTone,
     RtpSender,
     SendClock,
     Uplink,
@@ -84,6 +85,52 @@ def test_playout_waits_for_40_ms_then_plays_and_fills_silence() -> None:
     assert out.take() == SILENCE["PCMU"]  # prefetching again after the underrun
 
 
+def test_playout_aligns_a_short_first_output_to_whole_frames() -> None:
+    out = Playout("PCMU")
+    out.push(pcmu(1000, 144))  # the resampler's first output is short
+    out.push(pcmu(2000))
+    assert len(out) == 2 * FRAME  # padded at the front: 40 ms, whole frames
+    assert out.take() == SILENCE["PCMU"][:16] + pcmu(1000, 144)
+    assert out.take() == pcmu(2000)
+
+
+def test_playout_plays_a_part_frame_padded_instead_of_running_dry() -> None:
+    out = Playout("PCMU")
+    out.push(pcmu(1000) + pcmu(2000))
+    assert out.take() == pcmu(1000)
+    out.push(pcmu(3000, 80))  # 10 ms late audio: half a frame so far
+    assert out.take() == pcmu(2000)
+    assert out.take() == pcmu(3000, 80) + SILENCE["PCMU"][80:]
+    assert out.underruns == 0
+
+
+def test_playout_trims_a_lasting_surplus_back_to_40_ms() -> None:
+    out = Playout("PCMU")
+    for value in range(7):  # a burst: 140 ms at once
+        out.push(pcmu(value * 100))
+    taken = []
+    for tick in range(Playout.TRIM_TICKS + 5):
+        taken.append(out.take())
+        out.push(pcmu(1000 + tick))  # then 20 ms a tick, steadily
+    # A second at 120 ms or more: all but 40 ms went, once, in whole frames.
+    assert out.trimmed == 5 and len(out) == 2 * FRAME
+    assert taken[Playout.TRIM_TICKS] == pcmu(1000 + Playout.TRIM_TICKS - 2)
+    assert out.underruns == out.overflows == 0
+
+
+def test_playout_keeps_what_jitter_needs() -> None:
+    out = Playout("PCMU")
+    out.push(pcmu(1))
+    out.push(pcmu(2))
+    for tick in range(3 * Playout.TRIM_TICKS):
+        out.take()
+        if tick % 25 == 0:  # a late packet now and then: it dips to 20 ms
+            out.take()
+            out.push(pcmu(3))
+        out.push(pcmu(3))
+    assert out.trimmed == 0 and out.underruns == 0
+
+
 def test_playout_drops_the_oldest_beyond_its_capacity() -> None:
     out = Playout("PCMA")
     for value in range(CAPACITY // FRAME + 3):
@@ -146,3 +193,20 @@ def test_the_codecs_carry_a_tone_both_ways(codec: str) -> None:
     assert abs(np.argmax(spectrum) * 8000 / len(samples) - 440) < 5
     assert 6000 < np.sqrt(np.mean(samples**2)) < 10000  # 12000 / sqrt(2), give or take
     dec.decode(b"\xff\xfe garbage")  # a bad packet from the room never raises
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_the_ringing_tone_is_etsis_425_hz_one_second_in_five(codec: str) -> None:
+    ring = RingTone(codec)
+    frames = [ring.next_frame() for _ in range(2 * 250)]
+    assert all(len(f) == FRAME for f in frames)
+    on = [max(map(abs, decode(codec, f))) > 1000 for f in frames]
+    assert on == ([True] * 50 + [False] * 200) * 2  # 1 s of tone, 4 s of silence, again
+    tone = np.array(decode(codec, b"".join(frames[:50])), dtype=np.float64)
+    spectrum = np.abs(np.fft.rfft(tone))
+    assert abs(np.argmax(spectrum) * 8000 / len(tone) - 425) < 2
+    # Half of full scale (livekit/sip's level), in one piece across frames.
+    assert 15000 < np.max(np.abs(tone)) < 17000
+    # A sine's steepest step is 2 pi 425 / 8000 of its peak (~5,500): no
+    # click where frames join.
+    assert np.max(np.abs(np.diff(tone))) < 6000

@@ -210,12 +210,14 @@ def test_transfer_to_is_checked_as_livekit_checks_it() -> None:
 @pytest.mark.parametrize(
     ("ended", "code"),
     [
+        # LiveKit's mapping of the status since protocol 1.46 (its
+        # internal/unavailable override for a sipfrag no longer applies).
         (TransferEnded(CALL, 403, "Forbidden", True), "permission_denied"),
-        (TransferEnded(CALL, 501, "Not Implemented", True), "unavailable"),
-        (TransferEnded(CALL, 503, "Service Unavailable", False), "internal"),
-        (TransferEnded(CALL, 486, "Busy Here", False), "invalid_argument"),
-        (TransferEnded(CALL, 603, "Decline", False), "invalid_argument"),
-        (TransferEnded(CALL, 404, "Not Found", False), "invalid_argument"),
+        (TransferEnded(CALL, 501, "Not Implemented", True), "failed_precondition"),
+        (TransferEnded(CALL, 503, "Service Unavailable", False), "failed_precondition"),
+        (TransferEnded(CALL, 486, "Busy Here", False), "resource_exhausted"),
+        (TransferEnded(CALL, 603, "Decline", False), "permission_denied"),
+        (TransferEnded(CALL, 404, "Not Found", False), "not_found"),
         (TransferEnded(CALL, 408, "the transfer did not complete in time"), "deadline_exceeded"),
     ],
 )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from edgedispatch.sip.digest import DigestAuth, Verdict
 from edgedispatch.sip.message import Request, Response, parse_datagram
 from edgedispatch.sip.transaction import T1
@@ -143,6 +145,43 @@ def test_a_silent_callee_gets_the_invite_again_then_the_call_fails_408() -> None
         events = list(uac.take_events())
     assert resent[:4] == [T1, 3 * T1, 7 * T1, 15 * T1]  # Timer A doubles
     assert events == [Failed(call_id, 408, "no answer")] and now == 64 * T1  # Timer B
+
+
+def test_over_tcp_the_messages_say_so_and_nothing_is_repeated() -> None:
+    """A TCP trunk: Via and Contact name TCP, and an unanswered INVITE or
+    BYE is not sent again (the transport repeats, §17.1.1.2); Timers B and
+    F still give up."""
+    uac, callee = pair()
+    call_id = dial(uac, transport="TCP")
+    ((invite, _),) = uac.take_outgoing()
+    msg = parse_datagram(invite)
+    assert isinstance(msg, Request)
+    assert msg.headers.get("via").startswith("SIP/2.0/TCP 127.0.0.1:5060;branch=")
+    assert msg.headers.get("contact") == "<sip:edge@127.0.0.1:5060;transport=tcp>"
+    assert uac.next_deadline() == 64 * T1  # Timer B only
+    uac.on_timer(64 * T1)
+    assert uac.take_outgoing() == []
+    assert uac.take_events() == [Failed(call_id, 408, "no answer")]
+
+    call_id = dial(uac, transport="TCP")
+    callee.receive(parse_datagram(uac.take_outgoing()[0][0]), US, 0.0, reliable=True)
+    callee.take_events()
+    callee.answer(call_id, ANSWER, 0.1)
+    pump(uac, callee, 0.1)
+    assert uac.take_events() == [Answered(call_id, ANSWER)]
+    uac.hang_up(call_id, 1.0)
+    ((bye, _),) = uac.take_outgoing()  # the callee never answers it
+    assert parse_datagram(bye).headers.get("via").startswith("SIP/2.0/TCP ")
+    assert uac.next_deadline() == 1.0 + 64 * T1  # Timer F only
+    uac.on_timer(1.0 + 64 * T1)
+    assert uac.take_outgoing() == [] and call_id not in uac.calls
+
+
+def test_a_transport_other_than_udp_or_tcp_is_refused() -> None:
+    uac, _ = pair()
+    with pytest.raises(ValueError, match="TLS"):
+        dial(uac, transport="TLS")
+    assert uac.calls == {}
 
 
 def test_a_call_that_rings_too_long_is_cancelled() -> None:

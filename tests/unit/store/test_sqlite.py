@@ -131,6 +131,32 @@ def test_a_failed_batch_is_kept_and_commits_in_order_when_the_disk_has_room(
     disk.close()
 
 
+def test_a_write_that_can_never_commit_is_dropped_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement no retry can fix (a constraint; a value SQLite cannot
+    bind) would otherwise keep its batch, and every later write, failing
+    for ever: the server would take no more work.  It alone is dropped,
+    with an error in the log; the rest of its batch commits, in order."""
+    db = sqlite.open_database(tmp_path / FILENAME)
+    committer = Committer(db)
+    duplicate = "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)"
+    batch = [
+        (_PUT, ("ns", "a", "1")),
+        (duplicate, ("ns", "a", "again")),  # the primary key: never
+        (_PUT, ("ns", "b", "1")),
+        (_PUT, ("ns", "c", {"not": "bindable"})),  # never either
+        (_PUT, ("ns", "a", "2")),
+    ]
+    assert committer.commit(batch) == ("", 3)  # type: ignore[arg-type]
+    assert _committed(tmp_path) == {"a": "2", "b": "1"}
+    assert committer.kept == []
+    assert committer.commit([(_PUT, ("ns", "d", "1"))]) == ("", 1)
+    dropped = [r.getMessage() for r in caplog.records if "can never commit" in r.getMessage()]
+    assert len(dropped) == 2 and "UNIQUE constraint failed" in dropped[0]
+    db.close()
+
+
 def test_the_writer_says_which_passes_failed_and_which_committed(tmp_path: Path) -> None:
     """The writer process's loop, run here on a thread, with the test as
     the server at the other end of its socket pair."""
