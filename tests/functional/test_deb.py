@@ -10,12 +10,14 @@ root, once, and never over an edgedispatch already installed.
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import pwd
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,20 @@ pytestmark = [
 ]
 
 
-def test_the_deb_installs_the_service_and_purges_clean() -> None:
+#: Held while the test has the package installed: two test runs on one
+#: machine take turns (else the second would find the first one's install
+#: and skip, or purge it from under the first one's checks).
+LOCK = Path("/tmp/edgedispatch-deb-test.lock")
+
+
+@pytest.fixture
+def turn() -> Iterator[None]:
+    with LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def test_the_deb_installs_the_service_and_purges_clean(turn: None) -> None:
     if installed():
         pytest.skip("edgedispatch is installed here: not touched")
     done = subprocess.run(["dpkg", "-i", str(DEBS[-1])], capture_output=True, text=True)
