@@ -68,11 +68,20 @@ class Journal:
         # id -> row (sequence number) of each dispatch and job in the store.
         self._dispatch_rows: dict[str, int] = {}
         self._job_rows: dict[str, int] = {}
-        # The rows of jobs recorded in this pass of the loop, still in the
-        # store's outbox: a change in the same pass (a new job assigned at
-        # once, as under load) goes into the row, not into an UPDATE.
+        # The rows of jobs recorded since the store last sent a frame to
+        # its writer, still this process's lists: a change before it goes
+        # (a new job offered and assigned within a few milliseconds, as
+        # under load) goes into the row, not into an UPDATE.
         self._fresh: dict[str, list[Any]] = {}
-        self._fresh_pass = -1
+        self._fresh_send = -1
+        self._handlers: dict[type, Any] = {
+            JobChanged: self._job_changed,
+            JobForgotten: self._job_forgotten,
+            DispatchCreated: self._dispatch_created,
+            DispatchDeleted: self._dispatch_deleted,
+            RoomOpened: self._room_opened,
+            RoomClosed: self._room_closed,
+        }
 
     def recover(self) -> Recovered:
         rooms = [
@@ -97,70 +106,82 @@ class Journal:
         return Recovered(rooms, dispatches, jobs)
 
     def on_event(self, event: DomainEvent) -> None:
-        write = self._store.write
-        if isinstance(event, JobChanged):
-            job, before = event.job, event.before
-            if before is None:
-                self._seq += 1
-                self._job_rows[job.id] = self._seq
-                row: list[Any] = [self._seq, job.id, _encode(job), job.updated_ns + self._queue_ns,
-                       int(job.state), job.worker_id, int(job.reason), job.updated_ns]  # fmt: skip
-                write(_INSERT_JOB, row)
-                if self._store.deferred:
-                    self._fresh_rows()[job.id] = row
-            elif _worth_writing(job.state, before):
-                fresh = self._fresh_rows().get(job.id)
-                if fresh is not None:
-                    fresh[4:] = (int(job.state), job.worker_id, int(job.reason), job.updated_ns)
-                else:
-                    change = (int(job.state), job.worker_id, int(job.reason), job.updated_ns)
-                    seq = self._job_rows.get(job.id)
-                    if seq is not None:
-                        write(_UPDATE_JOB, (*change, seq))
-                    else:  # not expected: every job's row is known (slower, still right)
-                        write(_UPDATE_JOB_BY_ID, (*change, job.id))
-        elif isinstance(event, JobForgotten):
-            seq = self._job_rows.pop(event.job.id, None)
-            shrink(self._job_rows)
-            if seq is not None:
-                write("DELETE FROM jobs WHERE seq = ?", (seq,))
-            else:
-                write("DELETE FROM jobs WHERE id = ?", (event.job.id,))
-        elif isinstance(event, DispatchCreated):
-            rec = event.dispatch
-            seq = self._dispatch_rows.get(rec.id)
-            if seq is None:
-                self._seq += 1
-                seq = self._dispatch_rows[rec.id] = self._seq
-            write(
-                "INSERT OR REPLACE INTO dispatches (seq, id, record) VALUES (?, ?, ?)",
-                (seq, rec.id, _encode(rec)),
-            )
-        elif isinstance(event, DispatchDeleted):
-            seq = self._dispatch_rows.pop(event.dispatch.id, None)
-            shrink(self._dispatch_rows)
-            if seq is not None:
-                write("DELETE FROM dispatches WHERE seq = ?", (seq,))
-            else:
-                write("DELETE FROM dispatches WHERE id = ?", (event.dispatch.id,))
-        elif isinstance(event, RoomOpened):
-            room = msgspec.structs.replace(event.room, participants={})
-            write(
-                "INSERT OR REPLACE INTO rooms (tenant, name, record) VALUES (?, ?, ?)",
-                (room.tenant, room.name, _encode(room)),
-            )
-        elif isinstance(event, RoomClosed):
-            write(
-                "DELETE FROM rooms WHERE tenant = ? AND name = ?",
-                (event.room.tenant, event.room.name),
-            )
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _job_changed(self, event: JobChanged) -> None:
+        job, before = event.job, event.before
+        if before is None:
+            self._seq += 1
+            self._job_rows[job.id] = self._seq
+            row: list[Any] = [self._seq, job.id, _encode(job), job.updated_ns + self._queue_ns,
+                   int(job.state), job.worker_id, int(job.reason), job.updated_ns]  # fmt: skip
+            self._store.write(_INSERT_JOB, row)
+            if self._store.deferred:
+                self._fresh_rows()[job.id] = row
+            return
+        if (job.state, before) in _NOT_WRITTEN:
+            return
+        change = (int(job.state), job.worker_id, int(job.reason), job.updated_ns)
+        fresh = self._fresh_rows().get(job.id)
+        if fresh is not None:
+            fresh[4:] = change
+            return
+        seq = self._job_rows.get(job.id)
+        if seq is not None:
+            self._store.write(_UPDATE_JOB, (*change, seq))
+        else:  # not expected: every job's row is known (slower, still right)
+            self._store.write(_UPDATE_JOB_BY_ID, (*change, job.id))
+
+    def _job_forgotten(self, event: JobForgotten) -> None:
+        seq = self._job_rows.pop(event.job.id, None)
+        shrink(self._job_rows)
+        self._fresh_rows().pop(event.job.id, None)
+        if seq is not None:
+            self._store.write("DELETE FROM jobs WHERE seq = ?", (seq,))
+        else:
+            self._store.write("DELETE FROM jobs WHERE id = ?", (event.job.id,))
+
+    def _dispatch_created(self, event: DispatchCreated) -> None:
+        rec = event.dispatch
+        seq = self._dispatch_rows.get(rec.id)
+        if seq is None:
+            self._seq += 1
+            seq = self._dispatch_rows[rec.id] = self._seq
+        self._store.write(
+            "INSERT OR REPLACE INTO dispatches (seq, id, record) VALUES (?, ?, ?)",
+            (seq, rec.id, _encode(rec)),
+        )
+
+    def _dispatch_deleted(self, event: DispatchDeleted) -> None:
+        seq = self._dispatch_rows.pop(event.dispatch.id, None)
+        shrink(self._dispatch_rows)
+        if seq is not None:
+            self._store.write("DELETE FROM dispatches WHERE seq = ?", (seq,))
+        else:
+            self._store.write("DELETE FROM dispatches WHERE id = ?", (event.dispatch.id,))
+
+    def _room_opened(self, event: RoomOpened) -> None:
+        room = msgspec.structs.replace(event.room, participants={})
+        self._store.write(
+            "INSERT OR REPLACE INTO rooms (tenant, name, record) VALUES (?, ?, ?)",
+            (room.tenant, room.name, _encode(room)),
+        )
+
+    def _room_closed(self, event: RoomClosed) -> None:
+        self._store.write(
+            "DELETE FROM rooms WHERE tenant = ? AND name = ?",
+            (event.room.tenant, event.room.name),
+        )
 
     def _fresh_rows(self) -> dict[str, list[Any]]:
-        """The jobs recorded in this pass (those of an earlier pass are
-        with the writer: they are let go)."""
-        if self._fresh_pass != self._store.handovers:
+        """The jobs recorded since the store last sent a frame (those
+        before are with the writer: they are let go)."""
+        sends = self._store.sends
+        if self._fresh_send != sends:
             self._fresh.clear()
-            self._fresh_pass = self._store.handovers
+            self._fresh_send = sends
         return self._fresh
 
 
@@ -176,12 +197,11 @@ _UPDATE_JOB_BY_ID = (
 )
 
 
-def _worth_writing(state: JobState, before: JobState) -> bool:
-    """What recovery tells apart is written: queued (offered again), held
-    by a worker (waits to be claimed back), ended.  So an offer and its
-    return to the queue are not, nor ASSIGNED becoming RUNNING."""
-    if state == JobState.OFFERED:
-        return False
-    if state == JobState.QUEUED and before == JobState.OFFERED:
-        return False
-    return not (state == JobState.RUNNING and before == JobState.ASSIGNED)
+#: (state, before) changes not written: what recovery tells apart is
+#: written (queued, offered again; held by a worker, waiting to be claimed
+#: back; ended), so an offer and its return to the queue are not, nor
+#: ASSIGNED becoming RUNNING.
+_NOT_WRITTEN = frozenset(
+    [(JobState.OFFERED, before) for before in JobState]
+    + [(JobState.QUEUED, JobState.OFFERED), (JobState.RUNNING, JobState.ASSIGNED)]
+)

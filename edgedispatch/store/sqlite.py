@@ -42,19 +42,13 @@ import bisect
 import collections
 import json
 import logging
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgedispatch.errors import StoreUnavailable
-from edgedispatch.obs import logs
-from edgedispatch.store.commit import MAX_FRAME, STOP
-from edgedispatch.wire.frames import FrameReader, frame
+from edgedispatch.store.link import WriterLink
 
 log = logging.getLogger("edgedispatch.store")
 
@@ -95,12 +89,6 @@ SCHEMA_VERSION = max(MIGRATIONS)
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 #: Seconds between attempts to commit a batch that failed (a full disk).
 RETRY_INTERVAL = 0.5
-#: A commit starts at least this long after the one before it started.
-#: Under load the writes of a few milliseconds then share one transaction
-#: and one fsync, which are most of the store's cost (system time, a disk
-#: flush, a wake-up of the loop); an answer waits at most this much longer.
-#: Idle, the first write commits at once.
-GROUP_WINDOW = 0.003
 #: Upper bounds (seconds) of the commit time buckets (``/metrics``).
 COMMIT_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -108,6 +96,17 @@ COMMIT_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 CLOSE_TIMEOUT = 30.0
 
 _Op = tuple[str, Sequence[Any]]
+#: What waits for a commit: called with None, or why it failed.
+Committed = Callable[[StoreUnavailable | None], None]
+
+
+def _call(fn: Committed, error: StoreUnavailable | None) -> None:
+    """One waiter's callback; its error is its own (logged), not the
+    others' nor the writer link's."""
+    try:
+        fn(error)
+    except Exception:
+        log.exception("a callback waiting for the store failed")
 
 
 def open_database(path: Path, synchronous: str = "full") -> sqlite3.Connection:
@@ -148,7 +147,7 @@ def migrate(db: sqlite3.Connection) -> int:
 
 class SqliteStore:
     """The server's store (``store.Store`` for key-value namespaces, plus
-    the domain's tables), with its writer process (``store.writer``)."""
+    the domain's tables), with its writer process (``store.link``)."""
 
     def __init__(self, directory: str | Path, synchronous: str = "full") -> None:
         self.dir = Path(directory)
@@ -156,24 +155,17 @@ class SqliteStore:
         self.path = self.dir / FILENAME
         self.synchronous = synchronous
         self._db = open_database(self.path, synchronous)
-        # This pass's writes, sent to the writer in one frame at its end.
+        # This pass's writes, and what waits for them to commit (each
+        # called with None, or the error if the commit failed).
         self._outbox: list[_Op] = []
+        self._callbacks: list[Committed] = []
         self._handing_over = False
-        #: Passes handed to the writer so far: a write made since the last
-        #: one is still in the outbox, and its parameters may still change.
+        #: Passes handed over so far.
         self.handovers = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._reader = FrameReader(MAX_FRAME)
-        self._unsent = bytearray()  # what the socket did not take yet
-        #: Each statement's index in the writer's table (sent once).
-        self._index: dict[str, int] = {}
-        #: Frames sent and not yet committed: sent again, in order, to a
-        #: writer started after one died (every statement is idempotent).
-        self._unacked: collections.deque[tuple[int, bytes]] = collections.deque()
-        #: The barriers answers wait on, by the pass that ends with them.
-        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._link: WriterLink | None = None
+        #: What waits, by the pass that ends with it.
+        self._waiting: collections.deque[tuple[int, list[Committed]]] = collections.deque()
         self.failure: str = ""  #: why the last commit failed ("" when none)
         self.commits = 0
         #: How long commits took: counts per bucket of COMMIT_BOUNDS (the last
@@ -212,9 +204,15 @@ class SqliteStore:
         return self._loop is not None and not self._closed
 
     @property
+    def sends(self) -> int:
+        """Frames sent to the writer so far: a row queued since the last
+        one is still this process's, and may still change."""
+        return self._link.sends if self._link is not None else 0
+
+    @property
     def writer_pid(self) -> int:
         """The writer process's pid (0 when none runs)."""
-        return self._proc.pid if self._proc is not None and self._sock is not None else 0
+        return self._link.pid if self._link is not None else 0
 
     def write(self, sql: str, params: Sequence[Any]) -> None:
         """Queue a statement; it commits with the writer's next batch.
@@ -231,49 +229,24 @@ class SqliteStore:
         if not self._handing_over:
             self._hand_over_soon()
 
-    def flushed(self) -> asyncio.Future[None]:
-        """Resolves once everything queued before it, and in the rest of
-        this pass of the event loop, is committed (or with
-        ``StoreUnavailable`` if the commit failed: a full disk, say).  The
-        calls of one pass of the event loop share one future: one wake-up
-        of the loop for all the answers of a burst.
-
-        While the store is failing it fails at once: what was queued stays
-        queued behind the failed batch, and commits when that one does."""
-        barrier = self._barrier
-        if barrier is not None:
-            return barrier
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        if self._closed:
-            # Closed (the server is stopping): what is written now is not
-            # kept, so nothing may be answered as durable.
-            fut.cancel()
-            return fut
-        if self.failure:
-            fut.set_exception(self.unavailable())
-            return fut
-        if self._loop is None:
-            fut.set_result(None)
-            return fut
-        self._barrier = fut
-        if not self._handing_over:
-            self._hand_over_soon()
-        return fut
-
-    def when_committed(self, fn: Callable[[StoreUnavailable | None], None]) -> None:
+    def when_committed(self, fn: Committed) -> None:
         """Call ``fn`` on the loop once what is queued by the end of this
         pass is committed (with None), or its commit failed (with the
-        error): a callback rather than a coroutine, so that an answer that
-        waits for its commit costs no task."""
+        error): a callback rather than a future or a task, so that an
+        answer that waits for its commit costs one list entry.
 
-        def done(fut: asyncio.Future[None]) -> None:
-            error = None if fut.cancelled() else fut.exception()
-            if fut.cancelled() or (error is not None and not isinstance(error, StoreUnavailable)):
-                error = self.unavailable()
-            fn(error)
-
-        self.flushed().add_done_callback(done)
+        While the store is failing it fails at once (never within this
+        call): what was queued stays queued behind the failed batch, and
+        commits when that one does.  Once closed, it fails: what is
+        written now is not kept, so nothing may be answered as durable."""
+        if self._closed or self.failure:
+            asyncio.get_running_loop().call_soon(fn, self.unavailable())
+        elif self._loop is None:
+            asyncio.get_running_loop().call_soon(fn, None)
+        else:
+            self._callbacks.append(fn)
+            if not self._handing_over:
+                self._hand_over_soon()
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` on the loop once what is queued by the end of this
@@ -282,13 +255,32 @@ class SqliteStore:
         Never once the store is closed: those writes are not kept (a job
         assigned during the shutdown must not start, since after the
         restart it is still queued)."""
+        if self._closed:
+            return
+        self.when_committed(lambda _: fn())
 
-        def done(fut: asyncio.Future[None]) -> None:
-            if not fut.cancelled():
-                fut.exception()  # seen: not logged as never retrieved
-                fn()
+    def flushed(self) -> asyncio.Future[None]:
+        """A future for ``when_committed``, shared by the calls of one pass."""
+        barrier = self._barrier
+        if barrier is not None:
+            return barrier
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            fut.cancel()
+            return fut
 
-        self.flushed().add_done_callback(done)
+        def settle(error: StoreUnavailable | None) -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+        self.when_committed(settle)
+        if self._loop is not None and not self.failure:
+            self._barrier = fut  # until the pass ends
+        return fut
 
     def unavailable(self) -> StoreUnavailable:
         """The error of a call refused or failed while the store is failing."""
@@ -303,117 +295,35 @@ class SqliteStore:
         self._loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
-        """At the end of a pass: its writes go to the writer as one frame,
-        with the barrier after all of them (a write made after
-        ``flushed()`` in the same pass is one its answer must wait for too)."""
+        """At the end of a pass: its writes go to the writer (``link``
+        paces them), and what waits on them waits for that commit (a write
+        made after ``when_committed`` in the same pass is one its answer
+        must wait for too)."""
         self._handing_over = False
-        ops, barrier = self._outbox, self._barrier
-        if not ops and barrier is None:
+        ops, callbacks = self._outbox, self._callbacks
+        self._barrier = None
+        if not ops and not callbacks:
             return
         self.handovers += 1
-        self._outbox, self._barrier = [], None
-        if not ops and not self._unacked:
-            assert barrier is not None
-            if not barrier.done():
-                barrier.set_result(None)  # nothing written is waiting
+        self._outbox, self._callbacks = [], []
+        link = self._link
+        if not ops and (link is None or link.idle):
+            for fn in callbacks:  # nothing written is waiting
+                _call(fn, None)
             return
-        index = self._index
-        new: list[list[Any]] = []
-        named: list[list[Any]] = []
-        for sql, params in ops:
-            i = index.get(sql)
-            if i is None:
-                i = index[sql] = len(index)
-                new.append([i, sql])
-            named.append([i, params])
-        data = frame([self.handovers, new, named])
-        self._unacked.append((self.handovers, data))
-        if barrier is not None:
-            self._waiting.append((self.handovers, barrier))
-        self._send(data)
+        if callbacks:
+            self._waiting.append((self.handovers, callbacks))
+        if link is not None:
+            link.add(self.handovers, ops)
+        # else: the writer died; it gets this pass when the next one starts
 
     # The writer process -----------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand writes to a writer process from now on."""
         self._loop = loop
-        self._spawn()
-
-    def _spawn(self) -> None:
-        assert self._loop is not None
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "edgedispatch.store.writer", str(self.path), self.synchronous],
-            pass_fds=(child.fileno(),),
-            env={
-                **os.environ,
-                "EDGEDISPATCH_STORE_FD": str(child.fileno()),
-                "EDGEDISPATCH_STORE_LOG": ",".join(logs.settings()),
-            },
-            stdin=subprocess.DEVNULL,
-        )
-        child.close()
-        parent.setblocking(False)
-        self._sock = parent
-        self._reader = FrameReader(MAX_FRAME)
-        self._unsent.clear()
-        self._loop.add_reader(parent, self._on_readable)
-        # A writer started after one died learns every statement first, then
-        # gets what was not committed, in order.
-        if self._index:
-            self._send(frame([0, [[i, sql] for sql, i in self._index.items()], []]))
-        for _, data in self._unacked:
-            self._send(data)
-
-    def _send(self, data: bytes) -> None:
-        sock = self._sock
-        if sock is None:
-            return  # no writer now: sent when the next one starts
-        if self._unsent:
-            self._unsent += data
-            return
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._lost()
-            return
-        if sent < len(data):
-            self._unsent += data[sent:]
-            assert self._loop is not None
-            self._loop.add_writer(sock, self._on_writable)
-
-    def _on_writable(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            sent = sock.send(self._unsent)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._lost()
-            return
-        del self._unsent[:sent]
-        if not self._unsent and self._loop is not None:
-            self._loop.remove_writer(sock)
-
-    def _on_readable(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            data = sock.recv(1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._lost()
-            return
-        for ack in self._reader.feed(data):
-            self._on_ack(int(ack[0]), str(ack[1]), float(ack[2]), int(ack[3]))
+        self._link = WriterLink(self.path, self.synchronous, loop, self._on_ack, self._lost)
+        self._link.spawn()
 
     def _on_ack(self, through: int, error: str, took: float, done: int) -> None:
         """The writer committed (or failed to commit) every pass up to
@@ -423,93 +333,59 @@ class SqliteStore:
         self.pending -= done
         self.commits += 1 if done else 0
         self.failure = error
-        unacked = self._unacked
-        if not error:
-            while unacked and unacked[0][0] <= through:
-                unacked.popleft()
+        # A failure fails every answer waiting, including those of passes
+        # not sent yet: none of them can be told its write is durable.
+        self._settle(self.handovers if error else through, self.unavailable() if error else None)
+
+    def _settle(self, through: int, error: StoreUnavailable | None) -> None:
         waiting = self._waiting
         while waiting and waiting[0][0] <= through:
-            fut = waiting.popleft()[1]
-            if fut.done():
-                continue
-            if error:
-                fut.set_exception(self.unavailable())
-            else:
-                fut.set_result(None)
+            for fn in waiting.popleft()[1]:
+                _call(fn, error)
 
-    def _lost(self) -> None:
+    def _lost(self, code: int | None) -> None:
         """The writer process ended: answers waiting fail, and a new one
         starts (after RETRY_INTERVAL) with what was not committed."""
-        self._detach()
-        code = self._proc.wait() if self._proc is not None else None
-        self._proc = None
         if self._closed:
             return
         self.failure = f"the store's writer process exited (status {code})"
         log.error("%s; starting another, which commits the %d writes pending",
                   self.failure, self.pending)  # fmt: skip
-        while self._waiting:
-            fut = self._waiting.popleft()[1]
-            if not fut.done():
-                fut.set_exception(self.unavailable())
+        self._settle(self.handovers, self.unavailable())
         assert self._loop is not None
         self._loop.call_later(RETRY_INTERVAL, self._respawn)
 
     def _respawn(self) -> None:
-        if self._closed or self._proc is not None:
+        link = self._link
+        if self._closed or link is None or link.pid:
             return
-        self._spawn()
-        if not self._unacked:
+        link.spawn()
+        if link.idle:
             self.failure = ""  # nothing to wait for: taking work again
-
-    def _detach(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
-            return
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(sock)
-            loop.remove_writer(sock)
-        sock.close()
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the database."""
         if self._closed:
             return
         self._closed = True
-        sock = self._sock
-        if sock is not None:
+        link = self._link
+        if link is not None:
             self._hand_over()
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.remove_reader(sock)
-                loop.remove_writer(sock)
-            try:
-                sock.setblocking(True)
-                sock.sendall(bytes(self._unsent) + frame([STOP]))
-                self._unsent.clear()
-                sock.settimeout(CLOSE_TIMEOUT)
-                while data := sock.recv(1 << 16):
-                    for ack in self._reader.feed(data):
-                        self._closing_ack(ack)
-            except OSError as exc:
-                log.error("store writer did not finish cleanly: %s", exc)
-            self._detach()
-        if self._proc is not None:
-            try:
-                self._proc.wait(CLOSE_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log.error("store writer still running after %.0f s: killed", CLOSE_TIMEOUT)
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+            link.close(self._closing_ack, CLOSE_TIMEOUT)
         self._db.close()
 
-    def _closing_ack(self, ack: list[Any]) -> None:
-        try:
-            self._on_ack(int(ack[0]), str(ack[1]), float(ack[2]), int(ack[3]))
-        except RuntimeError:  # the loop is closed: nobody waits for answers
-            pass
+    def _closing_ack(self, through: int, error: str, took: float, done: int) -> None:
+        # What waits is called on the loop, if it still runs (not from
+        # within close).
+        loop = self._loop
+        waiting = self._waiting
+        err = self.unavailable() if error else None
+        while waiting and waiting[0][0] <= (self.handovers if error else through):
+            for fn in waiting.popleft()[1]:
+                if loop is not None and not loop.is_closed():
+                    loop.call_soon(fn, err)
+        self.pending -= done
+        self.failure = error
 
     # Operations -------------------------------------------------------------
 

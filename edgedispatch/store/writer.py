@@ -2,12 +2,13 @@
 SYNCHRONOUS``, with its end of a socket pair in ``FD_ENV``.
 
 It takes the passes the server sends (``store.commit`` says what a frame
-holds), commits what has come as one transaction (group commit), and says
-which passes are durable.  A process, not a thread of the server: SQLite
-lets go of the GIL at each step of each statement, and a writer thread then
-waited for the event loop's thread at every row (thousands of hand-overs a
-second, each a context switch), which made commits slow and took a quarter
-of the server's throughput.  A process shares no GIL.
+holds; ``store.link`` paces them), commits what has come as one
+transaction (group commit), and says which passes are durable.  A
+process, not a thread of the server: SQLite lets go of the GIL at each
+step of each statement, and a writer thread then waited for the event
+loop's thread at every row (thousands of hand-overs a second, each a
+context switch), which made commits slow and took a quarter of the
+server's throughput.  A process shares no GIL.
 
 It ignores SIGINT and SIGTERM (systemd signals the whole service): it ends
 when the server says stop, or when the server's end of the pair closes,
@@ -27,7 +28,7 @@ from typing import Any
 
 from edgedispatch.obs import logs
 from edgedispatch.store.commit import MAX_FRAME, STOP, Committer, Statements
-from edgedispatch.store.sqlite import GROUP_WINDOW, RETRY_INTERVAL, open_database
+from edgedispatch.store.sqlite import RETRY_INTERVAL, open_database
 from edgedispatch.wire.frames import FrameReader, frame
 
 log = logging.getLogger("edgedispatch.store")
@@ -47,16 +48,12 @@ class Writer:
         self.stopping = False
 
     def run(self) -> None:
-        last = 0.0
         acked = 0
         while not self.stopping:
-            # Busy: let more of the burst join the next commit (a commit
-            # starts at least GROUP_WINDOW after the one before it).
-            wait = last + GROUP_WINDOW - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
+            # The server paces the frames (``store.link``): what has come
+            # commits at once, as one transaction.
             batch = self._take()
-            last = time.monotonic()
+            start = time.monotonic()
             if not batch and not self._committer.kept:
                 if self._through == acked:
                     continue
@@ -67,7 +64,7 @@ class Writer:
             else:
                 error, done = self._committer.commit(batch)
             acked = self._through
-            took = time.monotonic() - last
+            took = time.monotonic() - start
             if self.stopping and error:
                 log.error("store closed with %d writes it could not commit",
                           len(self._committer.kept))  # fmt: skip

@@ -180,6 +180,46 @@ def test_a_job_assigned_in_the_pass_that_made_it_is_written_once_as_held(
     assert len(second.jobs.jobs) == 5
 
 
+def test_a_job_assigned_before_its_row_went_to_the_writer_is_written_once(
+    tmp_path: Path,
+) -> None:
+    """While a frame is at the writer, a new job's row waits in the server
+    (``store.link``): its assignment, passes later, goes into that row
+    rather than into an UPDATE, and the row comes back held."""
+
+    async def main() -> int:
+        domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())
+        domain.wall.offset = 1000.0
+        store = SqliteStore(tmp_path)
+        domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
+        store.start(asyncio.get_running_loop())
+        writer = store.writer_pid
+        os.kill(writer, signal.SIGSTOP)  # a slow disk: the first frame stays there
+        try:
+            create(domain, "other", "nobody", now=0.0)
+            await asyncio.sleep(0)  # sent
+            link = RecordingLink(tenant="t1")
+            domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+            job = domain.rooms.dispatches[create(domain, "r1", "support", now=0.0)].job_ids[0]
+            await asyncio.sleep(0)  # handed over, not sent: the writer has a frame
+            sends, made = store.sends, store.written
+            domain.accept(link, job, Acceptance("agent-1"), now=0.0)
+            domain.step(0.0)
+            await asyncio.sleep(0)
+            assert store.sends == sends
+            folded = store.written - made
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        await store.flushed()
+        store.close()
+        return folded
+
+    assert asyncio.run(main()) == 0
+    second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
+    states = sorted(j.state for j in second.jobs.jobs.values())
+    assert states == sorted([JobState.QUEUED, JobState.ORPHANED])
+
+
 def test_a_job_held_in_the_pass_that_made_it_comes_back_held(tmp_path: Path) -> None:
     async def main() -> None:
         domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())

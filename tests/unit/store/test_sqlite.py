@@ -380,3 +380,45 @@ def test_nothing_is_answered_as_durable_once_the_store_is_closed(tmp_path: Path)
     assert called == ["before"]
     assert isinstance(error, StoreUnavailable)  # an answer waiting now says so
     assert _committed(tmp_path) == {"before": "1"}
+
+
+def test_passes_made_while_a_commit_is_under_way_go_to_the_writer_together(
+    tmp_path: Path,
+) -> None:
+    """Group commit is paced by the server: with a frame at the writer, the
+    passes that follow wait and then travel as one frame, one transaction;
+    each pass's answer still comes once its own writes are committed."""
+
+    async def main() -> tuple[int, int, list[int]]:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        answered: list[int] = []
+        # The writer is held, as a slow disk would hold it, with the first
+        # pass's frame sent to it.
+        os.kill(store.writer_pid, signal.SIGSTOP)
+        try:
+            for i in range(20):
+                store.put("ns", f"k{i}", i)
+
+                def answer(error: StoreUnavailable | None, i: int = i) -> None:
+                    answered.append(i if error is None else -1)
+
+                store.when_committed(answer)
+                await asyncio.sleep(0)  # the pass ends: its writes are handed over
+            sends = store.sends
+            assert answered == []  # nothing is durable yet
+        finally:
+            os.kill(store.writer_pid, signal.SIGCONT)
+        for _ in range(200):
+            if len(answered) == 20:
+                break
+            await asyncio.sleep(0.01)
+        final_sends = store.sends
+        store.close()
+        return sends, final_sends, answered
+
+    sends, final_sends, answered = asyncio.run(main())
+    assert sends == 1  # only the first pass went while the writer was busy
+    assert final_sends == 2  # the other 19 passes: one frame
+    assert answered == list(range(20))
+    assert len(_committed(tmp_path)) == 20
