@@ -100,8 +100,9 @@ class Durable(Protocol):
         """The refusal of new work while commits fail."""
         ...
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        """Calls ``fn`` once what is queued now is committed (or failed)."""
+    def after_commit(self, fn: Callable[[], None], key: str = "") -> None:
+        """Calls ``fn`` once what is queued now is committed (or failed);
+        with the ``key`` of a marked write, once that write is."""
         ...
 
     def when_committed(self, fn: Callable[[EdgeDispatchError | None], None]) -> None:
@@ -264,13 +265,13 @@ class App:
 
         return accept
 
-    def _after_commit(self, fn: Callable[[], None]) -> None:
-        """``fn`` once the store has committed what is written so far (at
-        once without one)."""
+    def _after_commit(self, fn: Callable[[], None], key: str) -> None:
+        """``fn`` once the store has committed the write marked ``key`` (or
+        what is written so far); at once without a store."""
         if self.store is None:
             fn()
         else:
-            self.store.after_commit(fn)
+            self.store.after_commit(fn, key)
 
     def _rtc_check(self, req: Request) -> tuple[Claims, signal.Grant, signal.JoinParams]:
         """The join a client asks for, checked: 401 for a bad token, 403 for

@@ -96,7 +96,12 @@ class JobLedger:
         if rec.state.terminal:
             self.tally.added(rec)
             return
-        held = rec.state in _HELD
+        # Offered to a worker: it may have been assigned too, its ASSIGNED
+        # not yet committed (the assignment waits only for the offer's
+        # write), so it waits for that worker as a held job does.  Unclaimed
+        # it was never run, and queues again whatever its restart policy.
+        offered = rec.state == JobState.OFFERED and bool(rec.worker_id)
+        held = rec.state in _HELD or offered
         agent = (rec.key.tenant, rec.key.agent_name)
         self._live[agent] += 1
         self._queued[agent] += 1
@@ -106,7 +111,7 @@ class JobLedger:
             deadline = now + self._cfg.queue_timeout
         else:
             deadline = now + (deadline_ns - self._wall.ns(now)) / 1e9
-        policy = RestartPolicy(dispatch.restart_policy)
+        policy = RestartPolicy.ON_FAILURE if offered else RestartPolicy(dispatch.restart_policy)
         spec = JobSpec(rec.id, rec.key, deadline, restart_policy=policy, restored_held=held)
         self._core.submit(spec, now)
 

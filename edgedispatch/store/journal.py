@@ -127,17 +127,22 @@ class Journal:
         fresh = self._fresh_rows().get(job.id)
         if fresh is not None:
             fresh[4:] = change
-            return
-        seq = self._job_rows.get(job.id)
-        if seq is not None:
-            self._store.write(_UPDATE_JOB, (*change, seq))
-        else:  # not expected: every job's row is known (slower, still right)
-            self._store.write(_UPDATE_JOB_BY_ID, (*change, job.id))
+        else:
+            seq = self._job_rows.get(job.id)
+            if seq is not None:
+                self._store.write(_UPDATE_JOB, (*change, seq))
+            else:  # not expected: every job's row is known (slower, still right)
+                self._store.write(_UPDATE_JOB_BY_ID, (*change, job.id))
+        if job.state == JobState.OFFERED:
+            # The worker's JobAssignment waits for this write, not for the
+            # ASSIGNED that follows (``worker.session``).
+            self._store.mark(job.id)
 
     def _job_forgotten(self, event: JobForgotten) -> None:
         seq = self._job_rows.pop(event.job.id, None)
         shrink(self._job_rows)
         self._fresh_rows().pop(event.job.id, None)
+        self._store.unmark(event.job.id)
         if seq is not None:
             self._store.write("DELETE FROM jobs WHERE seq = ?", (seq,))
         else:
@@ -197,11 +202,14 @@ _UPDATE_JOB_BY_ID = (
 )
 
 
-#: (state, before) changes not written: what recovery tells apart is
-#: written (queued, offered again; held by a worker, waiting to be claimed
-#: back; ended), so an offer and its return to the queue are not, nor
-#: ASSIGNED becoming RUNNING.
+#: (state, before) changes not written.  What recovery tells apart is
+#: written: queued (offered again), offered to or held by a worker (waits
+#: for that worker to claim it back), ended.  An offer is written so that
+#: the JobAssignment that follows waits only for it: a job whose store says
+#: OFFERED to W is W's to claim after a restart, so a crash between the
+#: assignment and its ASSIGNED cannot run it twice.  A return to the queue
+#: after an offer is not written (after a restart the job waits for W to
+#: claim it, then queues), nor ASSIGNED becoming RUNNING.
 _NOT_WRITTEN = frozenset(
-    [(JobState.OFFERED, before) for before in JobState]
-    + [(JobState.QUEUED, JobState.OFFERED), (JobState.RUNNING, JobState.ASSIGNED)]
+    [(JobState.QUEUED, JobState.OFFERED), (JobState.RUNNING, JobState.ASSIGNED)]
 )

@@ -166,6 +166,10 @@ class SqliteStore:
         self._link: WriterLink | None = None
         #: What waits, by the pass that ends with it.
         self._waiting: collections.deque[tuple[int, list[Committed]]] = collections.deque()
+        #: The last pass committed (every one before it is too).
+        self._committed_through = 0
+        #: key -> the pass of the write ``mark`` named (``after_commit``).
+        self._marks: dict[str, int] = {}
         self.failure: str = ""  #: why the last commit failed ("" when none)
         self.commits = 0
         #: How long commits took: counts per bucket of COMMIT_BOUNDS (the last
@@ -248,16 +252,48 @@ class SqliteStore:
             if not self._handing_over:
                 self._hand_over_soon()
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
+    def after_commit(self, fn: Callable[[], None], key: str = "") -> None:
         """Call ``fn`` on the loop once what is queued by the end of this
         pass is committed, or its commit failed (what waits on it must not
         wait for ever; ``failure`` says why, and the writes are retried).
         Never once the store is closed: those writes are not kept (a job
         assigned during the shutdown must not start, since after the
-        restart it is still queued)."""
+        restart it is still queued).
+
+        With the ``key`` of a write ``mark`` named, only that write's pass
+        is waited for (at once, within this call, if it is committed)."""
         if self._closed:
             return
-        self.when_committed(lambda _: fn())
+        target = self._marks.pop(key, 0) if key else 0
+        if not target or self.failure:
+            self.when_committed(lambda _: fn())
+        elif target <= self._committed_through:
+            fn()
+        elif target > self.handovers:  # this pass's
+            self.when_committed(lambda _: fn())
+        else:
+            self._wait_for(target, lambda _: fn())
+
+    def mark(self, key: str) -> None:
+        """Name the pass of the write just queued: ``after_commit(fn, key)``
+        waits for it alone, not for what this pass writes later."""
+        if self._loop is not None and not self._closed:
+            self._marks[key] = self.handovers + 1  # this pass's number, once handed over
+
+    def unmark(self, key: str) -> None:
+        self._marks.pop(key, None)
+
+    def _wait_for(self, target: int, fn: Committed) -> None:
+        """``fn`` waits for pass ``target``, handed over and not committed."""
+        waiting = self._waiting
+        for i, (number, callbacks) in enumerate(waiting):
+            if number == target:
+                callbacks.append(fn)
+                return
+            if number > target:
+                waiting.insert(i, (target, [fn]))
+                return
+        waiting.append((target, [fn]))
 
     def flushed(self) -> asyncio.Future[None]:
         """A future for ``when_committed``, shared by the calls of one pass."""
@@ -333,6 +369,8 @@ class SqliteStore:
         self.pending -= done
         self.commits += 1 if done else 0
         self.failure = error
+        if not error:
+            self._committed_through = max(self._committed_through, through)
         # A failure fails every answer waiting, including those of passes
         # not sent yet: none of them can be told its write is durable.
         self._settle(self.handovers if error else through, self.unavailable() if error else None)

@@ -71,7 +71,7 @@ class WorkerSession:
         tenant: str,
         public_url: str,
         now: float,
-        after_commit: Callable[[Callable[[], None]], None] | None = None,
+        after_commit: Callable[[Callable[[], None], str], None] | None = None,
     ) -> None:
         self._sink = sink
         self._after_commit = after_commit
@@ -149,9 +149,11 @@ class WorkerSession:
 
     def _send_when_durable(self, msg: agent.ServerMessage) -> None:
         """A JobAssignment goes out once the store has committed that the
-        job is this worker's.  Sent before, a crash between the two would
-        leave the job queued in the store, to be offered again after the
-        restart while this worker runs it: twice at once.  Frames that
+        job is this worker's: the offer to it, which a restarted server
+        leaves to this worker to claim back (``store.journal``).  Sent
+        before, a crash between the two would leave the job queued in the
+        store, to be offered again after the restart while this worker runs
+        it: twice at once.  Frames that
         follow wait behind it, so none overtakes it."""
         assert self._after_commit is not None
         entry: list[Any] = [msg.SerializeToString(), False]
@@ -164,7 +166,9 @@ class WorkerSession:
             entry[1] = True
             self._release()
 
-        self._after_commit(committed)
+        # Keyed by the job: it waits for the write that named this worker
+        # (the offer's), not for the rest of this pass.
+        self._after_commit(committed, msg.assignment.job.id)
 
     def _release(self) -> None:
         outbox = self._outbox

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from edgedispatch._core.codes import JobState, JobStatus
+from edgedispatch._core.codes import JobState, JobStatus, RestartPolicy
 from edgedispatch._testbase.links import RecordingLink
 from edgedispatch.config import DispatchConfig, RoomConfig
 from edgedispatch.dispatch.domain import Domain
@@ -218,6 +218,41 @@ def test_a_job_assigned_before_its_row_went_to_the_writer_is_written_once(
     second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
     states = sorted(j.state for j in second.jobs.jobs.values())
     assert states == sorted([JobState.QUEUED, JobState.ORPHANED])
+
+
+def test_a_job_offered_to_a_worker_waits_for_it_then_queues_whatever_its_policy(
+    tmp_path: Path,
+) -> None:
+    """The assignment waits only for the offer's write: a crash before its
+    ASSIGNED commits leaves OFFERED to W in the store.  W may be running
+    it, so it gets ``reclaim_grace`` to claim it back; unclaimed it never
+    ran, and is offered again even under JRP_NEVER."""
+
+    async def main() -> str:
+        domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())
+        domain.wall.offset = 1000.0
+        store = SqliteStore(tmp_path)
+        domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
+        store.start(asyncio.get_running_loop())
+        link = RecordingLink(tenant="t1")
+        domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+        spec = DispatchSpec("r1", AgentSpec("support", restart_policy=RestartPolicy.NEVER))
+        rec = domain.create_dispatch("t1", spec, 0.0)
+        domain.step(0.0)
+        await store.flushed()  # the offer to the worker is committed
+        os.kill(store.writer_pid, signal.SIGKILL)  # kill -9 before anything else
+        store.close()
+        return rec.job_ids[0]
+
+    job = asyncio.run(main())
+    second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
+    assert second.jobs.jobs[job].state == JobState.ORPHANED
+    other = RecordingLink(tenant="t1")
+    second.register_worker(other, WorkerSpec(agent_name="support", slots=1), 1.0)
+    second.step(1.0)
+    assert other.offers == []  # its worker may claim it back
+    second.on_timer(10.5)  # nobody did: it never ran, and goes out again
+    assert other.offers == [job]
 
 
 def test_a_job_held_in_the_pass_that_made_it_comes_back_held(tmp_path: Path) -> None:

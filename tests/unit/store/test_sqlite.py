@@ -422,3 +422,44 @@ def test_passes_made_while_a_commit_is_under_way_go_to_the_writer_together(
     assert final_sends == 2  # the other 19 passes: one frame
     assert answered == list(range(20))
     assert len(_committed(tmp_path)) == 20
+
+
+def test_after_commit_with_a_key_waits_for_the_marked_write_alone(tmp_path: Path) -> None:
+    """An assignment waits for the write of its job's offer, not for what
+    later passes wrote: those may still be on their way to the writer."""
+
+    async def main() -> tuple[dict[str, str], list[str]]:
+        store = SqliteStore(tmp_path)
+        store.start(asyncio.get_running_loop())
+        seen: dict[str, str] = {}
+        calls: list[str] = []
+        os.kill(store.writer_pid, signal.SIGSTOP)
+        try:
+            store.put("ns", "offer", 1)
+            store.mark("job-1")
+            await asyncio.sleep(0)  # sent: the writer holds it
+            store.put("ns", "later", 2)  # waits in the server behind it
+            store.after_commit(lambda: seen.update(_committed(tmp_path)), "job-1")
+            await asyncio.sleep(0)
+            assert not seen
+        finally:
+            os.kill(store.writer_pid, signal.SIGCONT)
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        await store.flushed()
+        # Once the marked write is committed, a wait for it is over at once.
+        store.mark("job-2")
+        store.put("ns", "two", 3)
+        await store.flushed()
+        store.after_commit(lambda: calls.append("at once"), "job-2")
+        store.after_commit(lambda: calls.append("no mark"), "job-3")  # this pass's
+        assert calls == ["at once"]
+        await store.flushed()
+        store.close()
+        return seen, calls
+
+    seen, calls = asyncio.run(main())
+    assert set(seen) == {"offer"}  # the later pass's write was not yet committed
+    assert calls == ["at once", "no mark"]

@@ -24,7 +24,7 @@ SECRET = "secret"
 def make(
     public_url: str = "",
     wall: float = 1_800_000_000.0,
-    after_commit: Callable[[Callable[[], None]], None] | None = None,
+    after_commit: Callable[[Callable[[], None], str], None] | None = None,
     **cfg: Any,
 ) -> tuple[Domain, RecordingSink, WorkerSession]:
     domain = Domain(DispatchConfig(**cfg), RoomConfig())
@@ -164,7 +164,13 @@ def test_an_assignment_waits_for_the_store_and_nothing_overtakes_it() -> None:
     """The worker starts a job only once the store says it is this
     worker's: a crash in between must not leave it queued in the store."""
     commits: list[Callable[[], None]] = []
-    domain, sink, session = make(after_commit=commits.append)
+    keys: list[str] = []
+
+    def after_commit(fn: Callable[[], None], key: str) -> None:
+        commits.append(fn)
+        keys.append(key)
+
+    domain, sink, session = make(after_commit=after_commit)
     register(session, agent_name="a")
     rec = domain.create_dispatch("", DispatchSpec("r1", AgentSpec("a")), now=1.0)
     domain.step(1.0)
@@ -179,6 +185,7 @@ def test_an_assignment_waits_for_the_store_and_nothing_overtakes_it() -> None:
     kinds = [m.WhichOneof("message") for m in sent(sink)]
     assert kinds == ["register", "availability", "assignment", "pong"]  # in order
     assert sent(sink)[2].assignment.job.id == job_id
+    assert keys == [job_id]  # it waits for the write its job's offer marked
 
 
 def test_a_second_assignment_waits_for_its_own_commit_not_the_first_ones() -> None:
@@ -187,7 +194,7 @@ def test_a_second_assignment_waits_for_its_own_commit_not_the_first_ones() -> No
     store had closed for a shutdown), and the job ran again elsewhere after
     the restart."""
     commits: list[Callable[[], None]] = []
-    domain, sink, session = make(after_commit=commits.append)
+    domain, sink, session = make(after_commit=lambda fn, key: commits.append(fn))
     register(session, agent_name="a")
     jobs = []
     for i, room in enumerate(("r1", "r2")):
