@@ -112,6 +112,28 @@ def test_bench_dispatch_paired_compares_medians_of_alternating_runs() -> None:
     assert "88% of the plain throughput if only its core limited it" in table
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_bench_dispatch_runs_one_after_another_each_get_the_server_its_own_core() -> None:
+    """Found measuring the store: the second run of ``--paired`` found only
+    the load's core left to this process, and put the server there too."""
+    from edgedispatch.cli.bench import dispatch
+
+    own = os.sched_getaffinity(0)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for _ in range(2):  # two runs of a pair
+            unpin = dispatch.pin_apart(sleeper.pid)
+            assert os.sched_getaffinity(sleeper.pid) == {min(own)}
+            assert os.sched_getaffinity(0) == own - {min(own)}
+            unpin()  # the end of the run
+            assert os.sched_getaffinity(0) == own
+            os.sched_setaffinity(sleeper.pid, own)  # the next run's server
+    finally:
+        os.sched_setaffinity(0, own)
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_bench_dispatch_paired_needs_one_variant() -> None:
     out = run_cli("bench", "dispatch", "--paired", "2")
     assert out.returncode == 2 and "--store or --scrape" in out.stderr

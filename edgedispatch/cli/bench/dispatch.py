@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
@@ -79,6 +80,21 @@ def pin(pid: int, cpus: set[int], *, tree: bool = False) -> None:
                 os.sched_setaffinity(each, cpus)
             except OSError:
                 pass  # ended meanwhile
+
+
+def pin_apart(server_pid: int) -> Callable[[], None]:
+    """The server (and what it started) on the first of this process's
+    cores, this process (the load; its simulated workers inherit it) on
+    the others.  Returns what gives this process its cores back, for the
+    end of the run: a second run in the same process (``--paired``) would
+    otherwise find only the load's core, and put the server on it too
+    (every run after a pair's first measured the two sharing one core)."""
+    own = os.sched_getaffinity(0)
+    ordered = sorted(own)
+    server_cpus, load_cpus = {ordered[0]}, set(ordered[1:]) or {ordered[0]}
+    pin(server_pid, server_cpus, tree=True)
+    pin(os.getpid(), load_cpus)  # only this process: the server is its child
+    return lambda: os.sched_setaffinity(0, own)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -206,17 +222,11 @@ def run(
         server, url = start_server("--log-format", "json", "--loop", loop, *extra, python=python)
         server_pid = server.pid
     sims: list[subprocess.Popen[str]] = []
-    # Given back at the end: a second run in this process (``--paired``)
-    # would otherwise find only the load's core, and put the server on it
-    # too (every run after the first measured the two sharing one core).
-    own_cpus = os.sched_getaffinity(0)
+    unpin: Callable[[], None] = lambda: None  # noqa: E731
     try:
         host, port = url.removeprefix("http://").split(":")
         if server is not None:
-            cpus = sorted(own_cpus)
-            server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
-            pin(server.pid, server_cpus, tree=True)
-            pin(os.getpid(), load_cpus)  # only this process: the server is its child
+            unpin = pin_apart(server.pid)
         time.sleep(0.5)
         rss_before = rss_kb(server_pid) if server_pid else 0
         per_proc = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
@@ -278,7 +288,7 @@ def run(
             running_at.update(report["running_at"])
             declines += report["declines"]
     finally:
-        os.sched_setaffinity(0, own_cpus)
+        unpin()
         for sim in sims:
             if sim.poll() is None:
                 sim.kill()
