@@ -211,7 +211,11 @@ def test_a_dead_runs_leftovers_are_killed_at_start_up(tree: cgroups.Tree) -> Non
             (path / "cgroup.procs").write_text(str(sleeper.pid))
         again, _ = cgroups.open_tree(tag)
         assert again is not None
-        assert again.kill_leftovers() == 1
+        # Another process may open a tree meanwhile and kill them first:
+        # ./dev test runs the unit tests on both cores at once, and the
+        # other lane's tests open trees (a clean-clone run saw 0 here).
+        # Either way they are killed, and the dead run's cells are gone.
+        assert again.kill_leftovers() in (0, 1)
         assert sleeper.wait(5) == -9
         assert not dead_root.exists()
     finally:
