@@ -5,20 +5,21 @@ paces its commits (group commit).
 Pacing is the server's, not the writer's: at most one frame is with the
 writer at a time (one that failed stays there, retried by the writer, and
 what follows waits here until it commits), and frames go out at least
-``GROUP_WINDOW`` apart.  The
-writes of every pass of the event loop made meanwhile then travel as one
-frame and commit as one transaction.  Before, each pass sent its own frame
-(a system call, and a decode in the writer, per pass: thousands a second
-under load, a tenth of the server's time per dispatch), and the writer
-slept out the window itself.  Idle, the first write goes at once.
+``GROUP_WINDOW`` apart.  The writes of every pass of the event loop made
+meanwhile then travel as one frame and commit as one transaction.  Before,
+each pass sent its own frame (a system call, and a decode in the writer,
+per pass: thousands a second under load, a tenth of the server's time per
+dispatch), and the writer slept out the window itself.  Idle, the first
+write goes at once.
 
 Until a frame is sent its rows are still this process's lists: a later
 change to a row queued but not yet sent (a new job assigned before its
 insert went out) may be made in the row itself (``sends`` tells whether
 one went out since; ``store.journal`` does this).
 
-If the writer process dies, ``respawn`` starts another and sends it again,
-in order, what was not committed (every statement is idempotent).
+If the writer process dies, ``spawn`` (called again by the store) starts
+another and sends it again, in order, what was not committed (every
+statement is idempotent).
 """
 
 from __future__ import annotations
@@ -120,20 +121,16 @@ class WriterLink:
         self._pace()
 
     def _send_batch(self) -> None:
+        self._last_send = self._loop.time()
+        self._send(self._take_batch())
+
+    def _take_batch(self) -> bytes:
+        """The queued writes as the next frame, kept until committed."""
         data = frame([self._through, self._new, self._ops])
         self._unacked.append((self._through, data))
         self._new, self._ops, self._through = [], [], 0
-        self._last_send = self._loop.time()
         self.sends += 1
-        self._send(data)
-
-    def flush_batch(self) -> None:
-        """What is queued goes now, whatever the pace (the server stops)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._through:
-            self._send_batch()
+        return data
 
     # The process --------------------------------------------------------
 
@@ -248,10 +245,8 @@ class WriterLink:
             self._timer = None
         sock = self._sock
         if sock is not None:
-            if self._through:
-                data = frame([self._through, self._new, self._ops])
-                self._unsent += data
-                self._through = 0
+            if self._through:  # whatever the pace: the server stops
+                self._unsent += self._take_batch()
             if not self._loop.is_closed():
                 self._loop.remove_reader(sock)
                 self._loop.remove_writer(sock)

@@ -100,6 +100,10 @@ _Op = tuple[str, Sequence[Any]]
 Committed = Callable[[StoreUnavailable | None], None]
 
 
+#: How what waited is called: ``_call``, or on the loop while closing.
+Callback = Callable[[Committed, StoreUnavailable | None], None]
+
+
 def _call(fn: Committed, error: StoreUnavailable | None) -> None:
     """One waiter's callback; its error is its own (logged), not the
     others' nor the writer link's."""
@@ -265,12 +269,10 @@ class SqliteStore:
         if self._closed:
             return
         target = self._marks.pop(key, 0) if key else 0
-        if not target or self.failure:
+        if not target or self.failure or target > self.handovers:  # none, or this pass's
             self.when_committed(lambda _: fn())
         elif target <= self._committed_through:
             fn()
-        elif target > self.handovers:  # this pass's
-            self.when_committed(lambda _: fn())
         else:
             self._wait_for(target, lambda _: fn())
 
@@ -361,9 +363,11 @@ class SqliteStore:
         self._link = WriterLink(self.path, self.synchronous, loop, self._on_ack, self._lost)
         self._link.spawn()
 
-    def _on_ack(self, through: int, error: str, took: float, done: int) -> None:
+    def _on_ack(
+        self, through: int, error: str, took: float, done: int, call: Callback = _call
+    ) -> None:
         """The writer committed (or failed to commit) every pass up to
-        ``through``."""
+        ``through``; ``call`` calls what waited for them."""
         self.commit_counts[bisect.bisect_left(COMMIT_BOUNDS, took)] += 1
         self.commit_seconds += took
         self.pending -= done
@@ -373,13 +377,14 @@ class SqliteStore:
             self._committed_through = max(self._committed_through, through)
         # A failure fails every answer waiting, including those of passes
         # not sent yet: none of them can be told its write is durable.
-        self._settle(self.handovers if error else through, self.unavailable() if error else None)
+        failed = self.unavailable() if error else None
+        self._settle(self.handovers if error else through, failed, call)
 
-    def _settle(self, through: int, error: StoreUnavailable | None) -> None:
+    def _settle(self, through: int, error: StoreUnavailable | None, call: Callback = _call) -> None:
         waiting = self._waiting
         while waiting and waiting[0][0] <= through:
             for fn in waiting.popleft()[1]:
-                _call(fn, error)
+                call(fn, error)
 
     def _lost(self, code: int | None) -> None:
         """The writer process ended: answers waiting fail, and a new one
@@ -413,17 +418,14 @@ class SqliteStore:
         self._db.close()
 
     def _closing_ack(self, through: int, error: str, took: float, done: int) -> None:
-        # What waits is called on the loop, if it still runs (not from
-        # within close).
+        self._on_ack(through, error, took, done, self._call_soon)
+
+    def _call_soon(self, fn: Committed, error: StoreUnavailable | None) -> None:
+        """What waited is called on the loop, if it still runs: not from
+        within ``close``."""
         loop = self._loop
-        waiting = self._waiting
-        err = self.unavailable() if error else None
-        while waiting and waiting[0][0] <= (self.handovers if error else through):
-            for fn in waiting.popleft()[1]:
-                if loop is not None and not loop.is_closed():
-                    loop.call_soon(fn, err)
-        self.pending -= done
-        self.failure = error
+        if loop is not None and not loop.is_closed():
+            loop.call_soon(fn, error)
 
     # Operations -------------------------------------------------------------
 
