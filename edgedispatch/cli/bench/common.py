@@ -101,6 +101,20 @@ def admin_token(room: str, ttl: int = 3600) -> str:
     return sign_hs256(claims, DEV_SECRET)
 
 
+def agent_join_token(key: str, secret: str, index: int, room: str) -> str:
+    """The join token of the ``index``-th bench agent (kind agent) for
+    ``room``, made as an agent's is (livekit-api's AccessToken)."""
+    from livekit import api  # the bench extra; only the agents need it
+
+    return (
+        api.AccessToken(key, secret)
+        .with_identity(f"agent-{index}")
+        .with_kind("agent")
+        .with_grants(api.VideoGrants(room_join=True, room=room))
+        .to_jwt()
+    )
+
+
 async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     """One HTTP/1.1 response with a Content-Length: (head, body)."""
     head = await reader.readuntil(b"\r\n\r\n")

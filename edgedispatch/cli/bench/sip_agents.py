@@ -14,7 +14,9 @@ import asyncio
 import sys
 
 import numpy as np
-from livekit import api, rtc
+from livekit import rtc
+
+from edgedispatch.cli.bench.common import agent_join_token
 
 RATE = 48000
 FRAME = 960  #: 20 ms
@@ -25,13 +27,7 @@ async def main(url: str, key: str, secret: str, freq: float, rooms: list[str]) -
     joined: list[rtc.Room] = []
     sources: list[rtc.AudioSource] = []
     for i, name in enumerate(rooms):
-        token = (
-            api.AccessToken(key, secret)
-            .with_identity(f"agent-{i}")
-            .with_kind("agent")
-            .with_grants(api.VideoGrants(room_join=True, room=name))
-            .to_jwt()
-        )
+        token = agent_join_token(key, secret, i, name)
         room = rtc.Room()
         await room.connect(url, token)
         source = rtc.AudioSource(RATE, 1)

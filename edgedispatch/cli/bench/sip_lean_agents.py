@@ -56,8 +56,9 @@ from aiortc import (
     RTCSessionDescription,
 )
 from av.packet import Packet
-from livekit import api
 from livekit.protocol import models, rtc
+
+from edgedispatch.cli.bench.common import agent_join_token
 
 RATE = 48000
 FRAME = 960  #: 20 ms at 48 kHz
@@ -261,13 +262,7 @@ async def main(url: str, key: str, secret: str, freq: float, rooms: list[str]) -
     tone = encode_tone(freq)
     agents: list[Agent] = []
     for i, name in enumerate(rooms):
-        token = (
-            api.AccessToken(key, secret)
-            .with_identity(f"agent-{i}")
-            .with_kind("agent")
-            .with_grants(api.VideoGrants(room_join=True, room=name))
-            .to_jwt()
-        )
+        token = agent_join_token(key, secret, i, name)
         agent = Agent(url, token, f"TR_tone{i}")
         await agent.join()
         agents.append(agent)
