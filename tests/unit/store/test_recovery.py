@@ -46,8 +46,7 @@ def test_queued_jobs_come_back_in_order_and_are_offered_again(tmp_path: Path) ->
     # kill -9: nothing closed.  The restart's monotonic clock starts afresh.
     second = boot(tmp_path, now=50.0, wall=1010.0)
     assert [second.jobs.jobs[j].state for j in jobs] == [JobState.QUEUED] * 5
-    link = RecordingLink(tenant="t1")
-    second.register_worker(link, WorkerSpec(agent_name="support", slots=1), 51.0)
+    link = support_worker(second, 51.0)
     second.step(51.0)
     assert link.offers == jobs[:1]  # one slot: the oldest first
     (listed,) = second.list_dispatch("t1", "room-3", now=51.0)
@@ -71,10 +70,27 @@ def test_queue_deadlines_count_from_their_original_time(tmp_path: Path) -> None:
     assert second.jobs.jobs[job].state == JobState.FAILED
 
 
+def serving(path: Path) -> tuple[Domain, SqliteStore]:
+    """A running server's domain (on the running loop), journaling through
+    a store whose writer process runs."""
+    domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())
+    domain.wall.offset = 1000.0
+    store = SqliteStore(path)
+    domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
+    store.start(asyncio.get_running_loop())
+    return domain, store
+
+
+def support_worker(domain: Domain, now: float = 0.0) -> RecordingLink:
+    """A worker for agent "support" with one slot, registered."""
+    link = RecordingLink(tenant="t1")
+    domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), now)
+    return link
+
+
 def worker_takes_a_job(domain: Domain) -> tuple[RecordingLink, str]:
     """A worker registers and accepts a new job (ASSIGNED): its link, the job."""
-    link = RecordingLink(tenant="t1")
-    domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+    link = support_worker(domain)
     job = domain.rooms.dispatches[create(domain, "r1", "support", now=0.0)].job_ids[0]
     domain.accept(link, job, Acceptance("agent-1"), now=0.1)
     domain.step(0.1)
@@ -89,8 +105,7 @@ def test_a_running_job_waits_for_its_worker_to_claim_it_back(tmp_path: Path) -> 
 
     second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
     assert second.jobs.jobs[job].state == JobState.ORPHANED  # not offered to anyone
-    again = RecordingLink(tenant="t1")
-    second.register_worker(again, WorkerSpec(agent_name="support", slots=1), 1.0)
+    again = support_worker(second, 1.0)
     second.step(1.0)
     assert again.offers == []
     second.claim(again, [job], now=2.0)  # MigrateJob, after its reconnect
@@ -104,8 +119,7 @@ def test_an_unclaimed_running_job_is_dispatched_again(tmp_path: Path) -> None:
     _, job = worker_takes_a_job(first)
 
     second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
-    other = RecordingLink(tenant="t1")
-    second.register_worker(other, WorkerSpec(agent_name="support", slots=1), 1.0)
+    other = support_worker(second, 1.0)
     second.step(1.0)
     second.on_timer(10.0)  # reclaim_grace over: JRP_ON_FAILURE runs it again
     assert other.offers == [job]
@@ -122,8 +136,7 @@ def test_a_running_job_past_its_queue_deadline_is_still_run_again(tmp_path: Path
     second = boot(tmp_path, now=0.0, wall=1200.0, reclaim_grace=10.0, queue_timeout=60.0)
     second.on_timer(10.0)  # unclaimed, and no worker free at that moment
     assert second.jobs.jobs[job].state == JobState.QUEUED
-    other = RecordingLink(tenant="t1")
-    second.register_worker(other, WorkerSpec(agent_name="support", slots=1), 11.0)
+    other = support_worker(second, 11.0)
     second.step(11.0)
     assert other.offers == [job]
     assert second.jobs.jobs[job].state == JobState.OFFERED
@@ -145,17 +158,12 @@ def test_a_job_assigned_in_the_pass_that_made_it_is_written_once_as_held(
     tmp_path: Path,
 ) -> None:
     async def main() -> tuple[int, int]:
-        domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())
-        domain.wall.offset = 1000.0
-        store = SqliteStore(tmp_path)
-        domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
-        store.start(asyncio.get_running_loop())
+        domain, store = serving(tmp_path)
         # Passes go by first (each hands its writes over)...
         for i in range(3):
             create(domain, f"other-{i}", "nobody", now=0.0)
             await store.flushed()
-        link = RecordingLink(tenant="t1")
-        domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+        link = support_worker(domain)
         job = domain.rooms.dispatches[create(domain, "r1", "support", now=0.0)].job_ids[0]
         made = store.written
         domain.accept(link, job, Acceptance("agent-1"), now=0.0)
@@ -188,18 +196,13 @@ def test_a_job_assigned_before_its_row_went_to_the_writer_is_written_once(
     rather than into an UPDATE, and the row comes back held."""
 
     async def main() -> int:
-        domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())
-        domain.wall.offset = 1000.0
-        store = SqliteStore(tmp_path)
-        domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
-        store.start(asyncio.get_running_loop())
+        domain, store = serving(tmp_path)
         writer = store.writer_pid
         os.kill(writer, signal.SIGSTOP)  # a slow disk: the first frame stays there
         try:
             create(domain, "other", "nobody", now=0.0)
             await asyncio.sleep(0)  # sent
-            link = RecordingLink(tenant="t1")
-            domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+            link = support_worker(domain)
             job = domain.rooms.dispatches[create(domain, "r1", "support", now=0.0)].job_ids[0]
             await asyncio.sleep(0)  # handed over, not sent: the writer has a frame
             sends, made = store.sends, store.written
@@ -229,13 +232,8 @@ def test_a_job_offered_to_a_worker_waits_for_it_then_queues_whatever_its_policy(
     ran, and is offered again even under JRP_NEVER."""
 
     async def main() -> str:
-        domain = Domain(DispatchConfig(reclaim_grace=10.0), RoomConfig())
-        domain.wall.offset = 1000.0
-        store = SqliteStore(tmp_path)
-        domain.subscribe(Journal(store, domain.cfg.queue_timeout).on_event, *KINDS)
-        store.start(asyncio.get_running_loop())
-        link = RecordingLink(tenant="t1")
-        domain.register_worker(link, WorkerSpec(agent_name="support", slots=1), 0.0)
+        domain, store = serving(tmp_path)
+        support_worker(domain)  # the worker it is offered to
         spec = DispatchSpec("r1", AgentSpec("support", restart_policy=RestartPolicy.NEVER))
         rec = domain.create_dispatch("t1", spec, 0.0)
         domain.step(0.0)
@@ -247,8 +245,7 @@ def test_a_job_offered_to_a_worker_waits_for_it_then_queues_whatever_its_policy(
     job = asyncio.run(main())
     second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
     assert second.jobs.jobs[job].state == JobState.ORPHANED
-    other = RecordingLink(tenant="t1")
-    second.register_worker(other, WorkerSpec(agent_name="support", slots=1), 1.0)
+    other = support_worker(second, 1.0)
     second.step(1.0)
     assert other.offers == []  # its worker may claim it back
     second.on_timer(10.5)  # nobody did: it never ran, and goes out again
@@ -303,8 +300,7 @@ def test_a_store_of_schema_1_is_migrated_and_its_work_comes_back(tmp_path: Path)
 
     second = boot(tmp_path, now=0.0, wall=1000.0)
     assert second.jobs.jobs[job.id].state == JobState.QUEUED
-    link = RecordingLink(tenant="t1")
-    second.register_worker(link, WorkerSpec(agent_name="support", slots=1), 1.0)
+    link = support_worker(second, 1.0)
     second.step(1.0)
     second.accept(link, job.id, Acceptance("agent-1"), now=1.1)
     second.job_status(link, job.id, JobStatus.SUCCESS, now=2.0)
@@ -313,7 +309,6 @@ def test_a_store_of_schema_1_is_migrated_and_its_work_comes_back(tmp_path: Path)
     third = boot(tmp_path, now=0.0, wall=1010.0)
     assert third.jobs.jobs[job.id].state == JobState.SUCCESS  # ended: not run again
     assert [d.id for d in third.list_dispatch("t1", "r1", now=0.0)] == [dispatch.id]
-    again = RecordingLink(tenant="t1")
-    third.register_worker(again, WorkerSpec(agent_name="support", slots=1), 1.0)
+    again = support_worker(third, 1.0)
     third.step(1.0)
     assert again.offers == []
