@@ -7,9 +7,8 @@ call means (which room, which agent) is the application's, given as
 A message for an address with a live TCP connection goes over it (the
 answers to what came in over TCP, and the calls we place through a trunk
 whose transport is TCP: ``connect`` opens its connection first); anything
-else goes by UDP.  A stream
-that cannot be framed (a bad header, no Content-Length) is closed after a
-400: it cannot be resynchronised."""
+else goes by UDP.  A stream that cannot be framed (a bad header, no
+Content-Length) is closed after a 400: it cannot be resynchronised."""
 
 from __future__ import annotations
 
