@@ -11,7 +11,7 @@ caller works on its key's tenant's trunks and rules only
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from google.protobuf.message import Message
@@ -26,6 +26,7 @@ from edgedispatch.errors import (
 )
 from edgedispatch.rtc.room import RoomHub
 from edgedispatch.sip.directory import Directory
+from edgedispatch.sip.records import check_headers
 from edgedispatch.sip.refer import TRANSFER_TIMEOUT, refer_target
 from edgedispatch.wire.tokens import Claims
 
@@ -72,8 +73,10 @@ class Transferer(Protocol):
         now: float,
         done: Settle,
         dialtone: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """REFERs the participant's call (raises what refuses it at once);
+        """REFERs the participant's call, with ``headers`` (raises what
+        refuses it at once);
         ``done`` gets the answer or the error once the outcome is known;
         ``dialtone``: the caller hears ringing meanwhile."""
         ...
@@ -156,6 +159,7 @@ def transfer_call(
     require_sip(claims, "call")
     claims.require("roomAdmin", room=req.room_name)
     refer_to = refer_target(req.transfer_to)
+    check_headers(req.headers)
     live = rooms.find(claims.tenant, req.room_name) if rooms is not None else None
     session = live.sessions.get(req.participant_identity) if live is not None else None
     if session is None:
@@ -169,7 +173,7 @@ def transfer_call(
     waiting = Waiting()
     transfers.transfer(
         claims.tenant, session, call_id, refer_to, float(timeout or TRANSFER_TIMEOUT), now,
-        waiting.settle, req.play_dialtone,
+        waiting.settle, req.play_dialtone, dict(req.headers),
     )  # fmt: skip
     if isinstance(waiting.result, EdgeDispatchError):
         raise waiting.result

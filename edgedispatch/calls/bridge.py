@@ -23,7 +23,7 @@ close, whose ``now`` is not always given), ``CallServices.clock`` is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from edgedispatch.errors import EdgeDispatchError
 from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.session import Media, SignalSession
 from edgedispatch.sip import sdp
+from edgedispatch.sip.header_maps import NO_CALL_HEADERS, CallHeaders, headers_of
 from edgedispatch.sip.outcome import Admit
 from edgedispatch.wire.signal import Grant, JoinParams
 
@@ -77,9 +78,11 @@ OpenMedia = Callable[[tuple[str, str], dict[str, Any], CallEvents], CallMedia]
 class CallControl(Protocol):
     """The SIP user agent's decisions on a call (``sip.uas``)."""
 
-    def answer(self, call_id: str, sdp: bytes, now: float) -> None: ...
+    def answer(
+        self, call_id: str, sdp: bytes, now: float, headers: Sequence[tuple[str, str]]
+    ) -> None: ...
 
-    def hang_up(self, call_id: str, now: float) -> None: ...
+    def hang_up(self, call_id: str, now: float, headers: Sequence[tuple[str, str]]) -> None: ...
 
 
 @dataclass
@@ -177,8 +180,11 @@ class BridgedCall:
         on_pin: Callable[[BridgedCall, str, float], Admit | None] | None = None,
         shown: tuple[str, str] = ("", ""),
         max_duration: float = 0.0,
+        headers: CallHeaders = NO_CALL_HEADERS,
     ) -> None:
         self.services = services
+        #: The trunk's custom headers (``sip.header_maps``).
+        self.headers = headers
         #: Seconds the call may last once answered (0: the server's limit).
         self.max_duration = max_duration
         self._ua = ua
@@ -236,6 +242,16 @@ class BridgedCall:
             extra={**self.fields(), "participant": admit.identity},
         )  # fmt: skip
 
+    def sip_headers(self, fixed: Mapping[str, str]) -> list[tuple[str, str]]:
+        """``fixed`` headers, and the trunk's ``attributes_to_headers`` of
+        the participant's attributes as they are now."""
+        session = self.session
+        if session is not None:
+            attributes: Mapping[str, str] = session.info.attributes
+        else:
+            attributes = self._admit.attributes if self._admit is not None else {}
+        return headers_of(fixed, attributes, self.headers.to_headers)
+
     def fields(self) -> dict[str, object]:
         """The ``extra`` of a log line about this call (``obs.logs``): its
         SIP Call-ID, its tenant and, once it has one, its room."""
@@ -262,7 +278,8 @@ class BridgedCall:
         self.answer = sdp.answer(self._offer, self.services.media_address, port, port)
         self.answered = True
         try:
-            self._ua.answer(self.call_id, self.answer.sdp, now)
+            headers = self.sip_headers(self.headers.fixed)
+            self._ua.answer(self.call_id, self.answer.sdp, now, headers)
         except EdgeDispatchError:  # cancelled meanwhile: its end is on its way
             return
         self.services.flush(now)
@@ -310,7 +327,7 @@ class BridgedCall:
         if self.ended:
             return
         log.info("call %s hung up: %s", self.call_id, why, extra=self.fields())
-        self._ua.hang_up(self.call_id, now)
+        self._ua.hang_up(self.call_id, now, self.sip_headers({}))
         self.services.flush(now)  # its CallEnded comes back through ``ended_by_sip``
         self.end(now)
 

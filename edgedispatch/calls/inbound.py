@@ -29,6 +29,7 @@ from edgedispatch.errors import EdgeDispatchError, PermissionDenied, Unauthentic
 from edgedispatch.sip import sdp
 from edgedispatch.sip.digest import DigestAuth, Verdict
 from edgedispatch.sip.directory import Directory
+from edgedispatch.sip.header_maps import CALL_ID_FULL, CALL_TAG, CallHeaders
 from edgedispatch.sip.message import parse_name_addr, parse_uri
 from edgedispatch.sip.outcome import Admit, NeedPin, evaluate, shown_number
 from edgedispatch.sip.routing import Call, pin_and_room
@@ -116,7 +117,16 @@ class InboundCalls:
                 challenge = self._auth.challenge(event.call_id, now, verdict is Verdict.STALE)
                 ua.reject(event.call_id, 407, now, headers=[("proxy-authenticate", challenge)])
                 return
-        outcome = evaluate(trunk, rule, call, call_id=event.call_id, suffix=self._new_suffix())
+        headers = CallHeaders.of(trunk)
+        extra = headers.attributes(invite.headers)
+        extra[CALL_ID_FULL] = event.call_id
+        offered = ua.calls.get(event.call_id)
+        if offered is not None:
+            extra[CALL_TAG] = offered.local_tag
+        outcome = evaluate(
+            trunk, rule, call, call_id=event.call_id, suffix=self._new_suffix(),
+            extra_attributes=extra,
+        )  # fmt: skip
         if isinstance(outcome, Admit) and not self._agents_can_run(ua, event, tenant, outcome, now):
             return
         if isinstance(outcome, Admit):
@@ -142,13 +152,14 @@ class InboundCalls:
             # room; for the others, their prefix: see the README).
             room = pin_and_room(rule)[1]
             BridgedCall(
-                bridge, ua, event.call_id, tenant, offer, room, on_pin=self._pin_entered(call),
-                shown=shown, max_duration=longest,
+                bridge, ua, event.call_id, tenant, offer, room,
+                on_pin=self._pin_entered(call, extra), shown=shown, max_duration=longest,
+                headers=headers,
             )  # fmt: skip
             return
         bridged = BridgedCall(
             bridge, ua, event.call_id, tenant, offer, outcome.room, admit=outcome, shown=shown,
-            max_duration=longest,
+            max_duration=longest, headers=headers,
         )  # fmt: skip
         bridged.join(outcome, now)
 
@@ -167,16 +178,19 @@ class InboundCalls:
             return True
         return self._on_demand is not None and self._on_demand(tenant, name)
 
-    def _pin_entered(self, call: Call) -> Callable[[BridgedCall, str, float], Admit | None]:
+    def _pin_entered(
+        self, call: Call, extra: dict[str, str]
+    ) -> Callable[[BridgedCall, str, float], Admit | None]:
         """The call's PIN check: routed again with the digits entered;
-        None for a wrong PIN (or a rule whose agent cannot run now)."""
+        None for a wrong PIN (or a rule whose agent cannot run now).
+        ``extra``: the attributes the INVITE's headers gave."""
 
         def check(bridged: BridgedCall, pin: str, now: float) -> Admit | None:
             try:
                 tenant, trunk, rule = self._directory.route(call._replace(pin=pin))
                 outcome = evaluate(
                     trunk, rule, call._replace(pin=pin), call_id=bridged.call_id,
-                    suffix=self._new_suffix(),
+                    suffix=self._new_suffix(), extra_attributes=extra,
                 )  # fmt: skip
             except (PermissionDenied, EdgeDispatchError) as exc:
                 log.info(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from google.protobuf.message import Message
 from livekit.protocol import models
@@ -35,7 +35,10 @@ from edgedispatch.calls.admission import Admission
 from edgedispatch.calls.bridge import BridgedCall, CallServices, media_spec
 from edgedispatch.errors import EdgeDispatchError, InvalidArgument, ResourceExhausted, TwirpError
 from edgedispatch.sip import sdp
+from edgedispatch.sip.header_maps import CALL_ID_FULL, NO_CALL_HEADERS, CallHeaders, headers_of
+from edgedispatch.sip.message import Headers
 from edgedispatch.sip.outcome import Admit
+from edgedispatch.sip.records import check_headers
 from edgedispatch.sip.uac import Answered, Ended, Event, Failed, Progress, UserAgentClient
 
 log = logging.getLogger("edgedispatch.sip")
@@ -117,13 +120,15 @@ class _Client:
     def __init__(self, calls: OutboundCalls) -> None:
         self._calls = calls
 
-    def answer(self, call_id: str, sdp: bytes, now: float) -> None:
+    def answer(
+        self, call_id: str, sdp: bytes, now: float, headers: Sequence[tuple[str, str]]
+    ) -> None:
         raise TwirpError("internal", "a call we placed is not answered by us")
 
-    def hang_up(self, call_id: str, now: float) -> None:
+    def hang_up(self, call_id: str, now: float, headers: Sequence[tuple[str, str]]) -> None:
         uac = self._calls.uac()
         if uac is not None:
-            uac.hang_up(call_id, now)
+            uac.hang_up(call_id, now, headers)
 
 
 class PlacedCall(BridgedCall):
@@ -141,6 +146,7 @@ class PlacedCall(BridgedCall):
         dtmf: str,
         max_duration: float = 0.0,
         dialtone: bool = False,
+        headers: CallHeaders = NO_CALL_HEADERS,
     ) -> None:
         #: (Request-URI, From URI, auth username, password, ringing timeout,
         #: transport: "UDP" or "TCP")
@@ -155,7 +161,7 @@ class PlacedCall(BridgedCall):
         number = admit.attributes.get("sip.phoneNumber", "")
         super().__init__(
             calls.services, _Client(calls), call_id, tenant, None, admit.room, admit=admit,
-            shown=(dial[1], number), max_duration=max_duration,
+            shown=(dial[1], number), max_duration=max_duration, headers=headers,
         )  # fmt: skip
 
     def _media_spec(self) -> dict[str, object]:
@@ -215,7 +221,7 @@ class PlacedCall(BridgedCall):
         offer = sdp.make_offer(self.services.media_address, port, port)
         uac.dial(
             uri, (ip, self._target[1]), from_uri, offer, now, username, password, ringing,
-            call_id=self.call_id, transport=transport,
+            call_id=self.call_id, transport=transport, headers=headers_of(self.headers.fixed),
         )  # fmt: skip
         log.info(
             "call %s: dialling %s via %s:%d", self.call_id, uri, ip, self._target[1],
@@ -229,7 +235,7 @@ class PlacedCall(BridgedCall):
         if self.phase == "dialing" and not self.ended:
             self._set_phase("ringing")
 
-    def on_answered(self, body: bytes, now: float) -> None:
+    def on_answered(self, body: bytes, now: float, headers: Headers | None = None) -> None:
         if self.ended:
             return
         try:
@@ -244,7 +250,9 @@ class PlacedCall(BridgedCall):
             return
         self.media.set_remote(media_spec(self.services, chosen, self.max_duration))
         self.answered = self.confirmed = True
-        self._set_phase("active")
+        attributes = self.headers.attributes(headers or Headers())
+        attributes[CALL_ID_FULL] = self.call_id
+        self._set_phase("active", attributes)
         log.info("call %s answered (%s)", self.call_id, chosen.codec, extra=self.fields())
         if self._dtmf:
             self._send_digits(self._dtmf)
@@ -277,11 +285,17 @@ class PlacedCall(BridgedCall):
         if done is not None:
             done(result)
 
-    def _set_phase(self, phase: str) -> None:
+    def _set_phase(self, phase: str, attributes: dict[str, str] | None = None) -> None:
+        """``sip.callStatus``, with ``attributes`` (those of the 200's headers)."""
         self.phase = phase
         session = self.session
         if session is not None:
-            session.room.update_participant(session, attributes={"sip.callStatus": phase})
+            changed = {**(attributes or {}), "sip.callStatus": phase}
+            error = session.room.update_participant(session, attributes=changed)
+            if error and attributes:  # too large with the headers': the status alone
+                log.info("call %s: the answer's headers not kept as attributes: %s",
+                         self.call_id, error, extra=self.fields())  # fmt: skip
+                session.room.update_participant(session, attributes={"sip.callStatus": phase})
 
     def _send_digits(self, digits: str) -> None:
         """The request's ``dtmf``, sent as RFC 4733 events once answered
@@ -337,6 +351,10 @@ class OutboundCalls:
             username, password = inline.auth_username, inline.auth_password
             transport, from_host = inline.transport, inline.from_host
             trunk_id = ""
+        check_headers(req.headers)
+        headers = CallHeaders.of(trunk if trunk is not None else req.trunk, req.headers)
+        if req.include_headers:
+            headers = headers._replace(include=int(req.include_headers))
         if transport == pb.SIP_TRANSPORT_TLS:
             raise TwirpError("unimplemented", "outbound calls go over UDP or TCP, not TLS")
         # AUTO is UDP, as livekit/sip's default.
@@ -375,7 +393,7 @@ class OutboundCalls:
         longest = req.max_call_duration.ToSeconds() if req.HasField("max_call_duration") else 0
         call = PlacedCall(
             self, call_id, tenant, admit, dial, target, done, req.dtmf, float(max(longest, 0)),
-            req.play_dialtone or req.play_ringtone,
+            req.play_dialtone or req.play_ringtone, headers,
         )  # fmt: skip
         try:
             call.join(admit, now)
@@ -395,7 +413,7 @@ class OutboundCalls:
         if isinstance(event, Progress):
             call.on_progress(event.status, now)
         elif isinstance(event, Answered):
-            call.on_answered(event.sdp, now)
+            call.on_answered(event.sdp, now, event.headers)
         elif isinstance(event, Failed):
             call.on_failed(event.status, event.reason, now)
         elif isinstance(event, Ended):

@@ -16,7 +16,7 @@ the rest (livekit/sip's ``handleReferNotify``); the call stays up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from google.protobuf.message import Message
 from livekit.protocol import sip as pb
@@ -87,12 +87,15 @@ class Transfers:
         now: float,
         done: Done,
         dialtone: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """REFER the call of ``session`` (the SIP participant, whose
         ``sip.callID`` is ``call_id``); ``done`` gets the outcome.  Raises
         what refuses it at once.  ``dialtone``: until the outcome, the
         caller hears the ringing tone instead of the room (livekit/sip's
-        ``play_dialtone``); on success, until the call ends."""
+        ``play_dialtone``); on success, until the call ends.  ``headers``:
+        the request's, sent with the REFER (and the trunk's mapped
+        attributes)."""
         call = self.services.calls.get(call_id)
         if call is None or call.tenant != tenant or call.session is not session:
             raise NotFound("no SIP call of this participant is up here")
@@ -105,7 +108,8 @@ class Transfers:
         ua = self._ua()
         if ua is None:
             raise TwirpError("unavailable", "SIP is not listening")
-        ua.transfer(call_id, refer_to, now, timeout)  # raises if the call is not up
+        extra = call.sip_headers(headers or {})
+        ua.transfer(call_id, refer_to, now, timeout, extra)  # raises if the call is not up
         transfer_id = f"STR_{self._new_id()}"
         self._pending[call_id] = _Pending(transfer_id, refer_to, done)
         if dialtone:

@@ -500,6 +500,10 @@ def _hostport(hostport: str, whole: str) -> tuple[str, int]:
 
 
 def spell(name: str) -> str:
+    """How a header's name is written: ours (lower case) as RFC 3261
+    spells them; one a user named (a trunk's custom header) as given."""
+    if name != name.lower():
+        return name
     return SPELLING.get(name) or "-".join(part.capitalize() for part in name.split("-"))
 
 

@@ -6,7 +6,7 @@ LiveKit's own messages.  Pure: the service (``directory``) stores them.
 
 from __future__ import annotations
 
-from collections.abc import MutableSequence
+from collections.abc import Mapping, MutableSequence
 from typing import Any
 
 from google.protobuf.message import Message
@@ -72,12 +72,18 @@ def _check_header_value(name: str, value: str) -> None:
         raise InvalidArgument(f"invalid header value for {name}: header {name}: {why}")
 
 
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Custom headers a trunk or a request adds to a call's messages
+    (LiveKit's ``validateHeaders``)."""
+    for name, value in headers.items():
+        _check_header_name(name, restrict=True)
+        _check_header_value(name, value)
+
+
 def _check_headers(info: Any) -> None:
     """The headers a trunk adds to its calls, and those it maps to and from
     attributes (LiveKit's ``validateHeaders`` and the two maps' checks)."""
-    for name, value in info.headers.items():
-        _check_header_name(name, restrict=True)
-        _check_header_value(name, value)
+    check_headers(info.headers)
     for name in info.attributes_to_headers.values():
         _check_header_name(name, restrict=False)
     for name in info.headers_to_attributes:

@@ -22,7 +22,7 @@ end is the application's news.  Time is given (``now``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edgedispatch.errors import InvalidArgument
@@ -116,6 +116,8 @@ class Referral:
     give_up: float = 0.0  #: Timer F
     authed: bool = False
     hang_up_at: float | None = None
+    #: Custom headers (the request's, and the trunk's mapped attributes).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Referrals:
@@ -146,11 +148,14 @@ class Referrals:
         timeout: float = TRANSFER_TIMEOUT,
         username: str = "",
         password: str = "",
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Send REFER in ``dialog``; ``next_cseq`` gives our next CSeq in it."""
+        """Send REFER (with ``headers``) in ``dialog``; ``next_cseq`` gives
+        our next CSeq in it."""
         referral = Referral(
-            dialog, refer_to, next_cseq, now + (timeout or TRANSFER_TIMEOUT), username, password
-        )
+            dialog, refer_to, next_cseq, now + (timeout or TRANSFER_TIMEOUT), username, password,
+            headers=tuple(headers),
+        )  # fmt: skip
         self.referrals[dialog.call_id] = referral
         self._send(referral, now)
 
@@ -266,6 +271,7 @@ class Referrals:
             ("contact", f"<{self._contact}>"),
             ("refer-to", r.refer_to),
             ("allow", ALLOW),
+            *r.headers,
         ]
         if challenge is not None:
             status, value = challenge

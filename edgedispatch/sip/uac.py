@@ -19,11 +19,18 @@ are for unreliable transports), and Timers B, D and F still give up.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from edgedispatch.sip.digest import authorization
-from edgedispatch.sip.message import Request, Response, parse_name_addr, render, response_to
+from edgedispatch.sip.message import (
+    Headers,
+    Request,
+    Response,
+    parse_name_addr,
+    render,
+    response_to,
+)
 from edgedispatch.sip.refer import Dialog
 from edgedispatch.sip.transaction import T1, T2, Address
 
@@ -45,6 +52,8 @@ class Progress:
 class Answered:
     call_id: str
     sdp: bytes
+    #: The 200's headers (``sip.header_maps`` makes attributes of them).
+    headers: Headers = field(default_factory=Headers, compare=False)
 
 
 @dataclass
@@ -91,6 +100,10 @@ class OutboundCall:
     bye: bool = False
     ringing_timeout: float = 180.0  #: livekit/sip's default
     transport: str = "UDP"  #: or "TCP"
+    #: Custom headers: the INVITE's (``dial``), and our BYE's or CANCEL's
+    #: (as the application gives them when it ends the call).
+    headers: tuple[tuple[str, str], ...] = ()
+    end_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def reliable(self) -> bool:
@@ -121,16 +134,18 @@ class UserAgentClient:
         ringing_timeout: float = 180.0,
         call_id: str = "",
         transport: str = "UDP",
+        headers: Sequence[tuple[str, str]] = (),
     ) -> str:
         """Place a call; returns its Call-ID (``call_id``, or a new one).
         :param transport: "UDP", or "TCP" over a connection to ``peer``
-        that the shell has opened."""
+        that the shell has opened.
+        :param headers: custom headers for the INVITE."""
         if transport not in ("UDP", "TCP"):
             raise ValueError(f"no SIP transport {transport!r}")
         call_id = call_id or f"{self._new_tag()}@edgedispatch"
         call = OutboundCall(
             call_id, target, peer, from_uri, self._new_tag(), sdp, username, password,
-            ringing_timeout=ringing_timeout, transport=transport,
+            ringing_timeout=ringing_timeout, transport=transport, headers=tuple(headers),
         )  # fmt: skip
         self.calls[call_id] = call
         self._send_invite(call, now)
@@ -192,25 +207,28 @@ class UserAgentClient:
 
     # -- the application's --------------------------------------------------
 
-    def cancel(self, call_id: str, now: float) -> None:
-        """Stop a call that has not been answered."""
+    def cancel(self, call_id: str, now: float, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Stop a call that has not been answered (CANCEL with ``headers``)."""
         call = self.calls.get(call_id)
         if call is None or call.phase in (Phase.ACTIVE, Phase.ENDED) or call.cancelling:
             return
         call.cancelling = True
+        call.end_headers = tuple(headers)
         if call.phase is Phase.CALLING:
             # §9.1: no CANCEL before a provisional answer; Timer B or the
             # answer decides, and a late 2xx is then hung up.
             return
         self._send_cancel(call)
 
-    def hang_up(self, call_id: str, now: float) -> None:
+    def hang_up(self, call_id: str, now: float, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """End the call: BYE once answered, else CANCEL (with ``headers``)."""
         call = self.calls.get(call_id)
         if call is None or call.phase is Phase.ENDED:
             return
         if call.phase is not Phase.ACTIVE:
-            self.cancel(call_id, now)
+            self.cancel(call_id, now, headers)
             return
+        call.end_headers = tuple(headers)
         self._send_bye(call, now)
         self._events.append(Ended(call.call_id, "hung up"))
 
@@ -288,6 +306,7 @@ class UserAgentClient:
             ("contact", self._contact(call)),
             ("allow", "INVITE, ACK, CANCEL, BYE, OPTIONS"),
             ("content-type", "application/sdp"),
+            *call.headers,
         ]
         if challenge is not None:
             status, value = challenge
@@ -326,7 +345,7 @@ class UserAgentClient:
             self._send_bye(call, now)
             self._fail(call, 487, "cancelled", now)
             return
-        self._events.append(Answered(call.call_id, msg.body))
+        self._events.append(Answered(call.call_id, msg.body, msg.headers))
 
     def _ack_failure(self, call: OutboundCall, msg: Response) -> bytes:
         """The ACK of a 300-699 (§17.1.1.3): the INVITE's branch, the
@@ -343,7 +362,9 @@ class UserAgentClient:
             ],
         )
 
-    def _in_dialog(self, call: OutboundCall, method: str, cseq: int) -> bytes:
+    def _in_dialog(
+        self, call: OutboundCall, method: str, cseq: int, extra: Sequence[tuple[str, str]] = ()
+    ) -> bytes:
         tag = f";tag={call.remote_tag}" if call.remote_tag else ""
         return render(
             f"{method} {call.remote_target} SIP/2.0",
@@ -354,6 +375,7 @@ class UserAgentClient:
                 ("to", f"<{call.target}>{tag}"),
                 ("call-id", call.call_id),
                 ("cseq", f"{cseq} {method}"),
+                *extra,
             ],
         )
 
@@ -367,13 +389,14 @@ class UserAgentClient:
                 ("to", f"<{call.target}>"),
                 ("call-id", call.call_id),
                 ("cseq", f"{call.cseq} CANCEL"),
+                *call.end_headers,
             ],
         )
         self._out.append((cancel, call.peer))
 
     def _send_bye(self, call: OutboundCall, now: float) -> None:
         call.cseq += 1
-        call.resend = self._in_dialog(call, "BYE", call.cseq)
+        call.resend = self._in_dialog(call, "BYE", call.cseq, call.end_headers)
         call.bye = True
         call.phase = Phase.ENDED
         self._out.append((call.resend, call.peer))

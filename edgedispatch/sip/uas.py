@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from edgedispatch.errors import EdgeDispatchError, FailedPrecondition, Malformed, TooLarge
 from edgedispatch.sip.message import (
@@ -292,13 +292,17 @@ class UserAgentServer:
         call.rang = True
         self._reply(call.invite, call.source, 180, now, to_tag=call.local_tag)
 
-    def answer(self, call_id: str, sdp: bytes, now: float) -> None:
-        """200 with our SDP, sent again until the caller's ACK."""
+    def answer(
+        self, call_id: str, sdp: bytes, now: float, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """200 with our SDP (and ``headers``: the trunk's custom ones), sent
+        again until the caller's ACK."""
         call = self._offered(call_id)
         call.answer_sdp = sdp
         call.answer = self._reply(
-            call.invite, call.source, 200, now, self._session_headers(), sdp, call.local_tag
-        )
+            call.invite, call.source, 200, now, self._session_headers() + list(headers), sdp,
+            call.local_tag,
+        )  # fmt: skip
         call.state = CallState.ANSWERED
         call.interval = T1
         self._arm(call, now + T1)
@@ -329,21 +333,30 @@ class UserAgentServer:
         self.transactions.forget(call.invite, call.source)
         self._end(call, "dropped")
 
-    def hang_up(self, call_id: str, now: float) -> None:
-        """End a call from our side: BYE if it was answered, else 480."""
+    def hang_up(self, call_id: str, now: float, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """End a call from our side: BYE (with ``headers``) if it was
+        answered, else 480."""
         call = self.calls.get(call_id)
         if call is None or call.state is CallState.ENDED:
             return
         if call.state is CallState.OFFERED:
             self.reject(call_id, 480, now)
             return
-        self._send_bye(call, now)
+        self._send_bye(call, now, headers)
         self._end(call, "hung up")
 
-    def transfer(self, call_id: str, refer_to: str, now: float, timeout: float = 0.0) -> None:
+    def transfer(
+        self,
+        call_id: str,
+        refer_to: str,
+        now: float,
+        timeout: float = 0.0,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         """REFER the call (up: ACKed, or answered if we placed it) to
-        ``refer_to`` (a Refer-To value); a placed call answers a challenge
-        with its trunk's credentials.  Raises FailedPrecondition."""
+        ``refer_to`` (a Refer-To value), with ``headers``; a placed call
+        answers a challenge with its trunk's credentials.  Raises
+        FailedPrecondition."""
         if self.referrals.pending(call_id):
             raise FailedPrecondition("the call is being transferred already")
         call = self.calls.get(call_id)
@@ -360,7 +373,7 @@ class UserAgentServer:
                 call.local_cseq += 1
                 return call.local_cseq
 
-            self.referrals.start(dialog, refer_to, next_cseq, now, timeout)
+            self.referrals.start(dialog, refer_to, next_cseq, now, timeout, headers=headers)
             return
         placed = self.outbound.dialog(call_id)
         if placed is None:
@@ -368,7 +381,7 @@ class UserAgentServer:
         out = self.outbound.calls[call_id]
         self.referrals.start(
             placed, refer_to, lambda: self.outbound.next_cseq(call_id), now, timeout,
-            out.username, out.password,
+            out.username, out.password, headers,
         )  # fmt: skip
 
     # -- time ----------------------------------------------------------------
@@ -499,7 +512,7 @@ class UserAgentServer:
             call.invite, call.source, status, now, headers + (extra or []), to_tag=call.local_tag
         )
 
-    def _send_bye(self, call: Call, now: float) -> None:
+    def _send_bye(self, call: Call, now: float, extra: Sequence[tuple[str, str]] = ()) -> None:
         """BYE within the dialog (§15.1.1): its From is our To and its To
         the caller's From; it goes where the INVITE came from."""
         inv = call.invite.headers
@@ -520,6 +533,7 @@ class UserAgentServer:
                 ("to", inv.get("from")),
                 ("call-id", call.call_id),
                 ("cseq", f"{call.bye_cseq} BYE"),
+                *extra,
             ],
         )
         self._out.append((call.bye, call.source))

@@ -559,3 +559,37 @@ def test_a_call_to_a_full_room_is_refused_busy_and_leaves_nothing_behind(
     endpoint = srv.server.sip_endpoint
     assert endpoint is not None and endpoint.uas is not None
     assert srv.call(lambda: len(endpoint.uas.calls)) == 0  # type: ignore[union-attr]
+
+
+def test_a_trunks_custom_headers_become_attributes_and_go_back_in_the_answer(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The inbound trunk maps the caller's X-Customer-Id to an attribute
+    and passes X- headers on (``include_headers``); its answer carries its
+    own header and the participant's "team" attribute as X-Team (sipp
+    checks both in the 200)."""
+    srv = serve(start_server)
+    add_rule(
+        srv, headers={"X-Site": "paris"}, headers_to_attributes={"X-Customer-Id": "customer"},
+        attributes_to_headers={"team": "X-Team"}, include_headers=pb.SIP_X_HEADERS,
+    )  # fmt: skip
+
+    async def main() -> dict[str, str]:
+        room, _ = await joined(srv, token("agent-like", ROOM), True)
+        seen: asyncio.Queue[rtc.RemoteParticipant] = asyncio.Queue()
+        room.on("participant_connected", seen.put_nowait)
+        call = asyncio.create_task(
+            asyncio.to_thread(sipp_call, srv, tmp_path, "call_custom_headers", hold_ms=1500)
+        )
+        try:
+            who = await asyncio.wait_for(seen.get(), 20)
+            attrs = dict(who.attributes)
+            ok(await call)
+            return attrs
+        finally:
+            await room.disconnect()
+
+    attrs = run(main)
+    assert attrs["customer"] == "42" and attrs["sip.h.x-customer-id"] == "42"
+    assert not any(k.startswith("sip.h.") and not k.startswith("sip.h.x-") for k in attrs)
+    assert attrs["sip.callIDFull"] == attrs["sip.callID"] and attrs["sip.callTag"]

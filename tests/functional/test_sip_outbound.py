@@ -25,7 +25,7 @@ from edgedispatch.cli.bench.common import free_media_port, free_port
 
 from .clients import NODE_DIR
 from .conftest import ServerThread
-from .test_rooms import joined, run, token
+from .test_rooms import joined, run, token, until
 from .test_sip_calls import SCENARIOS, ok, serve, tone_file
 from .tones import listen
 
@@ -360,3 +360,76 @@ def test_the_node_sdk_places_a_call_and_hears_busy(
     error = json.loads(result.stdout)["error"]
     assert (error["code"], error["status"]) == ("resource_exhausted", 429), error
     assert error["metadata"]["sip_status_code"] == "486", error
+
+
+@pytest.mark.media
+def test_a_placed_calls_custom_headers_go_out_and_its_answers_come_back_as_attributes(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The INVITE carries the trunk's headers, the request's replacing
+    one of them; the callee's 200 gives the participant its mapped
+    attribute and, with ``include_headers``, ``sip.h.*``; the BYE carries
+    the participant's attribute mapped to a header (sipp checks what it
+    received)."""
+    srv = serve(start_server)
+    callee = Callee(tmp_path, "uas_headers")
+
+    async def main() -> dict[str, str]:
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            trunk = await lk.sip.create_outbound_trunk(
+                pb.CreateSIPOutboundTrunkRequest(
+                    trunk=pb.SIPOutboundTrunkInfo(
+                        name="carrier", address=f"127.0.0.1:{callee.port}",
+                        numbers=[OUR_NUMBER], headers={"X-Site": "paris"},
+                        headers_to_attributes={"X-Account": "account"},
+                        attributes_to_headers={"case": "X-Case"},
+                    )
+                )
+            )  # fmt: skip
+            room, _ = await joined(srv, token("agent-like", ROOM), True)
+            try:
+                await lk.sip.create_sip_participant(
+                    dial_request(
+                        trunk.sip_trunk_id,
+                        wait_until_answered=True,
+                        headers={"X-Site": "lyon", "X-Campaign": "spring"},
+                        include_headers=pb.SIP_X_HEADERS,
+                        participant_attributes={"case": "4711"},
+                    )  # fmt: skip
+                )
+                await until(lambda: bool(room.remote_participants), "the phone's participant")
+                who = next(iter(room.remote_participants.values()))
+                await until(lambda: "account" in who.attributes, "the answer's attributes")
+                attrs = dict(who.attributes)
+                await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
+                ok(await callee.done())  # its checks of the INVITE and the BYE held
+                return attrs
+            finally:
+                callee.kill()
+                await room.disconnect()
+
+    attrs = run(main)
+    assert attrs["account"] == "A1" and attrs["sip.h.x-account"] == "A1"
+    assert attrs["sip.callIDFull"] == attrs["sip.callID"]
+
+
+def test_custom_headers_that_would_forge_sip_are_refused(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """A request's header with a CR LF in its value, or one naming a
+    header the stack owns, gets invalid_argument before anything is sent."""
+    srv = serve(start_server)
+
+    async def main() -> list[api.TwirpError]:
+        errors = []
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            trunk_id = await add_trunk(srv, free_port())
+            for headers in ({"X-Evil": "a\r\nVia: forged"}, {"Call-ID": "mine"}):
+                with pytest.raises(api.TwirpError) as refused:
+                    await lk.sip.create_sip_participant(dial_request(trunk_id, headers=headers))
+                errors.append(refused.value)
+        return errors
+
+    errors = run(main)
+    assert [e.code for e in errors] == ["invalid_argument", "invalid_argument"]
+    assert "char 13 not allowed" in errors[0].message and "not supported" in errors[1].message

@@ -84,7 +84,7 @@ class FakeDialer:
 
     def transfer(
         self, tenant: str, session: Any, call_id: str, refer_to: str, timeout: float,
-        now: float, done: Any, dialtone: bool = False,
+        now: float, done: Any, dialtone: bool = False, headers: Any = None,
     ) -> None:  # fmt: skip
         self.transferred.append((tenant, call_id, refer_to))
         done(sip_pb.TransferSIPParticipantResponse(transfer_id="STR_fake"))

@@ -5,6 +5,7 @@ are the real ones, on a fake clock."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from livekit.protocol import models, rtc
@@ -17,6 +18,7 @@ from edgedispatch.dispatch.domain import Domain
 from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.session import SignalSession
 from edgedispatch.sip import sdp
+from edgedispatch.sip.header_maps import CallHeaders
 from edgedispatch.sip.outcome import Admit, evaluate
 from edgedispatch.sip.routing import Call
 from edgedispatch.wire.signal import Grant, JoinParams
@@ -31,12 +33,18 @@ class UserAgent:
     def __init__(self) -> None:
         self.answers: list[bytes] = []
         self.hung_up: list[str] = []
+        #: The custom headers of each answer and BYE.
+        self.headers: list[list[tuple[str, str]]] = []
 
-    def answer(self, call_id: str, sdp: bytes, now: float) -> None:
+    def answer(
+        self, call_id: str, sdp: bytes, now: float, headers: Sequence[tuple[str, str]]
+    ) -> None:
         self.answers.append(sdp)
+        self.headers.append(list(headers))
 
-    def hang_up(self, call_id: str, now: float) -> None:
+    def hang_up(self, call_id: str, now: float, headers: Sequence[tuple[str, str]]) -> None:
         self.hung_up.append(call_id)
+        self.headers.append(list(headers))
 
 
 class WorkerMedia:
@@ -197,3 +205,25 @@ def test_a_pin_is_collected_up_to_the_hash_and_a_wrong_one_hangs_up() -> None:
         right.on_digit(digit, world.now)
     assert tried[-1] == "4321" and world.ua.hung_up == []
     assert right.session is not None and right.session.rec.kind == models.ParticipantInfo.SIP
+
+
+def test_the_trunks_headers_and_mapped_attributes_go_with_the_answer_and_the_bye() -> None:
+    """The 200 carries the trunk's fixed headers and its
+    ``attributes_to_headers`` of the participant's attributes; the BYE the
+    mapped attributes alone, as they are when it goes (an agent changed
+    one meanwhile).  A value with a CR LF is never sent: it would forge
+    a header."""
+    world = World()
+    headers = CallHeaders(
+        fixed={"X-Site": "paris"},
+        to_headers={"team": "X-Team", "case": "X-Case", "evil": "X-Evil"},
+    )
+    call = world.call(admit(), headers=headers)
+    call.join(admit(), world.now)
+    world.media[0].events.on_rtp_ready(20001, world.now)
+    assert world.ua.headers == [[("X-Site", "paris"), ("X-Team", "blue")]]
+    assert call.session is not None
+    change = {"case": "4711", "evil": "x\r\nContact: <sip:attacker@192.0.2.66>"}
+    assert call.session.room.update_participant(call.session, attributes=change) == ""
+    call.hang_up("done", world.now)
+    assert world.ua.headers[1] == [("X-Team", "blue"), ("X-Case", "4711")]

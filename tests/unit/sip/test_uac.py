@@ -225,3 +225,40 @@ def test_a_user_agent_takes_the_answers_to_the_calls_it_placed() -> None:
     carry(1.0)
     assert edge.take_events() == [Ended(call_id, "bye")]
     assert edge.outbound.calls == {} and phone.calls == {} and edge.calls == {}
+
+
+def test_custom_headers_go_with_the_invite_the_answer_and_each_bye() -> None:
+    """A trunk's headers: ours on the INVITE (as the user spelled them),
+    the callee's on its 200 (handed on with Answered, for attributes),
+    and each end's on its BYE."""
+    uac, callee = pair()
+    call_id = uac.dial(
+        "sip:+15550100@127.0.0.1:5070", CALLEE, "sip:+15550199@edge", OFFER, 0.0,
+        headers=[("X-Customer-ID", "42")],
+    )  # fmt: skip
+    ((invite, _),) = uac.take_outgoing()
+    assert b"\r\nX-Customer-ID: 42\r\n" in invite
+    callee.receive_datagram(invite, US, 0.0)
+    (incoming,) = callee.take_events()
+    assert isinstance(incoming, IncomingCall)
+    assert incoming.invite.headers.get("x-customer-id") == "42"
+    callee.answer(call_id, ANSWER, 0.1, [("X-Account", "A1")])
+    pump(uac, callee, 0.1)
+    (answered,) = uac.take_events()
+    assert isinstance(answered, Answered) and answered.headers.get("x-account") == "A1"
+    uac.hang_up(call_id, 1.0, [("X-Reason", "done")])
+    ((bye, _),) = uac.take_outgoing()
+    assert bye.startswith(b"BYE ") and b"\r\nX-Reason: done\r\n" in bye
+    assert b"X-Customer-ID" not in bye  # the INVITE's are not the BYE's
+
+
+def test_our_bye_to_a_caller_carries_the_headers_given() -> None:
+    uac, callee = pair()
+    call_id = dial(uac)
+    pump(uac, callee, 0.0)
+    callee.take_events()
+    callee.answer(call_id, ANSWER, 0.1)
+    pump(uac, callee, 0.1)
+    callee.hang_up(call_id, 1.0, [("X-Case", "4711")])
+    ((bye, _),) = callee.take_outgoing()
+    assert bye.startswith(b"BYE ") and b"\r\nX-Case: 4711\r\n" in bye
