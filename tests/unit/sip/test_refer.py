@@ -228,3 +228,14 @@ def test_a_failed_transfer_is_answered_as_livekit_answers_it(
     assert error.twirp_code == code
     assert error.meta["sip_status_code"] == str(ended.status)
     assert error.meta["sip_transfer_id"] == "STR_x"
+
+
+def test_a_refer_carries_the_custom_headers_given() -> None:
+    """TransferSIPParticipant's ``headers`` (and the trunk's mapped
+    attributes) go with the REFER, as the user spelled them."""
+    u = ua()
+    up_call(u)
+    u.transfer(CALL, "<sip:desk@example.com>", 1.0, headers=[("X-Transfer-Reason", "sales")])
+    (refer,) = sent(u)
+    assert isinstance(refer, Request) and refer.method == "REFER"
+    assert refer.headers.get("x-transfer-reason") == "sales"
