@@ -38,7 +38,7 @@ from edgedispatch.dispatch import ids
 from edgedispatch.dispatch.domain import Domain
 from edgedispatch.dispatch.events import DomainEvent, RoomClosed
 from edgedispatch.dispatch.quotas import QuotaDesk
-from edgedispatch.net import media_link
+from edgedispatch.net import media_link, sip_tls
 from edgedispatch.net.http import HttpProtocol, Limits, expire
 from edgedispatch.net.media_pool import CallProxy, MediaPool
 from edgedispatch.net.reclaim import Reclaimer
@@ -101,7 +101,9 @@ class Server:
         self._sip: asyncio.BaseTransport | None = None
         self.sip_endpoint: SipEndpoint | None = None
         self._sip_tcp: asyncio.Server | None = None
+        self._sip_tls: asyncio.Server | None = None
         self.sip_port = 0
+        self.sip_tls_port = 0
         self.sip_directory: Directory | None = None
         self._sources: metrics.Sources | None = None
 
@@ -215,11 +217,13 @@ class Server:
                 uas = self.sip_endpoint.uas if self.sip_endpoint is not None else None
                 return uas.outbound if uas is not None else None
 
-            def connect(address: tuple[str, int], then: Callable[[str | None], None]) -> None:
+            def connect(
+                address: tuple[str, int], then: Callable[[str | None], None], tls: str | None
+            ) -> None:
                 if self.sip_endpoint is None:
                     then("SIP is not listening")
                 else:
-                    self.sip_endpoint.connect(address, then)
+                    self.sip_endpoint.connect(address, then, tls)
 
             placed = OutboundCalls(
                 services, uac, resolve_host, lambda: secrets.token_hex(8), admission, connect
@@ -251,7 +255,7 @@ class Server:
         # 0, the number UDP got may be taken for TCP: try another.
         for attempt in range(20):
             transport, endpoint = await loop.create_datagram_endpoint(
-                lambda: SipEndpoint(loop, on_event, host),
+                lambda: SipEndpoint(loop, on_event, host, sip_tls.client_context(sip)),
                 **({"sock": given_udp} if given_udp else {"local_addr": (bind, sip.port)}),
             )
             port = transport.get_extra_info("sockname")[1]
@@ -271,6 +275,15 @@ class Server:
         self.sip_endpoint = endpoint
         self.sip_port = port
         log.info("SIP on udp and tcp %s:%d", bind, self.sip_port)
+        if sip.tls_cert:
+            context = sip_tls.server_context(sip)
+            self._sip_tls = await loop.create_server(
+                endpoint.stream, bind, sip.tls_port, ssl=context, reuse_address=True
+            )
+            self.sip_tls_port = self._sip_tls.sockets[0].getsockname()[1]
+            assert endpoint.uas is not None
+            endpoint.uas.listen_tls(self.sip_tls_port)
+            log.info("SIP on tls %s:%d", bind, self.sip_tls_port)
 
     def _metrics_sources(self, domain: Domain) -> metrics.Sources:
         """What /metrics reads: the parts this server has (the agents'
@@ -472,6 +485,9 @@ class Server:
         if self._sip_tcp is not None:
             self._sip_tcp.close()
             self._sip_tcp = None
+        if self._sip_tls is not None:
+            self._sip_tls.close()
+            self._sip_tls = None
         if self._media is not None:
             await self._media.close()
             self._media = None

@@ -49,13 +49,15 @@ NUMBER = re.compile(r"[A-Za-z0-9+\-_.!~*'()&=$,]{1,64}")
 #: Seconds we let a call ring, unless the request says (livekit/sip's).
 RINGING_TIMEOUT = 180.0
 SIP_PORT = 5060
+SIPS_PORT = 5061  #: a TLS trunk's, when its address names none
 
 Done = Callable[[Message | EdgeDispatchError], None]
 #: (host, then): calls ``then`` with the host's IP address, or None.
 Resolve = Callable[[str, Callable[[str | None], None]], None]
-#: ((ip, port), then): opens a TCP connection to the address (or finds one
-#: open), then calls ``then`` with None, or with why it could not.
-Connect = Callable[[tuple[str, int], Callable[[str | None], None]], None]
+#: ((ip, port), then, tls): opens a TCP connection to the address (or finds
+#: one open), with TLS whose certificate must be valid for the name ``tls``
+#: unless it is None, then calls ``then`` with None, or with why it could not.
+Connect = Callable[[tuple[str, int], Callable[[str | None], None], str | None], None]
 
 
 #: A callee's final SIP status -> the RPC's Twirp code, as LiveKit maps it
@@ -90,9 +92,10 @@ def twirp_error_of(status: int, reason: str) -> TwirpError:
     )
 
 
-def _address(host_port: str) -> tuple[str, int]:
-    """``host`` or ``host:port`` (an IPv6 address in brackets)."""
-    host, port = host_port.strip(), SIP_PORT
+def _address(host_port: str, port: int = SIP_PORT) -> tuple[str, int]:
+    """``host`` or ``host:port`` (an IPv6 address in brackets); ``port``
+    when it names none."""
+    host = host_port.strip()
     if host.startswith("["):
         inside, _, rest = host[1:].partition("]")
         host = inside
@@ -149,7 +152,7 @@ class PlacedCall(BridgedCall):
         headers: CallHeaders = NO_CALL_HEADERS,
     ) -> None:
         #: (Request-URI, From URI, auth username, password, ringing timeout,
-        #: transport: "UDP" or "TCP")
+        #: transport: "UDP", "TCP" or "TLS")
         self._dial = dial
         self._target = target
         self._done = done
@@ -200,9 +203,11 @@ class PlacedCall(BridgedCall):
         if ip is None:
             self.fail(InvalidArgument(f"cannot resolve the trunk's address {self._target[0]!r}"))
             return
-        if self._dial[5] == "TCP":  # the connection first: the INVITE goes over it
+        wire = self._dial[5]
+        if wire in ("TCP", "TLS"):  # the connection first: the INVITE goes over it
             address = (ip, self._target[1])
-            self._calls.connect(address, lambda error: self._dial_over(ip, port, error))
+            name = self._target[0] if wire == "TLS" else None  # what its certificate names
+            self._calls.connect(address, lambda error: self._dial_over(ip, port, error), name)
             return
         self._dial_over(ip, port, None)
 
@@ -211,7 +216,8 @@ class PlacedCall(BridgedCall):
         if self.ended:
             return
         if error is not None:
-            self.fail(TwirpError("unavailable", f"cannot reach the trunk over TCP: {error}"))
+            wire = self._dial[5]
+            self.fail(TwirpError("unavailable", f"cannot reach the trunk over {wire}: {error}"))
             return
         uac = self._calls.uac()
         if uac is None:
@@ -325,7 +331,7 @@ class OutboundCalls:
         self.services = services
         self.uac = uac
         self.resolve = resolve
-        self.connect: Connect = connect or (lambda _address, then: then("no TCP transport"))
+        self.connect: Connect = connect or (lambda _address, then, _tls: then("no TCP transport"))
         self._new_id = new_id
         self.admission = admission or Admission()
 
@@ -355,11 +361,9 @@ class OutboundCalls:
         headers = CallHeaders.of(trunk if trunk is not None else req.trunk, req.headers)
         if req.include_headers:
             headers = headers._replace(include=int(req.include_headers))
-        if transport == pb.SIP_TRANSPORT_TLS:
-            raise TwirpError("unimplemented", "outbound calls go over UDP or TCP, not TLS")
         # AUTO is UDP, as livekit/sip's default.
-        wire = "TCP" if transport == pb.SIP_TRANSPORT_TCP else "UDP"
-        target = _address(address)
+        wire = {pb.SIP_TRANSPORT_TCP: "TCP", pb.SIP_TRANSPORT_TLS: "TLS"}.get(transport, "UDP")
+        target = _address(address, SIPS_PORT if wire == "TLS" else SIP_PORT)
         number = req.sip_number or (numbers[0] if numbers else "")
         if not number:
             raise InvalidArgument("no numbers on outbound trunk")
@@ -370,8 +374,8 @@ class OutboundCalls:
         own_host = uac.contact.split("@", 1)[-1]
         host = f"[{target[0]}]" if ":" in target[0] else target[0]
         uri = f"sip:{call_to}@{host}" + (f":{target[1]}" if target[1] != SIP_PORT else "")
-        if wire == "TCP":
-            uri += ";transport=tcp"
+        if wire != "UDP":
+            uri += f";transport={wire.lower()}"
         from_uri = f"sip:{number}@{from_host or own_host}"
         call_id = f"{self._new_id()}@edgedispatch"
         attributes = dict(req.participant_attributes)

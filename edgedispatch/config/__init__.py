@@ -244,6 +244,15 @@ class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: The address our SDP answers name for media; empty: the SIP address
     #: (127.0.0.1 when SIP listens on every address).
     media_address: str = ""
+    #: SIP over TLS, served when a certificate is given: the PEM files of
+    #: the certificate chain carriers check, and of its private key (which
+    #: no tenant's process can read).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_port: int = 5061  #: 0: any free port
+    #: The CAs (a PEM file) that a TLS trunk's certificate must chain to,
+    #: for a carrier with a private CA; empty: the system's.
+    tls_ca_file: str = ""
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -333,6 +342,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("must be a port number (0-65535)", "server.port")
     if not 0 <= cfg.sip.port <= 65535:
         raise ConfigError("must be a port number (0-65535)", "sip.port")
+    if not 0 <= cfg.sip.tls_port <= 65535:
+        raise ConfigError("must be a port number (0-65535)", "sip.tls_port")
+    if bool(cfg.sip.tls_cert) != bool(cfg.sip.tls_key):
+        raise ConfigError("tls_cert and tls_key go together", "sip.tls_cert")
     for name in ("max_calls", "max_calls_per_tenant", "invite_rate", "invite_burst"):
         _positive(getattr(cfg.sip, name), f"sip.{name}", allow_zero=True)
     sip = cfg.sip

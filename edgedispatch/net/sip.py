@@ -1,4 +1,4 @@
-"""The SIP transports, UDP and TCP: messages to the sans-IO user agent
+"""The SIP transports, UDP, TCP and TLS: messages to the sans-IO user agent
 (``sip.uas``) and its messages back to the network, in one synchronous
 pass per datagram or read, with one ``call_at`` for its timers.  What a
 call means (which room, which agent) is the application's, given as
@@ -6,8 +6,9 @@ call means (which room, which agent) is the application's, given as
 
 A message for an address with a live TCP connection goes over it (the
 answers to what came in over TCP, and the calls we place through a trunk
-whose transport is TCP: ``connect`` opens its connection first); anything
-else goes by UDP.  A stream that cannot be framed (a bad header, no
+whose transport is TCP or TLS: ``connect`` opens its connection first,
+checking a TLS trunk's certificate against its name); anything else goes
+by UDP.  A stream that cannot be framed (a bad header, no
 Content-Length) is closed after a 400: it cannot be resynchronised."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+import ssl
 from collections.abc import Callable
 
 from edgedispatch.errors import EdgeDispatchError, TooLarge
@@ -79,10 +81,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         loop: asyncio.AbstractEventLoop,
         on_event: Callable[[UserAgentServer, Event | OutboundEvent | TransferEvent, float], None],
         host: str,
+        client_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.loop = loop
         self._on_event = on_event
         self._host = host
+        #: How a TLS trunk's certificate is checked (the CAs trusted).
+        self._client_tls = client_tls
         self.uas: UserAgentServer | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._timer = DeadlineTimer(loop, self._on_timer)
@@ -94,9 +99,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.partial_timeout = PARTIAL_TIMEOUT
         #: address -> who waits for the TCP connection being opened to it
         self._connecting: dict[tuple[str, int], list[Callable[[str | None], None]]] = {}
-        #: The trunks we call over TCP: what goes there after their
-        #: connection closed opens it again (never a datagram).
-        self._tcp_peers: set[tuple[str, int]] = set()
+        #: The trunks we call over TCP or TLS (-> the name their certificate
+        #: must have, None for TCP): what goes there after their connection
+        #: closed opens it again (never a datagram).
+        self._tcp_peers: dict[tuple[str, int], str | None] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's UDP transport is no subclass
@@ -137,7 +143,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             if stream is not None:
                 stream.write(data)
             elif addr in self._tcp_peers:
-                self.connect(addr, functools.partial(self._resend, addr, data))
+                resend = functools.partial(self._resend, addr, data)
+                self.connect(addr, resend, self._tcp_peers[addr])
             else:
                 transport.sendto(data, addr)
         self._timer.arm(uas.next_deadline())
@@ -146,13 +153,28 @@ class SipEndpoint(asyncio.DatagramProtocol):
         """A protocol for one TCP connection (incoming, or one we opened)."""
         return SipStream(self)
 
-    def connect(self, address: tuple[str, int], then: Callable[[str | None], None]) -> None:
+    def connect(
+        self,
+        address: tuple[str, int],
+        then: Callable[[str | None], None],
+        tls_name: str | None = None,
+    ) -> None:
         """Open a TCP connection to ``address`` (an IP address and port),
         or find it open, then call ``then`` with None or why it could not.
-        It stays open for the calls that follow (its peer may close it)."""
-        self._tcp_peers.add(address)
-        if address in self.streams:
-            then(None)
+        With ``tls_name``, TLS over it, whose certificate must be valid for
+        that name (the trunk's host).  It stays open for the calls that
+        follow (its peer may close it)."""
+        if tls_name is not None and self._client_tls is None:
+            then("TLS is not set up on this server")
+            return
+        self._tcp_peers[address] = tls_name
+        open_stream = self.streams.get(address)
+        if open_stream is not None:
+            if open_stream.secure == (tls_name is not None):
+                then(None)
+            else:
+                then("a connection to that address is open, with" + ("out" * bool(tls_name))
+                     + " TLS")  # fmt: skip
             return
         waiting = self._connecting.get(address)
         if waiting is not None:
@@ -162,13 +184,18 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
         async def open_connection() -> None:
             error: str | None = None
+            context = self._client_tls if tls_name else None
             try:
                 await asyncio.wait_for(
-                    self.loop.create_connection(self.stream, *address), CONNECT_TIMEOUT
+                    self.loop.create_connection(
+                        self.stream, *address, ssl=context, server_hostname=tls_name
+                    ),
+                    CONNECT_TIMEOUT,
                 )
-            except (TimeoutError, OSError) as exc:
+            except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
                 error = str(exc) or type(exc).__name__
-                log.info("SIP: no TCP connection to %s:%d: %s", *address, error)
+                kind = "TLS" if tls_name else "TCP"
+                log.info("SIP: no %s connection to %s:%d: %s", kind, *address, error)
             for each in self._connecting.pop(address, []):
                 try:
                     each(error)
@@ -204,7 +231,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
 
 class SipStream(asyncio.Protocol):
-    """One TCP connection: messages framed by Content-Length."""
+    """One TCP connection (TLS or not): messages framed by Content-Length."""
 
     def __init__(self, endpoint: SipEndpoint) -> None:
         self._endpoint = endpoint
@@ -213,9 +240,11 @@ class SipStream(asyncio.Protocol):
         self._peer: tuple[str, int] = ("", 0)
         self._partial_since: float | None = None  # when the unframed bytes began
         self._expiry: asyncio.TimerHandle | None = None
+        self.secure = False  #: over TLS
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self.secure = transport.get_extra_info("ssl_object") is not None
         host, port = transport.get_extra_info("peername")[:2]
         self._peer = (str(host), int(port))
         self._endpoint.streams[self._peer] = self

@@ -80,7 +80,7 @@ class Containment:
             tenants=tenants,
             uid_base=cfg.sandbox.uid_base,
             tenant_root=Path(root),
-            hidden=[cfg.source, data_dir],
+            hidden=[cfg.source, data_dir, cfg.sip.tls_key],
         )
         if mode == "required":
             missing = self.missing()

@@ -129,6 +129,7 @@ class Referrals:
     def __init__(self, sent_by: str, contact: str, new_tag: Callable[[], str]) -> None:
         self._sent_by = sent_by
         self._contact = contact
+        self.tls_contact = ""  #: ours over TLS, once it is served (``uas.listen_tls``)
         self._new_tag = new_tag
         self.referrals: dict[str, Referral] = {}
         self._events: list[Event] = []
@@ -268,7 +269,7 @@ class Referrals:
             ("to", d.remote),
             ("call-id", d.call_id),
             ("cseq", f"{r.cseq} REFER"),
-            ("contact", f"<{self._contact}>"),
+            ("contact", f"<{self._contact_for(d.transport)}>"),
             ("refer-to", r.refer_to),
             ("allow", ALLOW),
             *r.headers,
@@ -283,6 +284,12 @@ class Referrals:
         r.interval = T1
         r.resend_at = now + T1 if d.transport.upper() == "UDP" else None
         r.give_up = now + 64 * T1
+
+    def _contact_for(self, transport: str) -> str:
+        transport = transport.upper()
+        if transport == "TLS" and self.tls_contact:
+            return self.tls_contact
+        return f"{self._contact};transport=tcp" if transport == "TCP" else self._contact
 
     def _end(
         self, r: Referral, status: int, reason: str, now: float, refused: bool = False

@@ -99,7 +99,7 @@ class OutboundCall:
     cancelling: bool = False
     bye: bool = False
     ringing_timeout: float = 180.0  #: livekit/sip's default
-    transport: str = "UDP"  #: or "TCP"
+    transport: str = "UDP"  #: or "TCP", "TLS"
     #: Custom headers: the INVITE's (``dial``), and our BYE's or CANCEL's
     #: (as the application gives them when it ends the call).
     headers: tuple[tuple[str, str], ...] = ()
@@ -116,6 +116,7 @@ class UserAgentClient:
 
     def __init__(self, contact: str, new_tag: Callable[[], str]) -> None:
         self.contact = contact
+        self.tls_contact = ""  #: ours over TLS, once it is served (``uas.listen_tls``)
         self._sent_by = contact.split("@", 1)[-1].removeprefix("sip:")
         self._new_tag = new_tag
         self.calls: dict[str, OutboundCall] = {}
@@ -137,10 +138,10 @@ class UserAgentClient:
         headers: Sequence[tuple[str, str]] = (),
     ) -> str:
         """Place a call; returns its Call-ID (``call_id``, or a new one).
-        :param transport: "UDP", or "TCP" over a connection to ``peer``
-        that the shell has opened.
+        :param transport: "UDP", or "TCP" or "TLS" over a connection to
+        ``peer`` that the shell has opened.
         :param headers: custom headers for the INVITE."""
-        if transport not in ("UDP", "TCP"):
+        if transport not in ("UDP", "TCP", "TLS"):
             raise ValueError(f"no SIP transport {transport!r}")
         call_id = call_id or f"{self._new_tag()}@edgedispatch"
         call = OutboundCall(
@@ -291,6 +292,8 @@ class UserAgentClient:
 
     def _contact(self, call: OutboundCall) -> str:
         """Where the callee sends its requests: over the same transport."""
+        if call.transport == "TLS":
+            return f"<{self.tls_contact or self.contact + ';transport=tls'}>"
         return f"<{self.contact};transport=tcp>" if call.reliable else f"<{self.contact}>"
 
     def _send_invite(

@@ -85,6 +85,8 @@ class UserAgentServer:
         self.outbound = UserAgentClient(contact, new_tag)
         #: Transfers (REFER) of the calls, incoming and placed (``transfer``).
         self.referrals = Referrals(self._sent_by(), contact, new_tag)
+        #: Our Contact URI for calls over TLS ("" while TLS is off).
+        self.tls_contact = ""
         #: Transactions kept at most (each lives up to 64*T1 = 32 s): past
         #: it, a new request gets a stateless 503 (2,000 calls/s fit).
         self.max_transactions = MAX_TRANSACTIONS
@@ -233,7 +235,7 @@ class UserAgentServer:
             return
         if call is not None:  # a re-INVITE in the call: the same session again
             if call.state is CallState.CONFIRMED and call.answer:
-                self._reply(req, source, 200, now, self._session_headers(), call.answer_sdp)
+                self._reply(req, source, 200, now, self._session_headers(call), call.answer_sdp)
             else:
                 self._reply(req, source, 491 if call.state is CallState.ANSWERED else 500, now)
             return
@@ -300,7 +302,7 @@ class UserAgentServer:
         call = self._offered(call_id)
         call.answer_sdp = sdp
         call.answer = self._reply(
-            call.invite, call.source, 200, now, self._session_headers() + list(headers), sdp,
+            call.invite, call.source, 200, now, self._session_headers(call) + list(headers), sdp,
             call.local_tag,
         )  # fmt: skip
         call.state = CallState.ANSWERED
@@ -473,9 +475,25 @@ class UserAgentServer:
             raise Malformed(f"call {call_id} is not waiting for an answer")
         return call
 
-    def _session_headers(self) -> list[tuple[str, str]]:
+    def listen_tls(self, port: int) -> None:
+        """SIP over TLS is served on ``port`` (of our host): the calls that
+        come or go over it name it as our Contact."""
+        base = self.contact.split(";", 1)[0].rsplit(":", 1)[0]  # sip:user@host
+        self.tls_contact = f"{base}:{port};transport=tls"
+        self.outbound.tls_contact = self.referrals.tls_contact = self.tls_contact
+
+    def _session_headers(self, call: Call | None = None) -> list[tuple[str, str]]:
+        """A 200's: our Contact for the call's transport (where the caller
+        sends what follows in the dialog), Allow, Content-Type."""
+        transport = parse_via(call.invite.headers.get("via")).transport if call else "UDP"
+        if transport == "TLS" and self.tls_contact:
+            contact = self.tls_contact
+        elif transport == "TCP":
+            contact = f"{self.contact};transport=tcp"
+        else:
+            contact = self.contact
         return [
-            ("contact", f"<{self.contact}>"),
+            ("contact", f"<{contact}>"),
             ("allow", ALLOW),
             ("content-type", "application/sdp"),
         ]

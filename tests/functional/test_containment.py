@@ -130,18 +130,21 @@ def test_tenant_code_cannot_read_the_config_the_data_or_another_tenants_files(
     data = out / "data"
     outside = tmp_path / "elsewhere.toml"
     outside.write_text("secret")
+    tls_key = out / "sip.key"  # SIP's TLS private key
+    tls_key.write_text("-----BEGIN PRIVATE KEY-----\nsecret\n")
     srv = start_server(
         agents=[hostile(kind, out, tenant="acme")],
         tenants=TENANTS,
         source=str(config),
         server={"data_dir": str(data)},
+        sip={"tls_cert": str(out / "sip.crt"), "tls_key": str(tls_key)},
     )
     require(srv, "a filesystem view")
     (data / "agents.json").write_text('{"secret": 1}')
     theirs = srv.server.containment.sandbox.tenant_dir("globex")
     (theirs / "notes").write_text("globex's")
     paths = [str(config), str(data / "agents.json"), str(data / "edgedispatch.db")]
-    paths += [str(outside), str(theirs / "notes")]
+    paths += [str(outside), str(theirs / "notes"), str(tls_key)]
     rec, state = attack(srv, out, "read", paths + [str(data)], tenant="acme")
     assert state.status == agent.JS_SUCCESS, state.error
     assert all(not v.startswith("ok:") for v in rec["read"].values()), rec

@@ -177,11 +177,31 @@ def test_over_tcp_the_messages_say_so_and_nothing_is_repeated() -> None:
     assert uac.take_outgoing() == [] and call_id not in uac.calls
 
 
-def test_a_transport_other_than_udp_or_tcp_is_refused() -> None:
+def test_a_transport_other_than_udp_tcp_or_tls_is_refused() -> None:
     uac, _ = pair()
-    with pytest.raises(ValueError, match="TLS"):
-        dial(uac, transport="TLS")
+    with pytest.raises(ValueError, match="SCTP"):
+        dial(uac, transport="SCTP")
     assert uac.calls == {}
+
+
+def test_a_call_over_tls_names_tls_in_its_via_and_contact() -> None:
+    """Over TLS the callee must send what follows in the dialog to our
+    TLS port (our Contact says so), and nothing is repeated (a reliable
+    transport); the callee's 200 names its TLS contact too."""
+    uac, callee = pair()
+    callee.listen_tls(5061)
+    uac.tls_contact = "sip:edge@127.0.0.1:5061;transport=tls"
+    call_id = dial(uac, transport="TLS")
+    ((invite, _),) = uac.take_outgoing()
+    msg = parse_datagram(invite)
+    assert msg.headers.get("via").startswith("SIP/2.0/TLS ")
+    assert msg.headers.get("contact") == "<sip:edge@127.0.0.1:5061;transport=tls>"
+    assert uac.next_deadline() == 64 * T1  # Timer B alone: no Timer A over TLS
+    callee.receive_datagram(invite, US, 0.0)
+    callee.take_events()
+    callee.answer(call_id, ANSWER, 0.1)
+    ((ok, _),) = callee.take_outgoing()
+    assert b"Contact: <sip:callee@127.0.0.1:5061;transport=tls>" in ok
 
 
 def test_a_call_that_rings_too_long_is_cancelled() -> None:

@@ -1,0 +1,155 @@
+"""SIP over TLS: one edgedispatch places a call through a TLS trunk to
+another's TLS listener (sipp has no TLS in Debian's build), which routes
+it into a room by its trunk and rule; the trunk's certificate is checked,
+name and all."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from livekit import api
+from livekit.protocol import sip as pb
+
+from .conftest import ServerThread
+from .test_rooms import run
+from .test_sip_calls import NUMBER, ROOM, add_rule, serve
+
+CALLER = "+15550199"
+
+
+def certificates(tmp: Path) -> tuple[Path, Path, Path]:
+    """A private CA, and a certificate it signed for localhost and
+    127.0.0.1: (the CA's PEM, the certificate's, its key's)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test carrier CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = tmp / "ca.pem", tmp / "sip.crt", tmp / "sip.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+    )
+    return paths
+
+
+async def tls_trunk(srv: ServerThread, host: str, port: int) -> str:
+    async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+        trunk = await lk.sip.create_outbound_trunk(
+            pb.CreateSIPOutboundTrunkRequest(
+                trunk=pb.SIPOutboundTrunkInfo(
+                    name="tls carrier", address=f"{host}:{port}", numbers=[CALLER],
+                    transport=pb.SIP_TRANSPORT_TLS,
+                )
+            )
+        )  # fmt: skip
+        return trunk.sip_trunk_id
+
+
+async def participants(srv: ServerThread, room: str) -> list[str]:
+    async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+        found = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        return [p.identity for p in found.participants]
+
+
+def test_a_call_through_a_tls_trunk_is_answered_by_a_tls_listener_and_hung_up(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The callee's server listens for TLS with the certificate; the
+    caller's trusts the CA that signed it (``tls_ca_file``) and dials
+    "localhost", the name in the certificate.  The call is answered
+    (wait_until_answered), its caller joins the callee's room as a SIP
+    participant, and deleting the caller's room hangs up over TLS: the
+    participant leaves."""
+    ca, cert, key = certificates(tmp_path)
+    callee = serve(start_server, tls_cert=str(cert), tls_key=str(key), tls_port=0)
+    add_rule(callee)  # NUMBER's trunk, and a rule into ROOM
+    caller = serve(start_server, tls_ca_file=str(ca))
+    port = callee.server.sip_tls_port
+    assert port
+
+    async def main() -> tuple[pb.SIPParticipantInfo, list[str]]:
+        trunk_id = await tls_trunk(caller, "localhost", port)
+        async with api.LiveKitAPI(caller.url, "devkey", "secret") as lk:
+            info = await lk.sip.create_sip_participant(
+                pb.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id, sip_call_to=NUMBER, room_name="caller-room",
+                    wait_until_answered=True,
+                )
+            )  # fmt: skip
+            joined = await participants(callee, ROOM)
+            await lk.room.delete_room(api.DeleteRoomRequest(room="caller-room"))
+        left: list[str] = joined
+        for _ in range(200):
+            left = await participants(callee, ROOM)
+            if not left:
+                break
+            await asyncio.sleep(0.05)
+        assert left == [], left
+        return info, joined
+
+    info, joined = run(main)
+    assert info.sip_call_id and info.participant_identity == f"sip_{NUMBER}"
+    assert joined == [f"sip_{CALLER}"]
+
+
+def test_a_tls_trunk_whose_certificate_is_not_trusted_fails_the_call(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """Without the private CA, the callee's certificate does not verify:
+    the call fails ``unavailable``, saying why, and nothing reaches the
+    callee's room."""
+    _, cert, key = certificates(tmp_path)
+    callee = serve(start_server, tls_cert=str(cert), tls_key=str(key), tls_port=0)
+    add_rule(callee)
+    caller = serve(start_server)  # the system's CAs only
+
+    async def main() -> api.TwirpError:
+        trunk_id = await tls_trunk(caller, "localhost", callee.server.sip_tls_port)
+        async with api.LiveKitAPI(caller.url, "devkey", "secret") as lk:
+            try:
+                await lk.sip.create_sip_participant(
+                    pb.CreateSIPParticipantRequest(
+                        sip_trunk_id=trunk_id, sip_call_to=NUMBER, room_name="caller-room",
+                        wait_until_answered=True,
+                    )
+                )  # fmt: skip
+            except api.TwirpError as exc:
+                return exc
+        raise AssertionError("the call went through an untrusted certificate")
+
+    error = run(main)
+    assert error.code == "unavailable", error
+    assert "cannot reach the trunk over TLS" in error.message
+    assert "CERTIFICATE_VERIFY_FAILED" in error.message
