@@ -55,6 +55,7 @@ from edgedispatch.sip.digest import DigestAuth
 from edgedispatch.sip.directory import Directory
 from edgedispatch.sip.refer import Event as TransferEvent
 from edgedispatch.sip.refer import TransferAccepted, TransferEnded
+from edgedispatch.sip.sdp import KEY_LENGTH
 from edgedispatch.sip.uac import OUTBOUND_EVENTS, Ended, Failed, UserAgentClient
 from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import UserAgentServer
@@ -338,6 +339,7 @@ class Server:
             rtp_ports=(sip.rtp_port_min, sip.rtp_port_max),
             media_timeout=sip.media_timeout,
             max_duration=sip.max_call_duration,
+            new_key=functools.partial(secrets.token_bytes, KEY_LENGTH),
         )
 
     def _rooms(self, domain: Domain) -> RoomHub | None:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from livekit.protocol import models, rtc
 
-from edgedispatch.errors import EdgeDispatchError
+from edgedispatch.errors import EdgeDispatchError, TwirpError
 from edgedispatch.rtc.room import RoomHub
 from edgedispatch.rtc.session import Media, SignalSession
 from edgedispatch.sip import sdp
@@ -72,6 +72,10 @@ class CallEvents(Protocol):
         ...
 
 
+def _no_key() -> bytes:
+    raise TwirpError("unimplemented", "SRTP keys are not made here")
+
+
 OpenMedia = Callable[[tuple[str, str], dict[str, Any], CallEvents], CallMedia]
 
 
@@ -99,6 +103,9 @@ class CallServices:
     media_timeout: float
     max_duration: float
     calls: dict[str, BridgedCall] = field(default_factory=dict)
+    #: A fresh SRTP master key (key and salt, ``sdp.KEY_LENGTH`` bytes) for
+    #: a call whose media is encrypted (the shell's randomness).
+    new_key: Callable[[], bytes] = field(default=lambda: _no_key())
 
 
 def listing(services: CallServices, tenant: str | None) -> list[dict[str, Any]]:
@@ -145,6 +152,9 @@ def media_spec(
             remote=list(chosen.remote), codec=chosen.codec, pt=chosen.payload_type,
             dtmf_pt=chosen.dtmf_payload_type,
         )  # fmt: skip
+        if chosen.srtp is not None:  # (suite, the far end's key, ours), in hex
+            suite, theirs, ours = chosen.srtp
+            spec["srtp"] = [suite, theirs.hex(), ours.hex()]
     return spec
 
 
@@ -181,8 +191,12 @@ class BridgedCall:
         shown: tuple[str, str] = ("", ""),
         max_duration: float = 0.0,
         headers: CallHeaders = NO_CALL_HEADERS,
+        encryption: int = sdp.DISABLE,
     ) -> None:
         self.services = services
+        #: The call's media encryption (``sdp``), and our SRTP master key.
+        self.encryption = encryption
+        self.key = services.new_key() if encryption != sdp.DISABLE else b""
         #: The trunk's custom headers (``sip.header_maps``).
         self.headers = headers
         #: Seconds the call may last once answered (0: the server's limit).
@@ -210,7 +224,9 @@ class BridgedCall:
         """What the media worker needs to open the call's RTP."""
         if self._offer is None:  # a call we place: the callee's answer tells
             return media_spec(self.services, None, self.max_duration)
-        chosen = sdp.answer(self._offer, self.services.media_address, 0, 0)  # not the port
+        chosen = sdp.answer(  # not the port yet
+            self._offer, self.services.media_address, 0, 0, self.encryption, self.key
+        )
         return media_spec(self.services, chosen, self.max_duration)
 
     def join(self, admit: Admit, now: float) -> None:
@@ -275,7 +291,9 @@ class BridgedCall:
     def on_rtp_ready(self, port: int, now: float) -> None:
         if self.ended or self.answered or self._offer is None:
             return
-        self.answer = sdp.answer(self._offer, self.services.media_address, port, port)
+        self.answer = sdp.answer(
+            self._offer, self.services.media_address, port, port, self.encryption, self.key
+        )
         self.answered = True
         try:
             headers = self.sip_headers(self.headers.fixed)

@@ -32,6 +32,7 @@ from edgedispatch.sip.directory import Directory
 from edgedispatch.sip.header_maps import CALL_ID_FULL, CALL_TAG, CallHeaders
 from edgedispatch.sip.message import parse_name_addr, parse_uri
 from edgedispatch.sip.outcome import Admit, NeedPin, evaluate, shown_number
+from edgedispatch.sip.records import media_encryption
 from edgedispatch.sip.routing import Call, pin_and_room
 from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import UserAgentServer
@@ -142,7 +143,8 @@ class InboundCalls:
         if not invite.body.strip():
             raise sdp.NotAcceptable("an INVITE without an SDP offer is not served")
         offer = sdp.parse_offer(invite.body)
-        sdp.answer(offer, bridge.media_address, 0, 0)  # 488 now if nothing fits
+        encryption = media_encryption(trunk, rule)
+        sdp.answer(offer, bridge.media_address, 0, 0, encryption)  # 488 now if nothing fits
         ua.ring(event.call_id, now)
         shown = (shown_number(call.calling, rule.hide_phone_number), call.called)
         longest = trunk.max_call_duration.ToSeconds() if trunk.HasField("max_call_duration") else 0
@@ -154,12 +156,12 @@ class InboundCalls:
             BridgedCall(
                 bridge, ua, event.call_id, tenant, offer, room,
                 on_pin=self._pin_entered(call, extra), shown=shown, max_duration=longest,
-                headers=headers,
+                headers=headers, encryption=encryption,
             )  # fmt: skip
             return
         bridged = BridgedCall(
             bridge, ua, event.call_id, tenant, offer, outcome.room, admit=outcome, shown=shown,
-            max_duration=longest, headers=headers,
+            max_duration=longest, headers=headers, encryption=encryption,
         )  # fmt: skip
         bridged.join(outcome, now)
 

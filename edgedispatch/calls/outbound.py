@@ -38,7 +38,7 @@ from edgedispatch.sip import sdp
 from edgedispatch.sip.header_maps import CALL_ID_FULL, NO_CALL_HEADERS, CallHeaders, headers_of
 from edgedispatch.sip.message import Headers
 from edgedispatch.sip.outcome import Admit
-from edgedispatch.sip.records import check_headers
+from edgedispatch.sip.records import check_headers, media_encryption
 from edgedispatch.sip.uac import Answered, Ended, Event, Failed, Progress, UserAgentClient
 
 log = logging.getLogger("edgedispatch.sip")
@@ -150,6 +150,7 @@ class PlacedCall(BridgedCall):
         max_duration: float = 0.0,
         dialtone: bool = False,
         headers: CallHeaders = NO_CALL_HEADERS,
+        encryption: int = sdp.DISABLE,
     ) -> None:
         #: (Request-URI, From URI, auth username, password, ringing timeout,
         #: transport: "UDP", "TCP" or "TLS")
@@ -165,6 +166,7 @@ class PlacedCall(BridgedCall):
         super().__init__(
             calls.services, _Client(calls), call_id, tenant, None, admit.room, admit=admit,
             shown=(dial[1], number), max_duration=max_duration, headers=headers,
+            encryption=encryption,
         )  # fmt: skip
 
     def _media_spec(self) -> dict[str, object]:
@@ -224,7 +226,7 @@ class PlacedCall(BridgedCall):
             self.fail(TwirpError("unavailable", "SIP is not listening"))
             return
         uri, from_uri, username, password, ringing, transport = self._dial
-        offer = sdp.make_offer(self.services.media_address, port, port)
+        offer = sdp.make_offer(self.services.media_address, port, port, self.encryption, self.key)
         uac.dial(
             uri, (ip, self._target[1]), from_uri, offer, now, username, password, ringing,
             call_id=self.call_id, transport=transport, headers=headers_of(self.headers.fixed),
@@ -245,7 +247,7 @@ class PlacedCall(BridgedCall):
         if self.ended:
             return
         try:
-            chosen = sdp.read_answer(body)
+            chosen = sdp.read_answer(body, self.encryption, self.key)
         except EdgeDispatchError as exc:
             log.info(
                 "call %s: the callee's answer is not usable: %s", self.call_id, exc.msg,
@@ -398,6 +400,7 @@ class OutboundCalls:
         call = PlacedCall(
             self, call_id, tenant, admit, dial, target, done, req.dtmf, float(max(longest, 0)),
             req.play_dialtone or req.play_ringtone, headers,
+            media_encryption(trunk if trunk is not None else None, req),
         )  # fmt: skip
         try:
             call.join(admit, now)

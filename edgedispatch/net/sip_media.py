@@ -11,6 +11,12 @@ caller's first packet, then to where its packets come from.
 
 One ``CallClock`` per process sends every call's 20 ms frame on the same
 tick, and checks each call's limits (media timeout, maximum duration).
+
+A call whose SDP took SRTP (``sip.sdp``: SDES keys) has a libsrtp session
+each way (pylibsrtp, which aiortc brings): what comes in is checked and
+decrypted before anything reads it, and a packet that fails (a forged or
+replayed one, or plain RTP) is dropped as noise; what goes out is
+encrypted last.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import pylibsrtp
 from av.packet import Packet
 
 from edgedispatch.net.media_fanout import Fanout, make_fanout
@@ -42,6 +49,30 @@ log = logging.getLogger("edgedispatch.sip")
 OPUS_PER_SAMPLE = 6
 
 Send = Callable[..., None]  #: the link's send: an op and its arguments
+
+#: The SDES suites (``sip.sdp.SUITES``) as libsrtp's profiles.
+SRTP_PROFILES = {
+    "AES_CM_128_HMAC_SHA1_80": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    "AES_CM_128_HMAC_SHA1_32": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+}
+
+
+def srtp_sessions(spec: list[str] | None) -> tuple[pylibsrtp.Session, pylibsrtp.Session] | None:
+    """(inbound, outbound) sessions for a spec's ``srtp``: [suite, the far
+    end's master key, ours] (hex); None for plain RTP."""
+    if not spec:
+        return None
+    suite, theirs, ours = spec
+    profile = SRTP_PROFILES[suite]
+    inbound = pylibsrtp.Policy(
+        key=bytes.fromhex(theirs), ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+        srtp_profile=profile,
+    )  # fmt: skip
+    outbound = pylibsrtp.Policy(
+        key=bytes.fromhex(ours), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+        srtp_profile=profile,
+    )  # fmt: skip
+    return pylibsrtp.Session(inbound), pylibsrtp.Session(outbound)
 
 
 class _OpusPacket:
@@ -136,6 +167,7 @@ class CallMedia(asyncio.DatagramProtocol):
         # Counted from the answer: a call still ringing hears nothing.
         self.limits = CallLimits(self._loop.time(), *self._limits)
         self._encoder = CallerEncoder(self.codec)
+        self._srtp = srtp_sessions(spec.get("srtp"))
         for listener in self._listening.values():
             listener.recode(self.codec)
 
@@ -156,6 +188,11 @@ class CallMedia(asyncio.DatagramProtocol):
         self.port = int(transport.get_extra_info("sockname")[1])
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self._srtp is not None:
+            try:
+                data = self._srtp[0].unprotect(data)
+            except pylibsrtp.Error:
+                return  # not from the holder of the key (or a replay): noise
         try:
             packet = parse_rtp(data)
         except Exception:  # noqa: BLE001 - anything at a media port: not ours to crash on
@@ -192,7 +229,10 @@ class CallMedia(asyncio.DatagramProtocol):
         frame = self.playout.take()
         if self._caller_ring is not None:
             frame = self._caller_ring.next_frame()  # the room's audio waits
-        transport.sendto(self.sender.next_packet(frame), self.remote)
+        packet = self.sender.next_packet(frame)
+        if self._srtp is not None:
+            packet = self._srtp[1].protect(packet)
+        transport.sendto(packet, self.remote)
         why = self.limits.expired(now)
         if why:
             self._send("sip_end", self.peer, why)

@@ -283,3 +283,23 @@ def apply_rule_update(
     _apply_media(new, update)
     check_rule(new)
     return new
+
+
+def media_encryption(*settings: Any) -> int:
+    """A call's media encryption (``sdp.DISABLE``, ``ALLOW`` or
+    ``REQUIRE``) from its trunk's and then its rule's or request's
+    settings, as LiveKit merges them (``SIPMediaConfig.Merge``): each one's
+    ``media.encryption``, or its older ``media_encryption`` unless that is
+    DISABLE (its zero: "not set"); a later setting wins unless it is
+    DISABLE.  None stands for a setting that is not there."""
+    found: int | None = None
+    for info in settings:
+        if info is None:
+            continue
+        if info.HasField("media") and info.media.HasField("encryption"):
+            value: int | None = int(info.media.encryption)
+        else:
+            value = int(info.media_encryption) or None
+        if value is not None and (found is None or value != pb.SIP_MEDIA_ENCRYPT_DISABLE):
+            found = value
+    return found or pb.SIP_MEDIA_ENCRYPT_DISABLE

@@ -193,7 +193,7 @@ class UserAgentClient:
                 call.cseq += 1
                 self._send_invite(call, now, (status, challenge))
                 return
-        self._fail(call, status, msg.reason, now)
+        self._fail(call, status, _reason_of(msg), now)
 
     def receive_request(self, req: Request, source: Address, now: float) -> bytes:
         """An in-dialog request from the callee (BYE): our answer."""
@@ -419,3 +419,10 @@ class UserAgentClient:
 
     def _forget(self, call: OutboundCall) -> None:
         self.calls.pop(call.call_id, None)
+
+
+def _reason_of(msg: Response) -> str:
+    """A refusal's reason phrase, with the text of its Reason header
+    (RFC 3326) when it gives one: why, not only what."""
+    text = msg.headers.get("reason").partition('text="')[2].partition('"')[0]
+    return f"{msg.reason} ({text})" if text else msg.reason

@@ -3,9 +3,13 @@ sipp offer, the rest refused as RFC 3264 says."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
+from livekit.protocol import sip as pb
 
 from edgedispatch.errors import Malformed
+from edgedispatch.sip import records, sdp
 from edgedispatch.sip.sdp import NotAcceptable, answer, parse_offer
 
 SIPP = (
@@ -59,3 +63,60 @@ def test_direction_is_mirrored_and_a_media_level_address_wins() -> None:
 def test_what_cannot_be_answered_is_refused(sdp: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         answer(parse_offer(sdp), "127.0.0.1", 20000, 1)
+
+
+# -- SRTP (SDES) --------------------------------------------------------------
+
+KEY_THEIRS = bytes(range(30))
+KEY_OURS = bytes(range(30, 60))
+SAVP_OFFER = (
+    b"v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
+    b"m=audio 4000 RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    b"a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:" + base64.b64encode(bytes(46)) + b"\r\n"
+    b"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:" + base64.b64encode(KEY_THEIRS) + b"|2^31\r\n"
+    b"a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:" + base64.b64encode(KEY_THEIRS) + b"\r\n"
+)
+
+
+def test_an_srtp_offer_is_answered_with_our_key_for_the_best_suite_we_share() -> None:
+    got = sdp.answer(sdp.parse_offer(SAVP_OFFER), "198.51.100.1", 20000, 1, sdp.ALLOW, KEY_OURS)
+    assert b"m=audio 20000 RTP/SAVP 0 101" in got.sdp
+    ours = base64.b64encode(KEY_OURS).decode()
+    assert f"a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{ours}".encode() in got.sdp
+    assert got.srtp == ("AES_CM_128_HMAC_SHA1_80", KEY_THEIRS, KEY_OURS)
+
+
+def test_encryption_decides_which_lines_can_be_taken() -> None:
+    plain = sdp.parse_offer(SAVP_OFFER.replace(b"RTP/SAVP", b"RTP/AVP"))
+    assert sdp.answer(plain, "198.51.100.1", 20000, 1, sdp.ALLOW, KEY_OURS).srtp is None
+    with pytest.raises(sdp.NotAcceptable, match="RTP/SAVP with an AES-128 crypto line"):
+        sdp.answer(plain, "198.51.100.1", 20000, 1, sdp.REQUIRE, KEY_OURS)
+    with pytest.raises(sdp.NotAcceptable, match="over RTP/AVP"):
+        sdp.answer(sdp.parse_offer(SAVP_OFFER), "198.51.100.1", 20000, 1)  # disabled
+    no_usable_key = SAVP_OFFER.split(b"a=crypto:2")[0]  # only the AES-256 suite
+    with pytest.raises(sdp.NotAcceptable):
+        sdp.answer(sdp.parse_offer(no_usable_key), "198.51.100.1", 20000, 1, sdp.ALLOW)
+
+
+def test_our_srtp_offer_and_the_callees_answer_agree_on_a_suite_and_keys() -> None:
+    offer = sdp.make_offer("192.0.2.1", 40000, 7, sdp.ALLOW, KEY_OURS)
+    assert b"RTP/SAVP 0 8 101" in offer and offer.count(b"a=crypto:") == 2
+    callee = sdp.answer(sdp.parse_offer(offer), "192.0.2.2", 50000, 9, sdp.REQUIRE, KEY_THEIRS)
+    mine = sdp.read_answer(callee.sdp, sdp.ALLOW, KEY_OURS)
+    assert mine.srtp == ("AES_CM_128_HMAC_SHA1_80", KEY_THEIRS, KEY_OURS)
+    assert callee.srtp == ("AES_CM_128_HMAC_SHA1_80", KEY_OURS, KEY_THEIRS)
+    plain = sdp.answer(sdp.parse_offer(sdp.make_offer("192.0.2.1", 40000, 7)), "192.0.2.2", 1, 1)
+    with pytest.raises(sdp.NotAcceptable):
+        sdp.read_answer(plain.sdp, sdp.ALLOW, KEY_OURS)  # we offered SRTP alone
+
+
+def test_media_encryption_merges_the_trunks_then_the_rules_as_livekit_does() -> None:
+    enc = records.media_encryption
+    allow, require = pb.SIP_MEDIA_ENCRYPT_ALLOW, pb.SIP_MEDIA_ENCRYPT_REQUIRE
+    trunk = pb.SIPInboundTrunkInfo(media_encryption=require)
+    rule = pb.SIPDispatchRuleInfo(media=pb.SIPMediaConfig(encryption=allow))
+    assert enc(None, pb.SIPDispatchRuleInfo()) == pb.SIP_MEDIA_ENCRYPT_DISABLE
+    assert enc(trunk, pb.SIPDispatchRuleInfo()) == require
+    assert enc(trunk, rule) == allow  # the later one wins ...
+    disabled = pb.SIPDispatchRuleInfo(media=pb.SIPMediaConfig(encryption=0))
+    assert enc(trunk, disabled) == require  # ... unless it is DISABLE
