@@ -2,10 +2,11 @@
 that imports aiortc (an optional extra: it brings FFmpeg through PyAV).
 
 One ``PeerMedia`` per participant: its peer connection (v1's single one,
-or v0's publisher connection), its data channels, and the results the
-signal session waits for, fed back as ``on_answer`` / ``on_data`` /
-``on_media_failed``.  aiortc's API is coroutines, so each participant's
-negotiations run as one chain of tasks, in the order they were asked.
+or v0's publisher connection), its data channels (``media_data``), and
+the results the signal session waits for, fed back as ``on_answer`` /
+``on_data`` / ``on_media_failed``.  aiortc's API is coroutines, so each
+participant's negotiations run as one chain of tasks, in the order they
+were asked.
 
 Why aiortc: rtc-signaling.md §2 (the SDKs join an aiortc server in both
 modes, with data and audio); the private attributes used here are checked
@@ -15,6 +16,7 @@ at start-up by ``check_aiortc`` and pinned with the version.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections import deque
@@ -41,6 +43,7 @@ from av.packet import Packet
 
 from edgedispatch.config import RtcConfig
 from edgedispatch.errors import ConfigError
+from edgedispatch.net.media_data import DataChannels
 from edgedispatch.net.media_fanout import Fanout, make_fanout
 from edgedispatch.net.media_link import AIORTC_VERSION, MediaEvents
 from edgedispatch.wire.sdp import Section, offer_sections, sent_tracks
@@ -49,12 +52,6 @@ log = logging.getLogger("edgedispatch.media")
 
 #: SignalTarget: which of v0's two connections a trickle is for.
 SUBSCRIBER = 1
-#: DataPacket.Kind by the data channel labels the SDKs open.
-CHANNEL_KINDS = {"_reliable": 0, "_lossy": 1}
-#: Packets kept for a participant whose data channel is not open yet (its
-#: connect() returns once ICE is up, a moment before the channels open);
-#: beyond this the oldest go.
-EARLY_PACKETS = 256
 
 
 #: The receiver's jitter buffer, replaced by the tap (name-mangled private).
@@ -249,8 +246,7 @@ class PeerMedia:
         # An explicit (maybe empty) server list: aiortc would otherwise ask
         # Google's STUN server, from a box that may have no internet at all.
         self._pc = RTCPeerConnection(config)
-        self._channels: dict[int, RTCDataChannel] = {}
-        self._early: deque[tuple[bytes, int]] = deque(maxlen=EARLY_PACKETS)
+        self._data = DataChannels(events.on_data, self._loop.time)
         #: What this participant publishes: its AddTrack cid -> fan-out.
         self._expected: dict[str, Fanout] = {}
         self.fanouts: dict[str, Fanout] = {}  # track sid -> fan-out
@@ -304,11 +300,7 @@ class PeerMedia:
         self._chain(pc.addIceCandidate(candidate))
 
     def send_data(self, packet: bytes, kind: int) -> None:
-        channel = self._channels.get(kind) or self._channels.get(0)
-        if channel is not None and channel.readyState == "open":
-            channel.send(packet)
-        elif self.closed is None:
-            self._early.append((packet, kind))
+        self._data.send(packet, kind)
 
     def expect_track(self, cid: str, track_sid: str, kind: str) -> None:
         """AddTrack: the client's next offer carries track ``cid``."""
@@ -400,6 +392,7 @@ class PeerMedia:
 
     def close(self) -> None:
         if self.closed is None:
+            self._data.close()
             for forward, _ in self._wanted.values():
                 forward.stop()
             self._wanted.clear()
@@ -584,19 +577,9 @@ class PeerMedia:
         self._events.on_track_received(fanout.track_sid, mid or "")
 
     def _on_channel(self, channel: RTCDataChannel) -> None:
-        kind = CHANNEL_KINDS.get(channel.label)
-        if kind is None:
-            return  # _data_track and anything newer: not forwarded
-        self._channels[kind] = channel
-        events, loop = self._events, self._loop
-        early, self._early = self._early, deque(maxlen=EARLY_PACKETS)
-        for packet, packet_kind in early:
-            self.send_data(packet, packet_kind)
-
-        @channel.on("message")
-        def on_message(message: bytes | str) -> None:
-            if isinstance(message, bytes):
-                events.on_data(message, kind, loop.time())
+        kind = self._data.opened(channel)
+        if kind is not None:
+            channel.on("message", functools.partial(self._data.received, kind))
 
     def _on_state(self) -> None:
         if self._pc.connectionState == "failed" and self.closed is None:

@@ -16,7 +16,8 @@ This module is the asyncio shell.  What it decides with lives elsewhere:
 - ``pool_conn``: the connections, and what each message means;
 - ``pool_jobs``: a job given to the pool, a child, and how a job's end is
   reported;
-- ``zygote_process``: starting, restarting and reaping the zygote process.
+- ``zygote_process``: starting, restarting and reaping the zygote process;
+- ``pool_cells``: the containment (cells, sandbox) and the memory limit.
 
 What is left here is the doing: sending, signalling, timers, and the memory
 sampler.  Nothing blocks the event loop: the zygote is spawned in an
@@ -257,10 +258,8 @@ class NativePool:
                 self._drop(child)
             for job in ended:
                 job._end(None, f"native pool {self.name!r} was closed")
-            pool_cell = self._cells.pool_cell
-            if pool_cell is not None and self._loop is not None:
-                await self._loop.run_in_executor(None, pool_cell.remove)
-                self._cells.pool_cell = None
+            if self._loop is not None:
+                await self._cells.remove(self._loop)
             if self._cleanup is not None:
                 self._cleanup()
 
@@ -383,26 +382,12 @@ class NativePool:
                 raise Malformed("a second control connection")
             child.ctl = conn
             child.to(_CONNECTED)
-            self._contain_child(child, conn)
+            self._cells.contain(child, conn)
         else:
             if child.out is not None:
                 raise Malformed("a second output connection")
             child.out = conn
         child.open_pidfd()
-
-    def _contain_child(self, child: Child, conn: PoolConn) -> None:
-        """Put the new pool process in a cell of its own, then let it run
-        the agent's code (Go): what it starts stays in the cell."""
-        if not child.orphan:
-            try:
-                child.cell = self._cells.child(child.os_pid)
-            except OSError as exc:  # gone meanwhile; its exit is on the way
-                log.warning(
-                    "native agent %r: cannot contain a pool process: %s", self.name, exc,
-                    extra=self._fields,
-                )  # fmt: skip
-                return
-        conn.send(m.Go())
 
     def child_ready(self, pid: int) -> None:
         child = self._children.get(pid)
@@ -570,17 +555,7 @@ class NativePool:
 
     def _sample(self) -> None:
         self._sampler = None
-        running = False
-        for child in self._children.values():
-            job = child.job
-            if job is None or job._ended or child.code is not None:
-                continue
-            running = True
-            reason = "" if job._reason else self._cells.over_limit(child)
-            if reason:
-                job._reason = reason
-                job._stopping = True
-                child.send_signal(signal.SIGKILL)
+        running = self._cells.kill_over_limit(self._children.values())
         if running and self._state is not _CLOSED and self._loop is not None:
             self._sampler = self._loop.call_later(MEMORY_POLL, self._sample)
 

@@ -2,18 +2,25 @@
 the tenant's sandbox and in a cell of the pool's, and each pool process put
 in a cell of its own (the definition's memory limit and max_processes)
 before it runs any of the agent's code.  Without a containment the zygote
-still gets an environment built for it, not the server's."""
+still gets an environment built for it, not the server's.
+
+The memory limit is checked here too, for the pool's sampler: with a cell
+the kernel enforces it and this reads its count of kills; without one,
+this sums the job's processes' RSS and kills a job over it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterable, Sequence
 
+from edgedispatch.runtime import messages as m
 from edgedispatch.runtime.cgroups import Cell
 from edgedispatch.runtime.contain import Containment
 from edgedispatch.runtime.messages import SUBREAPER_ENV
+from edgedispatch.runtime.pool_conn import PoolConn
 from edgedispatch.runtime.pool_jobs import Child
 from edgedispatch.runtime.process import base_env, memory_text, over_memory_limit
 
@@ -81,6 +88,20 @@ class PoolCells:
         self.pool_cell = launch.cell
         return launch.argv, launch.env
 
+    def contain(self, child: Child, conn: PoolConn) -> None:
+        """Put the new pool process in a cell of its own, then let it run
+        the agent's code (Go): what it starts stays in the cell."""
+        if not child.orphan:
+            try:
+                child.cell = self.child(child.os_pid)
+            except OSError as exc:  # gone meanwhile; its exit is on the way
+                log.warning(
+                    "native agent %r: cannot contain a pool process: %s", self._name, exc,
+                    extra={"agent": self._name, "tenant": self._tenant},
+                )  # fmt: skip
+                return
+        conn.send(m.Go())
+
     def child(self, os_pid: int) -> Cell | None:
         """A cell of its own for the new pool process ``os_pid``, which waits
         for the pool's Go; None without cgroups.  OSError if it is gone."""
@@ -109,6 +130,23 @@ class PoolCells:
             return ""
         return over_memory_limit(child.os_pid, self._memory_mb)
 
+    def kill_over_limit(self, children: Iterable[Child]) -> bool:
+        """One look at the running jobs' memory: a job over the limit is
+        killed (SIGKILL), with the reason its end reports.  True while
+        some job runs (the sampler looks again)."""
+        running = False
+        for child in children:
+            job = child.job
+            if job is None or job._ended or child.code is not None:
+                continue
+            running = True
+            reason = "" if job._reason else self.over_limit(child)
+            if reason:
+                job._reason = reason
+                job._stopping = True
+                child.send_signal(signal.SIGKILL)
+        return running
+
     def release(self, child: Child, loop: asyncio.AbstractEventLoop) -> None:
         """``child`` left the pool: what its job left in its cell (a
         setsid'd grandchild, say) goes too; off the loop, as the removal
@@ -116,3 +154,9 @@ class PoolCells:
         if child.cell is not None:
             loop.run_in_executor(None, child.cell.remove)
             child.cell = None
+
+    async def remove(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The pool is closed: its own cell goes, off the loop."""
+        if self.pool_cell is not None:
+            await loop.run_in_executor(None, self.pool_cell.remove)
+            self.pool_cell = None

@@ -65,7 +65,7 @@ def test_a_job_line_names_the_job_its_room_dispatch_worker_agent_and_tenant() ->
 PACKAGES = ("dispatch", "worker", "calls", "rtc", "runtime", "api")
 #: The modules of net/ that run in the media worker processes (with the
 #: pool that starts them): a participant's peer connection, a call's RTP.
-MEDIA = ("media.py", "media_fanout.py", "media_link.py", "media_pool.py",
+MEDIA = ("media.py", "media_data.py", "media_fanout.py", "media_link.py", "media_pool.py",
          "media_worker.py", "sip_media.py")  # fmt: skip
 
 #: Log calls in the packages that handle tenants' rooms, jobs, workers and

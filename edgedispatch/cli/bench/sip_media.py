@@ -25,8 +25,8 @@ of the gaps).  The lean agents count the same of the callers' 440 Hz.
 Steps of more calls run until a step loses more than 0.1% of its frames
 at either end, or the gaps' p99 passes 30 ms (the send clock's jitter
 over 10 ms).  Each step also gives the CPU of each process (server,
-media workers, agents, phones, sipp) and the kernel's UDP drops, to say
-where loss came from.
+media workers, agents, phones, sipp) and the kernel's UDP drops
+(``host_counters``), to say where loss came from.
 
 With ``dispatch_rate``, once a step's calls are answered and warmed up,
 ``bench dispatch`` (its driver and 50 simulated workers, in a process of
@@ -61,7 +61,13 @@ from edgedispatch.cli.bench.common import (
     start_server,
     stop,
 )
-from edgedispatch.cli.bench.dispatch import children, cpu_seconds
+from edgedispatch.cli.bench.dispatch import children
+from edgedispatch.cli.bench.host_counters import (
+    busy_seconds,
+    cpu_seconds_by_group,
+    run_queue_seconds_by_group,
+    udp_drops,
+)
 from edgedispatch.config import DEV_KEY, DEV_SECRET
 from edgedispatch.sip.rtp import RtpPacket, decode, encode, parse_rtp
 
@@ -336,9 +342,11 @@ async def _step(
                "sipp": [sipp.pid]}  # fmt: skip
     communicating = loop.create_task(sipp.communicate())
     await asyncio.sleep(max(0.0, start - loop.time()))
-    cpu0, drops0, busy0, wait0 = _cpu(watched), _udp_drops(), _busy(), _waited(watched)
+    cpu0, drops0 = cpu_seconds_by_group(watched), udp_drops()
+    busy0, wait0 = busy_seconds(), run_queue_seconds_by_group(watched)
     await asyncio.sleep(max(0.0, end - loop.time()))
-    cpu1, drops1, busy1, wait1 = _cpu(watched), _udp_drops(), _busy(), _waited(watched)
+    cpu1, drops1 = cpu_seconds_by_group(watched), udp_drops()
+    busy1, wait1 = busy_seconds(), run_queue_seconds_by_group(watched)
     out, _ = await communicating
     speaking.cancel()
     gc.enable()
@@ -413,59 +421,6 @@ async def _step(
         "machine_busy_pct": round(100 * (busy1 - busy0) / window, 1),
         **(_dispatch_fields(beside, dispatch_rate) if dispatch_rate > 0 else {}),
     }
-
-
-def _cpu(watched: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds of each group of processes (ended ones count as 0)."""
-    found: dict[str, float] = {}
-    for name, pids in watched.items():
-        total = 0.0
-        for pid in pids:
-            try:
-                total += cpu_seconds(pid)
-            except OSError:
-                pass
-        found[name] = total
-    return found
-
-
-def _waited(watched: dict[str, list[int]]) -> dict[str, float]:
-    """Seconds each group's threads spent waiting on a run queue
-    (``/proc/PID/task/TID/schedstat``, its second field)."""
-    found: dict[str, float] = {}
-    for name, pids in watched.items():
-        total = 0
-        for pid in pids:
-            try:
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                        total += int(f.read().split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-        found[name] = total / 1e9
-    return found
-
-
-def _busy() -> float:
-    """CPU seconds the whole machine has been busy (``/proc/stat``)."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _udp_drops() -> dict[int, int]:
-    """Local UDP port -> datagrams dropped at its socket (``/proc/net/udp``)."""
-    drops: dict[int, int] = {}
-    try:
-        with open("/proc/net/udp") as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                port = int(fields[1].rsplit(":", 1)[1], 16)
-                drops[port] = drops.get(port, 0) + int(fields[-1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return drops
 
 
 def _dispatch_fields(r: dict[str, Any] | None, rate: float) -> dict[str, Any]:
