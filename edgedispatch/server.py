@@ -279,8 +279,9 @@ class Server:
         if sip.tls_cert:
             context = sip_tls.server_context(sip)
             self._sip_tls = await loop.create_server(
-                endpoint.stream, bind, sip.tls_port, ssl=context, reuse_address=True
-            )
+                endpoint.stream, bind, sip.tls_port, ssl=context, reuse_address=True,
+                ssl_handshake_timeout=sip_tls.HANDSHAKE_TIMEOUT,
+            )  # fmt: skip
             self.sip_tls_port = self._sip_tls.sockets[0].getsockname()[1]
             assert endpoint.uas is not None
             endpoint.uas.listen_tls(self.sip_tls_port)

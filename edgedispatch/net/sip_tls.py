@@ -16,6 +16,10 @@ import ssl
 from edgedispatch.config import SipConfig
 from edgedispatch.errors import ConfigError
 
+#: Seconds a caller's TLS handshake may take (asyncio's default is 60: a
+#: peer that connects and says nothing would hold its socket that long).
+HANDSHAKE_TIMEOUT = 10.0
+
 
 def server_context(sip: SipConfig) -> ssl.SSLContext:
     """The listener's; raises ConfigError for a certificate or key that

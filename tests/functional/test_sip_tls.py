@@ -8,15 +8,21 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import socket
+import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from livekit import api
 from livekit.protocol import sip as pb
+
+from edgedispatch.net import sip_tls
 
 from .conftest import ServerThread
 from .test_rooms import run
@@ -153,3 +159,30 @@ def test_a_tls_trunk_whose_certificate_is_not_trusted_fails_the_call(
     assert error.code == "unavailable", error
     assert "cannot reach the trunk over TLS" in error.message
     assert "CERTIFICATE_VERIFY_FAILED" in error.message
+
+
+def test_a_connection_that_never_starts_tls_is_closed(
+    start_server: Callable[..., ServerThread], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that connects to the TLS port and sends nothing (or no
+    handshake) is cut off after the handshake timeout, instead of holding
+    its socket; a TLS client then still gets an answer to OPTIONS."""
+    monkeypatch.setattr(sip_tls, "HANDSHAKE_TIMEOUT", 0.5)
+    ca, cert, key = certificates(tmp_path)
+    srv = serve(start_server, tls_cert=str(cert), tls_key=str(key), tls_port=0)
+    port = srv.server.sip_tls_port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as silent:
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the server
+        assert time.monotonic() - started < 4
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\n"
+                b"Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKprobe1\r\n"
+                b"From: <sip:probe@127.0.0.1>;tag=p1\r\nTo: <sip:edge@127.0.0.1>\r\n"
+                b"Call-ID: probe-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                b"Content-Length: 0\r\n\r\n"
+            )
+            assert tls.recv(4096).startswith(b"SIP/2.0 200 ")
