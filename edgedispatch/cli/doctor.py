@@ -215,7 +215,7 @@ def store(cfg: config.Config) -> Section:
 
 
 def listeners(cfg: config.Config) -> Section:
-    from edgedispatch.net import systemd
+    from edgedispatch.net import sip_tls, systemd
 
     s = Section("listeners")
     server = cfg.server
@@ -225,7 +225,16 @@ def listeners(cfg: config.Config) -> Section:
     else:
         s.lines.append(f"http: {server.bind}:{server.port} (Twirp, /agent, /rtc, /metrics)")
     if cfg.sip.enabled:
-        s.lines.append(f"sip: udp and tcp {cfg.sip.bind or server.bind}:{cfg.sip.port}")
+        bind = cfg.sip.bind or server.bind
+        s.lines.append(f"sip: udp and tcp {bind}:{cfg.sip.port}")
+        if cfg.sip.tls_cert:
+            s.lines.append(f"sip: tls {bind}:{cfg.sip.tls_port} (certificate {cfg.sip.tls_cert})")
+        try:  # what serve would load: the certificate and key, the CAs trusted
+            if cfg.sip.tls_cert:
+                sip_tls.server_context(cfg.sip)
+            sip_tls.client_context(cfg.sip)
+        except ConfigError as exc:
+            s.problems.append(exc.msg)
     else:
         s.lines.append("sip: off (sip.enabled)")
     if cfg.rtc.enabled:

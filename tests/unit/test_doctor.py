@@ -93,3 +93,19 @@ def test_doctor_says_why_it_cannot_serve() -> None:
     assert allowed.returncode == 0, allowed.stdout
     for out in (no_keys, pure, allowed):
         assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_a_sip_tls_certificate_that_cannot_load_is_a_reason_not_to_serve(
+    tmp_path: Path,
+) -> None:
+    junk = tmp_path / "sip.pem"
+    junk.write_text("not a certificate")
+    conf = tmp_path / "edgedispatch.toml"
+    conf.write_text(
+        '[keys]\ndevkey = "secret"\n'
+        f'[sip]\nenabled = true\ntls_cert = "{junk}"\ntls_key = "{junk}"\n'
+    )
+    out = doctor("--config", str(conf))
+    assert out.returncode == 1, out.stdout
+    assert f":5061 (certificate {junk})" in out.stdout and "  sip: tls " in out.stdout
+    assert "sip.tls_cert: cannot load the certificate and key" in out.stdout
