@@ -62,12 +62,14 @@ class Callee:
             self.proc.communicate()
 
 
-async def add_trunk(srv: ServerThread, port: int, **auth: Any) -> str:
+async def add_trunk(srv: ServerThread, port: int, host: str = "127.0.0.1", **fields: Any) -> str:
+    """An outbound trunk to ``host``:``port`` calling from OUR_NUMBER, with
+    ``fields`` (credentials, transport, media...)."""
     async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
         trunk = await lk.sip.create_outbound_trunk(
             pb.CreateSIPOutboundTrunkRequest(
                 trunk=pb.SIPOutboundTrunkInfo(
-                    name="carrier", address=f"127.0.0.1:{port}", numbers=[OUR_NUMBER], **auth
+                    name="carrier", address=f"{host}:{port}", numbers=[OUR_NUMBER], **fields
                 )
             )
         )

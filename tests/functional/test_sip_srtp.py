@@ -16,24 +16,12 @@ from livekit.protocol import sip as pb
 from .conftest import ServerThread
 from .test_rooms import joined, run, token
 from .test_sip_calls import NUMBER, ROOM, add_rule, serve
+from .test_sip_outbound import add_trunk
 from .tones import listen, publish_tone
 
-CALLER = "+15550199"
 CALLER_ROOM = "caller-room"
 REQUIRE = pb.SIP_MEDIA_ENCRYPT_REQUIRE
-
-
-async def udp_trunk(srv: ServerThread, port: int, encryption: int) -> str:
-    async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
-        trunk = await lk.sip.create_outbound_trunk(
-            pb.CreateSIPOutboundTrunkRequest(
-                trunk=pb.SIPOutboundTrunkInfo(
-                    name="carrier", address=f"127.0.0.1:{port}", numbers=[CALLER],
-                    media=pb.SIPMediaConfig(encryption=encryption),  # type: ignore[arg-type]
-                )
-            )
-        )  # fmt: skip
-        return trunk.sip_trunk_id
+DISABLE = pb.SIP_MEDIA_ENCRYPT_DISABLE
 
 
 async def first_track(room: rtc.Room) -> rtc.Track:
@@ -51,7 +39,9 @@ def test_a_call_over_srtp_carries_each_rooms_tone_to_the_other(
     caller = serve(start_server)
 
     async def main() -> tuple[float, float, float, float]:
-        trunk_id = await udp_trunk(caller, callee.server.sip_port, REQUIRE)
+        trunk_id = await add_trunk(
+            caller, callee.server.sip_port, media=pb.SIPMediaConfig(encryption=REQUIRE)
+        )
         here, _ = await joined(caller, token("agent-like", CALLER_ROOM), True)
         there, _ = await joined(callee, token("support", ROOM), True)
         players = [await publish_tone(here, 440.0), await publish_tone(there, 660.0)]
@@ -88,7 +78,9 @@ def test_a_callee_that_requires_srtp_refuses_a_plain_offer(
     caller = serve(start_server)
 
     async def main() -> api.TwirpError:
-        trunk_id = await udp_trunk(caller, callee.server.sip_port, pb.SIP_MEDIA_ENCRYPT_DISABLE)
+        trunk_id = await add_trunk(
+            caller, callee.server.sip_port, media=pb.SIPMediaConfig(encryption=DISABLE)
+        )
         async with api.LiveKitAPI(caller.url, "devkey", "secret") as lk:
             with pytest.raises(api.TwirpError) as refused:
                 await lk.sip.create_sip_participant(

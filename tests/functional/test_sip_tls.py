@@ -27,8 +27,7 @@ from edgedispatch.net import sip_tls
 from .conftest import ServerThread
 from .test_rooms import run
 from .test_sip_calls import NUMBER, ROOM, add_rule, serve
-
-CALLER = "+15550199"
+from .test_sip_outbound import OUR_NUMBER, add_trunk
 
 
 def certificates(tmp: Path) -> tuple[Path, Path, Path]:
@@ -70,19 +69,6 @@ def certificates(tmp: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-async def tls_trunk(srv: ServerThread, host: str, port: int) -> str:
-    async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
-        trunk = await lk.sip.create_outbound_trunk(
-            pb.CreateSIPOutboundTrunkRequest(
-                trunk=pb.SIPOutboundTrunkInfo(
-                    name="tls carrier", address=f"{host}:{port}", numbers=[CALLER],
-                    transport=pb.SIP_TRANSPORT_TLS,
-                )
-            )
-        )  # fmt: skip
-        return trunk.sip_trunk_id
-
-
 async def participants(srv: ServerThread, room: str) -> list[str]:
     async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
         found = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
@@ -106,7 +92,7 @@ def test_a_call_through_a_tls_trunk_is_answered_by_a_tls_listener_and_hung_up(
     assert port
 
     async def main() -> tuple[pb.SIPParticipantInfo, list[str]]:
-        trunk_id = await tls_trunk(caller, "localhost", port)
+        trunk_id = await add_trunk(caller, port, "localhost", transport=pb.SIP_TRANSPORT_TLS)
         async with api.LiveKitAPI(caller.url, "devkey", "secret") as lk:
             info = await lk.sip.create_sip_participant(
                 pb.CreateSIPParticipantRequest(
@@ -127,7 +113,7 @@ def test_a_call_through_a_tls_trunk_is_answered_by_a_tls_listener_and_hung_up(
 
     info, joined = run(main)
     assert info.sip_call_id and info.participant_identity == f"sip_{NUMBER}"
-    assert joined == [f"sip_{CALLER}"]
+    assert joined == [f"sip_{OUR_NUMBER}"]
 
 
 def test_a_tls_trunk_whose_certificate_is_not_trusted_fails_the_call(
@@ -142,7 +128,9 @@ def test_a_tls_trunk_whose_certificate_is_not_trusted_fails_the_call(
     caller = serve(start_server)  # the system's CAs only
 
     async def main() -> api.TwirpError:
-        trunk_id = await tls_trunk(caller, "localhost", callee.server.sip_tls_port)
+        trunk_id = await add_trunk(
+            caller, callee.server.sip_tls_port, "localhost", transport=pb.SIP_TRANSPORT_TLS
+        )
         async with api.LiveKitAPI(caller.url, "devkey", "secret") as lk:
             try:
                 await lk.sip.create_sip_participant(
