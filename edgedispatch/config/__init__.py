@@ -232,6 +232,11 @@ class SipConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     invite_rate: float = 20.0
     #: INVITEs one source may send at once (its bucket's size).
     invite_burst: int = 40
+    #: TCP and TLS connections peers may hold (those to our trunks aside),
+    #: and the share of them one peer address may hold: a trunk needs a
+    #: few, a phone one.
+    max_connections: int = 1000
+    max_connections_per_peer: float = 0.1
     #: The UDP ports calls' RTP takes (one per call), for firewalls
     #: (livekit/sip's default range).
     rtp_port_min: int = 10000
@@ -344,6 +349,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("must be a port number (0-65535)", "sip.port")
     if not 0 <= cfg.sip.tls_port <= 65535:
         raise ConfigError("must be a port number (0-65535)", "sip.tls_port")
+    if cfg.sip.max_connections < 1:
+        raise ConfigError("must be 1 or more", "sip.max_connections")
+    if not 0 < cfg.sip.max_connections_per_peer <= 1:
+        raise ConfigError("must be within (0, 1]", "sip.max_connections_per_peer")
     if bool(cfg.sip.tls_cert) != bool(cfg.sip.tls_key):
         raise ConfigError("tls_cert and tls_key go together", "sip.tls_cert")
     for name in ("max_calls", "max_calls_per_tenant", "invite_rate", "invite_burst"):

@@ -8,8 +8,13 @@ A message for an address with a live TCP connection goes over it (the
 answers to what came in over TCP, and the calls we place through a trunk
 whose transport is TCP or TLS: ``connect`` opens its connection first,
 checking a TLS trunk's certificate against its name); anything else goes
-by UDP.  A stream that cannot be framed (a bad header, no
-Content-Length) is closed after a 400: it cannot be resynchronised."""
+by UDP.  A stream that cannot be framed (a bad header, no Content-Length)
+is closed after a 400: it cannot be resynchronised.
+
+A hostile peer cannot hold the port with connections: one that has not
+sent a whole first message within ``FIRST_MESSAGE_TIMEOUT`` is closed,
+and connections in all and per peer address are capped
+(``sip.max_connections``); those we open to trunks are not counted."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import logging
 import secrets
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
 
 from edgedispatch.errors import EdgeDispatchError, TooLarge
@@ -33,6 +39,10 @@ from edgedispatch.sip.uas_calls import Event, IncomingCall
 
 log = logging.getLogger("edgedispatch.sip")
 PARTIAL_TIMEOUT = 64 * T1
+#: Seconds a new connection has to send its first whole message: one that
+#: says nothing is not a SIP peer (a half-open scan, or a peer keeping
+#: sockets), and would otherwise be kept for ever.
+FIRST_MESSAGE_TIMEOUT = 10.0
 #: Seconds a trunk's TCP connection may take to open.
 CONNECT_TIMEOUT = 5.0
 
@@ -82,8 +92,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
         on_event: Callable[[UserAgentServer, Event | OutboundEvent | TransferEvent, float], None],
         host: str,
         client_tls: ssl.SSLContext | None = None,
+        max_connections: int = 1000,
+        per_peer: float = 0.1,
     ) -> None:
         self.loop = loop
+        #: Connections peers may open (TCP and TLS), in all and per address.
+        self.max_connections = max_connections
+        self.peer_cap = max(1, int(max_connections * per_peer))
+        #: peer address -> its connections to us (not those we opened)
+        self.peers: Counter[str] = Counter()
         self._on_event = on_event
         self._host = host
         #: How a TLS trunk's certificate is checked (the CAs trusted).
@@ -150,8 +167,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timer.arm(uas.next_deadline())
 
     def stream(self) -> SipStream:
-        """A protocol for one TCP connection (incoming, or one we opened)."""
+        """A protocol for one TCP or TLS connection a peer opened."""
         return SipStream(self)
+
+    def outbound_stream(self) -> SipStream:
+        """A protocol for one connection we open (to a trunk)."""
+        return SipStream(self, ours=True)
 
     def connect(
         self,
@@ -188,7 +209,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             try:
                 await asyncio.wait_for(
                     self.loop.create_connection(
-                        self.stream, *address, ssl=context, server_hostname=tls_name
+                        self.outbound_stream, *address, ssl=context, server_hostname=tls_name
                     ),
                     CONNECT_TIMEOUT,
                 )
@@ -233,8 +254,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
 class SipStream(asyncio.Protocol):
     """One TCP connection (TLS or not): messages framed by Content-Length."""
 
-    def __init__(self, endpoint: SipEndpoint) -> None:
+    def __init__(self, endpoint: SipEndpoint, ours: bool = False) -> None:
         self._endpoint = endpoint
+        self._ours = ours  #: we opened it (to a trunk): not capped, not timed
+        self._counted = False
+        self._first: asyncio.TimerHandle | None = None  #: until its first message
         self._parser = StreamParser()
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] = ("", 0)
@@ -247,7 +271,29 @@ class SipStream(asyncio.Protocol):
         self.secure = transport.get_extra_info("ssl_object") is not None
         host, port = transport.get_extra_info("peername")[:2]
         self._peer = (str(host), int(port))
-        self._endpoint.streams[self._peer] = self
+        endpoint = self._endpoint
+        if not self._ours:
+            held = sum(endpoint.peers.values())
+            if (
+                held >= endpoint.max_connections
+                or endpoint.peers[self._peer[0]] >= endpoint.peer_cap
+            ):
+                log.info("SIP connection from %s:%d refused: too many connections", *self._peer)
+                transport.close()
+                return
+            endpoint.peers[self._peer[0]] += 1
+            self._counted = True
+            self._first = endpoint.loop.call_later(FIRST_MESSAGE_TIMEOUT, self._silent)
+        endpoint.streams[self._peer] = self
+
+    def _silent(self) -> None:
+        """Its first message did not come in time: not a SIP peer."""
+        self._first = None
+        if self._transport is None:
+            return
+        log.info("SIP connection from %s:%d closed: no message in %g s",
+                 *self._peer, FIRST_MESSAGE_TIMEOUT)  # fmt: skip
+        self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         endpoint = self._endpoint
@@ -260,6 +306,9 @@ class SipStream(asyncio.Protocol):
         except EdgeDispatchError as exc:
             self._refuse(exc)
             return
+        if messages and self._first is not None:
+            self._first.cancel()
+            self._first = None
         for msg in messages:
             uas.receive(msg, self._peer, now, reliable=True)
         endpoint.flush(now)
@@ -305,9 +354,16 @@ class SipStream(asyncio.Protocol):
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        for timer in (self._expiry, self._first):
+            if timer is not None:
+                timer.cancel()
+        self._expiry = self._first = None
+        if self._counted:
+            self._counted = False
+            peers = self._endpoint.peers
+            peers[self._peer[0]] -= 1
+            if peers[self._peer[0]] <= 0:
+                del peers[self._peer[0]]
         if self._endpoint.streams.get(self._peer) is self:
             del self._endpoint.streams[self._peer]
         self._transport = None

@@ -8,6 +8,7 @@ import asyncio
 import socket
 from typing import Any
 
+from edgedispatch.net import sip
 from edgedispatch.net.sip import SipEndpoint
 from edgedispatch.sip.uac import Event as OutboundEvent
 from edgedispatch.sip.uas import UserAgentServer
@@ -146,3 +147,50 @@ def test_a_tcp_trunks_closed_connection_is_opened_again_for_what_follows(
     assert len(received) == 2 and received[0] == b""  # the first: closed, unused
     assert received[1].startswith(b"INVITE sip:+15550100@127.0.0.1;transport=tcp SIP/2.0")
     assert b"Via: SIP/2.0/TCP " in received[1]
+
+
+def test_connections_are_capped_per_peer_and_a_silent_one_is_closed(
+    run: Runner[Any], monkeypatch: Any
+) -> None:
+    """A peer may hold its share of the connections (2 of 4 here): the
+    third is closed as it opens, and a place frees when one closes.  A
+    connection that sends no whole message in time is closed; one that
+    did stays open however long it idles after."""
+    monkeypatch.setattr(sip, "FIRST_MESSAGE_TIMEOUT", 0.3)
+
+    async def main() -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        loop = asyncio.get_running_loop()
+
+        def refuse(ua: UserAgentServer, event: Event | OutboundEvent, now: float) -> None:
+            if isinstance(event, IncomingCall):
+                ua.reject(event.call_id, 404, now)
+
+        transport, endpoint = await loop.create_datagram_endpoint(
+            lambda: SipEndpoint(loop, refuse, "127.0.0.1", max_connections=4, per_peer=0.5),
+            local_addr=("127.0.0.1", 0),
+        )
+        server = await loop.create_server(endpoint.stream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        talker = await asyncio.open_connection("127.0.0.1", port)
+        talker[1].write(invite("first").replace(b"/UDP", b"/TCP"))
+        answered = await asyncio.wait_for(talker[0].read(65536), 5)
+        silent = await asyncio.open_connection("127.0.0.1", port)
+        third = await asyncio.open_connection("127.0.0.1", port)  # over this peer's 2
+        refused = await asyncio.wait_for(third[0].read(65536), 5)
+        closed_silent = await asyncio.wait_for(silent[0].read(65536), 5)  # after 0.3 s
+        await asyncio.sleep(0.2)
+        fourth = await asyncio.open_connection("127.0.0.1", port)  # the silent one's place
+        fourth[1].write(invite("fourth").replace(b"/UDP", b"/TCP"))
+        later = await asyncio.wait_for(fourth[0].read(65536), 5)
+        await asyncio.sleep(0.5)  # past the first-message time: both talked, both kept
+        talker[1].write(invite("again").replace(b"/UDP", b"/TCP"))
+        again = await asyncio.wait_for(talker[0].read(65536), 5)
+        for _, writer in (talker, silent, third, fourth):
+            writer.close()
+        server.close()
+        transport.close()
+        return answered, refused, closed_silent, later, again
+
+    answered, refused, closed_silent, later, again = run(main())
+    assert answered.startswith(b"SIP/2.0 404 ") and refused == b"" and closed_silent == b""
+    assert later.startswith(b"SIP/2.0 404 ") and again.startswith(b"SIP/2.0 404 ")
