@@ -257,7 +257,11 @@ class Server:
         for attempt in range(20):
             transport, endpoint = await loop.create_datagram_endpoint(
                 lambda: SipEndpoint(
-                    loop, on_event, host, sip_tls.client_context(sip), sip.max_connections,
+                    loop,
+                    on_event,
+                    host,
+                    sip_tls.client_context(sip),
+                    sip.max_connections,
                     sip.max_connections_per_peer,
                 ),  # fmt: skip
                 **({"sock": given_udp} if given_udp else {"local_addr": (bind, sip.port)}),

@@ -139,16 +139,19 @@ def _attribute(m: MediaLine, value: str) -> None:
 
 
 def _crypto(value: str) -> tuple[int, str, bytes] | None:
-    """``tag suite inline:key||salt[|lifetime][|mki]`` (RFC 4568 §9.1), if
-    its suite is one of ours and its key reads (else None: not usable)."""
+    """``tag suite inline:key||salt[|lifetime]`` (RFC 4568 §9.1), if its
+    suite is one of ours and its key reads (else None: not usable).  A
+    line with an MKI, more than one key, or session parameters is not
+    usable either: its packets would not be what our sessions read."""
     parts = value.split()
-    if len(parts) < 3 or not parts[0].isdigit() or parts[1] not in SUITES:
+    if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in SUITES:
         return None
     method, _, params = parts[2].partition(":")
-    if method != "inline":
+    fields = params.split("|")
+    if method != "inline" or ";" in params or any(":" in f for f in fields[1:]):
         return None
     try:
-        key = base64.b64decode(params.split("|", 1)[0], validate=True)
+        key = base64.b64decode(fields[0], validate=True)
     except (binascii.Error, ValueError):
         return None
     return (int(parts[0]), parts[1], key) if len(key) == KEY_LENGTH else None

@@ -120,3 +120,24 @@ def test_media_encryption_merges_the_trunks_then_the_rules_as_livekit_does() -> 
     assert enc(trunk, rule) == allow  # the later one wins ...
     disabled = pb.SIPDispatchRuleInfo(media=pb.SIPMediaConfig(encryption=0))
     assert enc(trunk, disabled) == require  # ... unless it is DISABLE
+
+
+def test_crypto_lines_our_sessions_could_not_read_are_not_taken() -> None:
+    """An MKI, a second key, or session parameters: not usable, so the
+    line falls back to the next crypto line (here none: refused)."""
+    key = base64.b64encode(KEY_THEIRS).decode()
+    for params in (
+        f"inline:{key}|2^20|1:4",
+        f"inline:{key};inline:{key}",
+        f"inline:{key} UNENCRYPTED_SRTP",
+    ):
+        offer = SAVP_OFFER.split(b"a=crypto:1")[0] + (
+            f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {params}\r\n".encode()
+        )
+        with pytest.raises(sdp.NotAcceptable):
+            sdp.answer(sdp.parse_offer(offer), "198.51.100.1", 20000, 1, sdp.REQUIRE, KEY_OURS)
+    lifetime = SAVP_OFFER.split(b"a=crypto:1")[0] + (
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^31\r\n".encode()
+    )
+    got = sdp.answer(sdp.parse_offer(lifetime), "198.51.100.1", 1, 1, sdp.REQUIRE, KEY_OURS)
+    assert got.srtp == ("AES_CM_128_HMAC_SHA1_80", KEY_THEIRS, KEY_OURS)
