@@ -15,9 +15,12 @@ participant's attributes, as they are at that moment, on our 200, BYE,
 CANCEL and REFER.
 
 Header names were checked when the trunk or the request was made
-(``sip.records``).  Attribute values were not: any participant with the
-grant can set them, so one with a control character (a CR LF would start
-a header of its own choosing) is left out, with a log line.
+(``sip.records``), but LiveKit lets ``attributes_to_headers`` name any
+header, the stack's own too (Call-ID, CSeq...): those are left out, as a
+second copy would break the message.  Attribute values were not checked:
+any participant with the grant can set them, so one with a control
+character (a CR LF would start a header of its own choosing) is left out,
+with a log line.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from edgedispatch.sip.message import LIST_HEADERS, Headers
+from edgedispatch.sip.records import FORBIDDEN_HEADERS
 
 log = logging.getLogger("edgedispatch.sip")
 
@@ -87,6 +91,10 @@ def headers_of(
     for attribute, name in (to_headers or {}).items():
         value = (attributes or {}).get(attribute)
         if value is None or not name:
+            continue
+        if name.lower() in FORBIDDEN_HEADERS:  # the stack's own: a copy would break it
+            log.warning("attribute %s not sent as header %s: the SIP stack sets it",
+                        attribute, name)  # fmt: skip
             continue
         if not _printable(value):
             log.warning(

@@ -48,11 +48,11 @@ def test_headers_to_attributes_names_headers_in_any_case() -> None:
     assert mapped["customer"] == "42" and "gone" not in mapped
 
 
-def test_attributes_to_headers_replace_fixed_ones_and_skip_unset_or_unsafe_values() -> None:
+def test_attributes_to_headers_replace_fixed_ones_and_skip_unset_unsafe_or_stack_headers() -> None:
     out = headers_of(
         {"X-B": "2", "X-A": "1"},
-        {"case": "4711", "site": "x\r\nVia: forged", "a": "one"},
-        {"case": "X-Case", "site": "X-Site", "a": "x-a", "unset": "X-Unset"},
+        {"case": "4711", "site": "x\r\nVia: forged", "a": "one", "b": "mine"},
+        {"case": "X-Case", "site": "X-Site", "a": "x-a", "unset": "X-Unset", "b": "Call-ID"},
     )
     assert out == [("x-a", "one"), ("X-B", "2"), ("X-Case", "4711")]
 
