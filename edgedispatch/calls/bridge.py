@@ -118,6 +118,7 @@ def listing(services: CallServices, tenant: str | None) -> list[dict[str, Any]]:
             "to": call.shown[1],
             "room": call.room,
             "state": call.state,
+            "media": call.media_kind,
         }
         for call in services.calls.values()
         if tenant is None or call.tenant == tenant
@@ -272,6 +273,14 @@ class BridgedCall:
         """The ``extra`` of a log line about this call (``obs.logs``): its
         SIP Call-ID, its tenant and, once it has one, its room."""
         return {"call": self.call_id, "room": self.room or None, "tenant": self.tenant}
+
+    @property
+    def media_kind(self) -> str:
+        """What its media is, once answered: "PCMU over SRTP", "PCMA"..."""
+        chosen = self.answer
+        if chosen is None:
+            return ""
+        return chosen.codec + (" over SRTP" if chosen.srtp is not None else "")
 
     @property
     def status(self) -> str:

@@ -256,6 +256,7 @@ class PlacedCall(BridgedCall):
             self._settle(twirp_error_of(488, f"the callee's SDP answer: {exc.msg}"))
             self.hang_up("no usable media in the answer", now)
             return
+        self.answer = chosen
         self.media.set_remote(media_spec(self.services, chosen, self.max_duration))
         self.answered = self.confirmed = True
         attributes = self.headers.attributes(headers or Headers())

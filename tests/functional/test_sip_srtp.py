@@ -15,7 +15,7 @@ from livekit.protocol import sip as pb
 
 from .conftest import ServerThread
 from .test_rooms import joined, run, token
-from .test_sip_calls import NUMBER, ROOM, add_rule, serve
+from .test_sip_calls import NUMBER, ROOM, add_rule, debug_state, serve
 from .test_sip_outbound import add_trunk
 from .tones import listen, publish_tone
 
@@ -38,7 +38,7 @@ def test_a_call_over_srtp_carries_each_rooms_tone_to_the_other(
     add_rule(callee, media_encryption=REQUIRE)  # its trunk takes SRTP calls only
     caller = serve(start_server)
 
-    async def main() -> tuple[float, float, float, float]:
+    async def main() -> tuple[float, float, float, float, list[str]]:
         trunk_id = await add_trunk(
             caller, callee.server.sip_port, media=pb.SIPMediaConfig(encryption=REQUIRE)
         )
@@ -57,15 +57,21 @@ def test_a_call_over_srtp_carries_each_rooms_tone_to_the_other(
                 )  # fmt: skip
                 rms_there, pitch_there, _ = await listen(await heard_there, seconds=1.5)
                 rms_here, pitch_here, _ = await listen(await heard_here, seconds=1.5)
+                media = [
+                    call["media"]
+                    for srv in (caller, callee)
+                    for call in (await asyncio.to_thread(debug_state, srv))["sip_calls"]
+                ]
                 await lk.room.delete_room(api.DeleteRoomRequest(room=CALLER_ROOM))
-            return rms_there, pitch_there, rms_here, pitch_here
+            return rms_there, pitch_there, rms_here, pitch_here, media
         finally:
             for player in players:
                 player.cancel()
             await here.disconnect()
             await there.disconnect()
 
-    rms_there, pitch_there, rms_here, pitch_here = run(main)
+    rms_there, pitch_there, rms_here, pitch_here, media = run(main)
+    assert media == ["PCMU over SRTP", "PCMU over SRTP"]  # as the status page shows
     assert abs(pitch_there - 440.0) < 5 and rms_there > 2000, (pitch_there, rms_there)
     assert abs(pitch_here - 660.0) < 5 and rms_here > 2000, (pitch_here, rms_here)
 

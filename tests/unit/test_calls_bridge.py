@@ -152,6 +152,7 @@ def test_a_call_rings_in_the_room_is_answered_when_its_port_opens_and_leaves_at_
     assert b"m=audio 20004 RTP/AVP 8 101" in answer and b"c=IN IP4 198.51.100.1" in answer
     call.on_confirmed(world.now)
     assert listing(world.services, None)[0]["state"] == "active"
+    assert listing(world.services, None)[0]["media"] == "PCMA"
     call.end(world.now)
     seen = attributes_seen(watcher)  # joined, published its track, ACKed, hung up, left
     assert [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s] == [
