@@ -401,7 +401,7 @@ class OutboundCalls:
         call = PlacedCall(
             self, call_id, tenant, admit, dial, target, done, req.dtmf, float(max(longest, 0)),
             req.play_dialtone or req.play_ringtone, headers,
-            media_encryption(trunk if trunk is not None else None, req),
+            media_encryption(trunk, req),
         )  # fmt: skip
         try:
             call.join(admit, now)
