@@ -344,8 +344,11 @@ def test_the_callee_hangs_up_and_its_participant_leaves(
 def test_the_node_sdk_places_a_call_and_hears_busy(
     start_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
+    """livekit-server-sdk's SipClient: the call goes out with the custom
+    header it asked for (sipp checks it), and the callee's 486 comes back
+    as LiveKit's error, with the SIP status in its metadata."""
     srv = serve(start_server)
-    callee = Callee(tmp_path, "uas_busy")
+    callee = Callee(tmp_path, "uas_busy_headers")
     env = {
         "LIVEKIT_URL": srv.url, "LIVEKIT_API_KEY": "devkey", "LIVEKIT_API_SECRET": "secret",
         "CALLEE_PORT": str(callee.port),

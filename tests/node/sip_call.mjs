@@ -1,6 +1,7 @@
 // The Node server SDK's SipClient.createSipParticipant against edgedispatch:
-// a call to CALLEE_PORT (a sipp UAS) through a new outbound trunk, waiting
-// until answered.  Prints one JSON object: the participant, or the error.
+// a call to CALLEE_PORT (a sipp UAS) through a new outbound trunk, with a
+// custom header, waiting until answered.  Prints one JSON object: the
+// participant, or the error.
 import { SipClient } from 'livekit-server-sdk';
 
 const sip = new SipClient(
@@ -17,6 +18,7 @@ const out = {};
 try {
   const info = await sip.createSipParticipant(trunk.sipTrunkId, '+15550123', 'node-call', {
     participantIdentity: 'node-callee',
+    headers: { 'X-Campaign': 'spring' },
     waitUntilAnswered: true,
   });
   out.info = { identity: info.participantIdentity, room: info.roomName, callId: info.sipCallId };
