@@ -499,6 +499,16 @@ def _hostport(hostport: str, whole: str) -> tuple[str, int]:
 # -- rendering -----------------------------------------------------------
 
 
+def contact_for(contact: str, transport: str, tls_contact: str) -> str:
+    """Our Contact URI for a dialog over ``transport`` (UDP, TCP or TLS):
+    where the far end sends what follows in it, the same way.  Over TLS,
+    ``tls_contact`` (the TLS port's) when there is one."""
+    transport = transport.upper()
+    if transport == "TLS" and tls_contact:
+        return tls_contact
+    return f"{contact};transport=tcp" if transport == "TCP" else contact
+
+
 def spell(name: str) -> str:
     """How a header's name is written: ours (lower case) as RFC 3261
     spells them; one a user named (a trunk's custom header) as given."""

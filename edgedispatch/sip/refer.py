@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from edgedispatch.errors import InvalidArgument
 from edgedispatch.sip.digest import authorization
-from edgedispatch.sip.message import Request, Response, render
+from edgedispatch.sip.message import Request, Response, contact_for, render
 from edgedispatch.sip.transaction import T1, T2, Address
 
 #: Seconds from REFER to the final NOTIFY, unless the request says
@@ -269,7 +269,7 @@ class Referrals:
             ("to", d.remote),
             ("call-id", d.call_id),
             ("cseq", f"{r.cseq} REFER"),
-            ("contact", f"<{self._contact_for(d.transport)}>"),
+            ("contact", f"<{contact_for(self._contact, d.transport, self.tls_contact)}>"),
             ("refer-to", r.refer_to),
             ("allow", ALLOW),
             *r.headers,
@@ -284,12 +284,6 @@ class Referrals:
         r.interval = T1
         r.resend_at = now + T1 if d.transport.upper() == "UDP" else None
         r.give_up = now + 64 * T1
-
-    def _contact_for(self, transport: str) -> str:
-        transport = transport.upper()
-        if transport == "TLS" and self.tls_contact:
-            return self.tls_contact
-        return f"{self._contact};transport=tcp" if transport == "TCP" else self._contact
 
     def _end(
         self, r: Referral, status: int, reason: str, now: float, refused: bool = False

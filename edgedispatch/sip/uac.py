@@ -27,6 +27,7 @@ from edgedispatch.sip.message import (
     Headers,
     Request,
     Response,
+    contact_for,
     parse_name_addr,
     render,
     response_to,
@@ -292,9 +293,8 @@ class UserAgentClient:
 
     def _contact(self, call: OutboundCall) -> str:
         """Where the callee sends its requests: over the same transport."""
-        if call.transport == "TLS":
-            return f"<{self.tls_contact or self.contact + ';transport=tls'}>"
-        return f"<{self.contact};transport=tcp>" if call.reliable else f"<{self.contact}>"
+        tls = self.tls_contact or f"{self.contact};transport=tls"
+        return f"<{contact_for(self.contact, call.transport, tls)}>"
 
     def _send_invite(
         self, call: OutboundCall, now: float, challenge: tuple[int, str] | None = None

@@ -29,6 +29,7 @@ from edgedispatch.errors import EdgeDispatchError, FailedPrecondition, Malformed
 from edgedispatch.sip.message import (
     Request,
     Response,
+    contact_for,
     parse_datagram,
     parse_name_addr,
     parse_via,
@@ -482,16 +483,11 @@ class UserAgentServer:
         self.tls_contact = f"{base}:{port};transport=tls"
         self.outbound.tls_contact = self.referrals.tls_contact = self.tls_contact
 
-    def _session_headers(self, call: Call | None = None) -> list[tuple[str, str]]:
+    def _session_headers(self, call: Call) -> list[tuple[str, str]]:
         """A 200's: our Contact for the call's transport (where the caller
         sends what follows in the dialog), Allow, Content-Type."""
-        transport = parse_via(call.invite.headers.get("via")).transport if call else "UDP"
-        if transport == "TLS" and self.tls_contact:
-            contact = self.tls_contact
-        elif transport == "TCP":
-            contact = f"{self.contact};transport=tcp"
-        else:
-            contact = self.contact
+        transport = parse_via(call.invite.headers.get("via")).transport
+        contact = contact_for(self.contact, transport, self.tls_contact)
         return [
             ("contact", f"<{contact}>"),
             ("allow", ALLOW),
