@@ -144,12 +144,6 @@ class CallHeaders(NamedTuple):
     def attributes(self, headers: Headers) -> dict[str, str]:
         return attributes_of(headers, self.to_attributes, self.include)
 
-    def outgoing(self, attributes: Mapping[str, str], fixed: bool) -> list[tuple[str, str]]:
-        """Our headers for a message: with ``fixed``, the fixed ones too
-        (the 200 or the INVITE; a BYE, CANCEL or REFER carries the mapped
-        attributes alone, as livekit/sip's do)."""
-        return headers_of(self.fixed if fixed else {}, attributes, self.to_headers)
-
 
 #: A call whose trunk adds and maps no headers.
 NO_CALL_HEADERS = CallHeaders()
