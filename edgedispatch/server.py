@@ -252,6 +252,8 @@ class Server:
                 calls.on_event(ua, event, now)
 
         given_udp, given_tcp = self._inherited.sip_udp, self._inherited.sip_tcp
+        # Once, not per attempt below: it loads the system's CAs.
+        client_tls = sip_tls.client_context(sip)
         # TCP on the same port number as UDP (as trunks expect).  With port
         # 0, the number UDP got may be taken for TCP: try another.
         for attempt in range(20):
@@ -260,7 +262,7 @@ class Server:
                     loop,
                     on_event,
                     host,
-                    sip_tls.client_context(sip),
+                    client_tls,
                     sip.max_connections,
                     sip.max_connections_per_peer,
                 ),  # fmt: skip
