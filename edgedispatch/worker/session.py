@@ -153,8 +153,8 @@ class WorkerSession:
         leaves to this worker to claim back (``store.journal``).  Sent
         before, a crash between the two would leave the job queued in the
         store, to be offered again after the restart while this worker runs
-        it: twice at once.  Frames that
-        follow wait behind it, so none overtakes it."""
+        it: twice at once.  Frames that follow wait behind it, so none
+        overtakes it."""
         assert self._after_commit is not None
         entry: list[Any] = [msg.SerializeToString(), False]
         self._outbox.append(entry)
