@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +211,8 @@ class Server:
         )
         if services is not None and self._sources is not None:
             self._sources.sip_calls = functools.partial(call_listing, services)
+        if self._sources is not None:
+            self._sources.sip_outcomes = self._sip_outcomes
         placed: OutboundCalls | None = None
         transfers: Transfers | None = None
         if services is not None:
@@ -296,6 +299,12 @@ class Server:
             endpoint.uas.listen_tls(self.sip_tls_port)
             log.info("SIP on tls %s:%d", bind, self.sip_tls_port)
 
+    def _sip_outcomes(self) -> dict[str, Counter[int]]:
+        uas = self.sip_endpoint.uas if self.sip_endpoint is not None else None
+        if uas is None:
+            return {}
+        return {"inbound": uas.call_answers, "outbound": uas.outbound.call_outcomes}
+
     def _metrics_sources(self, domain: Domain) -> metrics.Sources:
         """What /metrics reads: the parts this server has (the agents'
         manager is made after the listener, so it is looked up per scrape)."""
@@ -305,6 +314,8 @@ class Server:
         ]
         if self.rooms is not None:
             sources.tracks = self.rooms.track_counts
+        if isinstance(self._media, MediaPool):
+            sources.media_packets = self._media.packet_totals
         sources.agent_details = lambda t: self.agents.list_scoped(t) if self.agents else []
         store = self.store
         if store is not None:

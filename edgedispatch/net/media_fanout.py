@@ -58,6 +58,8 @@ class Fanout:
         self.tracks: set[Subscriber] = set()
         self.received = 0
         self.lost = 0
+        #: Packets (video: frames) handed to subscribers, one per subscriber.
+        self.forwarded = 0
         self._clock = clock
         self._last_seq: int | None = None
         self._ts = Unwrapper(32)
@@ -72,6 +74,7 @@ class Fanout:
             assert self._ts.first is not None
             encoded.pts = ts - self._ts.first
             encoded.time_base = OPUS_TIME_BASE
+            self.forwarded += len(self.tracks)
             for track in self.tracks:
                 track.push(encoded, True)
         return False, None
@@ -116,6 +119,7 @@ class VideoFanout(Fanout):
             encoded = Packet(frame.data)
             encoded.pts = frame.pts
             encoded.time_base = VIDEO_TIME_BASE
+            self.forwarded += len(self.tracks)
             for track in self.tracks:
                 if not track.push(encoded, frame.key):
                     self.frames.request_key()

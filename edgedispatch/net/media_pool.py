@@ -81,6 +81,8 @@ class WorkerProcess:
         self.proxies: dict[int, MediaProxy] = {}
         self.alive = True
         self.pid = 0
+        #: Packets received and forwarded since it started, as it last said.
+        self.totals = (0, 0)
         self._stats: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.link = MediaLink(self._on_frame, self._on_lost)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -105,6 +107,9 @@ class WorkerProcess:
         if op == "ready":
             self.pid = args[0]
             log.info("media worker %d ready (pid %d)", self.index, self.pid)
+            return
+        if op == "totals":
+            self.totals = (int(args[0]), int(args[1]))
             return
         if op == "stats":
             future = self._stats.pop(args[0], None)
@@ -288,6 +293,17 @@ class MediaPool:
         self._room_peers: dict[tuple[str, str], int] = {}
         self._next_peer = 0
         self._requests = 0
+        #: The packet totals of workers that exited (their last report).
+        self._retired = (0, 0)
+
+    def packet_totals(self) -> tuple[int, int]:
+        """Packets received from publishers, and forwarded to subscribers,
+        by every worker so far, as of their last reports (``/metrics``)."""
+        received, forwarded = self._retired
+        for worker in self.workers:
+            if worker is not None:
+                received, forwarded = received + worker.totals[0], forwarded + worker.totals[1]
+        return received, forwarded
 
     def __call__(self, session: Session) -> MediaProxy:
         key = session.room_key
@@ -327,6 +343,10 @@ class MediaPool:
 
     def lost(self, worker: WorkerProcess) -> None:
         log.error("media worker %d (pid %d) exited", worker.index, worker.proc.pid)
+        self._retired = (
+            self._retired[0] + worker.totals[0], self._retired[1] + worker.totals[1]
+        )  # fmt: skip
+        worker.totals = (0, 0)  # counted once, though it stays in the list until replaced
         for key in [k for k, w in self._rooms.items() if w is worker]:
             del self._rooms[key]
 

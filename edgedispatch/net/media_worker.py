@@ -17,7 +17,8 @@ Commands in: ``open`` (peer, single_pc, fields), ``negotiate``,
 ``sip_open`` (peer, spec, bind, fields), ``sip_remote`` (peer, spec: a
 placed call's answer) and ``sip_digit`` (peer, digit).  Events out:
 ``ready``, ``answer``, ``data``, ``track``, ``need``, ``offer``, ``failed``,
-``refused``, ``gone``, ``stats``; for calls ``sip_ready`` (peer, port),
+``refused``, ``gone``, ``stats``, ``totals`` (packets received and
+forwarded since it started, every second); for calls ``sip_ready`` (peer, port),
 ``sip_digit`` (peer, digit) and ``sip_end`` (peer, why).
 """
 
@@ -40,6 +41,9 @@ from edgedispatch.net.media import MediaFactory, PeerMedia
 from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, LOG_ENV, MediaLink
 from edgedispatch.net.sip_media import CallClock, CallMedia, bind_call
 from edgedispatch.obs import logs
+
+#: Seconds between two reports of the packet totals (``totals``).
+TOTALS_INTERVAL = 1.0
 
 
 class PeerEvents:
@@ -93,6 +97,30 @@ class Worker:
         self.done = asyncio.get_running_loop().create_future()
         self.clock = CallClock()
         self._opening: set[asyncio.Task[None]] = set()
+        #: (received, forwarded) packets of the tracks of peers now closed.
+        self._retired = [0, 0]
+
+    def packet_totals(self) -> list[int]:
+        """Packets received from publishers and forwarded to subscribers,
+        since the worker started (``/metrics``)."""
+        totals = list(self._retired)
+        for media in self.peers.values():
+            for fanout in media.fanouts.values():
+                totals[0] += fanout.received
+                totals[1] += fanout.forwarded
+        return totals
+
+    def report_totals(self) -> None:
+        """Tell the server the totals, every ``TOTALS_INTERVAL`` s."""
+        self.link.send("totals", *self.packet_totals())
+        asyncio.get_running_loop().call_later(TOTALS_INTERVAL, self.report_totals)
+
+    def _close(self, peer: int) -> None:
+        media = self.peers.pop(peer)
+        for fanout in media.fanouts.values():
+            self._retired[0] += fanout.received
+            self._retired[1] += fanout.forwarded
+        media.close()
 
     def on_frame(self, frame: list[Any]) -> None:
         op, *args = frame
@@ -132,8 +160,7 @@ class Worker:
         elif op == "answer":
             media.set_answer(args[1])
         elif op == "close":
-            del self.peers[args[0]]
-            media.close()
+            self._close(args[0])
 
     async def _bind_call(self, call: CallMedia, spec: dict[str, Any], bind: str) -> None:
         ports = (int(spec["ports"][0]), int(spec["ports"][1]))
@@ -161,8 +188,7 @@ class Worker:
         elif op == "sip_ring":
             call.ring_caller(bool(args[1]))
         elif op == "close":
-            del self.peers[args[0]]
-            call.close()
+            self._close(args[0])
 
     def on_lost(self) -> None:
         if not self.done.done():
@@ -234,6 +260,7 @@ async def main() -> None:
     sock = socket.socket(fileno=int(os.environ[FD_ENV]))
     await loop.connect_accepted_socket(lambda: worker.link, sock)
     worker.link.send("ready", os.getpid())
+    worker.report_totals()
     await worker.done
     await worker.factory.close()
 

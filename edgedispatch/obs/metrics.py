@@ -13,12 +13,18 @@ Series (all prefixed ``edgedispatch_``):
   ``offer_timeouts_total``, ``jobs_ended_total{tenant,state,reason}``;
 - now: ``jobs{tenant,state}``, ``queue_depth{tenant,agent,reason}``,
   ``workers{tenant,agent,status}``, ``worker_slots_used{tenant,agent}``;
-- rooms: ``rooms{tenant}``, ``participants{tenant}``, ``tracks{tenant}``;
+- rooms: ``rooms{tenant}``, ``participants{tenant}``, ``tracks{tenant}``,
+  ``media_packets_received_total`` and ``media_packets_forwarded_total``
+  (all rooms: a media worker holds many tenants' rooms; as the workers
+  last reported, each second);
 - local agents: ``agent_processes{tenant,agent,kind}``,
   ``agent_memory_bytes{tenant,agent,kind}`` (unique set size),
   ``agent_running_jobs{tenant,agent,kind}``;
 - the store: ``store_commit_seconds``, ``store_pending_writes``;
-- SIP: ``sip_responses_total{code}`` (final responses the server sent).
+- SIP: ``sip_calls_total{direction,code}`` (each call's final answer: the
+  one we sent to an incoming call, including refusals; the callee's to a
+  call we placed, or 408/487 for none or our CANCEL), and
+  ``sip_calls_active{tenant,state}`` (the bridged calls now).
 """
 
 from __future__ import annotations
@@ -64,7 +70,11 @@ class Sources:
         self.tracks: Callable[[], Counter[str]] | None = None
         self.store_commits: Callable[[], Histogram] | None = None
         self.store_pending: Callable[[], int] | None = None
-        self.sip_responses: Callable[[], Counter[int]] | None = None
+        #: Packets the media workers received from publishers, and
+        #: forwarded to subscribers (one per subscriber), so far.
+        self.media_packets: Callable[[], tuple[int, int]] | None = None
+        #: direction ("inbound", "outbound") -> final status -> calls
+        self.sip_outcomes: Callable[[], dict[str, Counter[int]]] | None = None
         # For /debug/state (``obs.status``), scoped to a tenant (None: all):
         #: the local agents and their instances;
         self.agent_details: Callable[[str | None], list[dict[str, Any]]] | None = None
@@ -178,6 +188,18 @@ class _Collector(Collector):
             for tenant, n in sorted(self._s.tracks().items()):
                 family.add_metric([tenant], n)
             yield family
+        if self._s.media_packets is not None:
+            received, forwarded = self._s.media_packets()
+            yield CounterMetricFamily(
+                "edgedispatch_media_packets_received",
+                "RTP packets received from publishers (and callers) by the media workers",
+                value=received,
+            )
+            yield CounterMetricFamily(
+                "edgedispatch_media_packets_forwarded",
+                "Packets (video: frames) forwarded to subscribers, one per subscriber",
+                value=forwarded,
+            )
 
     def _agents(self) -> Iterator[Any]:
         if self._s.agents is None:
@@ -209,11 +231,25 @@ class _Collector(Collector):
             )
 
     def _sip(self) -> Iterator[Any]:
-        if self._s.sip_responses is None:
-            return
-        family = CounterMetricFamily(
-            "edgedispatch_sip_responses", "Final SIP responses sent", labels=["code"]
-        )
-        for code, n in sorted(self._s.sip_responses().items()):
-            family.add_metric([str(code)], n)
-        yield family
+        if self._s.sip_outcomes is not None:
+            family = CounterMetricFamily(
+                "edgedispatch_sip_calls",
+                "SIP calls by their final answer (sent to the caller, or the callee's)",
+                labels=["direction", "code"],
+            )
+            for direction, codes in sorted(self._s.sip_outcomes().items()):
+                for code, n in sorted(codes.items()):
+                    family.add_metric([direction, str(code)], n)
+            yield family
+        if self._s.sip_calls is not None:
+            active: Counter[tuple[str, str]] = Counter(
+                (call["tenant"], call["state"]) for call in self._s.sip_calls(None)
+            )
+            gauge = GaugeMetricFamily(
+                "edgedispatch_sip_calls_active",
+                "Bridged SIP calls now, by state (answering, ringing, active...)",
+                labels=["tenant", "state"],
+            )
+            for pair, n in sorted(active.items()):
+                gauge.add_metric(list(pair), n)
+            yield gauge

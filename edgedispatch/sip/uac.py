@@ -19,6 +19,7 @@ are for unreliable transports), and Timers B, D and F still give up.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -123,6 +124,9 @@ class UserAgentClient:
         self.calls: dict[str, OutboundCall] = {}
         self._events: list[Event] = []
         self._out: list[tuple[bytes, Address]] = []
+        #: How the calls we placed ended up, by status: the callee's final
+        #: answer, or 408/487 for no answer or our CANCEL (for /metrics).
+        self.call_outcomes: Counter[int] = Counter()
 
     def dial(
         self,
@@ -330,6 +334,8 @@ class UserAgentClient:
 
     def _answered(self, call: OutboundCall, msg: Response, now: float) -> None:
         first = not call.ack
+        if first and call.phase is not Phase.ENDED:  # (one that crossed our CANCEL counted 487)
+            self.call_outcomes[msg.status] += 1
         if first:
             to = parse_name_addr(msg.headers.get("to"))
             call.remote_tag = to.tag
@@ -410,6 +416,7 @@ class UserAgentClient:
     def _fail(self, call: OutboundCall, status: int, reason: str, now: float) -> None:
         if call.phase is not Phase.ENDED:
             self._events.append(Failed(call.call_id, status, reason))
+            self.call_outcomes[status] += 1
         call.phase = Phase.ENDED
         if not call.bye:
             # Kept for Timer D: copies of its final answer still get an ACK,

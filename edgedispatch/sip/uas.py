@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from edgedispatch.errors import EdgeDispatchError, FailedPrecondition, Malformed, TooLarge
@@ -94,6 +95,9 @@ class UserAgentServer:
         #: Set by ``drain``: the Retry-After of the 503 that new calls and
         #: probes get (0: not draining).
         self.draining_retry_after = 0
+        #: Final answers to the INVITEs of incoming calls, by status (for
+        #: /metrics: the calls answered, and those refused, and why).
+        self.call_answers: Counter[int] = Counter()
 
     def drain(self, retry_after: int = DRAIN_RETRY_AFTER) -> None:
         """Take no new calls: a new INVITE gets 503 with Retry-After, and so
@@ -155,6 +159,8 @@ class UserAgentServer:
                     # repeats to an address that may be forged, no memory).
                     head = [("retry-after", "5")]
                     self._out.append((response_to(msg, 503, "Service Unavailable", head), source))
+                    if msg.method == "INVITE":
+                        self.call_answers[503] += 1
                     return
             if self.transactions.receive(msg, source, reliable=reliable, now=now):
                 self._request(msg, source, now)
@@ -505,10 +511,12 @@ class UserAgentServer:
         to_tag: str = "",
         reason: str = "",
     ) -> bytes:
+        call = self.calls.get(req.call_id)
         if not to_tag and status > 100:
-            call = self.calls.get(req.call_id)
             to_tag = call.local_tag if call is not None else self._new_tag()
         reason = reason or REASONS.get(status, "Unknown")
+        if status >= 200 and req.method == "INVITE" and (call is None or call.invite is req):
+            self.call_answers[status] += 1  # a call's answer (not a re-INVITE's)
         data = response_to(req, status, reason, headers, body, to_tag)
         self.transactions.respond(req, source, status, data, now)
         return data

@@ -29,6 +29,7 @@ from edgedispatch.net.media_pool import MediaPool
 from .clients import WorkerProcess, node_worker, py_worker
 from .conftest import ServerThread
 from .test_local_agents import AGENTS, writable
+from .test_metrics_page import scrape
 from .test_real_clients import needs_node, wait_until
 from .tones import AMPLITUDE, listen, publish_tone
 
@@ -312,6 +313,17 @@ def test_a_tone_is_forwarded_untouched(
     assert abs(peak - 440.0) < 5, peak
     ((received, lost),) = stats  # the one published track
     assert received >= 100 and lost == 0, stats  # 20 ms packets over 2 s and more
+    # An operator reads the same on /metrics (the workers report each second;
+    # the listener's copy of each packet counts once as forwarded).
+    deadline = time.monotonic() + 10
+    while True:
+        got = scrape(srv.url)
+        forwarded = got.get(("edgedispatch_media_packets_forwarded_total", ()), 0)
+        if forwarded >= 100 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got["edgedispatch_media_packets_received_total", ()] >= received
+    assert received * 0.9 <= forwarded <= got["edgedispatch_media_packets_received_total", ()]
 
 
 @pytest.mark.parametrize("dispatch", ["token", "automatic"])

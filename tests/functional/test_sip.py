@@ -18,6 +18,7 @@ from edgedispatch._testbase.fake_worker import FakeWorker
 from edgedispatch.cli.bench.common import free_port
 
 from .conftest import ServerThread
+from .test_metrics_page import scrape
 from .test_worker_protocol import run
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "sip"
@@ -58,6 +59,9 @@ def test_a_call_no_trunk_takes_is_refused_404_and_acked(
     endpoint = srv.server.sip_endpoint
     assert endpoint is not None and endpoint.uas is not None
     assert srv.call(lambda: len(endpoint.uas.calls)) == 0  # type: ignore[union-attr]
+    # An operator sees them on /metrics, by the answer they got.
+    got = scrape(srv.url)
+    assert got["edgedispatch_sip_calls_total", (("code", "404"), ("direction", "inbound"))] == 10
 
 
 TENANTS = {"acme": {"acme-key": "acme-secret"}, "globex": {"globex-key": "globex-secret"}}

@@ -28,6 +28,7 @@ from edgedispatch.sip.rtp import RtpPacket, decode, encode, parse_rtp
 
 from .clients import WorkerProcess, py_worker
 from .conftest import ServerThread
+from .test_metrics_page import scrape
 from .test_rooms import joined, record_data, run, token, until
 from .tones import listen, publish_tone
 
@@ -203,10 +204,16 @@ def test_deleting_the_room_hangs_the_call_up(
             assert (listed["from"], listed["to"], listed["room"], listed["state"]) == (
                 CALLER, NUMBER, ROOM, "active",
             )  # fmt: skip
+            # And /metrics counts it.
+            got = await asyncio.to_thread(scrape, srv.url)
+            assert got["edgedispatch_sip_calls_active", (("state", "active"), ("tenant", ""))] == 1
             await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
         return await call
 
     ok(run(main))
+    got = scrape(srv.url)
+    assert got["edgedispatch_sip_calls_total", (("code", "200"), ("direction", "inbound"))] == 1
+    assert not [key for key in got if key[0] == "edgedispatch_sip_calls_active"]
 
 
 @pytest.mark.once  # the trunk's limit, not the loop

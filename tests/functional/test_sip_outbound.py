@@ -25,6 +25,7 @@ from edgedispatch.cli.bench.common import free_media_port, free_port
 
 from .clients import NODE_DIR
 from .conftest import ServerThread
+from .test_metrics_page import scrape
 from .test_rooms import joined, run, token, until
 from .test_sip_calls import SCENARIOS, ok, serve, tone_file
 from .tones import listen
@@ -228,6 +229,8 @@ def test_a_busy_callee_fails_wait_until_answered_with_its_sip_status(
     assert error.code == "resource_exhausted", error  # LiveKit's mapping of 486
     assert error.metadata["sip_status_code"] == "486", error.metadata
     assert people == []  # the callee's participant left with the call
+    got = scrape(srv.url)
+    assert got["edgedispatch_sip_calls_total", (("code", "486"), ("direction", "outbound"))] == 1
 
 
 @pytest.mark.media
