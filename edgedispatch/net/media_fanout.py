@@ -28,6 +28,10 @@ from edgedispatch.wire.vp8 import VIDEO_CLOCK, FrameAssembler
 
 OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+#: Packets received and forwarded by this process's fan-outs since closed
+#: (a track unpublished, a peer gone): with the open ones', totals that
+#: never go down, as Prometheus' counters must not.
+CLOSED_TOTALS = [0, 0]
 
 
 class RtpLike(Protocol):
@@ -60,6 +64,7 @@ class Fanout:
         self.lost = 0
         #: Packets (video: frames) handed to subscribers, one per subscriber.
         self.forwarded = 0
+        self.closed = False
         self._clock = clock
         self._last_seq: int | None = None
         self._ts = Unwrapper(32)
@@ -95,6 +100,10 @@ class Fanout:
         return True
 
     def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            CLOSED_TOTALS[0] += self.received
+            CLOSED_TOTALS[1] += self.forwarded
         for track in list(self.tracks):
             track.stop()
         self.tracks.clear()

@@ -38,6 +38,7 @@ import uvloop
 
 from edgedispatch.config import RtcConfig
 from edgedispatch.net.media import MediaFactory, PeerMedia
+from edgedispatch.net.media_fanout import CLOSED_TOTALS
 from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, LOG_ENV, MediaLink
 from edgedispatch.net.sip_media import CallClock, CallMedia, bind_call
 from edgedispatch.obs import logs
@@ -97,17 +98,16 @@ class Worker:
         self.done = asyncio.get_running_loop().create_future()
         self.clock = CallClock()
         self._opening: set[asyncio.Task[None]] = set()
-        #: (received, forwarded) packets of the tracks of peers now closed.
-        self._retired = [0, 0]
 
     def packet_totals(self) -> list[int]:
         """Packets received from publishers and forwarded to subscribers,
         since the worker started (``/metrics``)."""
-        totals = list(self._retired)
+        totals = list(CLOSED_TOTALS)
         for media in self.peers.values():
             for fanout in media.fanouts.values():
-                totals[0] += fanout.received
-                totals[1] += fanout.forwarded
+                if not fanout.closed:
+                    totals[0] += fanout.received
+                    totals[1] += fanout.forwarded
         return totals
 
     def report_totals(self) -> None:
@@ -116,11 +116,7 @@ class Worker:
         asyncio.get_running_loop().call_later(TOTALS_INTERVAL, self.report_totals)
 
     def _close(self, peer: int) -> None:
-        media = self.peers.pop(peer)
-        for fanout in media.fanouts.values():
-            self._retired[0] += fanout.received
-            self._retired[1] += fanout.forwarded
-        media.close()
+        self.peers.pop(peer).close()  # its fan-outs' counts go to CLOSED_TOTALS
 
     def on_frame(self, frame: list[Any]) -> None:
         op, *args = frame

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from edgedispatch.net.media import FORWARD_QUEUE, ForwardTrack
-from edgedispatch.net.media_fanout import Fanout, VideoFanout
+from edgedispatch.net.media_fanout import CLOSED_TOTALS, Fanout, VideoFanout
 
 KEY, DELTA = b"\x00key", b"\x01delta"
 
@@ -93,3 +93,23 @@ def test_audio_presentation_times_grow_across_a_timestamp_wrap() -> None:
         return [int(track._queue.popleft().pts or 0) for _ in range(3)]
 
     assert asyncio.run(main()) == [0, 0x1C0, 0x280]
+
+
+def test_packet_counts_survive_a_closed_fanout_and_never_go_down() -> None:
+    """/metrics' forwarded packets: one per subscriber; a fan-out closed
+    (its track unpublished) hands its counts to the process's totals once."""
+
+    async def main() -> None:
+        before = list(CLOSED_TOTALS)
+        fanout = Fanout("TR_mic", lambda: 0.0)
+        ForwardTrack(fanout)
+        ForwardTrack(fanout)
+        for seq in range(1, 4):
+            fanout.add(Rtp(seq, seq * 960, 0, b"opus"))
+        fanout.add(Rtp(3, 2880, 0, b"opus"))  # a duplicate: neither counted nor sent
+        assert (fanout.received, fanout.forwarded) == (3, 6)
+        fanout.close()
+        fanout.close()  # twice: counted once
+        assert CLOSED_TOTALS == [before[0] + 3, before[1] + 6]
+
+    asyncio.run(main())
