@@ -18,8 +18,8 @@ Commands in: ``open`` (peer, single_pc, fields), ``negotiate``,
 placed call's answer) and ``sip_digit`` (peer, digit).  Events out:
 ``ready``, ``answer``, ``data``, ``track``, ``need``, ``offer``, ``failed``,
 ``refused``, ``gone``, ``stats``, ``totals`` (packets received and
-forwarded since it started, every second); for calls ``sip_ready`` (peer, port),
-``sip_digit`` (peer, digit) and ``sip_end`` (peer, why).
+forwarded since it started, every second); for calls ``sip_ready`` (peer,
+port), ``sip_digit`` (peer, digit) and ``sip_end`` (peer, why).
 """
 
 from __future__ import annotations
