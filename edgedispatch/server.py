@@ -103,7 +103,7 @@ class Server:
         self._sip: asyncio.BaseTransport | None = None
         self.sip_endpoint: SipEndpoint | None = None
         self._sip_tcp: asyncio.Server | None = None
-        self._sip_tls: asyncio.Server | None = None
+        self._sip_tls: sip_tls.TlsListener | None = None
         self.sip_port = 0
         self.sip_tls_port = 0
         self.sip_directory: Directory | None = None
@@ -290,11 +290,8 @@ class Server:
         log.info("SIP on udp and tcp %s:%d", bind, self.sip_port)
         if sip.tls_cert:
             context = sip_tls.server_context(sip)
-            self._sip_tls = await loop.create_server(
-                endpoint.stream, bind, sip.tls_port, ssl=context, reuse_address=True,
-                ssl_handshake_timeout=sip_tls.HANDSHAKE_TIMEOUT,
-            )  # fmt: skip
-            self.sip_tls_port = self._sip_tls.sockets[0].getsockname()[1]
+            self._sip_tls = sip_tls.TlsListener(endpoint, context, bind, sip.tls_port)
+            self.sip_tls_port = self._sip_tls.port
             assert endpoint.uas is not None
             endpoint.uas.listen_tls(self.sip_tls_port)
             log.info("SIP on tls %s:%d", bind, self.sip_tls_port)
@@ -529,6 +526,8 @@ class Server:
             self._server.close()
         for conn in list(self.connections):
             conn.abort()
+        if self.sip_endpoint is not None:
+            self.sip_endpoint.abort_streams()
         if self._server is not None:
             await self._server.wait_closed()
         await asyncio.sleep(0)  # let connection_lost callbacks run

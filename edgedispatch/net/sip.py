@@ -14,7 +14,9 @@ is closed after a 400: it cannot be resynchronised.
 A hostile peer cannot hold the port with connections: one that has not
 sent a whole first message within ``FIRST_MESSAGE_TIMEOUT`` is closed,
 and connections in all and per peer address are capped
-(``sip.max_connections``); those we open to trunks are not counted."""
+(``sip.max_connections``); those we open to trunks are not counted.  A
+TLS connection is counted when it is accepted, before its handshake
+(``sip_tls.TlsListener``)."""
 
 from __future__ import annotations
 
@@ -167,8 +169,22 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timer.arm(uas.next_deadline())
 
     def stream(self) -> SipStream:
-        """A protocol for one TCP or TLS connection a peer opened."""
+        """A protocol for one TCP connection a peer opened."""
         return SipStream(self)
+
+    def admit(self, host: str, port: int) -> bool:
+        """Count a connection from ``host``, or say it is one too many."""
+        if sum(self.peers.values()) >= self.max_connections or self.peers[host] >= self.peer_cap:
+            log.info("SIP connection from %s:%d refused: too many connections", host, port)
+            return False
+        self.peers[host] += 1
+        return True
+
+    def release(self, host: str) -> None:
+        """A counted connection from ``host`` ended."""
+        self.peers[host] -= 1
+        if self.peers[host] <= 0:
+            del self.peers[host]
 
     def outbound_stream(self) -> SipStream:
         """A protocol for one connection we open (to a trunk)."""
@@ -232,6 +248,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         for stream in list(self.streams.values()):
             stream.close()
 
+    def abort_streams(self) -> None:
+        """Drop what ``close_streams`` left open, last: a TLS connection
+        closes only once its peer answers our close_notify, which a
+        stopping server does not wait for."""
+        for stream in list(self.streams.values()):
+            stream.abort()
+
     def _resend(self, address: tuple[str, int], data: bytes, error: str | None) -> None:
         stream = self.streams.get(address)
         if stream is not None:
@@ -254,14 +277,18 @@ class SipEndpoint(asyncio.DatagramProtocol):
 class SipStream(asyncio.Protocol):
     """One TCP connection (TLS or not): messages framed by Content-Length."""
 
-    def __init__(self, endpoint: SipEndpoint, ours: bool = False) -> None:
+    def __init__(
+        self, endpoint: SipEndpoint, ours: bool = False, counted: tuple[str, int] | None = None
+    ) -> None:
         self._endpoint = endpoint
         self._ours = ours  #: we opened it (to a trunk): not capped, not timed
-        self._counted = False
+        #: already counted against the caps (a TLS connection, at its
+        #: accept: ``counted`` is its peer)
+        self._counted = counted is not None
         self._first: asyncio.TimerHandle | None = None  #: until its first message
         self._parser = StreamParser()
         self._transport: asyncio.Transport | None = None
-        self._peer: tuple[str, int] = ("", 0)
+        self._peer: tuple[str, int] = counted or ("", 0)
         self._partial_since: float | None = None  # when the unframed bytes began
         self._expiry: asyncio.TimerHandle | None = None
         self.secure = False  #: over TLS
@@ -273,16 +300,11 @@ class SipStream(asyncio.Protocol):
         self._peer = (str(host), int(port))
         endpoint = self._endpoint
         if not self._ours:
-            held = sum(endpoint.peers.values())
-            if (
-                held >= endpoint.max_connections
-                or endpoint.peers[self._peer[0]] >= endpoint.peer_cap
-            ):
-                log.info("SIP connection from %s:%d refused: too many connections", *self._peer)
-                transport.close()
-                return
-            endpoint.peers[self._peer[0]] += 1
-            self._counted = True
+            if not self._counted:
+                if not endpoint.admit(*self._peer):
+                    transport.close()
+                    return
+                self._counted = True
             self._first = endpoint.loop.call_later(FIRST_MESSAGE_TIMEOUT, self._silent)
         endpoint.streams[self._peer] = self
 
@@ -353,6 +375,16 @@ class SipStream(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def abandon(self) -> None:
+        """Its TLS handshake failed (it never began): its count goes back."""
+        if self._counted:
+            self._counted = False
+            self._endpoint.release(self._peer[0])
+
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._expiry, self._first):
             if timer is not None:
@@ -360,10 +392,7 @@ class SipStream(asyncio.Protocol):
         self._expiry = self._first = None
         if self._counted:
             self._counted = False
-            peers = self._endpoint.peers
-            peers[self._peer[0]] -= 1
-            if peers[self._peer[0]] <= 0:
-                del peers[self._peer[0]]
+            self._endpoint.release(self._peer[0])
         if self._endpoint.streams.get(self._peer) is self:
             del self._endpoint.streams[self._peer]
         self._transport = None

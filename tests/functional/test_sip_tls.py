@@ -174,3 +174,50 @@ def test_a_connection_that_never_starts_tls_is_closed(
                 b"Content-Length: 0\r\n\r\n"
             )
             assert tls.recv(4096).startswith(b"SIP/2.0 200 ")
+
+
+def test_connections_that_have_not_shaken_hands_count_against_the_caps(
+    start_server: Callable[..., ServerThread], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of TLS connections that never finish their handshake cannot
+    hold more sockets than the per-peer cap: each is counted when it is
+    accepted, and one over the cap is closed at once, not after the
+    handshake timeout.  Once they go, a TLS client is served again."""
+    monkeypatch.setattr(sip_tls, "HANDSHAKE_TIMEOUT", 30.0)
+    ca, cert, key = certificates(tmp_path)
+    srv = serve(
+        start_server, tls_cert=str(cert), tls_key=str(key), tls_port=0,
+        max_connections=4, max_connections_per_peer=0.5,
+    )  # fmt: skip
+    port = srv.server.sip_tls_port
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            started = time.monotonic()
+            assert third.recv(1) == b""  # refused: the peer's two are held
+            assert time.monotonic() - started < 5
+        for held in silent:  # still open, waiting for their handshakes
+            held.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                held.recv(1)
+    finally:
+        for held in silent:
+            held.close()
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + 10
+    while True:  # the server sees the two go, and uncounts them
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(
+                        b"OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\n"
+                        b"Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKprobe2\r\n"
+                        b"From: <sip:probe@127.0.0.1>;tag=p2\r\nTo: <sip:edge@127.0.0.1>\r\n"
+                        b"Call-ID: probe-2\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                        b"Content-Length: 0\r\n\r\n"
+                    )
+                    assert tls.recv(4096).startswith(b"SIP/2.0 200 ")
+                    break
+        except (ssl.SSLError, ConnectionError):
+            assert time.monotonic() < deadline, "the refused connections were never uncounted"
+            time.sleep(0.1)
