@@ -65,7 +65,7 @@ _REASONS = {int(r): r for r in FailReason}
 _WAITS = {int(w): w for w in WaitReason}
 
 
-class AgentKey(msgspec.Struct, frozen=True, order=True):
+class AgentKey(msgspec.Struct, frozen=True, order=True, gc=False):
     """Which workers may run a job: tenant + agent name + job type + deployment."""
 
     tenant: str = ""
@@ -74,9 +74,11 @@ class AgentKey(msgspec.Struct, frozen=True, order=True):
     deployment: str = ""
 
 
-class JobSpec(msgspec.Struct, frozen=True):
+class JobSpec(msgspec.Struct, frozen=True, gc=False):
     """What a job is.  The core reads only ``key``, ``restart_policy`` and
-    ``deadline``; the rest rides along for the shell."""
+    ``deadline``; the rest rides along for the shell.  Untracked by the
+    cyclic GC, as the records are (``records``): what it holds must never
+    refer back to it."""
 
     job_id: str
     key: AgentKey
@@ -86,7 +88,7 @@ class JobSpec(msgspec.Struct, frozen=True):
     participant: str | None = None
     metadata: str = ""
     restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
-    payload: Any = None  #: anything else the shell wants back (e.g. the Job proto)
+    payload: Any = None  #: anything else the shell wants back (nothing that refers to the spec)
     #: Recovered after a restart from a worker that held it: it waits
     #: ``reclaim_grace`` to be claimed back (ORPHANED), and is not offered.
     restored_held: bool = False
