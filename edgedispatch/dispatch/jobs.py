@@ -89,8 +89,8 @@ class JobLedger:
         ListDispatch); a pending one goes back to the core, queued with its
         original queue deadline or, if a worker held it, waiting
         ``reclaim_grace`` for that worker to claim it back (its wait in the
-        queue ended when it was assigned: unclaimed, it queues afresh, as
-        after a worker loss)."""
+        queue ended when it was assigned: unclaimed, it queues afresh or
+        fails by its restart policy, as after a worker loss)."""
         self.jobs[rec.id] = rec
         dispatch.job_ids.append(rec.id)
         if rec.state.terminal:
@@ -98,8 +98,11 @@ class JobLedger:
             return
         # Offered to a worker: it may have been assigned too, its ASSIGNED
         # not yet committed (the assignment waits only for the offer's
-        # write), so it waits for that worker as a held job does.  Unclaimed
-        # it was never run, and queues again whatever its restart policy.
+        # write), so it waits for that worker as a held job does, and so
+        # does its restart policy: unclaimed, JRP_ON_FAILURE queues it
+        # again, JRP_NEVER fails it (WORKER_LOST).  The worker may have
+        # started it and died, or be cut off longer than the grace and
+        # still running it: a JRP_NEVER job runs at most once.
         offered = rec.state == JobState.OFFERED and bool(rec.worker_id)
         held = rec.state in _HELD or offered
         agent = (rec.key.tenant, rec.key.agent_name)
@@ -111,7 +114,7 @@ class JobLedger:
             deadline = now + self._cfg.queue_timeout
         else:
             deadline = now + (deadline_ns - self._wall.ns(now)) / 1e9
-        policy = RestartPolicy.ON_FAILURE if offered else RestartPolicy(dispatch.restart_policy)
+        policy = RestartPolicy(dispatch.restart_policy)
         spec = JobSpec(rec.id, rec.key, deadline, restart_policy=policy, restored_held=held)
         self._core.submit(spec, now)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from edgedispatch._core.codes import JobState, JobStatus, RestartPolicy
+from edgedispatch._core.codes import FailReason, JobState, JobStatus, RestartPolicy
 from edgedispatch._testbase.links import RecordingLink
 from edgedispatch.config import DispatchConfig, RoomConfig
 from edgedispatch.dispatch.domain import Domain
@@ -223,18 +223,14 @@ def test_a_job_assigned_before_its_row_went_to_the_writer_is_written_once(
     assert states == sorted([JobState.QUEUED, JobState.ORPHANED])
 
 
-def test_a_job_offered_to_a_worker_waits_for_it_then_queues_whatever_its_policy(
-    tmp_path: Path,
-) -> None:
-    """The assignment waits only for the offer's write: a crash before its
-    ASSIGNED commits leaves OFFERED to W in the store.  W may be running
-    it, so it gets ``reclaim_grace`` to claim it back; unclaimed it never
-    ran, and is offered again even under JRP_NEVER."""
+def offered_then_killed(tmp_path: Path, policy: RestartPolicy) -> tuple[Domain, str]:
+    """A job offered to a worker, the offer committed, then kill -9 before
+    anything else: the restarted domain, and the job's id."""
 
     async def main() -> str:
         domain, store = serving(tmp_path)
         support_worker(domain)  # the worker it is offered to
-        spec = DispatchSpec("r1", AgentSpec("support", restart_policy=RestartPolicy.NEVER))
+        spec = DispatchSpec("r1", AgentSpec("support", restart_policy=policy))
         rec = domain.create_dispatch("t1", spec, 0.0)
         domain.step(0.0)
         await store.flushed()  # the offer to the worker is committed
@@ -243,13 +239,36 @@ def test_a_job_offered_to_a_worker_waits_for_it_then_queues_whatever_its_policy(
         return rec.job_ids[0]
 
     job = asyncio.run(main())
-    second = boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0)
+    return boot(tmp_path, now=0.0, wall=1001.0, reclaim_grace=10.0), job
+
+
+def test_a_job_offered_to_a_worker_waits_for_it_then_goes_out_again(tmp_path: Path) -> None:
+    """The assignment waits only for the offer's write: a crash before its
+    ASSIGNED commits leaves OFFERED to W in the store.  W may be running
+    it, so it gets ``reclaim_grace`` to claim it back; unclaimed, a
+    JRP_ON_FAILURE job is offered again."""
+    second, job = offered_then_killed(tmp_path, RestartPolicy.ON_FAILURE)
     assert second.jobs.jobs[job].state == JobState.ORPHANED
     other = support_worker(second, 1.0)
     second.step(1.0)
     assert other.offers == []  # its worker may claim it back
-    second.on_timer(10.5)  # nobody did: it never ran, and goes out again
+    second.on_timer(10.5)  # nobody did: it goes out again
     assert other.offers == [job]
+
+
+def test_an_offered_jrp_never_job_unclaimed_after_a_crash_fails_and_never_runs_twice(
+    tmp_path: Path,
+) -> None:
+    """Its worker may have started it and died, or be cut off for longer
+    than the grace while it runs: a JRP_NEVER job runs at most once, so
+    unclaimed it fails (WORKER_LOST) instead of going to another worker."""
+    second, job = offered_then_killed(tmp_path, RestartPolicy.NEVER)
+    other = support_worker(second, 1.0)
+    second.step(1.0)
+    second.on_timer(10.5)
+    assert other.offers == []
+    rec = second.jobs.jobs[job]
+    assert (rec.state, rec.reason) == (JobState.FAILED, FailReason.WORKER_LOST)
 
 
 def test_a_job_held_in_the_pass_that_made_it_comes_back_held(tmp_path: Path) -> None:
