@@ -55,6 +55,7 @@ def extensions():
         [
             ext("edgedispatch._core.ring_c", "edgedispatch/_core/ring_c.pyx"),
             ext("edgedispatch._core.tables_c", "edgedispatch/_core/tables_py.py"),
+            ext("edgedispatch._core.decisions_c", "edgedispatch/_core/decisions_py.py"),
             ext("edgedispatch._core.scheduler_c", "edgedispatch/_core/scheduler_py.py"),
         ],
         compiler_directives=directives,

@@ -113,6 +113,10 @@ class WaitReason(IntEnum):
 #: offered: it waits to be claimed back).
 SUBMIT_RESTORED_HELD = 2
 
+#: A job's flag in the core: a TERMINATE went out, and the job ends
+#: CANCELLED (``scheduler_py`` and ``decisions_py`` both read it).
+JOB_TERMINATING = 1
+
 
 class WorkerInfo(NamedTuple):
     key: int  #: agent key handle

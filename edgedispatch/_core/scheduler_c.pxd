@@ -1,19 +1,18 @@
 # Declarations that compile scheduler_py.py into edgedispatch._core.scheduler_c.
 # The Python source is the reference; keep names and signatures in step.
+from edgedispatch._core.decisions_c cimport Decisions
 from edgedispatch._core.ring_c cimport Record, Ring
-from edgedispatch._core.tables_c cimport KeyState, Tables
+from edgedispatch._core.tables_c cimport KeyState
 
 cdef int EV_REGISTER, EV_UPDATE, EV_DISCONNECT, EV_DRAIN, EV_SUBMIT
 cdef int EV_ACCEPT, EV_REJECT, EV_STATUS, EV_CANCEL, EV_MIGRATE
-cdef int ACT_OFFER, ACT_ASSIGN, ACT_TERMINATE, ACT_FAILED, ACT_STATE
+cdef int ACT_ASSIGN, ACT_TERMINATE, ACT_STATE
 cdef int WS_AVAILABLE, WS_FULL, WS_DRAINING
 cdef int J_QUEUED, J_OFFERED, J_ASSIGNED, J_RUNNING, J_ORPHANED
 cdef int J_SUCCESS, J_FAILED, J_CANCELLED
 cdef int JS_RUNNING, JS_SUCCESS, JS_FAILED
-cdef int RP_ON_FAILURE
-cdef int R_NONE, R_NO_CAPACITY, R_MAX_ATTEMPTS, R_WORKER_LOST, R_JOB_ERROR
+cdef int R_NONE, R_NO_CAPACITY, R_WORKER_LOST, R_JOB_ERROR
 cdef int R_CANCELLED, R_LAST
-cdef int W_NOT_WAITING, W_NO_WORKERS, W_ALL_BUSY, W_ALL_TRIED, W_BACKOFF
 cdef int F_TERMINATING
 cdef int F_RESTORED_HELD
 cdef unsigned long long U64
@@ -21,29 +20,18 @@ cdef unsigned long long U64
 cpdef unsigned long long _splitmix64(unsigned long long x) noexcept
 
 
-cdef class Scheduler(Tables):
+cdef class Scheduler(Decisions):
     cdef readonly Ring events
-    cdef readonly Ring actions
-    cdef object _overflow
-    cdef Record _rec
-    cdef unsigned long long _rng
-    cdef public double offer_timeout
-    cdef public int max_attempts
-    cdef public double retry_base
-    cdef public double retry_max
     cdef public double reclaim_grace
     cdef public double terminate_grace
+    cdef Record _rec
+    cdef unsigned long long _rng
     cdef long long _serial
     cdef public long long stale_events
-    cdef public long long decisions
 
     cpdef int process(self, int max_events=*) except -1
     cpdef bint pop_action(self, Record rec) except -1
-    cdef int _emit(self, int kind, int job, int worker, int arg,
-                   double value, double now, long long extra) except -1
     cdef int _on_event(self, Record rec) except -1
-    cdef int _check_worker(self, int w) except -1
-    cdef int _check_job(self, int j) except -1
     cdef int _on_register(self, int w, int k, long long slots, double now) except -1
     cdef int _on_update(self, int w, int status, double load, long long job_count,
                         double now) except -1
@@ -56,13 +44,3 @@ cdef class Scheduler(Tables):
     cdef int _on_status(self, int j, int w, int status, double now) except -1
     cdef int _on_cancel(self, int j, int reason, double now) except -1
     cdef int _on_migrate(self, int j, int w, double now) except -1
-    cdef int _offer(self, int j, int w, double now) except -1
-    cdef bint _tried(self, int j, int w) except -1
-    cdef int _pick(self, KeyState ks, int j) except -2
-    cdef int _untried(self, KeyState ks, int j) except -2
-    cdef int _pump(self, int k, double now) except -1
-    cdef int _retry(self, int j, double now, bint counted) except -1
-    cdef int _requeue(self, int j, double now) except -1
-    cdef int _finish(self, int j, int state, int reason, double now) except -1
-    cdef int _fire_timers(self, double now) except -1
-    cdef int _on_job_timer(self, int j, double now) except -1

@@ -48,10 +48,16 @@ def run(*args: str) -> str:
 
 def check_installed_copy() -> None:
     site = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
-    modules = [edgedispatch, _core, _core.scheduler_c, _core.ring_c]
-    for module in modules:
+    # The compiled core's four extensions, each from the installed copy.
+    compiled = [
+        importlib.import_module(f"edgedispatch._core.{name}_c")
+        for name in ("ring", "tables", "decisions", "scheduler")
+    ]
+    for module in [edgedispatch, _core, *compiled]:
         path = Path(str(getattr(module, "__file__", ""))).resolve()
         assert any(path.is_relative_to(s) for s in site), f"{module.__name__} from {path}"
+        if module in compiled:
+            assert path.suffix == ".so", f"{module.__name__} is not compiled: {path}"
     assert _core.COMPILED and _core.BUILT, "the wheel's compiled core did not load"
     assert _core.Scheduler.__module__ == "edgedispatch._core.scheduler_c"
     # Only the runtime dependencies: so the pure core below runs on the shim.
