@@ -149,6 +149,22 @@ def test_a_tls_trunk_whose_certificate_is_not_trusted_fails_the_call(
     assert "CERTIFICATE_VERIFY_FAILED" in error.message
 
 
+def options_over_tls(ca: Path, port: int, n: int) -> bytes:
+    """An OPTIONS over a TLS connection to ``port`` (the certificate
+    checked against ``ca``), and the first bytes of the answer."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\n"
+                b"Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKprobe%d\r\n"
+                b"From: <sip:probe@127.0.0.1>;tag=p%d\r\nTo: <sip:edge@127.0.0.1>\r\n"
+                b"Call-ID: probe-%d\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                b"Content-Length: 0\r\n\r\n" % (n, n, n)
+            )
+            return tls.recv(4096)
+
+
 def test_a_connection_that_never_starts_tls_is_closed(
     start_server: Callable[..., ServerThread], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,17 +179,7 @@ def test_a_connection_that_never_starts_tls_is_closed(
         started = time.monotonic()
         assert silent.recv(1) == b""  # closed by the server
         assert time.monotonic() - started < 4
-    context = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(
-                b"OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\n"
-                b"Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKprobe1\r\n"
-                b"From: <sip:probe@127.0.0.1>;tag=p1\r\nTo: <sip:edge@127.0.0.1>\r\n"
-                b"Call-ID: probe-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-                b"Content-Length: 0\r\n\r\n"
-            )
-            assert tls.recv(4096).startswith(b"SIP/2.0 200 ")
+    assert options_over_tls(ca, port, 1).startswith(b"SIP/2.0 200 ")
 
 
 def test_connections_that_have_not_shaken_hands_count_against_the_caps(
@@ -203,21 +209,11 @@ def test_connections_that_have_not_shaken_hands_count_against_the_caps(
     finally:
         for held in silent:
             held.close()
-    context = ssl.create_default_context(cafile=str(ca))
     deadline = time.monotonic() + 10
     while True:  # the server sees the two go, and uncounts them
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-                with context.wrap_socket(raw, server_hostname="localhost") as tls:
-                    tls.sendall(
-                        b"OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\n"
-                        b"Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKprobe2\r\n"
-                        b"From: <sip:probe@127.0.0.1>;tag=p2\r\nTo: <sip:edge@127.0.0.1>\r\n"
-                        b"Call-ID: probe-2\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-                        b"Content-Length: 0\r\n\r\n"
-                    )
-                    assert tls.recv(4096).startswith(b"SIP/2.0 200 ")
-                    break
+            assert options_over_tls(ca, port, 2).startswith(b"SIP/2.0 200 ")
+            break
         except (ssl.SSLError, ConnectionError):
             assert time.monotonic() < deadline, "the refused connections were never uncounted"
             time.sleep(0.1)
