@@ -59,6 +59,8 @@ def client_context(sip: SipConfig) -> ssl.SSLContext:
 #: Connections accepted per readiness callback, at most (then the loop's
 #: other work runs, and the rest wait in the backlog).
 ACCEPT_BATCH = 64
+#: Seconds the listener stops accepting after an accept failed.
+ACCEPT_RETRY_DELAY = 1.0
 
 
 class TlsListener:
@@ -85,8 +87,13 @@ class TlsListener:
                 conn, address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, say: the next readiness tries again
-                log.warning("SIP TLS: accept failed: %s", exc)
+            except OSError as exc:
+                # Out of descriptors, say: the socket stays readable, so
+                # stop watching it for a while (as asyncio's servers do)
+                # rather than spin on it.
+                log.warning("SIP TLS: accept failed, retried in %g s: %s", ACCEPT_RETRY_DELAY, exc)
+                loop.remove_reader(self._sock.fileno())
+                loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
                 return
             peer = (str(address[0]), int(address[1]))
             if not self._endpoint.admit(*peer):
@@ -95,6 +102,10 @@ class TlsListener:
             task = loop.create_task(self._handshake(conn, peer))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
+
+    def _resume(self) -> None:
+        if self._sock.fileno() >= 0:  # not closed meanwhile
+            self._endpoint.loop.add_reader(self._sock.fileno(), self._accept)
 
     async def _handshake(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         stream = SipStream(self._endpoint, counted=peer)
