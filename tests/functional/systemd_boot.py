@@ -58,6 +58,12 @@ def available() -> str:
         return f"no {SYSTEMD}"
     if _unified() is None:
         return "no cgroup2 hierarchy"
+    probe = _own_v2_cgroup() / f"edgedispatch-test-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        return f"no cgroup of our own to boot it in ({exc.strerror})"
     return ""
 
 
