@@ -379,8 +379,9 @@ class SipStream(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def abandon(self) -> None:
-        """Its TLS handshake failed (it never began): its count goes back."""
+    def uncount(self) -> None:
+        """Give its place under the caps back, once: when it closes, or
+        when its TLS handshake failed (then it never began)."""
         if self._counted:
             self._counted = False
             self._endpoint.release(self._peer[0])
@@ -390,9 +391,7 @@ class SipStream(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._expiry = self._first = None
-        if self._counted:
-            self._counted = False
-            self._endpoint.release(self._peer[0])
+        self.uncount()
         if self._endpoint.streams.get(self._peer) is self:
             del self._endpoint.streams[self._peer]
         self._transport = None

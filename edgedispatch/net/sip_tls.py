@@ -116,7 +116,7 @@ class TlsListener:
         except (OSError, ssl.SSLError) as exc:  # asyncio's handshake timeout is an OSError
             log.info("SIP TLS connection from %s:%d closed: no handshake (%s)", *peer, exc)
             conn.close()
-            stream.abandon()
+            stream.uncount()
 
     def close(self) -> None:
         self._endpoint.loop.remove_reader(self._sock.fileno())
