@@ -378,17 +378,28 @@ def _enable_v2(base: Path) -> None:
         _write(base / "cgroup.subtree_control", "+memory +pids")
 
 
+def unified_hierarchy() -> Path:
+    """Where cgroup v2's hierarchy is mounted: ``/sys/fs/cgroup`` itself,
+    or its ``unified`` beside v1's hierarchies (a hybrid host)."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return CGROUP_ROOT
+    return CGROUP_ROOT / "unified"
+
+
+def own_unified_cgroup() -> Path:
+    """This process's cgroup in the v2 hierarchy."""
+    return unified_hierarchy() / _own_cgroup("").lstrip("/")
+
+
 def open_tree(tag: str) -> tuple[Tree | None, str]:
     """This server's tree of cells, or None, and why not."""
     name = f"edgedispatch-{tag}"
-    v2 = CGROUP_ROOT / "cgroup.controllers"
-    unified = CGROUP_ROOT if v2.exists() else CGROUP_ROOT / "unified"
     try:
-        available = (unified / "cgroup.controllers").read_text().split()
+        available = (unified_hierarchy() / "cgroup.controllers").read_text().split()
     except OSError:
         available = []
     if {"memory", "pids"} <= set(available):
-        base = unified / _own_cgroup("").lstrip("/")
+        base = own_unified_cgroup()
         try:
             _enable_v2(base)
             server = base / name

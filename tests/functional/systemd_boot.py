@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgedispatch.runtime import cgroups
+
 SYSTEMD = Path("/lib/systemd/systemd")
 TARGET = "edgedispatch-test.target"
 
@@ -56,33 +58,15 @@ def available() -> str:
             return f"no {tool}"
     if not SYSTEMD.exists():
         return f"no {SYSTEMD}"
-    if _unified() is None:
+    if not (cgroups.unified_hierarchy() / "cgroup.controllers").exists():
         return "no cgroup2 hierarchy"
-    probe = _own_v2_cgroup() / f"edgedispatch-test-probe-{os.getpid()}"
+    probe = cgroups.own_unified_cgroup() / f"edgedispatch-test-probe-{os.getpid()}"
     try:
         probe.mkdir()
         probe.rmdir()
     except OSError as exc:
         return f"no cgroup of our own to boot it in ({exc.strerror})"
     return ""
-
-
-def _unified() -> Path | None:
-    root = Path("/sys/fs/cgroup")
-    for path in (root, root / "unified"):
-        if (path / "cgroup.controllers").exists():
-            return path
-    return None
-
-
-def _own_v2_cgroup() -> Path:
-    unified = _unified()
-    assert unified is not None
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        hierarchy, controllers, path = line.split(":", 2)
-        if hierarchy == "0" and controllers == "":
-            return unified / path.lstrip("/")
-    return unified
 
 
 class Booted:
@@ -122,7 +106,7 @@ class Booted:
 def boot(binds: dict[str, Path], dropins: dict[str, str]) -> Iterator[Booted]:
     """systemd, with ``binds`` (installed path: file to mount over it) and
     ``dropins`` (path under /run/systemd/system: text)."""
-    cgroup = _own_v2_cgroup() / f"edgedispatch-test-systemd-{os.getpid()}"
+    cgroup = cgroups.own_unified_cgroup() / f"edgedispatch-test-systemd-{os.getpid()}"
     cgroup.mkdir()
     lines = [f"mount --bind {src} {dst}" for dst, src in binds.items()]
     writes = []

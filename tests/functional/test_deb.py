@@ -23,12 +23,13 @@ import stat
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from . import systemd_boot
+from .test_real_clients import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILT = os.environ.get("EDGEDISPATCH_TEST_DEB", "")
@@ -153,13 +154,6 @@ def cli(url: str, *argv: str) -> str:
     return done.stdout
 
 
-def until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not {what} in {timeout} s"
-        time.sleep(0.1)
-
-
 def proc_status(b: systemd_boot.Booted, pid: str) -> dict[str, str]:
     out = b.run("cat", f"/proc/{pid}/status")
     return {k: v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
@@ -197,8 +191,8 @@ def test_tenant_code_is_sandboxed_under_the_units_hardening(booted: systemd_boot
     url = url_of(booted)
     cli(url, "agent", "add", "probe", "--command", PROBE)
     cli(url, "dispatch", "create", "--room", "deb-room", "--agent-name", "probe")
-    until("the probe's end in the journal",
-          lambda: "PROBE-DONE" in booted.journal("edgedispatch.service"))  # fmt: skip
+    wait_until(lambda: "PROBE-DONE" in booted.journal("edgedispatch.service"),
+               30, "the probe's end in the journal")  # fmt: skip
     journal = booted.journal("edgedispatch.service")
     for escaped in ("READ-CONFIG", "READ-STATE", "WROTE-CGROUP", SECRET):
         assert escaped not in journal, escaped
@@ -230,8 +224,9 @@ def test_a_stuck_event_loop_is_killed_and_restarted_by_the_watchdog(
 ) -> None:
     before = booted.show("edgedispatch.service", "MainPID", "NRestarts")
     booted.run("kill", "-STOP", before["MainPID"])
-    until("a restart", lambda: booted.show(
-        "edgedispatch.service", "NRestarts")["NRestarts"] != before["NRestarts"])  # fmt: skip
+    wait_until(lambda: booted.show(
+        "edgedispatch.service", "NRestarts")["NRestarts"] != before["NRestarts"],
+        30, "a restart")  # fmt: skip
     booted.run("systemctl", "start", "edgedispatch.service")  # returns once it is ready again
     after = booted.show("edgedispatch.service", "MainPID", "ActiveState")
     assert after["ActiveState"] == "active" and after["MainPID"] != before["MainPID"]
@@ -256,7 +251,8 @@ def test_a_stop_drains_and_a_running_local_job_ends_on_its_own(
         "sh -c 'echo SLOW-STARTED; sleep 3; echo SLOW-ENDED'",
     )
     cli(url, "dispatch", "create", "--room", "slow-room", "--agent-name", "slow")
-    until("the slow job's start", lambda: "SLOW-STARTED" in booted.journal("edgedispatch.service"))
+    wait_until(lambda: "SLOW-STARTED" in booted.journal("edgedispatch.service"),
+               30, "the slow job's start")  # fmt: skip
     started = time.monotonic()
     booted.run("systemctl", "stop", "edgedispatch.service")
     assert time.monotonic() - started > 1.5  # it waited for the job
