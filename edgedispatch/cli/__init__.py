@@ -183,7 +183,9 @@ def _bench_sip(args: argparse.Namespace) -> int:
     if args.media:
         from edgedispatch.cli.bench import sip_media
 
-        media = sip_media.run(args.calls, args.seconds or 12.0, args.dispatch_rate, args.sdk_agents)
+        media = sip_media.run(
+            args.calls, args.seconds or 12.0, args.dispatch_rate, args.sdk_agents, args.media_nice
+        )
         print(json.dumps(media) if args.json else sip_media.render(media))
         return 0
     from edgedispatch.cli.bench import sip

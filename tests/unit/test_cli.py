@@ -139,6 +139,26 @@ def test_bench_dispatch_paired_needs_one_variant() -> None:
     assert out.returncode == 2 and "--store or --scrape" in out.stderr
 
 
+def test_bench_sip_media_passes_each_option_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--media-nice`` was parsed and then dropped: runs said to be at
+    nice 5 ran at 0."""
+    from edgedispatch.cli.bench import sip_media
+
+    seen: list[tuple[Any, ...]] = []
+
+    def run(*args: Any) -> dict[str, Any]:
+        seen.append(args)
+        return {"rows": []}
+
+    monkeypatch.setattr(sip_media, "run", run)
+    argv = ["bench", "sip", "--media", "--calls", "10", "20", "--seconds", "8"]
+    main([*argv, "--dispatch-rate", "1000", "--sdk-agents", "--media-nice", "5", "--json"])
+    assert seen == [([10, 20], 8.0, 1000.0, True, 5)]
+    assert json.loads(capsys.readouterr().out) == {"rows": []}
+
+
 def test_no_extensions_switch_selects_the_python_core() -> None:
     code = "import edgedispatch._core as c; print(c.COMPILED, c.Scheduler.__module__)"
     out = subprocess.run(
