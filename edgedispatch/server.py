@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edgedispatch import _core
+from edgedispatch import _core, sched
 from edgedispatch.api.app import App
 from edgedispatch.calls.admission import Admission
 from edgedispatch.calls.bridge import CallEvents, CallServices
@@ -111,6 +111,7 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
+        self._ask_for_slices()
         # First, off the loop: it probes the host (runs bwrap once), kills
         # what a crashed earlier run left in its cells, and may refuse to
         # start (sandbox.mode "required" on a host that lacks a protection).
@@ -531,6 +532,20 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
         await asyncio.sleep(0)  # let connection_lost callbacks run
+
+    def _ask_for_slices(self) -> None:
+        """Short scheduler slices (``sched``) for this thread, the event
+        loop's, and through the environment for the media workers and the
+        store's writer, which ask for theirs as they start."""
+        seconds = self.cfg.server.sched_slice
+        if seconds <= 0:
+            return
+        os.environ[sched.SLICE_ENV] = repr(seconds)
+        if sched.request_slice(seconds):
+            log.info("scheduler: %.2f ms slices for the event loop, the media workers and the"
+                     " store's writer", seconds * 1000)  # fmt: skip
+        else:
+            log.info("scheduler: this kernel gives no custom slices (Linux 6.12 and later do)")
 
     async def run(self, announce: Callable[[str], None] = print) -> None:
         await self.start()

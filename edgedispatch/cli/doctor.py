@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgedispatch import config
+from edgedispatch import config, sched
 from edgedispatch._version import __version__
 from edgedispatch.errors import ConfigError
 
@@ -78,7 +78,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         containment(cfg),
         store(cfg),
         listeners(cfg),
-        limits(),
+        limits(cfg),
     ]
     for s in sections:
         print(f"\n{s.title}")
@@ -275,7 +275,7 @@ def _limit(value: int) -> str:
     return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
 
-def limits() -> Section:
+def limits(cfg: config.Config) -> Section:
     s = Section("limits")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     s.lines.append(f"open files (RLIMIT_NOFILE): {_limit(soft)} (hard {_limit(hard)})")
@@ -288,4 +288,11 @@ def limits() -> Section:
     s.lines.append(f"memory (cgroup): {memory or 'no limit'}")
     as_soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     s.lines.append(f"address space (RLIMIT_AS): {_limit(as_soft)}")
+    wanted = cfg.server.sched_slice
+    if wanted <= 0:
+        s.lines.append("scheduler slices: the kernel's default (server.sched_slice = 0)")
+    elif sched.supported():
+        s.lines.append(f"scheduler slices: {wanted * 1000:g} ms for the event loop and helpers")
+    else:
+        s.lines.append("scheduler slices: the kernel's default (custom slices need Linux 6.12)")
     return s

@@ -58,6 +58,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: "full": an answered write survives a power loss (the WAL is fsynced
     #: at each commit); "normal": it survives a process crash only.
     store_synchronous: str = "full"
+    #: The scheduler slice (seconds) the server's event loop, its media
+    #: workers and its store writer ask Linux for (``edgedispatch.sched``:
+    #: their wake-ups preempt long-running work on the box; Linux 6.12 or
+    #: later).  0: the kernel's default.
+    sched_slice: float = 0.0005
     #: WebSocket keepalive for workers: ping this often (0: never) ...
     ping_interval: float = 20.0
     #: ... and drop a worker whose pong is this late.
@@ -375,6 +380,8 @@ def validate(cfg: Config) -> Config:
     if not 0 < s.max_connections_per_peer <= 1:
         raise ConfigError("must be within (0, 1]", "server.max_connections_per_peer")
     _positive(s.drain_timeout, "server.drain_timeout", allow_zero=True)
+    if s.sched_slice != 0 and not 0.0001 <= s.sched_slice <= 0.1:
+        raise ConfigError("must be 0 (the kernel's) or 0.0001-0.1 seconds", "server.sched_slice")
     _positive(s.ping_interval, "server.ping_interval", allow_zero=True)
     _positive(s.ping_timeout, "server.ping_timeout")
     for name in ("queue_timeout", "offer_timeout", "retry_max"):

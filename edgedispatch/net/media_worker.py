@@ -36,6 +36,7 @@ from typing import Any
 import msgspec
 import uvloop
 
+from edgedispatch import sched
 from edgedispatch.config import RtcConfig
 from edgedispatch.net.media import MediaFactory, PeerMedia
 from edgedispatch.net.media_fanout import CLOSED_TOTALS
@@ -241,6 +242,7 @@ async def main() -> None:
     cfg = msgspec.json.decode(os.environ.get(CONFIG_ENV, "{}"), type=RtcConfig)
     if cfg.media_nice > 0:
         os.nice(min(cfg.media_nice, 19))  # before aiortc starts threads: they inherit it
+    sched.request_slice_from_env()  # this thread's only: aiortc's threads have the default
     loop = asyncio.get_running_loop()
     level, fmt = os.environ.get(LOG_ENV, "info,text").split(",", 1)
     logs.setup(level, fmt)  # as the server logs

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgedispatch import sched
 from edgedispatch.obs import logs
 from edgedispatch.store.commit import MAX_FRAME, STOP, Committer, Statements
 from edgedispatch.store.sqlite import RETRY_INTERVAL, open_database
@@ -99,6 +100,7 @@ class Writer:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sched.request_slice_from_env()
     level, fmt = os.environ.get(LOG_ENV, "info,text").split(",", 1)
     logs.setup(level, fmt)  # as the server logs
     path, synchronous = sys.argv[1], sys.argv[2]

@@ -11,6 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+
+def slice_ns() -> int | None:
+    """The scheduler slice this process runs with (None where /proc does not say)."""
+    try:
+        with open("/proc/thread-self/sched") as f:
+            return next(int(line.split()[-1]) for line in f if line.startswith("se.slice"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 job_id = os.environ["EDGEDISPATCH_JOB_ID"]
 token = os.environ["LIVEKIT_TOKEN"]
 payload = token.split(".")[1]
@@ -25,6 +35,7 @@ record = {
     "token": token,
     "secret_leaked": any(k in os.environ for k in ("EDGEDISPATCH_KEYS", "LIVEKIT_API_SECRET")),
     "pid": os.getpid(),
+    "sched_slice_ns": slice_ns(),
 }
 out = Path(os.environ["EDT_OUT"])
 (out / f".{job_id}.tmp").write_text(json.dumps(record))

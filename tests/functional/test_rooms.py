@@ -24,6 +24,7 @@ from livekit.protocol import rtc as lk_rtc
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
+from edgedispatch import sched
 from edgedispatch.net.media_pool import MediaPool
 
 from .clients import WorkerProcess, node_worker, py_worker
@@ -603,6 +604,24 @@ def test_media_runs_in_worker_processes_and_survives_one_dying(
         assert b"after" in got
         await alice.disconnect()
         await bob.disconnect()
+
+    run(main)
+
+
+@pytest.mark.skipif(not sched.supported(), reason="no custom slices before Linux 6.12")
+def test_media_workers_ask_for_the_servers_scheduler_slice(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """Their 20 ms send clocks wake to short work, as the server's loop
+    does: ``server.sched_slice`` (``edgedispatch.sched``)."""
+    srv = start_server()
+
+    async def main() -> None:
+        alice, _ = await joined(srv, token("alice"), True)
+        pool = srv.server._media
+        assert isinstance(pool, MediaPool)
+        assert sched.slice_of(pool._rooms["", "r1"].proc.pid) == 500_000
+        await alice.disconnect()
 
     run(main)
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from livekit import api
 
+from edgedispatch import sched
 from edgedispatch._testbase.fake_worker import FakeWorker
+from edgedispatch.cli.bench.dispatch import children
 
 from .conftest import serve_argv, serve_once
 
@@ -329,3 +331,40 @@ def test_drain_waits_for_local_jobs(
     assert srv.proc.poll() is None  # its local job still runs
     assert srv.proc.wait(timeout=15) == 0
     assert time.monotonic() - t0 >= 1.0  # it waited for the job (max_duration 2 s)
+
+
+@pytest.mark.once  # the processes' scheduling, not the loop's
+@pytest.mark.skipif(not sched.supported(), reason="no custom slices before Linux 6.12")
+def test_the_server_and_its_writer_ask_for_short_slices_and_tenant_jobs_do_not(
+    served: list[ServeProcess], tmp_path: Path, loop_kind: str
+) -> None:
+    """``server.sched_slice`` (0.5 ms by default): the event loop's thread
+    and the store's writer ask for it (the media workers too: test_rooms);
+    a tenant's job, started from the server, runs with the kernel's
+    default."""
+    agents = Path(__file__).resolve().parents[1] / "agents"
+    cfg = tmp_path / "agents.toml"
+    cfg.write_text(
+        "[[agents]]\n"
+        'name = "sleeper"\n'
+        f'command = ["{sys.executable}", "{agents / "cmd_agent.py"}"]\n'
+        f'env = {{ EDT_OUT = "{tmp_path}", EDT_MODE = "sleep" }}\n'
+        f'binds = ["{tmp_path}:rw"]\n'
+    )
+    tmp_path.chmod(0o777)  # the job, as its tenant's uid, writes there
+    srv = ServeProcess(loop_kind, "--config", str(cfg), "--data-dir", str(tmp_path / "data"))
+    served.append(srv)
+    assert sched.slice_of(srv.proc.pid) == 500_000
+    (writer,) = [
+        pid for pid in children(srv.proc.pid)
+        if "edgedispatch.store.writer" in Path(f"/proc/{pid}/cmdline").read_text()
+    ]  # fmt: skip
+    deadline = time.monotonic() + 20
+    while sched.slice_of(writer) != 500_000 and time.monotonic() < deadline:
+        time.sleep(0.05)  # it asks once it has started (Python's imports)
+    assert sched.slice_of(writer) == 500_000
+    srv.cli("dispatch", "create", "--room", "r", "--agent-name", "sleeper")
+    while not list(tmp_path.glob("AJ_*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("AJ_*.json")]
+    assert record["sched_slice_ns"] is not None and record["sched_slice_ns"] != 500_000

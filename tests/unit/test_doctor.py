@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgedispatch import sched
 from edgedispatch.store.sqlite import FILENAME, SCHEMA_VERSION, SqliteStore
 
 
@@ -52,6 +53,8 @@ def test_doctor_prints_every_section_and_can_serve(tmp_path: Path) -> None:
         "\nlimits\n",
         "  open files (RLIMIT_NOFILE): ",
         "  memory (cgroup): ",
+        "  scheduler slices: "
+        + ("0.5 ms for the event loop" if sched.supported() else "the kernel's default"),
     ):
         assert line in text, line
     assert text.endswith("\nready to serve\n") and out.stderr == ""

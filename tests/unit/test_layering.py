@@ -21,6 +21,7 @@ PKG = Path(__file__).resolve().parents[2] / "edgedispatch"
 ALLOW: dict[str, set[str]] = {
     "errors": set(),
     "_version": set(),
+    "sched": set(),  # scheduler slices: the standard library only
     "agent": set(),  # the public SDK of native agents: the standard library only
     "_core": {"errors"},
     "config": {"errors"},
@@ -34,7 +35,7 @@ ALLOW: dict[str, set[str]] = {
     # The store follows the domain's events and writes its records; its
     # writer process logs as the server does (obs.logs) and talks to it in
     # the helper processes' frames (wire.frames).
-    "store": {"_core", "dispatch", "errors", "obs", "wire"},
+    "store": {"_core", "dispatch", "errors", "obs", "sched", "wire"},
     "wire": {"_core", "dispatch", "errors"},
     "worker": {"_core", "_version", "config", "dispatch", "errors", "wire"},
     "rtc": {"_core", "_version", "config", "dispatch", "errors", "wire"},
@@ -45,7 +46,7 @@ ALLOW: dict[str, set[str]] = {
     # given to it as Protocols, so it imports none of them.  Its media
     # worker processes log as the server does (obs.logs), as the store's
     # writer does.
-    "net": {"config", "errors", "obs", "sip", "wire"},
+    "net": {"config", "errors", "obs", "sched", "sip", "wire"},
     "_testbase": {"_core", "dispatch", "errors", "wire"},
     "server": {
         "_core",
@@ -58,6 +59,7 @@ ALLOW: dict[str, set[str]] = {
         "obs",
         "rtc",
         "runtime",
+        "sched",
         "sip",
         "store",
         "wire",
