@@ -184,7 +184,12 @@ def _bench_sip(args: argparse.Namespace) -> int:
         from edgedispatch.cli.bench import sip_media
 
         media = sip_media.run(
-            args.calls, args.seconds or 12.0, args.dispatch_rate, args.sdk_agents, args.media_nice
+            args.calls,
+            args.seconds or 12.0,
+            args.dispatch_rate,
+            args.sdk_agents,
+            args.media_nice,
+            args.sched_slice,
         )
         print(json.dumps(media) if args.json else sip_media.render(media))
         return 0
@@ -460,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     sip.add_argument(
         "--media-nice", type=int, default=0, metavar="N",
         help="with --media: the server's rtc.media_nice (the lean agents run at it too)",
+    )  # fmt: skip
+    sip.add_argument(
+        "--sched-slice", type=float, default=0.0005, metavar="S",
+        help="with --media: the server's server.sched_slice (default 0.0005; 0: the kernel's)",
     )  # fmt: skip
     sip.add_argument("--json", action="store_true", help="print one JSON object")
     sip.add_argument(

@@ -154,8 +154,9 @@ def test_bench_sip_media_passes_each_option_on(
 
     monkeypatch.setattr(sip_media, "run", run)
     argv = ["bench", "sip", "--media", "--calls", "10", "20", "--seconds", "8"]
-    main([*argv, "--dispatch-rate", "1000", "--sdk-agents", "--media-nice", "5", "--json"])
-    assert seen == [([10, 20], 8.0, 1000.0, True, 5)]
+    main([*argv, "--dispatch-rate", "1000", "--sdk-agents", "--media-nice", "5",
+          "--sched-slice", "0", "--json"])  # fmt: skip
+    assert seen == [([10, 20], 8.0, 1000.0, True, 5, 0.0)]
     assert json.loads(capsys.readouterr().out) == {"rows": []}
 
 

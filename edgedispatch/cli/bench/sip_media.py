@@ -458,17 +458,20 @@ def run(
     dispatch_rate: float = 0.0,
     sdk_agents: bool = False,
     media_nice: int = 0,
+    sched_slice: float = 0.0005,
 ) -> dict[str, Any]:
     """:param sdk_agents: the agents are rtc SDK participants (``sip_agents``)
     instead of the lean aiortc ones (``sip_lean_agents``).
     :param media_nice: the server's ``rtc.media_nice`` (the lean agents run
-    at it too)."""
+    at it too).
+    :param sched_slice: the server's ``server.sched_slice``."""
     if not shutil.which("sipp"):
         raise RuntimeError("bench sip needs sipp (Debian: apt-get install sip-tester)")
     workdir = Path(tempfile.mkdtemp(prefix="edgedispatch-bench-sipmedia-"))
     sip_port = free_port(udp_too=True)
     config = workdir / "edgedispatch.toml"
     config.write_text(
+        f"[server]\nsched_slice = {sched_slice}\n"
         f"[sip]\nenabled = true\nport = {sip_port}\nmedia_timeout = 0.0\n"
         f"[rtc]\nmedia_nice = {media_nice}\n"
         '[logging]\nlevel = "warning"\n'
@@ -494,6 +497,7 @@ def run(
         "rows": rows,
         "agents": "rtc SDK" if sdk_agents else "lean (aiortc, pre-encoded Opus)",
         "media_nice": media_nice,
+        "sched_slice": sched_slice,
         "max_calls_under_0.1%_loss": max(clean, default=0),
         "targets": TARGETS,
     }
