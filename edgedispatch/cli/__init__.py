@@ -146,6 +146,7 @@ def _dispatch_run(args: argparse.Namespace, store: bool, scrape: float) -> dict[
             report_interval=args.report_interval,
             data_dir=data_dir,
             scrape=scrape,
+            sched_slice=args.sched_slice,
         )
     finally:
         if data_dir:
@@ -359,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="GET /metrics this often while sending, as Prometheus would (default 0: never); "
         "compare with a run without it for what metrics cost",
     )
+    disp.add_argument(
+        "--sched-slice", type=float, default=None, metavar="S",
+        help="the server's server.sched_slice (default: its default, 0.0005; 0: the kernel's)",
+    )  # fmt: skip
     disp.add_argument(
         "--store",
         action="store_true",

@@ -160,6 +160,28 @@ def test_bench_sip_media_passes_each_option_on(
     assert json.loads(capsys.readouterr().out) == {"rows": []}
 
 
+def test_bench_dispatch_gives_its_server_the_slice_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pathlib import Path
+
+    from edgedispatch.cli.bench import dispatch
+
+    seen: list[tuple[str, ...]] = []
+
+    def start_server(*args: str, **kwargs: Any) -> Any:
+        seen.append(args)
+        raise RuntimeError("not this far")
+
+    monkeypatch.setattr(dispatch, "start_server", start_server)
+    for sched_slice in (None, 0.0):
+        with pytest.raises(RuntimeError, match="not this far"):
+            dispatch.run(1, 10.0, 0.1, sched_slice=sched_slice)
+    assert "--config" not in seen[0]  # the server's default
+    config = Path(seen[1][seen[1].index("--config") + 1]).read_text()
+    assert config == "[server]\nsched_slice = 0.0\n"
+
+
 def test_no_extensions_switch_selects_the_python_core() -> None:
     code = "import edgedispatch._core as c; print(c.COMPILED, c.Scheduler.__module__)"
     out = subprocess.run(

@@ -74,6 +74,25 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def _config_file(text: str) -> str:
+    """A configuration file for the server, removed when this process exits."""
+    import atexit
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="edgedispatch-bench-", suffix=".toml")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    atexit.register(_remove, path)
+    return path
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def pin(pid: int, cpus: set[int], *, tree: bool = False) -> None:
     """Keep the server (``tree``: with the processes it started, such as
     the store's writer) and the load on separate cores, so that the numbers
@@ -205,6 +224,7 @@ def run(
     report_interval: float = 2.5,
     data_dir: str | None = None,
     scrape: float = 0.0,
+    sched_slice: float | None = None,
 ) -> dict[str, Any]:
     """:param python: how to start the server's interpreter (e.g. under a profiler).
     :param loop: the server's event loop (``serve --loop``).
@@ -218,11 +238,14 @@ def run(
     :param data_dir: the server keeps its state there (the SQLite store:
         every CreateDispatch is answered after its commit).
     :param scrape: GET /metrics every this many seconds while sending (0:
-        never), to measure what metrics cost against a run without."""
+        never), to measure what metrics cost against a run without.
+    :param sched_slice: the server's ``server.sched_slice`` (None: its default)."""
     raise_fd_limit()
     server = None
     if url is None:
-        extra = ("--data-dir", data_dir) if data_dir else ()
+        extra: tuple[str, ...] = ("--data-dir", data_dir) if data_dir else ()
+        if sched_slice is not None:
+            extra += ("--config", _config_file(f"[server]\nsched_slice = {sched_slice}\n"))
         server, url = start_server("--log-format", "json", "--loop", loop, *extra, python=python)
         server_pid = server.pid
     sims: list[subprocess.Popen[str]] = []
