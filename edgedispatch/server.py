@@ -534,9 +534,8 @@ class Server:
         await asyncio.sleep(0)  # let connection_lost callbacks run
 
     def _ask_for_slices(self) -> None:
-        """Short scheduler slices (``sched``) for this thread, the event
-        loop's, and through the environment for the media workers and the
-        store's writer, which ask for theirs as they start."""
+        """Short slices (``sched``) for the loop's thread; the media workers
+        and the store's writer ask for theirs as they start (SLICE_ENV)."""
         seconds = self.cfg.server.sched_slice
         if seconds <= 0:
             return
