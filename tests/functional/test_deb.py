@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from edgedispatch import sched
+
 from . import systemd_boot
 from .test_real_clients import wait_until
 
@@ -173,6 +175,12 @@ def test_systemd_starts_the_service_once_it_is_ready_and_it_runs_unprivileged(
     assert status["Uid"].split()[0] == str(pwd.getpwnam("edgedispatch").pw_uid)
     assert (status["CapEff"], status["CapBnd"]) == ("0" * 16, "0" * 16)
     assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
+    if sched.supported():  # the unit's system-call filter lets it ask for its slices
+        pid = state["MainPID"]
+        found = re.search(
+            r"se\.slice\s*:\s*(\d+)", booted.run("cat", f"/proc/{pid}/task/{pid}/sched")
+        )
+        assert found and int(found.group(1)) == 500_000
     journal = booted.journal("edgedispatch.service")
     assert "recovered 0 rooms" in journal and "/var/lib/edgedispatch" in journal
 
