@@ -221,9 +221,10 @@ UNITS = Path(__file__).resolve().parents[2] / "systemd"
 
 def test_the_units_verify_and_the_service_is_hardened(tmp_path: Path) -> None:
     """``systemd-analyze verify`` has nothing to say, and ``security``
-    scores the service's exposure 2.0 (a bare unit: 9.6; the namespaces and
+    scores the service's exposure 2.1 (a bare unit: 9.6; the namespaces and
     system calls bubblewrap needs to contain tenant code cost the rest, as
-    the unit's comments say)."""
+    the unit's comments say, and 0.1 is ``sched_setattr``, for the short
+    scheduler slices)."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze missing")
@@ -241,4 +242,4 @@ def test_the_units_verify_and_the_service_is_hardened(tmp_path: Path) -> None:
     )  # fmt: skip
     score = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
     assert score, done.stdout[-2000:] + done.stderr
-    assert float(score.group(1)) <= 2.0
+    assert float(score.group(1)) <= 2.1
