@@ -173,8 +173,11 @@ class Driver:
         Prometheus would (what metrics cost is read beside a run without)."""
         reader, writer = await asyncio.open_connection(self.host, self.port)
         request = f"GET /metrics HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+        # Until the last request is due (not until each is taken: with more
+        # connections than requests, all are taken at the start).
+        end = self._t0 + self._total / self.rate
         try:
-            while self._next < self._total:
+            while time.monotonic() < end:
                 await asyncio.sleep(self.scrape)
                 started = time.monotonic()
                 writer.write(request)
