@@ -27,6 +27,7 @@ from typing import Any
 import uvloop
 from livekit.protocol import agent_dispatch
 
+from edgedispatch.cli.bench import server_view
 from edgedispatch.cli.bench.common import admin_token, percentile, read_response, start_server, stop
 from edgedispatch.server import raise_fd_limit
 
@@ -294,6 +295,7 @@ def run(
         time.sleep(1.0)
         rss_idle = rss_kb(server_pid) if server_pid else 0
         driver = Driver(host, int(port), rate, duration, scrape)
+        view0 = _server_view(url)
         started, cpu0 = time.monotonic(), tree_cpu_seconds(server_pid) if server_pid else 0.0
         if rate > 0:
             # The driver's own collections would delay sends, which count
@@ -309,6 +311,7 @@ def run(
         server_cpu = (tree_cpu_seconds(server_pid) - cpu0) / sent_for if server_pid else math.nan
         # Let the last jobs start (busy workers: the queue drains as jobs end).
         time.sleep(min(2.0, hold + 1.0) if gate <= 0 else hold + 8.0)
+        view1 = _server_view(url)
         running_at: dict[str, float] = {}
         declines = 0
         for sim in sims:
@@ -360,8 +363,26 @@ def run(
         "server_cpu_us_per_dispatch": (
             round(server_cpu * sent_for / done * 1e6, 1) if done and server_pid else math.nan
         ),
+        #: The server's own view (``server_view``): a job's creation to its
+        #: assignment, from its histogram (None if /metrics did not answer).
+        "server_assign_ms": (
+            {
+                "p50": round(1000 * server_view.quantile(view0, view1, 0.50), 2),
+                "p99": round(1000 * server_view.quantile(view0, view1, 0.99), 2),
+                "within_10ms": round(server_view.share_within(view0, view1, 0.01), 4),
+            }
+            if view0 is not None and view1 is not None
+            else None
+        ),
         "targets": TARGETS,
     }
+
+
+def _server_view(url: str) -> server_view.Buckets | None:
+    try:
+        return server_view.scrape(url)
+    except OSError:  # metrics off, or behind a token
+        return None
 
 
 def render(r: dict[str, Any]) -> str:
@@ -383,6 +404,15 @@ def render(r: dict[str, Any]) -> str:
             f"(server used {r['server_cpu_share']:.0%} of a core)",
             f"CreateDispatch -> JS_RUNNING: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
             f"p99 {lat['p99']} ms, max {lat['max']} ms",
+            *(
+                [
+                    "the server's own view (creation -> assignment, its /metrics histogram): "
+                    f"p50 {view['p50']} ms, p99 {view['p99']} ms, "
+                    f"{view['within_10ms']:.2%} within 10 ms"
+                ]
+                if (view := r.get("server_assign_ms"))
+                else []
+            ),  # fmt: skip
             f"server RSS: {r['rss_per_worker_kb']} kB per idle worker connection "
             f"({r['server_rss_idle_mb']} MB with {r['workers']} workers)",
             *(

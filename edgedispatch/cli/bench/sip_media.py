@@ -436,6 +436,8 @@ def _dispatch_fields(r: dict[str, Any] | None, rate: float) -> dict[str, Any]:
             "p99_ms": r["latency_ms"]["p99"],
             # Its driver's and simulated workers' CPU (% of one core), start-up included.
             "load_cpu_pct": r.get("load_cpu_pct"),
+            # The server's own creation -> assignment (``server_view``).
+            "server_assign_ms": r.get("server_assign_ms"),
         }
     }
 
@@ -567,6 +569,12 @@ def render(r: dict[str, Any]) -> str:
                     f"{'met' if d['p99_ms'] <= TARGETS['dispatch_p99_ms'] else 'NOT met'})"
                 )
             )
+            if view := (d.get("server_assign_ms") or None):
+                lines.append(
+                    "        the server's own view (creation -> assignment): "
+                    f"p50 {view['p50']} ms, p99 {view['p99']} ms, "
+                    f"{view['within_10ms']:.2%} within 10 ms"
+                )
     lines.append(
         f"most calls with under 0.1% of frames lost and send-clock jitter within 10 ms: "
         f"{r['max_calls_under_0.1%_loss']} (target >= {TARGETS['calls_under_0.1%_loss']})"
