@@ -304,23 +304,30 @@ def test_agent_cli_manages_definitions(
     assert srv.cli("agent", "list").stdout == "no agents in this tenant\n"
 
 
-@pytest.mark.parametrize("store", [False, True], ids=["memory", "store"])
-def test_drain_waits_for_local_jobs(
-    served: list[ServeProcess], tmp_path: Path, loop_kind: str, store: bool
-) -> None:
-    """Local jobs end with the server, so the drain waits for them even
-    when a store keeps remote workers' jobs for them to claim back."""
+def sleeper_agent(tmp_path: Path, extra: str = "") -> Path:
+    """A config with one command agent, "sleeper" (``cmd_agent.py``, which
+    records its job in ``tmp_path`` and sleeps), and ``extra`` lines."""
     agents = Path(__file__).resolve().parents[1] / "agents"
     cfg = tmp_path / "agents.toml"
     cfg.write_text(
         "[[agents]]\n"
         'name = "sleeper"\n'
         f'command = ["{sys.executable}", "{agents / "cmd_agent.py"}"]\n'
-        "max_duration = 2\n"
+        f"{extra}"
         f'env = {{ EDT_OUT = "{tmp_path}", EDT_MODE = "sleep" }}\n'
         f'binds = ["{tmp_path}:rw"]\n'
     )
     tmp_path.chmod(0o777)  # the job, as its tenant's uid, writes there
+    return cfg
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["memory", "store"])
+def test_drain_waits_for_local_jobs(
+    served: list[ServeProcess], tmp_path: Path, loop_kind: str, store: bool
+) -> None:
+    """Local jobs end with the server, so the drain waits for them even
+    when a store keeps remote workers' jobs for them to claim back."""
+    cfg = sleeper_agent(tmp_path, "max_duration = 2\n")
     data = ("--data-dir", str(tmp_path / "data")) if store else ()
     srv = ServeProcess(loop_kind, "--config", str(cfg), *data)
     served.append(srv)
@@ -346,16 +353,7 @@ def test_the_server_and_its_writer_ask_for_short_slices_and_tenant_jobs_do_not(
     and the store's writer ask for it (the media workers too: test_rooms);
     a tenant's job, started from the server, runs with the kernel's
     default."""
-    agents = Path(__file__).resolve().parents[1] / "agents"
-    cfg = tmp_path / "agents.toml"
-    cfg.write_text(
-        "[[agents]]\n"
-        'name = "sleeper"\n'
-        f'command = ["{sys.executable}", "{agents / "cmd_agent.py"}"]\n'
-        f'env = {{ EDT_OUT = "{tmp_path}", EDT_MODE = "sleep" }}\n'
-        f'binds = ["{tmp_path}:rw"]\n'
-    )
-    tmp_path.chmod(0o777)  # the job, as its tenant's uid, writes there
+    cfg = sleeper_agent(tmp_path)
     srv = ServeProcess(loop_kind, "--config", str(cfg), "--data-dir", str(tmp_path / "data"))
     served.append(srv)
     assert sched.slice_of(srv.proc.pid) == 500_000
