@@ -35,8 +35,6 @@ import threading
 #: The environment variable that tells the helper processes (media
 #: workers, the store's writer) the slice the server asked for, in seconds.
 SLICE_ENV = "EDGEDISPATCH_SCHED_SLICE"
-#: What the kernel accepts (it clamps to these; config outside is refused).
-MIN_SLICE, MAX_SLICE = 0.0001, 0.1
 
 _SCHED_FLAG_RESET_ON_FORK = 0x01
 _SCHED_OTHER = 0
@@ -56,7 +54,6 @@ def request_slice(seconds: float) -> bool:
     numbers = _SYSCALLS.get(platform.machine())
     if numbers is None:
         return False
-    setattr_nr, getattr_nr = numbers
     slice_ns = int(round(seconds * 1e9))
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -67,24 +64,22 @@ def request_slice(seconds: float) -> bool:
             _ATTR.pack(_ATTR.size, _SCHED_OTHER, _SCHED_FLAG_RESET_ON_FORK, nice, 0, slice_ns,
                        0, 0, 0, 0)
         )  # fmt: skip
-        if libc.syscall(setattr_nr, 0, attr, 0) != 0:
+        if libc.syscall(numbers[0], 0, attr, 0) != 0:
             return False
-        return slice_ns == 0 or current_slice_ns(libc, getattr_nr) == slice_ns
+        return slice_ns == 0 or current_slice_ns() == slice_ns
     except (OSError, AttributeError):
         return False
 
 
-def current_slice_ns(libc: ctypes.CDLL | None = None, getattr_nr: int = 0) -> int:
+def current_slice_ns() -> int:
     """The calling thread's requested slice in ns (0: the default, or a
     kernel that does not say)."""
-    if libc is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-    if not getattr_nr:
-        getattr_nr = _SYSCALLS.get(platform.machine(), (0, 0))[1]
-        if not getattr_nr:
-            return 0
+    numbers = _SYSCALLS.get(platform.machine())
+    if numbers is None:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
     out = ctypes.create_string_buffer(_ATTR.size)
-    if libc.syscall(getattr_nr, 0, out, _ATTR.size, 0) != 0:
+    if libc.syscall(numbers[1], 0, out, _ATTR.size, 0) != 0:
         return 0
     return int(_ATTR.unpack(out.raw)[5])
 
