@@ -66,3 +66,10 @@ def test_it_reads_the_servers_own_histogram() -> None:
     registry.register(One())  # type: ignore[arg-type]
     parsed = server_view.parse(generate_latest(registry).decode())
     assert parsed[0.005] == 0 and parsed[0.01] == 3 and parsed[math.inf] == 3
+
+
+def test_the_report_and_its_line_as_the_benches_print_them() -> None:
+    view = server_view.report(BEFORE, AFTER)
+    assert view == {"p50": 1.0, "p99": 10.0, "within_10ms": 0.99}
+    assert server_view.summary(view) == "p50 1.0 ms, p99 10.0 ms, 99.00% within 10 ms"
+    assert server_view.report(None, AFTER) is None  # /metrics did not answer

@@ -295,7 +295,7 @@ def run(
         time.sleep(1.0)
         rss_idle = rss_kb(server_pid) if server_pid else 0
         driver = Driver(host, int(port), rate, duration, scrape)
-        view0 = _server_view(url)
+        view0 = server_view.scrape(url)
         started, cpu0 = time.monotonic(), tree_cpu_seconds(server_pid) if server_pid else 0.0
         if rate > 0:
             # The driver's own collections would delay sends, which count
@@ -311,7 +311,7 @@ def run(
         server_cpu = (tree_cpu_seconds(server_pid) - cpu0) / sent_for if server_pid else math.nan
         # Let the last jobs start (busy workers: the queue drains as jobs end).
         time.sleep(min(2.0, hold + 1.0) if gate <= 0 else hold + 8.0)
-        view1 = _server_view(url)
+        view1 = server_view.scrape(url)
         running_at: dict[str, float] = {}
         declines = 0
         for sim in sims:
@@ -365,24 +365,9 @@ def run(
         ),
         #: The server's own view (``server_view``): a job's creation to its
         #: assignment, from its histogram (None if /metrics did not answer).
-        "server_assign_ms": (
-            {
-                "p50": round(1000 * server_view.quantile(view0, view1, 0.50), 2),
-                "p99": round(1000 * server_view.quantile(view0, view1, 0.99), 2),
-                "within_10ms": round(server_view.share_within(view0, view1, 0.01), 4),
-            }
-            if view0 is not None and view1 is not None
-            else None
-        ),
+        "server_assign_ms": server_view.report(view0, view1),
         "targets": TARGETS,
     }
-
-
-def _server_view(url: str) -> server_view.Buckets | None:
-    try:
-        return server_view.scrape(url)
-    except OSError:  # metrics off, or behind a token
-        return None
 
 
 def render(r: dict[str, Any]) -> str:
@@ -407,8 +392,7 @@ def render(r: dict[str, Any]) -> str:
             *(
                 [
                     "the server's own view (creation -> assignment, its /metrics histogram): "
-                    f"p50 {view['p50']} ms, p99 {view['p99']} ms, "
-                    f"{view['within_10ms']:.2%} within 10 ms"
+                    + server_view.summary(view)
                 ]
                 if (view := r.get("server_assign_ms"))
                 else []

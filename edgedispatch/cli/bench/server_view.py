@@ -26,11 +26,32 @@ _BUCKET = re.compile(rf'^{METRIC}{{le="([^"]+)"}} ([0-9.e+]+)$', re.M)
 Buckets = dict[float, float]
 
 
-def scrape(url: str, timeout: float = 5.0) -> Buckets:
-    """The histogram now, from ``url``'s /metrics (empty if it has none)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:
-        text = resp.read().decode()
+def scrape(url: str, timeout: float = 5.0) -> Buckets | None:
+    """The histogram now, from ``url``'s /metrics (empty if it has none;
+    None if /metrics did not answer: metrics off, or behind a token)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
     return parse(text)
+
+
+def report(before: Buckets | None, after: Buckets | None) -> dict[str, float] | None:
+    """What a bench reports of the window between two scrapes (in ms, and
+    the share within 10 ms); None without both."""
+    if before is None or after is None:
+        return None
+    return {
+        "p50": round(1000 * quantile(before, after, 0.50), 2),
+        "p99": round(1000 * quantile(before, after, 0.99), 2),
+        "within_10ms": round(share_within(before, after, 0.01), 4),
+    }
+
+
+def summary(view: dict[str, float]) -> str:
+    """``report``'s figures, as the benches print them."""
+    return f"p50 {view['p50']} ms, p99 {view['p99']} ms, {view['within_10ms']:.2%} within 10 ms"
 
 
 def parse(text: str) -> Buckets:

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from edgedispatch.cli.bench import server_view
 from edgedispatch.cli.bench.common import (
     free_media_port,
     free_port,
@@ -572,8 +573,7 @@ def render(r: dict[str, Any]) -> str:
             if view := (d.get("server_assign_ms") or None):
                 lines.append(
                     "        the server's own view (creation -> assignment): "
-                    f"p50 {view['p50']} ms, p99 {view['p99']} ms, "
-                    f"{view['within_10ms']:.2%} within 10 ms"
+                    + server_view.summary(view)
                 )
     lines.append(
         f"most calls with under 0.1% of frames lost and send-clock jitter within 10 ms: "
