@@ -94,11 +94,11 @@ def supported() -> bool:
     return result == [True]
 
 
-def slice_of(pid: int) -> int | None:
-    """The slice (ns) process ``pid``'s main thread runs with, as /proc
-    says (None where it does not)."""
+def slice_of(pid: int, tid: int = 0) -> int | None:
+    """The slice (ns) thread ``tid`` of process ``pid`` (its main thread
+    by default) runs with, as /proc says (None where it does not)."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/sched") as f:
+        with open(f"/proc/{pid}/task/{tid or pid}/sched") as f:
             return next(int(line.split()[-1]) for line in f if line.startswith("se.slice"))
     except (OSError, StopIteration, ValueError):
         return None

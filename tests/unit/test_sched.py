@@ -29,45 +29,38 @@ def test_asking_whether_the_kernel_takes_slices_leaves_the_callers_alone() -> No
     assert sched.current_slice_ns() == before
 
 
-def kernel_takes_slices() -> bool:
-    return sched.supported()
-
-
-SLICE_OF = """
-    def slice_of(path):
-        with open(path) as f:
-            return next(int(l.split()[-1]) for l in f if l.startswith("se.slice"))
-"""
+NO_SLICES = "this kernel gives no custom slices (Linux 6.12 and later do)"
 
 
 def test_the_thread_gets_its_slice_and_keeps_its_nice_and_nothing_it_starts_inherits_it() -> None:
-    if not kernel_takes_slices():
-        pytest.skip("this kernel gives no custom slices (Linux 6.12 and later do)")
+    if not sched.supported():
+        pytest.skip(NO_SLICES)
     out = run(
-        SLICE_OF
-        + """
+        """
     import os, subprocess, sys, threading
     from edgedispatch import sched
     os.nice(3)
-    default = slice_of("/proc/thread-self/sched")
+    default = sched.slice_of(os.getpid())
     assert sched.request_slice(0.0005)
     nice = os.getpriority(os.PRIO_PROCESS, 0)
-    print(slice_of("/proc/thread-self/sched"), sched.current_slice_ns(), nice)
+    print(sched.slice_of(os.getpid()), sched.current_slice_ns(), nice)
     seen = []
-    t = threading.Thread(target=lambda: seen.append(slice_of("/proc/thread-self/sched")))
+    t = threading.Thread(target=lambda: seen.append(
+        sched.slice_of(os.getpid(), threading.get_native_id())))
     t.start(); t.join()
-    child = subprocess.run([sys.executable, "-c", "print(open('/proc/self/sched').read())"],
+    child = subprocess.run([sys.executable, "-c",
+                            "import os; from edgedispatch import sched; "
+                            "print(sched.slice_of(os.getpid()))"],
                            capture_output=True, text=True).stdout
-    inherited = next(int(l.split()[-1]) for l in child.splitlines() if l.startswith("se.slice"))
-    print(seen[0] == default, inherited == default, default != 500000)
+    print(seen[0] == default, int(child) == default, default != 500000)
     """
     )
     assert out.splitlines() == ["500000 500000 3", "True True True"]
 
 
 def test_zero_asks_for_the_kernels_default_again() -> None:
-    if not kernel_takes_slices():
-        pytest.skip("this kernel gives no custom slices (Linux 6.12 and later do)")
+    if not sched.supported():
+        pytest.skip(NO_SLICES)
     out = run(
         """
         from edgedispatch import sched
@@ -79,7 +72,7 @@ def test_zero_asks_for_the_kernels_default_again() -> None:
 
 
 def test_elsewhere_it_says_no_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sched.platform, "machine", lambda: "riscv64")
+    monkeypatch.setattr("edgedispatch.sched.platform.machine", lambda: "riscv64")
     assert sched.request_slice(0.0005) is False
     assert sched.current_slice_ns() == 0
 
