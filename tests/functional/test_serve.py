@@ -250,6 +250,27 @@ def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
     assert 0 < view["p50"] <= view["p99"] <= lat["max"] and 0 < view["within_10ms"] <= 1
 
 
+@pytest.mark.once  # the bench's own workers, not about the loop
+def test_bench_dispatch_busy_workers_decline_and_the_queue_drains() -> None:
+    """Workers that report load per job and decline at the gate, as
+    livekit-agents' do: every job runs, each waiting only for a job to end
+    (a wave every --hold), and few offers meet a full worker."""
+    argv = ["--workers", "2", "--rate", "20", "--duration", "1", "--hold", "0.5", "--json",
+            "--load-per-job", "0.5", "--gate", "0.7", "--report-interval", "0.2"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "edgedispatch", "bench", "dispatch", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    # Two jobs fill a worker (load 1.0 >= 0.7): 4 run at once, 20 arrive.
+    assert report["completed"] == report["sent"] == 20 and report["errors"] == 0
+    assert report["declines_per_assignment"] < 0.2  # the server predicts their load
+    assert 500 < report["latency_ms"]["max"] < 3000  # waited for capacity, no backoff
+
+
 # Once: the CLI is a client; the definitions API and the agents it starts and
 # stops run on both loops in test_local_agents and test_agent_servers.
 @pytest.mark.once

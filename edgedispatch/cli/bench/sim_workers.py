@@ -1,5 +1,7 @@
 """Simulated agent workers for ``bench dispatch``: one process, many workers,
-each speaking the real protobuf protocol over its own WebSocket.
+each speaking the real protobuf protocol over its own WebSocket
+(``lean_worker``: a protocol object each, no task per message, so that the
+load takes as little as it can of the cores the server shares with it).
 
 Each reports JS_RUNNING as soon as the assignment arrives (recording when,
 on the system-wide monotonic clock), and JS_SUCCESS after ``--hold``
@@ -29,7 +31,9 @@ import time
 
 from livekit.protocol import agent
 
-from edgedispatch._testbase.fake_worker import FakeWorker
+from edgedispatch._testbase.fake_worker import worker_token
+from edgedispatch.cli.bench.lean_worker import LeanWorker
+from edgedispatch.config import DEV_KEY, DEV_SECRET
 from edgedispatch.server import raise_fd_limit
 
 
@@ -39,54 +43,51 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    workers = [
-        FakeWorker(args.url, agent_name=args.agent_name, report=False) for _ in range(args.count)
-    ]
-
-    running = {id(w): 0 for w in workers}
     declines = 0
     gate: float | None = args.gate if args.gate > 0 else None
     per_job: float = args.load_per_job
 
-    def load(w: FakeWorker) -> float:
-        return min(1.0, per_job * running[id(w)])
+    def load(w: LeanWorker) -> float:
+        return min(1.0, per_job * w.running)
 
-    def accept(w: FakeWorker) -> bool:
+    def accept(w: LeanWorker, job: agent.Job) -> bool:
         nonlocal declines
         if gate is not None and load(w) >= gate:
             declines += 1
             return False
         return True
 
-    async def report(w: FakeWorker) -> None:
-        await asyncio.sleep(random.uniform(0, args.report_interval))
-        while True:
-            full = gate is not None and load(w) >= gate
-            status = agent.WS_FULL if full else agent.WS_AVAILABLE
-            await w.update(status=status, load=load(w), job_count=running[id(w)])
-            await asyncio.sleep(args.report_interval)
+    def report(w: LeanWorker) -> None:
+        full = gate is not None and load(w) >= gate
+        w.update(agent.WS_FULL if full else agent.WS_AVAILABLE, load(w), w.running)
+        loop.call_later(args.report_interval, report, w)
 
-    def ended(w: FakeWorker, job_id: str) -> None:
-        running[id(w)] -= 1
-        loop.create_task(w.job_status(job_id, agent.JS_SUCCESS))
+    def ended(w: LeanWorker, job_id: str) -> None:
+        w.running -= 1
+        w.job_status(job_id, agent.JS_SUCCESS)
 
-    def on_assignment(worker: FakeWorker, assignment: agent.JobAssignment) -> None:
-        job = assignment.job
-        running_at[job.metadata] = time.monotonic()
-        running[id(worker)] += 1
-        loop.create_task(worker.job_status(job.id, agent.JS_RUNNING))
-        loop.call_later(args.hold, ended, worker, job.id)
+    def assigned(w: LeanWorker, assignment: agent.JobAssignment) -> None:
+        running_at[assignment.job.metadata] = time.monotonic()
+        loop.call_later(args.hold, ended, w, assignment.job.id)
 
-    reporters = []
-    for start in range(0, len(workers), 200):  # connect in waves
-        batch = workers[start : start + 200]
-        await asyncio.gather(*(w.connect() for w in batch))
+    host, port = args.url.removeprefix("http://").removeprefix("ws://").split(":")
+    ws_url = f"ws://{host}:{port}"
+    token = worker_token(DEV_KEY, DEV_SECRET)
+    workers: list[LeanWorker] = []
+    for start in range(0, args.count, 200):  # connect in waves
+        batch = [
+            LeanWorker(ws_url, token, args.agent_name, accept, assigned)
+            for _ in range(start, min(args.count, start + 200))
+        ]
+        await asyncio.gather(
+            *(loop.create_connection(functools.partial(_itself, w), host, int(port)) for w in batch)
+        )
+        await asyncio.gather(*(w.registered for w in batch))
         for w in batch:
-            w.on_assignment = lambda a, w=w: on_assignment(w, a)
-            w.accept = functools.partial(lambda w, job: accept(w), w)
-            await w.update(load=0.0)
-            if args.load_per_job > 0:
-                reporters.append(loop.create_task(report(w)))
+            w.update(agent.WS_AVAILABLE, 0.0, 0)
+            if per_job > 0:  # from a random phase, as livekit-agents' workers
+                loop.call_later(random.uniform(0, args.report_interval), report, w)
+        workers += batch
     # No garbage collection while the load runs: a full collection here
     # stalled all of this process's workers for 40-60 ms, which the bench
     # then counted as the server's latency (the same instant in every run,
@@ -98,6 +99,10 @@ async def main(args: argparse.Namespace) -> None:
     print(json.dumps({"running_at": running_at, "declines": declines}), flush=True)
     for w in workers:
         w.abort()
+
+
+def _itself(worker: LeanWorker) -> LeanWorker:
+    return worker
 
 
 if __name__ == "__main__":
