@@ -13,7 +13,6 @@ per worker is the server's growth when the N workers connect and idle.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import math
@@ -25,24 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import uvloop
-from livekit.protocol import agent_dispatch
 
 from edgedispatch.cli.bench import server_view
-from edgedispatch.cli.bench.common import admin_token, percentile, read_response, start_server, stop
+from edgedispatch.cli.bench.common import percentile, start_server, stop
+from edgedispatch.cli.bench.driver import Driver
 from edgedispatch.server import raise_fd_limit
-
-PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
-ROOMS = 256
-#: Keep-alive connections the driver sends on, each with one request at a
-#: time.  Enough that the driver stays open-loop when answers wait a few
-#: milliseconds for the store's commit: with 32, a run with the store was
-#: held to 32 answers per commit round (about 2,400/s at 13 ms), so it
-#: measured the driver rather than the server.  128 still did, at
-#: saturation: answers that waited 30-40 ms for a commit on the server's
-#: one core capped the run near 128 / 0.035 s, and the store measured 68-78%
-#: of the plain figure; with 512 the plain server also went from about
-#: 4,250 to 5,400 dispatches/s (its passes take more requests each).
-CONNECTIONS = 512
 
 TARGETS = {
     "dispatches_per_s": 3000,
@@ -139,80 +125,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-class Driver:
-    """Sends CreateDispatch at ``rate`` per second for ``duration`` seconds."""
-
-    def __init__(
-        self, host: str, port: int, rate: float, duration: float, scrape: float = 0.0
-    ) -> None:
-        self.host, self.port, self.rate, self.duration = host, port, rate, duration
-        self.due: dict[str, float] = {}  # metadata (sequence number) -> due time
-        self.errors = 0
-        #: Seconds between scrapes of /metrics while sending (0: none), and
-        #: how long each scrape took to answer.
-        self.scrape = scrape
-        self.scrape_ms: list[float] = []
-        self._next = 0
-        self._total = int(rate * duration)
-        self._heads = {}
-        for r in range(ROOMS):
-            room = f"bench-{r}"
-            self._heads[room] = (
-                f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\n"
-                f"Content-Type: application/protobuf\r\n"
-                f"Authorization: Bearer {admin_token(room)}\r\n"
-            ).encode()
-
-    async def run(self) -> None:
-        self._t0 = time.monotonic() + 0.2
-        senders = [self._connection() for _ in range(CONNECTIONS)]
-        scraper = [self._scraper()] if self.scrape > 0 else []
-        await asyncio.gather(*senders, *scraper)
-
-    async def _scraper(self) -> None:
-        """GET /metrics every ``scrape`` seconds while the load runs, as
-        Prometheus would (what metrics cost is read beside a run without)."""
-        reader, writer = await asyncio.open_connection(self.host, self.port)
-        request = f"GET /metrics HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
-        # Until the last request is due (not until each is taken: with more
-        # connections than requests, all are taken at the start).
-        end = self._t0 + self._total / self.rate
-        try:
-            while time.monotonic() < end:
-                await asyncio.sleep(self.scrape)
-                started = time.monotonic()
-                writer.write(request)
-                head, _ = await read_response(reader)
-                if head.startswith(b"HTTP/1.1 200"):
-                    self.scrape_ms.append((time.monotonic() - started) * 1000)
-        finally:
-            writer.close()
-
-    async def _connection(self) -> None:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
-        try:
-            while self._next < self._total:
-                seq = self._next
-                self._next += 1
-                due = self._t0 + seq / self.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                room = f"bench-{seq % ROOMS}"
-                body = agent_dispatch.CreateAgentDispatchRequest(
-                    agent_name="bench", room=room, metadata=str(seq)
-                ).SerializeToString()
-                self.due[str(seq)] = due
-                writer.write(
-                    self._heads[room] + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
-                )
-                head, _ = await read_response(reader)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    self.errors += 1
-        finally:
-            writer.close()
-
-
 def run(
     workers: int,
     rate: float,
@@ -307,8 +219,11 @@ def run(
             finally:
                 gc.enable()
                 gc.unfreeze()
-        sent_for = time.monotonic() - started
-        server_cpu = (tree_cpu_seconds(server_pid) - cpu0) / sent_for if server_pid else math.nan
+        ran = time.monotonic() - started
+        server_cpu = (tree_cpu_seconds(server_pid) - cpu0) / ran if server_pid else math.nan
+        # The rate from when the driver's connections were open (512 take a
+        # while to open; the first request is due 0.2 s after).
+        sent_for = started + ran - (driver.opened_at or started)
         # Let the last jobs start (busy workers: the queue drains as jobs end).
         time.sleep(min(2.0, hold + 1.0) if gate <= 0 else hold + 8.0)
         view1 = server_view.scrape(url)
@@ -361,7 +276,7 @@ def run(
         #: sending: what the store costs, less blurred by other processes
         #: than throughput is.
         "server_cpu_us_per_dispatch": (
-            round(server_cpu * sent_for / done * 1e6, 1) if done and server_pid else math.nan
+            round(server_cpu * ran / done * 1e6, 1) if done and server_pid else math.nan
         ),
         #: The server's own view (``server_view``): a job's creation to its
         #: assignment, from its histogram (None if /metrics did not answer).
