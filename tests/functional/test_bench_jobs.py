@@ -41,7 +41,12 @@ def test_bench_jobs_json(loop_kind: str, tmp_path: Path) -> None:
     native = rows["edgedispatch", 2]
     assert native["samples"] == 6  # every job of 3 rounds started
     assert 0 < native["p50_ms"] <= native["p99_ms"]
-    assert native["p50_ms"] <= native["request_p50_ms"]  # the request came first
+    # The request came first.  The two read different clocks (the request's
+    # is this machine's monotonic one; the creation's is the server's wall
+    # clock, mapped from its monotonic time at start-up, against the agent's
+    # wall clock): allow a millisecond between them (1.52 ms against 1.34
+    # failed once in CI, jobs starting ~1.3 ms after their request).
+    assert native["p50_ms"] <= native["request_p50_ms"] + 1.0
     cold = rows["agent-server cold start", 1]
     assert cold["samples"] == 1 and cold["p50_ms"] > native["p99_ms"]
     assert report["pool_uss_kb"] and max(report["pool_uss_kb"]) < 30 * 1024
