@@ -92,20 +92,29 @@ class Driver:
     def _connection(self) -> _Connection:
         return _Connection(self)
 
-    def _pump(self) -> None:
+    def _pump(self, timer_fired: bool = False) -> None:
         """Send what is due on the idle connections; wake again when the
-        next request is due (or, with none idle, when one answers)."""
+        next request is due (or, with none idle, when one answers).
+
+        The request a timer was set for goes when the timer fires, as after
+        an ``asyncio.sleep``: uvloop's timers count whole milliseconds from
+        the start of the loop's pass, and one fires up to half a
+        millisecond early or late.  Set again for what is left (less than
+        a millisecond), it fired at once, and again: the driver spun."""
         self._timer = None
         now = time.monotonic()
         while self._next < self._total and self._idle:
             due = self._t0 + self._next / self.rate
-            if due > now:
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_at(loop.time() + due - now, self._pump)
+            if due > now and not timer_fired:
+                self._timer = asyncio.get_running_loop().call_later(due - now, self._on_timer)
                 return
+            timer_fired = False
             self._send(self._idle.pop(), self._next, due)
             self._next += 1
         self._maybe_done()
+
+    def _on_timer(self) -> None:
+        self._pump(timer_fired=True)
 
     def _send(self, conn: _Connection, seq: int, due: float) -> None:
         room = seq % ROOMS
