@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from livekit import api
@@ -208,34 +209,24 @@ def test_bench_dispatch_prints_a_markdown_table_and_plots(loop_kind: str, tmp_pa
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
+def bench_dispatch(*argv: str) -> dict[str, Any]:
+    """``bench dispatch ARGV --json``'s report."""
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgedispatch",
-            "bench",
-            "dispatch",
-            "--workers",
-            "8",
-            "--rate",
-            "200",
-            "--duration",
-            "1",
-            "--hold",
-            "0.1",
-            "--loop",
-            loop_kind,
-            "--scrape",
-            "0.2",
-            "--json",
-        ],
+        [sys.executable, "-m", "edgedispatch", "bench", "dispatch", *argv, "--json"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
+    report = bench_dispatch(
+        "--workers", "8", "--rate", "200", "--duration", "1", "--hold", "0.1",
+        "--loop", loop_kind, "--scrape", "0.2",
+    )  # fmt: skip
     assert report["completed"] == report["sent"] == 200 and report["errors"] == 0
     # /metrics was scraped while the load ran, as Prometheus would.
     assert report["metrics_scrapes"] >= 2 and report["metrics_scrape_ms_mean"] > 0
@@ -255,16 +246,10 @@ def test_bench_dispatch_busy_workers_decline_and_the_queue_drains() -> None:
     """Workers that report load per job and decline at the gate, as
     livekit-agents' do: every job runs, each waiting only for a job to end
     (a wave every --hold), and few offers meet a full worker."""
-    argv = ["--workers", "2", "--rate", "20", "--duration", "1", "--hold", "0.5", "--json",
-            "--load-per-job", "0.5", "--gate", "0.7", "--report-interval", "0.2"]  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-m", "edgedispatch", "bench", "dispatch", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
+    report = bench_dispatch(
+        "--workers", "2", "--rate", "20", "--duration", "1", "--hold", "0.5",
+        "--load-per-job", "0.5", "--gate", "0.7", "--report-interval", "0.2",
+    )  # fmt: skip
     # Two jobs fill a worker (load 1.0 >= 0.7): 4 run at once, 20 arrive.
     assert report["completed"] == report["sent"] == 20 and report["errors"] == 0
     assert report["declines_per_assignment"] < 0.2  # the server predicts their load
