@@ -63,7 +63,6 @@ from edgedispatch.sip.uas import UserAgentServer
 from edgedispatch.sip.uas_calls import CallEnded, Event
 from edgedispatch.store import MemoryStore, Store
 from edgedispatch.store import sqlite as sqlite_store
-from edgedispatch.store.journal import KINDS as JOURNAL_KINDS
 from edgedispatch.store.journal import Journal
 from edgedispatch.store.sqlite import SqliteStore
 from edgedispatch.wire import convert
@@ -385,9 +384,7 @@ class Server:
             return MemoryStore()
         store = SqliteStore(data_dir, self.cfg.server.store_synchronous)
         journal = Journal(store, self.cfg.dispatch.queue_timeout)
-        recovered = journal.recover()
-        domain.restore(*recovered, loop.time())
-        domain.subscribe(journal.on_event, *JOURNAL_KINDS)
+        recovered = journal.recover_into(domain, loop.time())
         store.start(loop)
         self.store = store
         log.info("store %s: recovered %s", store.path, recovered.summary())

@@ -40,10 +40,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,21 @@ class SqliteStore:
         # else: the writer died; it gets this pass when the next one starts
 
     # The writer process -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def recovering(self) -> Iterator[None]:
+        """The writes made while the state is put back, before the writer
+        starts: one transaction (one fsync, not one per row), committed
+        before the server listens."""
+        if self._loop is not None:
+            raise RuntimeError("recovery writes come before the writer starts")
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand writes to a writer process from now on."""

@@ -27,9 +27,7 @@ def boot(path: Path, now: float, wall: float, **cfg: float) -> Domain:
     domain = Domain(DispatchConfig(**cfg), RoomConfig())  # type: ignore[arg-type]
     domain.wall.offset = wall - now
     store = SqliteStore(path)
-    journal = Journal(store, domain.cfg.queue_timeout)
-    domain.restore(*journal.recover(), now)
-    domain.subscribe(journal.on_event, *KINDS)
+    Journal(store, domain.cfg.queue_timeout).recover_into(domain, now)
     return domain
 
 
@@ -123,6 +121,25 @@ def test_an_unclaimed_running_job_is_dispatched_again(tmp_path: Path) -> None:
     second.step(1.0)
     second.on_timer(10.0)  # reclaim_grace over: JRP_ON_FAILURE runs it again
     assert other.offers == [job]
+
+
+def test_a_job_whose_queue_deadline_passed_while_down_fails_once_for_good(
+    tmp_path: Path,
+) -> None:
+    """Its failure, made while the state is put back, is written: the next
+    restart finds it failed, instead of failing it again (found by bench
+    faults: it failed at every restart, and its dispatch was never done)."""
+    first = boot(tmp_path, now=0.0, wall=1000.0, queue_timeout=60.0)
+    job = first.rooms.dispatches[create(first, "r1", "nobody", now=0.0)].job_ids[0]
+    second = boot(tmp_path, now=0.0, wall=1100.0, queue_timeout=60.0)  # down past it
+    assert second.jobs.jobs[job].state == JobState.FAILED
+    assert second.jobs.jobs[job].reason == FailReason.NO_CAPACITY
+    rows = sqlite3.connect(tmp_path / FILENAME).execute("SELECT state FROM jobs").fetchall()
+    assert rows == [(int(JobState.FAILED),)]
+    third = boot(tmp_path, now=0.0, wall=1110.0, queue_timeout=60.0)
+    assert third.jobs.jobs[job].state == JobState.FAILED
+    # Failed then (wall 1100), not again now (1110).
+    assert third.jobs.jobs[job].updated_ns == second.jobs.jobs[job].updated_ns
 
 
 def test_a_running_job_past_its_queue_deadline_is_still_run_again(tmp_path: Path) -> None:
