@@ -142,8 +142,21 @@ class Journal:
             return
         change = (int(job.state), job.worker_id, int(job.reason), job.updated_ns)
         fresh = self._fresh_rows().get(job.id)
+        requeued = job.state == JobState.QUEUED and before in _HELD
         if fresh is not None:
             fresh[4:] = change
+            if requeued:
+                fresh[3] = job.updated_ns + self._queue_ns
+        elif requeued:
+            # Back in the queue after its worker: the core gives it a fresh
+            # wait, and so does the store (with the stale one, a restart
+            # after it failed the job at once: found by bench faults).
+            seq = self._job_rows.get(job.id)
+            deadline = job.updated_ns + self._queue_ns
+            if seq is not None:
+                self._store.write(_REQUEUE_JOB, (*change, deadline, seq))
+            else:
+                self._store.write(_REQUEUE_JOB_BY_ID, (*change, deadline, job.id))
         else:
             seq = self._job_rows.get(job.id)
             if seq is not None:
@@ -217,6 +230,14 @@ _UPDATE_JOB = "UPDATE jobs SET state = ?, worker_id = ?, reason = ?, updated_ns 
 _UPDATE_JOB_BY_ID = (
     "UPDATE jobs SET state = ?, worker_id = ?, reason = ?, updated_ns = ? WHERE id = ?"
 )
+#: A held job back in the queue, with its new queue deadline.
+_REQUEUE_JOB = (
+    "UPDATE jobs SET state = ?, worker_id = ?, reason = ?, updated_ns = ?, deadline_ns = ?"
+    " WHERE seq = ?"
+)
+_REQUEUE_JOB_BY_ID = _REQUEUE_JOB.replace("WHERE seq", "WHERE id")
+#: The states in which a worker holds a job.
+_HELD = frozenset([JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED])
 
 
 #: (state, before) changes not written.  What recovery tells apart is

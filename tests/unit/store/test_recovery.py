@@ -159,6 +159,25 @@ def test_a_running_job_past_its_queue_deadline_is_still_run_again(tmp_path: Path
     assert second.jobs.jobs[job].state == JobState.OFFERED
 
 
+def test_a_held_job_queued_again_keeps_its_fresh_wait_across_a_restart(tmp_path: Path) -> None:
+    """Queued afresh when its worker never claimed it, it is written with
+    its new queue deadline: a restart after the original deadline finds it
+    queued with the rest of its new wait (found by bench faults: with the
+    original one in the store, the next restart failed it at once)."""
+    cfg = {"reclaim_grace": 10.0, "queue_timeout": 60.0}
+    first = boot(tmp_path, now=0.0, wall=1000.0, **cfg)
+    _, job = worker_takes_a_job(first)
+    second = boot(tmp_path, now=0.0, wall=1200.0, **cfg)  # past its first wait
+    second.on_timer(10.0)  # unclaimed: queued afresh at wall 1210, until 1270
+    assert second.jobs.jobs[job].state == JobState.QUEUED
+    third = boot(tmp_path, now=0.0, wall=1230.0, **cfg)
+    assert third.jobs.jobs[job].state == JobState.QUEUED
+    assert third.next_deadline() == 40.0  # 40 s of its new 60 left
+    other = support_worker(third, 1.0)
+    third.step(1.0)
+    assert other.offers == [job]
+
+
 def test_ended_and_deleted_work_does_not_come_back(tmp_path: Path) -> None:
     first = boot(tmp_path, now=0.0, wall=1000.0)
     gone = create(first, "r1", "support", now=0.0)
