@@ -24,7 +24,9 @@ from edgedispatch.dispatch.timers import TimerKind, Timers, WallTime
 
 log = logging.getLogger("edgedispatch.dispatch")
 
-_HELD = (JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED)
+#: The states in which a worker holds a job (the store writes a job's
+#: return to the queue from one with a fresh queue deadline).
+HELD = (JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED)
 _ENDED = frozenset(s for s in JobState if s.terminal)
 _WANTS_CAPACITY = (WaitReason.NO_WORKERS, WaitReason.ALL_BUSY)
 
@@ -104,7 +106,7 @@ class JobLedger:
         # started it and died, or be cut off longer than the grace and
         # still running it: a JRP_NEVER job runs at most once.
         offered = rec.state == JobState.OFFERED and bool(rec.worker_id)
-        held = rec.state in _HELD or offered
+        held = rec.state in HELD or offered
         agent = (rec.key.tenant, rec.key.agent_name)
         self._live[agent] += 1
         self._queued[agent] += 1
@@ -133,7 +135,7 @@ class JobLedger:
         if state != before:
             agent = (rec.key.tenant, rec.key.agent_name)
             self._queued[agent] += (state == JobState.QUEUED) - (before == JobState.QUEUED)
-            self._held += (state in _HELD) - (before in _HELD)
+            self._held += (state in HELD) - (before in HELD)
             if state in _ENDED and before not in _ENDED:
                 self._live[agent] -= 1
                 if not self._live[agent]:
@@ -223,7 +225,7 @@ class JobLedger:
     def held_by(self, worker_ids: set[str]) -> int:
         """Jobs assigned to or running on one of these workers."""
         return sum(
-            1 for rec in self.jobs.values() if rec.state in _HELD and rec.worker_id in worker_ids
+            1 for rec in self.jobs.values() if rec.state in HELD and rec.worker_id in worker_ids
         )
 
     def started_too_long(self, job_id: str, now: float) -> None:

@@ -33,6 +33,7 @@ from edgedispatch.dispatch.events import (
     RoomClosed,
     RoomOpened,
 )
+from edgedispatch.dispatch.jobs import HELD
 from edgedispatch.dispatch.records import DispatchRec, JobRec, RoomRec
 from edgedispatch.store.sqlite import SqliteStore
 
@@ -141,28 +142,24 @@ class Journal:
         if (job.state, before) in _NOT_WRITTEN:
             return
         change = (int(job.state), job.worker_id, int(job.reason), job.updated_ns)
+        # Back in the queue after its worker: the core gives it a fresh wait,
+        # and so does the store (with the stale one, a restart after it
+        # failed the job at once: found by bench faults).
+        requeued = job.state == JobState.QUEUED and before in HELD
+        deadline = job.updated_ns + self._queue_ns
         fresh = self._fresh_rows().get(job.id)
-        requeued = job.state == JobState.QUEUED and before in _HELD
         if fresh is not None:
             fresh[4:] = change
             if requeued:
-                fresh[3] = job.updated_ns + self._queue_ns
-        elif requeued:
-            # Back in the queue after its worker: the core gives it a fresh
-            # wait, and so does the store (with the stale one, a restart
-            # after it failed the job at once: found by bench faults).
-            seq = self._job_rows.get(job.id)
-            deadline = job.updated_ns + self._queue_ns
-            if seq is not None:
-                self._store.write(_REQUEUE_JOB, (*change, deadline, seq))
-            else:
-                self._store.write(_REQUEUE_JOB_BY_ID, (*change, deadline, job.id))
+                fresh[3] = deadline
         else:
+            by_seq, by_id = _REQUEUE if requeued else _UPDATE
+            params = (*change, deadline) if requeued else change
             seq = self._job_rows.get(job.id)
             if seq is not None:
-                self._store.write(_UPDATE_JOB, (*change, seq))
+                self._store.write(by_seq, (*params, seq))
             else:  # not expected: every job's row is known (slower, still right)
-                self._store.write(_UPDATE_JOB_BY_ID, (*change, job.id))
+                self._store.write(by_id, (*params, job.id))
         if job.state == JobState.OFFERED:
             # The worker's JobAssignment waits for this write, not for the
             # ASSIGNED that follows (``worker.session``).
@@ -236,8 +233,9 @@ _REQUEUE_JOB = (
     " WHERE seq = ?"
 )
 _REQUEUE_JOB_BY_ID = _REQUEUE_JOB.replace("WHERE seq", "WHERE id")
-#: The states in which a worker holds a job.
-_HELD = frozenset([JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED])
+#: (by the row's sequence number, by the job's id) of each kind of change.
+_UPDATE = (_UPDATE_JOB, _UPDATE_JOB_BY_ID)
+_REQUEUE = (_REQUEUE_JOB, _REQUEUE_JOB_BY_ID)
 
 
 #: (state, before) changes not written.  What recovery tells apart is
