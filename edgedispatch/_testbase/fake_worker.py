@@ -24,6 +24,37 @@ def worker_token(api_key: str, secret: str, ttl: int = 6 * 3600, **video: Any) -
     )
 
 
+def status_update(status: int, load: float, job_count: int) -> agent.WorkerMessage:
+    msg = agent.WorkerMessage()
+    msg.update_worker.status = status  # type: ignore[assignment]
+    msg.update_worker.load = load
+    msg.update_worker.job_count = job_count
+    return msg
+
+
+def job_update(job_id: str, status: int, error: str = "") -> agent.WorkerMessage:
+    msg = agent.WorkerMessage()
+    msg.update_job.job_id = job_id
+    msg.update_job.status = status  # type: ignore[assignment]
+    msg.update_job.error = error
+    return msg
+
+
+def availability(
+    job_id: str, available: bool, agent_name: str, terminate: bool = False
+) -> agent.WorkerMessage:
+    """An AvailabilityResponse; an accepted job's participant as
+    livekit-agents names it."""
+    msg = agent.WorkerMessage()
+    msg.availability.job_id = job_id
+    msg.availability.available = available
+    msg.availability.terminate = terminate
+    if available:
+        msg.availability.participant_identity = f"agent-{job_id}"
+        msg.availability.participant_attributes["lk.agent.name"] = agent_name
+    return msg
+
+
 class FakeWorker:
     """Registers, answers availability requests, and reports job status.
 
@@ -90,28 +121,13 @@ class FakeWorker:
     async def update(
         self, status: int = agent.WS_AVAILABLE, load: float = 0.0, job_count: int = 0
     ) -> None:
-        msg = agent.WorkerMessage()
-        msg.update_worker.status = status  # type: ignore[assignment]
-        msg.update_worker.load = load
-        msg.update_worker.job_count = job_count
-        await self.send(msg)
+        await self.send(status_update(status, load, job_count))
 
     async def job_status(self, job_id: str, status: int, error: str = "") -> None:
-        msg = agent.WorkerMessage()
-        msg.update_job.job_id = job_id
-        msg.update_job.status = status  # type: ignore[assignment]
-        msg.update_job.error = error
-        await self.send(msg)
+        await self.send(job_update(job_id, status, error))
 
     async def answer(self, job_id: str, available: bool, terminate: bool = False) -> None:
-        msg = agent.WorkerMessage()
-        msg.availability.job_id = job_id
-        msg.availability.available = available
-        msg.availability.terminate = terminate
-        if available:
-            msg.availability.participant_identity = f"agent-{job_id}"
-            msg.availability.participant_attributes["lk.agent.name"] = self.agent_name
-        await self.send(msg)
+        await self.send(availability(job_id, available, self.agent_name, terminate))
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):

@@ -125,6 +125,9 @@ class Driver:
         self._in_flight += 1
         conn.send(self._heads[room] + b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
+    def opened(self, conn: _Connection) -> None:
+        self._idle.append(conn)
+
     def answered(self, conn: _Connection, ok: bool) -> None:
         self._in_flight -= 1
         self.errors += not ok
@@ -180,7 +183,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
-        self._driver._idle.append(self)
+        self._driver.opened(self)
 
     def send(self, data: bytes) -> None:
         assert self._transport is not None

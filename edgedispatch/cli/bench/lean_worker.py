@@ -26,6 +26,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from edgedispatch._testbase.fake_worker import availability, job_update, status_update
+
 #: (worker, job) -> accept it?
 Accept = Callable[["LeanWorker", agent.Job], bool]
 #: (worker, assignment) on each JobAssignment
@@ -84,32 +86,21 @@ class LeanWorker(asyncio.Protocol):
         kind = msg.WhichOneof("message")
         if kind == "availability":
             job = msg.availability.job
-            reply = agent.WorkerMessage()
-            answer = reply.availability
-            answer.job_id = job.id
-            answer.available = self._accept(self, job)
-            if answer.available:
-                answer.participant_identity = f"agent-{job.id}"
-                answer.participant_attributes["lk.agent.name"] = self._agent_name
-            self._send(reply)
+            self._send(availability(job.id, self._accept(self, job), self._agent_name))
         elif kind == "assignment":
             self.running += 1
             self._assigned(self, msg.assignment)
-            self._send(_job_status(msg.assignment.job.id, agent.JS_RUNNING))
+            self._send(job_update(msg.assignment.job.id, agent.JS_RUNNING))
         elif kind == "termination":
-            self._send(_job_status(msg.termination.job_id, agent.JS_SUCCESS))
+            self._send(job_update(msg.termination.job_id, agent.JS_SUCCESS))
         elif kind == "register" and not self.registered.done():
             self.registered.set_result(msg.register.worker_id)
 
     def job_status(self, job_id: str, status: int) -> None:
-        self.send(_job_status(job_id, status))
+        self.send(job_update(job_id, status))
 
     def update(self, status: int, load: float, job_count: int) -> None:
-        msg = agent.WorkerMessage()
-        msg.update_worker.status = status  # type: ignore[assignment]
-        msg.update_worker.load = load
-        msg.update_worker.job_count = job_count
-        self.send(msg)
+        self.send(status_update(status, load, job_count))
 
     def send(self, msg: agent.WorkerMessage) -> None:
         """Send at once (outside the transport's callbacks)."""
@@ -137,10 +128,3 @@ class LeanWorker(asyncio.Protocol):
     def _fail(self, why: str) -> None:
         if not self.registered.done():
             self.registered.set_exception(ConnectionError(why))
-
-
-def _job_status(job_id: str, status: int) -> agent.WorkerMessage:
-    msg = agent.WorkerMessage()
-    msg.update_job.job_id = job_id
-    msg.update_job.status = status  # type: ignore[assignment]
-    return msg
