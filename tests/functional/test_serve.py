@@ -21,6 +21,7 @@ from livekit import api
 from edgedispatch import sched
 from edgedispatch._testbase.fake_worker import FakeWorker
 from edgedispatch.cli.bench.dispatch import children
+from edgedispatch.dispatch.tally import LATENCY_BOUNDS
 
 from .conftest import serve_argv, serve_once
 
@@ -236,9 +237,12 @@ def test_bench_dispatch_reports_what_it_promises(loop_kind: str) -> None:
     assert 0 < report["rss_per_worker_kb"] < 1000
     assert 0 < report["server_cpu_us_per_dispatch"] < 100_000
     # The server's own view, from its histogram: every one of the 200 is
-    # in it, and its creation -> assignment is within the whole trip.
+    # in it, and its creation -> assignment is within the whole trip.  Its
+    # quantiles are interpolated within a bucket, so they may pass the
+    # client's max by up to that bucket's upper bound, never beyond.
     view = report["server_assign_ms"]
-    assert 0 < view["p50"] <= view["p99"] <= lat["max"] and 0 < view["within_10ms"] <= 1
+    max_bucket_ms = 1000 * next(b for b in LATENCY_BOUNDS if 1000 * b >= lat["max"])
+    assert 0 < view["p50"] <= view["p99"] <= max_bucket_ms and 0 < view["within_10ms"] <= 1
 
 
 @pytest.mark.once  # the bench's own workers, not about the loop
