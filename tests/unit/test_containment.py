@@ -203,12 +203,21 @@ def test_a_dead_runs_leftovers_are_killed_at_start_up(tree: cgroups.Tree) -> Non
     tag = f"test{os.getpid()}"
     dead_root = Path(tree.path.split(", ")[-1]).parent / "run-999999999-1"
     paths = [Path(p).parent / "run-999999999-1" / "left" for p in tree.path.split(", ")]
-    for path in paths:
-        path.mkdir(parents=True)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         for path in paths:
-            (path / "cgroup.procs").write_text(str(sleeper.pid))
+            # ./dev test's other lane may open a tree between the mkdir and
+            # the write, and remove the dead run's (still empty) cell as it
+            # should; then make it again.
+            for _ in range(20):
+                path.mkdir(parents=True, exist_ok=True)
+                try:
+                    (path / "cgroup.procs").write_text(str(sleeper.pid))
+                    break
+                except FileNotFoundError:
+                    continue
+            else:
+                pytest.fail(f"could not put a process in {path}")
         again, _ = cgroups.open_tree(tag)
         assert again is not None
         # Another process may open a tree meanwhile and kill them first:
