@@ -24,6 +24,9 @@ class EventKind(IntEnum):
     JOB_STATUS = 8  #: job, arg=JobStatus (RUNNING, SUCCESS or FAILED)
     JOB_CANCEL = 9  #: job, arg=FailReason recorded as the cancel reason
     JOB_MIGRATE = 10  #: job, worker: a reconnected worker claims a running job
+    #: job, value=when its wait to be claimed back ends: a job recovered
+    #: held after a restart whose wait began before the restart
+    JOB_RECLAIM_BY = 11
 
 
 class ActionKind(IntEnum):

@@ -5,7 +5,7 @@ from edgedispatch._core.ring_c cimport Record, Ring
 from edgedispatch._core.tables_c cimport KeyState
 
 cdef int EV_REGISTER, EV_UPDATE, EV_DISCONNECT, EV_DRAIN, EV_SUBMIT
-cdef int EV_ACCEPT, EV_REJECT, EV_STATUS, EV_CANCEL, EV_MIGRATE
+cdef int EV_ACCEPT, EV_REJECT, EV_STATUS, EV_CANCEL, EV_MIGRATE, EV_RECLAIM_BY
 cdef int ACT_ASSIGN, ACT_TERMINATE, ACT_STATE
 cdef int WS_AVAILABLE, WS_FULL, WS_DRAINING
 cdef int J_QUEUED, J_OFFERED, J_ASSIGNED, J_RUNNING, J_ORPHANED
@@ -44,3 +44,4 @@ cdef class Scheduler(Decisions):
     cdef int _on_status(self, int j, int w, int status, double now) except -1
     cdef int _on_cancel(self, int j, int reason, double now) except -1
     cdef int _on_migrate(self, int j, int w, double now) except -1
+    cdef int _on_reclaim_by(self, int j, double when, double now) except -1

@@ -72,6 +72,7 @@ EV_REJECT = int(codes.EventKind.JOB_REJECT)
 EV_STATUS = int(codes.EventKind.JOB_STATUS)
 EV_CANCEL = int(codes.EventKind.JOB_CANCEL)
 EV_MIGRATE = int(codes.EventKind.JOB_MIGRATE)
+EV_RECLAIM_BY = int(codes.EventKind.JOB_RECLAIM_BY)
 
 ACT_ASSIGN = int(codes.ActionKind.ASSIGN)
 ACT_TERMINATE = int(codes.ActionKind.TERMINATE)
@@ -230,6 +231,8 @@ class Scheduler(Decisions):
             self._on_cancel(rec.job, rec.arg, rec.now)
         elif kind == EV_MIGRATE:
             self._on_migrate(rec.job, rec.worker, rec.now)
+        elif kind == EV_RECLAIM_BY:
+            self._on_reclaim_by(rec.job, rec.value, rec.now)
         else:
             raise InvalidEvent(f"unknown event kind {kind}")
         return 0
@@ -505,4 +508,16 @@ class Scheduler(Decisions):
         self._j_state[j] = J_RUNNING
         self._hold(j, w)
         self._emit(ACT_STATE, j, w, J_RUNNING, 0.0, now, R_NONE)
+        return 0
+
+    def _on_reclaim_by(self, j: cython.int, when: cython.double, now: cython.double) -> cython.int:
+        """A job waiting to be claimed back waits until ``when`` instead (a
+        wait that began before a restart goes on counting from then; a
+        ``when`` already past ends it at the next ``on_timer``)."""
+        self._check_job(j)
+        if when != when:
+            raise InvalidEvent("reclaim deadline is NaN")
+        if self._j_state[j] != J_ORPHANED:
+            raise InvalidTransition(f"job {j} is not waiting to be claimed back")
+        self._set_timer(j, when if when > now else now)
         return 0

@@ -342,6 +342,17 @@ class DispatchCore:
             # The scheduler names handles; say which job and worker.
             raise type(exc)(f"{job_id} on {worker_id}: {exc.msg}") from None
 
+    def reclaim_by(self, job_id: str, when: float, now: float) -> None:
+        """A job waiting to be claimed back (recovered held) waits until
+        ``when`` rather than a whole ``reclaim_grace`` from ``now``: its wait
+        began before the restart.  Raises ``InvalidTransition`` if it is not
+        waiting."""
+        self._check_now(now)
+        try:
+            self._push(EventKind.JOB_RECLAIM_BY, self._job(job_id), -1, 0, float(when), now, 0)
+        except EdgeDispatchError as exc:
+            raise type(exc)(f"{job_id}: {exc.msg}") from None
+
     def forget(self, job_id: str) -> None:
         """Drop a finished job's record so its id and memory can be reused
         (``InvalidTransition`` if it has not finished)."""

@@ -92,11 +92,17 @@ class JobLedger:
         original queue deadline or, if a worker held it, waiting
         ``reclaim_grace`` for that worker to claim it back (its wait in the
         queue ended when it was assigned: unclaimed, it queues afresh or
-        fails by its restart policy, as after a worker loss)."""
+        fails by its restart policy, as after a worker loss).  A job already
+        waiting when the server stopped (ORPHANED, since ``updated_ns``)
+        waits only what is left of its grace: restarts that come more often
+        than ``reclaim_grace`` would otherwise keep it waiting (bench faults)."""
         self.jobs[rec.id] = rec
         dispatch.job_ids.append(rec.id)
         if rec.state.terminal:
             self.tally.added(rec)
+            return
+        if rec.state == JobState.ORPHANED:
+            self._restore_waiting(dispatch, rec, now)
             return
         # Offered to a worker: it may have been assigned too, its ASSIGNED
         # not yet committed (the assignment waits only for the offer's
@@ -119,6 +125,22 @@ class JobLedger:
         policy = RestartPolicy(dispatch.restart_policy)
         spec = JobSpec(rec.id, rec.key, deadline, restart_policy=policy, restored_held=held)
         self._core.submit(spec, now)
+
+    def _restore_waiting(self, dispatch: DispatchRec, rec: JobRec, now: float) -> None:
+        """A job waiting to be claimed back when the server stopped: it goes
+        on waiting, from when its wait began.  It stays ORPHANED throughout
+        (the core's first action leaves it so), and so the store keeps the
+        wait's start (``store.journal``)."""
+        self._live[(rec.key.tenant, rec.key.agent_name)] += 1
+        self._held += 1
+        self.tally.added(rec)
+        waited = max(0.0, (self._wall.ns(now) - rec.updated_ns) / 1e9)
+        policy = RestartPolicy(dispatch.restart_policy)
+        deadline = now + self._cfg.queue_timeout  # its wait in the queue, if it goes back
+        spec = JobSpec(rec.id, rec.key, deadline, restart_policy=policy, restored_held=True)
+        self._core.submit(spec, now)
+        if waited > 0.0:
+            self._core.reclaim_by(rec.id, now + max(0.0, self._cfg.reclaim_grace - waited), now)
 
     def accepted(self, job_id: str, acceptance: Acceptance) -> None:
         self._accepted[job_id] = acceptance

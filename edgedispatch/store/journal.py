@@ -252,5 +252,9 @@ _NOT_WRITTEN = frozenset(
         (JobState.RUNNING, JobState.ASSIGNED),
         # A queued job put back after a restart, queued as it was.
         (JobState.QUEUED, JobState.QUEUED),
+        # A job put back waiting to be claimed, as it was: its row keeps
+        # when the wait began (updated_ns), which the next restart counts
+        # the rest of the grace from.
+        (JobState.ORPHANED, JobState.ORPHANED),
     ]
 )

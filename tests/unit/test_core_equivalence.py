@@ -57,6 +57,7 @@ submit = st.tuples(
     st.integers(0, 1),
     st.sampled_from([0.0, 0.5, 3.0, 12.0, math.inf]),
     st.sampled_from([RestartPolicy.ON_FAILURE, RestartPolicy.NEVER]),
+    st.sampled_from([False, False, False, True]),  # recovered held after a restart
 )
 update = st.tuples(
     st.just("update"),
@@ -83,6 +84,7 @@ ops = st.one_of(
     st.tuples(st.just("report_held"), pick, status),
     st.tuples(st.just("report_other"), pick, worker, status),
     st.tuples(st.just("claim_orphan"), pick, worker),
+    st.tuples(st.just("reclaim_orphan_by"), pick, st.sampled_from([-1.0, 0.0, 0.5, 2.0, 5.0])),
     st.tuples(st.just("cancel_any"), pick),
     st.tuples(st.just("disconnect"), worker),
     st.tuples(st.just("drain"), worker),
@@ -93,6 +95,7 @@ ops = st.one_of(
         st.tuples(st.just("reject"), job, worker),
         st.tuples(st.just("status"), job, worker, status),
         st.tuples(st.just("migrate"), job, worker),
+        st.tuples(st.just("reclaim_by"), job, st.sampled_from([0.5, math.nan])),
         st.tuples(st.just("forget"), job),
     ),
 )
@@ -112,6 +115,7 @@ def resolve(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[Any, .
         "report_held": HELD,
         "report_other": HELD | {JobState.ORPHANED},
         "claim_orphan": {JobState.ORPHANED},
+        "reclaim_orphan_by": {JobState.ORPHANED},
         "cancel_any": PENDING,
         "forget_done": set(JobState) - PENDING,
     }.get(name)
@@ -132,6 +136,8 @@ def resolve(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[Any, .
         return ("status", jid, op[2], op[3])
     if name == "claim_orphan":
         return ("migrate", jid, op[2])
+    if name == "reclaim_orphan_by":
+        return ("reclaim_by", jid, op[2])
     if name == "forget_done":
         return ("forget", jid)
     return ("cancel", jid)
@@ -154,8 +160,9 @@ def apply(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[str, lis
         elif name == "disconnect":
             core.disconnect_worker(args[0], now)
         elif name == "submit":
-            j, k, dl, policy = args
-            core.submit(JobSpec(j, KEYS[k], now + dl, restart_policy=policy), now)
+            j, k, dl, policy, held = args
+            spec = JobSpec(j, KEYS[k], now + dl, restart_policy=policy, restored_held=held)
+            core.submit(spec, now)
         elif name == "accept":
             core.accept(args[0], args[1], now)
         elif name == "reject":
@@ -166,6 +173,8 @@ def apply(core: DispatchCore, op: tuple[Any, ...], now: float) -> tuple[str, lis
             core.cancel(args[0], now)
         elif name == "migrate":
             core.migrate(args[0], args[1], now)
+        elif name == "reclaim_by":
+            core.reclaim_by(args[0], now + args[1], now)
         elif name == "forget":
             core.forget(args[0])
         elif name == "noop":

@@ -578,3 +578,29 @@ def test_a_forgotten_job_s_id_is_not_kept(impl: ModuleType) -> None:
         core.forget(f"j{i}")
     core.process()
     assert not [i for i in core._jobs.ids if i is not None]
+
+
+def test_a_recovered_held_job_waits_only_the_rest_of_its_grace(impl: ModuleType) -> None:
+    core = make(impl, reclaim_grace=10.0)
+    core.submit(spec("j1", deadline=100, restored_held=True), now=0)
+    core.reclaim_by("j1", 4.0, now=0)  # its wait began 6 s before the restart
+    assert [a.state for a in core.process()] == [JobState.ORPHANED]
+    assert core.next_deadline() == 4.0
+    core.register_worker("w1", KEY, 1, now=1)
+    assert offers(core.process()) == []  # still its lost worker's
+    assert offers(core.on_timer(4.0)) == [("j1", "w1")]
+
+
+def test_only_a_job_waiting_to_be_claimed_can_have_its_wait_moved(impl: ModuleType) -> None:
+    core = make(impl, reclaim_grace=10.0)
+    core.submit(spec("j1", deadline=100), now=0)
+    core.process()
+    with pytest.raises(InvalidTransition, match="j1"):
+        core.reclaim_by("j1", 4.0, now=0)
+    core.submit(spec("j2", deadline=100, restored_held=True), now=0)
+    with pytest.raises(InvalidEvent, match="NaN"):
+        core.reclaim_by("j2", math.nan, now=0)
+    core.process()
+    assert core.next_deadline() == 10.0  # j2's whole grace: the refusal changed nothing
+    core.reclaim_by("j2", -5.0, now=1)  # over already: at the next timer
+    assert core.next_deadline() == 1.0

@@ -123,6 +123,41 @@ def test_an_unclaimed_running_job_is_dispatched_again(tmp_path: Path) -> None:
     assert other.offers == [job]
 
 
+def test_restarts_more_often_than_the_grace_do_not_keep_a_job_waiting(tmp_path: Path) -> None:
+    """Its wait to be claimed back counts from when it began, not from the
+    last restart (bench faults: restarts under 10 s apart kept jobs waiting
+    for their lost workers for 70 s)."""
+    cfg = {"reclaim_grace": 10.0}
+    first = boot(tmp_path, now=0.0, wall=1000.0, **cfg)
+    _, job = worker_takes_a_job(first)
+    second = boot(tmp_path, now=0.0, wall=1001.0, **cfg)  # the wait begins: until 1011
+    assert second.next_deadline() == 10.0
+    third = boot(tmp_path, now=0.0, wall=1007.0, **cfg)  # 6 s of it gone
+    assert third.jobs.jobs[job].state == JobState.ORPHANED
+    assert third.next_deadline() == 4.0
+    fourth = boot(tmp_path, now=0.0, wall=1009.0, **cfg)
+    other = support_worker(fourth, 1.0)
+    fourth.step(1.0)
+    assert other.offers == []  # still its worker's, for 1 s more
+    fourth.on_timer(2.0)  # wall 1011: the grace is over, JRP_ON_FAILURE runs it again
+    assert other.offers == [job]
+
+
+def test_a_job_whose_grace_ran_out_while_down_goes_out_at_start(tmp_path: Path) -> None:
+    cfg = {"reclaim_grace": 10.0}
+    first = boot(tmp_path, now=0.0, wall=1000.0, **cfg)
+    _, job = worker_takes_a_job(first)
+    boot(tmp_path, now=0.0, wall=1001.0, **cfg)  # waiting since 1001
+    second = boot(tmp_path, now=5.0, wall=1030.0, **cfg)
+    assert second.next_deadline() == 5.0  # over already: at the first timer
+    other = support_worker(second, 5.0)
+    second.on_timer(5.0)
+    assert other.offers == [job]
+    third = boot(tmp_path, now=0.0, wall=1031.0, **cfg)  # written: offered, not waiting
+    assert third.jobs.jobs[job].state == JobState.ORPHANED
+    assert third.next_deadline() == 10.0  # a new wait, for the worker it was offered to
+
+
 def test_a_job_whose_queue_deadline_passed_while_down_fails_once_for_good(
     tmp_path: Path,
 ) -> None:
