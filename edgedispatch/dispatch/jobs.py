@@ -101,9 +101,6 @@ class JobLedger:
         if rec.state.terminal:
             self.tally.added(rec)
             return
-        if rec.state == JobState.ORPHANED:
-            self._restore_waiting(dispatch, rec, now)
-            return
         # Offered to a worker: it may have been assigned too, its ASSIGNED
         # not yet committed (the assignment waits only for the offer's
         # write), so it waits for that worker as a held job does, and so
@@ -113,32 +110,26 @@ class JobLedger:
         # still running it: a JRP_NEVER job runs at most once.
         offered = rec.state == JobState.OFFERED and bool(rec.worker_id)
         held = rec.state in HELD or offered
+        # Already waiting to be claimed back: it stays ORPHANED throughout
+        # (the core's first action leaves it so), and so the store keeps
+        # when its wait began (``store.journal``).
+        waiting = rec.state == JobState.ORPHANED
         agent = (rec.key.tenant, rec.key.agent_name)
         self._live[agent] += 1
-        self._queued[agent] += 1
-        rec.state = JobState.QUEUED  # the core's first action moves it on
+        if waiting:
+            self._held += 1
+        else:
+            self._queued[agent] += 1
+            rec.state = JobState.QUEUED  # the core's first action moves it on
         self.tally.added(rec)
         if held:
-            deadline = now + self._cfg.queue_timeout
+            deadline = now + self._cfg.queue_timeout  # its wait, if it goes back
         else:
             deadline = now + (deadline_ns - self._wall.ns(now)) / 1e9
         policy = RestartPolicy(dispatch.restart_policy)
         spec = JobSpec(rec.id, rec.key, deadline, restart_policy=policy, restored_held=held)
         self._core.submit(spec, now)
-
-    def _restore_waiting(self, dispatch: DispatchRec, rec: JobRec, now: float) -> None:
-        """A job waiting to be claimed back when the server stopped: it goes
-        on waiting, from when its wait began.  It stays ORPHANED throughout
-        (the core's first action leaves it so), and so the store keeps the
-        wait's start (``store.journal``)."""
-        self._live[(rec.key.tenant, rec.key.agent_name)] += 1
-        self._held += 1
-        self.tally.added(rec)
-        waited = max(0.0, (self._wall.ns(now) - rec.updated_ns) / 1e9)
-        policy = RestartPolicy(dispatch.restart_policy)
-        deadline = now + self._cfg.queue_timeout  # its wait in the queue, if it goes back
-        spec = JobSpec(rec.id, rec.key, deadline, restart_policy=policy, restored_held=True)
-        self._core.submit(spec, now)
+        waited = (self._wall.ns(now) - rec.updated_ns) / 1e9 if waiting else 0.0
         if waited > 0.0:
             self._core.reclaim_by(rec.id, now + max(0.0, self._cfg.reclaim_grace - waited), now)
 
