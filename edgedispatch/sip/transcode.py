@@ -22,7 +22,7 @@ rounds 851 of 65,536 inputs one code differently, with equal error:
   swr had to bring it down (31 + 13 µs a frame); libopus itself decodes at
   8 kHz directly (its own band limiting), so it is called through ctypes:
   the copy PyAV's wheel carries, else the system's ``libopus.so.0``.  With
-  neither, the FFmpeg path as before (``native_decoder``).
+  neither, the FFmpeg path as before (``RoomDecoder(native=False)``).
 
 Pure computation: no clock, no I/O; no numpy (an install with rooms but
 not the bench has none).
