@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -24,6 +26,7 @@ from livekit.protocol import sip as pb
 
 from edgedispatch._testbase.fake_worker import FakeWorker
 from edgedispatch.cli.bench.common import free_media_port, free_port
+from edgedispatch.net.media_pool import MediaPool
 from edgedispatch.sip.rtp import RtpPacket, decode, encode, parse_rtp
 
 from .clients import WorkerProcess, py_worker
@@ -183,6 +186,52 @@ def test_a_call_is_answered_and_the_caller_hangs_up(
     endpoint = srv.server.sip_endpoint
     assert endpoint is not None and endpoint.uas is not None
     assert srv.call(lambda: len(endpoint.uas.calls)) == 0  # type: ignore[union-attr]
+
+
+def test_a_call_cancelled_before_its_answer_gets_487_and_leaves_nothing_behind(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The caller cancels while the call rings: 200 to the CANCEL, 487 to
+    the INVITE (sent once: the ACK ends it).  The answer waits for the
+    call's RTP port from the media worker; that worker is stopped here
+    until the call is cancelled, so the CANCEL always wins, and the port
+    it opens afterwards, for a call that is gone, is closed again."""
+    srv = serve(start_server)
+    add_rule(srv)
+    ok(sipp_call(srv, tmp_path, "call_caller_hangs_up", hold_ms=100))  # starts the worker
+    pool = srv.server._media
+    assert isinstance(pool, MediaPool)
+    (worker,) = [w for w in pool.workers if w is not None]
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    try:
+        cancelled = sipp_call(srv, tmp_path, "call_cancelled")
+    finally:
+        os.kill(worker.proc.pid, signal.SIGCONT)
+    ok(cancelled)
+    endpoint = srv.server.sip_endpoint
+    assert endpoint is not None and endpoint.uas is not None
+    assert srv.call(lambda: len(endpoint.uas.calls)) == 0  # type: ignore[union-attr]
+    got = scrape(srv.url)
+    assert got["edgedispatch_sip_calls_total", (("code", "487"), ("direction", "inbound"))] == 1
+    assert not [key for key in got if key[0] == "edgedispatch_sip_calls_active"]
+    # The worker, resumed, opened the call's port and then closed it: it
+    # holds no media for it.
+    held = asyncio.run_coroutine_threadsafe(worker.stats(1), srv.loop).result(10)
+    assert held == {} and srv.call(lambda: len(worker.proxies)) == 0
+
+    async def left_behind() -> list[str]:
+        async with api.LiveKitAPI(srv.url, "devkey", "secret") as lk:
+            try:
+                people = await lk.room.list_participants(api.ListParticipantsRequest(room=ROOM))
+            except api.TwirpError:
+                return []  # no room at all
+            return [p.identity for p in people.participants]
+
+    assert run(left_behind) == []  # the ringing caller left the room
+    # The next call is answered as usual.
+    ok(sipp_call(srv, tmp_path, "call_caller_hangs_up", hold_ms=100))
+    got = scrape(srv.url)
+    assert got["edgedispatch_sip_calls_total", (("code", "200"), ("direction", "inbound"))] == 2
 
 
 @pytest.mark.all_loops
