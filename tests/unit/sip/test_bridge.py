@@ -186,18 +186,27 @@ DECODERS = [
 ]
 
 
-def test_the_room_is_decoded_by_libopus_at_8_khz_where_pyav_carries_it() -> None:
+#: The caller's audio encoded by libopus through ctypes (the default), and
+#: by PyAV's encoder, the fallback.
+ENCODERS = [
+    pytest.param(True, id="enc-libopus", marks=pytest.mark.skipif(_LIBOPUS is None, reason="none")),
+    pytest.param(False, id="enc-pyav"),
+]
+
+
+def test_libopus_is_called_directly_both_ways_where_pyav_carries_it() -> None:
     assert _LIBOPUS is not None  # PyAV's wheel has it: the tests' install is one
-    assert RoomDecoder("PCMU").native
+    assert RoomDecoder("PCMU").native and CallerEncoder("PCMU").native
 
 
+@pytest.mark.parametrize("native_encoder", ENCODERS)
 @pytest.mark.parametrize("native", DECODERS)
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
-def test_the_codecs_carry_a_tone_both_ways(codec: str, native: bool) -> None:
+def test_the_codecs_carry_a_tone_both_ways(codec: str, native: bool, native_encoder: bool) -> None:
     """G.711 -> Opus -> G.711, with its pitch and level."""
     n = np.arange(8000)
     tone = (12000 * np.sin(2 * np.pi * 440 * n / 8000)).astype(np.int16)
-    enc, dec = CallerEncoder(codec), RoomDecoder(codec, native)
+    enc, dec = CallerEncoder(codec, native_encoder), RoomDecoder(codec, native)
     back = bytearray()
     for i in range(0, len(tone), FRAME):
         for packet in enc.encode(encode(codec, array("h", tone[i : i + FRAME].tobytes()))):
@@ -230,8 +239,11 @@ def speech_like(seconds: float) -> np.ndarray:
     return (12000 * voice / np.max(np.abs(voice))).astype(np.int16)
 
 
+@pytest.mark.parametrize("native_encoder", ENCODERS)
 @pytest.mark.parametrize("native", DECODERS)
-def test_the_callers_voice_crosses_the_bridge_with_its_waveform(native: bool) -> None:
+def test_the_callers_voice_crosses_the_bridge_with_its_waveform(
+    native: bool, native_encoder: bool
+) -> None:
     """G.711 -> Opus -> G.711 keeps a voice's waveform: segmental SNR
     against what the caller sent, over the voiced 20 ms segments.  Opus's
     narrowband at complexity 1 measures about 12.9 dB here with the FFmpeg
@@ -239,7 +251,7 @@ def test_the_callers_voice_crosses_the_bridge_with_its_waveform(native: bool) ->
     8 kHz; a wrong bandwidth, rate or bit rate falls far below the floor."""
     codec = "PCMU"
     sent = np.array(decode(codec, encode(codec, array("h", speech_like(4.0).tobytes()))))
-    enc, dec = CallerEncoder(codec), RoomDecoder(codec, native)
+    enc, dec = CallerEncoder(codec, native_encoder), RoomDecoder(codec, native)
     back = bytearray()
     for i in range(0, len(sent), FRAME):
         for packet in enc.encode(encode(codec, array("h", sent[i : i + FRAME].tobytes()))):
@@ -255,6 +267,29 @@ def test_the_callers_voice_crosses_the_bridge_with_its_waveform(native: bool) ->
     snr = np.mean(10 * np.log10(signal[voiced] / np.maximum(error[voiced], 1.0)))
     assert 0 < lag < 200 and voiced.sum() > 50  # half of the 200 segments
     assert snr > 11.0, snr
+
+
+@pytest.mark.skipif(_LIBOPUS is None, reason="no libopus")
+def test_libopus_called_directly_encodes_what_pyavs_encoder_does_byte_for_byte() -> None:
+    """The same settings (rate, bit rate, application, complexity, VBR):
+    the same packets, so the cheaper path changes nothing the room hears."""
+    voice = encode("PCMU", array("h", speech_like(2.0).tobytes()))
+    native, pyav = CallerEncoder("PCMU", True), CallerEncoder("PCMU", False)
+    frames = [voice[i : i + FRAME] for i in range(0, len(voice), FRAME)]
+    ours = [p for f in frames for p in native.encode(f)]
+    theirs = [p for f in frames for p in pyav.encode(f)]
+    assert len(ours) == len(frames) == 100 and ours == theirs
+
+
+@pytest.mark.parametrize("native_encoder", ENCODERS)
+def test_the_encoder_sends_a_packet_per_20_ms_whatever_the_pieces(native_encoder: bool) -> None:
+    """A packet for each whole 20 ms the caller's audio completes: pieces
+    of 30 and 10 ms give one packet, then another; a 60 ms piece three."""
+    enc = CallerEncoder("PCMA", native_encoder)
+    piece = encode("PCMA", array("h", [1000, -1000] * 240))  # 60 ms
+    counts = [len(enc.encode(piece[:240])), len(enc.encode(piece[240:320])), len(enc.encode(piece))]
+    assert counts == [1, 1, 3]
+    assert all(0 < len(p) <= 1275 for p in enc.encode(piece))
 
 
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
