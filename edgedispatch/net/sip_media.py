@@ -98,6 +98,7 @@ class RoomListener:
         fanout.tracks.add(self)
 
     def recode(self, codec: str) -> None:
+        self._decoder.close()
         self._decoder = RoomDecoder(codec)
 
     def push(self, packet: Packet[Any], key: bool) -> bool:
@@ -106,6 +107,7 @@ class RoomListener:
 
     def stop(self) -> None:
         self._fanout.tracks.discard(self)
+        self._decoder.close()
 
 
 class CallMedia(asyncio.DatagramProtocol):
@@ -174,6 +176,7 @@ class CallMedia(asyncio.DatagramProtocol):
     def set_remote(self, spec: dict[str, Any]) -> None:
         """The callee's answer: its address, and the codec it took."""
         self._room_ring = None
+        self._encoder.close()  # the callee's codec gets one of its own
         self._set_codec(spec)
 
     def ring_caller(self, on: bool) -> None:
@@ -286,6 +289,7 @@ class CallMedia(asyncio.DatagramProtocol):
         self._listening.clear()
         for fanout in self.fanouts.values():
             fanout.close()
+        self._encoder.close()
         self.close_socket()
 
     def close_socket(self) -> None:

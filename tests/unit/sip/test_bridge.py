@@ -8,6 +8,7 @@ from array import array
 import numpy as np
 import pytest
 
+from edgedispatch.sip import transcode
 from edgedispatch.sip.bridge import (
     CAPACITY,
     FRAME,
@@ -279,6 +280,50 @@ def test_libopus_called_directly_encodes_what_pyavs_encoder_does_byte_for_byte()
     ours = [p for f in frames for p in native.encode(f)]
     theirs = [p for f in frames for p in pyav.encode(f)]
     assert len(ours) == len(frames) == 100 and ours == theirs
+
+
+@pytest.mark.skipif(_LIBOPUS is None, reason="no libopus")
+def test_a_calls_libopus_states_serve_the_next_call_as_if_new() -> None:
+    """A call's encoder and decoder go back to the spares when it ends,
+    reset, and the next call's start from there: the same packets and the
+    same audio as new ones; the ended call's objects do nothing more."""
+    voice = encode("PCMU", array("h", speech_like(1.0).tobytes()))
+    frames = [voice[i : i + FRAME] for i in range(0, len(voice), FRAME)]
+    pyav = CallerEncoder("PCMU", False)
+    fresh = [p for f in frames for p in pyav.encode(f)]
+
+    def one_call() -> tuple[CallerEncoder, RoomDecoder, list[bytes], bytes]:
+        enc, dec = CallerEncoder("PCMU", True), RoomDecoder("PCMU", True)
+        packets = [p for f in frames for p in enc.encode(f)]
+        return enc, dec, packets, b"".join(dec.decode(p) for p in packets)
+
+    first_enc, first_dec, packets, heard = one_call()
+    assert packets == fresh
+    states = (first_enc._handle, first_dec._handle)
+    first_enc.close()
+    first_dec.close()
+    again_enc, again_dec, packets_again, heard_again = one_call()
+    assert (again_enc._handle, again_dec._handle) == states  # the same two, reused
+    assert packets_again == fresh and heard_again == heard
+    # The ended call's coders touch nothing now: their states are the new call's.
+    assert first_enc.encode(frames[0]) == [] and first_dec.decode(packets[0]) == b""
+    first_enc.close()  # a second close does nothing
+    assert again_enc.encode(frames[0]) and again_dec.decode(packets[0])
+
+
+def test_the_spares_are_bounded_and_the_rest_destroyed() -> None:
+    made = iter(range(1000))
+    destroyed: list[int] = []
+    pool = transcode._Spares(lambda: next(made), lambda handle, request: 0, destroyed.append)
+    handles = [pool.take() for _ in range(pool.KEEP + 3)]
+    for h in handles:
+        pool.give(h)
+    assert len(pool.spare) == pool.KEEP and destroyed == handles[pool.KEEP :]
+    assert pool.take() == handles[pool.KEEP - 1] and next(made) == pool.KEEP + 3  # none made
+    # A state libopus will not reset is destroyed, not kept.
+    broken = transcode._Spares(lambda: next(made), lambda handle, request: -1, destroyed.append)
+    broken.give(broken.take())
+    assert not broken.spare and len(destroyed) == 4
 
 
 @pytest.mark.parametrize("native_encoder", ENCODERS)
