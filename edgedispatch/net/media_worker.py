@@ -41,7 +41,7 @@ from edgedispatch.config import RtcConfig
 from edgedispatch.net.media import MediaFactory, PeerMedia
 from edgedispatch.net.media_fanout import CLOSED_TOTALS
 from edgedispatch.net.media_link import CONFIG_ENV, FD_ENV, LOG_ENV, MediaLink
-from edgedispatch.net.sip_media import CallClock, CallMedia, bind_call
+from edgedispatch.net.sip_media import CallClock, CallMedia, RtpPorts, bind_call
 from edgedispatch.obs import logs
 
 #: Seconds between two reports of the packet totals (``totals``).
@@ -99,6 +99,9 @@ class Worker:
         self.done = asyncio.get_running_loop().create_future()
         self.clock = CallClock()
         self._opening: set[asyncio.Task[None]] = set()
+        #: The RTP port range calls name (one, in practice): the ports
+        #: this worker does not hold.
+        self._rtp_ports: dict[tuple[int, int], RtpPorts] = {}
 
     def packet_totals(self) -> list[int]:
         """Packets received from publishers and forwarded to subscribers,
@@ -160,7 +163,10 @@ class Worker:
             self._close(args[0])
 
     async def _bind_call(self, call: CallMedia, spec: dict[str, Any], bind: str) -> None:
-        ports = (int(spec["ports"][0]), int(spec["ports"][1]))
+        key = (int(spec["ports"][0]), int(spec["ports"][1]))
+        ports = self._rtp_ports.get(key)
+        if ports is None:
+            ports = self._rtp_ports[key] = RtpPorts(*key)
         try:
             port = await bind_call(call, ports, bind)
         except OSError as exc:

@@ -22,8 +22,12 @@ encrypted last.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
+import ipaddress
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -154,6 +158,7 @@ class CallMedia(asyncio.DatagramProtocol):
         self._set_codec(spec)
         self._transport: asyncio.DatagramTransport | None = None
         self.port = 0
+        self._ports: RtpPorts | None = None
         self.closed = False
 
     def _set_codec(self, spec: dict[str, Any]) -> None:
@@ -292,10 +297,18 @@ class CallMedia(asyncio.DatagramProtocol):
         self._encoder.close()
         self.close_socket()
 
+    def holds(self, ports: RtpPorts, port: int) -> None:
+        """Its socket is on ``port`` of ``ports``, to give back as it closes."""
+        self._ports = ports
+        self.port = port
+
     def close_socket(self) -> None:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._ports is not None:
+            self._ports.free.append(self.port)  # at the back: its socket closes first
+            self._ports = None
 
 
 class CallClock:
@@ -324,17 +337,72 @@ class CallClock:
         self._handle = self._loop.call_at(self.schedule.next_at, self._tick) if self.calls else None
 
 
-async def bind_call(call: CallMedia, ports: tuple[int, int], bind: str) -> int:
-    """Open ``call``'s socket on a free port of ``ports`` (first, last)."""
+class RtpPorts:
+    """The RTP port range as a worker sees it: the ports it does not hold,
+    in a random order.  A call takes the first that binds and gives it
+    back as it ends; one that does not bind (another worker or process
+    holds it) goes to the back.  At most ``ATTEMPTS`` are tried for a
+    call, so that a range used up fails the call at once: a scan of the
+    whole range for each new call, with thousands of calls up, took all
+    of a worker's time."""
+
+    #: Ports tried for one call (with another worker holding 80% of the
+    #: range, 16 all fail one call in 35).
+    ATTEMPTS = 16
+
+    def __init__(self, first: int, last: int) -> None:
+        self.range = (first, last)
+        ports = list(range(first, last + 1))
+        secrets.SystemRandom().shuffle(ports)  # not guessable from outside
+        self.free = collections.deque(ports)
+
+
+async def bind_call(call: CallMedia, ports: RtpPorts, bind: str) -> int:
+    """Open ``call``'s socket on a free port of ``ports``; the call gives
+    it back as its socket closes.
+
+    An IP address (the usual ``bind``) is bound on a socket of our own,
+    handed to the loop: given an address instead, uvloop resolves it
+    through libuv's thread pool for every call, which took 90 µs a socket
+    against 19 here, and half of a media worker's time at 1,000 calls/s."""
     loop = asyncio.get_running_loop()
-    first, last = ports
-    count = last - first + 1
-    start = secrets.randbelow(count)
-    for i in range(count):
-        port = first + (start + i) % count
+    family = _literal_family(bind)
+    for _ in range(min(len(ports.free), ports.ATTEMPTS)):
+        port = ports.free.popleft()
         try:
-            await loop.create_datagram_endpoint(lambda: call, local_addr=(bind, port))
+            if family is None:  # a host name: the loop resolves it
+                await loop.create_datagram_endpoint(lambda: call, local_addr=(bind, port))
+            else:
+                await _open_on(loop, call, family, (bind, port))
         except OSError:
+            ports.free.append(port)  # held by another process: tried after the rest
             continue
+        call.holds(ports, port)
         return port
+    first, last = ports.range
     raise OSError(f"no free RTP port in {first}-{last}")
+
+
+async def _open_on(
+    loop: asyncio.AbstractEventLoop, call: CallMedia, family: int, address: tuple[str, int]
+) -> None:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+        await loop.create_datagram_endpoint(lambda: call, sock=sock)
+    except OSError:
+        sock.close()
+        raise
+
+
+@functools.lru_cache(maxsize=8)
+def _literal_family(host: str) -> socket.AddressFamily | None:
+    """The family of an IP address ("": IPv4's any address), None for a host name."""
+    if not host:
+        return socket.AF_INET
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
