@@ -55,6 +55,8 @@ class CallMedia(Protocol):
 
     def ring_caller(self, on: bool) -> None: ...
 
+    def confirm(self) -> None: ...
+
     def send_data(self, packet: bytes, kind: int) -> None: ...
 
     def close(self) -> None: ...
@@ -340,6 +342,8 @@ class BridgedCall:
     def on_confirmed(self, now: float) -> None:
         """The caller's ACK: the call is up (``sip.callStatus`` "active")."""
         self.confirmed = True
+        if not self.ended:
+            self.media.confirm()  # audio to the caller from now on
         session = self.session
         if session is not None and not self.ended:
             session.room.update_participant(session, attributes={CALL_STATUS: "active"})

@@ -252,6 +252,10 @@ class CallProxy(MediaProxy):
         """The ringing tone to the caller in place of the room (a transfer)."""
         self._send("sip_ring", self.peer, on)
 
+    def confirm(self) -> None:
+        """The caller's ACK: its audio may go out (``CallMedia.confirm``)."""
+        self._send("sip_confirm", self.peer)
+
     def on_call_frame(self, op: str, args: list[Any]) -> bool:
         """A call's own event; False for a participant's (``track``...)."""
         now = asyncio.get_running_loop().time()

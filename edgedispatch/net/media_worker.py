@@ -190,6 +190,8 @@ class Worker:
             call.set_remote(args[1])
         elif op == "sip_ring":
             call.ring_caller(bool(args[1]))
+        elif op == "sip_confirm":
+            call.confirm()
         elif op == "close":
             self._close(args[0])
 

@@ -159,6 +159,12 @@ class CallMedia(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self.port = 0
         self._ports: RtpPorts | None = None
+        #: Whether the caller gets audio: not until its ACK (``confirm``) or
+        #: its first RTP.  An INVITE with a forged source and another's
+        #: address in its SDP would otherwise have us stream RTP at that
+        #: address until the unanswered 200 gave up (32 s), and calls whose
+        #: caller has gone would take the send clock's time.
+        self.flowing = False
         self.closed = False
 
     def _set_codec(self, spec: dict[str, Any]) -> None:
@@ -179,10 +185,16 @@ class CallMedia(asyncio.DatagramProtocol):
             listener.recode(self.codec)
 
     def set_remote(self, spec: dict[str, Any]) -> None:
-        """The callee's answer: its address, and the codec it took."""
+        """The callee's answer: its address, and the codec it took (its
+        200, which we ACK: the audio may go out)."""
+        self.flowing = True
         self._room_ring = None
         self._encoder.close()  # the callee's codec gets one of its own
         self._set_codec(spec)
+
+    def confirm(self) -> None:
+        """The caller's ACK: the call is up, and its audio goes out."""
+        self.flowing = True
 
     def ring_caller(self, on: bool) -> None:
         """Play the ringing tone to the caller instead of the room (a
@@ -209,6 +221,7 @@ class CallMedia(asyncio.DatagramProtocol):
             return  # not answered yet: nobody to hear
         if not self.latched:
             self.latched = True
+            self.flowing = True
             self.remote = (str(addr[0]), int(addr[1]))
         elif (str(addr[0]), int(addr[1])) != self.remote:
             return  # not the caller we latched on
@@ -234,13 +247,14 @@ class CallMedia(asyncio.DatagramProtocol):
             self._ring_the_room(self._room_ring)
         if transport is None or self.closed or self.remote is None:
             return  # not bound, or not answered, yet
-        frame = self.playout.take()
-        if self._caller_ring is not None:
-            frame = self._caller_ring.next_frame()  # the room's audio waits
-        packet = self.sender.next_packet(frame)
-        if self._srtp is not None:
-            packet = self._srtp[1].protect(packet)
-        transport.sendto(packet, self.remote)
+        if self.flowing:
+            frame = self.playout.take()
+            if self._caller_ring is not None:
+                frame = self._caller_ring.next_frame()  # the room's audio waits
+            packet = self.sender.next_packet(frame)
+            if self._srtp is not None:
+                packet = self._srtp[1].protect(packet)
+            transport.sendto(packet, self.remote)
         why = self.limits.expired(now)
         if why:
             self._send("sip_end", self.peer, why)

@@ -5,6 +5,7 @@ agent would hear them."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
@@ -101,11 +102,17 @@ def sipp_call(
     hold_ms: int = 1000,
     rtp_port: int = 0,
     number: str = NUMBER,
+    ack_after_ms: int = 0,
 ) -> subprocess.CompletedProcess[str]:
     """One call to ``number`` from CALLER; ``media``: sipp actions after the
-    ACK; ``rtp_port``: the caller's SDP names this port, not sipp's."""
+    ACK; ``rtp_port``: the caller's SDP names this port, not sipp's;
+    ``ack_after_ms``: the caller waits this long after the 200 to ACK it."""
     path = tmp / f"{scenario}_{hold_ms}.xml"
     text = (SCENARIOS / f"{scenario}.xml").read_text()
+    if ack_after_ms:
+        ack = "  <send>\n    <![CDATA[\n      ACK "
+        assert text.count(ack) == 1
+        text = text.replace(ack, f'  <pause milliseconds="{ack_after_ms}" />\n{ack}')
     if rtp_port:
         text = text.replace("m=audio [media_port]", f"m=audio {rtp_port}")
     path.write_text(text.replace("MEDIA", media).replace("HOLD_MS", str(hold_ms)))
@@ -396,6 +403,49 @@ def test_the_caller_receives_the_rooms_audio_as_g711(
     spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
     assert abs(np.argmax(spectrum) * 8000 / len(samples) - 660.0) < 5
     assert np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 3000
+
+
+def test_no_audio_goes_to_the_caller_before_its_ack(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """The caller ACKs the 200 only 1.5 s after it: nothing reaches the
+    address its SDP gave until then (a forged INVITE, never ACKed, cannot
+    turn our RTP on another host), and the audio flows once it has."""
+    srv = serve(start_server)
+    add_rule(srv)
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.settimeout(0.2)
+    port = phone.getsockname()[1]
+    started = time.monotonic()
+    call = threading_call(
+        lambda: sipp_call(
+            srv, tmp_path, "call_caller_hangs_up", hold_ms=2000, rtp_port=port, ack_after_ms=1500
+        )
+    )
+    arrivals: list[float] = []
+    end = started + 3.5
+    try:
+        while time.monotonic() < end:
+            try:
+                phone.recv(2048)
+            except TimeoutError:
+                continue
+            arrivals.append(time.monotonic() - started)
+    finally:
+        phone.close()
+    ok(call())
+    assert arrivals, "no audio even after the ACK"
+    assert arrivals[0] >= 1.5, arrivals[0]  # not before the ACK
+    assert len(arrivals) >= 40  # 50 a second from then on
+
+
+def threading_call(fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` run in a thread now; the returned function waits for its result."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(fn)
+    pool.shutdown(wait=False)
+    return lambda: future.result(timeout=60)
 
 
 def test_a_digit_pressed_reaches_the_room_as_sip_dtmf(

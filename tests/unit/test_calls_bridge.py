@@ -56,6 +56,7 @@ class WorkerMedia:
         self.closed = False
         self.tracks: list[str] = []
         self.digits: list[str] = []
+        self.confirmed = False
 
     def attach(self, session: SignalSession) -> Any:
         self.session = session
@@ -75,6 +76,9 @@ class WorkerMedia:
 
     def ring_caller(self, on: bool) -> None:
         self.ringing = on
+
+    def confirm(self) -> None:
+        self.confirmed = True
 
     def close(self) -> None:
         self.closed = True
@@ -150,7 +154,9 @@ def test_a_call_rings_in_the_room_is_answered_when_its_port_opens_and_leaves_at_
     media.events.on_rtp_ready(20004, world.now)
     (answer,) = world.ua.answers
     assert b"m=audio 20004 RTP/AVP 8 101" in answer and b"c=IN IP4 198.51.100.1" in answer
+    assert not media.confirmed  # no audio to the caller before its ACK
     call.on_confirmed(world.now)
+    assert media.confirmed
     assert listing(world.services, None)[0]["state"] == "active"
     assert listing(world.services, None)[0]["media"] == "PCMA"
     call.end(world.now)
