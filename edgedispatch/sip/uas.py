@@ -7,8 +7,8 @@ Datagrams in with ``now``; datagrams out (``take_outgoing``); one deadline
 (``next_deadline``/``on_timer``).  What a call does over time:
 - INVITE: 100 Trying at once (unless the application answers in the
   same pass), then the application's answers.  A 2xx is
-  sent again (T1 doubling to T2) until its ACK; with no ACK by 64·T1 the
-  call is hung up (§13.3.1.4).
+  sent again (T1 doubling to T2) until its ACK; with no ACK within
+  ``ACK_WAIT`` the call is hung up (§13.3.1.4).
 - CANCEL of a pending INVITE: 200, then 487 to the INVITE; of an answered
   one: 200 and nothing else (the race is lost; the caller sends BYE).
 - BYE: 200 and the call ends; 481 if no call has that dialog.
@@ -58,6 +58,11 @@ log = logging.getLogger("edgedispatch.sip")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY"
 MAX_TRANSACTIONS = 100_000
+#: Seconds a 200 waits for its ACK before the call is hung up: livekit/sip's
+#: 5 s (its ``inviteOkAckTimeout``), not RFC 3261's 64·T1 (32 s).  The 200
+#: goes four times by then; a call never ACKed (a caller gone, or an INVITE
+#: with a forged source) holds an RTP port and a call slot six times less.
+ACK_WAIT = 5.0
 #: Seconds a caller is told to wait while the server drains: about a
 #: restart's time, not the drain's (which may be hours, and would keep a
 #: proxy that honours it away from the restarted server).
@@ -315,7 +320,7 @@ class UserAgentServer:
         call.state = CallState.ANSWERED
         call.interval = T1
         self._arm(call, now + T1)
-        call.give_up = now + 64 * T1
+        call.give_up = now + ACK_WAIT
 
     def reject(
         self,

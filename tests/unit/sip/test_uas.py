@@ -10,7 +10,7 @@ import pytest
 from edgedispatch.errors import Malformed
 from edgedispatch.sip.message import Request, Response, parse_datagram, parse_name_addr
 from edgedispatch.sip.transaction import T1, T2
-from edgedispatch.sip.uas import UserAgentServer
+from edgedispatch.sip.uas import ACK_WAIT, UserAgentServer
 from edgedispatch.sip.uas_calls import CallConfirmed, CallEnded, Dtmf, IncomingCall
 
 CALLER = ("127.0.0.1", 5061)
@@ -147,12 +147,14 @@ def test_no_ack_for_the_200_hangs_the_call_up_with_a_bye_repeated_until_answered
     ua.receive_datagram(req("INVITE"), CALLER, 0.0)
     ua.answer("call-1", SDP, 0.0)
     out(ua), ua.take_events()
-    sent, now = [], 0.0
+    sent, now, repeated = [], 0.0, []
     while not any(isinstance(m, Request) for m in sent):
         now = ua.next_deadline() or 99.0
         ua.on_timer(now)
         sent = out(ua)
-    assert now == 64 * T1
+        repeated += [now for m in sent if isinstance(m, Response) and m.status == 200]
+    assert repeated == [T1, 3 * T1, 7 * T1]  # then no ACK by 5 s: BYE
+    assert now == ACK_WAIT == 5.0  # livekit/sip's wait, not 64*T1
     (bye,) = [m for m in sent if isinstance(m, Request)]
     assert bye.method == "BYE" and bye.uri == "sip:caller@127.0.0.1:5061"
     assert parse_name_addr(bye.headers.get("to")).tag == "caller"
