@@ -78,8 +78,8 @@ class CallerEncoder:
             if _LIBOPUS is None:
                 raise RuntimeError("libopus was not found")
             assert _ENCODERS is not None
-            self._handle: int | None = _ENCODERS.take()
-            self._release = weakref.finalize(self, _ENCODERS.give, self._handle)
+            self._handle: int | None
+            self._handle, self._release = _ENCODERS.lease(self)
             self._out = ctypes.create_string_buffer(_MAX_PACKET)
             self._pending = b""  # samples short of a 20 ms frame
             return
@@ -221,6 +221,12 @@ class _Spares:
     def take(self) -> int:
         return self.spare.pop() if self.spare else self._create()
 
+    def lease(self, owner: object) -> tuple[int, weakref.finalize[[int], object]]:
+        """A state for ``owner``, given back when the returned finalizer is
+        called (once), or else when ``owner`` is collected."""
+        handle = self.take()
+        return handle, weakref.finalize(owner, self.give, handle)
+
     def give(self, handle: int) -> None:
         reset = self._ctl(ctypes.c_void_p(handle), ctypes.c_int(_RESET_STATE))
         if reset == 0 and len(self.spare) < self.KEEP:
@@ -263,8 +269,8 @@ class RoomDecoder:
             if _LIBOPUS is None:
                 raise RuntimeError("libopus was not found")
             assert _DECODERS is not None
-            self._handle: int | None = _DECODERS.take()
-            self._release = weakref.finalize(self, _DECODERS.give, self._handle)
+            self._handle: int | None
+            self._handle, self._release = _DECODERS.lease(self)
             self._pcm = (ctypes.c_int16 * _MAX_SAMPLES)()
             return
         decoder: Any = av.CodecContext.create("libopus", "r")

@@ -364,10 +364,7 @@ def test_the_caller_receives_the_rooms_audio_as_g711(
     is PCMU every 20 ms carrying a participant's 660 Hz."""
     srv = serve(start_server)
     add_rule(srv)
-    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    phone.bind(("127.0.0.1", 0))
-    phone.settimeout(5)
-    port = phone.getsockname()[1]
+    phone, port = phone_socket(5)
 
     def receive(seconds: float) -> list[RtpPacket]:
         got: list[RtpPacket] = []
@@ -413,10 +410,7 @@ def test_no_audio_goes_to_the_caller_before_its_ack(
     turn our RTP on another host), and the audio flows once it has."""
     srv = serve(start_server)
     add_rule(srv)
-    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    phone.bind(("127.0.0.1", 0))
-    phone.settimeout(0.2)
-    port = phone.getsockname()[1]
+    phone, port = phone_socket(0.2)
     started = time.monotonic()
     call = threading_call(
         lambda: sipp_call(
@@ -438,6 +432,14 @@ def test_no_audio_goes_to_the_caller_before_its_ack(
     assert arrivals, "no audio even after the ACK"
     assert arrivals[0] >= 1.5, arrivals[0]  # not before the ACK
     assert len(arrivals) >= 40  # 50 a second from then on
+
+
+def phone_socket(timeout: float) -> tuple[socket.socket, int]:
+    """A UDP socket of the test for a caller's SDP to name, and its port."""
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.settimeout(timeout)
+    return phone, phone.getsockname()[1]
 
 
 def threading_call(fn: Callable[[], T]) -> Callable[[], T]:
