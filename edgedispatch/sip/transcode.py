@@ -65,7 +65,27 @@ def _g711(codec: str, mode: Literal["r", "w"]) -> Any:
     return context
 
 
-class CallerEncoder:
+class _LibopusCoder:
+    """What the encoder and the decoder share: with ``native``, a libopus
+    state leased from its spares and given back by ``close``."""
+
+    native: bool
+    _handle: int | None
+
+    def _lease(self, spares: _Spares | None) -> None:
+        if spares is None:  # no libopus was found
+            raise RuntimeError("libopus was not found")
+        self._handle, self._release = spares.lease(self)
+
+    def close(self) -> None:
+        """libopus's state back to the spares, for the next call (the call
+        or its listener has ended: nothing is coded after this)."""
+        if self.native:
+            self._handle = None
+            self._release()  # once; the garbage collector's call then does nothing
+
+
+class CallerEncoder(_LibopusCoder):
     """The caller's G.711 frames to Opus packets.
 
     :param native: encode with libopus through ctypes (the default when it
@@ -75,11 +95,7 @@ class CallerEncoder:
         self._g711 = _g711(codec, "r")
         self.native = _LIBOPUS is not None if native is None else native
         if self.native:
-            if _LIBOPUS is None:
-                raise RuntimeError("libopus was not found")
-            assert _ENCODERS is not None
-            self._handle: int | None
-            self._handle, self._release = _ENCODERS.lease(self)
+            self._lease(_ENCODERS)
             self._out = ctypes.create_string_buffer(_MAX_PACKET)
             self._pending = b""  # samples short of a 20 ms frame
             return
@@ -118,13 +134,6 @@ class CallerEncoder:
             frame.pts = None
             packets += [bytes(p) for p in self._opus.encode(frame)]
         return packets
-
-    def close(self) -> None:
-        """libopus's state back to the spares, for the next call (the call
-        has ended: nothing is encoded after this)."""
-        if self.native:
-            self._handle = None
-            self._release()  # once; the garbage collector's call then does nothing
 
 
 #: libopus's encoder settings (opus_defines.h): the application, and the
@@ -254,7 +263,7 @@ if _LIBOPUS is not None:
     )
 
 
-class RoomDecoder:
+class RoomDecoder(_LibopusCoder):
     """Opus packets (any frame length) to G.711 for the caller.
 
     :param native: decode with libopus at 8 kHz (the default when it was
@@ -266,11 +275,7 @@ class RoomDecoder:
         self.errors = 0
         self.native = _LIBOPUS is not None if native is None else native
         if self.native:
-            if _LIBOPUS is None:
-                raise RuntimeError("libopus was not found")
-            assert _DECODERS is not None
-            self._handle: int | None
-            self._handle, self._release = _DECODERS.lease(self)
+            self._lease(_DECODERS)
             self._pcm = (ctypes.c_int16 * _MAX_SAMPLES)()
             return
         decoder: Any = av.CodecContext.create("libopus", "r")
@@ -312,10 +317,3 @@ class RoomDecoder:
         frame.planes[0].update(ctypes.string_at(self._pcm, 2 * n))
         frame.sample_rate = CALLER_RATE
         return b"".join(bytes(p) for p in self._g711.encode(frame))
-
-    def close(self) -> None:
-        """libopus's state back to the spares, for the next call (the
-        listener has stopped: nothing is decoded after this)."""
-        if self.native:
-            self._handle = None
-            self._release()  # once; the garbage collector's call then does nothing
